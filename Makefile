@@ -1,0 +1,38 @@
+# chargectl — every target is idempotent on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint typecheck check-generated generate-proto unit demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) scripts/backends.py install
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(PY) scripts/typecheck.py
+
+check-generated: setup
+	$(PY) scripts/generate_proto.py --check
+
+generate-proto: setup
+	$(PY) scripts/generate_proto.py
+
+test: setup lint typecheck check-generated
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not integration"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Generated protobuf modules for chargectl.v1 (do not edit)."""
