@@ -13,6 +13,7 @@ Facts and gotchas behind each start command: ../shared/reference/local-backends.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -88,10 +89,8 @@ class Server:
     def stop(self) -> None:
         """Kill the whole process group (TERM, then KILL) and reap the leader."""
         for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, sig)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 self.proc.poll()
@@ -101,10 +100,8 @@ class Server:
             else:
                 continue
             break
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _spawn(
