@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from chargectl import __version__
 from chargectl.common.errors import ChargectlError
 
