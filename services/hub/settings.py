@@ -64,8 +64,6 @@ class HubSettings:
     health_host: str = "127.0.0.1"
     health_port: int = 8787
     max_messages: int = 200
-    store_path: str = ""  # embedded store file; default <state_dir>/hub.db
-    timeseries_path: str = ""  # embedded time series; default <state_dir>/timeseries.db
 
     def __post_init__(self) -> None:
         if self.shard < 0:
