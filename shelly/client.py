@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
+
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.errors import (
     DeviceAuthError,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
+
 from chargectl.common.errors import ChargectlError
 from chargectl.shelly.client import fetch_info
 from chargectl.shelly.parse import DeviceInfo
