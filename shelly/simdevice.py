@@ -52,14 +52,14 @@ class LoadProfile:
         b = self.bulk_s
         return [b, b + self.taper_s, b + self.taper_s + self.trickle_s]
 
-    def power(self, t: float) -> float:
-        """Power (W) after ``t`` seconds of charging."""
+    def power(self, t: float, *, left: bool = False) -> float:
+        """Power (W) after ``t`` seconds of charging; ``left`` gives the limit from below at a step."""
         b1, b2, b3 = self.breakpoints()
-        if t < b1:
+        if t < b1 or (left and t == b1):
             return self.bulk_w
-        if t < b2:
+        if t < b2 or (left and t == b2):
             return self.bulk_w + (self.trickle_w - self.bulk_w) * (t - b1) / self.taper_s
-        if t < b3:
+        if t < b3 or (left and t == b3):
             return self.trickle_w
         return 0.0
 
@@ -345,12 +345,19 @@ class SimDevice:
 
     # ---- physics -------------------------------------------------------------------------------
 
-    def _power_at(self, charge_t: float) -> float:
+    def _power_at(self, charge_t: float, *, left: bool = False) -> float:
         if not self.relay_on:
             return 0.0
         if self.fixed_load_w is not None:
             return self.fixed_load_w
-        return self.load.power(charge_t)
+        return self.load.power(charge_t, left=left)
+
+    def _over_limit(self) -> bool:
+        return (
+            self.relay_on
+            and not self.profile.metering_only
+            and self._power_at(self.charge_time_s) > self.profile.power_limit_w
+        )
 
     def advance(self) -> None:
         """Integrate energy and fire timers/trips from the last update up to ``clock.now()``."""
@@ -358,7 +365,7 @@ class SimDevice:
         while self.last < now:
             # over-power protection acts on the power being drawn right now
             p0 = self._power_at(self.charge_time_s)
-            if self.relay_on and not self.profile.metering_only and p0 > self.profile.power_limit_w:
+            if self._over_limit():
                 self._trip(p0)
                 continue
             end = now
@@ -372,7 +379,7 @@ class SimDevice:
                         break
             dt = end - self.last
             if dt > 0:
-                p1 = self._power_at(self.charge_time_s + dt)
+                p1 = self._power_at(self.charge_time_s + dt, left=True)  # segments end at steps
                 wh = (p0 + p1) / 2 * dt / 3600.0
                 self.lifetime_wh += wh
                 self.since_boot_wh += wh
@@ -385,6 +392,8 @@ class SimDevice:
                 self.timer = None
                 self.relay_on = not self.relay_on
                 self.source = "timer"
+        if self._over_limit():  # protection acts at once, also when no time has passed
+            self._trip(self._power_at(self.charge_time_s))
         for key in [k for k in self.minutes if k < math.floor(now / 60) - 4]:
             del self.minutes[key]
 
@@ -452,10 +461,6 @@ class SimDevice:
             self.tripped_w = None  # the protection error clears on the next successful "on"
         self.timer = _Timer(self.clock.now(), float(timer_s)) if timer_s else None
         self.advance()
-        if on and self.tripped_w is None:
-            p = self._power_at(self.charge_time_s)
-            if p > self.profile.power_limit_w:
-                self._trip(p)
         return was_on
 
     def reboot(self) -> None:
