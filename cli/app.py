@@ -25,6 +25,9 @@ COMMAND_MODULES: list[str] = [
     "config",
     "session",
     "plugs",
+    "discover",
+    "relay",
+    "sim",
 ]
 
 app = typer.Typer(
@@ -92,7 +95,7 @@ def error_line(message: str) -> None:
     """Print one red error line to stderr."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
 
 
 def main(argv: list[str] | None = None) -> None:
