@@ -34,7 +34,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,6 @@ from chargectl.services.adapters.timeseries import (
 )
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
-from chargectl.services.hub.ingest import Accepted
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
@@ -120,7 +119,7 @@ class Plan:
             hub_plugs=(1_000, 10_000),
             hub_cycles=1,
             hub_repeats=1,
-            memory_plugs=(10_000, 100_000),
+            memory_plugs=(10_000,),
             agent_plugs=50,
             agent_polls=2,
             cost_plugs=60,
@@ -208,17 +207,29 @@ class Fleet:
     drop; energy is the plug's lifetime counter (mWh); temperature follows load.
     """
 
-    def __init__(self, site_id: str, n_plugs: int, rng: random.Random, charging_share: float) -> None:
+    def __init__(
+        self,
+        site_id: str,
+        n_plugs: int,
+        rng: random.Random,
+        charging_share: float,
+        taken: set[str] | None = None,
+    ) -> None:
         self.site_id = site_id
+        taken = set() if taken is None else taken
         self.rng = rng
         self.volt = 231.0
         self.plugs: list[_SimPlug] = []
         for i in range(n_plugs):
             charging = rng.random() < charging_share
             target = rng.uniform(2000, 2300) if rng.random() < 0.6 else rng.uniform(90, 400)
+            mac = f"{rng.choice(OUIS)}{rng.getrandbits(24):06X}"
+            while mac in taken:  # MACs are identities: unique across the whole fleet
+                mac = f"{rng.choice(OUIS)}{rng.getrandbits(24):06X}"
+            taken.add(mac)
             self.plugs.append(
                 _SimPlug(
-                    mac=f"{rng.choice(OUIS)}{rng.getrandbits(24):06X}",
+                    mac=mac,
                     charging=charging,
                     target_w=target,
                     energy_mwh=rng.randint(10_000_000, 2_000_000_000),
@@ -275,7 +286,11 @@ def flushes(
     def batch(rows: list[Reading], at_s: float) -> codec.Batch:
         nonlocal seq
         b = codec.Batch(
-            fleet.site_id, seq, tuple(rows), created_at_ms=round((START_S + at_s) * 1000), agent_version="bench"
+            fleet.site_id,
+            seq,
+            tuple(rows),
+            created_at_ms=round((START_S + at_s) * 1000),
+            agent_version="bench",
         )
         seq += 1
         return b
@@ -429,7 +444,7 @@ def bench_wire(plan: Plan, report: Report) -> None:
         report.add(
             Figure(
                 "wire",
-                f"{n}-plug site: B/reading, signed TelemetryBatch",
+                f"{n}-plug site, bytes/reading",
                 per,
                 "B",
                 json_total / readings,
@@ -437,7 +452,7 @@ def bench_wire(plan: Plan, report: Report) -> None:
             ),
             Figure(
                 "wire",
-                f"{n}-plug site: B/reading, signed TelemetryBatch",
+                f"{n}-plug site, bytes/reading",
                 per,
                 "B",
                 row_total / readings,
@@ -507,10 +522,11 @@ def build_load(n: int, cycles: int, seed: int, polls_per_cycle: int = 0) -> HubL
     naive_timed: list[bytes] = []
     readings = 0
     rng = random.Random(seed)
+    taken: set[str] = set()
     for s in range(math.ceil(n / SITE_PLUGS)):
         site = f"site-{s:04d}"
         key = keys[site] = SigningKey.generate()
-        fleet = Fleet(site, min(SITE_PLUGS, n - s * SITE_PLUGS), rng, CHARGING_SHARE)
+        fleet = Fleet(site, min(SITE_PLUGS, n - s * SITE_PLUGS), rng, CHARGING_SHARE, taken)
         charging[site] = [p.mac for p in fleet.plugs if p.charging]
         for b in flushes(
             fleet,
@@ -548,12 +564,16 @@ BENCH_TARIFF = Tariff(
 )
 
 
-def make_hub(keys: dict[str, SigningKey], command_key: SigningKey, clock: ManualClock) -> tuple[Hub, LineSink]:
+def make_hub(
+    keys: dict[str, SigningKey], command_key: SigningKey, clock: ManualClock
+) -> tuple[Hub, LineSink]:
     ring = Keyring()
     for site, key in keys.items():
         ring.add_public(key.public_bytes, site)
     sink = LineSink()
-    ports = HubPorts(MemoryBus(), SqliteStore(":memory:"), sink, lambda site: command_key, lambda: (ring, set()))
+    ports = HubPorts(
+        MemoryBus(), SqliteStore(":memory:"), sink, lambda site: command_key, lambda: (ring, set())
+    )
     hub = Hub(HubSettings(), ports, clock)
     hub.refresh_trust(force=True)
     return hub, sink
@@ -660,7 +680,7 @@ class NaiveHub:
         self.lines.append(
             f"plug,site_id={st['site_id']},mac={mac} power_w={power},energy_wh={r['energy_mwh'] / 1000},"
             f"relay={1 if r['relay_on'] else 0}i,voltage_v={r['voltage_v']},current_a={r['current_a']},"
-            f"temperature_c={r['temperature_c']},state=\"{st['status']}\" {r['ts_ms']}"
+            f'temperature_c={r["temperature_c"]},state="{st["status"]}" {r["ts_ms"]}'
         )
         if len(self.lines) >= 5000:
             self.lines.clear()
@@ -711,7 +731,7 @@ def bench_hub(plan: Plan, report: Report) -> None:
         report.add(
             Figure(
                 "hub",
-                f"{n:,} plugs: readings/s, one core (verify+zstd+decode+dedupe+machine+lines)",
+                f"{n:,} plugs, readings/s",
                 real,
                 "/s",
                 naive,
@@ -719,7 +739,7 @@ def bench_hub(plan: Plan, report: Report) -> None:
                 higher_is_better=True,
             ),
         )
-        report.add(Figure("hub", f"{n:,} plugs: Hub.tick, µs per plug", tick_us, "µs"))
+        report.add(Figure("hub", f"{n:,} plugs, Hub.tick µs/plug", tick_us, "µs"))
     report.details["hub"] = details
 
 
@@ -732,14 +752,14 @@ def bench_memory(plan: Plan, report: Report) -> None:
     details: dict[str, Any] = {}
     for n in plan.memory_plugs:
         # State after a few samples is all the memory figure needs: one-poll flushes keep set-up short.
-        load = build_load(n, 2, plan.seed + 1000 + n, polls_per_cycle=1)
+        load = build_load(n, 1, plan.seed + 1000 + n, polls_per_cycle=1)
         real = asyncio.run(_real_memory(load))
         naive = _naive_memory(load)
         details[str(n)] = {"real_bytes_per_plug": real, "naive_bytes_per_plug": naive}
         report.add(
             Figure(
                 "memory",
-                f"{n:,} plugs: hub state, B/plug (MachineState + entry)",
+                f"{n:,} plugs, bytes/plug",
                 real,
                 "B",
                 naive,
@@ -860,7 +880,9 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
             site_id=site,
             status=codec.Site.STATUS_ACTIVE,
             agent_keys=[codec.PublicKey(key_id=agent_key.key_id, public_key=agent_key.public_bytes)],
-            tariff=codec.Tariff(tariff_id="t", currency="gbp", price_per_kwh_minor=30, min_start_balance_minor=100),
+            tariff=codec.Tariff(
+                tariff_id="t", currency="gbp", price_per_kwh_minor=30, min_start_balance_minor=100
+            ),
         )
     )
     fleet = Fleet(site, n, rng, 0.0)
@@ -927,7 +949,9 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
             )
         if (k + 1) % per_flush == 0:
             seq += 1
-            data, attrs = telemetry_attributes(codec.Batch(site, seq, tuple(buf), created_at_ms=now_ms), agent_key)
+            data, attrs = telemetry_attributes(
+                codec.Batch(site, seq, tuple(buf), created_at_ms=now_ms), agent_key
+            )
             buf = []
             await deliver(data, attrs, "telemetry")
         # Users: an idle plug gets a car and a start request now and then; the car leaves once its
@@ -971,7 +995,14 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
             cmd = codec.unpack_command(msg.data, cmd_ring, now_ms)
             relay[cmd.plug_mac] = cmd.on
             outcome = codec.CommandOutcome(
-                cmd.command_id, site, cmd.plug_mac, True, "executed", now_ms, cmd.on, session_id=cmd.session_id
+                cmd.command_id,
+                site,
+                cmd.plug_mac,
+                True,
+                "executed",
+                now_ms,
+                cmd.on,
+                session_id=cmd.session_id,
             )
             data, attrs = codec.pack_outcome(outcome, agent_key)
             await deliver(data, {**attrs, "shard": "0"}, "result")
@@ -1017,9 +1048,10 @@ def monthly_cost(sim: dict[str, Any], plugs: int, region: str) -> dict[str, floa
     per_hour = 3600 / HubSettings().checkpoint_interval_s + sim["event_checkpoints_per_plug_hour"] * plugs
     checkpoint_writes = per_hour * MONTH_H * (chunks + 1)
     deletes = per_hour * MONTH_H * chunks
-    firestore = max(0.0, writes + checkpoint_writes - free) * FIRESTORE_WRITE_USD[region] + max(
-        0.0, deletes - free
-    ) * FIRESTORE_DELETE_USD[region]
+    firestore = (
+        max(0.0, writes + checkpoint_writes - free) * FIRESTORE_WRITE_USD[region]
+        + max(0.0, deletes - free) * FIRESTORE_DELETE_USD[region]
+    )
     per_reading = max(0.0, plugs * READINGS_PER_PLUG_MONTH - free) * FIRESTORE_WRITE_USD[region]
     return {
         "pubsub_usd": pubsub,
@@ -1040,7 +1072,7 @@ def bench_cost(plan: Plan, report: Report) -> None:
         report.add(
             Figure(
                 "cost",
-                f"{n:,} plugs: $/month Pub/Sub + Firestore (US multi-region)",
+                f"{n:,} plugs, $/month (US multi-region)",
                 c["total_usd"],
                 "$",
                 c["firestore_per_reading_usd"],
@@ -1048,3 +1080,299 @@ def bench_cost(plan: Plan, report: Report) -> None:
             )
         )
     report.details["cost"] = {"simulation": sim, "monthly": costs}
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Agent: CPU per plug-poll of the Shelly client against the simulator (in another process)
+# ------------------------------------------------------------------------------------------------
+
+_SIM_CHILD = """
+import asyncio, json, sys
+from chargectl.shelly.sim import SimFleet
+
+async def main(n, gen):
+    async with SimFleet.build(n, gen, profile="mix", seed=11) as fleet:
+        print(json.dumps([p.port for p in fleet.plugs]), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+"""
+
+
+class SimProcess:
+    """The simulator fleet in its own process group, so its CPU is not charged to the client."""
+
+    def __init__(self, n: int, gen: str) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SIM_CHILD, str(n), gen],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.stop()
+            raise RuntimeError("the plug simulator did not start")
+        self.ports: list[int] = json.loads(line)
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+async def _poll_cpu(ports: list[int], polls: int, concurrency: int = 8) -> dict[str, float]:
+    import httpx
+
+    from chargectl.shelly.client import ShellyClient
+
+    clients = [await ShellyClient.connect("127.0.0.1", port) for port in ports]
+    sem = asyncio.Semaphore(concurrency)
+    raw = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0), trust_env=False)
+
+    async def real(c: ShellyClient) -> None:
+        async with sem:
+            r = await c.read()
+            if r.mac != c.mac:
+                raise AssertionError("the simulator answered for another plug")
+
+    async def bare(c: ShellyClient) -> None:
+        path = "/status" if c.gen == 1 else "/rpc/Shelly.GetStatus"
+        async with sem:
+            resp = await raw.get(f"http://127.0.0.1:{c.port}{path}")
+            json.loads(resp.content)
+
+    out: dict[str, float] = {}
+    try:
+        for name, fn in (("client", real), ("bare", bare)):
+            await asyncio.gather(*(fn(c) for c in clients))  # warm-up
+            t0 = time.process_time()
+            for _ in range(polls):
+                await asyncio.gather(*(fn(c) for c in clients))
+            out[name] = (time.process_time() - t0) / (polls * len(clients))
+    finally:
+        await raw.aclose()
+        for c in clients:
+            await c.aclose()
+    return out
+
+
+def bench_agent(plan: Plan, report: Report) -> None:
+    details: dict[str, Any] = {}
+    for gen in ("2", "1"):
+        sim = SimProcess(plan.agent_plugs, gen)
+        try:
+            cpu = asyncio.run(_poll_cpu(sim.ports, plan.agent_polls))
+        finally:
+            sim.stop()
+        per_core = POLL_INTERVAL_S / cpu["client"]
+        details[f"gen{gen}"] = {
+            "plugs": plan.agent_plugs,
+            "polls_per_plug": plan.agent_polls,
+            "cpu_ms_per_poll": cpu["client"] * 1000,
+            "bare_httpx_cpu_ms_per_poll": cpu["bare"] * 1000,
+            "plugs_per_core_at_5s": per_core,
+        }
+        report.add(
+            Figure(
+                "agent",
+                f"Gen{gen}, CPU ms/plug-poll",
+                cpu["client"] * 1000,
+                "ms",
+                cpu["bare"] * 1000,
+                "bare httpx GET + json.loads",
+            ),
+            Figure("agent", f"Gen{gen}, plugs/core at 5 s", per_core, "plugs"),
+        )
+    report.details["agent"] = details
+
+
+# ------------------------------------------------------------------------------------------------
+# Running and reporting
+# ------------------------------------------------------------------------------------------------
+
+SECTIONS: dict[str, Callable[[Plan, Report], None]] = {
+    "wire": bench_wire,
+    "hub": bench_hub,
+    "memory": bench_memory,
+    "agent": bench_agent,
+    "cost": bench_cost,
+}
+TITLES = {
+    "wire": "1. Wire size: signed, compressed TelemetryBatch (poll 5 s, flush 30 s, ≤5,000 readings)",
+    "hub": "2. Hub throughput, one core: verify, zstd, decode, dedupe, machine step, line protocol",
+    "memory": "3. Hub memory per plug: MachineState and its entry in the plug map (tracemalloc)",
+    "agent": "4. Agent: CPU per plug-poll, ShellyClient.read() against the simulator",
+    "cost": "6. Monthly Pub/Sub + Firestore bill (30-day month, 1,000-byte request minimum applied)",
+}
+
+
+def run(
+    plan: Plan, only: Sequence[str] = tuple(SECTIONS), progress: Callable[[str], None] | None = None
+) -> Report:
+    import logging
+
+    # The hub logs every transition and alert; at benchmark volume that is noise on the terminal.
+    logging.getLogger("chargectl").setLevel(logging.ERROR)
+    report = Report()
+    report.details["plan"] = {k: v for k, v in plan.__dict__.items()}
+    report.details["machine"] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+    for name in only:
+        if progress:
+            progress(name)
+        t0 = time.perf_counter()
+        SECTIONS[name](plan, report)
+        report.details.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if unit == "$":
+        return f"${value:,.2f}"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip() if unit not in ("$",) else text
+
+
+def render(report: Report, console: Any) -> None:
+    from rich.table import Table
+
+    for section, title in TITLES.items():
+        rows = [f for f in report.figures if f.section == section]
+        if not rows:
+            continue
+        table = Table(title=title, title_justify="left", show_lines=False)
+        table.add_column("figure")
+        table.add_column("chargectl", justify="right")
+        table.add_column("baseline", justify="right")
+        table.add_column("baseline is", style="dim")
+        table.add_column("gain ×", justify="right")
+        for f in rows:
+            gain = f.gain
+            table.add_row(
+                f.name,
+                _fmt(f.value, f.unit),
+                _fmt(f.baseline, f.unit) if f.baseline is not None else "—",
+                f.baseline_name or "—",
+                f"{gain:.2f}×" if gain is not None else "—",
+            )
+        console.print(table)
+    cost = report.details.get("cost")
+    if cost:
+        sim = cost["simulation"]
+        table = Table(title="6b. Cost breakdown", title_justify="left")
+        for col in (
+            "plugs",
+            "region",
+            "Pub/Sub",
+            "Firestore",
+            "of which checkpoints (writes)",
+            "total",
+            "Firestore per reading",
+        ):
+            table.add_column(col, justify="right")
+        for n, regions in cost["monthly"].items():
+            for region, c in regions.items():
+                table.add_row(
+                    f"{int(n):,}",
+                    region,
+                    _fmt(c["pubsub_usd"], "$"),
+                    _fmt(c["firestore_usd"], "$"),
+                    f"{c['checkpoint_writes']:,.0f}",
+                    _fmt(c["total_usd"], "$"),
+                    _fmt(c["firestore_per_reading_usd"], "$"),
+                )
+        console.print(table)
+        console.print(
+            f"simulated {sim['plugs']} plugs × {sim['hours']:g} h: {sim['requests']} requests, "
+            f"{sim['sessions_billed']} sessions billed; per plug-hour: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in sim["writes_per_plug_hour"].items())
+            + " Firestore writes; "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sim["messages_per_plug_hour"].items())
+            + " Pub/Sub messages"
+        )
+    hub = report.details.get("hub")
+    if hub:
+        for n, d in hub.items():
+            console.print(
+                f"hub {int(n):,} plugs: readings use {d['core_share_readings']:.1%} of a core at 5 s polls; "
+                f"Hub.tick every {HubSettings().tick_interval_s:g} s uses {d['core_share_ticks']:.1%}"
+            )
+    for note in report.notes:
+        console.print(note)
+
+
+def markdown(report: Report) -> str:
+    """The figures as one Markdown table (the README's Performance section)."""
+    out = ["| section | figure | chargectl | baseline | baseline is | gain |", "|---|---|---:|---:|---|---:|"]
+    for f in report.figures:
+        gain = f.gain
+        out.append(
+            f"| {f.section} | {f.name} | {_fmt(f.value, f.unit)} | "
+            f"{_fmt(f.baseline, f.unit) if f.baseline is not None else '—'} | {f.baseline_name or '—'} | "
+            f"{f'{gain:.2f}×' if gain is not None else '—'} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None, plan: Plan | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a subset that runs in under a minute")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure and detail as JSON")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the figures as a Markdown table")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated sections ({', '.join(SECTIONS)})"
+    )
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    plan = plan or (Plan.quick() if args.quick else Plan.full())
+
+    from rich.console import Console
+
+    console = Console() if sys.stdout.isatty() else Console(width=140)
+    started = time.perf_counter()
+    report = run(plan, only, progress=lambda name: console.print(f"[dim]running {name}…[/dim]"))
+    render(report, console)
+    report.details["total_seconds"] = round(time.perf_counter() - started, 1)
+    console.print(
+        f"[dim]{'quick' if args.quick else 'full'} run, {report.details['total_seconds']} s; "
+        f"command: python scripts/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}[/dim]"
+    )
+    if args.markdown:
+        args.markdown.write_text(markdown(report))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"figures": [f.to_dict() for f in report.figures], "details": report.details}, indent=2
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
