@@ -31,6 +31,9 @@ generate-proto: setup
 test: setup lint typecheck check-generated
 	$(PY) -m pytest -q -p no:cacheprovider
 
+bench: setup
+	$(PY) scripts/bench.py $(ARGS)
+
 unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not integration"
 

@@ -1,0 +1,126 @@
+"""The benchmark script runs end to end on tiny sizes and reports every figure with its baseline.
+
+Shape and sanity only: no timing is asserted (shared, noisy machine).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import bench  # scripts/ is on sys.path (tests/conftest.py)
+import pytest
+
+from chargectl.common import codec
+from chargectl.common.keys import Keyring, SigningKey
+
+
+def test_flushes_follow_the_agent_defaults() -> None:
+    # 200 plugs polled 12 times: a flush every 6 polls (30 s) of 1,200 readings.
+    fleet = bench.Fleet("site-t", 200, random.Random(1), 0.35)
+    batches = list(bench.flushes(fleet, range(12), 1))
+    assert [len(b.readings) for b in batches] == [1200, 1200]
+    assert [b.batch_seq for b in batches] == [1, 2]
+    # 1,000 plugs: 6,000 readings per 30 s exceed the 5,000-reading cap, so the cap cuts batches.
+    big = bench.Fleet("site-b", 1000, random.Random(2), 0.35)
+    sizes = [len(b.readings) for b in bench.flushes(big, range(12), 1)]
+    assert sizes[0] == 5000 and sum(sizes) == 12_000 and max(sizes) <= 5000
+
+
+def test_pubsub_billing_counts_attributes_timestamp_and_id() -> None:
+    # 100 B body + ("a"+"bb") + ("site_id"+"x") = 3 + 8 attribute bytes + 20 B timestamp + 16 B id.
+    assert bench.billed_message_bytes(b"\0" * 100, {"a": "bb", "site_id": "x"}) == 100 + 3 + 8 + 20 + 16
+
+
+def test_monthly_cost_applies_free_tiers_and_the_request_minimum() -> None:
+    sim = {
+        "messages_per_plug_hour": {"telemetry": 1.0},
+        "billed_request_bytes": {"telemetry": 1000.0},
+        "writes_per_plug_hour": {"plug_state": 1.0},
+        "checkpoint_bytes_per_plug": 0.0,
+        "event_checkpoints_per_plug_hour": 0.0,
+    }
+    cost = bench.monthly_cost(sim, 1000, "us-multi")
+    # Pub/Sub: 1,000 plugs × 720 h × 1 msg × 1,000 B × 2 (publish + delivery) = 1.44e9 B < 10 GiB free.
+    assert cost["pubsub_usd"] == 0.0
+    # Firestore: 720,000 plug-state writes + 120 checkpoints/h × 720 h × 2 documents = 892,800 writes,
+    # minus 600,000 free, at $0.18 per 100k.
+    assert cost["firestore_writes"] == 720_000 + 120 * 720 * 2
+    assert math.isclose(cost["firestore_usd"], (892_800 - 600_000) * 0.18 / 100_000 + 0)
+    # One document per reading: 1,000 × 518,400 writes, minus the free tier.
+    assert math.isclose(cost["firestore_per_reading_usd"], (518_400_000 - 600_000) * 0.18 / 100_000)
+
+
+def test_row_protobuf_baseline_holds_the_readings() -> None:
+    fleet = bench.Fleet("site-r", 20, random.Random(3), 0.5)
+    batch = next(bench.flushes(fleet, range(6), 1))
+    blob = bench.row_batch_zstd(batch)
+    import zstandard
+
+    msg = bench._row_batch_class()()
+    msg.ParseFromString(zstandard.ZstdDecompressor().decompress(blob))
+    assert len(msg.readings) == 120
+    assert [r.mac for r in msg.readings] == [r.mac for r in batch.readings]
+    assert msg.readings[5].energy_mwh == batch.readings[5].energy_mwh
+
+
+def test_real_encoder_round_trips_the_fleet() -> None:
+    key = SigningKey.generate()
+    ring = Keyring()
+    ring.add_public(key.public_bytes, "site-e")
+    fleet = bench.Fleet("site-e", 30, random.Random(4), 0.4)
+    batch = next(bench.flushes(fleet, range(6), 1))
+    data, attrs = bench.telemetry_attributes(batch, key)
+    assert attrs["shard"] == "0" and attrs["encoding"] == "zstd"
+    # The wire groups readings by plug; the set of readings is unchanged, value for value.
+    back = codec.unpack_telemetry(data, ring).readings
+    assert sorted(back, key=bench._order) == sorted(batch.readings, key=bench._order)
+
+
+def test_quick_benchmark_code_on_tiny_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    assert bench.main(["--json", str(out), "--markdown", str(md)], plan=bench.Plan.tiny()) == 0
+    data = json.loads(out.read_text())
+    figures = data["figures"]
+    by_section: dict[str, list[dict[str, object]]] = {}
+    for f in figures:
+        by_section.setdefault(str(f["section"]), []).append(f)
+    assert set(by_section) == {"wire", "hub", "memory", "agent", "cost"}
+    # Every size of the plan has its figure, and every figure with a baseline has a positive gain.
+    assert len(by_section["wire"]) == 2 * 2  # two site sizes × two baselines
+    assert [f["name"] for f in by_section["hub"] if f["baseline"] is not None] == [
+        "40 plugs, readings/s",
+        "200 plugs, readings/s",
+    ]
+    assert len(by_section["memory"]) == 2
+    assert len(by_section["cost"]) == 3
+    for f in figures:
+        assert isinstance(f["value"], float | int) and f["value"] > 0, f
+        if f["baseline"] is not None:
+            assert f["gain"] is not None and f["gain"] > 0, f
+    # Compression: the signed columnar batch beats one JSON object per reading by a wide margin.
+    wire = data["details"]["wire"]["20"]
+    assert wire["readings_per_message"] == 20 * 6
+    assert wire["bytes_per_reading"] * 5 < wire["json_bytes_per_reading"]
+    # The cost simulation went through the real hub: requests answered, states mirrored, telemetry sent.
+    sim = data["details"]["cost"]["simulation"]
+    assert sim["requests"] > 0
+    assert sim["writes_per_plug_hour"]["request_answer"] > 0
+    # One telemetry message per 30 s for the site's 12 plugs: 120 per hour, 10 per plug-hour.
+    assert sim["messages_per_plug_hour"]["telemetry"] == pytest.approx(120 / 12)
+    # The per-reading Firestore design is the more expensive one at every size.
+    for regions in data["details"]["cost"]["monthly"].values():
+        for c in regions.values():
+            assert c["firestore_per_reading_usd"] > c["total_usd"]
+    assert md.read_text().startswith("| section | figure |")
+    assert len(md.read_text().splitlines()) == 2 + len(figures)
+
+
+def test_unknown_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--only", "wire,nope"])
+    assert exc.value.code == 2
+    assert "unknown section 'nope'" in capsys.readouterr().err
