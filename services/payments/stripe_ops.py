@@ -104,6 +104,13 @@ def _stripe_message(exc: stripe.StripeError) -> str:
     return " ".join(str(message).split())
 
 
+def _quiet_library_debug_log() -> None:
+    """The stripe library logs request and response bodies (portal and Checkout URLs) at DEBUG: never emit them."""
+    library = logging.getLogger("stripe")
+    if library.getEffectiveLevel() < logging.INFO:
+        library.setLevel(logging.INFO)
+
+
 def _metadata_uid(obj: Any) -> str:
     metadata = getattr(obj, "metadata", None) or {}
     return str(metadata["uid"]) if "uid" in metadata else ""
@@ -130,6 +137,7 @@ class StripeOps:
         base = api_base or settings.api_base
         addresses: Any = {"api": base.rstrip("/")} if base else None
         client = stripe.StripeClient(api_key, base_addresses=addresses, max_network_retries=2)
+        _quiet_library_debug_log()
         return cls(client, store, clock, settings)
 
     def _now_ms(self) -> int:

@@ -222,3 +222,33 @@ def test_refund_webhook_debits_the_refunded_amount(
     assert sorted(kinds) == sorted([(2000, 1), (-500, 3), (-300, 3)])
     assert ledger.balance(uid) == _sum_of_entries(store, uid) == 1200
     assert ledger.balances()[uid] == 1200
+
+
+def test_setup_page_saves_the_card_and_a_dispute_debits(
+    ops: StripeOps, store: SqliteStore, stripe_http: httpx.Client, webhook: WebhookServer, uid: str
+) -> None:
+    customer = ops.ensure_customer(uid, f"{uid}@example.test").customer_id
+    link = ops.setup_checkout(uid)
+    pm = card(stripe_http, "4242424242424242")
+    stripe_http.post(
+        f"/_test/checkout/sessions/{link.session_id}/complete", data={"payment_method": pm}
+    ).raise_for_status()
+    wait_for("the saved card", lambda: ops.user(uid).default_payment_method == pm)
+    attached = stripe_http.get("/v1/payment_methods", params={"customer": customer, "type": "card"}).json()[
+        "data"
+    ]
+    assert [p["id"] for p in attached] == [pm]
+
+    result = ops.charge_off_session(uid, 600)
+    ledger = Ledger(store)
+    wait_for("the credit", lambda: ledger.balance(uid) == 600)
+    charge_id = stripe_http.get(f"/v1/payment_intents/{result.payment_intent_id}").json()["latest_charge"][
+        "id"
+    ]
+    stripe_http.post(f"/_test/charges/{charge_id}/dispute").raise_for_status()
+    wait_for("the dispute debit", lambda: len(store.ledger_entries(uid)) == 2)
+    assert ledger.balance(uid) == 0
+    assert sorted((e.amount.amount_minor, e.kind) for e in store.ledger_entries(uid)) == [
+        (-600, LedgerEntry.KIND_DISPUTE),
+        (600, LedgerEntry.KIND_TOPUP),
+    ]
