@@ -226,7 +226,9 @@ def start_localstripe(workdir: Path, port: int | None = None, extensions: Path |
     env: dict[str, str] = {}
     if extensions is not None:
         argv += ["--extensions", extensions.stem]
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(extensions.parent), os.environ.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(extensions.parent), os.environ.get("PYTHONPATH")) if p
+        )
     server = _spawn("localstripe", argv, port, workdir, env=env)
     server.env = {"STRIPE_API_BASE": server.url}
     _wait_http(server, "/v1/customers", 30, lambda status, body: status in (200, 401))
