@@ -10,13 +10,12 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
-    from chargectl.services.adapters.sqlite_store import SqliteStore
+    from chargectl.services.adapters.store import Store
     from chargectl.services.payments.settings import PaymentsSettings
     from chargectl.services.payments.stripe_ops import StripeOps
 
@@ -43,20 +42,20 @@ CurrencyOpt = Annotated[
 ]
 
 
-def _settings(ctx: typer.Context) -> tuple[PaymentsSettings, Path]:
+@contextmanager
+def _store(ctx: typer.Context) -> Iterator[tuple[Store, PaymentsSettings]]:
+    """The shared store (``[payments] store_path`` overrides it with a SQLite file) and the settings."""
     from chargectl.services.payments.settings import PaymentsSettings
+    from chargectl.services.wiring import open_store
 
     cfg = ctx.obj.config()
     settings = cfg.section("payments", PaymentsSettings)
-    return settings, settings.resolved_store_path(cfg.state_dir)
+    if settings.store_path is not None:
+        from chargectl.services.adapters.sqlite_store import SqliteStore
 
-
-@contextmanager
-def _store(ctx: typer.Context) -> Iterator[tuple[SqliteStore, PaymentsSettings]]:
-    from chargectl.services.adapters.sqlite_store import SqliteStore
-
-    settings, path = _settings(ctx)
-    store = SqliteStore(path)
+        store: Store = SqliteStore(settings.store_path)
+    else:
+        store = open_store(cfg)
     try:
         yield store, settings
     finally:

@@ -8,9 +8,7 @@ from pathlib import Path
 from chargectl.common.errors import ConfigError
 from chargectl.services.payments.money import MINIMUM_CHARGE_MINOR
 
-__all__ = ["DEFAULT_STORE_NAME", "PaymentsSettings"]
-
-DEFAULT_STORE_NAME = "chargectl.db"
+__all__ = ["PaymentsSettings"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +18,7 @@ class PaymentsSettings:
     currency: str = "gbp"
     # Our own floor for a card top-up, on top of Stripe's per-currency minimum (balances are prepaid).
     min_topup_minor: int = 500
-    # The embedded store; empty means ``<state_dir>/chargectl.db``.
+    # A SQLite store file for payments alone; unset means the shared store (``services.wiring``).
     store_path: Path | None = None
     # A local Stripe-compatible server (localstripe) instead of Stripe.
     api_base: str = ""
@@ -63,6 +61,3 @@ class PaymentsSettings:
     @property
     def return_url(self) -> str:
         return f"{self.app_url.rstrip('/')}/account"
-
-    def resolved_store_path(self, state_dir: Path) -> Path:
-        return self.store_path if self.store_path is not None else state_dir / DEFAULT_STORE_NAME

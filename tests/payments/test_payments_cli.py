@@ -33,7 +33,6 @@ def cli_env(
 ) -> dict[str, str]:
     env = {
         "CHARGECTL_STATE_DIR": str(tmp_path / "state"),
-        "CHARGECTL_PAYMENTS__STORE_PATH": str(tmp_path / "state" / "payments.db"),
         "CHARGECTL_PAYMENTS__API_BASE": stripe_server.url,
         "CHARGECTL_PAYMENTS__APP_URL": "https://app.example.test",
         "STRIPE_API_KEY": API_KEY,
@@ -114,6 +113,12 @@ def test_every_command_works_and_logs_carry_no_secret_or_url(
 
     shown = _json("customer", "show", uid)
     assert shown["customer_id"] == created["customer_id"] and shown["balance_minor"] == 0
+    # Everything went to the shared store under the state dir, where the hub reads balances.
+    shared = SqliteStore(Path(cli_env["CHARGECTL_STATE_DIR"]) / "chargectl.db")
+    try:
+        assert shared.get_user(uid).stripe_customer_id == created["customer_id"]  # type: ignore[union-attr]
+    finally:
+        shared.close()
     assert _json("balance", uid) == {"user_id": uid, "balances_minor": {"gbp": 0}}
 
     secrets = [API_KEY, WEBHOOK_SECRET, portal["url"], plain_portal_url, setup["url"], topup["url"]]
@@ -176,7 +181,12 @@ def test_charge_needing_authentication_exits_2_and_flags(
     )
 
 
-def test_webhook_command_serves_verified_events(cli_env: dict[str, str], uid: str, tmp_path: Path) -> None:
+def test_webhook_command_serves_verified_events(
+    cli_env: dict[str, str], uid: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # [payments] store_path: a store of its own instead of the shared one.
+    cli_env = {**cli_env, "CHARGECTL_PAYMENTS__STORE_PATH": str(tmp_path / "payments-only.db")}
+    monkeypatch.setenv("CHARGECTL_PAYMENTS__STORE_PATH", cli_env["CHARGECTL_PAYMENTS__STORE_PATH"])
     store = SqliteStore(cli_env["CHARGECTL_PAYMENTS__STORE_PATH"])
     _json("customer", "create", "--uid", uid, "--email", f"{uid}@example.test")
     customer = store.get_user(uid).stripe_customer_id  # type: ignore[union-attr]

@@ -15,15 +15,15 @@ from chargectl.services.payments.settings import PaymentsSettings
 
 def test_settings_from_file_and_environment(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('state_dir = "/srv/state"\n[payments]\ncurrency = "EUR"\nmin_topup_minor = 1000\n')
+    path.write_text('[payments]\ncurrency = "EUR"\nmin_topup_minor = 1000\n')
     cfg = load_config(path, {"CHARGECTL_PAYMENTS__WEBHOOK_PORT": "9000"})
     settings = cfg.section("payments", PaymentsSettings)
     assert (settings.currency, settings.min_topup_minor, settings.webhook_port) == ("eur", 1000, 9000)
-    assert settings.resolved_store_path(cfg.state_dir) == Path("/srv/state/chargectl.db")
+    assert settings.store_path is None  # the shared store
     explicit = load_config(None, {"CHARGECTL_PAYMENTS__STORE_PATH": "/data/pay.db"}).section(
         "payments", PaymentsSettings
     )
-    assert explicit.resolved_store_path(Path("/x")) == Path("/data/pay.db")
+    assert explicit.store_path == Path("/data/pay.db")
     assert settings.success_url.startswith("http://localhost:8080/topup/success?session_id=")
 
 
