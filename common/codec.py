@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import zstandard
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
 from chargectl.common.errors import CodecError
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import MAC_RE, Reading
 from chargectl.gen.v1 import commands_pb2, common_pb2, frontend_pb2, telemetry_pb2
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED",
@@ -43,6 +44,7 @@ __all__ = [
     "Money",
     "Opened",
     "PlugState",
+    "PlugStatus",
     "PublicKey",
     "Site",
     "Tariff",
@@ -80,6 +82,7 @@ _SIG_CONTEXT = b"chargectl.v1\x00"
 Money = common_pb2.Money
 PublicKey = common_pb2.PublicKey
 PlugState = frontend_pb2.PlugState
+PlugStatus = frontend_pb2.PlugStatus
 ChargeRequest = frontend_pb2.ChargeRequest
 ChargeSession = frontend_pb2.ChargeSession
 UserAccount = frontend_pb2.UserAccount
