@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 
 import pytest
+
 from chargectl.services.hub.billing import (
     Tariff,
     billed_energy_wh,

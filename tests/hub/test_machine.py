@@ -17,6 +17,10 @@ from decimal import Decimal
 from typing import TypeVar
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import event as note_event
+from hypothesis import strategies as st
+
 from chargectl.common.readings import DeviceFlag, Reading
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.machine import (
@@ -48,9 +52,6 @@ from chargectl.services.hub.machine import (
     to_dict,
 )
 from chargectl.services.hub.params import DEFAULTS, PlugParams
-from hypothesis import HealthCheck, given, settings
-from hypothesis import event as note_event
-from hypothesis import strategies as st
 
 MAC = "AABBCCDDEEFF"
 T0 = 1_700_000_000.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from chargectl.common.config import build
 from chargectl.common.errors import ConfigError
 from chargectl.services.hub.params import DEFAULTS, PLUG_CLASSES, PlugParams, load_plug_classes, params_for
