@@ -757,6 +757,15 @@ def test_credit_boundary(balance: int, cut: bool) -> None:
     assert (p.status is S.SUSPENDED_EVSE) is cut
 
 
+def test_a_lower_balance_while_charging_cuts_at_once() -> None:
+    p = Plug()
+    p.charging()  # projected 50 fee + 16.7 Wh × 30 / 1000 ≈ 50.5
+    assert changes(p.send(BalanceUpdate("u1", 51))) == []
+    fx = p.send(BalanceUpdate("u1", 50))
+    assert changes(fx) == [(S.CHARGING, S.SUSPENDED_EVSE)]
+    assert of(fx, SendRelay)[0].on is False
+
+
 @pytest.mark.parametrize(("balance", "accepted"), [(99, False), (100, True), (101, True)])
 def test_min_start_balance_boundary(balance: int, accepted: bool) -> None:
     p = Plug()
