@@ -233,9 +233,9 @@ def test_deploy_hub_quotes_odd_values_so_the_plan_is_pasteable(clone: Path) -> N
 def test_install_hub_plan(clone: Path) -> None:
     commands = plan(clone, "install-hub.sh", "--wheel", "/tmp/w/chargectl-0.2.0-py3-none-any.whl")
     wheel = "/tmp/w/chargectl-0.2.0-py3-none-any.whl"
-    assert ["/opt/chargectl/venv/bin/pip", "install", "--quiet", "--upgrade", wheel] in commands
+    assert ["/opt/chargectl/bin/pip", "install", "--quiet", "--upgrade", wheel] in commands
     assert [
-        "/opt/chargectl/venv/bin/pip",
+        "/opt/chargectl/bin/pip",
         "install",
         "--quiet",
         "--no-deps",
@@ -376,11 +376,11 @@ def test_install_agent_from_a_bundle_directory(clone: Path, tmp_path: Path) -> N
     bundle = make_bundle(tmp_path / "carpark-1")
     commands = plan(clone, "install-agent.sh", str(bundle))
     wheel = str(bundle / "chargectl-0.3.0-py3-none-any.whl")
-    assert ["/opt/chargectl/venv/bin/pip", "install", "--quiet", "--upgrade", wheel] in commands
-    owner = ["-o", "chargectl", "-g", "chargectl", "-m", "0600"]
-    assert ["install", "-D", *owner, str(bundle / "agent.key"), "/etc/chargectl/agent.key"] in commands
-    assert ["install", "-D", *owner, str(bundle / "command.pub"), "/etc/chargectl/command.pub"] in commands
-    assert ["install", *owner, str(bundle / "carpark-1.toml"), "/etc/chargectl/agent.toml"] in commands
+    assert ["/opt/chargectl/bin/pip", "install", "--quiet", "--upgrade", wheel] in commands
+    private, public = ["-o", "root", "-g", "root", "-m", "0600"], ["-o", "root", "-g", "root", "-m", "0644"]
+    assert ["install", "-D", *private, str(bundle / "agent.key"), "/etc/chargectl/agent.key"] in commands
+    assert ["install", "-D", *public, str(bundle / "command.pub"), "/etc/chargectl/command.pub"] in commands
+    assert ["install", *private, str(bundle / "carpark-1.toml"), "/etc/chargectl/agent.toml"] in commands
     unit = ["install", "-o", "root", "-g", "root", "-m", "0644"]
     assert [
         *unit,
@@ -394,15 +394,18 @@ def test_install_agent_from_a_bundle_directory(clone: Path, tmp_path: Path) -> N
     assert all(i < restart for i, c in enumerate(commands) if c[-1].startswith("/etc/chargectl/"))
 
 
-def test_install_agent_from_a_tarball_with_a_wheel_url(clone: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("top_dir", ["carpark-1", ""], ids=["one-directory", "flat"])
+def test_install_agent_from_a_tarball_with_a_wheel_url(clone: Path, tmp_path: Path, top_dir: str) -> None:
+    """``provision site`` writes flat tarballs; a hand-made one may wrap the files in a directory."""
     bundle = make_bundle(tmp_path / "src" / "carpark-1", wheel=False)
     tarball = tmp_path / "carpark-1.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
-        tar.add(bundle, arcname="carpark-1")
+        for f in sorted(bundle.iterdir()):
+            tar.add(f, arcname=f"{top_dir}/{f.name}" if top_dir else f.name)
     url = "https://example.invalid/chargectl-0.4.0-py3-none-any.whl"
     commands = plan(clone, "install-agent.sh", str(tarball), "--wheel", url)
     assert [
-        "/opt/chargectl/venv/bin/pip",
+        "/opt/chargectl/bin/pip",
         "install",
         "--quiet",
         "--no-deps",
@@ -410,7 +413,17 @@ def test_install_agent_from_a_tarball_with_a_wheel_url(clone: Path, tmp_path: Pa
         url,
     ] in commands
     config = next(c for c in commands if c[-1] == "/etc/chargectl/agent.toml")
-    assert config[-2].endswith("/carpark-1/carpark-1.toml")
+    assert config[-2].endswith(f"/{top_dir}/carpark-1.toml" if top_dir else "/carpark-1.toml")
+    assert next(c for c in commands if c[-1] == "/etc/chargectl/agent.key")[:8] == [
+        "install",
+        "-D",
+        "-o",
+        "root",
+        "-g",
+        "root",
+        "-m",
+        "0600",
+    ]
     assert find(commands, "systemctl", "restart") == ["systemctl", "restart", "chargectl-agent.service"]
 
 

@@ -4,10 +4,10 @@
 #   install-agent.sh BUNDLE_DIR|BUNDLE.tar.gz [--wheel WHEEL_FILE_OR_URL] [--dry-run]
 #
 # The bundle (from `chargectl provision site`) holds the agent's TOML config, its keys and
-# chargectl-agent.service. Its files go to /etc/chargectl (owner chargectl, mode 0600), the config as
-# agent.toml; the wheel (--wheel, else the one in the bundle) goes into /opt/chargectl/venv; then the
-# unit is (re)started. Rerun with a new bundle after a key rotation, or a new wheel to upgrade:
-# the state in /var/lib/chargectl (spool, batch sequence) is kept.
+# chargectl-agent.service. Its files go to /etc/chargectl (root's: 0600, public keys 0644), the config
+# as agent.toml; the wheel (--wheel, else one put in the bundle) goes into the /opt/chargectl
+# virtualenv; then the unit is (re)started. Rerun with a new bundle after a key rotation, or with a new
+# wheel to upgrade: the agent's state in /var/lib/chargectl (spool, batch sequence) is kept.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -69,13 +69,16 @@ fi
 wheel_version "${WHEEL##*/}" >/dev/null
 [[ $DRY_RUN == 1 || $WHEEL == http*://* || -f $WHEEL ]] || die "wheel not found: $WHEEL"
 
-ensure_service_user
+ensure_config_dir
 install_wheel "$WHEEL"
 # Relative key paths in the config resolve against its directory, so the bundle's layout is kept.
+# Public keys are world-readable; the config and private keys are root's alone.
 for rel in "${files[@]}"; do
-	run install -D -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0600 "$BUNDLE/$rel" "$CONFIG_DIR/$rel"
+	mode=0600
+	[[ $rel == *.pub ]] && mode=0644
+	run install -D -o root -g root -m "$mode" "$BUNDLE/$rel" "$CONFIG_DIR/$rel"
 done
-run install -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0600 "$BUNDLE/${configs[0]}" "$CONFIG_DIR/agent.toml"
+run install -o root -g root -m 0600 "$BUNDLE/${configs[0]}" "$CONFIG_DIR/agent.toml"
 install_unit "$unit_file" "$UNIT"
 
 check=(systemctl is-active --quiet "$UNIT")

@@ -4,7 +4,7 @@
 #   install-hub.sh --wheel chargectl-X-py3-none-any.whl [--unit-file chargectl-hub.service]
 #                  [--health-url URL] [--timeout-s 120] [--dry-run]
 #
-# Installs the wheel into /opt/chargectl/venv, installs the systemd unit, restarts chargectl-hub.service
+# Installs the wheel into /opt/chargectl, installs the systemd unit, restarts chargectl-hub.service
 # and waits until the hub's /healthz answers. /etc/chargectl/hub.toml is the operator's (see README).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -50,7 +50,7 @@ print(tomllib.load(open(sys.argv[1], "rb")).get("hub", {}).get("health_port", 87
 	HEALTH_URL=http://127.0.0.1:$port/healthz
 fi
 
-ensure_service_user
+ensure_config_dir
 install_wheel "$WHEEL"
 if [[ -n $UNIT_FILE ]]; then
 	install_unit "$UNIT_FILE" "$UNIT"

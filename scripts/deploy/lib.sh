@@ -57,18 +57,16 @@ wheel_version() {
 }
 
 # ----------------------------------------------------------------------------- on the host (root)
-# The layout both the hub VM and a site's Pi use; the systemd units in scripts/systemd/ expect it.
+# The layout both the hub VM and a site's Pi use, the one the systemd units expect: the virtualenv
+# at /opt/chargectl (so /opt/chargectl/bin/chargectl), config and keys in /etc/chargectl. The units
+# run as root and own their state directory (StateDirectory=chargectl, /var/lib/chargectl).
 
-SERVICE_USER=chargectl
-VENV=/opt/chargectl/venv
+VENV=/opt/chargectl
 CONFIG_DIR=/etc/chargectl
-STATE_DIR=/var/lib/chargectl
 UNIT_DIR=/etc/systemd/system
 
-ensure_service_user() {
-	run_sh "getent passwd $SERVICE_USER >/dev/null || useradd --system --home-dir $STATE_DIR --no-create-home --shell /usr/sbin/nologin $SERVICE_USER"
-	run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$STATE_DIR"
-	run install -d -o root -g "$SERVICE_USER" -m 0750 "$CONFIG_DIR"
+ensure_config_dir() {
+	run install -d -o root -g root -m 0755 "$CONFIG_DIR"
 }
 
 # install_wheel WHEEL: into $VENV (created on first use). The second pip call reinstalls the package
