@@ -497,3 +497,17 @@ def test_the_installer_tarball_runs_install_agent_on_its_own(clone: Path, tmp_pa
     )
     assert proc.returncode == 0, proc.stderr
     assert "systemctl restart chargectl-agent.service" in proc.stdout
+
+
+def test_readme_sets_every_variable_the_deploy_workflow_reads() -> None:
+    used = set(re.findall(r"\$\{\{ vars\.(\w+) \}\}", (WORKFLOWS / "deploy.yml").read_text()))
+    assert used == {
+        "GCP_WORKLOAD_IDENTITY_PROVIDER",
+        "GCP_DEPLOY_SERVICE_ACCOUNT",
+        "GCP_PROJECT",
+        "GCP_REGION",
+        "HUB_INSTANCE",
+        "HUB_ZONE",
+    }
+    readme = (ROOT / "README.md").read_text()
+    assert set(re.findall(r"gh variable set (\w+)", readme)) == used
