@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import zstandard
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
 from chargectl.common.errors import CodecError
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import MAC_RE, Reading
 from chargectl.gen.v1 import commands_pb2, common_pb2, frontend_pb2, telemetry_pb2
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED",

@@ -9,10 +9,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chargectl.common.errors import CodecError, ConfigError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from chargectl.common.errors import CodecError, ConfigError
 
 __all__ = [
     "Keyring",

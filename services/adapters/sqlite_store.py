@@ -1,0 +1,270 @@
+"""The embedded store on SQLite: each record is its contract message's bytes plus indexed columns."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from chargectl.common.codec import ChargeRequest, ChargeSession, LedgerEntry, PlugState, Site, UserAccount
+from chargectl.common.errors import StoreError
+
+__all__ = ["SqliteStore"]
+
+M = TypeVar("M", bound=Message)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger (
+    entry_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_user ON ledger (user_id, created_at_ms);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY, status INTEGER NOT NULL, created_at_ms INTEGER NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status, created_at_ms);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, plug_mac TEXT NOT NULL, status INTEGER NOT NULL,
+    started_at_ms INTEGER NOT NULL, doc BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id, started_at_ms);
+CREATE INDEX IF NOT EXISTS sessions_plug ON sessions (plug_mac, started_at_ms);
+CREATE TABLE IF NOT EXISTS plug_states (plug_mac TEXT PRIMARY KEY, site_id TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sites (site_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, kind TEXT NOT NULL, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+"""
+
+
+class SqliteStore:
+    """A :class:`~chargectl.services.adapters.store.Store` in one SQLite file (WAL, thread-safe)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"store write failed: {exc}") from exc
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _one(self, cls: type[M], sql: str, args: tuple[object, ...]) -> M | None:
+        with self._lock:
+            try:
+                row = self._db.execute(sql, args).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+        return None if row is None else _parse(cls, row[0])
+
+    def _many(self, cls: type[M], sql: str, args: tuple[object, ...] = ()) -> list[M]:
+        with self._lock:
+            try:
+                rows = self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+        return [_parse(cls, row[0]) for row in rows]
+
+    # users
+    def get_user(self, user_id: str) -> UserAccount | None:
+        return self._one(UserAccount, "SELECT doc FROM users WHERE user_id = ?", (user_id,))
+
+    def put_user(self, user: UserAccount) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO users (user_id, doc) VALUES (?, ?)",
+                (user.user_id, user.SerializeToString()),
+            )
+
+    def list_users(self) -> list[UserAccount]:
+        return self._many(UserAccount, "SELECT doc FROM users ORDER BY user_id")
+
+    # ledger
+    def append_ledger(self, entry: LedgerEntry) -> bool:
+        if not entry.entry_id or not entry.user_id:
+            raise StoreError("a ledger entry needs an entry_id and a user_id")
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO ledger (entry_id, user_id, created_at_ms, doc) VALUES (?, ?, ?, ?)",
+                (entry.entry_id, entry.user_id, entry.created_at_ms, entry.SerializeToString()),
+            )
+            return cur.rowcount == 1
+
+    def get_ledger_entry(self, entry_id: str) -> LedgerEntry | None:
+        return self._one(LedgerEntry, "SELECT doc FROM ledger WHERE entry_id = ?", (entry_id,))
+
+    def ledger_entries(self, user_id: str | None = None) -> list[LedgerEntry]:
+        if user_id is None:
+            return self._many(LedgerEntry, "SELECT doc FROM ledger ORDER BY created_at_ms, entry_id")
+        return self._many(
+            LedgerEntry,
+            "SELECT doc FROM ledger WHERE user_id = ? ORDER BY created_at_ms, entry_id",
+            (user_id,),
+        )
+
+    # requests
+    def add_request(self, request: ChargeRequest) -> bool:
+        if not request.request_id:
+            raise StoreError("a charge request needs a request_id")
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO requests (request_id, status, created_at_ms, doc) VALUES (?, ?, ?, ?)",
+                (request.request_id, request.status, request.created_at_ms, request.SerializeToString()),
+            )
+            return cur.rowcount == 1
+
+    def get_request(self, request_id: str) -> ChargeRequest | None:
+        return self._one(ChargeRequest, "SELECT doc FROM requests WHERE request_id = ?", (request_id,))
+
+    def pending_requests(self) -> list[ChargeRequest]:
+        return self._many(
+            ChargeRequest,
+            "SELECT doc FROM requests WHERE status IN (?, ?) ORDER BY created_at_ms, request_id",
+            (ChargeRequest.STATUS_PENDING, ChargeRequest.STATUS_UNSPECIFIED),
+        )
+
+    def answer_request(
+        self, request_id: str, status: int, reason: str, session_id: str, answered_at_ms: int
+    ) -> bool:
+        with self._tx() as db:
+            row = db.execute("SELECT doc FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+            if row is None:
+                return False
+            req = _parse(ChargeRequest, row[0])
+            if req.status not in (ChargeRequest.STATUS_PENDING, ChargeRequest.STATUS_UNSPECIFIED):
+                return False
+            req.status = status  # type: ignore[assignment]
+            req.reason = reason
+            req.session_id = session_id
+            req.answered_at_ms = answered_at_ms
+            db.execute(
+                "UPDATE requests SET status = ?, doc = ? WHERE request_id = ?",
+                (status, req.SerializeToString(), request_id),
+            )
+            return True
+
+    # sessions
+    def put_session(self, session: ChargeSession) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sessions (session_id, user_id, plug_mac, status, started_at_ms, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session.session_id,
+                    session.user_id,
+                    session.plug_mac,
+                    session.status,
+                    session.started_at_ms,
+                    session.SerializeToString(),
+                ),
+            )
+
+    def get_session(self, session_id: str) -> ChargeSession | None:
+        return self._one(ChargeSession, "SELECT doc FROM sessions WHERE session_id = ?", (session_id,))
+
+    def list_sessions(
+        self,
+        user_id: str | None = None,
+        plug_mac: str | None = None,
+        active_only: bool = False,
+        limit: int = 100,
+    ) -> list[ChargeSession]:
+        where: list[str] = []
+        args: list[object] = []
+        if user_id is not None:
+            where.append("user_id = ?")
+            args.append(user_id)
+        if plug_mac is not None:
+            where.append("plug_mac = ?")
+            args.append(plug_mac)
+        if active_only:
+            where.append("status = ?")
+            args.append(ChargeSession.STATUS_ACTIVE)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        args.append(limit)
+        return self._many(
+            ChargeSession,
+            f"SELECT doc FROM sessions {clause} ORDER BY started_at_ms DESC, session_id DESC LIMIT ?",
+            tuple(args),
+        )
+
+    # plug states
+    def put_plug_state(self, state: PlugState) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO plug_states (plug_mac, site_id, doc) VALUES (?, ?, ?)",
+                (state.plug_mac, state.site_id, state.SerializeToString()),
+            )
+
+    def get_plug_state(self, plug_mac: str) -> PlugState | None:
+        return self._one(PlugState, "SELECT doc FROM plug_states WHERE plug_mac = ?", (plug_mac,))
+
+    def list_plug_states(self, site_id: str | None = None) -> list[PlugState]:
+        if site_id is None:
+            return self._many(PlugState, "SELECT doc FROM plug_states ORDER BY site_id, plug_mac")
+        return self._many(
+            PlugState, "SELECT doc FROM plug_states WHERE site_id = ? ORDER BY plug_mac", (site_id,)
+        )
+
+    # sites
+    def put_site(self, site: Site) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sites (site_id, doc) VALUES (?, ?)",
+                (site.site_id, site.SerializeToString()),
+            )
+
+    def get_site(self, site_id: str) -> Site | None:
+        return self._one(Site, "SELECT doc FROM sites WHERE site_id = ?", (site_id,))
+
+    def list_sites(self) -> list[Site]:
+        return self._many(Site, "SELECT doc FROM sites ORDER BY site_id")
+
+    # events
+    def mark_event(self, event_id: str, kind: str, at_ms: int) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO events (event_id, kind, at_ms) VALUES (?, ?, ?)",
+                (event_id, kind, at_ms),
+            )
+            return cur.rowcount == 1
+
+    # checkpoints
+    def save_checkpoint(self, name: str, data: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO checkpoints (name, data) VALUES (?, ?)", (name, data))
+
+    def load_checkpoint(self, name: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM checkpoints WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _parse(cls: type[M], data: bytes) -> M:
+    msg = cls()
+    msg.ParseFromString(data)
+    return msg

@@ -1,0 +1,108 @@
+"""The prepaid ledger: append-only entries with deterministic ids; balances are sums of entries.
+
+An entry's id names its cause (the Stripe event id for a top-up or refund, the session id for a session
+debit), and entries are written create-if-absent, so replaying any cause can never post twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+from chargectl.common.codec import LedgerEntry, Money
+from chargectl.common.errors import StoreError
+from chargectl.services.adapters.store import Store
+
+__all__ = ["KINDS", "Ledger", "LedgerKind", "Posting"]
+
+LedgerKind = Literal["topup", "session_debit", "refund", "adjustment", "dispute"]
+KINDS: dict[LedgerKind, int] = {
+    "topup": LedgerEntry.KIND_TOPUP,
+    "session_debit": LedgerEntry.KIND_SESSION_DEBIT,
+    "refund": LedgerEntry.KIND_REFUND,
+    "adjustment": LedgerEntry.KIND_ADJUSTMENT,
+    "dispute": LedgerEntry.KIND_DISPUTE,
+}
+_KIND_NAMES = {v: k for k, v in KINDS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """A ledger entry as a plain value (what the CLI prints)."""
+
+    entry_id: str
+    user_id: str
+    kind: str
+    amount_minor: int
+    currency: str
+    reference: str
+    description: str
+    created_at_ms: int
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> Posting:
+        return cls(
+            entry_id=entry.entry_id,
+            user_id=entry.user_id,
+            kind=_KIND_NAMES.get(entry.kind, "adjustment"),
+            amount_minor=entry.amount.amount_minor,
+            currency=entry.amount.currency,
+            reference=entry.reference,
+            description=entry.description,
+            created_at_ms=entry.created_at_ms,
+        )
+
+
+class Ledger:
+    """Post entries and read balances through a :class:`Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def post(
+        self,
+        entry_id: str,
+        user_id: str,
+        kind: LedgerKind,
+        amount_minor: int,
+        currency: str,
+        now_ms: int,
+        reference: str = "",
+        description: str = "",
+    ) -> bool:
+        """Append an entry (credit > 0, debit < 0); False if ``entry_id`` was already posted."""
+        if not entry_id or not user_id:
+            raise StoreError("a ledger entry needs an entry id and a user id")
+        if kind not in KINDS:
+            raise StoreError(f"unknown ledger entry kind {kind!r}")
+        if not currency or len(currency) != 3:
+            raise StoreError(f"invalid currency {currency!r}")
+        entry = LedgerEntry(
+            entry_id=entry_id,
+            user_id=user_id,
+            kind=KINDS[kind],  # type: ignore[arg-type]
+            amount=Money(amount_minor=int(amount_minor), currency=currency.lower()),
+            reference=reference,
+            description=description,
+            created_at_ms=now_ms,
+        )
+        return self.store.append_ledger(entry)
+
+    def balance(self, user_id: str, currency: str | None = None) -> int:
+        """Sum of the user's entries (in ``currency`` if given) in minor units."""
+        return sum(
+            e.amount.amount_minor
+            for e in self.store.ledger_entries(user_id)
+            if currency is None or e.amount.currency == currency.lower()
+        )
+
+    def balances(self) -> dict[str, int]:
+        """Every user's balance, rebuilt from the whole ledger (the hub does this at start)."""
+        totals: dict[str, int] = defaultdict(int)
+        for e in self.store.ledger_entries():
+            totals[e.user_id] += e.amount.amount_minor
+        return dict(totals)
+
+    def history(self, user_id: str) -> list[Posting]:
+        return [Posting.of(e) for e in self.store.ledger_entries(user_id)]
