@@ -289,6 +289,34 @@ def test_install_hub_with_unit_file_installs_it_under_its_canonical_name(clone: 
 
 
 @pytest.mark.parametrize(
+    ("config", "url"),
+    [
+        ('backend = "gcp"\n[hub]\nhealth_port = 9100\n', "http://127.0.0.1:9100/healthz"),
+        ('backend = "gcp"\n', "http://127.0.0.1:8787/healthz"),
+    ],
+)
+def test_install_hub_waits_on_the_configured_health_port(
+    clone: Path, tmp_path: Path, config: str, url: str
+) -> None:
+    hub_toml = tmp_path / "hub.toml"
+    hub_toml.write_text(config)
+    commands = plan(clone, "install-hub.sh", "--wheel", WHEEL, "--config", str(hub_toml))
+    assert commands[-1][0] == "curl"
+    assert commands[-1][-1] == url
+
+
+@pytest.mark.parametrize(
+    "config", ["[hub\n", '[hub]\nhealth_port = "8787"\n', "[hub]\nhealth_port = 70000\n"]
+)
+def test_install_hub_refuses_a_config_it_cannot_read(clone: Path, tmp_path: Path, config: str) -> None:
+    hub_toml = tmp_path / "hub.toml"
+    hub_toml.write_text(config)
+    proc = run_script(clone, "install-hub.sh", "--wheel", WHEEL, "--config", str(hub_toml), "--dry-run")
+    assert proc.returncode == 1
+    assert proc.stderr == f"install-hub.sh: error: cannot read [hub] health_port from {hub_toml}\n"
+
+
+@pytest.mark.parametrize(
     ("script", "args", "message"),
     [
         ("deploy-hub.sh", ["--project", "p", "--zone", "z"], "--wheel is required"),
