@@ -114,8 +114,9 @@ def test_deploy_workflow_runs_on_tags_and_by_hand_and_calls_the_scripts() -> Non
     assert "scripts/deploy/deploy-webhook.sh --wheel dist/chargectl-*.whl" in runs["webhook"]
     assert 'scripts/deploy/publish-release.sh "$TAG" dist/chargectl-*.whl' in runs["release"]
     assert workflow["jobs"]["release"]["if"] == "startsWith(github.ref, 'refs/tags/v')"
-    for job_id in ("hub", "webhook", "release"):
-        assert workflow["jobs"][job_id]["needs"] == "build"
+    assert workflow["jobs"]["hub"]["needs"] == "build"
+    assert workflow["jobs"]["webhook"]["needs"] == "build"
+    assert workflow["jobs"]["release"]["needs"] == ["build", "hub", "webhook"]
 
 
 def test_workflows_and_scripts_hold_no_credentials() -> None:
