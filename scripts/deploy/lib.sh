@@ -73,7 +73,7 @@ ensure_config_dir() {
 # itself even when the version did not change, so a redeploy of the same version takes effect.
 install_wheel() {
 	local venv_q
-	venv_q=$(printf '%q' "$VENV")
+	venv_q=$(quote "$VENV")
 	run_sh "test -x $venv_q/bin/python || python3 -m venv $venv_q"
 	run "$VENV/bin/pip" install --quiet --upgrade "$1"
 	run "$VENV/bin/pip" install --quiet --no-deps --force-reinstall "$1"
