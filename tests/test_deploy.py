@@ -540,3 +540,21 @@ def test_readme_sets_every_variable_the_deploy_workflow_reads() -> None:
     }
     readme = (ROOT / "README.md").read_text()
     assert set(re.findall(r"gh variable set (\w+)", readme)) == used
+
+
+@pytest.mark.parametrize(
+    ("probe", "code", "out", "err"),
+    [
+        ("true", 0, "chargectl-hub.service is healthy\n", ""),
+        ("false", 1, "", "bash: error: chargectl-hub.service is not healthy after 0s\n"),
+    ],
+)
+def test_wait_for_reports_success_or_fails_with_the_unit_named(
+    probe: str, code: int, out: str, err: str
+) -> None:
+    """The real (not dry-run) wait loop; journalctl is stubbed out so only the verdict is checked."""
+    script = (
+        f'. "{DEPLOY / "lib.sh"}"; journalctl() {{ :; }}; wait_for chargectl-hub.service 0 healthy {probe}'
+    )
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, out, err)

@@ -81,17 +81,4 @@ done
 run install -o root -g root -m 0600 "$BUNDLE/${configs[0]}" "$CONFIG_DIR/agent.toml"
 install_unit "$unit_file" "$UNIT"
 
-check=(systemctl is-active --quiet "$UNIT")
-if [[ $DRY_RUN == 1 ]]; then
-	printf '%s  # until it succeeds, every 2 s, for up to %s s\n' "$(quote "${check[@]}")" "$TIMEOUT_S"
-	exit 0
-fi
-deadline=$((SECONDS + TIMEOUT_S))
-until "${check[@]}"; do
-	if ((SECONDS >= deadline)); then
-		journalctl --unit "$UNIT" --lines 50 --no-pager >&2 || true
-		die "$UNIT is not active after ${TIMEOUT_S}s"
-	fi
-	sleep 2
-done
-printf '%s is active (%s)\n' "$UNIT" "$("$VENV/bin/chargectl" --version)"
+wait_for "$UNIT" "$TIMEOUT_S" active systemctl is-active --quiet "$UNIT"

@@ -63,17 +63,4 @@ else
 	run systemctl restart "$UNIT"
 fi
 
-probe=(curl --fail --silent --show-error --max-time 5 "$HEALTH_URL")
-if [[ $DRY_RUN == 1 ]]; then
-	printf '%s  # until it succeeds, every 2 s, for up to %s s\n' "$(quote "${probe[@]}")" "$TIMEOUT_S"
-	exit 0
-fi
-deadline=$((SECONDS + TIMEOUT_S))
-until "${probe[@]}" >/dev/null 2>&1; do
-	if ((SECONDS >= deadline)); then
-		journalctl --unit "$UNIT" --lines 50 --no-pager >&2 || true
-		die "$UNIT is not healthy after ${TIMEOUT_S}s ($HEALTH_URL)"
-	fi
-	sleep 2
-done
-printf '%s is healthy (%s)\n' "$UNIT" "$HEALTH_URL"
+wait_for "$UNIT" "$TIMEOUT_S" "healthy ($HEALTH_URL)" curl --fail --silent --show-error --max-time 5 "$HEALTH_URL"

@@ -87,3 +87,23 @@ install_unit() {
 	run systemctl enable "$2"
 	run systemctl restart "$2"
 }
+
+# wait_for UNIT TIMEOUT_S WHAT CMD...: rerun CMD every 2 s until it succeeds; past TIMEOUT_S, show
+# the unit's recent log and fail with "UNIT is not WHAT".
+wait_for() {
+	local unit=$1 timeout_s=$2 what=$3
+	shift 3
+	if [[ $DRY_RUN == 1 ]]; then
+		printf '%s  # until it succeeds, every 2 s, for up to %s s\n' "$(quote "$@")" "$timeout_s"
+		return 0
+	fi
+	local deadline=$((SECONDS + timeout_s))
+	until "$@" >/dev/null 2>&1; do
+		if ((SECONDS >= deadline)); then
+			journalctl --unit "$unit" --lines 50 --no-pager >&2 || true
+			die "$unit is not $what after ${timeout_s}s"
+		fi
+		sleep 2
+	done
+	printf '%s is %s\n' "$unit" "$what"
+}
