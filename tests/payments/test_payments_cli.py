@@ -45,6 +45,19 @@ def cli_env(
     return env
 
 
+@pytest.fixture(autouse=True)
+def _restore_chargectl_logger() -> Iterator[None]:
+    """The CLI's root callback installs its stderr handler and stops propagation; undo that after each test."""
+    logger = logging.getLogger("chargectl")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        yield
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
