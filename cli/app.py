@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "config",
     "session",
     "plugs",
+    "ledger",
     "payments",
 ]
 
