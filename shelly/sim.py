@@ -591,6 +591,7 @@ class SimFleet:
         clock: Clock | None = None,
         interfaces: Sequence[str] | None = None,
         seed: int | None = None,
+        host: str = "127.0.0.1",
     ) -> SimFleet:
         """A fleet of ``n`` plugs of generation ``gen`` with load ``profile`` (ev, ebike, idle, mix)."""
         return cls(
@@ -598,6 +599,7 @@ class SimFleet:
             clock=clock,
             loads=_load_names(profile, n),
             interfaces=interfaces,
+            host=host,
         )
 
     def advance(self, seconds: float) -> None:

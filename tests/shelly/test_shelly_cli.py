@@ -249,3 +249,17 @@ def test_sim_live_table_renders() -> None:
     text = console.export_text()
     assert "7AB100000001" in text and "S4PL-00116US" in text
     assert "2300.0" in text and "19.167" in text and "60" in text  # 2300 W for 30 s; 60 s left on the timer
+
+
+def test_sim_rejects_a_host_that_is_not_ipv4(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = invoke_main(capsys, "sim", "--host", "localhost", "--no-mdns")
+    assert code == 1 and "--host must be an IPv4 address" in err
+
+
+@pytest.mark.integration
+def test_sim_listens_on_the_given_host(sim_process: Callable[..., dict[str, Any]]) -> None:
+    plugs = sim_process("--plugs", "1", "--gen", "2", "--no-mdns", "--host", "127.0.0.2")["plugs"]
+    assert plugs[0]["host"] == "127.0.0.2"
+    status = run_cli("relay", "status", f"127.0.0.2:{plugs[0]['port']}", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["mac"] == plugs[0]["mac"]
