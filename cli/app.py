@@ -23,6 +23,9 @@ __all__ = ["COMMAND_MODULES", "State", "app", "main"]
 # One entry per command group module under chargectl.cli.commands (each has ``register(app)``).
 COMMAND_MODULES: list[str] = [
     "config",
+    "session",
+    "plugs",
+    "payments",
     "discover",
     "relay",
     "sim",

@@ -173,6 +173,30 @@ class FirestoreStore:
                 return False
         return True
 
+    def watch_requests(self, callback: Callable[[ChargeRequest], None]) -> Callable[[], None]:
+        """Call ``callback`` (on the listener's thread) for each pending request, existing or new.
+
+        Uses ``on_snapshot`` on the pending-requests query; returns a function that stops listening.
+        A request may be delivered more than once (reconnects, restarts): answering is guarded.
+        """
+        query = self._col("charge_requests").where(filter=self._where("status", "in", list(_PENDING)))
+
+        def on_snapshot(_snapshots: Any, changes: Any, _read_time: Any) -> None:
+            for change in changes:
+                if change.type.name in ("ADDED", "MODIFIED"):
+                    try:
+                        callback(from_document(ChargeRequest, change.document.to_dict()))
+                    except Exception:  # one bad document must not kill the listener
+                        import logging
+
+                        logging.getLogger("chargectl.firestore").exception(
+                            "cannot handle charge request %s", change.document.id
+                        )
+
+        with self._errors("listen to charge requests"):
+            watch = query.on_snapshot(on_snapshot)
+        return watch.unsubscribe  # type: ignore[no-any-return]
+
     # sessions
     def put_session(self, session: ChargeSession) -> None:
         self._put("sessions", session.session_id, session)

@@ -170,3 +170,40 @@ def test_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StoreError):
         SqliteStore(blocker / "sub" / "store.db")
+
+
+@pytest.mark.integration
+def test_firestore_request_listener_sees_existing_and_new_requests(firestore_env: object) -> None:
+    import threading
+
+    from chargectl.services.adapters.firestore_store import FirestoreStore
+
+    store = FirestoreStore(project=f"test-{uuid.uuid4().hex[:10]}")
+    seen: list[str] = []
+    got_two = threading.Event()
+
+    def on_request(req: ChargeRequest) -> None:
+        seen.append(req.request_id)
+        if {"r-old", "r-new"} <= set(seen):
+            got_two.set()
+
+    def request(rid: str, status: int = ChargeRequest.STATUS_PENDING) -> ChargeRequest:
+        return ChargeRequest(
+            request_id=rid,
+            user_id="u1",
+            plug_mac="AABBCCDDEEFF",
+            action=ChargeRequest.ACTION_START,
+            status=status,
+            created_at_ms=1,
+        )
+
+    store.add_request(request("r-old"))
+    store.add_request(request("r-done", ChargeRequest.STATUS_REJECTED))
+    stop = store.watch_requests(on_request)
+    try:
+        store.add_request(request("r-new"))
+        assert got_two.wait(timeout=20)
+        assert "r-done" not in seen
+    finally:
+        stop()
+        store.close()
