@@ -27,6 +27,9 @@ COMMAND_MODULES: list[str] = [
     "plugs",
     "ledger",
     "payments",
+    "discover",
+    "relay",
+    "sim",
 ]
 
 app = typer.Typer(
@@ -94,7 +97,7 @@ def error_line(message: str) -> None:
     """Print one red error line to stderr."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
 
 
 def main(argv: list[str] | None = None) -> None:
