@@ -25,6 +25,8 @@ COMMAND_MODULES: list[str] = [
     "config",
     "session",
     "plugs",
+    "ledger",
+    "payments",
     "discover",
     "relay",
     "sim",

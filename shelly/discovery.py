@@ -174,7 +174,11 @@ class PlugWatcher:
         for queue in self._queues:
             queue.put_nowait(event)
         if self.on_event is not None:
-            result = self.on_event(event)
+            try:
+                result = self.on_event(event)
+            except Exception:  # a broken callback must not stop discovery
+                log.exception("plug event callback failed for %s", event)
+                return
             if asyncio.iscoroutine(result):
                 task = asyncio.ensure_future(result)
                 self._tasks.add(task)

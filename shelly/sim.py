@@ -151,6 +151,7 @@ class SimPlug:
         self._server: asyncio.Server | None = None
         self._unhang = asyncio.Event()
         self._conns: set[asyncio.StreamWriter] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self.on_move: Callable[[SimPlug], Awaitable[None]] | None = None
         self.advance_clock: Callable[[float], None] | None = None
 
@@ -194,9 +195,9 @@ class SimPlug:
     async def move(self, port: int | None = None, host: str | None = None) -> None:
         """Serve from a new address (a DHCP move) and re-advertise it."""
         await self._close_server()
-        self.host = host or self.host
-        self.port = port or 0
-        await self.start()
+        new_host = host or self.host
+        self._server = await asyncio.start_server(self._handle, new_host, port or 0, reuse_address=True)
+        self.host, self.port = new_host, self._server.sockets[0].getsockname()[1]
         if self.on_move is not None:
             await self.on_move(self)
 
@@ -490,11 +491,18 @@ class SimPlug:
                 return _json(200, self.state())
             if action == "move":
                 port = int(q["port"]) if "port" in q else None
-                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.move(port)))
+                # answer first, then move: this very connection is served by the old listener
+                task = asyncio.get_running_loop().create_task(self._move_soon(port))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
                 return _json(200, {"moving": True})
         except (ValueError, KeyError) as exc:
             return _text(400, f"bad control request: {exc}")
         return _text(404, f"unknown control {action!r}")
+
+    async def _move_soon(self, port: int | None) -> None:
+        await asyncio.sleep(0.05)
+        await self.move(port)
 
     def state(self) -> dict[str, Any]:
         """Truth plus identity, as JSON-able data."""
@@ -583,6 +591,7 @@ class SimFleet:
         clock: Clock | None = None,
         interfaces: Sequence[str] | None = None,
         seed: int | None = None,
+        host: str = "127.0.0.1",
     ) -> SimFleet:
         """A fleet of ``n`` plugs of generation ``gen`` with load ``profile`` (ev, ebike, idle, mix)."""
         return cls(
@@ -590,6 +599,7 @@ class SimFleet:
             clock=clock,
             loads=_load_names(profile, n),
             interfaces=interfaces,
+            host=host,
         )
 
     def advance(self, seconds: float) -> None:

@@ -67,6 +67,9 @@ def register(app: typer.Typer) -> None:
                 "--interface", help="Interface IPv4 to advertise on (repeatable; default 127.0.0.1)."
             ),
         ] = None,
+        host: Annotated[
+            str, typer.Option("--host", help="IPv4 address the plugs listen on (and advertise).")
+        ] = "127.0.0.1",
         speed: Annotated[
             float, typer.Option("--speed", min=0.001, help="Simulated time runs this much faster.")
         ] = 1.0,
@@ -78,6 +81,7 @@ def register(app: typer.Typer) -> None:
         """Run simulated plugs speaking the Gen1 or Gen2+ API; control them under http://PLUG/__sim/."""
         import asyncio
         import signal
+        import socket
 
         from chargectl.common.clock import ScaledClock, SystemClock
         from chargectl.common.errors import ConfigError
@@ -87,6 +91,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--gen must be 1, 2, 3, 4 or mix, not {gen!r}")
         if profile not in ("ev", "ebike", "idle", "mix"):
             raise ConfigError(f"--profile must be ev, ebike, idle or mix, not {profile!r}")
+        try:
+            socket.inet_aton(host)
+        except OSError:
+            raise ConfigError(f"--host must be an IPv4 address, not {host!r}") from None
         clock = SimClock(ScaledClock(speed) if speed != 1.0 else SystemClock())
         fleet = SimFleet.build(
             plugs,
@@ -96,6 +104,7 @@ def register(app: typer.Typer) -> None:
             clock=clock,
             interfaces=None if no_mdns else (interface or ["127.0.0.1"]),
             seed=seed,
+            host=host,
         )
 
         async def run() -> None:

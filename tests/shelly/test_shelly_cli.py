@@ -231,3 +231,35 @@ def test_target_parsing() -> None:
     assert parse_target("aa:bb:cc:dd:ee:ff") == ("AABBCCDDEEFF", None, 80)
     assert parse_target("10.0.0.7") == (None, "10.0.0.7", 80)
     assert parse_target("plug.local:8080") == (None, "plug.local", 8080)
+
+
+def test_sim_live_table_renders() -> None:
+    from rich.console import Console
+
+    from chargectl.cli.commands.sim import _table
+
+    clock = ManualClock()
+    fleet = SimFleet(
+        [make_profile(1, "7AB100000001"), make_profile(4, "7AB100000004")], clock=clock, loads="ev"
+    )
+    fleet.plugs[0].device.switch(True, timer_s=90)
+    clock.advance(30)
+    console = Console(record=True, width=200)
+    console.print(_table(fleet))
+    text = console.export_text()
+    assert "7AB100000001" in text and "S4PL-00116US" in text
+    assert "2300.0" in text and "19.167" in text and "60" in text  # 2300 W for 30 s; 60 s left on the timer
+
+
+def test_sim_rejects_a_host_that_is_not_ipv4(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = invoke_main(capsys, "sim", "--host", "localhost", "--no-mdns")
+    assert code == 1 and "--host must be an IPv4 address" in err
+
+
+@pytest.mark.integration
+def test_sim_listens_on_the_given_host(sim_process: Callable[..., dict[str, Any]]) -> None:
+    plugs = sim_process("--plugs", "1", "--gen", "2", "--no-mdns", "--host", "127.0.0.2")["plugs"]
+    assert plugs[0]["host"] == "127.0.0.2"
+    status = run_cli("relay", "status", f"127.0.0.2:{plugs[0]['port']}", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["mac"] == plugs[0]["mac"]

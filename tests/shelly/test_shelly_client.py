@@ -328,3 +328,38 @@ async def test_one_request_in_flight_per_device(
     ncs = [parse_auth_header(e.authorization)[1]["nc"] for e in plug.log if e.authorization]
     assert ncs == [f"{i:08x}" for i in range(1, len(ncs) + 1)]  # nc arrived in order, none rejected
     assert all(e.status == 200 for e in plug.log if e.authorization)
+
+
+async def test_control_surface_over_http(fleet_factory: FleetFactory, manual_clock: ManualClock) -> None:
+    import asyncio
+
+    import httpx
+
+    fleet = await fleet_factory([make_profile(1, MACS[1]), make_profile(2, MACS[2])])
+    plug = fleet.plugs[1]
+    async with httpx.AsyncClient(base_url=f"http://{plug.address}/__sim") as http:
+        assert (await http.get("/load", params={"w": "1000"})).json()["power_w"] == 0.0  # relay still off
+        async with await client_for(plug, manual_clock) as client:
+            await client.set_relay(True)
+        state = (await http.get("/advance", params={"s": "36"})).json()
+        assert (state["power_w"], state["energy_mwh"], state["uptime_s"]) == (1000.0, 10_000, 36)
+        assert fleet.plugs[0].truth().uptime_s == 36  # one clock for the whole fleet
+        assert (await http.get("/fault", params={"kind": "non_json", "count": "1"})).json()["faults"] == [
+            "non_json"
+        ]
+        assert (await http.get("/clear")).json() == {"faults": []}
+        assert (await http.get("/trip")).json()["tripped"] is True
+        assert (await http.get("/reboot")).json()["boots"] == 2
+        log = (await http.get("/log")).json()
+        assert {"method", "path", "status", "authorization"} <= set(log[0])
+        assert any(e["path"].startswith("/rpc/Switch.Set") for e in log)
+        assert (await http.get("/fault", params={"kind": "bogus"})).status_code == 400
+        old = plug.port
+        assert (await http.get("/move")).json() == {"moving": True}
+    for _ in range(100):
+        if plug.port != old:
+            break
+        await asyncio.sleep(0.05)
+    assert plug.port != old
+    async with await client_for(plug, manual_clock) as client:
+        assert client.mac == MACS[2]
