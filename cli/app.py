@@ -23,6 +23,12 @@ __all__ = ["COMMAND_MODULES", "State", "app", "main"]
 # One entry per command group module under chargectl.cli.commands (each has ``register(app)``).
 COMMAND_MODULES: list[str] = [
     "config",
+    "session",
+    "plugs",
+    "payments",
+    "discover",
+    "relay",
+    "sim",
 ]
 
 app = typer.Typer(
@@ -90,7 +96,7 @@ def error_line(message: str) -> None:
     """Print one red error line to stderr."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
 
 
 def main(argv: list[str] | None = None) -> None:
