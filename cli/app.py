@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "discover",
     "relay",
     "sim",
+    "agent",
 ]
 
 app = typer.Typer(

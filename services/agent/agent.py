@@ -44,7 +44,7 @@ from chargectl.services.agent.health import AgentHealth, write_heartbeat
 from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSighting
 from chargectl.services.agent.settings import AgentSettings
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "PlugStatus"]
 
 log = logging.getLogger("chargectl.agent")
 
@@ -59,6 +59,17 @@ class _PlugEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
     polls: int = 0
+
+
+@dataclass(frozen=True)
+class PlugStatus:
+    mac: str
+    host: str
+    port: int
+    online: bool
+    polls: int
+    failures: int
+    last_error: str
 
 
 class Agent:
@@ -126,6 +137,19 @@ class Agent:
     def plugs(self) -> dict[str, tuple[str, int, bool]]:
         """Known plugs: MAC → (host, port, online)."""
         return {m: (e.host, e.port, e.health.online and e.client is not None) for m, e in self._plugs.items()}
+
+    def plug_status(self, mac: str) -> PlugStatus:
+        """How one plug is doing (``KeyError`` if the agent does not know it)."""
+        e = self._plugs[mac]
+        return PlugStatus(
+            e.mac,
+            e.host,
+            e.port,
+            e.client is not None and e.health.online,
+            e.polls,
+            e.health.failures,
+            e.health.last_error,
+        )
 
     def _change(self, kind: str, entry: _PlugEntry, plug: Plug | None = None) -> None:
         self._buffer.add_change(
@@ -260,7 +284,7 @@ class Agent:
                 )
             )
 
-    async def _switch(self, mac: str, on: bool, auto_off_s: float | None) -> bool:
+    async def _switch(self, mac: str, on: bool, auto_off_s: int | None) -> bool:
         entry = self._plugs[mac]
         async with entry.lock:
             if entry.client is None:

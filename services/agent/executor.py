@@ -81,7 +81,7 @@ class CommandExecutor:
         keyring: Keyring,
         journal: CommandJournal,
         lifetime_s: float,
-        switch: Callable[[str, bool, float | None], Awaitable[bool]],
+        switch: Callable[[str, bool, int | None], Awaitable[bool]],
         knows_plug: Callable[[str], bool],
         timeout_s: float = 10.0,
     ) -> None:
@@ -119,7 +119,7 @@ class CommandExecutor:
             return self._refused(Refusal("unknown_plug", f"no plug {cmd.plug_mac} at this site", cmd), now_ms)
         keep_until = max(cmd.expires_at_ms, now_ms) + self.lifetime_ms
         self.journal.record(cmd.command_id, keep_until)
-        auto_off = float(cmd.auto_off_s) if cmd.on and cmd.auto_off_s > 0 else None
+        auto_off = int(cmd.auto_off_s) if cmd.on and cmd.auto_off_s > 0 else None
         try:
             observed = await asyncio.wait_for(self._switch(cmd.plug_mac, cmd.on, auto_off), self.timeout_s)
         except (DeviceError, TimeoutError) as exc:

@@ -30,7 +30,7 @@ class Plug(Protocol):
         """One reading now; ``DeviceError`` if the plug cannot be read."""
         ...
 
-    async def set_relay(self, on: bool, auto_off_s: float | None = None) -> bool:
+    async def set_relay(self, on: bool, auto_off_s: int | None = None) -> bool:
         """Switch the relay (arming the plug's own flip-back timer if ``auto_off_s``); the observed state."""
         ...
 

@@ -40,7 +40,7 @@ class FakePlug:
             temperature_c=31.5,
         )
 
-    async def set_relay(self, on: bool, auto_off_s: float | None = None) -> bool:
+    async def set_relay(self, on: bool, auto_off_s: int | None = None) -> bool:
         self.calls.append(f"set_relay({on}, {auto_off_s})")
         if self.failing:
             raise DeviceTimeoutError(f"{self.mac} did not answer")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import stat
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def test_spool_round_trip_in_seq_order_and_private_files(tmp_path: Path) -> None
     assert Spool(tmp_path / "spool", 1 << 20).seqs() == [2, 3]
 
 
-def test_full_spool_drops_oldest_counts_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_full_spool_drops_oldest_counts_and_logs(tmp_path: Path, agent_log: pytest.LogCaptureFixture) -> None:
     spool = Spool(tmp_path / "spool", 1 << 20)
     one = (
         len(b"CCSPOOL1")
@@ -59,12 +58,11 @@ def test_full_spool_drops_oldest_counts_and_logs(tmp_path: Path, caplog: pytest.
         + 1000
     )
     spool.max_bytes = 3 * one  # room for exactly three batches of this shape
-    with caplog.at_level(logging.WARNING, logger="chargectl.agent"):
-        for seq in range(1, 6):
-            spool.put(batch(seq, size=1000))
+    for seq in range(1, 6):
+        spool.put(batch(seq, size=1000))
     assert spool.seqs() == [3, 4, 5]
     assert spool.dropped_batches == 2 and spool.dropped_readings == 6
-    drops = [r.getMessage() for r in caplog.records if "dropped batch" in r.getMessage()]
+    drops = [r.getMessage() for r in agent_log.records if "dropped batch" in r.getMessage()]
     assert len(drops) == 2 and "dropped batch 1 " in drops[0] and "dropped batch 2 " in drops[1]
 
 

@@ -19,10 +19,10 @@ NOW = 1_767_225_600_000
 
 class Switches:
     def __init__(self) -> None:
-        self.calls: list[tuple[str, bool, float | None]] = []
+        self.calls: list[tuple[str, bool, int | None]] = []
         self.fail = False
 
-    async def __call__(self, mac: str, on: bool, auto_off_s: float | None) -> bool:
+    async def __call__(self, mac: str, on: bool, auto_off_s: int | None) -> bool:
         self.calls.append((mac, on, auto_off_s))
         if self.fail:
             raise DeviceTimeoutError("plug did not answer")
@@ -73,7 +73,7 @@ async def test_signed_command_executes_with_auto_off(
         "sess-1",
         SITE,
     )
-    assert switches.calls == [(MAC, True, 90.0)]
+    assert switches.calls == [(MAC, True, 90)]
     off, _ = pack_command(command("c2", on=False), hub_key)
     assert (await executor.handle(off, NOW)).relay_on is False
     assert switches.calls[-1] == (MAC, False, None)  # no flip-back timer on "off"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -148,38 +147,38 @@ async def test_outage_spools_then_replays_in_order_across_a_restart(h: Harness) 
 
 
 async def test_plug_offline_and_recovery_are_logged_once(
-    h: Harness, caplog: pytest.LogCaptureFixture
+    h: Harness, agent_log: pytest.LogCaptureFixture
 ) -> None:
     agent = h.agent()
     await agent.run_once()
     h.plugs[1].failing = True
-    with caplog.at_level(logging.INFO, logger="chargectl.agent"):
-        for _ in range(6):
-            h.clock.advance(5)
-            await agent.run_once()
-        h.plugs[1].failing = False
-        for _ in range(3):
-            h.clock.advance(5)
-            await agent.run_once()
-    messages = [r.getMessage() for r in caplog.records if MACS[1] in r.getMessage()]
+    for _ in range(6):
+        h.clock.advance(5)
+        await agent.run_once()
+    h.plugs[1].failing = False
+    for _ in range(3):
+        h.clock.advance(5)
+        await agent.run_once()
+    messages = [r.getMessage() for r in agent_log.records if MACS[1] in r.getMessage()]
     assert sum("is offline" in m for m in messages) == 1
     assert sum("back online" in m for m in messages) == 1
-    assert [r.levelname for r in caplog.records if "is offline" in r.getMessage()] == ["WARNING"]
+    assert [r.levelname for r in agent_log.records if "is offline" in r.getMessage()] == ["WARNING"]
     await agent.aclose()
 
 
-async def test_link_down_and_restored_are_logged_once(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+async def test_link_down_and_restored_are_logged_once(
+    h: Harness, agent_log: pytest.LogCaptureFixture
+) -> None:
     agent = h.agent()
-    with caplog.at_level(logging.INFO, logger="chargectl.agent"):
-        h.bus.set_offline(True)
-        for _ in range(4):
-            h.clock.advance(5)
-            await agent.run_once()
-        h.bus.set_offline(False)
-        for _ in range(2):
-            h.clock.advance(5)
-            await agent.run_once()
-    text = [r.getMessage() for r in caplog.records]
+    h.bus.set_offline(True)
+    for _ in range(4):
+        h.clock.advance(5)
+        await agent.run_once()
+    h.bus.set_offline(False)
+    for _ in range(2):
+        h.clock.advance(5)
+        await agent.run_once()
+    text = [r.getMessage() for r in agent_log.records]
     assert sum("telemetry link down" in m for m in text) == 1
     assert sum("telemetry link restored" in m for m in text) == 1
     await agent.aclose()
@@ -222,8 +221,8 @@ async def test_commands_execute_and_every_outcome_is_published(h: Harness) -> No
         ("executed", True, True),
         ("duplicate", False, None),
     ]
-    assert h.plugs[0].relay_on and h.plugs[0].auto_off_s == 120.0
-    assert h.plugs[0].calls.count("set_relay(True, 120.0)") == 1
+    assert h.plugs[0].relay_on and h.plugs[0].auto_off_s == 120
+    assert h.plugs[0].calls.count("set_relay(True, 120)") == 1
     assert all(m.attributes["shard"] == "3" for m in h.received)
     await agent.aclose()
 
