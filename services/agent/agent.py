@@ -9,10 +9,10 @@ Theory of operation:
   fails ``offline_after_failures`` polls in a row is logged offline once; its polls back off
   exponentially; its first good poll logs it back once.
 - Readings go into one buffer. The flusher takes a batch every ``flush_interval_s`` (or as soon as
-  ``max_batch_readings`` are buffered), gives it the next persisted ``batch_seq``, packs and signs it
-  and publishes it. While anything is spooled, new batches join the spool first, and the spool is
-  replayed oldest-first, so the bus sees batches in ``batch_seq`` order. A failed publish spools the
-  batch and marks the link down (logged once; its return is logged once).
+  ``max_batch_readings`` are buffered), gives it the next persisted ``batch_seq``, packs and signs it,
+  writes it to the spool and then publishes the spool oldest-first, removing each batch once the bus
+  has it; so the bus sees batches in ``batch_seq`` order and nothing is lost to a failed publish or a
+  stop mid-publish. A failed publish marks the link down (logged once; its return is logged once).
 - Command messages are verified and executed by :class:`CommandExecutor`; each yields a
   ``CommandResult`` on the telemetry topic. The command subscription is re-established if it fails.
 """
@@ -344,16 +344,14 @@ class Agent:
         """Pack what is buffered into batches and ship them (spool first when anything is spooled)."""
         shipped = 0
         async with self._ship_lock:
-            offline_exit = final and not self._link_up  # do not stall a shutdown on a dead link
+            # Write-ahead: a batch is on disk before its publish starts, so neither a failed publish
+            # nor a stop in the middle of one can lose it (a replay after an ambiguous publish is a
+            # duplicate batch_seq, which the hub drops).
             while not self._buffer.empty:
                 readings, inventory = self._buffer.take(self.clock.monotonic())
-                batch = self._pack(readings, inventory)
+                self.spool.put(self._pack(readings, inventory))
                 shipped += 1
-                if len(self.spool) and not offline_exit:
-                    await self._drain()  # older batches first
-                if len(self.spool) or offline_exit or not await self._publish(batch):
-                    self.spool.put(batch)
-            if len(self.spool) and self._link_up and not offline_exit:
+            if len(self.spool) and not (final and not self._link_up):  # a dead link must not stall a stop
                 await self._drain()
         return shipped
 

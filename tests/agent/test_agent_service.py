@@ -195,11 +195,11 @@ async def test_full_spool_drops_oldest_and_counts(h: Harness) -> None:
     assert health.dropped_readings == 3 * health.dropped_batches
     h.bus.set_offline(False)
     h.clock.advance(5)
-    after = await agent.run_once()  # the spool replays first, then batch 9
+    after = await agent.run_once()  # batch 9 is written ahead into the full spool, then all replay
     await settle()
     seqs = [int(m.attributes["batch_seq"]) for m in h.received]
-    assert after.dropped_batches == health.dropped_batches and after.spooled_batches == 0
-    assert seqs == list(range(health.dropped_batches + 1, 10))  # the newest survive, in order
+    assert after.dropped_batches == health.dropped_batches + 1 and after.spooled_batches == 0
+    assert seqs == list(range(after.dropped_batches + 1, 10))  # the newest survive, in order
     await agent.aclose()
 
 
