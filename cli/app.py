@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "discover",
     "relay",
     "sim",
+    "agent",
 ]
 
 app = typer.Typer(
