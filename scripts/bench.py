@@ -102,7 +102,12 @@ class Plan:
     repeat_max_plugs: int = 10_000
     memory_plugs: tuple[int, ...] = (10_000, 100_000)
     agent_plugs: int = 200
-    agent_polls: int = 3
+    agent_polls: int = 3  # polls per plug for the bare-HTTP baseline
+    agent_seconds: float = 20.0  # measured window of the running agent
+    agent_poll_interval_s: float = POLL_INTERVAL_S
+    latency_plugs: int = 20
+    latency_rounds: int = 10
+    latency_backends: tuple[str, ...] = ("embedded", "emulators")
     cost_plugs: int = 200
     cost_hours: float = 6.0
     cost_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
@@ -120,8 +125,12 @@ class Plan:
             hub_cycles=1,
             hub_repeats=1,
             memory_plugs=(10_000,),
-            agent_plugs=50,
             agent_polls=2,
+            agent_plugs=30,
+            agent_seconds=3.0,
+            agent_poll_interval_s=1.0,
+            latency_plugs=10,
+            latency_rounds=1,
             cost_plugs=60,
             cost_hours=2.0,
         )
@@ -138,6 +147,11 @@ class Plan:
             memory_plugs=(200, 400),
             agent_plugs=4,
             agent_polls=1,
+            agent_seconds=1.0,
+            agent_poll_interval_s=0.5,
+            latency_plugs=2,
+            latency_rounds=1,
+            latency_backends=("embedded",),
             cost_plugs=12,
             cost_hours=1.0,
         )
@@ -1090,33 +1104,36 @@ _SIM_CHILD = """
 import asyncio, json, sys
 from chargectl.shelly.sim import SimFleet
 
-async def main(n, gen):
-    async with SimFleet.build(n, gen, profile="mix", seed=11) as fleet:
+async def main(n, gen, profile):
+    async with SimFleet.build(n, gen, profile=profile, seed=11) as fleet:
         print(json.dumps([p.port for p in fleet.plugs]), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
-asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
 """
 
 
 class SimProcess:
     """The simulator fleet in its own process group, so its CPU is not charged to the client."""
 
-    def __init__(self, n: int, gen: str) -> None:
+    def __init__(self, n: int, gen: str, profile: str = "mix") -> None:
         import subprocess
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SIM_CHILD, str(n), gen],
+            [sys.executable, "-c", _SIM_CHILD, str(n), gen, profile],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,
             text=True,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+        line = self.proc.stdout.readline() if ready else ""
         if not line:
             self.stop()
-            raise RuntimeError("the plug simulator did not start")
+            raise RuntimeError("the plug simulator did not start within 60 s")
         self.ports: list[int] = json.loads(line)
 
     def stop(self) -> None:
@@ -1132,40 +1149,97 @@ class SimProcess:
                 self.proc.wait()
 
 
-async def _poll_cpu(ports: list[int], polls: int, concurrency: int = 8) -> dict[str, float]:
+def _agent(
+    tmp: Path,
+    site: str,
+    ports: Sequence[int],
+    bus: Any,
+    agent_key: SigningKey,
+    command_key: SigningKey,
+    **overrides: Any,
+) -> Any:
+    """The real site agent for plugs at ``ports`` on 127.0.0.1 (static addresses, no mDNS)."""
+    from chargectl.common.clock import SystemClock
+    from chargectl.services.agent import Agent, AgentSettings, PlugAddress
+    from chargectl.services.agent.shelly_plugs import shelly_connector
+
+    settings = AgentSettings(
+        site_id=site,
+        plugs=[PlugAddress("127.0.0.1", port) for port in ports],
+        discovery=False,
+        state_dir=tmp,
+        **overrides,
+    )
+    ring = Keyring()
+    ring.add_public(command_key.public_bytes, site)
+    clock = SystemClock()
+    connector = shelly_connector(
+        password=None, user="admin", timeout_s=settings.request_timeout_s, clock=clock
+    )
+    return Agent(settings, bus, agent_key, ring, connector, clock=clock)
+
+
+async def _wait(cond: Callable[[], bool], what: str, limit_s: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark gave up waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _agent_cpu(ports: list[int], seconds: float, poll_interval_s: float) -> dict[str, float]:
+    """CPU of the whole agent (pollers, batcher, packing, signing, publishing) per plug-poll."""
+    import tempfile
+
+    from chargectl.common.topics import TELEMETRY_TOPIC
+
+    bus = MemoryBus()
+    await bus.ensure_topic(TELEMETRY_TOPIC)
+    with tempfile.TemporaryDirectory(prefix="chargectl-bench-") as tmp:
+        agent = _agent(
+            Path(tmp),
+            "site-agent",
+            ports,
+            bus,
+            SigningKey.generate(),
+            SigningKey.generate(),
+            poll_interval_s=poll_interval_s,
+        )
+        task = asyncio.create_task(agent.serve())
+
+        def polls() -> int:
+            return sum(agent.plug_status(mac).polls for mac in agent.plugs)
+
+        try:
+            await _wait(lambda: len(agent.plugs) == len(ports) and polls() >= 2 * len(ports), "first polls")
+            p0, t0 = polls(), time.process_time()
+            await asyncio.sleep(seconds)
+            p1, t1 = polls(), time.process_time()
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 30)
+            await bus.close()
+    return {"cpu_per_poll_s": (t1 - t0) / max(1, p1 - p0), "polls": p1 - p0}
+
+
+async def _bare_cpu(ports: list[int], gen: str, polls: int, concurrency: int = 8) -> float:
+    """The baseline: a bare httpx GET of the same status document and ``json.loads``."""
     import httpx
 
-    from chargectl.shelly.client import ShellyClient
-
-    clients = [await ShellyClient.connect("127.0.0.1", port) for port in ports]
+    path = "/status" if gen == "1" else "/rpc/Shelly.GetStatus"
     sem = asyncio.Semaphore(concurrency)
-    raw = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0), trust_env=False)
+    async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0), trust_env=False) as raw:
 
-    async def real(c: ShellyClient) -> None:
-        async with sem:
-            r = await c.read()
-            if r.mac != c.mac:
-                raise AssertionError("the simulator answered for another plug")
+        async def one(port: int) -> None:
+            async with sem:
+                resp = await raw.get(f"http://127.0.0.1:{port}{path}")
+                json.loads(resp.content)
 
-    async def bare(c: ShellyClient) -> None:
-        path = "/status" if c.gen == 1 else "/rpc/Shelly.GetStatus"
-        async with sem:
-            resp = await raw.get(f"http://127.0.0.1:{c.port}{path}")
-            json.loads(resp.content)
-
-    out: dict[str, float] = {}
-    try:
-        for name, fn in (("client", real), ("bare", bare)):
-            await asyncio.gather(*(fn(c) for c in clients))  # warm-up
-            t0 = time.process_time()
-            for _ in range(polls):
-                await asyncio.gather(*(fn(c) for c in clients))
-            out[name] = (time.process_time() - t0) / (polls * len(clients))
-    finally:
-        await raw.aclose()
-        for c in clients:
-            await c.aclose()
-    return out
+        await asyncio.gather(*(one(p) for p in ports))  # warm-up
+        t0 = time.process_time()
+        for _ in range(polls):
+            await asyncio.gather(*(one(p) for p in ports))
+        return (time.process_time() - t0) / (polls * len(ports))
 
 
 def bench_agent(plan: Plan, report: Report) -> None:
@@ -1173,29 +1247,229 @@ def bench_agent(plan: Plan, report: Report) -> None:
     for gen in ("2", "1"):
         sim = SimProcess(plan.agent_plugs, gen)
         try:
-            cpu = asyncio.run(_poll_cpu(sim.ports, plan.agent_polls))
+            real = asyncio.run(_agent_cpu(sim.ports, plan.agent_seconds, plan.agent_poll_interval_s))
+            bare = asyncio.run(_bare_cpu(sim.ports, gen, plan.agent_polls))
         finally:
             sim.stop()
-        per_core = POLL_INTERVAL_S / cpu["client"]
+        per_core = POLL_INTERVAL_S / real["cpu_per_poll_s"]
         details[f"gen{gen}"] = {
             "plugs": plan.agent_plugs,
-            "polls_per_plug": plan.agent_polls,
-            "cpu_ms_per_poll": cpu["client"] * 1000,
-            "bare_httpx_cpu_ms_per_poll": cpu["bare"] * 1000,
+            "poll_interval_s": plan.agent_poll_interval_s,
+            "polls_measured": real["polls"],
+            "cpu_ms_per_poll": real["cpu_per_poll_s"] * 1000,
+            "bare_httpx_cpu_ms_per_poll": bare * 1000,
             "plugs_per_core_at_5s": per_core,
         }
         report.add(
             Figure(
                 "agent",
                 f"Gen{gen}, CPU ms/plug-poll",
-                cpu["client"] * 1000,
+                real["cpu_per_poll_s"] * 1000,
                 "ms",
-                cpu["bare"] * 1000,
+                bare * 1000,
                 "bare httpx GET + json.loads",
             ),
             Figure("agent", f"Gen{gen}, plugs/core at 5 s", per_core, "plugs"),
         )
     report.details["agent"] = details
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Request → relay: a ChargeRequest in the store until the agent has switched the plug on
+# ------------------------------------------------------------------------------------------------
+
+
+async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> list[float]:
+    """Hub + agent on one bus and store (the all-in-one layout), the plugs in the simulator process.
+
+    Each round puts a start request for every plug in the store at once; a sample is the time from
+    the request's ``created_at_ms`` to the agent's confirmed "on" (``executed_at_ms``). Then every
+    session is stopped and billed before the next round.
+    """
+    from chargectl.common.clock import SystemClock
+
+    site = f"lat-{random.Random().getrandbits(32):08x}"
+    agent_key, command_key = SigningKey.generate(), SigningKey.generate()
+    store: Any
+    bus: Any
+    tmp.mkdir(parents=True, exist_ok=True)
+    if backend == "embedded":
+        store, bus = SqliteStore(tmp / "hub.db"), MemoryBus()
+    else:
+        from chargectl.services.adapters.firestore_store import FirestoreStore
+        from chargectl.services.adapters.pubsub_bus import PubSubBus
+
+        store, bus = FirestoreStore(site), PubSubBus(site, publish_timeout_s=10)
+    store.put_site(
+        codec.Site(
+            site_id=site,
+            status=codec.Site.STATUS_ACTIVE,
+            agent_keys=[codec.PublicKey(key_id=agent_key.key_id, public_key=agent_key.public_bytes)],
+            tariff=codec.Tariff(
+                tariff_id="t", currency="gbp", price_per_kwh_minor=30, min_start_balance_minor=100
+            ),
+        )
+    )
+    ledger = Ledger(store)
+    now_ms = round(time.time() * 1000)
+    for port in ports:
+        ledger.post(f"topup-{port}", f"u-{port}", "topup", 1_000_000, "gbp", now_ms)
+    hub = Hub(HubSettings(), HubPorts(bus, store, LineSink(), lambda s: command_key), SystemClock())
+    hub_task = asyncio.create_task(hub.serve(health=False))
+    await _wait(lambda: hub.problems() == [], "the hub to start")
+    # Readings every second, flushed every 2 s: the hub learns the plugs quickly. The command path
+    # (store → hub → bus → agent → plug) does not depend on these settings.
+    agent = _agent(
+        tmp / "agent", site, ports, bus, agent_key, command_key, poll_interval_s=1.0, flush_interval_s=2.0
+    )
+    agent_task = asyncio.create_task(agent.serve())
+    samples: list[float] = []
+    try:
+        await _wait(
+            lambda: (
+                len(hub.plugs) == len(ports)
+                and all(p.state.status is m.Status.AVAILABLE for p in hub.plugs.values())
+            ),
+            "the hub to see every plug",
+        )
+        macs = sorted(agent.plugs)
+        user = {mac: f"u-{agent.plugs[mac][1]}" for mac in macs}
+        for rnd in range(plan.latency_rounds):
+            created = round(time.time() * 1000)
+            for mac in macs:
+                store.add_request(
+                    codec.ChargeRequest(
+                        request_id=f"{rnd}-{mac}",
+                        user_id=user[mac],
+                        plug_mac=mac,
+                        action=codec.ChargeRequest.ACTION_START,
+                        status=codec.ChargeRequest.STATUS_PENDING,
+                        created_at_ms=created,
+                    )
+                )
+            done: dict[str, int] = {}
+            prefix = f"sess-{rnd}-"
+
+            def switched(done: dict[str, int] = done, prefix: str = prefix) -> bool:
+                for o in agent.outcomes:
+                    if o.ok and o.relay_on and o.session_id.startswith(prefix):
+                        done.setdefault(o.plug_mac, o.executed_at_ms)
+                return len(done) == len(macs)
+
+            await _wait(switched, "every plug to switch on")
+            samples.extend((at - created) / 1000 for at in done.values())
+            for mac in macs:
+                store.add_request(
+                    codec.ChargeRequest(
+                        request_id=f"{rnd}-{mac}-stop",
+                        user_id=user[mac],
+                        plug_mac=mac,
+                        action=codec.ChargeRequest.ACTION_STOP,
+                        status=codec.ChargeRequest.STATUS_PENDING,
+                        created_at_ms=round(time.time() * 1000),
+                    )
+                )
+            await _wait(
+                lambda: all(
+                    p.state.status is m.Status.AVAILABLE and p.state.session is None
+                    for p in hub.plugs.values()
+                ),
+                "every session to be billed",
+            )
+    finally:
+        agent.stop()
+        hub.request_stop()
+        await asyncio.wait_for(agent_task, 30)
+        await asyncio.wait_for(hub_task, 30)
+        await bus.close()
+        store.close()
+    return samples
+
+
+async def _direct_switch(ports: list[int], rounds: int) -> list[float]:
+    """The baseline: ``ShellyClient.set_relay(True)`` straight from this host, no store, hub or bus."""
+    from chargectl.shelly.client import ShellyClient
+
+    clients = [await ShellyClient.connect("127.0.0.1", port) for port in ports]
+    samples: list[float] = []
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+
+            async def on(c: ShellyClient, t0: float = t0) -> None:
+                await c.set_relay(True)
+                samples.append(time.perf_counter() - t0)
+
+            await asyncio.gather(*(on(c) for c in clients))
+            await asyncio.gather(*(c.set_relay(False) for c in clients))
+    finally:
+        for c in clients:
+            await c.aclose()
+    return samples
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def bench_latency(plan: Plan, report: Report) -> None:
+    import tempfile
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import backends
+
+    details: dict[str, Any] = {}
+    emulators = {"pubsub": "PUBSUB_EMULATOR_HOST", "firestore": "FIRESTORE_EMULATOR_HOST"}
+    saved = {var: os.environ.get(var) for var in emulators.values()}
+    # Emulators already running (their variables set, as in the test suite) are used as they are.
+    external = all(saved.values())
+    reason = None if external else next((r for r in map(backends.missing, emulators) if r), None)
+    with tempfile.TemporaryDirectory(prefix="chargectl-bench-") as tmp, ThreadPoolExecutor(2) as pool:
+        # The emulators boot (JVMs, seconds) while the simulator and the embedded run go ahead.
+        starting: dict[str, Future[Any]] = {}
+        if reason is None and not external and "emulators" in plan.latency_backends:
+            starting = {name: pool.submit(backends.STARTERS[name], Path(tmp) / name) for name in emulators}
+        sim = SimProcess(plan.latency_plugs, "2", profile="ev")
+        try:
+            direct = asyncio.run(_direct_switch(sim.ports, plan.latency_rounds))
+            d50, d99 = statistics.median(direct), _percentile(direct, 0.99)
+            details["direct_switch"] = {"samples": len(direct), "p50_s": d50, "p99_s": d99}
+            for backend in plan.latency_backends:
+                if backend == "emulators":
+                    if reason is not None:
+                        details[backend] = {"skipped": reason}
+                        report.notes.append(f"request → relay on the emulators skipped: {reason}")
+                        continue
+                    for name, future in starting.items():
+                        os.environ[emulators[name]] = future.result().host
+                samples = asyncio.run(_latency(backend, plan, Path(tmp) / backend, sim.ports))
+                p50, p99 = statistics.median(samples), _percentile(samples, 0.99)
+                details[backend] = {
+                    "samples": len(samples),
+                    "p50_s": p50,
+                    "p99_s": p99,
+                    "max_s": max(samples),
+                }
+                base = "set_relay straight to the plug"
+                report.add(
+                    Figure("latency", f"{backend}, p50 request → relay on", p50, "s", d50, base),
+                    Figure("latency", f"{backend}, p99 request → relay on", p99, "s", d99, base),
+                )
+        finally:
+            sim.stop()
+            for future in starting.values():
+                try:
+                    future.result().stop()
+                except Exception as exc:  # a failed start left nothing to stop; say why once
+                    report.notes.append(f"emulator did not start: {exc}")
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+    report.details["latency"] = details
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1207,13 +1481,15 @@ SECTIONS: dict[str, Callable[[Plan, Report], None]] = {
     "hub": bench_hub,
     "memory": bench_memory,
     "agent": bench_agent,
+    "latency": bench_latency,
     "cost": bench_cost,
 }
 TITLES = {
     "wire": "1. Wire size: signed, compressed TelemetryBatch (poll 5 s, flush 30 s, ≤5,000 readings)",
     "hub": "2. Hub throughput, one core: verify, zstd, decode, dedupe, machine step, line protocol",
     "memory": "3. Hub memory per plug: MachineState and its entry in the plug map (tracemalloc)",
-    "agent": "4. Agent: CPU per plug-poll, ShellyClient.read() against the simulator",
+    "agent": "4. Agent: CPU per plug-poll of the running agent (poll, batch, sign, publish) against the simulator",
+    "latency": "5. Request → relay on: ChargeRequest in the store until the agent confirms the plug is on",
     "cost": "6. Monthly Pub/Sub + Firestore bill (30-day month, 1,000-byte request minimum applied)",
 }
 
@@ -1375,4 +1651,8 @@ def main(argv: Sequence[str] | None = None, plan: Plan | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a stuck run is
     sys.exit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import bench  # scripts/ is on sys.path (tests/conftest.py)
@@ -88,7 +89,7 @@ def test_quick_benchmark_code_on_tiny_sizes(tmp_path: Path) -> None:
     by_section: dict[str, list[dict[str, object]]] = {}
     for f in figures:
         by_section.setdefault(str(f["section"]), []).append(f)
-    assert set(by_section) == {"wire", "hub", "memory", "agent", "cost"}
+    assert set(by_section) == {"wire", "hub", "memory", "agent", "latency", "cost"}
     # Every size of the plan has its figure, and every figure with a baseline has a positive gain.
     assert len(by_section["wire"]) == 2 * 2  # two site sizes × two baselines
     assert [f["name"] for f in by_section["hub"] if f["baseline"] is not None] == [
@@ -97,6 +98,20 @@ def test_quick_benchmark_code_on_tiny_sizes(tmp_path: Path) -> None:
     ]
     assert len(by_section["memory"]) == 2
     assert len(by_section["cost"]) == 3
+    assert [f["name"] for f in by_section["agent"]] == [
+        "Gen2, CPU ms/plug-poll",
+        "Gen2, plugs/core at 5 s",
+        "Gen1, CPU ms/plug-poll",
+        "Gen1, plugs/core at 5 s",
+    ]
+    # Request → relay went through store, hub, bus, agent and plug: one sample per plug and round.
+    latency = data["details"]["latency"]
+    assert latency["embedded"]["samples"] == 2
+    assert 0 < latency["embedded"]["p50_s"] <= latency["embedded"]["p99_s"]
+    assert [f["name"] for f in by_section["latency"]] == [
+        "embedded, p50 request → relay on",
+        "embedded, p99 request → relay on",
+    ]
     for f in figures:
         assert isinstance(f["value"], float | int) and f["value"] > 0, f
         if f["baseline"] is not None:
@@ -124,3 +139,18 @@ def test_unknown_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         bench.main(["--only", "wire,nope"])
     assert exc.value.code == 2
     assert "unknown section 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_request_to_relay_on_the_emulators(pubsub_env: object, firestore_env: object, tmp_path: Path) -> None:
+    # The emulators of the test session are used as they are (their variables are set).
+    plan = replace(bench.Plan.tiny(), latency_backends=("emulators",))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "latency", "--json", str(out)], plan=plan) == 0
+    data = json.loads(out.read_text())
+    emu = data["details"]["latency"]["emulators"]
+    assert emu["samples"] == 2 and 0 < emu["p50_s"] <= emu["p99_s"]
+    assert [f["name"] for f in data["figures"]] == [
+        "emulators, p50 request → relay on",
+        "emulators, p99 request → relay on",
+    ]
