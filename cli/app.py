@@ -24,6 +24,7 @@ __all__ = ["COMMAND_MODULES", "State", "app", "main"]
 # One entry per command group module under chargectl.cli.commands (each has ``register(app)``).
 COMMAND_MODULES: list[str] = [
     "config",
+    "provision",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,50 @@
+"""Build a :class:`Provisioner` from the root config: embedded (SQLite, key files, in-process bus) or
+cloud (Firestore, Secret Manager, Pub/Sub)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chargectl.common.config import Config
+from chargectl.common.errors import ConfigError
+from chargectl.provisioner.site import Provisioner
+from chargectl.services.adapters.secrets import secrets_from_config
+from chargectl.services.adapters.store import Store
+
+__all__ = ["ProvisionSettings", "open_provisioner", "store_path"]
+
+
+@dataclass(frozen=True)
+class ProvisionSettings:
+    """``[provision]``: rotation grace period, default currency and tariff (``key=value,…``)."""
+
+    grace_s: float = 86_400.0
+    currency: str = "gbp"
+    tariff: str = ""
+
+    def __post_init__(self) -> None:
+        if self.grace_s < 0:
+            raise ConfigError(f"provision.grace_s must be >= 0, got {self.grace_s}")
+
+
+def store_path(config: Config) -> str:
+    """The embedded store's SQLite file."""
+    return str(config.state_dir / "chargectl.db")
+
+
+def _store(config: Config) -> Store:
+    if config.backend == "gcp":
+        raise ConfigError('backend = "gcp" needs the Firestore store, which this build does not include yet')
+    from chargectl.services.adapters.sqlite_store import SqliteStore
+
+    return SqliteStore(store_path(config))
+
+
+def open_provisioner(config: Config) -> Provisioner:
+    """The provisioner over the backends ``config`` selects."""
+    bus = None
+    if config.backend == "gcp":
+        from chargectl.services.adapters.pubsub_admin import PubSubAdmin
+
+        bus = PubSubAdmin(config.project)
+    return Provisioner(_store(config), secrets_from_config(config), bus, config.project, config.backend)
