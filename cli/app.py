@@ -8,7 +8,6 @@ names them. Modules import their heavy dependencies inside the command functions
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -96,29 +95,18 @@ def error_line(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: run the app; a ``ChargectlError`` becomes one line and its exit code."""
+    """Console-script entry: run the app; a ``ChargectlError`` becomes one line and its exit code.
+
+    Usage errors are click's (exit 2); anything that is not a ``ChargectlError`` is a bug and keeps its
+    traceback.
+    """
     try:
-        app(args=argv, prog_name="chargectl", standalone_mode=False)
+        app(args=argv, prog_name="chargectl", standalone_mode=True)
     except ChargectlError as exc:
         from rich.markup import escape
 
         error_line(escape(str(exc)))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        error_line("aborted")
-        sys.exit(1)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        logging.getLogger("chargectl").debug("unexpected error", exc_info=True)
-        raise
 
 
 if __name__ == "__main__":

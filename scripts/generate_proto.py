@@ -16,20 +16,18 @@ from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTRACTS = ROOT / "contracts"
-GEN = ROOT / "gen" / "v1"
 INIT = '"""Generated protobuf modules for chargectl.v1 (do not edit)."""\n'
 
 
-def generate(out: Path) -> None:
+def generate(out: Path, contracts: Path) -> None:
     from grpc_tools import protoc
 
-    protos = sorted(str(p.relative_to(CONTRACTS)) for p in CONTRACTS.rglob("*.proto"))
+    protos = sorted(str(p.relative_to(contracts)) for p in contracts.rglob("*.proto"))
     include = str(resources.files("grpc_tools") / "_proto")
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
-            f"-I{CONTRACTS}",
+            f"-I{contracts}",
             f"-I{include}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
@@ -47,16 +45,21 @@ def generate(out: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--check", action="store_true", help="fail if gen/ differs from a fresh generation")
+    ap.add_argument(
+        "--contracts", type=Path, default=ROOT / "contracts", help="folder holding the .proto tree"
+    )
+    ap.add_argument("--gen", type=Path, default=ROOT / "gen" / "v1", help="folder of the generated modules")
     args = ap.parse_args()
+    GEN: Path = args.gen
     if not args.check:
         if GEN.exists():
             shutil.rmtree(GEN)
-        generate(GEN)
-        print(f"generated {GEN.relative_to(ROOT)}")
+        generate(GEN, args.contracts)
+        print(f"generated {GEN}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "v1"
-        generate(fresh)
+        generate(fresh, args.contracts)
         names = {p.name for p in fresh.iterdir()} | {p.name for p in GEN.glob("*") if p.is_file()}
         stale = sorted(
             n

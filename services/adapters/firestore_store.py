@@ -1,0 +1,299 @@
+"""The :class:`~chargectl.services.adapters.store.Store` port on Cloud Firestore.
+
+Documents are the contract messages as maps (``codec.to_document``: original field names, enums by
+name), so the app reads the same schema the hub writes. Once-only writes use ``create()`` (fails if the
+document exists) or an update guarded by the read's ``update_time``; nothing uses a transaction
+contended on one document. ``FIRESTORE_EMULATOR_HOST`` is honoured by the client library.
+
+Collections (under an optional ``prefix``): ``users``, ``ledger``, ``charge_requests``, ``sessions``,
+``plug_states``, ``sites``, ``processed_events``, ``checkpoints`` (chunked: a document is at most 1 MiB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from chargectl.common.codec import (
+    ChargeRequest,
+    ChargeSession,
+    LedgerEntry,
+    PlugState,
+    Site,
+    UserAccount,
+    from_document,
+    to_document,
+)
+from chargectl.common.errors import StoreError
+
+__all__ = ["FirestoreStore"]
+
+M = TypeVar("M", bound=Message)
+_CHUNK = 900_000  # bytes of checkpoint per document, under Firestore's 1 MiB document limit
+_PENDING = ("STATUS_PENDING", "STATUS_UNSPECIFIED")
+
+
+class FirestoreStore:
+    """Frontend store on Firestore; ``client`` may be passed in (tests) or built for ``project``."""
+
+    def __init__(
+        self, project: str, database: str = "(default)", prefix: str = "", client: Any = None
+    ) -> None:
+        from google.cloud import firestore
+
+        self._firestore = firestore
+        try:
+            self._db = client or firestore.Client(project=project, database=database)
+        except Exception as exc:
+            raise StoreError(f"cannot open Firestore project {project!r}: {exc}") from exc
+        self._prefix = prefix
+
+    @property
+    def client(self) -> Any:
+        return self._db
+
+    def collection_name(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    def _col(self, name: str) -> Any:
+        return self._db.collection(self.collection_name(name))
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        from google.api_core import exceptions as gexc
+
+        try:
+            yield
+        except gexc.GoogleAPICallError as exc:
+            raise StoreError(f"Firestore {what} failed: {exc.message or exc}") from exc
+        except gexc.RetryError as exc:
+            raise StoreError(f"Firestore {what} timed out: {exc}") from exc
+
+    def _get(self, cls: type[M], collection: str, doc_id: str) -> M | None:
+        if not doc_id:
+            return None
+        with self._errors(f"read of {collection}/{doc_id}"):
+            snap = self._col(collection).document(doc_id).get()
+        return from_document(cls, snap.to_dict()) if snap.exists else None
+
+    def _put(self, collection: str, doc_id: str, msg: Message) -> None:
+        if not doc_id:
+            raise StoreError(f"a {type(msg).__name__} needs an id to be stored")
+        with self._errors(f"write of {collection}/{doc_id}"):
+            self._col(collection).document(doc_id).set(to_document(msg))
+
+    def _create(self, collection: str, doc_id: str, data: dict[str, Any]) -> bool:
+        from google.api_core import exceptions as gexc
+
+        with self._errors(f"create of {collection}/{doc_id}"):
+            try:
+                self._col(collection).document(doc_id).create(data)
+            except gexc.AlreadyExists:
+                return False
+        return True
+
+    def _query(self, cls: type[M], build: Callable[[Any], Any], what: str) -> list[M]:
+        with self._errors(f"query of {what}"):
+            return [from_document(cls, snap.to_dict()) for snap in build(self._col(what)).stream()]
+
+    def _where(self, field: str, op: str, value: Any) -> Any:
+        return self._firestore.FieldFilter(field, op, value)
+
+    # users
+    def get_user(self, user_id: str) -> UserAccount | None:
+        return self._get(UserAccount, "users", user_id)
+
+    def put_user(self, user: UserAccount) -> None:
+        self._put("users", user.user_id, user)
+
+    def list_users(self) -> list[UserAccount]:
+        return sorted(self._query(UserAccount, lambda c: c, "users"), key=lambda u: u.user_id)
+
+    # ledger
+    def append_ledger(self, entry: LedgerEntry) -> bool:
+        if not entry.entry_id or not entry.user_id:
+            raise StoreError("a ledger entry needs an entry_id and a user_id")
+        return self._create("ledger", entry.entry_id, to_document(entry))
+
+    def get_ledger_entry(self, entry_id: str) -> LedgerEntry | None:
+        return self._get(LedgerEntry, "ledger", entry_id)
+
+    def ledger_entries(self, user_id: str | None = None) -> list[LedgerEntry]:
+        if user_id is None:
+            rows = self._query(LedgerEntry, lambda c: c, "ledger")
+        else:
+            rows = self._query(
+                LedgerEntry, lambda c: c.where(filter=self._where("user_id", "==", user_id)), "ledger"
+            )
+        return sorted(rows, key=lambda e: (e.created_at_ms, e.entry_id))
+
+    # requests
+    def add_request(self, request: ChargeRequest) -> bool:
+        if not request.request_id:
+            raise StoreError("a charge request needs a request_id")
+        return self._create("charge_requests", request.request_id, to_document(request))
+
+    def get_request(self, request_id: str) -> ChargeRequest | None:
+        return self._get(ChargeRequest, "charge_requests", request_id)
+
+    def pending_requests(self) -> list[ChargeRequest]:
+        rows = self._query(
+            ChargeRequest,
+            lambda c: c.where(filter=self._where("status", "in", list(_PENDING))),
+            "charge_requests",
+        )
+        return sorted(rows, key=lambda r: (r.created_at_ms, r.request_id))
+
+    def answer_request(
+        self, request_id: str, status: int, reason: str, session_id: str, answered_at_ms: int
+    ) -> bool:
+        from google.api_core import exceptions as gexc
+
+        ref = self._col("charge_requests").document(request_id)
+        with self._errors(f"answer of request {request_id}"):
+            snap = ref.get()
+            if not snap.exists:
+                return False
+            current = from_document(ChargeRequest, snap.to_dict())
+            if current.status not in (ChargeRequest.STATUS_PENDING, ChargeRequest.STATUS_UNSPECIFIED):
+                return False
+            update = {
+                "status": ChargeRequest.Status.Name(status),
+                "reason": reason,
+                "session_id": session_id,
+                "answered_at_ms": answered_at_ms,
+            }
+            try:
+                # Guarded by the version we read: a concurrent answer makes this fail, never doubles.
+                ref.update(update, option=self._db.write_option(last_update_time=snap.update_time))
+            except gexc.FailedPrecondition:
+                return False
+        return True
+
+    def watch_requests(self, callback: Callable[[ChargeRequest], None]) -> Callable[[], None]:
+        """Call ``callback`` (on the listener's thread) for each pending request, existing or new.
+
+        Uses ``on_snapshot`` on the pending-requests query; returns a function that stops listening.
+        A request may be delivered more than once (reconnects, restarts): answering is guarded.
+        """
+        query = self._col("charge_requests").where(filter=self._where("status", "in", list(_PENDING)))
+
+        def on_snapshot(_snapshots: Any, changes: Any, _read_time: Any) -> None:
+            for change in changes:
+                if change.type.name in ("ADDED", "MODIFIED"):
+                    try:
+                        callback(from_document(ChargeRequest, change.document.to_dict()))
+                    except Exception:  # one bad document must not kill the listener
+                        import logging
+
+                        logging.getLogger("chargectl.firestore").exception(
+                            "cannot handle charge request %s", change.document.id
+                        )
+
+        with self._errors("listen to charge requests"):
+            watch = query.on_snapshot(on_snapshot)
+        return watch.unsubscribe  # type: ignore[no-any-return]
+
+    # sessions
+    def put_session(self, session: ChargeSession) -> None:
+        self._put("sessions", session.session_id, session)
+
+    def get_session(self, session_id: str) -> ChargeSession | None:
+        return self._get(ChargeSession, "sessions", session_id)
+
+    def list_sessions(
+        self,
+        user_id: str | None = None,
+        plug_mac: str | None = None,
+        active_only: bool = False,
+        limit: int = 100,
+    ) -> list[ChargeSession]:
+        def build(col: Any) -> Any:
+            q = col
+            if user_id is not None:
+                q = q.where(filter=self._where("user_id", "==", user_id))
+            if plug_mac is not None:
+                q = q.where(filter=self._where("plug_mac", "==", plug_mac))
+            if active_only:
+                q = q.where(filter=self._where("status", "==", "STATUS_ACTIVE"))
+            return q.order_by("started_at_ms", direction=self._firestore.Query.DESCENDING).limit(limit)
+
+        rows = self._query(ChargeSession, build, "sessions")
+        return sorted(rows, key=lambda s: (s.started_at_ms, s.session_id), reverse=True)
+
+    # plug states
+    def put_plug_state(self, state: PlugState) -> None:
+        self._put("plug_states", state.plug_mac, state)
+
+    def get_plug_state(self, plug_mac: str) -> PlugState | None:
+        return self._get(PlugState, "plug_states", plug_mac)
+
+    def list_plug_states(self, site_id: str | None = None) -> list[PlugState]:
+        if site_id is None:
+            rows = self._query(PlugState, lambda c: c, "plug_states")
+        else:
+            rows = self._query(
+                PlugState, lambda c: c.where(filter=self._where("site_id", "==", site_id)), "plug_states"
+            )
+        return sorted(rows, key=lambda p: (p.site_id, p.plug_mac))
+
+    # sites
+    def put_site(self, site: Site) -> None:
+        self._put("sites", site.site_id, site)
+
+    def get_site(self, site_id: str) -> Site | None:
+        return self._get(Site, "sites", site_id)
+
+    def list_sites(self) -> list[Site]:
+        return sorted(self._query(Site, lambda c: c, "sites"), key=lambda s: s.site_id)
+
+    # events
+    def mark_event(self, event_id: str, kind: str, at_ms: int) -> bool:
+        if not event_id:
+            raise StoreError("an event needs an id")
+        return self._create(
+            "processed_events", event_id, {"event_id": event_id, "kind": kind, "at_ms": at_ms}
+        )
+
+    # checkpoints: a head document naming the current generation, plus its chunks
+    def save_checkpoint(self, name: str, data: bytes) -> None:
+        head = self._col("checkpoints").document(name)
+        with self._errors(f"checkpoint {name}"):
+            snap = head.get()
+            previous = snap.to_dict() if snap.exists else None
+            generation = int(previous["generation"]) + 1 if previous else 1
+            chunks = [data[i : i + _CHUNK] for i in range(0, len(data), _CHUNK)] or [b""]
+            parts = head.collection("chunks")
+            for i, chunk in enumerate(chunks):
+                parts.document(f"{generation:012d}-{i:06d}").set({"data": chunk})
+            # The head flips to the new generation only once every chunk is written.
+            head.set({"generation": generation, "chunks": len(chunks), "size": len(data)})
+            if previous:
+                for i in range(int(previous["chunks"])):
+                    parts.document(f"{int(previous['generation']):012d}-{i:06d}").delete()
+
+    def load_checkpoint(self, name: str) -> bytes | None:
+        head = self._col("checkpoints").document(name)
+        with self._errors(f"checkpoint {name}"):
+            snap = head.get()
+            if not snap.exists:
+                return None
+            meta = snap.to_dict()
+            parts = head.collection("chunks")
+            out = bytearray()
+            for i in range(int(meta["chunks"])):
+                part = parts.document(f"{int(meta['generation']):012d}-{i:06d}").get()
+                if not part.exists:
+                    raise StoreError(f"checkpoint {name} is missing chunk {i}")
+                out += part.to_dict()["data"]
+        if len(out) != int(meta["size"]):
+            raise StoreError(f"checkpoint {name} is {len(out)} bytes, expected {meta['size']}")
+        return bytes(out)
+
+    def close(self) -> None:
+        close = getattr(self._db, "close", None)
+        if callable(close):
+            close()

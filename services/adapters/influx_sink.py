@@ -1,0 +1,225 @@
+"""Batched, buffered writes of line protocol to InfluxDB 2/3 (``influxdb-client``) or 1.x (``/write?db=``).
+
+A bounded in-memory queue sits between the hub and the database: the hub only appends lines and never
+waits for InfluxDB. A writer thread sends batches of up to ``batch_lines`` (5,000 is InfluxDB's advice) and
+removes them from the queue only once the write succeeded, retrying with exponential back-off while
+the database is down. If the queue overflows, the oldest lines are dropped, counted and logged — never
+silently. Closing writes what it can and counts (and logs) anything still unwritten as dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from chargectl.common.errors import StoreError
+from chargectl.common.readings import Reading
+from chargectl.services.adapters.timeseries import SessionEvent, TimeSeriesStats, reading_lines, session_line
+
+__all__ = ["InfluxSettings", "InfluxSink"]
+
+log = logging.getLogger("chargectl.influx")
+
+
+@dataclass(frozen=True)
+class InfluxSettings:
+    """``[influx]``: where and how to write. ``token`` is a secret and is never logged."""
+
+    url: str = "http://127.0.0.1:8086"
+    api: Literal["v2", "v1"] = "v2"
+    token: str = ""
+    org: str = "chargectl"
+    bucket: str = "chargectl"
+    database: str = "chargectl"
+    batch_lines: int = 5000
+    max_pending_lines: int = 1_000_000
+    flush_interval_s: float = 1.0
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_lines <= 100_000:
+            raise ValueError("batch_lines must be between 1 and 100000")
+        if self.max_pending_lines < self.batch_lines:
+            raise ValueError("max_pending_lines must be at least batch_lines")
+        if self.flush_interval_s <= 0 or self.retry_initial_s <= 0 or self.retry_max_s < self.retry_initial_s:
+            raise ValueError(
+                "flush_interval_s and retry_initial_s must be positive, retry_max_s >= retry_initial_s"
+            )
+
+
+Writer = Callable[[list[str]], None]
+
+
+class InfluxSink:
+    """A :class:`~chargectl.services.adapters.timeseries.TimeSeries` that writes to InfluxDB in the background."""
+
+    def __init__(self, settings: InfluxSettings, writer: Writer | None = None) -> None:
+        self.settings = settings
+        self._write, self._close_writer = (writer, None) if writer else self._make_writer()
+        self._queue: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._written = 0
+        self._dropped = 0
+        self._failures = 0
+        self._overflowing = False
+        self._down_since: float | None = None
+        self._flush_requested = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="chargectl-influx", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producer side (the hub)
+
+    def add_lines(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        with self._cond:
+            self._queue.extend(lines)
+            excess = len(self._queue) - self.settings.max_pending_lines
+            if excess > 0:
+                for _ in range(excess):
+                    self._queue.popleft()
+                self._dropped += excess
+                if not self._overflowing:
+                    self._overflowing = True
+                    log.warning(
+                        "time-series buffer full (%d lines): dropping the oldest points",
+                        self.settings.max_pending_lines,
+                    )
+            if len(self._queue) >= self.settings.batch_lines:
+                self._cond.notify()
+
+    def add_readings(self, site_id: str, readings: Sequence[Reading], state: str) -> None:
+        self.add_lines(reading_lines(site_id, readings, state))
+
+    def add_session_event(self, event: SessionEvent) -> None:
+        self.add_lines([session_line(event)])
+
+    def stats(self) -> TimeSeriesStats:
+        with self._cond:
+            return TimeSeriesStats(self._written, self._dropped, len(self._queue), self._failures)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._flush_requested = True
+            self._cond.notify_all()
+            while self._queue and time.monotonic() < deadline:
+                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            return not self._queue
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.flush(timeout_s)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=timeout_s + self.settings.timeout_s)
+        with self._cond:
+            if self._queue:
+                lost = len(self._queue)
+                self._dropped += lost
+                self._queue.clear()
+                log.error("time-series sink closed with %d unwritten points (counted as dropped)", lost)
+        if self._close_writer:
+            self._close_writer()
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        backoff = self.settings.retry_initial_s
+        while True:
+            with self._cond:
+                if (
+                    not self._stopping
+                    and len(self._queue) < self.settings.batch_lines
+                    and not self._flush_requested
+                ):
+                    self._cond.wait(self.settings.flush_interval_s)
+                if self._stopping and (not self._queue or self._down_since is not None):
+                    return
+                if not self._queue:
+                    self._flush_requested = False
+                    self._cond.notify_all()
+                    continue
+                batch = [self._queue[i] for i in range(min(self.settings.batch_lines, len(self._queue)))]
+            try:
+                self._write(batch)
+            except Exception as exc:  # any failure: keep the lines, back off, retry
+                with self._cond:
+                    self._failures += 1
+                    if self._down_since is None:
+                        self._down_since = time.monotonic()
+                        log.warning("time-series backend unavailable (%s); buffering points", _describe(exc))
+                    self._cond.wait(backoff)
+                backoff = min(backoff * 2, self.settings.retry_max_s)
+                continue
+            backoff = self.settings.retry_initial_s
+            with self._cond:
+                # Only lines still at the front were sent; overflow may have dropped some meanwhile.
+                sent = len(batch)
+                while sent and self._queue and self._queue[0] is batch[len(batch) - sent]:
+                    self._queue.popleft()
+                    sent -= 1
+                self._written += len(batch)
+                if self._down_since is not None:
+                    log.info("time-series backend back after %.0f s", time.monotonic() - self._down_since)
+                    self._down_since = None
+                if len(self._queue) < self.settings.max_pending_lines // 2:
+                    self._overflowing = False
+                if not self._queue:
+                    self._flush_requested = False
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ transports
+
+    def _make_writer(self) -> tuple[Writer, Callable[[], None] | None]:
+        s = self.settings
+        if s.api == "v1":
+            import httpx
+
+            client = httpx.Client(timeout=s.timeout_s)
+            url = f"{s.url.rstrip('/')}/write"
+            headers = {"Authorization": f"Token {s.token}"} if s.token else {}
+
+            def write_v1(lines: list[str]) -> None:
+                resp = client.post(
+                    url,
+                    params={"db": s.database, "precision": "ms"},
+                    content="\n".join(lines),
+                    headers=headers,
+                )
+                if resp.status_code >= 300:
+                    raise StoreError(f"InfluxDB v1 write returned HTTP {resp.status_code}")
+
+            return write_v1, client.close
+
+        from influxdb_client.client.influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+        from influxdb_client.domain.write_precision import WritePrecision
+
+        idb = InfluxDBClient(
+            url=s.url, token=s.token or "unused", org=s.org, timeout=int(s.timeout_s * 1000), retries=False
+        )
+        api = idb.write_api(write_options=SYNCHRONOUS)
+
+        def write_v2(lines: list[str]) -> None:
+            api.write(
+                bucket=s.bucket,
+                org=s.org,
+                record="\n".join(lines),
+                write_precision=cast(Any, WritePrecision.MS),
+            )
+
+        return write_v2, idb.close
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,141 @@
+"""Telemetry intake for the hub: shard check, verify, decode, and dedupe by ``(site_id, batch_seq)``.
+
+Pure apart from the crypto: ``accept`` takes the message bytes and attributes and says what to do
+with it. The caller acks ``duplicate`` and ``other_shard`` (counted), dead-letters the rejections with
+the reason as an attribute, and feeds the accepted batch (or command outcome) to the plug machines.
+Agents replay spooled batches and Pub/Sub redelivers; the per-site :class:`SeqWindow` makes both
+no-ops. It is part of the hub's checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chargectl.common import codec
+from chargectl.common.errors import CodecError
+from chargectl.common.keys import Keyring
+
+__all__ = ["Accepted", "Ingest", "Rejected", "SeqWindow", "Skipped", "Verdict"]
+
+
+class SeqWindow:
+    """The batch sequence numbers seen from one site: everything ``<= low`` plus a sparse set above it.
+
+    Agents number batches 1, 2, 3…; gaps (a spool that dropped its oldest batches) would keep the set
+    growing, so it is bounded: past ``max_sparse`` entries the low mark moves up to the oldest entry,
+    which treats a batch that never arrived in that window as seen — it was dropped at the source.
+    """
+
+    __slots__ = ("low", "max_sparse", "sparse")
+
+    def __init__(self, low: int = 0, sparse: set[int] | None = None, max_sparse: int = 4096) -> None:
+        self.low = low
+        self.sparse = sparse or set()
+        self.max_sparse = max_sparse
+
+    def seen(self, seq: int) -> bool:
+        return seq <= self.low or seq in self.sparse
+
+    def add(self, seq: int) -> None:
+        if self.seen(seq):
+            return
+        self.sparse.add(seq)
+        while self.low + 1 in self.sparse:
+            self.low += 1
+            self.sparse.discard(self.low)
+        while len(self.sparse) > self.max_sparse:
+            smallest = min(self.sparse)
+            self.sparse.discard(smallest)
+            self.low = smallest
+            while self.low + 1 in self.sparse:
+                self.low += 1
+                self.sparse.discard(self.low)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"low": self.low, "sparse": sorted(self.sparse)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SeqWindow:
+        return cls(int(data["low"]), {int(s) for s in data.get("sparse", [])})
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    site_id: str
+    batch: codec.Batch | None = None
+    outcome: codec.CommandOutcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Not ours to process, or already processed: ack and count."""
+
+    reason: str  # "duplicate" | "other_shard"
+    site_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Dead-letter with ``reason`` (and ``detail`` for the operator)."""
+
+    reason: str  # "bad_schema" | "unverified" | "malformed" | "revoked"
+    detail: str
+    site_id: str = ""
+
+
+Verdict = Accepted | Skipped | Rejected
+
+
+@dataclass
+class Ingest:
+    """Decides what to do with each telemetry-topic message for hub shard ``shard``."""
+
+    keyring: Keyring
+    shard: int | None = None
+    revoked_sites: set[str] = field(default_factory=set)
+    windows: dict[str, SeqWindow] = field(default_factory=dict)
+    max_size: int = codec.DEFAULT_MAX_DECOMPRESSED
+
+    def accept(self, data: bytes, attributes: Mapping[str, str], now_ms: int | None = None) -> Verdict:
+        site_attr = attributes.get("site_id", "")
+        if self.shard is not None and attributes.get("shard", "") != str(self.shard):
+            return Skipped("other_shard", site_attr)
+        schema = attributes.get("schema", "")
+        if site_attr in self.revoked_sites:
+            return Rejected("revoked", f"site {site_attr} is revoked", site_attr)
+        try:
+            if schema == codec.SCHEMA_TELEMETRY:
+                batch = codec.unpack_telemetry(data, self.keyring, now_ms, self.max_size)
+                if batch.site_id in self.revoked_sites:
+                    return Rejected("revoked", f"site {batch.site_id} is revoked", batch.site_id)
+                window = self.windows.get(batch.site_id)
+                if window is None:
+                    window = self.windows[batch.site_id] = SeqWindow()
+                if window.seen(batch.batch_seq):
+                    return Skipped("duplicate", batch.site_id)
+                return Accepted(batch.site_id, batch=batch)
+            if schema == codec.SCHEMA_RESULT:
+                outcome = codec.unpack_outcome(data, self.keyring, now_ms)
+                return Accepted(outcome.site_id, outcome=outcome)
+        except CodecError as exc:
+            text = str(exc)
+            reason = (
+                "unverified"
+                if ("signature" in text or "signing key" in text or "signed by" in text)
+                else "malformed"
+            )
+            return Rejected(reason, text, site_attr)
+        return Rejected("bad_schema", f"unexpected schema {schema!r}", site_attr)
+
+    def commit(self, verdict: Accepted) -> None:
+        """Record an accepted batch as processed (call once its readings reached the machines)."""
+        if verdict.batch is not None:
+            self.windows.setdefault(verdict.site_id, SeqWindow()).add(verdict.batch.batch_seq)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {site: w.to_dict() for site, w in self.windows.items()}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        self.windows = {site: SeqWindow.from_dict(w) for site, w in data.items()}

@@ -1,0 +1,174 @@
+"""Time series: exact line protocol, a sink that never loses points silently, and real VictoriaMetrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import backends
+import pytest
+
+from chargectl.common.readings import Reading
+from chargectl.services.adapters.influx_sink import InfluxSettings, InfluxSink
+from chargectl.services.adapters.sqlite_timeseries import SqliteTimeSeries
+from chargectl.services.adapters.timeseries import SessionEvent, reading_lines, session_line
+
+R1 = Reading("AABBCCDDEEFF", 1_767_225_600_000, 2301.5, 1_234_567, True, 239.9, 9.61, 41.2, 0, 300)
+R2 = Reading("AABBCCDDEEFF", 1_767_225_605_000, 0.0, 1_234_570, False)
+
+
+def test_reading_lines_are_exact_line_protocol() -> None:
+    assert reading_lines("car park 1", [R1, R2], "CHARGING") == [
+        "plug,site_id=car\\ park\\ 1,mac=AABBCCDDEEFF power_w=2301.5,energy_wh=1234.567,relay=1i,voltage_v=239.9,"
+        'current_a=9.61,temperature_c=41.2,state="CHARGING",state_code=3i 1767225600000',
+        'plug,site_id=car\\ park\\ 1,mac=AABBCCDDEEFF power_w=0.0,energy_wh=1234.57,relay=0i,state="CHARGING",'
+        "state_code=3i 1767225605000",
+    ]
+    assert reading_lines("s", [], "AVAILABLE") == []
+
+
+def test_session_line() -> None:
+    ev = SessionEvent(
+        5, "site-a", "AABBCCDDEEFF", "sess-1", 'u"1', "finished", 7_250, 245, "gbp", "EVDisconnected"
+    )
+    assert session_line(ev) == (
+        'session,site_id=site-a,mac=AABBCCDDEEFF,kind=finished session_id="sess-1",user_id="u\\"1",energy_wh=7.25,'
+        'cost_minor=245i,currency="gbp",stop_reason="EVDisconnected" 5'
+    )
+
+
+class FlakyWriter:
+    """Fails the first ``failures`` writes, then records every line it is given."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.lines: list[str] = []
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, lines: list[str]) -> None:
+        with self.lock:
+            self.calls += 1
+            if self.failures > 0:
+                self.failures -= 1
+                raise ConnectionError("connection refused")
+            self.lines.extend(lines)
+
+
+def _settings(**kw: object) -> InfluxSettings:
+    base: dict[str, object] = {
+        "batch_lines": 10,
+        "max_pending_lines": 100,
+        "flush_interval_s": 0.01,
+        "retry_initial_s": 0.01,
+        "retry_max_s": 0.05,
+    }
+    base.update(kw)
+    return InfluxSettings(**base)  # type: ignore[arg-type]
+
+
+def test_sink_retries_without_losing_or_duplicating(caplog: pytest.LogCaptureFixture) -> None:
+    writer = FlakyWriter(failures=4)
+    sink = InfluxSink(_settings(), writer=writer)
+    lines = [f"m v={i}i {i}" for i in range(35)]
+    sink.add_lines(lines)
+    assert sink.flush(timeout_s=10)
+    sink.close()
+    assert writer.lines == lines
+    stats = sink.stats()
+    assert (stats.written, stats.dropped, stats.pending, stats.failures) == (35, 0, 0, 4)
+    outage_logs = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(outage_logs) == 1  # logged once per outage, not per retry
+
+
+def test_sink_overflow_drops_oldest_and_counts_exactly(caplog: pytest.LogCaptureFixture) -> None:
+    writer = FlakyWriter(failures=10**9)  # down for good
+    sink = InfluxSink(_settings(max_pending_lines=50), writer=writer)
+    sink.add_lines([f"m v={i}i {i}" for i in range(80)])
+    assert sink.stats().dropped == 30 and sink.stats().pending == 50
+    assert sum("buffer full" in r.getMessage() for r in caplog.records) == 1
+    assert not sink.flush(timeout_s=0.2)
+    sink.close(timeout_s=0.2)
+    assert sink.stats().dropped == 80 and sink.stats().pending == 0  # unwritten at close are counted too
+    assert any("unwritten" in r.getMessage() for r in caplog.records)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError):
+        InfluxSettings(batch_lines=0)
+    with pytest.raises(ValueError):
+        InfluxSettings(batch_lines=100, max_pending_lines=10)
+
+
+def test_sqlite_timeseries_keeps_readings(tmp_path: Path) -> None:
+    ts = SqliteTimeSeries(tmp_path / "ts.db")
+    ts.add_readings("site-a", [R1, R2], "CHARGING")
+    ts.add_session_event(SessionEvent(5, "site-a", "AABBCCDDEEFF", "s", "u", "started"))
+    assert ts.readings("AABBCCDDEEFF") == [
+        (R1.ts_ms, 2301.5, 1_234_567, True),
+        (R2.ts_ms, 0.0, 1_234_570, False),
+    ]
+    assert ts.stats().written == 3
+    ts.close()
+
+
+def _export(server: backends.Server, match: str, expect: int) -> dict[str, dict[str, object]]:
+    deadline = time.monotonic() + 30
+    series: dict[str, dict[str, object]] = {}
+    while time.monotonic() < deadline:
+        urllib.request.urlopen(server.url + "/internal/force_flush", timeout=10).close()
+        q = urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(f"{server.url}/api/v1/export?{q}", timeout=10) as r:
+            rows = [json.loads(x) for x in r.read().decode().splitlines() if x.strip()]
+        series = {str(row["metric"]["__name__"]): row for row in rows}
+        if series and all(len(s["values"]) >= expect for s in series.values()):  # type: ignore[arg-type]
+            return series
+        time.sleep(0.3)
+    return series
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("api", ["v2", "v1"])
+def test_sink_survives_a_victoriametrics_outage(tmp_path: Path, api: str) -> None:
+    if backends.missing("victoriametrics"):
+        pytest.skip(backends.missing("victoriametrics") or "")
+    workdir = tmp_path / "vm"
+    server = backends.start_victoriametrics(workdir)
+    site = f"s{uuid.uuid4().hex[:8]}"
+    sink = InfluxSink(
+        InfluxSettings(
+            url=server.url,
+            api=api,
+            batch_lines=50,
+            flush_interval_s=0.05,  # type: ignore[arg-type]
+            retry_initial_s=0.05,
+            retry_max_s=0.5,
+            timeout_s=2,
+        )
+    )
+    t0 = 1_767_225_600_000
+    try:
+        first = [Reading("AABBCCDDEEFF", t0 + i * 1000, float(i), i * 10, True) for i in range(100)]
+        sink.add_readings(site, first, "CHARGING")
+        assert sink.flush(timeout_s=20)
+        server.stop()  # the database goes away
+        during = [Reading("AABBCCDDEEFF", t0 + i * 1000, float(i), i * 10, True) for i in range(100, 250)]
+        sink.add_readings(site, during, "CHARGING")
+        assert not sink.flush(timeout_s=1.0)
+        assert sink.stats().pending == 150 and sink.stats().failures >= 1
+        server = backends.start_victoriametrics(workdir, port=server.port)  # same port, same data
+        assert sink.flush(timeout_s=30)
+        stats = sink.stats()
+        assert stats.dropped == 0 and stats.pending == 0 and stats.written == 250
+        series = _export(server, f'{{__name__="plug_power_w",site_id="{site}"}}', 250)
+        power = series["plug_power_w"]
+        assert power["values"] == [float(i) for i in range(250)]
+        assert power["timestamps"] == [t0 + i * 1000 for i in range(250)]
+    finally:
+        sink.close(timeout_s=2)
+        server.stop()

@@ -1,0 +1,50 @@
+"""Health and metrics endpoints over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import httpx
+
+from chargectl.services.hub.health import HealthServer, Metrics
+
+
+def test_metrics_render_prometheus_text() -> None:
+    m = Metrics()
+    m.inc("dead_lettered_total", help_text="Messages dead-lettered", reason="malformed")
+    m.inc("dead_lettered_total", reason="malformed")
+    m.inc("dead_lettered_total", reason="unverified")
+    m.set("open_sessions", 3)
+    m.gauge_probe("plugs", lambda: {(("state", "CHARGING"),): 2.0, (("state", "AVAILABLE"),): 5.0})
+    assert m.render() == (
+        "# HELP chargectl_dead_lettered_total Messages dead-lettered\n"
+        "# TYPE chargectl_dead_lettered_total counter\n"
+        'chargectl_dead_lettered_total{reason="malformed"} 2\n'
+        'chargectl_dead_lettered_total{reason="unverified"} 1\n'
+        "# TYPE chargectl_open_sessions gauge\n"
+        "chargectl_open_sessions 3\n"
+        "# TYPE chargectl_plugs gauge\n"
+        'chargectl_plugs{state="AVAILABLE"} 5\n'
+        'chargectl_plugs{state="CHARGING"} 2\n'
+    )
+    assert m.value("dead_lettered_total", reason="malformed") == 2
+    assert m.value("plugs", state="CHARGING") == 2
+
+
+async def test_healthz_and_metrics_over_http() -> None:
+    problems: list[str] = []
+    m = Metrics()
+    m.inc("readings_total", 7)
+    server = HealthServer(m, lambda: list(problems))
+    port = await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            ok = await client.get("/healthz")
+            assert ok.status_code == 200 and ok.json() == {"ok": True, "problems": []}
+            problems.append("telemetry subscriber stopped")
+            bad = await client.get("/healthz")
+            assert bad.status_code == 503 and bad.json()["problems"] == ["telemetry subscriber stopped"]
+            metrics = await client.get("/metrics")
+            assert metrics.status_code == 200 and "chargectl_readings_total 7" in metrics.text
+            assert (await client.get("/nope")).status_code == 404
+            assert (await client.post("/healthz")).status_code == 405
+    finally:
+        await server.stop()
