@@ -1,5 +1,6 @@
 """Build a :class:`Provisioner` from the root config: embedded (SQLite, key files, in-process bus) or
-cloud (Firestore, Secret Manager, Pub/Sub)."""
+cloud (Firestore, Secret Manager, Pub/Sub; the emulators via their ``*_EMULATOR_HOST`` variables and
+``[secrets] endpoint`` for a local Secret Manager)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def store_path(config: Config) -> str:
 
 def _store(config: Config) -> Store:
     if config.backend == "gcp":
-        raise ConfigError('backend = "gcp" needs the Firestore store, which this build does not include yet')
+        from chargectl.services.adapters.firestore_store import FirestoreStore
+
+        return FirestoreStore(config.project)
     from chargectl.services.adapters.sqlite_store import SqliteStore
 
     return SqliteStore(store_path(config))

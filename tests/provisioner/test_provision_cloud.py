@@ -1,5 +1,5 @@
-"""Provisioning on the cloud backends: the Pub/Sub emulator, drongo (Secret Manager over REST) and a
-store. Exactly the resources the issue lists; reruns change nothing; interrupted runs complete."""
+"""Provisioning on the cloud backends: the Pub/Sub emulator, drongo (Secret Manager over REST) and the
+Firestore emulator. Exactly the resources the issue lists; reruns change nothing; interrupted runs complete."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from chargectl.provisioner.bundle import BundleTarget
 from chargectl.provisioner.plan import Step, apply
 from chargectl.provisioner.site import Provisioner, SiteSpec, parse_tariff
 from chargectl.provisioner.trust import command_signing_key, telemetry_keyring
+from chargectl.services.adapters.firestore_store import FirestoreStore
 from chargectl.services.adapters.pubsub_admin import PubSubAdmin
 from chargectl.services.adapters.secrets import SecretManagerSecrets, SecretsSettings
-from chargectl.services.adapters.sqlite_store import SqliteStore
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count()
@@ -32,11 +32,11 @@ class Crash(Exception):
 
 
 class Cloud:
-    def __init__(self, project: str, drongo: backends.Server, tmp: Path) -> None:
+    def __init__(self, project: str, drongo: backends.Server) -> None:
         self.project = project
         self.bus = PubSubAdmin(project)
         self.secrets = SecretManagerSecrets(project, SecretsSettings(endpoint=drongo.url))
-        self.store = SqliteStore(tmp / f"{project}.db")
+        self.store = FirestoreStore(project)
         self.prov = Provisioner(self.store, self.secrets, self.bus, project, "gcp")
         self.drongo = drongo
 
@@ -61,12 +61,12 @@ class Cloud:
 
 @pytest.fixture
 def cloud_factory(
-    pubsub_env: backends.Server, drongo_server: backends.Server, tmp_path: Path
+    pubsub_env: backends.Server, firestore_env: backends.Server, drongo_server: backends.Server
 ) -> Iterator[object]:
     made: list[Cloud] = []
 
     def make() -> Cloud:
-        c = Cloud(f"prov-{os.getpid()}-{next(_ids)}", drongo_server, tmp_path)
+        c = Cloud(f"prov-{os.getpid()}-{next(_ids)}", drongo_server)
         made.append(c)
         return c
 
