@@ -1,0 +1,1025 @@
+"""The per-plug state machine of the hub, pure: ``step(state, event, now) -> (state, effects)``.
+
+Theory of operation
+===================
+
+A plug cannot see a car plug in or out, so a session starts from a user's request and ends on
+completion, a stop request, credit exhaustion, a fault or a time limit (``reference/charging.md`` §3).
+The only signals are the plug's samples (power, energy counter, relay state, error flags) and time.
+
+States (OCPP 1.6 analogue in brackets)::
+
+    AVAILABLE       no session, relay off                      [Available]
+    AUTHORIZED      session accepted, relay on, waiting for load [Preparing]
+    CHARGING        power >= start_w, debounced                [Charging]
+    SUSPENDED_EV    relay on, power < stop_w; completion timer [SuspendedEV]
+    SUSPENDED_EVSE  we cut the relay: out of credit; grace timer [SuspendedEVSE]
+    FINISHING       relay off commanded; waiting for the final counter reading, then billing [Finishing]
+    FAULTED         device error flags, overpower or a relay that will not obey [Faulted]
+    OFFLINE         no reading for offline_after_s; remembers the state to resume [Unavailable]
+    UNAVAILABLE     disabled by the operator                   [Unavailable]
+
+Events: ``Readings`` (a time-ordered chunk of samples), ``Tick`` (time passing), ``StartRequest``,
+``StopRequest``, ``CommandResult`` (an agent's ack), ``OperatorEnable`` / ``OperatorDisable``,
+``BalanceUpdate`` (a top-up arrived). Effects are instructions for the executor: ``SendRelay``,
+``SessionStarted`` / ``SessionUpdated`` / ``SessionFinished``, ``StateChanged``, ``Alert``,
+``RejectRequest``. Every allowed change of status is a row of :data:`TRANSITIONS`; ``_go`` refuses any
+other, so the table is what the machine does.
+
+Time-based rules are evaluated after every event, so a ``Tick`` is simply an event that brings
+nothing else. ``now`` is the only clock; a sample's own timestamp (``ts_ms``) drives debouncing.
+
+Invariants:
+
+* Debounce by time, never by sample count. A run ("power >= start_w since ...") accumulates the
+  time between consecutive samples; a gap longer than ``stale_after_s`` adds nothing, so missing
+  data freezes the completion and no-load timers and stale data never completes a session.
+* Every sample processed while a session is open adds its counter delta to the session, including
+  the sample that closes it. A counter that goes backwards, or an uptime that drops (a reboot),
+  is a reset: the new counter value is the energy since the reset. Energy is never negative and
+  never lost.
+* Exactly one ``SessionFinished`` per session; replayed start requests are ignored.
+* A relay that disagrees with its command past ``relay_confirm_s`` → FAULTED. Relay on or power
+  flowing with no session → relay off and an ``unauthorized_draw`` alert.
+* While a session wants the relay on, "on" is re-sent every ``auto_off_s / 3`` with the plug's own
+  flip-back timer armed for ``auto_off_s``, so only a dead hub or agent lets the timer fire.
+* ``step`` never mutates its input state: it works on a copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from chargectl.common.readings import DeviceFlag, Reading
+from chargectl.services.hub.billing import Cost, Tariff, can_start, session_cost
+from chargectl.services.hub.params import PlugParams
+
+__all__ = [
+    "FAULT_FLAGS",
+    "TRANSITIONS",
+    "Alert",
+    "BalanceUpdate",
+    "CommandResult",
+    "Effect",
+    "Event",
+    "MachineState",
+    "OperatorDisable",
+    "OperatorEnable",
+    "Readings",
+    "RejectRequest",
+    "SendRelay",
+    "Session",
+    "SessionFinished",
+    "SessionRecord",
+    "SessionStarted",
+    "SessionUpdated",
+    "StartRequest",
+    "StateChanged",
+    "Status",
+    "StopReason",
+    "StopRequest",
+    "Tick",
+    "Transition",
+    "from_dict",
+    "new_state",
+    "step",
+    "to_dict",
+]
+
+
+class Status(StrEnum):
+    AVAILABLE = "AVAILABLE"
+    AUTHORIZED = "AUTHORIZED"
+    CHARGING = "CHARGING"
+    SUSPENDED_EV = "SUSPENDED_EV"
+    SUSPENDED_EVSE = "SUSPENDED_EVSE"
+    FINISHING = "FINISHING"
+    FAULTED = "FAULTED"
+    OFFLINE = "OFFLINE"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class StopReason(StrEnum):
+    """Why a session ended, in the OCPP vocabulary the ``ChargeSession`` document uses."""
+
+    COMPLETE = "EVDisconnected"
+    LOCAL = "Local"
+    REMOTE = "Remote"
+    OUT_OF_CREDIT = "DeAuthorized"
+    FAULT = "EmergencyStop"
+    POWER_LOSS = "PowerLoss"
+    TIME_LIMIT = "TimeLimit"
+    NO_LOAD = "Timeout"
+
+
+# Device flags that mean "stop delivering energy" (undervoltage is a grid condition, not a plug fault).
+FAULT_FLAGS = DeviceFlag.OVERPOWER | DeviceFlag.OVERTEMP | DeviceFlag.OVERVOLTAGE | DeviceFlag.OVERCURRENT
+
+_A, _AU, _CH = Status.AVAILABLE, Status.AUTHORIZED, Status.CHARGING
+_SEV, _SEVSE, _FIN = Status.SUSPENDED_EV, Status.SUSPENDED_EVSE, Status.FINISHING
+_FLT, _OFF, _UN = Status.FAULTED, Status.OFFLINE, Status.UNAVAILABLE
+
+# Session states in which the relay is meant to be on.
+RELAY_ON_STATES = frozenset({_AU, _CH, _SEV})
+# Session states a stop request, a time limit or a disable can end.
+LIVE_SESSION_STATES = frozenset({_AU, _CH, _SEV, _SEVSE})
+
+
+# ---------------------------------------------------------------------------------------------
+# The transition table
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One row: from ``sources`` on ``trigger`` when ``condition`` → ``target``, doing ``actions``."""
+
+    id: str
+    sources: tuple[Status, ...]
+    trigger: str
+    condition: str
+    target: Status | None  # None: the state remembered when the plug went OFFLINE
+    actions: str
+
+
+_ALL = tuple(Status)
+_T = Transition
+TRANSITIONS: tuple[Transition, ...] = (
+    _T("start", (_A,), "StartRequest", "plug online, balance >= required start balance", _AU,
+       "SessionStarted; SendRelay(on, auto_off_s)"),
+    _T("start-rejected", _ALL, "StartRequest", "busy, offline, faulted, disabled or balance too low", None,
+       "RejectRequest(reason); state unchanged"),
+    _T("unauthorized-draw", (_A, _UN), "Readings", "relay on or power >= start_w with no session", None,
+       "SendRelay(off); Alert(unauthorized_draw); state unchanged"),
+    _T("load-confirmed", (_AU,), "Readings", "relay confirmed on, power >= start_w for start_confirm_s", _CH,
+       "session keeps start counter from the start request"),
+    _T("no-load", (_AU,), "Readings", "no load for no_load_timeout_s of fresh data", _FIN,
+       "stop reason Timeout; SendRelay(off); no session fee"),
+    _T("load-stopped", (_CH,), "Readings", "power < stop_w", _SEV, "completion and idle timers start"),
+    _T("load-resumed", (_SEV,), "Readings", "power >= start_w for start_confirm_s", _CH, "—"),
+    _T("complete", (_SEV,), "Readings", "power < stop_w for complete_after_s of fresh data", _FIN,
+       "stop reason EVDisconnected; SendRelay(off)"),
+    _T("out-of-credit", (_AU, _CH, _SEV), "Readings", "projected cost >= balance", _SEVSE,
+       "SendRelay(off); Alert(out_of_credit); grace timer starts"),
+    _T("topped-up", (_SEVSE,), "BalanceUpdate", "new balance > projected cost", _AU, "SendRelay(on)"),
+    _T("credit-grace-expired", (_SEVSE,), "Tick", "credit_grace_s in SUSPENDED_EVSE", _FIN,
+       "stop reason DeAuthorized"),
+    _T("stop", (_AU, _CH, _SEV, _SEVSE), "StopRequest", "the session's user (Local) or the operator (Remote)",
+       _FIN, "SendRelay(off)"),
+    _T("time-limit", (_AU, _CH, _SEV, _SEVSE), "Tick", "session older than max_session_s", _FIN,
+       "stop reason TimeLimit; SendRelay(off)"),
+    _T("disable-session", (_AU, _CH, _SEV, _SEVSE), "OperatorDisable", "—", _FIN,
+       "stop reason Remote; UNAVAILABLE once billed"),
+    _T("billed", (_FIN,), "Readings", "relay off confirmed and a reading at/after the off command", _A,
+       "SessionFinished(record with cost)"),
+    _T("billed-no-reading", (_FIN,), "Tick", "relay off acked, no reading for relay_confirm_s", _A,
+       "SessionFinished with the last counter"),
+    _T("billed-disabled", (_FIN,), "Readings", "as 'billed', operator disabled meanwhile", _UN,
+       "SessionFinished"),
+    _T("device-error", tuple(s for s in _ALL if s not in (_FLT, _OFF)), "Readings",
+       "error flags overpower/overtemp/overvoltage/overcurrent", _FLT,
+       "SendRelay(off); SessionFinished(EmergencyStop) if a session is open; Alert"),
+    _T("overpower", tuple(s for s in _ALL if s not in (_FLT, _OFF)), "Readings",
+       "power > max_power_w for max_power_confirm_s", _FLT, "as device-error"),
+    _T("relay-mismatch", tuple(s for s in _ALL if s not in (_FLT, _OFF)), "Readings|Tick",
+       "a reading >= relay_confirm_s after the command still disagrees", _FLT, "as device-error"),
+    _T("relay-reasserted", tuple(s for s in _ALL if s is not _OFF), "Readings",
+       "a confirmed relay state changed on its own (button, reboot)", None, "re-send command; Alert"),
+    _T("fault-cleared", (_FLT,), "OperatorEnable", "no error flags in the latest reading", _A, "—"),
+    _T("stale", tuple(s for s in _ALL if s is not _OFF), "Tick", "no reading for stale_after_s", None,
+       "stale flag set: completion/no-load timers frozen; Alert(stale)"),
+    _T("offline", tuple(s for s in _ALL if s is not _OFF), "Tick", "no reading for offline_after_s", _OFF,
+       "remember the state; session kept open (the dead-man timer bounds unbilled energy)"),
+    _T("back-online", (_OFF,), "Readings", "a new reading", None,
+       "resume the remembered state; re-send the relay command it implies"),
+    _T("offline-abandon", (_OFF,), "Tick", "OFFLINE for offline_abandon_s with a session", _OFF,
+       "session marked provisional; Alert"),
+    _T("provisional-closed", (_OFF,), "Readings", "a new reading and the session is provisional", _FIN,
+       "stop reason PowerLoss; SendRelay(off); billed from the counter as usual"),
+    _T("disable", (_A,), "OperatorDisable", "—", _UN, "—"),
+    _T("enable", (_UN,), "OperatorEnable", "—", _A, "—"),
+)  # fmt: skip
+
+
+def _allowed_pairs() -> frozenset[tuple[Status, Status]]:
+    pairs: set[tuple[Status, Status]] = set()
+    for row in TRANSITIONS:
+        for src in row.sources:
+            if row.target is None:
+                if src is _OFF:  # resume: any remembered state
+                    pairs.update((_OFF, t) for t in _ALL if t is not _OFF)
+            else:
+                pairs.add((src, row.target))
+    # Resuming into an available plug that the operator disabled while it was offline.
+    pairs.add((_OFF, _UN))
+    return frozenset(pairs)
+
+
+_ALLOWED = _allowed_pairs()
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """A chunk of one plug's samples, oldest first (duplicates and late samples are dropped)."""
+
+    readings: tuple[Reading, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; time-based rules are evaluated."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    session_id: str
+    user_id: str
+    tariff: Tariff
+    balance_minor: int  # the user's available balance now
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequest:
+    user_id: str = ""  # must match the session's user unless ``remote``
+    session_id: str = ""  # empty: whatever session is open
+    request_id: str = ""
+    remote: bool = False  # an operator stop (reason Remote) rather than the user's (Local)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    command_id: str
+    ok: bool
+    relay_on: bool | None = None  # observed after execution; None when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorEnable:
+    """Put a disabled plug back in service, or acknowledge a fault."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorDisable:
+    """Take the plug out of service (a live session is stopped and billed first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceUpdate:
+    user_id: str
+    balance_minor: int
+
+
+Event = (
+    Readings
+    | Tick
+    | StartRequest
+    | StopRequest
+    | CommandResult
+    | OperatorEnable
+    | OperatorDisable
+    | BalanceUpdate
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Effects
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendRelay:
+    mac: str
+    on: bool
+    auto_off_s: int  # the plug's flip-back timer armed with "on"; 0 with "off"
+    session_id: str
+    command_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    mac: str
+    session_id: str
+    user_id: str
+    request_id: str
+    tariff: Tariff
+    started_at_ms: int
+    start_counter_mwh: int
+    balance_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    mac: str
+    session_id: str
+    user_id: str
+    status: Status
+    energy_mwh: int
+    idle_ms: int
+    cost_minor: int  # projected cost so far
+    provisional: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """Everything needed to bill and show a finished session."""
+
+    session_id: str
+    user_id: str
+    mac: str
+    request_id: str
+    tariff: Tariff
+    started_at_ms: int
+    ended_at_ms: int
+    start_counter_mwh: int
+    stop_counter_mwh: int
+    energy_mwh: int  # counter deltas with resets bridged
+    counter_resets: int
+    idle_ms: int
+    cost: Cost
+    stop_reason: StopReason
+    provisional: bool
+
+    @property
+    def cost_minor(self) -> int:
+        return self.cost.total_minor
+
+    @property
+    def duration_s(self) -> float:
+        return (self.ended_at_ms - self.started_at_ms) / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFinished:
+    record: SessionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    mac: str
+    old: Status
+    new: Status
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    mac: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectRequest:
+    mac: str
+    request_id: str
+    session_id: str
+    user_id: str
+    reason: str
+
+
+Effect = SendRelay | SessionStarted | SessionUpdated | SessionFinished | StateChanged | Alert | RejectRequest
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------------------------
+
+
+def _clone(obj: Any) -> Any:
+    new = object.__new__(type(obj))
+    for name in type(obj).__slots__:
+        object.__setattr__(new, name, getattr(obj, name))
+    return new
+
+
+@dataclass(slots=True)
+class Session:
+    """The open session of a plug (mutable inside ``step`` only, on a copy)."""
+
+    session_id: str
+    user_id: str
+    request_id: str
+    tariff: Tariff
+    balance_minor: int
+    started_at_ms: int
+    start_counter_mwh: int
+    energy_mwh: int = 0
+    idle_ms: int = 0
+    noload_ms: int = 0
+    counter_resets: int = 0
+    stop_reason: str = ""
+    provisional: bool = False
+
+    def cost(self) -> Cost:
+        include_fee = self.stop_reason != StopReason.NO_LOAD
+        return session_cost(self.tariff, self.energy_mwh, self.idle_ms, include_fee=include_fee)
+
+
+@dataclass(slots=True)
+class MachineState:
+    """One plug's machine state; small (slots, ints) because the hub keeps 100k of them."""
+
+    mac: str
+    params: PlugParams
+    status: Status
+    since_ms: int  # when the current status was entered (hub time)
+    reason: str = ""
+    resume: Status | None = None  # the state to return to when an OFFLINE plug reports again
+    disabled: bool = False
+    stale: bool = False
+    # The latest sample (device time).
+    last_ts_ms: int | None = None
+    power_w: float = 0.0
+    counter_mwh: int | None = None
+    uptime_s: int | None = None
+    relay_on: bool | None = None
+    errors: int = 0
+    # The relay command in force: state, first issued, last (re)sent, first seq, confirmed.
+    cmd_on: bool | None = None
+    cmd_at_ms: int = 0
+    cmd_sent_ms: int = 0
+    cmd_first_seq: int = 0
+    cmd_confirmed: bool = False
+    on_sent_ms: int = 0  # the last "on" sent (keepalive of the plug's flip-back timer)
+    cmd_seq: int = 0
+    # Time-debounce runs (ms of fresh data the condition has held; None = not holding).
+    high_ms: int | None = None
+    low_ms: int | None = None
+    over_ms: int | None = None
+    session: Session | None = None
+    last_session_id: str = ""
+
+    def copy(self) -> MachineState:
+        new: MachineState = _clone(self)
+        if self.session is not None:
+            new.session = _clone(self.session)
+        return new
+
+
+def new_state(mac: str, params: PlugParams, now: float) -> MachineState:
+    """A plug the hub has not heard from yet: OFFLINE until its first reading, then AVAILABLE."""
+    return MachineState(mac=mac, params=params, status=_OFF, since_ms=_ms(now), reason="no_data", resume=_A)
+
+
+def _ms(now: float) -> int:
+    return round(now * 1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# step
+# ---------------------------------------------------------------------------------------------
+
+
+def step(state: MachineState, event: Event, now: float) -> tuple[MachineState, tuple[Effect, ...]]:
+    """Apply ``event`` at hub time ``now`` (seconds); return the new state and the effects to carry out."""
+    s = state.copy()
+    fx: list[Effect] = []
+    now_ms = _ms(now)
+    before = _session_view(s)
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        raise TypeError(f"not a machine event: {event!r}")
+    handler(s, event, now_ms, fx)
+    _timers(s, now_ms, fx)
+    after = _session_view(s)
+    if s.session is not None and after != before:
+        sess = s.session
+        fx.append(
+            SessionUpdated(
+                mac=s.mac,
+                session_id=sess.session_id,
+                user_id=sess.user_id,
+                status=s.status,
+                energy_mwh=sess.energy_mwh,
+                idle_ms=sess.idle_ms,
+                cost_minor=sess.cost().total_minor,
+                provisional=sess.provisional,
+            )
+        )
+    return s, tuple(fx)
+
+
+def _session_view(s: MachineState) -> tuple[object, ...] | None:
+    sess = s.session
+    if sess is None:
+        return None
+    return (sess.session_id, s.status, sess.energy_mwh, sess.idle_ms, sess.provisional, sess.balance_minor)
+
+
+def _go(s: MachineState, new: Status, reason: str, now_ms: int, fx: list[Effect]) -> None:
+    old = s.status
+    if old is new:
+        return
+    if (old, new) not in _ALLOWED:
+        raise AssertionError(f"transition {old} -> {new} is not in the table")
+    s.status = new
+    s.since_ms = now_ms
+    s.reason = reason
+    fx.append(StateChanged(s.mac, old, new, reason))
+
+
+def _command(s: MachineState, on: bool, now_ms: int, fx: list[Effect], reason: str) -> None:
+    """Issue a new relay command (a fresh confirmation window)."""
+    s.cmd_on = on
+    s.cmd_at_ms = now_ms
+    s.cmd_confirmed = False
+    s.cmd_first_seq = s.cmd_seq + 1
+    _send(s, on, now_ms, fx, reason)
+
+
+def _send(s: MachineState, on: bool, now_ms: int, fx: list[Effect], reason: str) -> None:
+    s.cmd_seq += 1
+    s.cmd_sent_ms = now_ms
+    if on:
+        s.on_sent_ms = now_ms
+    session_id = s.session.session_id if s.session is not None else ""
+    # Unique across restarts from an older checkpoint too (the agent executes each id at most once).
+    command_id = f"{s.mac}.{s.cmd_seq}.{now_ms}"
+    auto_off = s.params.auto_off_s if on else 0
+    fx.append(SendRelay(s.mac, on, auto_off, session_id, command_id, reason))
+
+
+def _observed_on(s: MachineState, relay_on: bool, power_w: float) -> bool:
+    """What a sample says about the relay for comparison with the command in force."""
+    if s.cmd_on:
+        return relay_on
+    # Commanded off: power flowing counts as "on" even if the relay claims to be open.
+    return relay_on or power_w >= s.params.start_w
+
+
+def _counter_delta(s: MachineState, r: Reading) -> tuple[int, bool]:
+    """Energy since the previous sample, and whether the counter was reset (bridged, never negative)."""
+    prev = s.counter_mwh
+    if prev is None:
+        return 0, False
+    rebooted = s.uptime_s is not None and r.uptime_s is not None and r.uptime_s < s.uptime_s
+    if rebooted or r.energy_mwh < prev:
+        return max(r.energy_mwh, 0), True
+    return r.energy_mwh - prev, False
+
+
+def _run(prev: int | None, holds: bool, counted_ms: int) -> int | None:
+    if not holds:
+        return None
+    return 0 if prev is None else prev + counted_ms
+
+
+def _on_readings(s: MachineState, ev: Readings, now_ms: int, fx: list[Effect]) -> None:
+    for r in ev.readings:
+        if r.mac != s.mac:
+            raise ValueError(f"reading for {r.mac} fed to the machine of {s.mac}")
+        if s.last_ts_ms is not None and r.ts_ms <= s.last_ts_ms:
+            continue  # duplicate or out of order: already accounted for
+        _sample(s, r, now_ms, fx)
+
+
+def _sample(s: MachineState, r: Reading, now_ms: int, fx: list[Effect]) -> None:
+    p = s.params
+    stale_ms = p.stale_after_s * 1000
+    gap = None if s.last_ts_ms is None else r.ts_ms - s.last_ts_ms
+    # Only time between samples close enough together counts towards a run: gaps freeze timers.
+    counted = gap if gap is not None and gap <= stale_ms else 0
+    delta, reset = _counter_delta(s, r)
+    sess = s.session
+    if sess is not None and s.status is not _FLT:
+        sess.energy_mwh += delta
+        if reset:
+            sess.counter_resets += 1
+            fx.append(Alert(s.mac, "counter_reset", f"energy counter reset to {r.energy_mwh} mWh; bridged"))
+    was_low = s.low_ms is not None
+    s.last_ts_ms = r.ts_ms
+    s.power_w = r.power_w
+    s.counter_mwh = r.energy_mwh
+    s.uptime_s = r.uptime_s
+    s.relay_on = r.relay_on
+    s.errors = r.errors
+    s.stale = False
+    high = r.power_w >= p.start_w
+    low = r.power_w < p.stop_w
+    s.high_ms = _run(s.high_ms, high, counted)
+    s.low_ms = _run(s.low_ms, low, counted)
+    s.over_ms = _run(s.over_ms, r.power_w > p.max_power_w, counted)
+
+    if s.status is _OFF:
+        _resume(s, now_ms, fx)
+    status = s.status
+    if sess is not None and status is _SEV and low and was_low:
+        sess.idle_ms += counted
+    if sess is not None and status is _AU:
+        sess.noload_ms += max(0, min(counted, r.ts_ms - s.since_ms))
+
+    if status is not _FLT:
+        flags = DeviceFlag(r.errors) & FAULT_FLAGS
+        if flags:
+            names = ",".join(f.name.lower() for f in DeviceFlag if f and f in flags and f.name)
+            _fault(s, now_ms, f"device_error:{names}", fx)
+            return
+        if s.over_ms is not None and s.over_ms >= p.max_power_confirm_s * 1000:
+            _fault(s, now_ms, "overpower", fx)
+            return
+    if _check_relay(s, r, now_ms, fx):
+        return
+
+    status = s.status
+    if status is _AU:
+        if s.cmd_on and s.cmd_confirmed and s.high_ms is not None and s.high_ms >= p.start_confirm_s * 1000:
+            _go(s, _CH, "load_detected", now_ms, fx)
+        elif sess is not None and sess.noload_ms >= p.no_load_timeout_s * 1000:
+            _finish(s, StopReason.NO_LOAD, "no_load_timeout", now_ms, fx)
+    elif status is _CH:
+        if low:
+            _go(s, _SEV, "load_stopped", now_ms, fx)
+    elif status is _SEV:
+        if s.high_ms is not None and s.high_ms >= p.start_confirm_s * 1000:
+            _go(s, _CH, "load_resumed", now_ms, fx)
+        elif s.low_ms is not None and s.low_ms >= p.complete_after_s * 1000:
+            _finish(s, StopReason.COMPLETE, "complete", now_ms, fx)
+    elif (
+        status is _FIN
+        and s.cmd_on is False
+        and r.ts_ms >= s.cmd_at_ms
+        and not _observed_on(s, r.relay_on, r.power_w)
+    ):
+        s.cmd_confirmed = True
+        _finalize(s, now_ms, fx)
+        return
+    _check_credit(s, now_ms, fx)
+
+
+def _check_relay(s: MachineState, r: Reading, now_ms: int, fx: list[Effect]) -> bool:
+    """Compare a sample with the relay command in force; True if the plug faulted."""
+    p = s.params
+    if s.cmd_on is None:
+        # Never commanded (a plug the hub just met): anything on without a session is unauthorized.
+        if s.session is None and (r.relay_on or r.power_w >= p.start_w):
+            fx.append(Alert(s.mac, "unauthorized_draw", f"relay on / {r.power_w:.1f} W with no session"))
+            _command(s, False, now_ms, fx, "unauthorized_draw")
+        return False
+    observed = _observed_on(s, r.relay_on, r.power_w)
+    if observed == s.cmd_on:
+        if not s.cmd_confirmed and r.ts_ms >= s.cmd_at_ms:
+            s.cmd_confirmed = True
+        return False
+    if not s.cmd_confirmed:
+        if r.ts_ms >= s.cmd_at_ms + p.relay_confirm_s * 1000 and s.status is not _FLT:
+            want = "on" if s.cmd_on else "off"
+            _fault(s, now_ms, f"relay_mismatch: commanded {want}, plug reports otherwise", fx)
+            return True
+        return False
+    # A confirmed state changed on its own: the plug's button, a reboot restoring its state.
+    if s.session is None and not s.cmd_on:
+        fx.append(Alert(s.mac, "unauthorized_draw", f"relay on / {r.power_w:.1f} W with no session"))
+        _command(s, False, now_ms, fx, "unauthorized_draw")
+    else:
+        want = "on" if s.cmd_on else "off"
+        fx.append(Alert(s.mac, "relay_changed", f"relay no longer {want}; command re-sent"))
+        _command(s, bool(s.cmd_on), now_ms, fx, "reassert")
+    return False
+
+
+def _check_credit(s: MachineState, now_ms: int, fx: list[Effect]) -> None:
+    sess = s.session
+    if sess is None or s.status not in RELAY_ON_STATES:
+        return
+    projected = sess.cost().exact_minor
+    if projected > 0 and projected >= sess.balance_minor:
+        _go(s, _SEVSE, "out_of_credit", now_ms, fx)
+        fx.append(
+            Alert(
+                s.mac,
+                "out_of_credit",
+                f"session {sess.session_id}: cost reached balance {sess.balance_minor}",
+            )
+        )
+        _command(s, False, now_ms, fx, "out_of_credit")
+
+
+def _resume(s: MachineState, now_ms: int, fx: list[Effect]) -> None:
+    target = s.resume or _A
+    s.resume = None
+    sess = s.session
+    if sess is not None and sess.provisional and target is not _FIN:
+        sess.stop_reason = StopReason.POWER_LOSS
+        target = _FIN
+    if target is _A and s.disabled:
+        target = _UN
+    _go(s, target, "back_online", now_ms, fx)
+    if sess is not None and target in RELAY_ON_STATES:
+        _command(s, True, now_ms, fx, "back_online")
+    elif target is _FIN:
+        _command(s, False, now_ms, fx, "back_online")
+
+
+def _finish(s: MachineState, reason: StopReason, why: str, now_ms: int, fx: list[Effect]) -> None:
+    """Stop the open session: relay off, then bill once the final counter reading is in."""
+    sess = s.session
+    assert sess is not None
+    sess.stop_reason = reason
+    _go(s, _FIN, why, now_ms, fx)
+    if s.cmd_on is not False:
+        _command(s, False, now_ms, fx, why)
+
+
+def _record(s: MachineState, now_ms: int) -> SessionRecord:
+    sess = s.session
+    assert sess is not None
+    return SessionRecord(
+        session_id=sess.session_id,
+        user_id=sess.user_id,
+        mac=s.mac,
+        request_id=sess.request_id,
+        tariff=sess.tariff,
+        started_at_ms=sess.started_at_ms,
+        ended_at_ms=now_ms,
+        start_counter_mwh=sess.start_counter_mwh,
+        stop_counter_mwh=s.counter_mwh if s.counter_mwh is not None else sess.start_counter_mwh,
+        energy_mwh=sess.energy_mwh,
+        counter_resets=sess.counter_resets,
+        idle_ms=sess.idle_ms,
+        cost=sess.cost(),
+        stop_reason=StopReason(sess.stop_reason),
+        provisional=sess.provisional,
+    )
+
+
+def _close_session(s: MachineState, now_ms: int, fx: list[Effect]) -> None:
+    fx.append(SessionFinished(_record(s, now_ms)))
+    assert s.session is not None
+    s.last_session_id = s.session.session_id
+    s.session = None
+
+
+def _finalize(s: MachineState, now_ms: int, fx: list[Effect]) -> None:
+    _close_session(s, now_ms, fx)
+    _go(s, _UN if s.disabled else _A, "session_billed", now_ms, fx)
+
+
+def _fault(s: MachineState, now_ms: int, why: str, fx: list[Effect]) -> None:
+    if s.session is not None:
+        s.session.stop_reason = StopReason.FAULT
+        _close_session(s, now_ms, fx)
+    _go(s, _FLT, why, now_ms, fx)
+    fx.append(Alert(s.mac, "fault", why))
+    if s.cmd_on is not False or not s.cmd_confirmed:
+        _command(s, False, now_ms, fx, "fault")
+
+
+def _reject(
+    s: MachineState, fx: list[Effect], request_id: str, session_id: str, user_id: str, why: str
+) -> None:
+    fx.append(RejectRequest(s.mac, request_id, session_id, user_id, why))
+
+
+def _fresh(s: MachineState, now_ms: int) -> bool:
+    return s.last_ts_ms is not None and now_ms - s.last_ts_ms < s.params.stale_after_s * 1000
+
+
+_BUSY_REASONS: dict[Status, str] = {
+    _OFF: "plug_offline",
+    _FLT: "plug_faulted",
+    _UN: "plug_unavailable",
+}
+
+
+def _on_start(s: MachineState, ev: StartRequest, now_ms: int, fx: list[Effect]) -> None:
+    if ev.session_id in (s.last_session_id, s.session.session_id if s.session else None):
+        return  # a redelivered request for a session we already handled
+    if s.status is not _A:
+        why = _BUSY_REASONS.get(s.status, "plug_busy")
+        _reject(s, fx, ev.request_id, ev.session_id, ev.user_id, why)
+        return
+    if not _fresh(s, now_ms) or s.counter_mwh is None:
+        _reject(s, fx, ev.request_id, ev.session_id, ev.user_id, "plug_offline")
+        return
+    if not can_start(ev.tariff, ev.balance_minor):
+        _reject(s, fx, ev.request_id, ev.session_id, ev.user_id, "insufficient_balance")
+        return
+    # The relay is off in AVAILABLE, so the last counter is the counter at relay-on.
+    s.session = Session(
+        session_id=ev.session_id,
+        user_id=ev.user_id,
+        request_id=ev.request_id,
+        tariff=ev.tariff,
+        balance_minor=ev.balance_minor,
+        started_at_ms=now_ms,
+        start_counter_mwh=s.counter_mwh,
+    )
+    _go(s, _AU, "start_requested", now_ms, fx)
+    fx.append(
+        SessionStarted(
+            mac=s.mac,
+            session_id=ev.session_id,
+            user_id=ev.user_id,
+            request_id=ev.request_id,
+            tariff=ev.tariff,
+            started_at_ms=now_ms,
+            start_counter_mwh=s.counter_mwh,
+            balance_minor=ev.balance_minor,
+        )
+    )
+    _command(s, True, now_ms, fx, "session_start")
+
+
+def _on_stop(s: MachineState, ev: StopRequest, now_ms: int, fx: list[Effect]) -> None:
+    sess = s.session
+    if sess is None:
+        if ev.session_id and ev.session_id == s.last_session_id:
+            return  # already finished: a redelivered stop
+        _reject(s, fx, ev.request_id, ev.session_id, ev.user_id, "no_session")
+        return
+    if ev.session_id and ev.session_id != sess.session_id:
+        _reject(s, fx, ev.request_id, ev.session_id, ev.user_id, "unknown_session")
+        return
+    if not ev.remote and ev.user_id != sess.user_id:
+        _reject(s, fx, ev.request_id, ev.session_id, ev.user_id, "not_session_owner")
+        return
+    reason = StopReason.REMOTE if ev.remote else StopReason.LOCAL
+    _stop_session(s, reason, "remote_stop" if ev.remote else "stop_requested", now_ms, fx)
+
+
+def _stop_session(s: MachineState, reason: StopReason, why: str, now_ms: int, fx: list[Effect]) -> None:
+    sess = s.session
+    assert sess is not None
+    if s.status in LIVE_SESSION_STATES:
+        _finish(s, reason, why, now_ms, fx)
+    elif s.status is _OFF and s.resume is not _FIN:
+        # Close it when the plug reports again (the relay command cannot be confirmed now).
+        sess.stop_reason = reason
+        s.resume = _FIN
+    # FINISHING already: nothing more to do.
+
+
+def _on_command_result(s: MachineState, ev: CommandResult, now_ms: int, fx: list[Effect]) -> None:
+    parts = ev.command_id.split(".")
+    if len(parts) != 3 or parts[0] != s.mac or not parts[1].isdigit():
+        return  # not one of ours
+    if int(parts[1]) < s.cmd_first_seq or s.cmd_on is None:
+        return  # an ack of an older command
+    if not ev.ok:
+        fx.append(Alert(s.mac, "command_failed", f"relay command {ev.command_id} failed; retrying"))
+        return
+    if ev.relay_on is not None and ev.relay_on == s.cmd_on:
+        s.cmd_confirmed = True
+
+
+def _on_enable(s: MachineState, ev: OperatorEnable, now_ms: int, fx: list[Effect]) -> None:
+    s.disabled = False
+    if s.status is _UN:
+        _go(s, _A, "operator_enabled", now_ms, fx)
+    elif s.status is _FLT:
+        if DeviceFlag(s.errors) & FAULT_FLAGS:
+            _reject(s, fx, "", "", "", "device_errors_present")
+            return
+        s.over_ms = None
+        _go(s, _A, "fault_cleared", now_ms, fx)
+    elif s.status is _OFF and s.resume is _UN:
+        s.resume = _A
+
+
+def _on_disable(s: MachineState, ev: OperatorDisable, now_ms: int, fx: list[Effect]) -> None:
+    s.disabled = True
+    if s.status is _A:
+        _go(s, _UN, "operator_disabled", now_ms, fx)
+    elif s.session is not None:
+        _stop_session(s, StopReason.REMOTE, "operator_disabled", now_ms, fx)
+
+
+def _on_balance(s: MachineState, ev: BalanceUpdate, now_ms: int, fx: list[Effect]) -> None:
+    sess = s.session
+    if sess is None or sess.user_id != ev.user_id:
+        return
+    sess.balance_minor = ev.balance_minor
+    if s.status is _SEVSE and sess.cost().exact_minor < ev.balance_minor:
+        sess.noload_ms = 0
+        s.high_ms = None
+        _go(s, _AU, "topped_up", now_ms, fx)
+        _command(s, True, now_ms, fx, "topped_up")
+
+
+def _on_tick(s: MachineState, ev: Tick, now_ms: int, fx: list[Effect]) -> None:
+    """Nothing but time: the rules in ``_timers`` run after every event."""
+
+
+def _timers(s: MachineState, now_ms: int, fx: list[Effect]) -> None:
+    p = s.params
+    if s.status is not _OFF:
+        seen = s.last_ts_ms if s.last_ts_ms is not None else s.since_ms
+        age = now_ms - seen
+        if age >= p.offline_after_s * 1000:
+            s.resume = s.status
+            _go(s, _OFF, "no_data", now_ms, fx)
+            fx.append(Alert(s.mac, "offline", f"no reading for {age / 1000:.0f} s"))
+        elif age >= p.stale_after_s * 1000 and not s.stale:
+            s.stale = True
+            fx.append(Alert(s.mac, "stale", f"no reading for {age / 1000:.0f} s; timers frozen"))
+    sess = s.session
+    if s.status is _OFF:
+        if sess is not None and not sess.provisional and now_ms - s.since_ms >= p.offline_abandon_s * 1000:
+            sess.provisional = True
+            fx.append(
+                Alert(
+                    s.mac,
+                    "session_provisional",
+                    f"session {sess.session_id}: plug offline; closes on reconnect",
+                )
+            )
+        return
+    # Relay command not confirmed yet: a reading after the window that disagrees is a fault;
+    # otherwise re-send every relay_retry_s.
+    if s.cmd_on is not None and not s.cmd_confirmed:
+        window_over = now_ms - s.cmd_at_ms >= p.relay_confirm_s * 1000
+        seen_after = s.last_ts_ms is not None and s.last_ts_ms >= s.cmd_at_ms and s.relay_on is not None
+        if (
+            window_over
+            and seen_after
+            and s.status is not _FLT
+            and _observed_on(s, bool(s.relay_on), s.power_w) != s.cmd_on
+        ):
+            want = "on" if s.cmd_on else "off"
+            _fault(s, now_ms, f"relay_mismatch: commanded {want}, plug reports otherwise", fx)
+            return
+        if now_ms - s.cmd_sent_ms >= p.relay_retry_s * 1000:
+            _send(s, s.cmd_on, now_ms, fx, "retry")
+    if sess is None:
+        return
+    if s.status is _FIN:
+        if s.cmd_on is False and s.cmd_confirmed and now_ms - s.cmd_at_ms >= p.relay_confirm_s * 1000:
+            _finalize(s, now_ms, fx)
+        return
+    if s.status in LIVE_SESSION_STATES and now_ms - sess.started_at_ms >= p.max_session_s * 1000:
+        _finish(s, StopReason.TIME_LIMIT, "time_limit", now_ms, fx)
+        return
+    if s.status is _SEVSE and now_ms - s.since_ms >= p.credit_grace_s * 1000:
+        _finish(s, StopReason.OUT_OF_CREDIT, "credit_grace_expired", now_ms, fx)
+        return
+    if s.status in RELAY_ON_STATES and s.cmd_on and now_ms - s.on_sent_ms >= p.keepalive_s * 1000:
+        _send(s, True, now_ms, fx, "keepalive")
+
+
+_Handler = Any
+_HANDLERS: dict[type, _Handler] = {
+    Readings: _on_readings,
+    Tick: _on_tick,
+    StartRequest: _on_start,
+    StopRequest: _on_stop,
+    CommandResult: _on_command_result,
+    OperatorEnable: _on_enable,
+    OperatorDisable: _on_disable,
+    BalanceUpdate: _on_balance,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpointing
+# ---------------------------------------------------------------------------------------------
+
+
+def to_dict(state: MachineState) -> dict[str, Any]:
+    """The state as plain JSON-able values (for the hub's checkpoint)."""
+    out: dict[str, Any] = {}
+    for name in MachineState.__slots__:
+        value = getattr(state, name)
+        if name == "params":
+            value = value.to_dict()
+        elif name == "session":
+            value = None if value is None else _session_to_dict(value)
+        elif isinstance(value, Status):
+            value = str(value)
+        out[name] = value
+    return out
+
+
+def _session_to_dict(sess: Session) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in Session.__slots__:
+        value = getattr(sess, name)
+        if name == "tariff":
+            value = value.to_dict()
+        elif isinstance(value, StrEnum):
+            value = str(value)
+        out[name] = value
+    return out
+
+
+def from_dict(data: dict[str, Any], params: PlugParams | None = None) -> MachineState:
+    """Rebuild a state from :func:`to_dict` output; ``params`` replaces the saved ones if given."""
+    values = dict(data)
+    values["params"] = params if params is not None else PlugParams(**values["params"])
+    values["status"] = Status(values["status"])
+    if values.get("resume") is not None:
+        values["resume"] = Status(values["resume"])
+    raw = values.get("session")
+    if raw is not None:
+        sess = dict(raw)
+        sess["tariff"] = Tariff.from_dict(sess["tariff"])
+        values["session"] = Session(**sess)
+    return MachineState(**values)
