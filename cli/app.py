@@ -24,6 +24,8 @@ __all__ = ["COMMAND_MODULES", "State", "app", "main"]
 COMMAND_MODULES: list[str] = [
     "config",
     "provision",
+    "session",
+    "plugs",
 ]
 
 app = typer.Typer(

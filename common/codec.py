@@ -44,6 +44,7 @@ __all__ = [
     "Money",
     "Opened",
     "PlugState",
+    "PlugStatus",
     "PublicKey",
     "Site",
     "Tariff",
@@ -81,6 +82,7 @@ _SIG_CONTEXT = b"chargectl.v1\x00"
 Money = common_pb2.Money
 PublicKey = common_pb2.PublicKey
 PlugState = frontend_pb2.PlugState
+PlugStatus = frontend_pb2.PlugStatus
 ChargeRequest = frontend_pb2.ChargeRequest
 ChargeSession = frontend_pb2.ChargeSession
 UserAccount = frontend_pb2.UserAccount

@@ -10,9 +10,9 @@ from chargectl.common.config import Config
 from chargectl.common.errors import ConfigError
 from chargectl.provisioner.site import Provisioner
 from chargectl.services.adapters.secrets import secrets_from_config
-from chargectl.services.adapters.store import Store
+from chargectl.services.wiring import open_store
 
-__all__ = ["ProvisionSettings", "open_provisioner", "store_path"]
+__all__ = ["ProvisionSettings", "open_provisioner"]
 
 
 @dataclass(frozen=True)
@@ -28,21 +28,6 @@ class ProvisionSettings:
             raise ConfigError(f"provision.grace_s must be >= 0, got {self.grace_s}")
 
 
-def store_path(config: Config) -> str:
-    """The embedded store's SQLite file."""
-    return str(config.state_dir / "chargectl.db")
-
-
-def _store(config: Config) -> Store:
-    if config.backend == "gcp":
-        from chargectl.services.adapters.firestore_store import FirestoreStore
-
-        return FirestoreStore(config.project)
-    from chargectl.services.adapters.sqlite_store import SqliteStore
-
-    return SqliteStore(store_path(config))
-
-
 def open_provisioner(config: Config) -> Provisioner:
     """The provisioner over the backends ``config`` selects."""
     bus = None
@@ -50,4 +35,4 @@ def open_provisioner(config: Config) -> Provisioner:
         from chargectl.services.adapters.pubsub_admin import PubSubAdmin
 
         bus = PubSubAdmin(config.project)
-    return Provisioner(_store(config), secrets_from_config(config), bus, config.project, config.backend)
+    return Provisioner(open_store(config), secrets_from_config(config), bus, config.project, config.backend)

@@ -77,7 +77,7 @@ class PubSubBus:
     def __init__(
         self, project: str, *, publish_timeout_s: float = 30.0, admin_timeout_s: float = 30.0
     ) -> None:
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         self.project = project
         self.publish_timeout_s = publish_timeout_s
@@ -148,7 +148,7 @@ class PubSubBus:
         max_delivery_attempts: int = 5,
     ) -> None:
         from google.api_core import exceptions as gexc
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         request: dict[str, Any] = {
             "name": self.subscription_path(subscription),
@@ -209,7 +209,7 @@ class PubSubBus:
     async def subscribe(
         self, subscription: str, handler: Handler, *, max_messages: int = 100, max_bytes: int = 100 << 20
     ) -> _Subscriber:
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         if max_messages < 1 or max_bytes < 1:
             raise TransportError("flow control limits must be positive")

@@ -1,0 +1,746 @@
+"""The hub: one state machine per plug in memory, fed by telemetry and user requests, acting through ports.
+
+Ports: a :class:`~chargectl.services.adapters.bus.Bus` (telemetry in, signed relay commands out, dead
+letters), a :class:`~chargectl.services.adapters.store.Store` (requests, plug states, sessions, ledger,
+sites, checkpoint), a :class:`~chargectl.services.adapters.timeseries.TimeSeries`, the site command keys
+and the telemetry keyring. The same class runs embedded (memory bus, SQLite) and distributed
+(Pub/Sub, Firestore, InfluxDB).
+
+Reliability:
+- Telemetry is acked only after its readings reached the machines; a batch is recorded in the
+  per-site sequence window then, so redeliveries and agent replays are no-ops.
+- Undecodable, unverified or revoked messages are published to the dead-letter topic with the reason
+  and counted; if that publish fails the message is nacked, never acked silently.
+- A finished session is debited with ledger entry id = session id (create-if-absent) and its document
+  is written only while not yet COMPLETED, so a replay from an older checkpoint can never bill twice.
+- The checkpoint (every machine, the sequence windows) is written periodically and at every session
+  start and finish; at start the hub reconciles it with the store (sessions started after the last
+  checkpoint are resumed, sessions finished after it are closed without a second debit).
+- Plug states are mirrored to the store on transitions only, at most once per plug per
+  ``plug_state_min_interval_s`` (later changes are coalesced), never per reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from chargectl.common import codec
+from chargectl.common.clock import Clock, SystemClock
+from chargectl.common.errors import ChargectlError, StoreError, TransportError
+from chargectl.common.keys import Keyring, SigningKey
+from chargectl.common.readings import Reading
+from chargectl.common.topics import DEAD_LETTER_TOPIC, TELEMETRY_TOPIC, command_topic, telemetry_subscription
+from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
+from chargectl.services.adapters.store import Store
+from chargectl.services.adapters.timeseries import SessionEvent, TimeSeries
+from chargectl.services.hub import machine as m
+from chargectl.services.hub.billing import Tariff
+from chargectl.services.hub.health import HealthServer, Metrics
+from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
+from chargectl.services.hub.params import PlugParams
+from chargectl.services.hub.settings import HubSettings
+from chargectl.services.payments.ledger import Ledger
+
+__all__ = ["Hub", "HubPorts", "keyring_from_sites", "tariff_from_document"]
+
+log = logging.getLogger("chargectl.hub")
+
+CommandKeys = Callable[[str], SigningKey]
+"""The command-signing key of a site (raises ``ChargectlError`` if there is none)."""
+
+
+def tariff_from_document(doc: codec.Tariff) -> Tariff:
+    """The billing tariff of a ``Tariff`` frontend document."""
+    return Tariff(
+        tariff_id=doc.tariff_id or "site",
+        currency=(doc.currency or "gbp").lower(),
+        price_per_kwh_minor=Decimal(doc.price_per_kwh_minor),
+        session_fee_minor=doc.session_fee_minor,
+        idle_price_per_minute_minor=Decimal(doc.idle_price_per_minute_minor),
+        idle_grace_s=doc.idle_grace_s,
+        energy_step_wh=doc.energy_step_wh,
+        time_step_s=doc.time_step_s,
+        min_start_balance_minor=doc.min_start_balance_minor,
+    )
+
+
+def keyring_from_sites(sites: Iterable[codec.Site]) -> tuple[Keyring, set[str]]:
+    """Telemetry keys of every active site (with their validity windows), and the revoked site ids."""
+    ring = Keyring()
+    revoked: set[str] = set()
+    for site in sites:
+        if site.status == codec.Site.STATUS_REVOKED:
+            revoked.add(site.site_id)
+            continue
+        for key in site.agent_keys:
+            ring.add_public(bytes(key.public_key), site.site_id, key.not_before_ms, key.not_after_ms)
+    return ring, revoked
+
+
+@dataclass
+class HubPorts:
+    bus: Bus
+    store: Store
+    timeseries: TimeSeries
+    command_keys: CommandKeys
+    trust: Callable[[], tuple[Keyring, set[str]]] | None = None  # default: keys from the store's sites
+
+
+@dataclass
+class _Plug:
+    state: m.MachineState
+    site_id: str
+    dirty: bool = False  # plug state document needs writing
+    mirrored_ms: int = 0
+    pending: list[str] = field(default_factory=list)  # request ids awaiting this plug's answer
+
+
+class Hub:
+    """See the module docstring. ``serve()`` runs it; ``run_once()`` is one pass of every loop (tests)."""
+
+    CHECKPOINT = "hub"
+
+    def __init__(self, settings: HubSettings, ports: HubPorts, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.ports = ports
+        self.clock = clock or SystemClock()
+        self.store = ports.store
+        self.ledger = Ledger(ports.store)
+        self.plugs: dict[str, _Plug] = {}
+        self.ingest = Ingest(Keyring(), shard=settings.shard)
+        self.balances: dict[str, int] = {}
+        self.metrics = Metrics()
+        self._params_by_class: dict[str, PlugParams] = {}
+        self._site_tariffs: dict[str, Tariff] = {}
+        self._default_tariff = settings.tariff.tariff()
+        self._subscription: SubscriptionHandle | None = None
+        self._health: HealthServer | None = None
+        self._stop = asyncio.Event()
+        self._recover: dict[str, codec.ChargeSession] = {}  # sessions to resume once their plug reports
+        self._command_sent: dict[str, float] = {}
+        self._seen_requests: set[str] = set()
+        self._last_checkpoint = 0.0
+        self._last_trust = 0.0
+        self._last_balance = 0.0
+        self._started = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._init_metrics()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the checkpoint and the ledger, reconcile with the store, subscribe to telemetry."""
+        self.refresh_trust(force=True)
+        self.balances = self.ledger.balances()
+        self._load_checkpoint()
+        self._reconcile()
+        bus = self.ports.bus
+        await bus.ensure_topic(TELEMETRY_TOPIC)
+        await bus.ensure_topic(DEAD_LETTER_TOPIC)
+        sub = telemetry_subscription(self.settings.shard)
+        await bus.ensure_subscription(sub, TELEMETRY_TOPIC, dead_letter_topic=DEAD_LETTER_TOPIC)
+        self._subscription = await bus.subscribe(
+            sub, self.handle_message, max_messages=self.settings.max_messages
+        )
+        self._started = True
+        log.info(
+            "hub shard %d started: %d plugs, %d users with a balance",
+            self.settings.shard,
+            len(self.plugs),
+            len(self.balances),
+        )
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.stop()
+            self._subscription = None
+        if self._started:
+            self.checkpoint()
+        self.ports.timeseries.flush(timeout_s=5)
+        if self._health is not None:
+            await self._health.stop()
+        self._started = False
+
+    async def serve(self, health: bool = True) -> None:
+        """Run until :meth:`request_stop` (or cancellation)."""
+        await self.start()
+        if health:
+            self._health = HealthServer(
+                self.metrics, self.problems, self.settings.health_host, self.settings.health_port
+            )
+            await self._health.start()
+        try:
+            loops = [
+                self._loop(self.tick, self.settings.tick_interval_s),
+                self._loop(self.poll_requests, self.settings.request_poll_s),
+            ]
+            tasks = [asyncio.create_task(c) for c in loops]
+            await self._stop.wait()
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Blocking entry for the CLI: serve until SIGINT/SIGTERM."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, self.request_stop)
+            await self.serve()
+
+        asyncio.run(main())
+
+    async def run_once(self) -> None:
+        """One pass: answer pending requests, tick every machine, checkpoint if due."""
+        await self.poll_requests()
+        await self.tick()
+
+    async def _loop(self, fn: Callable[[], Any], interval_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                await fn()
+            except ChargectlError as exc:
+                log.warning("%s failed: %s", getattr(fn, "__name__", "loop"), exc)
+            await self.clock.sleep(interval_s)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self._subscription is not None and not self._subscription.running:
+            out.append(f"telemetry subscriber stopped: {self._subscription.error}")
+        if not self._started:
+            out.append("hub not started")
+        return out
+
+    # ------------------------------------------------------------------ time
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def _now_ms(self) -> int:
+        return round(self.clock.now() * 1000)
+
+    # ------------------------------------------------------------------ trust and tariffs
+
+    def refresh_trust(self, force: bool = False) -> None:
+        mono = self.clock.monotonic()
+        if not force and mono - self._last_trust < self.settings.trust_refresh_s:
+            return
+        self._last_trust = mono
+        sites = self.store.list_sites()
+        ring, revoked = self.ports.trust() if self.ports.trust else keyring_from_sites(sites)
+        self.ingest.keyring = ring
+        self.ingest.revoked_sites = revoked
+        self._site_tariffs = {
+            s.site_id: tariff_from_document(s.tariff) for s in sites if s.HasField("tariff")
+        }
+
+    def tariff_for(self, site_id: str) -> Tariff:
+        return self._site_tariffs.get(site_id, self._default_tariff)
+
+    def _params(self, mac: str) -> PlugParams:
+        cls = self.settings.plug_class(mac)
+        params = self._params_by_class.get(cls)
+        if params is None:
+            params = self._params_by_class[cls] = self.settings.params(mac)
+        return params
+
+    # ------------------------------------------------------------------ telemetry
+
+    async def handle_message(self, msg: BusMessage) -> bool:
+        """Bus handler for the telemetry subscription; True acks."""
+        verdict = self.ingest.accept(msg.data, msg.attributes, self._now_ms())
+        if isinstance(verdict, Skipped):
+            self.metrics.inc("skipped_total", reason=verdict.reason)
+            return True
+        if isinstance(verdict, Rejected):
+            return await self._dead_letter(msg, verdict)
+        try:
+            if verdict.batch is not None:
+                self.process_batch(verdict.batch)
+            elif verdict.outcome is not None:
+                self.process_outcome(verdict.outcome)
+        except StoreError as exc:
+            log.warning("store unavailable while processing telemetry (%s); will be redelivered", exc)
+            return False
+        self.ingest.commit(verdict)
+        return True
+
+    async def _dead_letter(self, msg: BusMessage, verdict: Rejected) -> bool:
+        attrs = dict(msg.attributes)
+        attrs.update(
+            {"reason": verdict.reason, "detail": verdict.detail[:500], "original_message_id": msg.message_id}
+        )
+        try:
+            await self.ports.bus.publish(DEAD_LETTER_TOPIC, msg.data, attrs)
+        except TransportError as exc:
+            log.warning("cannot dead-letter message %s (%s); leaving it unacked", msg.message_id, exc)
+            return False
+        self.metrics.inc("dead_lettered_total", reason=verdict.reason)
+        log.warning(
+            "dead-lettered message %s from %r: %s", msg.message_id, verdict.site_id or "?", verdict.detail
+        )
+        return True
+
+    def process_batch(self, batch: codec.Batch) -> None:
+        """Feed one verified batch to the machines, per plug in timestamp order."""
+        by_plug: dict[str, list[Reading]] = {}
+        for r in batch.readings:
+            by_plug.setdefault(r.mac, []).append(r)
+        ts = self.ports.timeseries
+        for mac, rows in by_plug.items():
+            rows.sort(key=lambda r: r.ts_ms)
+            plug = self._plug(mac, batch.site_id)
+            self._apply(plug, m.Readings(tuple(rows)))
+            ts.add_readings(batch.site_id, rows, str(plug.state.status))
+            self.metrics.inc("readings_total", len(rows))
+        self.metrics.inc("batches_total")
+        for mac in list(self._recover):
+            self._try_recover(mac)
+
+    def process_outcome(self, outcome: codec.CommandOutcome) -> None:
+        plug = self.plugs.get(outcome.plug_mac)
+        sent = self._command_sent.pop(outcome.command_id, None)
+        if sent is not None:
+            latency = max(0.0, self.now() - sent)
+            self.metrics.set("command_latency_seconds", latency, help_text="Last command round trip")
+            self.metrics.inc("command_latency_seconds_sum", latency)
+            self.metrics.inc("command_results_total", reason=outcome.reason)
+        if plug is None:
+            return
+        self._apply(plug, m.CommandResult(outcome.command_id, outcome.ok, outcome.relay_on))
+
+    def _plug(self, mac: str, site_id: str) -> _Plug:
+        plug = self.plugs.get(mac)
+        if plug is None:
+            plug = self.plugs[mac] = _Plug(m.new_state(mac, self._params(mac), self.now()), site_id)
+            plug.dirty = True
+        elif plug.site_id != site_id:
+            log.info("plug %s moved from site %s to %s", mac, plug.site_id, site_id)
+            plug.site_id = site_id
+        return plug
+
+    # ------------------------------------------------------------------ the machines
+
+    def _apply(self, plug: _Plug, event: m.Event) -> tuple[m.Effect, ...]:
+        plug.state, effects = m.step(plug.state, event, self.now())
+        if effects:
+            self._execute(plug, effects)
+        return effects
+
+    async def tick(self) -> None:
+        """Time passes for every machine; flush mirrors; refresh trust/balances; checkpoint when due."""
+        self.refresh_trust()
+        self._refresh_balances()
+        for plug in list(self.plugs.values()):
+            self._apply(plug, m.Tick())
+        for mac in list(self._recover):
+            self._try_recover(mac)
+        self._mirror_dirty()
+        if self.clock.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+            self.checkpoint()
+
+    def _execute(self, plug: _Plug, effects: Iterable[m.Effect]) -> None:
+        checkpoint = False
+        for fx in effects:
+            if isinstance(fx, m.SendRelay):
+                self._send_command(plug, fx)
+            elif isinstance(fx, m.StateChanged):
+                plug.dirty = True
+                self.metrics.inc("transitions_total", to=str(fx.new))
+                log.info("plug %s: %s -> %s (%s)", fx.mac, fx.old, fx.new, fx.reason)
+            elif isinstance(fx, m.SessionStarted):
+                self._session_started(plug, fx)
+                checkpoint = True
+            elif isinstance(fx, m.SessionFinished):
+                self._session_finished(plug, fx.record)
+                checkpoint = True
+            elif isinstance(fx, m.RejectRequest):
+                self._answer(fx.request_id, False, fx.reason, fx.session_id)
+            elif isinstance(fx, m.Alert):
+                self.metrics.inc("alerts_total", kind=fx.kind)
+                log.warning("plug %s: %s: %s", fx.mac, fx.kind, fx.message)
+            elif isinstance(fx, m.SessionUpdated):
+                pass  # live figures are in the machine; documents change on start/finish only
+        if checkpoint:
+            self.checkpoint()
+
+    def _send_command(self, plug: _Plug, fx: m.SendRelay) -> None:
+        now = self.now()
+        cmd = codec.Command(
+            command_id=fx.command_id,
+            site_id=plug.site_id,
+            plug_mac=fx.mac,
+            on=fx.on,
+            issued_at_ms=round(now * 1000),
+            expires_at_ms=round((now + self.settings.command_lifetime_s) * 1000),
+            session_id=fx.session_id,
+            auto_off_s=fx.auto_off_s,
+        )
+        try:
+            key = self.ports.command_keys(plug.site_id)
+        except ChargectlError as exc:
+            self.metrics.inc("commands_failed_total", reason="no_key")
+            log.error("cannot sign a command for site %s: %s", plug.site_id, exc)
+            return
+        data, attrs = codec.pack_command(cmd, key)
+        self._command_sent[fx.command_id] = now
+        if len(self._command_sent) > 10_000:
+            self._command_sent.pop(next(iter(self._command_sent)))
+        self.metrics.inc("commands_sent_total")
+
+        async def publish() -> None:
+            try:
+                await self.ports.bus.publish(command_topic(plug.site_id), data, attrs)
+            except TransportError as exc:
+                # The machine re-sends until the relay is confirmed, so a lost command is retried.
+                self.metrics.inc("commands_failed_total", reason="publish")
+                log.warning("command %s to %s not published: %s", fx.command_id, fx.mac, exc)
+
+        self._spawn(publish())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ sessions and requests
+
+    def _session_started(self, plug: _Plug, fx: m.SessionStarted) -> None:
+        self._recover.pop(fx.mac, None)
+        existing = self.store.get_session(fx.session_id)
+        doc = codec.ChargeSession(
+            session_id=fx.session_id,
+            user_id=fx.user_id,
+            plug_mac=fx.mac,
+            site_id=plug.site_id,
+            status=codec.ChargeSession.STATUS_ACTIVE,
+            started_at_ms=existing.started_at_ms if existing else fx.started_at_ms,
+            start_counter_mwh=fx.start_counter_mwh,
+            tariff_id=fx.tariff.tariff_id,
+            request_id=fx.request_id,
+            cost=codec.Money(amount_minor=0, currency=fx.tariff.currency),
+        )
+        self.store.put_session(doc)
+        self.ports.timeseries.add_session_event(
+            SessionEvent(
+                fx.started_at_ms,
+                plug.site_id,
+                fx.mac,
+                fx.session_id,
+                fx.user_id,
+                "started",
+                currency=fx.tariff.currency,
+            )
+        )
+        self._answer(fx.request_id, True, "", fx.session_id)
+        log.info("session %s started on %s for %s", fx.session_id, fx.mac, fx.user_id)
+
+    def _session_finished(self, plug: _Plug, rec: m.SessionRecord) -> None:
+        existing = self.store.get_session(rec.session_id)
+        if existing is not None and existing.status == codec.ChargeSession.STATUS_COMPLETED:
+            log.info("session %s was already completed and billed; not billing again", rec.session_id)
+            return
+        cost = rec.cost_minor
+        posted = self.ledger.post(
+            entry_id=rec.session_id,
+            user_id=rec.user_id,
+            kind="session_debit",
+            amount_minor=-cost,
+            currency=rec.tariff.currency,
+            now_ms=rec.ended_at_ms,
+            reference=rec.mac,
+            description=f"{rec.energy_mwh / 1e6:.3f} kWh on {rec.mac}",
+        )
+        if posted:
+            self.balances[rec.user_id] = self.balances.get(rec.user_id, 0) - cost
+        doc = codec.ChargeSession(
+            session_id=rec.session_id,
+            user_id=rec.user_id,
+            plug_mac=rec.mac,
+            site_id=plug.site_id,
+            status=codec.ChargeSession.STATUS_COMPLETED,
+            started_at_ms=existing.started_at_ms
+            if existing and existing.started_at_ms
+            else rec.started_at_ms,
+            ended_at_ms=rec.ended_at_ms,
+            start_counter_mwh=existing.start_counter_mwh if existing else rec.start_counter_mwh,
+            stop_counter_mwh=rec.stop_counter_mwh,
+            energy_mwh=rec.energy_mwh,
+            idle_s=rec.idle_ms // 1000,
+            cost=codec.Money(amount_minor=cost, currency=rec.tariff.currency),
+            stop_reason=str(rec.stop_reason),
+            tariff_id=rec.tariff.tariff_id,
+            request_id=rec.request_id,
+        )
+        self.store.put_session(doc)
+        self.ports.timeseries.add_session_event(
+            SessionEvent(
+                rec.ended_at_ms,
+                plug.site_id,
+                rec.mac,
+                rec.session_id,
+                rec.user_id,
+                "finished",
+                rec.energy_mwh,
+                cost,
+                rec.tariff.currency,
+                str(rec.stop_reason),
+            )
+        )
+        self.metrics.inc("sessions_finished_total", stop_reason=str(rec.stop_reason))
+        log.info(
+            "session %s finished (%s): %.3f kWh, %d %s",
+            rec.session_id,
+            rec.stop_reason,
+            rec.energy_mwh / 1e6,
+            cost,
+            rec.tariff.currency,
+        )
+
+    def _answer(self, request_id: str, accepted: bool, reason: str, session_id: str) -> None:
+        if not request_id:
+            return
+        status = codec.ChargeRequest.STATUS_ACCEPTED if accepted else codec.ChargeRequest.STATUS_REJECTED
+        if self.store.answer_request(request_id, status, reason, session_id, self._now_ms()):
+            self.metrics.inc("requests_answered_total", outcome="accepted" if accepted else "rejected")
+
+    async def poll_requests(self) -> None:
+        """Answer every pending request in the store (also how requests written while down get answered)."""
+        for req in self.store.pending_requests():
+            self.handle_request(req)
+
+    def handle_request(self, req: codec.ChargeRequest) -> None:
+        """Turn one pending ``ChargeRequest`` into machine events; answered exactly once (guarded)."""
+        if req.status not in (codec.ChargeRequest.STATUS_PENDING, codec.ChargeRequest.STATUS_UNSPECIFIED):
+            return
+        if req.request_id in self._seen_requests:
+            current = self.store.get_request(req.request_id)
+            if current is None or current.status not in (
+                codec.ChargeRequest.STATUS_PENDING,
+                codec.ChargeRequest.STATUS_UNSPECIFIED,
+            ):
+                return
+        self._seen_requests.add(req.request_id)
+        plug = self.plugs.get(req.plug_mac)
+        if plug is None:
+            self._answer(req.request_id, False, "unknown_plug", "")
+            return
+        if req.action == codec.ChargeRequest.ACTION_START:
+            if not req.user_id:
+                self._answer(req.request_id, False, "no_user", "")
+                return
+            session_id = f"sess-{req.request_id}"
+            event: m.Event = m.StartRequest(
+                session_id,
+                req.user_id,
+                self.tariff_for(plug.site_id),
+                self.balances.get(req.user_id, 0),
+                req.request_id,
+            )
+        elif req.action == codec.ChargeRequest.ACTION_STOP:
+            session_id = plug.state.session.session_id if plug.state.session else ""
+            event = m.StopRequest(req.user_id, "", req.request_id)
+        else:
+            self._answer(req.request_id, False, "bad_action", "")
+            return
+        effects = self._apply(plug, event)
+        if req.action == codec.ChargeRequest.ACTION_STOP and not any(
+            isinstance(f, m.RejectRequest) for f in effects
+        ):
+            self._answer(req.request_id, True, "", session_id)
+        elif not effects:
+            self._answer(req.request_id, False, "duplicate_request", session_id)
+
+    # ------------------------------------------------------------------ balances
+
+    def _refresh_balances(self) -> None:
+        mono = self.clock.monotonic()
+        if mono - self._last_balance < self.settings.balance_refresh_s:
+            return
+        self._last_balance = mono
+        for plug in self.plugs.values():
+            sess = plug.state.session
+            if sess is None:
+                continue
+            balance = self.ledger.balance(sess.user_id)
+            self.balances[sess.user_id] = balance
+            if balance != sess.balance_minor:
+                self._apply(plug, m.BalanceUpdate(sess.user_id, balance))
+
+    def credit_arrived(self, user_id: str) -> None:
+        """Re-read one user's balance now (e.g. after an operator credit) and tell their live session."""
+        balance = self.ledger.balance(user_id)
+        self.balances[user_id] = balance
+        for plug in self.plugs.values():
+            if plug.state.session is not None and plug.state.session.user_id == user_id:
+                self._apply(plug, m.BalanceUpdate(user_id, balance))
+
+    # ------------------------------------------------------------------ mirror
+
+    def _mirror_dirty(self) -> None:
+        now_ms = self._now_ms()
+        min_gap = self.settings.plug_state_min_interval_s * 1000
+        for plug in self.plugs.values():
+            if plug.dirty and now_ms - plug.mirrored_ms >= min_gap:
+                self.store.put_plug_state(self.plug_state(plug))
+                plug.dirty = False
+                plug.mirrored_ms = now_ms
+                self.metrics.inc("plug_state_writes_total")
+
+    def plug_state(self, plug: _Plug) -> codec.PlugState:
+        s = plug.state
+        return codec.PlugState(
+            plug_mac=s.mac,
+            site_id=plug.site_id,
+            plug_class=_PLUG_CLASS.get(self.settings.plug_class(s.mac), 0),  # type: ignore[arg-type]
+            status=_STATUS_DOC[s.status],  # type: ignore[arg-type]
+            reason=s.reason,
+            relay_on=bool(s.relay_on),
+            power_w=s.power_w,
+            energy_counter_mwh=s.counter_mwh or 0,
+            session_id=s.session.session_id if s.session else "",
+            updated_at_ms=self._now_ms(),
+            last_reading_ms=s.last_ts_ms or 0,
+        )
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def checkpoint(self) -> None:
+        data = {
+            "version": 1,
+            "saved_at_ms": self._now_ms(),
+            "plugs": {mac: {"site": p.site_id, "state": m.to_dict(p.state)} for mac, p in self.plugs.items()},
+            "ingest": self.ingest.to_dict(),
+        }
+        blob = zlib.compress(json.dumps(data, separators=(",", ":")).encode(), 6)
+        self.store.save_checkpoint(f"{self.CHECKPOINT}-{self.settings.shard}", blob)
+        self._last_checkpoint = self.clock.monotonic()
+        self.metrics.inc("checkpoints_total")
+
+    def _load_checkpoint(self) -> None:
+        blob = self.store.load_checkpoint(f"{self.CHECKPOINT}-{self.settings.shard}")
+        if blob is None:
+            return
+        try:
+            data = json.loads(zlib.decompress(blob))
+        except (zlib.error, ValueError) as exc:
+            raise StoreError(f"hub checkpoint is unreadable: {exc}") from exc
+        for mac, entry in data.get("plugs", {}).items():
+            state = m.from_dict(entry["state"], self._params(mac))
+            self.plugs[mac] = _Plug(state, entry["site"])
+        self.ingest.load(data.get("ingest", {}))
+        log.info(
+            "resumed %d plugs from the checkpoint of %s",
+            len(self.plugs),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(data.get("saved_at_ms", 0) / 1000)),
+        )
+
+    def _reconcile(self) -> None:
+        """Align the checkpoint with sessions the store knows (started or finished after it)."""
+        active = {s.session_id: s for s in self.store.list_sessions(active_only=True, limit=100_000)}
+        for plug in self.plugs.values():
+            sess = plug.state.session
+            if sess is None:
+                continue
+            doc = self.store.get_session(sess.session_id)
+            if doc is not None and doc.status == codec.ChargeSession.STATUS_COMPLETED:
+                # Finished and billed after the checkpoint: close it again (no second debit) and switch off.
+                self._apply(plug, m.StopRequest(sess.user_id, sess.session_id, "", remote=True))
+            active.pop(sess.session_id, None)
+        for doc in active.values():
+            if doc.plug_mac in self.plugs:
+                self._recover[doc.plug_mac] = doc
+        if self._recover:
+            log.info("resuming %d session(s) started after the last checkpoint", len(self._recover))
+
+    def _try_recover(self, mac: str) -> None:
+        doc = self._recover.get(mac)
+        plug = self.plugs.get(mac)
+        if doc is None or plug is None:
+            return
+        if plug.state.session is not None or plug.state.status != m.Status.AVAILABLE:
+            if plug.state.session is not None and plug.state.session.session_id == doc.session_id:
+                self._recover.pop(mac, None)
+            return
+        if (
+            plug.state.last_ts_ms is None
+            or self._now_ms() - plug.state.last_ts_ms > plug.state.params.stale_after_s * 1000
+        ):
+            return  # wait for fresh data
+        self._recover.pop(mac, None)
+        self._apply(
+            plug,
+            m.StartRequest(
+                doc.session_id,
+                doc.user_id,
+                self.tariff_for(plug.site_id),
+                self.balances.get(doc.user_id, 0),
+                "",
+            ),
+        )
+
+    # ------------------------------------------------------------------ metrics
+
+    def _init_metrics(self) -> None:
+        def by_state() -> Mapping[tuple[tuple[str, str], ...], float]:
+            counts: dict[tuple[tuple[str, str], ...], float] = {}
+            for p in self.plugs.values():
+                key = (("state", str(p.state.status)),)
+                counts[key] = counts.get(key, 0) + 1
+            return counts
+
+        self.metrics.gauge_probe("plugs", by_state, "Plugs by state")
+        self.metrics.gauge_probe(
+            "open_sessions",
+            lambda: {(): float(sum(1 for p in self.plugs.values() if p.state.session))},
+            "Open sessions",
+        )
+        self.metrics.gauge_probe(
+            "timeseries_dropped_points",
+            lambda: {(): float(self.ports.timeseries.stats().dropped)},
+            "Time-series points dropped (buffer overflow)",
+        )
+        self.metrics.gauge_probe(
+            "timeseries_pending_points",
+            lambda: {(): float(self.ports.timeseries.stats().pending)},
+            "Time-series points waiting to be written",
+        )
+
+    # ------------------------------------------------------------------ operator helpers
+
+    def new_request_id(self) -> str:
+        return uuid.uuid4().hex[:16]
+
+
+_STATUS_DOC = {
+    m.Status.AVAILABLE: 1,
+    m.Status.AUTHORIZED: 2,
+    m.Status.CHARGING: 3,
+    m.Status.SUSPENDED_EV: 4,
+    m.Status.SUSPENDED_EVSE: 5,
+    m.Status.FINISHING: 6,
+    m.Status.FAULTED: 7,
+    m.Status.OFFLINE: 8,
+    m.Status.UNAVAILABLE: 9,
+}
+_PLUG_CLASS = {"ev": 1, "ebike": 2, "scooter": 3, "generic": 4}

@@ -1,0 +1,92 @@
+"""``[hub]`` settings: shard, loops, mirror rate bounds, plug classes, the default tariff."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from chargectl.common.config import build
+from chargectl.common.errors import ConfigError
+from chargectl.services.hub.billing import Tariff
+from chargectl.services.hub.params import PLUG_CLASSES, PlugParams, params_for
+
+__all__ = ["HubSettings", "TariffSettings"]
+
+
+@dataclass(frozen=True)
+class TariffSettings:
+    """``[hub.tariff]``: the tariff of sites whose ``Site`` document has none. Prices in minor units."""
+
+    tariff_id: str = "default"
+    currency: str = "gbp"
+    price_per_kwh_minor: str = "30"
+    session_fee_minor: int = 0
+    idle_price_per_minute_minor: str = "0"
+    idle_grace_s: int = 0
+    energy_step_wh: int = 0
+    time_step_s: int = 0
+    min_start_balance_minor: int = 100
+
+    def tariff(self) -> Tariff:
+        try:
+            return Tariff(
+                tariff_id=self.tariff_id,
+                currency=self.currency.lower(),
+                price_per_kwh_minor=Decimal(self.price_per_kwh_minor),
+                session_fee_minor=self.session_fee_minor,
+                idle_price_per_minute_minor=Decimal(self.idle_price_per_minute_minor),
+                idle_grace_s=self.idle_grace_s,
+                energy_step_wh=self.energy_step_wh,
+                time_step_s=self.time_step_s,
+                min_start_balance_minor=self.min_start_balance_minor,
+            )
+        except (ValueError, ArithmeticError) as exc:
+            raise ConfigError(f"hub.tariff: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """How the hub runs. Durations in seconds."""
+
+    shard: int = 0
+    tick_interval_s: float = 1.0
+    checkpoint_interval_s: float = 30.0
+    request_poll_s: float = 1.0
+    trust_refresh_s: float = 30.0
+    balance_refresh_s: float = 10.0
+    plug_state_min_interval_s: float = 30.0
+    command_lifetime_s: float = 120.0
+    default_plug_class: str = "ev"
+    plug_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plugs: dict[str, str] = field(default_factory=dict)  # MAC -> plug class
+    tariff: TariffSettings = field(default_factory=TariffSettings)
+    health_host: str = "127.0.0.1"
+    health_port: int = 8787
+    max_messages: int = 200
+
+    def __post_init__(self) -> None:
+        if self.shard < 0:
+            raise ValueError("shard must be >= 0")
+        for name in ("tick_interval_s", "checkpoint_interval_s", "request_poll_s", "command_lifetime_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.default_plug_class not in PLUG_CLASSES:
+            raise ValueError(f"default_plug_class must be one of {', '.join(PLUG_CLASSES)}")
+        for mac, cls in self.plugs.items():
+            if cls not in PLUG_CLASSES:
+                raise ValueError(f"plugs.{mac}: unknown plug class {cls!r}")
+        for cls, overrides in self.plug_classes.items():
+            params_for(cls, overrides, prefix=f"hub.plug_classes.{cls}")
+        self.tariff.tariff()
+
+    def params(self, mac: str) -> PlugParams:
+        cls = self.plugs.get(mac, self.default_plug_class)
+        return params_for(cls, self.plug_classes.get(cls), prefix=f"hub.plug_classes.{cls}")
+
+    def plug_class(self, mac: str) -> str:
+        return self.plugs.get(mac, self.default_plug_class)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None) -> HubSettings:
+        return build(cls, data or {}, prefix="hub")
