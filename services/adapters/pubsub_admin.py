@@ -53,16 +53,16 @@ class PubSubAdmin:
 
     def _pub(self) -> Any:
         if self._publisher is None:
-            from google.cloud.pubsub_v1 import PublisherClient
+            from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-            self._publisher = PublisherClient()
+            self._publisher = pubsub_v1.PublisherClient()
         return self._publisher
 
     def _sub(self) -> Any:
         if self._subscriber is None:
-            from google.cloud.pubsub_v1 import SubscriberClient
+            from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-            self._subscriber = SubscriberClient()
+            self._subscriber = pubsub_v1.SubscriberClient()
         return self._subscriber
 
     def _topic_path(self, name: str) -> str:
