@@ -140,15 +140,20 @@ class Provisioner:
 
         return Step("topic", topic, why, bus.topic_exists(topic), create)
 
-    def _key_step(self, site_id: str, kind: KeyKind, rotate: bool = False) -> Step:
+    def _key_step(self, site_id: str, kind: KeyKind, rotating: Site | None = None) -> Step:
         name = agent_key_secret(site_id) if kind == "agent" else command_key_secret(site_id)
         what = "agent telemetry-signing key" if kind == "agent" else "hub command-signing key"
 
         def create() -> None:
             self.secrets.add_version(name, SigningKey.generate().to_pem())
 
-        if rotate:
-            return Step("secret", name, f"new version: {what}", False, create)
+        if rotating is not None:
+            # A newest version that the document does not list yet was stored by a rotation that
+            # stopped before updating the document: reuse it rather than stack another one.
+            newest = self._newest_key(site_id, kind)
+            listed = rotating.agent_keys if kind == "agent" else rotating.command_keys
+            staged = newest is not None and all(k.key_id != newest.key_id for k in listed)
+            return Step("secret", name, f"new version: {what}", staged, create)
         return Step("secret", name, what, bool(enabled_versions(self.secrets, name)), create)
 
     def _bundle_step(self, site_id: str, target: BundleTarget, now_ms: int, done_hint: bool) -> Step:
@@ -275,10 +280,15 @@ class Provisioner:
             for keys, new in ((current.agent_keys, agent), (current.command_keys, command)):
                 if any(k.key_id == new.key_id for k in keys):
                     continue
-                kept = [k for k in keys if not (k.not_after_ms and k.not_after_ms < now_ms)]
-                for k in kept:
-                    if not k.not_after_ms or k.not_after_ms > now_ms + grace_ms:
-                        k.not_after_ms = now_ms + grace_ms
+                kept: list[PublicKey] = []
+                for k in keys:
+                    if k.not_after_ms and k.not_after_ms < now_ms:
+                        continue  # expired already: no longer accepted anywhere
+                    copy = PublicKey()
+                    copy.CopyFrom(k)
+                    if not copy.not_after_ms or copy.not_after_ms > now_ms + grace_ms:
+                        copy.not_after_ms = now_ms + grace_ms
+                    kept.append(copy)
                 kept.append(PublicKey(key_id=new.key_id, public_key=new.public_bytes, not_before_ms=now_ms))
                 del keys[:]
                 keys.extend(kept)
@@ -286,8 +296,8 @@ class Provisioner:
             self.store.put_site(current)
 
         steps = [
-            self._key_step(site_id, "agent", rotate=True),
-            self._key_step(site_id, "command", rotate=True),
+            self._key_step(site_id, "agent", rotating=site),
+            self._key_step(site_id, "command", rotating=site),
             Step(
                 "site",
                 site_id,

@@ -15,7 +15,14 @@ from chargectl.common.errors import ChargectlError, ProvisioningError
 from chargectl.common.keys import Keyring, SigningKey, TrustedKey, key_id_for
 from chargectl.services.adapters.secrets import Secrets, command_key_secret, enabled_versions
 
-__all__ = ["command_keyring", "command_signing_key", "key_valid_at", "telemetry_keyring", "valid_keys"]
+__all__ = [
+    "CommandSigner",
+    "command_keyring",
+    "command_signing_key",
+    "key_valid_at",
+    "telemetry_keyring",
+    "valid_keys",
+]
 
 
 def key_valid_at(key: PublicKey, now_ms: int) -> bool:
@@ -81,3 +88,25 @@ def command_signing_key(secrets: Secrets, site: Site, now_ms: int) -> SigningKey
     raise ProvisioningError(
         f"no enabled secret version of {name} matches a valid command key of site {site.site_id}"
     )
+
+
+class CommandSigner:
+    """:func:`command_signing_key` with the private keys cached by key id, so the hub reads the
+    secrets only when the key it must sign with changes (a new site, a rotation's grace ending)."""
+
+    def __init__(self, secrets: Secrets) -> None:
+        self.secrets = secrets
+        self._keys: dict[str, SigningKey] = {}
+
+    def key_for(self, site: Site, now_ms: int) -> SigningKey:
+        """The key to sign ``site``'s commands with at ``now_ms``; a revoked site is refused first."""
+        if site.status != Site.STATUS_ACTIVE:
+            raise ProvisioningError(f"site {site.site_id} is revoked; no commands can be signed for it")
+        candidates = valid_keys(site.command_keys, now_ms)
+        if candidates:
+            cached = self._keys.get(key_id_for(bytes(candidates[0].public_key)))
+            if cached is not None:
+                return cached
+        key = command_signing_key(self.secrets, site, now_ms)
+        self._keys[key.key_id] = key
+        return key

@@ -53,6 +53,12 @@ def _target(site_id: str, out: Path | None, tarball: bool) -> Any:
     return BundleTarget(out.expanduser().resolve(), tarball)
 
 
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _key_json(key: Any) -> dict[str, Any]:
     return {
         "key_id": key.key_id,
@@ -210,7 +216,8 @@ def register(app: typer.Typer) -> None:
             table.add_row(key, str(data[key]))
         for kind in ("agent_keys", "command_keys"):
             for k in data[kind]:
-                window = f"from {k['not_before_ms']} until {k['not_after_ms'] or 'no expiry'}"
+                until = _iso(k["not_after_ms"]) if k["not_after_ms"] else "no expiry"
+                window = f"valid from {_iso(k['not_before_ms'])} until {until}"
                 table.add_row(kind.removesuffix("s"), f"{k['key_id']}  ({window})")
         table.add_row("tariff", json.dumps(data["tariff"]))
         Console().print(table)

@@ -231,3 +231,56 @@ def test_conflicting_shard_is_refused(prov: Provisioner) -> None:
         prov.plan_site(_spec(shard=2), T0_MS)
     assert prov.site("riverside").shard == 1
     assert prov.plan_site(_spec(shard=None), T0_MS).pending == ()
+
+
+def test_an_interrupted_rotation_reuses_its_new_keys_on_rerun(prov: Provisioner, tmp_path: Path) -> None:
+    apply(prov.plan_site(_spec(), T0_MS))
+    rotated_at = T0_MS + 1000
+    seen: list[Step] = []
+
+    def die(step: Step) -> None:
+        seen.append(step)
+        if len(seen) == 2:  # both new key versions stored, the document not updated yet
+            raise Crash
+
+    with pytest.raises(Crash):
+        apply(prov.plan_rotate("riverside", rotated_at, 60_000), on_step=die)
+    assert len(prov.site("riverside").agent_keys) == 1
+    resumed = prov.plan_rotate("riverside", rotated_at, 60_000, BundleTarget(tmp_path / "b"))
+    assert [(s.kind, s.done) for s in resumed.steps] == [
+        ("secret", True),
+        ("secret", True),
+        ("site", False),
+        ("bundle", False),
+    ]
+    apply(resumed)
+    secrets = KeyFileSecrets(tmp_path / "config")
+    assert [v.version for v in secrets.versions("chargectl-riverside-agent-key")] == ["1", "2"]
+    site = prov.site("riverside")
+    newest = load_private_key(tmp_path / "config" / "sites" / "riverside" / "agent.key")
+    assert [k.key_id for k in site.agent_keys][-1] == newest.key_id
+    assert [k.not_after_ms for k in site.agent_keys] == [rotated_at + 60_000, 0]
+    ring = telemetry_keyring(prov.store.list_sites(), rotated_at + 60_001)
+    assert (
+        unpack_telemetry(telemetry_from_bundle(tmp_path / "b"), ring, rotated_at + 60_001).site_id
+        == "riverside"
+    )
+
+
+def test_a_second_rotation_drops_keys_that_already_expired(prov: Provisioner) -> None:
+    apply(prov.plan_site(_spec(), T0_MS))
+    apply(prov.plan_rotate("riverside", T0_MS + 1000, 10_000))
+    # the second rotation comes after the first grace ended: key 1 is gone, key 2 gets a new grace
+    apply(prov.plan_rotate("riverside", T0_MS + 50_000, 5_000))
+    site = prov.site("riverside")
+    assert [(k.not_before_ms, k.not_after_ms) for k in site.agent_keys] == [
+        (T0_MS + 1000, T0_MS + 55_000),
+        (T0_MS + 50_000, 0),
+    ]
+    # a key whose grace is shorter than the new one keeps its earlier expiry
+    apply(prov.plan_rotate("riverside", T0_MS + 51_000, 600_000))
+    assert [k.not_after_ms for k in prov.site("riverside").command_keys] == [
+        T0_MS + 55_000,
+        T0_MS + 651_000,
+        0,
+    ]

@@ -11,7 +11,12 @@ from chargectl.common.codec import Batch, PublicKey, Site, pack_telemetry, unpac
 from chargectl.common.errors import CodecError, ProvisioningError
 from chargectl.common.keys import SigningKey
 from chargectl.common.readings import Reading
-from chargectl.provisioner.trust import command_keyring, command_signing_key, telemetry_keyring
+from chargectl.provisioner.trust import (
+    CommandSigner,
+    command_keyring,
+    command_signing_key,
+    telemetry_keyring,
+)
 from chargectl.services.adapters.secrets import KeyFileSecrets, command_key_secret
 
 
@@ -81,3 +86,35 @@ def test_command_signer_is_the_oldest_valid_key_then_the_new_one(tmp_path: Path)
     site.status = Site.STATUS_REVOKED
     with pytest.raises(ProvisioningError, match="revoked"):
         command_signing_key(secrets, site, T0_MS)
+
+
+class CountingSecrets(KeyFileSecrets):
+    """Counts reads of private key material."""
+
+    accesses = 0
+
+    def access(self, name: str, version: str) -> bytes:
+        self.accesses += 1
+        return super().access(name, version)
+
+
+def test_command_signer_reads_secrets_only_when_the_key_changes(tmp_path: Path) -> None:
+    secrets = CountingSecrets(tmp_path)
+    name = command_key_secret("site-a")
+    old, new = SigningKey.generate(), SigningKey.generate()
+    secrets.add_version(name, old.to_pem())
+    secrets.add_version(name, new.to_pem())
+    grace_end = T0_MS + 60_000
+    site = Site(site_id="site-a", status=Site.STATUS_ACTIVE)
+    site.command_keys.extend([_pk(old, T0_MS - 5000, grace_end), _pk(new, T0_MS)])
+    signer = CommandSigner(secrets)
+
+    assert [signer.key_for(site, T0_MS + i).key_id for i in range(5)] == [old.key_id] * 5
+    reads = secrets.accesses
+    assert reads == 2  # one listing-worth of versions, once
+    assert signer.key_for(site, grace_end + 1).key_id == new.key_id
+    assert signer.key_for(site, grace_end + 2).key_id == new.key_id
+    assert secrets.accesses == reads + 2
+    site.status = Site.STATUS_REVOKED
+    with pytest.raises(ProvisioningError, match="revoked"):
+        signer.key_for(site, grace_end + 3)
