@@ -15,7 +15,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from chargectl.common.codec import PublicKey, Site, Tariff
 from chargectl.common.errors import ConfigError, NotFoundError, ProvisioningError
-from chargectl.common.keys import SigningKey
+from chargectl.common.keys import SigningKey, key_id_for
 from chargectl.common.topics import (
     DEAD_LETTER_TOPIC,
     TELEMETRY_TOPIC,
@@ -119,8 +119,24 @@ class Provisioner:
             raise NotFoundError(f"site {site_id!r} not found; `chargectl provision list` shows the sites")
         return site
 
+    @staticmethod
+    def _secret_name(site_id: str, kind: KeyKind) -> str:
+        return agent_key_secret(site_id) if kind == "agent" else command_key_secret(site_id)
+
+    def _retired_versions(self, site: Site, kind: KeyKind, now_ms: int) -> list[str]:
+        """Enabled versions (except the newest) whose key the document no longer accepts at ``now_ms``."""
+        name = self._secret_name(site.site_id, kind)
+        keys = site.agent_keys if kind == "agent" else site.command_keys
+        live = {
+            key_id_for(bytes(k.public_key)) for k in keys if not (k.not_after_ms and k.not_after_ms < now_ms)
+        }
+        versions = enabled_versions(self.secrets, name)
+        return [
+            v for v in versions[:-1] if SigningKey.from_pem(self.secrets.access(name, v)).key_id not in live
+        ]
+
     def _newest_key(self, site_id: str, kind: KeyKind) -> SigningKey | None:
-        name = agent_key_secret(site_id) if kind == "agent" else command_key_secret(site_id)
+        name = self._secret_name(site_id, kind)
         versions = enabled_versions(self.secrets, name)
         if not versions:
             return None
@@ -295,6 +311,13 @@ class Provisioner:
             current.updated_at_ms = now_ms
             self.store.put_site(current)
 
+        def retire() -> None:
+            current = self.site(site_id)
+            for kind in ("agent", "command"):
+                for version in self._retired_versions(current, kind, now_ms):
+                    self.secrets.disable(self._secret_name(site_id, kind), version)
+
+        retired = [v for kind in ("agent", "command") for v in self._retired_versions(site, kind, now_ms)]
         steps = [
             self._key_step(site_id, "agent", rotating=site),
             self._key_step(site_id, "command", rotating=site),
@@ -304,6 +327,9 @@ class Provisioner:
                 f"old keys expire in {grace_ms // 1000} s; new keys added",
                 False,
                 update_site,
+            ),
+            Step(
+                "secret", f"{site_id} key versions", "disable versions of expired keys", not retired, retire
             ),
         ]
         if bundle is not None:

@@ -71,6 +71,10 @@ class Secrets(Protocol):
         """The data of an enabled version; ``NotFoundError`` if missing or disabled."""
         ...
 
+    def disable(self, name: str, version: str) -> bool:
+        """Disable one version; False if it was not enabled (or does not exist)."""
+        ...
+
     def disable_all(self, name: str) -> int:
         """Disable every enabled version of ``name``; return how many were enabled."""
         ...
@@ -147,17 +151,30 @@ class KeyFileSecrets:
             raise ConfigError(f"key file {path} is accessible by others (mode {stat.S_IMODE(mode):o})")
         return data
 
-    def disable_all(self, name: str) -> int:
+    def disable(self, name: str, version: str) -> bool:
         directory, kind = self._site_dir(name)
-        count = 0
-        for v in self.versions(name):
-            if v.enabled:
-                path = directory / f"{kind}.key.v{v.version}"
-                path.rename(path.with_name(path.name + ".disabled"))
-                count += 1
-        with contextlib.suppress(FileNotFoundError):
-            (directory / f"{kind}.key").unlink()
-        return count
+        path = directory / f"{kind}.key.v{version}"
+        try:
+            path.rename(path.with_name(path.name + ".disabled"))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise ProvisioningError(f"cannot disable key file {path}: {exc.strerror}") from exc
+        self._refresh_current(name)
+        return True
+
+    def disable_all(self, name: str) -> int:
+        return sum(self.disable(name, v.version) for v in self.versions(name) if v.enabled)
+
+    def _refresh_current(self, name: str) -> None:
+        """``<kind>.key`` is the newest enabled version, or absent when none is enabled."""
+        current = self.path_for(name)
+        enabled = enabled_versions(self, name)
+        if enabled:
+            _write_0600(current, self.access(name, enabled[-1]))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                current.unlink()
 
 
 def _write_0600(path: Path, data: bytes) -> None:
@@ -274,21 +291,23 @@ class SecretManagerSecrets:
             raise TransportError(f"Secret Manager: reading {name} failed: {exc}") from exc
         return bytes(response.payload.data)
 
-    def disable_all(self, name: str) -> int:
+    def disable(self, name: str, version: str) -> bool:
         from google.api_core import exceptions as gexc
 
-        count = 0
-        for v in self.versions(name):
-            if not v.enabled:
-                continue
-            try:
-                self._c().disable_secret_version(
-                    request={"name": f"{self._secret_path(name)}/versions/{v.version}"}
-                )
-            except gexc.GoogleAPIError as exc:
-                raise TransportError(f"Secret Manager: disabling {name} failed: {exc}") from exc
-            count += 1
-        return count
+        if not any(v.version == version and v.enabled for v in self.versions(name)):
+            return False
+        try:
+            self._c().disable_secret_version(
+                request={"name": f"{self._secret_path(name)}/versions/{version}"}
+            )
+        except gexc.NotFound:
+            return False
+        except gexc.GoogleAPIError as exc:
+            raise TransportError(f"Secret Manager: disabling {name} version {version} failed: {exc}") from exc
+        return True
+
+    def disable_all(self, name: str) -> int:
+        return sum(self.disable(name, v.version) for v in self.versions(name) if v.enabled)
 
 
 def secrets_from_config(config: Config) -> Secrets:

@@ -91,7 +91,12 @@ def test_secret_manager_adapter_versions_access_and_disable(
     assert c.secrets.versions(name) == []
     assert [c.secrets.add_version(name, b"one"), c.secrets.add_version(name, b"two")] == ["1", "2"]
     assert (c.secrets.access(name, "1"), c.secrets.access(name, "2")) == (b"one", b"two")
-    assert c.secrets.disable_all(name) == 2
+    assert c.secrets.disable(name, "1") is True and c.secrets.disable(name, "1") is False
+    assert [v.enabled for v in c.secrets.versions(name)] == [False, True]
+    with pytest.raises(NotFoundError):
+        c.secrets.access(name, "1")
+    assert c.secrets.access(name, "2") == b"two"
+    assert c.secrets.disable_all(name) == 1
     assert [v.enabled for v in c.secrets.versions(name)] == [False, False]
     with pytest.raises(NotFoundError):
         c.secrets.access(name, "2")

@@ -251,6 +251,7 @@ def test_an_interrupted_rotation_reuses_its_new_keys_on_rerun(prov: Provisioner,
         ("secret", True),
         ("secret", True),
         ("site", False),
+        ("secret", True),  # nothing expired to retire
         ("bundle", False),
     ]
     apply(resumed)
@@ -267,7 +268,7 @@ def test_an_interrupted_rotation_reuses_its_new_keys_on_rerun(prov: Provisioner,
     )
 
 
-def test_a_second_rotation_drops_keys_that_already_expired(prov: Provisioner) -> None:
+def test_a_second_rotation_drops_keys_that_already_expired(prov: Provisioner, tmp_path: Path) -> None:
     apply(prov.plan_site(_spec(), T0_MS))
     apply(prov.plan_rotate("riverside", T0_MS + 1000, 10_000))
     # the second rotation comes after the first grace ended: key 1 is gone, key 2 gets a new grace
@@ -277,6 +278,15 @@ def test_a_second_rotation_drops_keys_that_already_expired(prov: Provisioner) ->
         (T0_MS + 1000, T0_MS + 55_000),
         (T0_MS + 50_000, 0),
     ]
+    # the expired key's private versions are disabled; the two live ones stay readable
+    secrets = KeyFileSecrets(tmp_path / "config")
+    for name in ("chargectl-riverside-agent-key", "chargectl-riverside-command-key"):
+        assert [(v.version, v.enabled) for v in secrets.versions(name)] == [
+            ("1", False),
+            ("2", True),
+            ("3", True),
+        ]
+    assert prov.plan_rotate("riverside", T0_MS + 50_000, 5_000).steps[3].done
     # a key whose grace is shorter than the new one keeps its earlier expiry
     apply(prov.plan_rotate("riverside", T0_MS + 51_000, 600_000))
     assert [k.not_after_ms for k in prov.site("riverside").command_keys] == [

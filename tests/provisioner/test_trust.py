@@ -8,7 +8,7 @@ import pytest
 from provision_helpers import T0_MS
 
 from chargectl.common.codec import Batch, PublicKey, Site, pack_telemetry, unpack_telemetry
-from chargectl.common.errors import CodecError, ProvisioningError
+from chargectl.common.errors import CodecError, ConfigError, ProvisioningError
 from chargectl.common.keys import SigningKey
 from chargectl.common.readings import Reading
 from chargectl.provisioner.trust import (
@@ -118,3 +118,18 @@ def test_command_signer_reads_secrets_only_when_the_key_changes(tmp_path: Path) 
     site.status = Site.STATUS_REVOKED
     with pytest.raises(ProvisioningError, match="revoked"):
         signer.key_for(site, grace_end + 3)
+
+
+def test_key_files_keep_the_newest_enabled_version_current(tmp_path: Path) -> None:
+    secrets = KeyFileSecrets(tmp_path)
+    name = command_key_secret("site-a")
+    assert [secrets.add_version(name, b"v1"), secrets.add_version(name, b"v2")] == ["1", "2"]
+    current = secrets.path_for(name)
+    assert current == tmp_path / "sites" / "site-a" / "command.key" and current.read_bytes() == b"v2"
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in current.parent.iterdir())
+    assert current.parent.stat().st_mode & 0o777 == 0o700
+    assert secrets.disable(name, "2") is True
+    assert current.read_bytes() == b"v1"
+    assert secrets.disable_all(name) == 1 and not current.exists()
+    with pytest.raises(ConfigError, match="is not chargectl-<site>-agent-key"):
+        secrets.versions("some-other-secret")
