@@ -43,6 +43,7 @@ from chargectl.services.adapters.store import Store
 __all__ = ["Provisioner", "SiteSpec", "parse_tariff", "site_id_from_name"]
 
 KeyKind = Literal["agent", "command"]
+KINDS: tuple[KeyKind, ...] = ("agent", "command")
 
 
 def site_id_from_name(name: str) -> str:
@@ -313,11 +314,11 @@ class Provisioner:
 
         def retire() -> None:
             current = self.site(site_id)
-            for kind in ("agent", "command"):
+            for kind in KINDS:
                 for version in self._retired_versions(current, kind, now_ms):
                     self.secrets.disable(self._secret_name(site_id, kind), version)
 
-        retired = [v for kind in ("agent", "command") for v in self._retired_versions(site, kind, now_ms)]
+        retired = [v for kind in KINDS for v in self._retired_versions(site, kind, now_ms)]
         steps = [
             self._key_step(site_id, "agent", rotating=site),
             self._key_step(site_id, "command", rotating=site),
