@@ -160,16 +160,29 @@ def test_gcp_backend_set_through_the_cli(
     drongo_server: backends.Server,
     tmp_path: Path,
 ) -> None:
+    project = f"prov-cli-{os.getpid()}"
     config = tmp_path / "chargectl.toml"
     config.write_text(
-        f'backend = "gcp"\nproject = "prov-cli-{os.getpid()}"\nconfig_dir = "{tmp_path / "config"}"\n'
+        f'backend = "gcp"\nproject = "{project}"\nconfig_dir = "{tmp_path / "config"}"\n'
         f'[secrets]\nendpoint = "{drongo_server.url}"\ntransport = "rest"\n'
     )
-    runner = CliRunner()
-    base = ["--config", str(config), "provision"]
-    made = runner.invoke(app, [*base, "site", "Dock", "--out", str(tmp_path / "b"), "--json"])
-    assert made.exit_code == 0, made.output
-    assert [s["kind"] for s in json.loads(made.output)["applied"]] == [
+    env = dict(os.environ)  # carries the emulator hosts the fixtures set
+    outputs: list[str] = []
+
+    def run(*args: str) -> str:
+        proc = subprocess.run(
+            [CHARGECTL, "-vv", "--config", str(config), "provision", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        outputs.append(proc.stdout + proc.stderr)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    made = json.loads(run("site", "Dock", "--out", str(tmp_path / "b"), "--json"))
+    assert [s["kind"] for s in made["applied"]] == [
         "topic",
         "topic",
         "topic",
@@ -180,9 +193,26 @@ def test_gcp_backend_set_through_the_cli(
         "bundle",
     ]
     assert _files(tmp_path / "config") == []  # cloud keys live in Secret Manager, not in key files
-    again = runner.invoke(app, [*base, "site", "Dock", "--out", str(tmp_path / "b"), "--json"])
-    assert again.exit_code == 0 and json.loads(again.output)["applied"] == []
-    shown = json.loads(runner.invoke(app, [*base, "show", "dock", "--json"]).output)
+    assert json.loads(run("site", "Dock", "--out", str(tmp_path / "b"), "--json"))["applied"] == []
+    shown = json.loads(run("show", "dock", "--json"))
     assert shown["command_subscription"] == "chargectl-commands-dock-agent"
     toml = (tmp_path / "b" / "agent.toml").read_text()
-    assert 'backend = "gcp"' in toml and f'project = "prov-cli-{os.getpid()}"' in toml
+    assert 'backend = "gcp"' in toml and f'project = "{project}"' in toml
+    run("rotate-keys", "dock", "--out", str(tmp_path / "b2"))
+    from chargectl.services.adapters.secrets import SecretManagerSecrets, SecretsSettings
+
+    secrets = SecretManagerSecrets(project, SecretsSettings(endpoint=drongo_server.url))
+    pems = [
+        secrets.access(name, version).decode()
+        for name in ("chargectl-dock-agent-key", "chargectl-dock-command-key")
+        for version in ("1", "2")
+    ]
+    run("revoke", "dock", "--yes")
+    assert json.loads(run("show", "dock", "--json"))["status"] == "REVOKED"
+    assert [v.enabled for v in secrets.versions("chargectl-dock-command-key")] == [False, False]
+
+    text = "\n".join(outputs)
+    assert "PRIVATE KEY" not in text
+    for pem in pems:
+        body = "".join(line for line in pem.splitlines() if "-----" not in line)
+        assert len(body) > 40 and body not in text and body[:40] not in text
