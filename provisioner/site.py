@@ -158,7 +158,7 @@ class Provisioner:
         return Step("topic", topic, why, bus.topic_exists(topic), create)
 
     def _key_step(self, site_id: str, kind: KeyKind, rotating: Site | None = None) -> Step:
-        name = agent_key_secret(site_id) if kind == "agent" else command_key_secret(site_id)
+        name = self._secret_name(site_id, kind)
         what = "agent telemetry-signing key" if kind == "agent" else "hub command-signing key"
 
         def create() -> None:
@@ -173,7 +173,7 @@ class Provisioner:
             return Step("secret", name, f"new version: {what}", staged, create)
         return Step("secret", name, what, bool(enabled_versions(self.secrets, name)), create)
 
-    def _bundle_step(self, site_id: str, target: BundleTarget, now_ms: int, done_hint: bool) -> Step:
+    def _bundle_step(self, site_id: str, target: BundleTarget, now_ms: int, done: bool) -> Step:
         def write() -> None:
             write_bundle(target, self.render_bundle(site_id, now_ms))
 
@@ -181,7 +181,7 @@ class Provisioner:
             "bundle",
             str(target.path),
             "agent bundle (config, agent key, command keys, unit)",
-            done_hint,
+            done,
             write,
         )
 
