@@ -26,6 +26,11 @@ COMMAND_MODULES: list[str] = [
     "provision",
     "session",
     "plugs",
+    "ledger",
+    "payments",
+    "discover",
+    "relay",
+    "sim",
 ]
 
 app = typer.Typer(
@@ -93,7 +98,7 @@ def error_line(message: str) -> None:
     """Print one red error line to stderr."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
 
 
 def main(argv: list[str] | None = None) -> None:

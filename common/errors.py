@@ -15,6 +15,7 @@ __all__ = [
     "DeviceAuthError",
     "DeviceBusyError",
     "DeviceError",
+    "DeviceMismatchError",
     "DeviceTimeoutError",
     "DeviceUnreachableError",
     "InvalidResponse",
@@ -87,6 +88,10 @@ class DeviceAuthError(DeviceError):
 
 class DeviceBusyError(DeviceError):
     """The device kept answering HTTP 429 (too many requests) past our back-off budget."""
+
+
+class DeviceMismatchError(DeviceError):
+    """The address now answers with a different device (MAC) than expected — e.g. after a DHCP move."""
 
 
 class InvalidResponse(DeviceError):

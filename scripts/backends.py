@@ -219,10 +219,17 @@ def clear_firestore(server: Server, project: str, database: str = "(default)") -
     urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=30).close()
 
 
-def start_localstripe(workdir: Path, port: int | None = None) -> Server:
+def start_localstripe(workdir: Path, port: int | None = None, extensions: Path | None = None) -> Server:
+    """localstripe; ``extensions`` is a Python file whose ``install(app)`` adds routes (tests' helpers)."""
     port = port or free_port()
     argv = [sys.executable, str(HERE / "localstripe_server.py"), "--port", str(port)]
-    server = _spawn("localstripe", argv, port, workdir)
+    env: dict[str, str] = {}
+    if extensions is not None:
+        argv += ["--extensions", extensions.stem]
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(extensions.parent), os.environ.get("PYTHONPATH")) if p
+        )
+    server = _spawn("localstripe", argv, port, workdir, env=env)
     server.env = {"STRIPE_API_BASE": server.url}
     _wait_http(server, "/v1/customers", 30, lambda status, body: status in (200, 401))
     return server

@@ -1,0 +1,462 @@
+"""The async Shelly device client (httpx): generation detection, reading, switching, auth, errors.
+
+One :class:`ShellyClient` per device. Every request to the device goes through one lock (at most one
+in flight: Gen2 has no keep-alive, few HTTP channels and a fw-2.0 nonce table that punishes parallel
+requests) and one hard per-request timeout. httpx errors become ``DeviceError`` subclasses here and
+nowhere else; RPC error bodies are read even on non-2xx statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+from chargectl.common.clock import Clock, SystemClock
+from chargectl.common.errors import (
+    DeviceAuthError,
+    DeviceBusyError,
+    DeviceError,
+    DeviceMismatchError,
+    DeviceTimeoutError,
+    DeviceUnreachableError,
+    InvalidResponse,
+)
+from chargectl.common.readings import Reading, normalize_mac
+from chargectl.shelly import parse
+from chargectl.shelly.auth import Challenge, DigestState, basic_header, parse_json_challenge
+
+__all__ = ["ShellyClient", "fetch_info"]
+
+log = logging.getLogger("chargectl.shelly")
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+def _qs(params: Mapping[str, Any]) -> str:
+    """Gen2 query values are JSON scalars: ``on=true``, ``toggle_after=60``; strings go bare."""
+    parts = []
+    for key, value in params.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        parts.append(f"{quote(key)}={quote(text, safe='')}")
+    return "&".join(parts)
+
+
+async def _exchange(
+    http: httpx.AsyncClient,
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    *,
+    timeout_s: float,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+) -> _Reply:
+    where = f"{host}:{port}"
+    try:
+        async with asyncio.timeout(timeout_s):
+            resp = await http.request(
+                method,
+                f"http://{where}{target}",
+                headers=dict(headers or {}),
+                content=body,
+                timeout=timeout_s,
+            )
+            return _Reply(resp.status_code, resp.headers, resp.content)
+    except (TimeoutError, httpx.TimeoutException):
+        raise DeviceTimeoutError(
+            f"{where} did not answer {target.split('?')[0]} within {timeout_s:g} s"
+        ) from None
+    except httpx.ConnectError as exc:
+        raise DeviceUnreachableError(f"{where} refused the connection ({exc})") from None
+    except httpx.TransportError as exc:
+        raise DeviceUnreachableError(f"{where} dropped the connection ({type(exc).__name__})") from None
+
+
+async def fetch_info(
+    host: str, port: int = 80, *, timeout_s: float = 5.0, http: httpx.AsyncClient | None = None
+) -> parse.DeviceInfo:
+    """``GET /shelly`` (never authenticated) → :class:`parse.DeviceInfo`."""
+    own = http is None
+    client = http or httpx.AsyncClient()
+    try:
+        reply = await _exchange(client, host, port, "GET", "/shelly", timeout_s=timeout_s)
+    finally:
+        if own:
+            await client.aclose()
+    if reply.status != 200:
+        raise InvalidResponse(f"{host}:{port}/shelly answered HTTP {reply.status}")
+    return parse.parse_device_info(parse.parse_json(reply.body, f"{host}:{port}/shelly"))
+
+
+class ShellyClient:
+    """One Shelly device, either generation. Build it with :meth:`connect`."""
+
+    max_throttle_retries = 3
+    throttle_backoff_s = 2.0  # fw 2.0 throttles for 2 s; back off at least that long
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        info: parse.DeviceInfo,
+        *,
+        password: str | None = None,
+        user: str | None = None,
+        timeout_s: float = 5.0,
+        clock: Clock | None = None,
+        rpc_mode: Literal["get", "frame"] = "get",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.info = info
+        self.timeout_s = timeout_s
+        self.clock: Clock = clock or SystemClock()
+        self.rpc_mode = rpc_mode
+        self.switchable = info.switchable
+        self._password = password
+        self._user = user or "admin"
+        self._digest = DigestState(password) if (password is not None and info.gen >= 2) else None
+        self._lock = asyncio.Lock()
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_keepalive_connections=0), transport=transport, trust_env=False
+        )
+        self._frame_id = 0
+        self._src = f"chargectl-{uuid.uuid4().hex[:8]}"
+
+    # ---- identity ------------------------------------------------------------------------------
+
+    @property
+    def mac(self) -> str:
+        return self.info.mac
+
+    @property
+    def gen(self) -> int:
+        return self.info.gen
+
+    @property
+    def model(self) -> str:
+        return self.info.model
+
+    @property
+    def firmware(self) -> str:
+        return self.info.firmware
+
+    @property
+    def auth(self) -> bool:
+        return self.info.auth
+
+    @property
+    def name(self) -> str | None:
+        return self.info.name
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def move(self, host: str, port: int = 80) -> None:
+        """The plug got a new address (mDNS said so); the next request goes there, MAC re-checked."""
+        self.host = host
+        self.port = port
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int = 80,
+        *,
+        password: str | None = None,
+        user: str | None = None,
+        timeout_s: float = 5.0,
+        clock: Clock | None = None,
+        mac: str | None = None,
+        rpc_mode: Literal["get", "frame"] = "get",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> ShellyClient:
+        """Identify the device with ``GET /shelly`` and return a client for its generation.
+
+        ``mac`` (any format) makes the call fail with ``DeviceMismatchError`` if another device answers.
+        A device with auth on and no ``password`` is refused up front with ``DeviceAuthError``.
+        """
+        async with httpx.AsyncClient(transport=transport, trust_env=False) as http:
+            info = await fetch_info(host, port, timeout_s=timeout_s, http=http)
+        if mac is not None and normalize_mac(mac) != info.mac:
+            raise DeviceMismatchError(f"{host}:{port} is plug {info.mac}, not {normalize_mac(mac)}")
+        if info.auth and password is None:
+            raise DeviceAuthError(
+                f"plug {info.mac} at {host}:{port} has authentication enabled: give its password "
+                "(--password or CHARGECTL_SHELLY_PASSWORD)"
+            )
+        client = cls(
+            host,
+            port,
+            info,
+            password=password,
+            user=user,
+            timeout_s=timeout_s,
+            clock=clock,
+            rpc_mode=rpc_mode,
+            transport=transport,
+        )
+        if info.gen >= 2:
+            try:
+                switches, meters = parse.gen2_components(await client.rpc("Shelly.GetStatus"))
+            except BaseException:
+                await client.aclose()
+                raise
+            client.switchable = bool(switches)
+            if not switches and not meters:
+                await client.aclose()
+                raise InvalidResponse(f"plug {info.mac} has neither a switch nor a power meter")
+        return client
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> ShellyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- transport with auth -------------------------------------------------------------------
+
+    async def _send(self, method: str, target: str, body: bytes | None = None) -> _Reply:
+        """One logical request: auth, stale re-challenge, 429 back-off. Caller holds the lock."""
+        challenges = 0
+        throttled = 0
+        backoff = self.throttle_backoff_s
+        while True:
+            headers: dict[str, str] = {}
+            sent_auth = False
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            if self.gen == 1 and self._password is not None:
+                headers["Authorization"] = basic_header(self._user, self._password)
+                sent_auth = True
+            elif self._digest is not None and self._digest.challenge is not None:
+                headers["Authorization"] = self._digest.header(method, target)
+                sent_auth = True
+            reply = await _exchange(
+                self._http,
+                self.host,
+                self.port,
+                method,
+                target,
+                timeout_s=self.timeout_s,
+                headers=headers,
+                body=body,
+            )
+            if reply.status == 429:
+                if self._digest is not None:
+                    self._digest.forget()  # the device may have dropped our nonce
+                throttled += 1
+                if throttled > self.max_throttle_retries:
+                    text = reply.body[:80].decode("utf-8", "replace").strip() or "Too Many Requests"
+                    raise DeviceBusyError(
+                        f"plug {self.mac} at {self.where} kept answering 429 ({text}) after {throttled - 1} back-offs"
+                    )
+                log.debug("plug %s answered 429, backing off %.1f s", self.mac, backoff)
+                await self.clock.sleep(backoff)
+                backoff *= 2
+                continue
+            if reply.status == 401:
+                challenge = self._challenge_from(reply)
+                if self._password is None:
+                    raise DeviceAuthError(
+                        f"plug {self.mac} at {self.where} requires a password "
+                        "(--password or CHARGECTL_SHELLY_PASSWORD)"
+                    )
+                if self.gen == 1 or challenge is None:
+                    raise DeviceAuthError(
+                        f"plug {self.mac} at {self.where} rejected the credentials for {self._user!r}"
+                    )
+                if sent_auth and not challenge.stale:
+                    raise DeviceAuthError(f"plug {self.mac} at {self.where} rejected the password for admin")
+                challenges += 1
+                if challenges > 3:
+                    raise DeviceAuthError(f"plug {self.mac} at {self.where} keeps re-challenging; giving up")
+                assert self._digest is not None
+                self._digest.adopt(challenge)
+                continue
+            return reply
+
+    def _challenge_from(self, reply: _Reply) -> Challenge | None:
+        header = reply.headers.get("www-authenticate")
+        if header and header.lower().startswith("digest"):
+            return Challenge.from_header(header)
+        return None
+
+    async def _get_json(self, target: str) -> Any:
+        async with self._lock:
+            reply = await self._send("GET", target)
+        if reply.status != 200:
+            text = reply.body[:60].decode("utf-8", "replace").strip()
+            raise InvalidResponse(f"plug {self.mac}: {target} answered HTTP {reply.status} {text!r}")
+        return parse.parse_json(reply.body, f"plug {self.mac} {target.split('?')[0]}")
+
+    async def rpc(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Call a Gen2+ RPC method and return its bare result; errors become ``RpcCallError``."""
+        if self.gen < 2:
+            raise DeviceError(f"plug {self.mac} is Gen1 and has no RPC API")
+        if self.rpc_mode == "frame":
+            return await self._rpc_frame(method, params or {})
+        target = f"/rpc/{method}"
+        if params:
+            target += "?" + _qs(params)
+        async with self._lock:
+            reply = await self._send("GET", target)
+        what = f"plug {self.mac} {method}"
+        if reply.status == 200:
+            value = parse.parse_json(reply.body, what)
+            if isinstance(value, dict) and set(value) == {"code", "message"}:
+                err = parse.rpc_error(value)
+                if err is not None:
+                    raise err
+            return value
+        try:
+            value = json.loads(reply.body)
+        except ValueError:
+            value = None
+        err = parse.rpc_error(value)
+        if err is not None:
+            raise err
+        raise InvalidResponse(f"{what}: HTTP {reply.status} without an RPC error body")
+
+    async def _rpc_frame(self, method: str, params: Mapping[str, Any]) -> Any:
+        """``POST /rpc`` with a JSON-RPC frame; digest credentials travel in the frame's ``auth``."""
+        what = f"plug {self.mac} {method}"
+        challenges = 0
+        async with self._lock:
+            while True:
+                self._frame_id += 1
+                frame: dict[str, Any] = {"id": self._frame_id, "src": self._src, "method": method}
+                if params:
+                    frame["params"] = dict(params)
+                sent_auth = False
+                if self._digest is not None and self._digest.challenge is not None:
+                    frame["auth"] = self._digest.json_auth()
+                    sent_auth = True
+                reply = await _exchange(
+                    self._http,
+                    self.host,
+                    self.port,
+                    "POST",
+                    "/rpc",
+                    timeout_s=self.timeout_s,
+                    headers={"Content-Type": "application/json"},
+                    body=json.dumps(frame).encode(),
+                )
+                if reply.status == 429:
+                    if self._digest is not None:
+                        self._digest.forget()
+                    raise DeviceBusyError(f"{what}: device answered 429")
+                try:
+                    value = json.loads(reply.body)
+                except ValueError:
+                    raise InvalidResponse(f"{what}: HTTP {reply.status}, body is not JSON") from None
+                err = parse.rpc_error(value)
+                if err is not None and err.code == 401:
+                    if self._digest is None:
+                        raise DeviceAuthError(f"plug {self.mac} at {self.where} requires a password")
+                    challenge = parse_json_challenge(err.rpc_message)  # a JSON string inside JSON
+                    if sent_auth and not challenge.stale:
+                        raise DeviceAuthError(
+                            f"plug {self.mac} at {self.where} rejected the password for admin"
+                        )
+                    challenges += 1
+                    if challenges > 3:
+                        raise DeviceAuthError(f"plug {self.mac} at {self.where} keeps re-challenging")
+                    self._digest.adopt(challenge)
+                    continue
+                if err is not None:
+                    raise err
+                if not isinstance(value, dict) or "result" not in value:
+                    raise InvalidResponse(f"{what}: frame without 'result' (HTTP {reply.status})")
+                return value["result"]
+
+    # ---- domain calls --------------------------------------------------------------------------
+
+    async def identify(self) -> parse.DeviceInfo:
+        """Re-read ``/shelly`` and check the MAC is still ours (call before switching)."""
+        async with self._lock:
+            info = await fetch_info(self.host, self.port, timeout_s=self.timeout_s, http=self._http)
+        if info.mac != self.mac:
+            raise DeviceMismatchError(f"{self.where} is now plug {info.mac}, not {self.mac}")
+        return info
+
+    async def read(self) -> Reading:
+        """One normalised reading (power W, energy mWh, relay, V, A, °C, error flags, uptime)."""
+        if self.gen == 1:
+            status = await self._get_json("/status")
+            return parse.gen1_reading(status, mac=self.mac, ts_ms=int(self.clock.now() * 1000))
+        status = await self.rpc("Shelly.GetStatus")
+        return parse.gen2_reading(status, mac=self.mac, ts_ms=int(self.clock.now() * 1000))
+
+    async def relay_state(self) -> parse.RelayState:
+        """The relay's output and armed flip-back timer."""
+        self._require_switch()
+        if self.gen == 1:
+            return parse.gen1_relay_state(await self._get_json("/relay/0"))
+        return parse.gen2_switch_state(await self.rpc("Switch.GetStatus", {"id": 0}))
+
+    def _require_switch(self) -> None:
+        if not self.switchable:
+            raise DeviceError(f"plug {self.mac} ({self.model}) is metering-only and cannot switch")
+
+    async def set_relay(self, on: bool, auto_off_s: int | None = None) -> bool:
+        """Switch the relay, arming the device's flip-back timer when ``auto_off_s`` is given.
+
+        Checks the MAC first, reads the relay back afterwards and raises ``DeviceError`` if it does
+        not match (e.g. an over-power trip). Returns the confirmed state (== ``on``).
+        """
+        self._require_switch()
+        if auto_off_s is not None and auto_off_s <= 0:
+            raise ValueError("auto_off_s must be positive")
+        await self.identify()
+        if self.gen == 1:
+            target = f"/relay/0?turn={'on' if on else 'off'}"
+            if auto_off_s is not None:
+                target += f"&timer={int(auto_off_s)}"
+            parse.gen1_relay_state(await self._get_json(target))
+        else:
+            params: dict[str, Any] = {"id": 0, "on": on}
+            if auto_off_s is not None:
+                params["toggle_after"] = int(auto_off_s)
+            await self.rpc("Switch.Set", params)
+        return await self._confirm(on)
+
+    async def toggle(self) -> bool:
+        """Flip the relay (MAC checked first); returns the new, read-back state."""
+        self._require_switch()
+        before = await self.relay_state()
+        await self.identify()
+        if self.gen == 1:
+            await self._get_json("/relay/0?turn=toggle")
+        else:
+            await self.rpc("Switch.Toggle", {"id": 0})
+        return await self._confirm(not before.on)
+
+    async def _confirm(self, on: bool) -> bool:
+        reading = await self.read()
+        if reading.relay_on != on:
+            why = " (over-power protection tripped)" if reading.errors & 1 else ""
+            state = "on" if reading.relay_on else "off"
+            raise DeviceError(
+                f"plug {self.mac}: relay is {state} after switching it {'on' if on else 'off'}{why}"
+            )
+        return reading.relay_on

@@ -1,0 +1,247 @@
+"""mDNS discovery of Shelly plugs: browse, resolve explicitly, confirm with ``GET /shelly``, dedupe by MAC.
+
+Gen1 advertises only ``_http._tcp``; Gen2+ advertise ``_http._tcp`` and ``_shelly._tcp`` (TXT
+``gen=N``). Instance names are never identities (6-hex Gen1 names, duplicates across the two types);
+the MAC from ``/shelly`` is. Some devices answer PTR only, so every name is resolved with
+``AsyncServiceInfo.async_request`` (SRV/A follow-up queries). IPv6 is ignored (Shelly has none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from chargectl.common.errors import ChargectlError
+from chargectl.shelly.client import fetch_info
+from chargectl.shelly.parse import DeviceInfo
+
+__all__ = ["SERVICE_TYPES", "DiscoveredPlug", "PlugEvent", "PlugWatcher", "discover_once"]
+
+log = logging.getLogger("chargectl.shelly.discovery")
+
+SERVICE_TYPES = ("_http._tcp.local.", "_shelly._tcp.local.")
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredPlug:
+    """A plug found on the network and confirmed by ``GET /shelly``."""
+
+    mac: str
+    gen: int
+    model: str
+    firmware: str
+    host: str
+    port: int
+    auth: bool
+    switchable: bool
+    name: str | None
+
+    @classmethod
+    def from_info(cls, info: DeviceInfo, host: str, port: int) -> DiscoveredPlug:
+        return cls(
+            mac=info.mac,
+            gen=info.gen,
+            model=info.model,
+            firmware=info.firmware,
+            host=host,
+            port=port,
+            auth=info.auth,
+            switchable=info.switchable,
+            name=info.name,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mac": self.mac,
+            "gen": self.gen,
+            "model": self.model,
+            "firmware": self.firmware,
+            "host": self.host,
+            "port": self.port,
+            "auth": self.auth,
+            "switchable": self.switchable,
+            "name": self.name,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlugEvent:
+    """``added`` (new MAC), ``moved`` (known MAC at a new address) or ``gone`` (no longer advertised)."""
+
+    kind: Literal["added", "moved", "gone"]
+    plug: DiscoveredPlug
+
+
+class PlugWatcher:
+    """Continuous discovery. Events go to ``on_event`` (if given) and to ``events()`` iterators.
+
+    A plug is reported ``gone`` only after every one of its service names has been withdrawn for
+    ``gone_after_s`` (a DHCP move re-announces within that window and is reported as ``moved``).
+    """
+
+    def __init__(
+        self,
+        *,
+        interfaces: Sequence[str] | None = None,
+        on_event: Callable[[PlugEvent], Any] | None = None,
+        probe_timeout_s: float = 3.0,
+        resolve_timeout_s: float = 3.0,
+        gone_after_s: float = 10.0,
+    ) -> None:
+        self.interfaces = list(interfaces) if interfaces is not None else None
+        self.on_event = on_event
+        self.probe_timeout_s = probe_timeout_s
+        self.resolve_timeout_s = resolve_timeout_s
+        self.gone_after_s = gone_after_s
+        self.plugs: dict[str, DiscoveredPlug] = {}
+        self._names: dict[str, str] = {}  # service name → MAC
+        self._queues: list[asyncio.Queue[PlugEvent]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._gone_timers: dict[str, asyncio.TimerHandle] = {}
+        self._zc: Any = None
+        self._browser: Any = None
+        self._http: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        from zeroconf import IPVersion
+        from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+
+        self._loop = asyncio.get_running_loop()
+        self._http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0), trust_env=False)
+        kwargs: dict[str, Any] = {"ip_version": IPVersion.V4Only}
+        if self.interfaces is not None:
+            kwargs["interfaces"] = self.interfaces
+        self._zc = AsyncZeroconf(**kwargs)
+        self._browser = AsyncServiceBrowser(
+            self._zc.zeroconf, list(SERVICE_TYPES), handlers=[self._on_change]
+        )
+
+    async def stop(self) -> None:
+        for handle in self._gone_timers.values():
+            handle.cancel()
+        self._gone_timers.clear()
+        if self._browser is not None:
+            await self._browser.async_cancel()
+            self._browser = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if self._zc is not None:
+            await self._zc.async_close()
+            self._zc = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> PlugWatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def events(self) -> AsyncIterator[PlugEvent]:
+        """Iterate over events from now on (each iterator gets every event)."""
+        queue: asyncio.Queue[PlugEvent] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(queue)
+
+    def _on_change(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+        from zeroconf import ServiceStateChange
+
+        if state_change is ServiceStateChange.Removed:
+            self._removed(name)
+            return
+        task = asyncio.ensure_future(self._resolve(service_type, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit(self, event: PlugEvent) -> None:
+        log.debug("plug %s %s at %s:%d", event.plug.mac, event.kind, event.plug.host, event.plug.port)
+        for queue in self._queues:
+            queue.put_nowait(event)
+        if self.on_event is not None:
+            try:
+                result = self.on_event(event)
+            except Exception:  # a broken callback must not stop discovery
+                log.exception("plug event callback failed for %s", event)
+                return
+            if asyncio.iscoroutine(result):
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, service_type: str, name: str) -> None:
+        from zeroconf import IPVersion
+        from zeroconf.asyncio import AsyncServiceInfo
+
+        info = AsyncServiceInfo(service_type, name)
+        if not await info.async_request(self._zc.zeroconf, int(self.resolve_timeout_s * 1000)):
+            log.debug("could not resolve %s", name)
+            return
+        addresses = info.parsed_addresses(IPVersion.V4Only)
+        if not addresses or info.port is None:
+            return
+        for host in addresses:
+            try:
+                assert self._http is not None
+                device = await fetch_info(host, info.port, timeout_s=self.probe_timeout_s, http=self._http)
+            except ChargectlError as exc:
+                log.debug("%s at %s:%s is not a Shelly: %s", name, host, info.port, exc)
+                continue
+            self._confirmed(name, DiscoveredPlug.from_info(device, host, info.port))
+            return
+
+    def _confirmed(self, name: str, plug: DiscoveredPlug) -> None:
+        self._names[name] = plug.mac
+        timer = self._gone_timers.pop(plug.mac, None)
+        if timer is not None:
+            timer.cancel()
+        known = self.plugs.get(plug.mac)
+        self.plugs[plug.mac] = plug
+        if known is None:
+            self._emit(PlugEvent("added", plug))
+        elif (known.host, known.port) != (plug.host, plug.port):
+            self._emit(PlugEvent("moved", plug))
+
+    def _removed(self, name: str) -> None:
+        mac = self._names.pop(name, None)
+        if mac is None or mac in self._names.values() or self._loop is None:
+            return
+        self._gone_timers[mac] = self._loop.call_later(self.gone_after_s, self._gone, mac)
+
+    def _gone(self, mac: str) -> None:
+        self._gone_timers.pop(mac, None)
+        plug = self.plugs.pop(mac, None)
+        if plug is not None and mac not in self._names.values():
+            self._emit(PlugEvent("gone", plug))
+
+
+async def discover_once(
+    timeout_s: float = 5.0, interfaces: Sequence[str] | None = None
+) -> list[DiscoveredPlug]:
+    """Listen for ``timeout_s`` seconds and return every confirmed plug, one per MAC, sorted by MAC."""
+    watcher = PlugWatcher(interfaces=interfaces, resolve_timeout_s=min(3.0, timeout_s))
+    await watcher.start()
+    try:
+        await asyncio.sleep(timeout_s)
+        # give resolutions that started near the end a moment to finish
+        pending = list(watcher._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=min(2.0, timeout_s))
+        return sorted(watcher.plugs.values(), key=lambda p: p.mac)
+    finally:
+        await watcher.stop()
