@@ -31,6 +31,7 @@ COMMAND_MODULES: list[str] = [
     "discover",
     "relay",
     "sim",
+    "agent",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,567 @@
+"""The site agent: inventory, one poller per plug, batcher + publisher with spool, command executor.
+
+Theory of operation:
+
+- Plugs are known by MAC. Static addresses are connected (retrying with back-off) and discovery
+  sightings add plugs or move them to a new address; a moved plug keeps its poller and its readings.
+- Each plug has one poller task. It holds the plug's lock for every request (the command executor
+  takes the same lock), so a device never has more than one request from us in flight. A plug that
+  fails ``offline_after_failures`` polls in a row is logged offline once; its polls back off
+  exponentially; its first good poll logs it back once.
+- Readings go into one buffer. The flusher takes a batch every ``flush_interval_s`` (or as soon as
+  ``max_batch_readings`` are buffered), gives it the next persisted ``batch_seq``, packs and signs it
+  and publishes it. While anything is spooled, new batches join the spool first, and the spool is
+  replayed oldest-first, so the bus sees batches in ``batch_seq`` order. A failed publish spools the
+  batch and marks the link down (logged once; its return is logged once).
+- Command messages are verified and executed by :class:`CommandExecutor`; each yields a
+  ``CommandResult`` on the telemetry topic. The command subscription is re-established if it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chargectl import __version__
+from chargectl.common.clock import Clock, SystemClock
+from chargectl.common.codec import Batch, CommandOutcome, InventoryChange, pack_outcome, pack_telemetry
+from chargectl.common.errors import ChargectlError, DeviceError, StoreError, TransportError
+from chargectl.common.keys import Keyring, SigningKey
+from chargectl.common.readings import Reading
+from chargectl.common.topics import TELEMETRY_TOPIC, command_subscription, command_topic
+from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
+from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay
+from chargectl.services.agent.durable import CommandJournal, SequenceCounter, Spool, SpooledBatch
+from chargectl.services.agent.executor import CommandExecutor
+from chargectl.services.agent.health import AgentHealth, write_heartbeat
+from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSighting
+from chargectl.services.agent.settings import AgentSettings
+
+__all__ = ["Agent", "PlugStatus"]
+
+log = logging.getLogger("chargectl.agent")
+
+
+@dataclass
+class _PlugEntry:
+    mac: str
+    host: str
+    port: int
+    client: Plug | None = None
+    health: PlugHealth = field(default_factory=PlugHealth)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
+    polls: int = 0
+
+
+@dataclass(frozen=True)
+class PlugStatus:
+    mac: str
+    host: str
+    port: int
+    online: bool
+    polls: int
+    failures: int
+    last_error: str
+
+
+class Agent:
+    """One site's agent. ``run()`` for the CLI, ``serve()`` to embed, ``run_once()`` for tests."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        bus: Bus,
+        agent_key: SigningKey,
+        command_keys: Keyring,
+        connector: Connector,
+        *,
+        discovery: Discovery | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.agent_key = agent_key
+        self.clock: Clock = clock or SystemClock()
+        self._connector = connector
+        self._discovery = discovery
+        self._rng = rng or random.Random()
+        state = settings.state_path
+        self.heartbeat_path: Path = state / "agent.heartbeat.json"
+        self.seq = SequenceCounter(state / "batch_seq")
+        self.spool = Spool(state / "spool", settings.spool_max_bytes)
+        if self.spool.seqs():
+            self.seq.advance_to(self.spool.seqs()[-1])
+        self.journal = CommandJournal(state / "commands.journal")
+        self.journal.prune(self._now_ms())
+        self.executor = CommandExecutor(
+            settings.site_id,
+            command_keys,
+            self.journal,
+            settings.command_lifetime_s,
+            self._switch,
+            lambda mac: mac in self._plugs,
+            timeout_s=settings.request_timeout_s * 3,
+        )
+        self._plugs: dict[str, _PlugEntry] = {}
+        self._buffer = BatchBuffer(
+            settings.max_batch_readings, settings.flush_interval_s, self.clock.monotonic()
+        )
+        self._flush_wanted = asyncio.Event()
+        self._ship_lock = asyncio.Lock()
+        self._link_up = True
+        self._published = 0
+        self._last_publish_ms = 0
+        self._commands: SubscriptionHandle | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = asyncio.Event()
+        self._serving = False
+        self.outcomes: list[CommandOutcome] = []  # the most recent command outcomes, newest last
+
+    # ------------------------------------------------------------------ time
+
+    def _now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
+
+    # ------------------------------------------------------------------ inventory
+
+    @property
+    def plugs(self) -> dict[str, tuple[str, int, bool]]:
+        """Known plugs: MAC → (host, port, online)."""
+        return {m: (e.host, e.port, e.health.online and e.client is not None) for m, e in self._plugs.items()}
+
+    def plug_status(self, mac: str) -> PlugStatus:
+        """How one plug is doing (``KeyError`` if the agent does not know it)."""
+        e = self._plugs[mac]
+        return PlugStatus(
+            e.mac,
+            e.host,
+            e.port,
+            e.client is not None and e.health.online,
+            e.polls,
+            e.health.failures,
+            e.health.last_error,
+        )
+
+    def _change(self, kind: str, entry: _PlugEntry, plug: Plug | None = None) -> None:
+        self._buffer.add_change(
+            InventoryChange(
+                mac=entry.mac,
+                kind=kind,  # type: ignore[arg-type]
+                at_ms=self._now_ms(),
+                host=entry.host,
+                port=entry.port,
+                gen=plug.gen if plug else 0,
+                model=plug.model if plug else "",
+                switchable=plug.switchable if plug else True,
+            )
+        )
+
+    def _adopt(self, plug: Plug, host: str, port: int) -> _PlugEntry:
+        """Register a connected plug under its MAC (a known MAC at a new address is a move)."""
+        entry = self._plugs.get(plug.mac)
+        if entry is None:
+            entry = _PlugEntry(plug.mac, host, port, plug, PlugHealth(self.settings.offline_after_failures))
+            self._plugs[plug.mac] = entry
+            log.info("plug %s found at %s:%d (gen %d %s)", plug.mac, host, port, plug.gen, plug.model)
+            self._change("added", entry, plug)
+        elif (entry.host, entry.port) != (host, port):
+            old, entry.client = entry.client, plug
+            log.info("plug %s moved from %s:%d to %s:%d", plug.mac, entry.host, entry.port, host, port)
+            entry.host, entry.port = host, port
+            self._change("moved", entry, plug)
+            if old is not None and old is not plug:
+                self._spawn(old.aclose(), f"close-{plug.mac}")
+        elif entry.client is None:
+            entry.client = plug
+        else:
+            self._spawn(plug.aclose(), f"close-{plug.mac}")
+        return entry
+
+    async def _connect(self, host: str, port: int) -> Plug:
+        return await asyncio.wait_for(self._connector(host, port), self.settings.request_timeout_s * 3)
+
+    async def _connect_static(self, host: str, port: int) -> None:
+        failures = 0
+        while True:
+            try:
+                plug = await self._connect(host, port)
+            except (DeviceError, TimeoutError) as exc:
+                failures += 1
+                if failures == self.settings.offline_after_failures:
+                    log.warning("configured plug %s:%d does not answer: %s", host, port, exc or "timeout")
+                await self.clock.sleep(
+                    next_poll_delay(
+                        self.settings.poll_interval_s, failures, self.settings.max_backoff_s, 0.1, self._rng
+                    )
+                )
+                continue
+            entry = self._adopt(plug, host, port)
+            self._start_poller(entry)
+            return
+
+    async def _sighted(self, sighting: PlugSighting) -> None:
+        entry = self._plugs.get(sighting.mac)
+        if sighting.kind == "gone":
+            if entry is not None:
+                log.info("plug %s no longer announced on mDNS", sighting.mac)
+                self._change("gone", entry)
+            return
+        if entry is not None and (entry.host, entry.port) == (sighting.host, sighting.port):
+            return
+        try:
+            plug = await self._connect(sighting.host, sighting.port)
+        except (DeviceError, TimeoutError) as exc:
+            log.warning(
+                "plug %s at %s:%d does not answer: %s", sighting.mac, sighting.host, sighting.port, exc
+            )
+            return
+        if plug.mac != sighting.mac:
+            log.warning("%s:%d announced %s but is %s", sighting.host, sighting.port, sighting.mac, plug.mac)
+        self._start_poller(self._adopt(plug, sighting.host, sighting.port))
+
+    async def _discover(self) -> None:
+        assert self._discovery is not None
+        while True:
+            try:
+                async for sighting in self._discovery():
+                    await self._sighted(sighting)
+            except asyncio.CancelledError:
+                raise
+            except (ChargectlError, OSError) as exc:
+                log.warning("discovery failed (%s); restarting it", exc)
+            await self.clock.sleep(self.settings.poll_interval_s)
+
+    # ------------------------------------------------------------------ polling
+
+    def _start_poller(self, entry: _PlugEntry) -> None:
+        # Outside serve() (run_once) plugs are polled by the caller, not by their own tasks.
+        if self._serving and (entry.task is None or entry.task.done()):
+            entry.task = self._spawn(self._poll_loop(entry), f"poll-{entry.mac}")
+
+    async def poll(self, entry: _PlugEntry) -> Reading | None:
+        """One poll of one plug; logs offline/recovered transitions; buffers the reading."""
+        try:
+            async with entry.lock:
+                if entry.client is None:
+                    plug = await self._connect(entry.host, entry.port)
+                    if plug.mac != entry.mac:
+                        await plug.aclose()
+                        raise DeviceError(f"{entry.host}:{entry.port} is now plug {plug.mac}")
+                    entry.client = plug
+                reading = await asyncio.wait_for(entry.client.read(), self.settings.request_timeout_s)
+        except (DeviceError, TimeoutError) as exc:
+            error = str(exc) or "no answer within the request timeout"
+            if entry.health.failure(error) == "offline":
+                log.warning("plug %s at %s:%d is offline: %s", entry.mac, entry.host, entry.port, error)
+            else:
+                log.debug("plug %s poll failed: %s", entry.mac, error)
+            return None
+        entry.polls += 1
+        if entry.health.success() == "recovered":
+            log.info("plug %s at %s:%d is back online", entry.mac, entry.host, entry.port)
+        if self._buffer.add(reading):
+            self._flush_wanted.set()
+        return reading
+
+    async def _poll_loop(self, entry: _PlugEntry) -> None:
+        s = self.settings
+        # Spread the first polls over one interval so a big site does not poll in bursts.
+        await self.clock.sleep(self._rng.random() * s.poll_interval_s * s.poll_jitter * 2)
+        while True:
+            await self.poll(entry)
+            await self.clock.sleep(
+                next_poll_delay(
+                    s.poll_interval_s, entry.health.failures, s.max_backoff_s, s.poll_jitter, self._rng
+                )
+            )
+
+    async def _switch(self, mac: str, on: bool, auto_off_s: int | None) -> bool:
+        entry = self._plugs[mac]
+        async with entry.lock:
+            if entry.client is None:
+                raise DeviceError(f"plug {mac} is not connected")
+            return await entry.client.set_relay(on, auto_off_s)
+
+    # ------------------------------------------------------------------ batching and publishing
+
+    def _attributes(self, attrs: dict[str, str]) -> dict[str, str]:
+        attrs["shard"] = str(self.settings.shard)
+        return attrs
+
+    def _pack(self, readings: list[Reading], inventory: list[InventoryChange]) -> SpooledBatch:
+        seq = self.seq.next()
+        batch = Batch(
+            site_id=self.settings.site_id,
+            batch_seq=seq,
+            readings=tuple(readings),
+            inventory=tuple(inventory),
+            created_at_ms=self._now_ms(),
+            agent_version=__version__,
+        )
+        data, attrs = pack_telemetry(batch, self.agent_key, self.settings.encoding)
+        return SpooledBatch(seq, data, self._attributes(attrs), len(readings))
+
+    def _link(self, up: bool, error: str = "") -> None:
+        if up and not self._link_up:
+            log.info("telemetry link restored; %d spooled batches to replay", len(self.spool))
+        elif not up and self._link_up:
+            log.warning("telemetry link down (%s); spooling batches in %s", error, self.spool.directory)
+        self._link_up = up
+
+    async def _publish(self, batch: SpooledBatch) -> bool:
+        try:
+            await self.bus.publish(TELEMETRY_TOPIC, batch.data, batch.attributes)
+        except TransportError as exc:
+            self._link(False, str(exc))
+            return False
+        self._link(True)
+        self._published += 1
+        self._last_publish_ms = self._now_ms()
+        return True
+
+    async def _drain(self) -> None:
+        for seq in self.spool.seqs():
+            try:
+                batch = self.spool.get(seq)
+            except StoreError as exc:
+                log.error("dropping unreadable spooled batch %d: %s", seq, exc)
+                self.spool.remove(seq)
+                continue
+            if not await self._publish(batch):
+                return
+            self.spool.remove(seq)
+
+    async def flush(self, *, final: bool = False) -> int:
+        """Pack what is buffered into batches and ship them (spool first when anything is spooled)."""
+        shipped = 0
+        async with self._ship_lock:
+            offline_exit = final and not self._link_up  # do not stall a shutdown on a dead link
+            while not self._buffer.empty:
+                readings, inventory = self._buffer.take(self.clock.monotonic())
+                batch = self._pack(readings, inventory)
+                shipped += 1
+                if len(self.spool) and not offline_exit:
+                    await self._drain()  # older batches first
+                if len(self.spool) or offline_exit or not await self._publish(batch):
+                    self.spool.put(batch)
+            if len(self.spool) and self._link_up and not offline_exit:
+                await self._drain()
+        return shipped
+
+    async def _flush_loop(self) -> None:
+        while True:
+            wait_s = max(0.0, self._buffer.flush_at() - self.clock.monotonic())
+            if self._buffer.empty:
+                wait_s = self.settings.flush_interval_s
+            sleeper = asyncio.ensure_future(self.clock.sleep(wait_s))
+            waker = asyncio.ensure_future(self._flush_wanted.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+            self._flush_wanted.clear()
+            now = self.clock.monotonic()
+            if self._buffer.due(now):
+                await self.flush()
+            elif self._buffer.empty:
+                self._buffer.started_at = now
+                if len(self.spool):
+                    async with self._ship_lock:
+                        await self._drain()
+
+    # ------------------------------------------------------------------ commands
+
+    async def handle_command(self, msg: BusMessage) -> bool:
+        """Bus handler for the command subscription: execute or refuse, then report; always acks."""
+        outcome = await self.executor.handle(msg.data, self._now_ms())
+        self.outcomes = [*self.outcomes[-99:], outcome]
+        data, attrs = pack_outcome(outcome, self.agent_key)
+        try:
+            await self.bus.publish(TELEMETRY_TOPIC, data, self._attributes(attrs))
+        except TransportError as exc:
+            log.warning("could not report the outcome of command %s: %s", outcome.command_id or "?", exc)
+        return True
+
+    async def _ensure_resources(self) -> None:
+        site = self.settings.site_id
+        try:
+            await self.bus.ensure_topic(TELEMETRY_TOPIC)
+            await self.bus.ensure_topic(command_topic(site))
+            await self.bus.ensure_subscription(command_subscription(site), command_topic(site))
+        except TransportError as exc:
+            log.debug("could not ensure bus resources: %s", exc)
+
+    async def _command_loop(self) -> None:
+        failures = 0
+        while True:
+            if self.settings.ensure_resources:
+                await self._ensure_resources()
+            try:
+                self._commands = await self.bus.subscribe(
+                    command_subscription(self.settings.site_id), self.handle_command, max_messages=10
+                )
+                while self._commands.running:
+                    await self.clock.sleep(min(1.0, self.settings.poll_interval_s))
+                error: BaseException | None = self._commands.error
+            except TransportError as exc:
+                error = exc
+            if self._commands is not None:
+                await self._commands.stop()
+                self._commands = None
+            failures += 1
+            if failures == 1:
+                log.warning("command subscription failed (%s); retrying", error)
+            await self.clock.sleep(
+                next_poll_delay(1.0, failures, self.settings.max_backoff_s, 0.1, self._rng)
+            )
+
+    # ------------------------------------------------------------------ health
+
+    def health(self) -> AgentHealth:
+        plugs = self._plugs.values()
+        return AgentHealth(
+            site_id=self.settings.site_id,
+            at_ms=self._now_ms(),
+            plugs_known=len(self._plugs),
+            plugs_online=sum(1 for e in plugs if e.client is not None and e.health.online),
+            link_up=self._link_up,
+            commands_subscribed=self._commands is not None and self._commands.running,
+            batch_seq=self.seq.last,
+            spooled_batches=len(self.spool),
+            spooled_bytes=self.spool.size_bytes,
+            dropped_batches=self.spool.dropped_batches,
+            dropped_readings=self.spool.dropped_readings,
+            buffered_readings=len(self._buffer),
+            published_batches=self._published,
+            last_publish_ms=self._last_publish_ms,
+        )
+
+    def write_heartbeat(self) -> AgentHealth:
+        health = self.health()
+        write_heartbeat(self.heartbeat_path, health)
+        return health
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                self.write_heartbeat()
+            except StoreError as exc:
+                log.error("cannot write heartbeat: %s", exc)
+            await self.clock.sleep(self.settings.heartbeat_interval_s)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("agent task %s crashed", task.get_name(), exc_info=task.exception())
+            self._stopping.set()
+
+    async def serve(self, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
+        """Run until cancelled (or ``stop()``); on the way out, flush what is buffered (spool if offline)."""
+        log.info(
+            "agent for site %s starting: %d configured plugs, discovery %s, %d batches spooled",
+            self.settings.site_id,
+            len(self.settings.plugs),
+            "on" if self._discovery else "off",
+            len(self.spool),
+        )
+        self._stopping.clear()
+        self._serving = True
+        for address in self.settings.plugs:
+            self._spawn(self._connect_static(address.host, address.port), f"connect-{address.host}")
+        if self._discovery is not None:
+            self._spawn(self._discover(), "discovery")
+        self._spawn(self._flush_loop(), "flush")
+        self._spawn(self._command_loop(), "commands")
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+        try:
+            if ready is not None:
+                result = ready()
+                if result is not None:
+                    await result
+            await self._stopping.wait()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask ``serve()`` to return (thread-unsafe; call from the agent's loop)."""
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        self._serving = False
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._commands is not None:
+            await self._commands.stop()
+            self._commands = None
+        try:
+            await asyncio.shield(self.flush(final=True))
+        except (ChargectlError, asyncio.CancelledError) as exc:
+            log.error("final flush failed: %s", exc)
+        for entry in self._plugs.values():
+            if entry.client is not None:
+                with contextlib.suppress(Exception):
+                    await entry.client.aclose()
+                entry.client = None
+            entry.task = None
+        with contextlib.suppress(StoreError):
+            self.write_heartbeat()
+        log.info("agent for site %s stopped; %d batches spooled", self.settings.site_id, len(self.spool))
+
+    async def run_once(self) -> AgentHealth:
+        """Connect configured plugs, poll every plug once, flush and replay, write the heartbeat."""
+        for address in self.settings.plugs:
+            try:
+                plug = await self._connect(address.host, address.port)
+            except (DeviceError, TimeoutError) as exc:
+                log.warning("configured plug %s:%d does not answer: %s", address.host, address.port, exc)
+                continue
+            self._adopt(plug, address.host, address.port)
+        await asyncio.gather(*(self.poll(entry) for entry in self._plugs.values()))
+        await self.flush()
+        return self.write_heartbeat()
+
+    async def aclose(self) -> None:
+        """Close plug clients opened by ``run_once``."""
+        for entry in self._plugs.values():
+            if entry.client is not None:
+                with contextlib.suppress(Exception):
+                    await entry.client.aclose()
+                entry.client = None
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM (for the CLI and systemd)."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop)
+            try:
+                await self.serve()
+            finally:
+                await self.bus.close()
+
+        asyncio.run(main())

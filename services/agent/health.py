@@ -1,0 +1,64 @@
+"""The agent's health snapshot and heartbeat file (what ``chargectl agent check`` reads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from chargectl.services.agent.durable import write_atomic
+
+__all__ = ["AgentHealth", "HeartbeatStatus", "check_heartbeat", "write_heartbeat"]
+
+
+@dataclass(frozen=True)
+class AgentHealth:
+    """What an operator (or systemd, or a test) wants to know about a running agent."""
+
+    site_id: str
+    at_ms: int
+    plugs_known: int
+    plugs_online: int
+    link_up: bool
+    commands_subscribed: bool
+    batch_seq: int
+    spooled_batches: int
+    spooled_bytes: int
+    dropped_batches: int
+    dropped_readings: int
+    buffered_readings: int
+    published_batches: int
+    last_publish_ms: int
+
+
+@dataclass(frozen=True)
+class HeartbeatStatus:
+    fresh: bool
+    message: str
+    health: AgentHealth | None = None
+
+
+def write_heartbeat(path: Path, health: AgentHealth) -> None:
+    write_atomic(path, (json.dumps(dataclasses.asdict(health), sort_keys=True) + "\n").encode())
+
+
+def check_heartbeat(path: Path, now_ms: int, max_age_s: float) -> HeartbeatStatus:
+    """Whether the heartbeat at ``path`` was written within ``max_age_s`` of ``now_ms``."""
+    try:
+        data = json.loads(path.read_text())
+        health = AgentHealth(**data)
+    except FileNotFoundError:
+        return HeartbeatStatus(False, f"no heartbeat at {path}: the agent has not run")
+    except (OSError, ValueError, TypeError) as exc:
+        return HeartbeatStatus(False, f"heartbeat {path} is unreadable: {exc}")
+    age_s = (now_ms - health.at_ms) / 1000
+    if age_s > max_age_s:
+        return HeartbeatStatus(False, f"heartbeat is {age_s:.0f}s old (limit {max_age_s:.0f}s)", health)
+    state = "link up" if health.link_up else "link DOWN"
+    return HeartbeatStatus(
+        True,
+        f"agent for {health.site_id} alive ({age_s:.0f}s ago): {health.plugs_online}/{health.plugs_known} "
+        f"plugs online, {state}, {health.spooled_batches} batches spooled",
+        health,
+    )

@@ -1,0 +1,40 @@
+"""The agent's plug seams filled by the Shelly layer: a connector and continuous mDNS discovery."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from chargectl.common.clock import Clock
+from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSighting
+
+__all__ = ["shelly_connector", "shelly_discovery"]
+
+
+def shelly_connector(*, password: str | None, user: str, timeout_s: float, clock: Clock) -> Connector:
+    """Connect with ``ShellyClient.connect`` (identifies the plug by ``GET /shelly``)."""
+
+    async def connect(host: str, port: int) -> Plug:
+        from chargectl.shelly import ShellyClient
+
+        return await ShellyClient.connect(
+            host, port, password=password, user=user, timeout_s=timeout_s, clock=clock
+        )
+
+    return connect
+
+
+def shelly_discovery(interfaces: Sequence[str]) -> Discovery:
+    """Continuous discovery through ``PlugWatcher`` (all interfaces when ``interfaces`` is empty)."""
+
+    async def watch() -> AsyncIterator[PlugSighting]:
+        from chargectl.shelly import PlugWatcher
+
+        watcher = PlugWatcher(interfaces=list(interfaces) or None)
+        await watcher.start()
+        try:
+            async for event in watcher.events():
+                yield PlugSighting(event.kind, event.plug.mac, event.plug.host, event.plug.port)
+        finally:
+            await watcher.stop()
+
+    return watch

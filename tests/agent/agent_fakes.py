@@ -1,0 +1,71 @@
+"""In-process plugs behind the agent's own ``Plug`` seam, for fault injection in unit tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chargectl.common.clock import Clock
+from chargectl.common.errors import DeviceTimeoutError, DeviceUnreachableError
+from chargectl.common.readings import Reading
+
+
+@dataclass
+class FakePlug:
+    mac: str
+    clock: Clock
+    gen: int = 2
+    model: str = "SNPL-00112EU"
+    switchable: bool = True
+    relay_on: bool = False
+    power_w: float = 0.0
+    energy_mwh: int = 1_000_000
+    failing: bool = False
+    auto_off_s: float | None = None
+    calls: list[str] = field(default_factory=list)
+    closed: bool = False
+
+    async def read(self) -> Reading:
+        self.calls.append("read")
+        if self.failing:
+            raise DeviceTimeoutError(f"{self.mac} did not answer")
+        self.energy_mwh += 10
+        return Reading(
+            mac=self.mac,
+            ts_ms=int(self.clock.now() * 1000),
+            power_w=self.power_w,
+            energy_mwh=self.energy_mwh,
+            relay_on=self.relay_on,
+            voltage_v=230.1,
+            current_a=round(self.power_w / 230.1, 3),
+            temperature_c=31.5,
+        )
+
+    async def set_relay(self, on: bool, auto_off_s: int | None = None) -> bool:
+        self.calls.append(f"set_relay({on}, {auto_off_s})")
+        if self.failing:
+            raise DeviceTimeoutError(f"{self.mac} did not answer")
+        self.relay_on = on
+        self.auto_off_s = auto_off_s
+        return self.relay_on
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class FakeSite:
+    """Plugs by address; ``connect`` is the agent's ``Connector``."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.by_address: dict[tuple[str, int], FakePlug] = {}
+
+    def add(self, mac: str, host: str, port: int = 80, **kw: object) -> FakePlug:
+        plug = FakePlug(mac, self.clock, **kw)  # type: ignore[arg-type]
+        self.by_address[(host, port)] = plug
+        return plug
+
+    async def connect(self, host: str, port: int) -> FakePlug:
+        plug = self.by_address.get((host, port))
+        if plug is None or plug.failing:
+            raise DeviceUnreachableError(f"nothing answers at {host}:{port}")
+        return plug

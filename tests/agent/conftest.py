@@ -1,0 +1,25 @@
+"""Agent test fixtures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture
+def agent_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog wired straight to ``chargectl.agent`` (the CLI's logging setup stops propagation)."""
+    logger = logging.getLogger("chargectl.agent")
+    old, propagate = logger.level, logger.propagate
+    logger.propagate = False  # caplog also listens at the root: count each record once
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.DEBUG)
+    caplog.handler.setLevel(logging.INFO)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(old)
+        logger.propagate = propagate

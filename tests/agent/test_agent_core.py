@@ -1,0 +1,47 @@
+"""Pure agent logic: poll back-off, offline/online tracking, the batch buffer."""
+
+from __future__ import annotations
+
+import random
+
+from chargectl.common.readings import Reading
+from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay
+
+
+def test_backoff_doubles_per_failure_and_caps() -> None:
+    rng = random.Random(1)
+    delays = [next_poll_delay(5.0, f, 60.0, 0.0, rng) for f in range(7)]
+    assert delays == [5.0, 5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+
+
+def test_jitter_stays_within_its_fraction() -> None:
+    rng = random.Random(7)
+    delays = [next_poll_delay(5.0, 0, 60.0, 0.1, rng) for _ in range(500)]
+    assert all(4.5 <= d <= 5.5 for d in delays)
+    assert max(delays) - min(delays) > 0.5  # it does spread
+
+
+def test_offline_once_and_recovered_once() -> None:
+    health = PlugHealth(offline_after=2)
+    events = [health.failure("timeout") for _ in range(5)]
+    assert events == [None, "offline", None, None, None]
+    assert not health.online and health.failures == 5
+    assert [health.success(), health.success()] == ["recovered", None]
+    assert health.failure("x") is None  # one blip does not count as offline
+
+
+def reading(i: int) -> Reading:
+    return Reading(mac="A8032AB12345", ts_ms=i, power_w=1.0, energy_mwh=i, relay_on=True)
+
+
+def test_buffer_due_by_time_or_size_and_take_splits() -> None:
+    buf = BatchBuffer(max_readings=3, flush_interval_s=30.0, started_at=100.0)
+    assert not buf.due(1000.0)  # empty is never due
+    assert buf.add(reading(1)) is False
+    assert not buf.due(129.9) and buf.due(130.0)
+    buf.add(reading(2))
+    assert buf.add(reading(3)) is True and buf.due(101.0)
+    buf.add(reading(4))
+    first, inv = buf.take(now=105.0)
+    assert [r.ts_ms for r in first] == [1, 2, 3] and inv == []
+    assert [r.ts_ms for r in buf.readings] == [4] and buf.flush_at() == 135.0
