@@ -10,18 +10,15 @@ from pathlib import Path
 
 import backends
 import pytest
-from provision_helpers import T0_MS, telemetry_from_bundle
+from provision_helpers import T0_MS, Cloud, telemetry_from_bundle
 
 from chargectl.common.codec import Site, unpack_telemetry
 from chargectl.common.errors import CodecError, NotFoundError
 from chargectl.common.keys import SigningKey
 from chargectl.provisioner.bundle import BundleTarget
 from chargectl.provisioner.plan import Step, apply
-from chargectl.provisioner.site import Provisioner, SiteSpec, parse_tariff
+from chargectl.provisioner.site import SiteSpec, parse_tariff
 from chargectl.provisioner.trust import command_signing_key, telemetry_keyring
-from chargectl.services.adapters.firestore_store import FirestoreStore
-from chargectl.services.adapters.pubsub_admin import PubSubAdmin
-from chargectl.services.adapters.secrets import SecretManagerSecrets, SecretsSettings
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count()
@@ -29,34 +26,6 @@ _ids = itertools.count()
 
 class Crash(Exception):
     pass
-
-
-class Cloud:
-    def __init__(self, project: str, drongo: backends.Server) -> None:
-        self.project = project
-        self.bus = PubSubAdmin(project)
-        self.secrets = SecretManagerSecrets(project, SecretsSettings(endpoint=drongo.url))
-        self.store = FirestoreStore(project)
-        self.prov = Provisioner(self.store, self.secrets, self.bus, project, "gcp")
-        self.drongo = drongo
-
-    def secret_names(self) -> list[str]:
-        from google.api_core.client_options import ClientOptions
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import secretmanager
-
-        client = secretmanager.SecretManagerServiceClient(
-            transport="rest",
-            credentials=AnonymousCredentials(),
-            client_options=ClientOptions(api_endpoint=self.drongo.url),
-        )
-        return sorted(
-            s.name.rsplit("/", 1)[-1] for s in client.list_secrets(parent=f"projects/{self.project}")
-        )
-
-    def close(self) -> None:
-        self.bus.close()
-        self.store.close()
 
 
 @pytest.fixture
