@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "relay",
     "sim",
     "agent",
+    "run",
 ]
 
 app = typer.Typer(

@@ -542,13 +542,11 @@ class Hub:
                 self._answer(req.request_id, False, "no_user", "")
                 return
             session_id = f"sess-{req.request_id}"
-            event: m.Event = m.StartRequest(
-                session_id,
-                req.user_id,
-                self.tariff_for(plug.site_id),
-                self.balances.get(req.user_id, 0),
-                req.request_id,
-            )
+            tariff = self.tariff_for(plug.site_id)
+            # Top-ups land in the ledger from other processes (the payments webhook): read it fresh.
+            balance = self.ledger.balance(req.user_id, tariff.currency)
+            self.balances[req.user_id] = balance
+            event: m.Event = m.StartRequest(session_id, req.user_id, tariff, balance, req.request_id)
         elif req.action == codec.ChargeRequest.ACTION_STOP:
             session_id = plug.state.session.session_id if plug.state.session else ""
             event = m.StopRequest(req.user_id, "", req.request_id)
