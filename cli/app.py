@@ -33,6 +33,7 @@ COMMAND_MODULES: list[str] = [
     "sim",
     "agent",
     "run",
+    "demo",
 ]
 
 app = typer.Typer(
