@@ -550,16 +550,21 @@ class Agent:
                     await entry.client.aclose()
                 entry.client = None
 
-    def run(self) -> None:
-        """Serve until SIGINT/SIGTERM (for the CLI and systemd)."""
+    def run(self, alongside: Callable[[Agent], Coroutine[Any, Any, None]] | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (for the CLI and systemd); ``alongside`` runs next to it (a live view)."""
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
+            extra = asyncio.create_task(alongside(self)) if alongside is not None else None
             try:
                 await self.serve()
             finally:
+                if extra is not None:
+                    extra.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await extra
                 await self.bus.close()
 
         asyncio.run(main())
