@@ -401,16 +401,23 @@ class Agent:
 
     async def _command_loop(self) -> None:
         failures = 0
+        check_s = min(1.0, self.settings.poll_interval_s)
         while True:
             if self.settings.ensure_resources:
                 await self._ensure_resources()
+            error: BaseException | None = None
             try:
                 self._commands = await self.bus.subscribe(
                     command_subscription(self.settings.site_id), self.handle_command, max_messages=10
                 )
                 while self._commands.running:
-                    await self.clock.sleep(min(1.0, self.settings.poll_interval_s))
-                error: BaseException | None = self._commands.error
+                    await self.clock.sleep(check_s)
+                    if failures and self._commands.running:
+                        # Pub/Sub reports a missing subscription only after the stream opened, so
+                        # "restored" waits until the stream has survived one check.
+                        log.info("command subscription restored")
+                        failures = 0
+                error = self._commands.error
             except TransportError as exc:
                 error = exc
             if self._commands is not None:
@@ -419,6 +426,8 @@ class Agent:
             failures += 1
             if failures == 1:
                 log.warning("command subscription failed (%s); retrying", error)
+            else:
+                log.debug("command subscription failed again: %s", error)
             await self.clock.sleep(
                 next_poll_delay(1.0, failures, self.settings.max_backoff_s, 0.1, self._rng)
             )
