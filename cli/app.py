@@ -23,8 +23,10 @@ __all__ = ["COMMAND_MODULES", "State", "app", "main"]
 # One entry per command group module under chargectl.cli.commands (each has ``register(app)``).
 COMMAND_MODULES: list[str] = [
     "config",
+    "provision",
     "session",
     "plugs",
+    "ledger",
     "payments",
     "discover",
     "relay",

@@ -27,4 +27,4 @@ def setup_logging(verbose: int = 0) -> None:
     handler._chargectl = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False
+    logger.propagate = True  # records also reach the root logger (pytest caplog); root has no handler
