@@ -27,7 +27,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chargectl import __version__
 from chargectl.common.clock import Clock, SystemClock
@@ -151,11 +151,13 @@ class Agent:
             e.health.last_error,
         )
 
-    def _change(self, kind: str, entry: _PlugEntry, plug: Plug | None = None) -> None:
+    def _change(
+        self, kind: Literal["added", "moved", "gone"], entry: _PlugEntry, plug: Plug | None = None
+    ) -> None:
         self._buffer.add_change(
             InventoryChange(
                 mac=entry.mac,
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 at_ms=self._now_ms(),
                 host=entry.host,
                 port=entry.port,
