@@ -277,7 +277,7 @@ class Agent:
     async def _poll_loop(self, entry: _PlugEntry) -> None:
         s = self.settings
         # Spread the first polls over one interval so a big site does not poll in bursts.
-        await self.clock.sleep(self._rng.random() * s.poll_interval_s * s.poll_jitter * 2)
+        await self.clock.sleep(self._rng.random() * s.poll_interval_s)
         while True:
             await self.poll(entry)
             await self.clock.sleep(
