@@ -9,10 +9,10 @@ Theory of operation:
   fails ``offline_after_failures`` polls in a row is logged offline once; its polls back off
   exponentially; its first good poll logs it back once.
 - Readings go into one buffer. The flusher takes a batch every ``flush_interval_s`` (or as soon as
-  ``max_batch_readings`` are buffered), gives it the next persisted ``batch_seq``, packs and signs it
-  and publishes it. While anything is spooled, new batches join the spool first, and the spool is
-  replayed oldest-first, so the bus sees batches in ``batch_seq`` order. A failed publish spools the
-  batch and marks the link down (logged once; its return is logged once).
+  ``max_batch_readings`` are buffered), gives it the next persisted ``batch_seq``, packs and signs it,
+  writes it to the spool and then publishes the spool oldest-first, removing each batch once the bus
+  has it; so the bus sees batches in ``batch_seq`` order and nothing is lost to a failed publish or a
+  stop mid-publish. A failed publish marks the link down (logged once; its return is logged once).
 - Command messages are verified and executed by :class:`CommandExecutor`; each yields a
   ``CommandResult`` on the telemetry topic. The command subscription is re-established if it fails.
 """
@@ -27,7 +27,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chargectl import __version__
 from chargectl.common.clock import Clock, SystemClock
@@ -151,11 +151,13 @@ class Agent:
             e.health.last_error,
         )
 
-    def _change(self, kind: str, entry: _PlugEntry, plug: Plug | None = None) -> None:
+    def _change(
+        self, kind: Literal["added", "moved", "gone"], entry: _PlugEntry, plug: Plug | None = None
+    ) -> None:
         self._buffer.add_change(
             InventoryChange(
                 mac=entry.mac,
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 at_ms=self._now_ms(),
                 host=entry.host,
                 port=entry.port,
@@ -275,7 +277,7 @@ class Agent:
     async def _poll_loop(self, entry: _PlugEntry) -> None:
         s = self.settings
         # Spread the first polls over one interval so a big site does not poll in bursts.
-        await self.clock.sleep(self._rng.random() * s.poll_interval_s * s.poll_jitter * 2)
+        await self.clock.sleep(self._rng.random() * s.poll_interval_s)
         while True:
             await self.poll(entry)
             await self.clock.sleep(
@@ -344,16 +346,14 @@ class Agent:
         """Pack what is buffered into batches and ship them (spool first when anything is spooled)."""
         shipped = 0
         async with self._ship_lock:
-            offline_exit = final and not self._link_up  # do not stall a shutdown on a dead link
+            # Write-ahead: a batch is on disk before its publish starts, so neither a failed publish
+            # nor a stop in the middle of one can lose it (a replay after an ambiguous publish is a
+            # duplicate batch_seq, which the hub drops).
             while not self._buffer.empty:
                 readings, inventory = self._buffer.take(self.clock.monotonic())
-                batch = self._pack(readings, inventory)
+                self.spool.put(self._pack(readings, inventory))
                 shipped += 1
-                if len(self.spool) and not offline_exit:
-                    await self._drain()  # older batches first
-                if len(self.spool) or offline_exit or not await self._publish(batch):
-                    self.spool.put(batch)
-            if len(self.spool) and self._link_up and not offline_exit:
+            if len(self.spool) and not (final and not self._link_up):  # a dead link must not stall a stop
                 await self._drain()
         return shipped
 
@@ -403,16 +403,23 @@ class Agent:
 
     async def _command_loop(self) -> None:
         failures = 0
+        check_s = min(1.0, self.settings.poll_interval_s)
         while True:
             if self.settings.ensure_resources:
                 await self._ensure_resources()
+            error: BaseException | None = None
             try:
                 self._commands = await self.bus.subscribe(
                     command_subscription(self.settings.site_id), self.handle_command, max_messages=10
                 )
                 while self._commands.running:
-                    await self.clock.sleep(min(1.0, self.settings.poll_interval_s))
-                error: BaseException | None = self._commands.error
+                    await self.clock.sleep(check_s)
+                    if failures and self._commands.running:
+                        # Pub/Sub reports a missing subscription only after the stream opened, so
+                        # "restored" waits until the stream has survived one check.
+                        log.info("command subscription restored")
+                        failures = 0
+                error = self._commands.error
             except TransportError as exc:
                 error = exc
             if self._commands is not None:
@@ -421,6 +428,8 @@ class Agent:
             failures += 1
             if failures == 1:
                 log.warning("command subscription failed (%s); retrying", error)
+            else:
+                log.debug("command subscription failed again: %s", error)
             await self.clock.sleep(
                 next_poll_delay(1.0, failures, self.settings.max_backoff_s, 0.1, self._rng)
             )
@@ -552,16 +561,21 @@ class Agent:
                     await entry.client.aclose()
                 entry.client = None
 
-    def run(self) -> None:
-        """Serve until SIGINT/SIGTERM (for the CLI and systemd)."""
+    def run(self, alongside: Callable[[Agent], Coroutine[Any, Any, None]] | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (for the CLI and systemd); ``alongside`` runs next to it (a live view)."""
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
+            extra = asyncio.create_task(alongside(self)) if alongside is not None else None
             try:
                 await self.serve()
             finally:
+                if extra is not None:
+                    extra.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await extra
                 await self.bus.close()
 
         asyncio.run(main())
