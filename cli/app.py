@@ -34,6 +34,7 @@ COMMAND_MODULES: list[str] = [
     "agent",
     "run",
     "demo",
+    "hub",
 ]
 
 app = typer.Typer(

@@ -169,10 +169,14 @@ class Hub:
                 self.metrics, self.problems, self.settings.health_host, self.settings.health_port
             )
             await self._health.start()
+        poll_s = self.settings.request_poll_s
+        unwatch = self._watch_requests()
+        if unwatch is not None:
+            poll_s = max(poll_s, self.settings.request_watch_poll_s)  # the listener does the work
         try:
             loops = [
                 self._loop(self.tick, self.settings.tick_interval_s),
-                self._loop(self.poll_requests, self.settings.request_poll_s),
+                self._loop(self.poll_requests, poll_s),
             ]
             tasks = [asyncio.create_task(c) for c in loops]
             await self._stop.wait()
@@ -182,7 +186,28 @@ class Hub:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
         finally:
+            if unwatch is not None:
+                unwatch()
             await self.stop()
+
+    def _watch_requests(self) -> Callable[[], None] | None:
+        """Listen for new requests when the store can push them (Firestore ``on_snapshot``)."""
+        watch = getattr(self.store, "watch_requests", None)
+        if watch is None or not self.settings.request_watch:
+            return None
+        loop = asyncio.get_running_loop()
+
+        def on_request(req: codec.ChargeRequest) -> None:  # the listener's thread
+            loop.call_soon_threadsafe(self._handle_request_safely, req)
+
+        unwatch: Callable[[], None] = watch(on_request)
+        return unwatch
+
+    def _handle_request_safely(self, req: codec.ChargeRequest) -> None:
+        try:
+            self.handle_request(req)
+        except ChargectlError as exc:
+            log.warning("request %s not handled yet (%s); it stays pending", req.request_id, exc)
 
     def request_stop(self) -> None:
         self._stop.set()
