@@ -45,3 +45,6 @@ unit: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+
+demo: setup
+	$(VENV)/bin/chargectl demo $(ARGS)

@@ -23,6 +23,7 @@ __all__ = ["COMMAND_MODULES", "State", "app", "main"]
 # One entry per command group module under chargectl.cli.commands (each has ``register(app)``).
 COMMAND_MODULES: list[str] = [
     "config",
+    "provision",
     "session",
     "plugs",
     "ledger",
@@ -31,6 +32,9 @@ COMMAND_MODULES: list[str] = [
     "relay",
     "sim",
     "agent",
+    "run",
+    "demo",
+    "hub",
 ]
 
 app = typer.Typer(

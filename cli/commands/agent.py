@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from chargectl.common.config import Config
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from chargectl.services.agent import Agent
+
+__all__ = ["live_view", "register", "status_table"]
 
 ConfigOption = Annotated[
     Path | None,
@@ -26,6 +32,47 @@ def _config(ctx: typer.Context, path: Path | None) -> Config:
         ctx.obj.config_path = path
     cfg: Config = ctx.obj.config()
     return cfg
+
+
+def status_table(agent: Agent) -> Table:
+    """The live view: one row per plug and a caption with the link and spool state."""
+    from rich.table import Table
+
+    health = agent.health()
+    link = "up" if health.link_up else "DOWN"
+    table = Table(
+        title=f"site {health.site_id}: {health.plugs_online}/{health.plugs_known} plugs online",
+        caption=(
+            f"link {link} · batch_seq {health.batch_seq} · published {health.published_batches} · "
+            f"spooled {health.spooled_batches} ({health.spooled_bytes} B) · dropped {health.dropped_batches} · "
+            f"buffered {health.buffered_readings}"
+        ),
+    )
+    for column in ("plug", "address", "state", "polls", "failures", "last error"):
+        table.add_column(column)
+    for mac in sorted(agent.plugs):
+        st = agent.plug_status(mac)
+        table.add_row(
+            mac,
+            f"{st.host}:{st.port}",
+            "online" if st.online else "offline",
+            str(st.polls),
+            str(st.failures),
+            st.last_error[:60],
+        )
+    return table
+
+
+async def live_view(agent: Agent) -> None:
+    import asyncio
+
+    from rich.console import Console
+    from rich.live import Live
+
+    with Live(status_table(agent), console=Console(stderr=True), refresh_per_second=2) as live:
+        while True:
+            await asyncio.sleep(1.0)
+            live.update(status_table(agent))
 
 
 def register(app: typer.Typer) -> None:
@@ -48,7 +95,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = _config(ctx, config)
         agent = build_agent(cfg, shelly_password=os.environ.get("CHARGECTL_SHELLY_PASSWORD") or None)
-        agent.run()
+        # A live table only for a person at a terminal; under systemd (no TTY) just the log lines.
+        agent.run(live_view if sys.stderr.isatty() else None)
 
     @group.command("check")
     def check(

@@ -27,7 +27,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chargectl import __version__
 from chargectl.common.clock import Clock, SystemClock
@@ -151,11 +151,13 @@ class Agent:
             e.health.last_error,
         )
 
-    def _change(self, kind: str, entry: _PlugEntry, plug: Plug | None = None) -> None:
+    def _change(
+        self, kind: Literal["added", "moved", "gone"], entry: _PlugEntry, plug: Plug | None = None
+    ) -> None:
         self._buffer.add_change(
             InventoryChange(
                 mac=entry.mac,
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 at_ms=self._now_ms(),
                 host=entry.host,
                 port=entry.port,
@@ -275,7 +277,7 @@ class Agent:
     async def _poll_loop(self, entry: _PlugEntry) -> None:
         s = self.settings
         # Spread the first polls over one interval so a big site does not poll in bursts.
-        await self.clock.sleep(self._rng.random() * s.poll_interval_s * s.poll_jitter * 2)
+        await self.clock.sleep(self._rng.random() * s.poll_interval_s)
         while True:
             await self.poll(entry)
             await self.clock.sleep(
@@ -401,16 +403,23 @@ class Agent:
 
     async def _command_loop(self) -> None:
         failures = 0
+        check_s = min(1.0, self.settings.poll_interval_s)
         while True:
             if self.settings.ensure_resources:
                 await self._ensure_resources()
+            error: BaseException | None = None
             try:
                 self._commands = await self.bus.subscribe(
                     command_subscription(self.settings.site_id), self.handle_command, max_messages=10
                 )
                 while self._commands.running:
-                    await self.clock.sleep(min(1.0, self.settings.poll_interval_s))
-                error: BaseException | None = self._commands.error
+                    await self.clock.sleep(check_s)
+                    if failures and self._commands.running:
+                        # Pub/Sub reports a missing subscription only after the stream opened, so
+                        # "restored" waits until the stream has survived one check.
+                        log.info("command subscription restored")
+                        failures = 0
+                error = self._commands.error
             except TransportError as exc:
                 error = exc
             if self._commands is not None:
@@ -419,6 +428,8 @@ class Agent:
             failures += 1
             if failures == 1:
                 log.warning("command subscription failed (%s); retrying", error)
+            else:
+                log.debug("command subscription failed again: %s", error)
             await self.clock.sleep(
                 next_poll_delay(1.0, failures, self.settings.max_backoff_s, 0.1, self._rng)
             )
@@ -550,16 +561,21 @@ class Agent:
                     await entry.client.aclose()
                 entry.client = None
 
-    def run(self) -> None:
-        """Serve until SIGINT/SIGTERM (for the CLI and systemd)."""
+    def run(self, alongside: Callable[[Agent], Coroutine[Any, Any, None]] | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (for the CLI and systemd); ``alongside`` runs next to it (a live view)."""
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
+            extra = asyncio.create_task(alongside(self)) if alongside is not None else None
             try:
                 await self.serve()
             finally:
+                if extra is not None:
+                    extra.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await extra
                 await self.bus.close()
 
         asyncio.run(main())

@@ -669,6 +669,10 @@ def _check_relay(s: MachineState, r: Reading, now_ms: int, fx: list[Effect]) -> 
         if not s.cmd_confirmed and r.ts_ms >= s.cmd_at_ms:
             s.cmd_confirmed = True
         return False
+    if r.ts_ms < s.cmd_at_ms:
+        # Sampled before the command in force was issued (a batch in flight when the relay switched):
+        # it says nothing about whether the plug obeyed.
+        return False
     if not s.cmd_confirmed:
         if r.ts_ms >= s.cmd_at_ms + p.relay_confirm_s * 1000 and s.status is not _FLT:
             want = "on" if s.cmd_on else "off"

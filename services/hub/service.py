@@ -41,6 +41,7 @@ from chargectl.common.errors import ChargectlError, StoreError, TransportError
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import Reading
 from chargectl.common.topics import DEAD_LETTER_TOPIC, TELEMETRY_TOPIC, command_topic, telemetry_subscription
+from chargectl.provisioner.trust import telemetry_keyring
 from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
 from chargectl.services.adapters.store import Store
 from chargectl.services.adapters.timeseries import SessionEvent, TimeSeries
@@ -52,12 +53,13 @@ from chargectl.services.hub.params import PlugParams
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
 
-__all__ = ["Hub", "HubPorts", "keyring_from_sites", "tariff_from_document"]
+__all__ = ["Hub", "HubPorts", "tariff_from_document"]
 
 log = logging.getLogger("chargectl.hub")
 
-CommandKeys = Callable[[str], SigningKey]
-"""The command-signing key of a site (raises ``ChargectlError`` if there is none)."""
+CommandKeys = Callable[[codec.Site, int], SigningKey]
+"""The key to sign a site's commands with at a time in ms (``provisioner.trust.CommandSigner.key_for``);
+raises ``ChargectlError`` if there is none."""
 
 
 def tariff_from_document(doc: codec.Tariff) -> Tariff:
@@ -75,26 +77,12 @@ def tariff_from_document(doc: codec.Tariff) -> Tariff:
     )
 
 
-def keyring_from_sites(sites: Iterable[codec.Site]) -> tuple[Keyring, set[str]]:
-    """Telemetry keys of every active site (with their validity windows), and the revoked site ids."""
-    ring = Keyring()
-    revoked: set[str] = set()
-    for site in sites:
-        if site.status == codec.Site.STATUS_REVOKED:
-            revoked.add(site.site_id)
-            continue
-        for key in site.agent_keys:
-            ring.add_public(bytes(key.public_key), site.site_id, key.not_before_ms, key.not_after_ms)
-    return ring, revoked
-
-
 @dataclass
 class HubPorts:
     bus: Bus
     store: Store
     timeseries: TimeSeries
     command_keys: CommandKeys
-    trust: Callable[[], tuple[Keyring, set[str]]] | None = None  # default: keys from the store's sites
 
 
 @dataclass
@@ -123,6 +111,7 @@ class Hub:
         self.metrics = Metrics()
         self._params_by_class: dict[str, PlugParams] = {}
         self._site_tariffs: dict[str, Tariff] = {}
+        self._sites: dict[str, codec.Site] = {}
         self._default_tariff = settings.tariff.tariff()
         self._subscription: SubscriptionHandle | None = None
         self._health: HealthServer | None = None
@@ -180,10 +169,14 @@ class Hub:
                 self.metrics, self.problems, self.settings.health_host, self.settings.health_port
             )
             await self._health.start()
+        poll_s = self.settings.request_poll_s
+        unwatch = self._watch_requests()
+        if unwatch is not None:
+            poll_s = max(poll_s, self.settings.request_watch_poll_s)  # the listener does the work
         try:
             loops = [
                 self._loop(self.tick, self.settings.tick_interval_s),
-                self._loop(self.poll_requests, self.settings.request_poll_s),
+                self._loop(self.poll_requests, poll_s),
             ]
             tasks = [asyncio.create_task(c) for c in loops]
             await self._stop.wait()
@@ -193,7 +186,28 @@ class Hub:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
         finally:
+            if unwatch is not None:
+                unwatch()
             await self.stop()
+
+    def _watch_requests(self) -> Callable[[], None] | None:
+        """Listen for new requests when the store can push them (Firestore ``on_snapshot``)."""
+        watch = getattr(self.store, "watch_requests", None)
+        if watch is None or not self.settings.request_watch:
+            return None
+        loop = asyncio.get_running_loop()
+
+        def on_request(req: codec.ChargeRequest) -> None:  # the listener's thread
+            loop.call_soon_threadsafe(self._handle_request_safely, req)
+
+        unwatch: Callable[[], None] = watch(on_request)
+        return unwatch
+
+    def _handle_request_safely(self, req: codec.ChargeRequest) -> None:
+        try:
+            self.handle_request(req)
+        except ChargectlError as exc:
+            log.warning("request %s not handled yet (%s); it stays pending", req.request_id, exc)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -247,9 +261,9 @@ class Hub:
             return
         self._last_trust = mono
         sites = self.store.list_sites()
-        ring, revoked = self.ports.trust() if self.ports.trust else keyring_from_sites(sites)
-        self.ingest.keyring = ring
-        self.ingest.revoked_sites = revoked
+        self._sites = {s.site_id: s for s in sites}
+        self.ingest.keyring = telemetry_keyring(sites, self._now_ms())
+        self.ingest.revoked_sites = {s.site_id for s in sites if s.status == codec.Site.STATUS_REVOKED}
         self._site_tariffs = {
             s.site_id: tariff_from_document(s.tariff) for s in sites if s.HasField("tariff")
         }
@@ -397,7 +411,10 @@ class Hub:
             auto_off_s=fx.auto_off_s,
         )
         try:
-            key = self.ports.command_keys(plug.site_id)
+            site = self._sites.get(plug.site_id)
+            if site is None:
+                raise StoreError(f"site {plug.site_id} is not provisioned")
+            key = self.ports.command_keys(site, cmd.issued_at_ms)
         except ChargectlError as exc:
             self.metrics.inc("commands_failed_total", reason="no_key")
             log.error("cannot sign a command for site %s: %s", plug.site_id, exc)
@@ -550,13 +567,11 @@ class Hub:
                 self._answer(req.request_id, False, "no_user", "")
                 return
             session_id = f"sess-{req.request_id}"
-            event: m.Event = m.StartRequest(
-                session_id,
-                req.user_id,
-                self.tariff_for(plug.site_id),
-                self.balances.get(req.user_id, 0),
-                req.request_id,
-            )
+            tariff = self.tariff_for(plug.site_id)
+            # Top-ups land in the ledger from other processes (the payments webhook): read it fresh.
+            balance = self.ledger.balance(req.user_id, tariff.currency)
+            self.balances[req.user_id] = balance
+            event: m.Event = m.StartRequest(session_id, req.user_id, tariff, balance, req.request_id)
         elif req.action == codec.ChargeRequest.ACTION_STOP:
             session_id = plug.state.session.session_id if plug.state.session else ""
             event = m.StopRequest(req.user_id, "", req.request_id)

@@ -53,6 +53,8 @@ class HubSettings:
     tick_interval_s: float = 1.0
     checkpoint_interval_s: float = 30.0
     request_poll_s: float = 1.0
+    request_watch: bool = True  # listen to the store for new requests when it can push them (Firestore)
+    request_watch_poll_s: float = 60.0  # with a listener, poll only as a safety net
     trust_refresh_s: float = 30.0
     balance_refresh_s: float = 10.0
     plug_state_min_interval_s: float = 30.0

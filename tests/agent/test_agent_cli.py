@@ -181,3 +181,28 @@ def test_agent_service_runs_publishes_and_stops_on_sigterm(
         subscriber.close()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "stopped" in err
+
+
+def test_systemd_unit_runs_the_agent_and_restarts_on_failure() -> None:
+    import configparser
+
+    unit = Path(__file__).resolve().parents[2] / "scripts" / "systemd" / "chargectl-agent.service"
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(unit.read_text())
+    service = parser["Service"]
+    assert service["ExecStart"] == "/opt/chargectl/bin/chargectl agent --config /etc/chargectl/agent.toml"
+    assert service["Restart"] == "on-failure" and service["StateDirectory"] == "chargectl"
+    assert service["KillSignal"] == "SIGTERM"
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+    assert "PASSWORD=" not in unit.read_text().replace("CHARGECTL_SHELLY_PASSWORD=...", "")
+
+
+def test_benchmark_script_runs_and_reports_its_numbers() -> None:
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_agent.py"
+    args = ["--plugs", "3", "--seconds", "1", "--poll-interval", "0.2", "--flush-interval", "0.3", "--json"]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["plugs"] == 3 and result["polls"] > 0 and result["readings_published"] > 0
+    assert result["cpu_ms_per_poll"] > 0 and 0 < result["bytes_per_reading"] < 200

@@ -407,3 +407,62 @@ async def test_a_plug_that_stops_answering_is_logged_offline_once_and_back_once(
     about = [r for r in agent_log.records if quiet.mac in r.getMessage()]
     assert sum("is offline" in r.getMessage() for r in about) == 1
     assert sum("back online" in r.getMessage() for r in about) == 1
+
+
+async def test_discovered_plug_that_moves_keeps_its_identity_and_readings(tmp_path: Path) -> None:
+    from chargectl.services.adapters.memory_bus import MemoryBus
+    from chargectl.services.agent.shelly_plugs import shelly_discovery
+    from chargectl.shelly.simdevice import make_profile
+
+    loopback = ["127.0.0.1"]  # mDNS on loopback only, never the real NIC
+    # Other test runs on this machine may advertise plugs on loopback too: random MACs, and only
+    # this test's plugs are asserted on.
+    macs = ["3A" + uuid.uuid4().hex[:10].upper() for _ in range(2)]
+    fleet = SimFleet(
+        [make_profile(2, macs[0]), make_profile(1, macs[1])],
+        clock=ManualClock(1_767_225_600.0),
+        loads="ev",
+        interfaces=loopback,
+    )
+    await fleet.start()
+    bus = MemoryBus()
+    agent_key = SigningKey.generate()
+    collector = Collector(bus, agent_key)
+    await collector.start("hub-0")
+    s = settings(tmp_path, fleet, plugs=[], discovery=True, interfaces=loopback)
+    keyring = Keyring()
+    clock = SystemClock()
+    agent = Agent(
+        s,
+        bus,
+        agent_key,
+        keyring,
+        shelly_connector(password=None, user="admin", timeout_s=2.0, clock=clock),
+        discovery=shelly_discovery(loopback),
+        clock=clock,
+    )
+    mover = fleet.plugs[0]
+    try:
+        async with serving(agent):
+            await wait_until(
+                lambda: all(m in agent.plugs and agent.plug_status(m).online for m in macs),
+                "both plugs found",
+            )
+            old_port = mover.port
+            polls = agent.plug_status(mover.mac).polls
+            await mover.move()
+            assert mover.port != old_port
+            await wait_until(lambda: agent.plug_status(mover.mac).port == mover.port, "the move seen")
+            await wait_until(
+                lambda: agent.plug_status(mover.mac).polls >= polls + 3, "polls at the new address"
+            )
+            assert agent.plug_status(mover.mac).host == mover.host
+    finally:
+        await collector.stop()
+        await bus.close()
+        await fleet.stop()
+    batches = collector.batches()
+    moved = [c for b in batches for c in b.inventory if c.kind == "moved"]
+    assert [(c.mac, c.port) for c in moved] == [(mover.mac, mover.port)]
+    times = [r.ts_ms for b in batches for r in b.readings if r.mac == mover.mac]
+    assert len(times) >= polls + 3 and times == sorted(times)

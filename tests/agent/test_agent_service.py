@@ -257,3 +257,24 @@ async def test_a_moved_plug_keeps_its_identity(h: Harness) -> None:
     moved = [c for b in batches for c in b.inventory if c.kind == "moved"]
     assert [(c.mac, c.host, c.port) for c in moved] == [(MACS[0], "10.0.0.99", 8080)]
     await agent.aclose()
+
+
+async def test_live_view_table_shows_every_plug_and_the_link(h: Harness) -> None:
+    from rich.console import Console
+
+    from chargectl.cli.commands.agent import status_table
+
+    agent = h.agent()
+    await agent.run_once()
+    h.plugs[2].failing = True
+    for _ in range(2):
+        h.clock.advance(5)
+        await agent.run_once()
+    console = Console(record=True, width=200)
+    console.print(status_table(agent))
+    text = console.export_text()
+    assert "site carpark-1: 2/3 plugs online" in text and "link up" in text
+    rows = {line.split()[1]: line for line in text.splitlines() if "A8032AB1000" in line}
+    assert "offline" in rows[MACS[2]] and "did not answer" in rows[MACS[2]]
+    assert "online" in rows[MACS[0]] and "10.0.0.1:80" in rows[MACS[0]]
+    await agent.aclose()

@@ -41,7 +41,7 @@ def hub_thread(state_dir: Path) -> Iterator[Hub]:
             store = SqliteStore(state_dir / "chargectl.db")
             hub = Hub(
                 HubSettings(request_poll_s=0.05),
-                HubPorts(MemoryBus(), store, SqliteTimeSeries(":memory:"), lambda site: key),
+                HubPorts(MemoryBus(), store, SqliteTimeSeries(":memory:"), lambda site, now_ms: key),
             )
             await hub.start()
             holder["hub"] = hub

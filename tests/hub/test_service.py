@@ -76,7 +76,7 @@ class Rig:
         settings = HubSettings(plug_state_min_interval_s=0, checkpoint_interval_s=3600, balance_refresh_s=5)
         ts = SqliteTimeSeries(self.tmp / "ts.db")
         self.hub = Hub(
-            settings, HubPorts(self.bus, self.store, ts, lambda site: self.command_key), self.clock
+            settings, HubPorts(self.bus, self.store, ts, lambda site, now_ms: self.command_key), self.clock
         )
         await self.hub.start()
         return self.hub

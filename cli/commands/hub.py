@@ -1,0 +1,60 @@
+"""``chargectl hub``: the hub alone on the distributed backends; ``hub check`` asks its health endpoint."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        help='The hub on Pub/Sub, Firestore and InfluxDB (backend = "gcp").',
+        invoke_without_command=True,
+        no_args_is_help=False,
+    )
+
+    @group.callback()
+    def run(ctx: typer.Context) -> None:
+        """Run the hub until SIGINT/SIGTERM: telemetry in, commands out, sessions, billing, health on
+        [hub] health_host:health_port (/healthz, /metrics)."""
+        if ctx.invoked_subcommand is not None:
+            return
+        from chargectl.common.logging import setup_logging
+        from chargectl.services.hub.cloud import build_cloud_hub
+
+        setup_logging(ctx.obj.verbose)
+        build_cloud_hub(ctx.obj.config()).run()
+
+    @group.command("check")
+    def check(
+        ctx: typer.Context,
+        timeout: Annotated[
+            float, typer.Option("--timeout", min=0.1, help="Seconds to wait for an answer.")
+        ] = 5.0,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Exit 0 if the running hub reports healthy on its /healthz, 1 otherwise (with the problems)."""
+        import httpx
+
+        from chargectl.services.hub.settings import HubSettings
+
+        settings = HubSettings.from_mapping(ctx.obj.config().sections.get("hub"))
+        url = f"http://{settings.health_host}:{settings.health_port}/healthz"
+        try:
+            resp = httpx.get(url, timeout=timeout)
+            body = resp.json()
+            ok = resp.status_code == 200 and bool(body.get("ok"))
+            problems = list(body.get("problems", []))
+        except (httpx.HTTPError, ValueError) as exc:
+            ok, problems = False, [f"no answer from {url}: {type(exc).__name__}"]
+        if as_json:
+            typer.echo(json.dumps({"ok": ok, "problems": problems, "url": url}))
+        else:
+            typer.echo("hub healthy" if ok else "hub unhealthy: " + "; ".join(problems))
+        raise typer.Exit(0 if ok else 1)
+
+    app.add_typer(group, name="hub")

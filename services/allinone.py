@@ -1,0 +1,177 @@
+"""``chargectl run``: agent and hub in one process on the embedded backends — a complete single-site
+system with no cloud account.
+
+The site is provisioned on first start (key files under the config dir, the ``Site`` document in the
+SQLite store), the agent and the hub talk over the in-process bus with the same signed envelopes as in
+the cloud, and everything durable (store, time series, agent spool and sequence) lives under the
+state dir, so a restart resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from chargectl.common.clock import Clock, SystemClock
+from chargectl.common.config import Config, build
+from chargectl.common.errors import ConfigError
+from chargectl.common.topics import validate_site_id
+from chargectl.provisioner.plan import apply
+from chargectl.provisioner.site import SiteSpec, parse_tariff
+from chargectl.provisioner.trust import CommandSigner, command_keyring
+from chargectl.provisioner.wiring import open_provisioner
+from chargectl.services.adapters.memory_bus import MemoryBus
+from chargectl.services.agent.agent import Agent
+from chargectl.services.agent.settings import AgentSettings
+from chargectl.services.agent.shelly_plugs import shelly_connector, shelly_discovery
+from chargectl.services.hub.service import Hub, HubPorts
+from chargectl.services.hub.settings import HubSettings
+from chargectl.services.wiring import open_store, open_timeseries
+
+__all__ = ["AllInOne", "RunSettings"]
+
+log = logging.getLogger("chargectl.run")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """``[run]``: the single site this process runs."""
+
+    site_id: str = "local-site"
+    site_name: str = "Local site"
+    tariff: str = ""  # provision-style "key=value,…" for the site's tariff; empty: [hub.tariff]
+    health: bool = True
+
+    def __post_init__(self) -> None:
+        validate_site_id(self.site_id)
+
+
+class AllInOne:
+    """The agent and the hub sharing a :class:`MemoryBus`, over the embedded store."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        shelly_password: str | None = None,
+        agent_settings: AgentSettings | None = None,
+        hub_settings: HubSettings | None = None,
+    ) -> None:
+        if config.backend != "local":
+            raise ConfigError(
+                'chargectl run uses the embedded backends: set backend = "local" (or use '
+                "chargectl hub and chargectl agent for the cloud)"
+            )
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.settings = config.section("run", RunSettings)
+        self.hub_settings = hub_settings or HubSettings.from_mapping(config.sections.get("hub"))
+        if agent_settings is None:
+            # Key files are not used here: the keys come from the provisioned site.
+            raw = {
+                k: v
+                for k, v in dict(config.sections.get("agent", {})).items()
+                if k not in ("agent_key_file", "command_public_key_files")
+            }
+            raw["site_id"] = self.settings.site_id
+            agent_settings = build(AgentSettings, raw, prefix="agent")
+        if agent_settings.state_dir is None:
+            agent_settings = dataclasses.replace(agent_settings, state_dir=config.state_dir / "agent")
+        self.agent_settings = agent_settings
+        self.shelly_password = shelly_password
+        self.bus = MemoryBus()
+        self.store = open_store(config)
+        self.timeseries = open_timeseries(config)
+        self.hub: Hub | None = None
+        self.agent: Agent | None = None
+        self._stop = asyncio.Event()
+
+    def provision(self) -> None:
+        """Create the site (keys, document) if this is the first start; a no-op afterwards."""
+        prov = open_provisioner(self.config)
+        tariff = parse_tariff(self.settings.tariff, self.settings.site_id, self.hub_settings.tariff.currency)
+        if not self.settings.tariff:
+            t = self.hub_settings.tariff
+            tariff.price_per_kwh_minor = int(t.price_per_kwh_minor)
+            tariff.session_fee_minor = t.session_fee_minor
+            tariff.idle_price_per_minute_minor = int(t.idle_price_per_minute_minor)
+            tariff.idle_grace_s = t.idle_grace_s
+            tariff.min_start_balance_minor = t.min_start_balance_minor
+        spec = SiteSpec(self.settings.site_id, self.settings.site_name, tariff)
+        done = apply(prov.plan_site(spec, int(self.clock.now() * 1000)))
+        if done:
+            log.info("provisioned site %s (%d steps)", self.settings.site_id, len(done))
+        self._prov = prov
+
+    async def start(self) -> None:
+        self.provision()
+        prov = self._prov
+        site = prov.site(self.settings.site_id)
+        now_ms = int(self.clock.now() * 1000)
+        signer = CommandSigner(prov.secrets)
+        self.hub = Hub(
+            self.hub_settings, HubPorts(self.bus, self.store, self.timeseries, signer.key_for), self.clock
+        )
+        s = self.agent_settings
+        self.agent = Agent(
+            s,
+            self.bus,
+            prov.agent_key(s.site_id),
+            command_keyring(site, now_ms),
+            shelly_connector(
+                password=self.shelly_password,
+                user=s.shelly_user,
+                timeout_s=s.request_timeout_s,
+                clock=self.clock,
+            ),
+            discovery=shelly_discovery(s.interfaces) if s.discovery else None,
+            clock=self.clock,
+        )
+
+    async def serve(self, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
+        """Run the hub and the agent until :meth:`request_stop`."""
+        await self.start()
+        assert self.hub is not None and self.agent is not None
+        hub_task = asyncio.create_task(self.hub.serve(health=self.settings.health), name="hub")
+        agent_task = asyncio.create_task(self.agent.serve(), name="agent")
+        if ready is not None:
+            result = ready()
+            if asyncio.iscoroutine(result):
+                await result
+        stop_task = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {hub_task, agent_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task is not stop_task and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self.agent.stop()
+            self.hub.request_stop()
+            for task in (agent_task, hub_task):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, timeout=15)
+            stop_task.cancel()
+            await self.bus.close()
+            self.timeseries.close()
+            self.store.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, self.request_stop)
+            await self.serve()
+
+        asyncio.run(main())

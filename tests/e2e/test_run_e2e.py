@@ -1,0 +1,165 @@
+"""`chargectl run` end to end with a simulated plug, everything over real HTTP and real processes:
+start request → relay on → charging → completion → relay off → ledger debited by the right amount."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from e2e_helpers import CHARGECTL, PRICE_PER_KWH, _kill, _spawn, wait_for
+
+
+def _config(tmp: Path, plug: dict[str, Any]) -> Path:
+    cfg = tmp / "chargectl.toml"
+    cfg.write_text(f"""
+backend = "local"
+state_dir = "{tmp / "state"}"
+config_dir = "{tmp / "config"}"
+
+[run]
+site_id = "test-site"
+tariff = "price_per_kwh_minor={PRICE_PER_KWH},min_start_balance_minor=100,currency=gbp"
+health = false
+
+[agent]
+discovery = false
+plugs = [{{ host = "{plug["host"]}", port = {plug["port"]} }}]
+poll_interval_s = 0.25
+flush_interval_s = 0.5
+poll_jitter = 0.0
+
+[hub]
+tick_interval_s = 0.2
+request_poll_s = 0.2
+checkpoint_interval_s = 5
+plug_state_min_interval_s = 0
+default_plug_class = "generic"
+
+[hub.plug_classes.generic]
+start_confirm_s = 0.5
+complete_after_s = 2.0
+no_load_timeout_s = 60
+stale_after_s = 5
+offline_after_s = 10
+relay_confirm_s = 5
+relay_retry_s = 2
+""")
+    return cfg
+
+
+def cli(cfg: Path, *args: str) -> Any:
+    out = subprocess.run(
+        [CHARGECTL, "--config", str(cfg), *args], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout) if "--json" in args else out.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_run_charges_and_bills_a_session(tmp_path: Path, sim: dict[str, Any]) -> None:
+    cfg = _config(tmp_path, sim)
+    control = httpx.Client(base_url=f"http://{sim['host']}:{sim['port']}/__sim", timeout=5)
+    mac = sim["mac"]
+    run = _spawn(["--config", str(cfg), "run"], dict(os.environ), tmp_path / "run.log")
+    try:
+        wait_for(
+            "the plug to be AVAILABLE",
+            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_AVAILABLE"],
+        )
+        cli(cfg, "ledger", "credit", "u1", "50.00", "--reason", "test top-up", "--json")
+        control.get("/load", params={"w": "2000"})  # a car is plugged in (draws once the relay closes)
+        before = control.get("/state").json()
+        assert before["relay_on"] is False
+
+        answer = cli(cfg, "session", "start", "--user", "u1", "--plug", mac, "--json")
+        assert answer["status"] == "accepted", answer
+        wait_for("the relay to close", lambda: control.get("/state").json()["relay_on"])
+        wait_for(
+            "CHARGING",
+            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_CHARGING"],
+        )
+        assert control.get("/state").json()["timer_remaining_s"] is not None  # the dead-man timer is armed
+        time.sleep(3)
+        control.get("/load", params={"w": "0"})  # the car is full
+        done = wait_for(
+            "the session to complete",
+            lambda: [s for s in cli(cfg, "session", "list", "--json") if s["status"] == "STATUS_COMPLETED"],
+        )
+        after = control.get("/state").json()
+        assert after["relay_on"] is False
+        (session,) = done
+        truth_energy = after["energy_mwh"] - before["energy_mwh"]
+        assert truth_energy > 0
+        assert session["energy_mwh"] == truth_energy  # every mWh the plug counted, no more
+        assert session["stop_reason"] == "EVDisconnected"
+        expected = int(
+            (Decimal(truth_energy) * PRICE_PER_KWH / Decimal(1_000_000)).quantize(Decimal(1), ROUND_HALF_UP)
+        )
+        assert session["cost"]["amount_minor"] == expected
+        history = cli(cfg, "ledger", "history", "u1", "--json")
+        debits = [h for h in history if h["kind"] == "session_debit"]
+        assert [d["amount_minor"] for d in debits] == [-expected]
+        balance = cli(cfg, "ledger", "balance", "u1", "--json")
+        assert balance["balance_minor"] == 5000 - expected
+    finally:
+        _kill(run, signal.SIGINT)
+        control.close()
+    assert run.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_sigkill_mid_session_bills_once_and_loses_no_energy(tmp_path: Path, sim: dict[str, Any]) -> None:
+    cfg = _config(tmp_path, sim)
+    control = httpx.Client(base_url=f"http://{sim['host']}:{sim['port']}/__sim", timeout=5)
+    mac = sim["mac"]
+    run = _spawn(["--config", str(cfg), "run"], dict(os.environ), tmp_path / "run1.log")
+    try:
+        wait_for(
+            "the plug to be AVAILABLE",
+            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_AVAILABLE"],
+        )
+        cli(cfg, "ledger", "credit", "u1", "50.00", "--reason", "test top-up", "--json")
+        control.get("/load", params={"w": "1500"})
+        before = control.get("/state").json()
+        assert cli(cfg, "session", "start", "--user", "u1", "--plug", mac, "--json")["status"] == "accepted"
+        wait_for(
+            "CHARGING",
+            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_CHARGING"],
+        )
+        time.sleep(2)
+    finally:
+        _kill(run, signal.SIGKILL)  # no clean shutdown, no final checkpoint
+    assert control.get("/state").json()["relay_on"] is True  # the plug charges on while the hub is dead
+    time.sleep(2)
+    run = _spawn(["--config", str(cfg), "run"], dict(os.environ), tmp_path / "run2.log")
+    try:
+        time.sleep(3)
+        control.get("/load", params={"w": "0"})
+        done = wait_for(
+            "the session to complete",
+            lambda: [s for s in cli(cfg, "session", "list", "--json") if s["status"] == "STATUS_COMPLETED"],
+        )
+        after = control.get("/state").json()
+        assert after["relay_on"] is False
+        (session,) = done
+        truth_energy = after["energy_mwh"] - before["energy_mwh"]
+        assert session["energy_mwh"] == truth_energy  # including what was drawn while the hub was down
+        expected = int(
+            (Decimal(truth_energy) * PRICE_PER_KWH / Decimal(1_000_000)).quantize(Decimal(1), ROUND_HALF_UP)
+        )
+        debits = [h for h in cli(cfg, "ledger", "history", "u1", "--json") if h["kind"] == "session_debit"]
+        assert [d["amount_minor"] for d in debits] == [-expected]
+        assert len(cli(cfg, "session", "list", "--json")) == 1
+    finally:
+        _kill(run, signal.SIGINT)
+        control.close()
