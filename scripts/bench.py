@@ -126,8 +126,8 @@ class Plan:
             hub_repeats=1,
             memory_plugs=(10_000,),
             agent_polls=2,
-            agent_plugs=30,
-            agent_seconds=3.0,
+            agent_plugs=20,
+            agent_seconds=2.0,
             agent_poll_interval_s=1.0,
             latency_plugs=10,
             latency_rounds=1,
@@ -578,17 +578,35 @@ BENCH_TARIFF = Tariff(
 )
 
 
+def site_document(site_id: str, agent_key: SigningKey) -> codec.Site:
+    """An active site whose telemetry is signed by ``agent_key`` (what the provisioner stores)."""
+    return codec.Site(
+        site_id=site_id,
+        status=codec.Site.STATUS_ACTIVE,
+        agent_keys=[codec.PublicKey(key_id=agent_key.key_id, public_key=agent_key.public_bytes)],
+        tariff=codec.Tariff(
+            tariff_id="t", currency="gbp", price_per_kwh_minor=30, min_start_balance_minor=100
+        ),
+    )
+
+
+def command_keys(key: SigningKey) -> Callable[[codec.Site, int], SigningKey]:
+    """The hub's ``command_keys`` port for one command key (the provisioner's signer, minus rotation)."""
+
+    def key_for(site: codec.Site, at_ms: int) -> SigningKey:
+        return key
+
+    return key_for
+
+
 def make_hub(
     keys: dict[str, SigningKey], command_key: SigningKey, clock: ManualClock
 ) -> tuple[Hub, LineSink]:
-    ring = Keyring()
+    store = SqliteStore(":memory:")
     for site, key in keys.items():
-        ring.add_public(key.public_bytes, site)
+        store.put_site(site_document(site, key))
     sink = LineSink()
-    ports = HubPorts(
-        MemoryBus(), SqliteStore(":memory:"), sink, lambda site: command_key, lambda: (ring, set())
-    )
-    hub = Hub(HubSettings(), ports, clock)
+    hub = Hub(HubSettings(), HubPorts(MemoryBus(), store, sink, command_keys(command_key)), clock)
     hub.refresh_trust(force=True)
     return hub, sink
 
@@ -889,16 +907,7 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
     site = "site-cost"
     agent_key, command_key = SigningKey.generate(), SigningKey.generate()
     store = CountingStore(":memory:")
-    store.put_site(
-        codec.Site(
-            site_id=site,
-            status=codec.Site.STATUS_ACTIVE,
-            agent_keys=[codec.PublicKey(key_id=agent_key.key_id, public_key=agent_key.public_bytes)],
-            tariff=codec.Tariff(
-                tariff_id="t", currency="gbp", price_per_kwh_minor=30, min_start_balance_minor=100
-            ),
-        )
-    )
+    store.put_site(site_document(site, agent_key))
     fleet = Fleet(site, n, rng, 0.0)
     ledger = Ledger(store)
     for p in fleet.plugs:
@@ -913,7 +922,7 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
         return True
 
     await bus.subscribe("bench-agent", on_command)
-    hub = Hub(HubSettings(), HubPorts(bus, store, LineSink(), lambda s: command_key), clock)
+    hub = Hub(HubSettings(), HubPorts(bus, store, LineSink(), command_keys(command_key)), clock)
     await hub.start()
     cmd_ring = Keyring()
     cmd_ring.add_public(command_key.public_bytes, site)
@@ -1280,7 +1289,8 @@ def bench_agent(plan: Plan, report: Report) -> None:
 
 
 async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> list[float]:
-    """Hub + agent on one bus and store (the all-in-one layout), the plugs in the simulator process.
+    """Embedded: ``AllInOne`` (``chargectl run``). Emulators: the hub on Pub/Sub + Firestore and the
+    agent on Pub/Sub, in this process. The plugs are in the simulator process either way.
 
     Each round puts a start request for every plug in the store at once; a sample is the time from
     the request's ``created_at_ms`` to the agent's confirmed "on" (``executed_at_ms``). Then every
@@ -1289,40 +1299,58 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
     from chargectl.common.clock import SystemClock
 
     site = f"lat-{random.Random().getrandbits(32):08x}"
-    agent_key, command_key = SigningKey.generate(), SigningKey.generate()
-    store: Any
-    bus: Any
     tmp.mkdir(parents=True, exist_ok=True)
+    # Readings every second, flushed every 2 s: the hub learns the plugs quickly. The command path
+    # (store → hub → bus → agent → plug) does not depend on these settings.
+    fast = {"poll_interval_s": 1.0, "flush_interval_s": 2.0}
+    tasks: list[asyncio.Task[None]] = []
     if backend == "embedded":
-        store, bus = SqliteStore(tmp / "hub.db"), MemoryBus()
+        # What `chargectl run` runs: the site provisioned on first start, SQLite store and series.
+        from chargectl.common.config import Config
+        from chargectl.services.agent import AgentSettings, PlugAddress
+        from chargectl.services.allinone import AllInOne
+
+        system = AllInOne(
+            Config(
+                backend="local",
+                state_dir=tmp / "state",
+                config_dir=tmp / "config",
+                sections={"run": {"site_id": site, "health": False}},
+            ),
+            agent_settings=AgentSettings(
+                site_id=site,
+                plugs=[PlugAddress("127.0.0.1", port) for port in ports],
+                discovery=False,
+                state_dir=tmp / "agent",
+                **fast,  # type: ignore[arg-type]
+            ),
+        )
+        store: Any = system.store
+        _top_up(store, ports)
+        tasks.append(asyncio.create_task(system.serve()))
+        await _wait(lambda: system.hub is not None and system.agent is not None, "chargectl run to start")
+        assert system.hub is not None and system.agent is not None
+        hub, agent = system.hub, system.agent
+        stop: Callable[[], None] = system.request_stop
     else:
+        # The hub and the agent as `chargectl hub` and `chargectl agent` run them, on the emulators.
         from chargectl.services.adapters.firestore_store import FirestoreStore
         from chargectl.services.adapters.pubsub_bus import PubSubBus
 
+        agent_key, command_key = SigningKey.generate(), SigningKey.generate()
         store, bus = FirestoreStore(site), PubSubBus(site, publish_timeout_s=10)
-    store.put_site(
-        codec.Site(
-            site_id=site,
-            status=codec.Site.STATUS_ACTIVE,
-            agent_keys=[codec.PublicKey(key_id=agent_key.key_id, public_key=agent_key.public_bytes)],
-            tariff=codec.Tariff(
-                tariff_id="t", currency="gbp", price_per_kwh_minor=30, min_start_balance_minor=100
-            ),
-        )
-    )
-    ledger = Ledger(store)
-    now_ms = round(time.time() * 1000)
-    for port in ports:
-        ledger.post(f"topup-{port}", f"u-{port}", "topup", 1_000_000, "gbp", now_ms)
-    hub = Hub(HubSettings(), HubPorts(bus, store, LineSink(), lambda s: command_key), SystemClock())
-    hub_task = asyncio.create_task(hub.serve(health=False))
-    await _wait(lambda: hub.problems() == [], "the hub to start")
-    # Readings every second, flushed every 2 s: the hub learns the plugs quickly. The command path
-    # (store → hub → bus → agent → plug) does not depend on these settings.
-    agent = _agent(
-        tmp / "agent", site, ports, bus, agent_key, command_key, poll_interval_s=1.0, flush_interval_s=2.0
-    )
-    agent_task = asyncio.create_task(agent.serve())
+        store.put_site(site_document(site, agent_key))
+        _top_up(store, ports)
+        hub = Hub(HubSettings(), HubPorts(bus, store, LineSink(), command_keys(command_key)), SystemClock())
+        tasks.append(asyncio.create_task(hub.serve(health=False)))
+        await _wait(lambda: hub.problems() == [], "the hub to start")
+        agent = _agent(tmp / "agent", site, ports, bus, agent_key, command_key, **fast)
+        tasks.append(asyncio.create_task(agent.serve()))
+
+        def stop() -> None:
+            agent.stop()
+            hub.request_stop()
+
     samples: list[float] = []
     try:
         await _wait(
@@ -1377,12 +1405,12 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
                 "every session to be billed",
             )
     finally:
-        agent.stop()
-        hub.request_stop()
-        await asyncio.wait_for(agent_task, 30)
-        await asyncio.wait_for(hub_task, 30)
-        await bus.close()
-        store.close()
+        stop()
+        for task in tasks:
+            await asyncio.wait_for(task, 60)
+        if backend != "embedded":
+            await bus.close()
+            store.close()
     return samples
 
 
@@ -1406,6 +1434,13 @@ async def _direct_switch(ports: list[int], rounds: int) -> list[float]:
         for c in clients:
             await c.aclose()
     return samples
+
+
+def _top_up(store: Any, ports: Sequence[int]) -> None:
+    ledger = Ledger(store)
+    now_ms = round(time.time() * 1000)
+    for port in ports:
+        ledger.post(f"topup-{port}", f"u-{port}", "topup", 1_000_000, "gbp", now_ms)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
