@@ -667,6 +667,10 @@ async def real_hub_run(load: HubLoad, measure_tick: bool) -> dict[str, float]:
         t0 = time.process_time()
         await hub.tick()
         out["tick_us_per_plug"] = (time.process_time() - t0) / len(hub.plugs) * 1e6
+        # The hub checkpoints every checkpoint_interval_s and at every session start and finish.
+        t0 = time.process_time()
+        hub.checkpoint()
+        out["checkpoint_ms"] = (time.process_time() - t0) * 1000
     return out
 
 
@@ -756,6 +760,7 @@ def bench_hub(plan: Plan, report: Report) -> None:
             "naive_readings_per_s": [r["readings_per_s"] for r in naive_runs],
             "plugs_in_session": real_runs[0]["charging_plugs"],
             "tick_us_per_plug": tick_us,
+            "checkpoint_ms": real_runs[0]["checkpoint_ms"],
             # Share of one core for readings every poll interval plus a tick every tick_interval_s.
             "core_share_readings": n / POLL_INTERVAL_S / real,
             "core_share_ticks": n * tick_us / 1e6 / HubSettings().tick_interval_s,
@@ -771,7 +776,10 @@ def bench_hub(plan: Plan, report: Report) -> None:
                 higher_is_better=True,
             ),
         )
-        report.add(Figure("hub", f"{n:,} plugs, Hub.tick µs/plug", tick_us, "µs"))
+        report.add(
+            Figure("hub", f"{n:,} plugs, Hub.tick µs/plug", tick_us, "µs"),
+            Figure("hub", f"{n:,} plugs, Hub.checkpoint", real_runs[0]["checkpoint_ms"], "ms"),
+        )
     report.details["hub"] = details
 
 
