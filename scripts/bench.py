@@ -1,28 +1,31 @@
-"""chargectl benchmarks: wire size, hub throughput and memory, agent polling, and the monthly cost model.
+"""chargectl benchmarks: wire size, hub throughput and memory, agent CPU, request → relay latency, cost.
 
-Every figure is measured on the project's own code paths (codec, keys, ingest, hub service, machine,
-line-protocol builder) next to a baseline built in the same run, so ratios hold on a noisy machine:
+Every figure is measured on the project's own code paths next to a baseline built in the same run, so
+ratios hold on a noisy machine:
 
-1. wire size     signed, compressed ``TelemetryBatch`` at the agent's default flush settings, for sites
-                 of 20, 200 and 1,000 plugs, against JSON per reading and a row-per-reading protobuf
-                 batch + zstd-3 (defined here, not in ``contracts/``).
-2. hub throughput readings/s on one core through ``Ingest.accept`` + ``Hub.process_batch`` (verify,
-                 decompress, decode, dedupe, machine step, line protocol) against a naive hub (JSON per
-                 reading, dict state); plus the cost of one ``Hub.tick`` sweep.
-3. hub memory    bytes per plug of the hub's plug map (``MachineState`` + its entry), tracemalloc.
-4. agent         CPU time per plug-poll of ``ShellyClient.read()`` against the simulator (if present).
-6. cost model    monthly Pub/Sub + Firestore bill from the measured message sizes and a closed-loop
-                 session simulation through the real hub (store writes, commands, results counted),
-                 against the Firestore-document-per-reading design.
+1. wire     signed, compressed ``TelemetryBatch`` (``pack_telemetry``) at the agent's default flush
+            settings for sites of 20, 200 and 1,000 plugs, against JSON per reading and a
+            row-per-reading protobuf batch + zstd-3 (defined here, not in ``contracts/``).
+2. hub      readings/s on one core through ``Hub.handle_message`` (shard check, verify, decompress,
+            decode, dedupe, ``machine.step``, ``reading_lines``) against a naive hub (JSON per
+            reading, dict state); one ``Hub.tick`` sweep and one ``Hub.checkpoint``.
+3. memory   bytes per plug of the hub's plug map (``MachineState``, session, entry), tracemalloc.
+4. agent    CPU per plug-poll of the running ``Agent`` against the simulator (another process).
+5. latency  ``ChargeRequest`` in the store → the agent's confirmed relay on, p50/p99, on
+            ``chargectl run``'s ``AllInOne`` and on the Pub/Sub + Firestore emulators.
+6. cost     the monthly Pub/Sub + Firestore bill from a closed-loop session simulation through the
+            real hub (store writes, commands, results, message sizes counted), against the
+            Firestore-document-per-reading design.
 
-Usage: ``python scripts/bench.py [--quick] [--json FILE] [--only wire,hub,memory,agent,cost]``.
-Timings are CPU seconds of this process (``time.process_time``), medians over repeats.
+Usage: ``python scripts/bench.py [--quick] [--json FILE] [--markdown FILE] [--only SECTIONS]``.
+Timings are CPU seconds of this process (``time.process_time``); medians over repeats where repeated.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import math
@@ -55,6 +58,7 @@ from chargectl.services.adapters.timeseries import (
     reading_lines,
     session_line,
 )
+from chargectl.services.agent.settings import AgentSettings
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.service import Hub, HubPorts
@@ -66,20 +70,22 @@ from chargectl.services.payments.ledger import Ledger
 # ------------------------------------------------------------------------------------------------
 
 # The agent's defaults ([agent] poll_interval_s, flush_interval_s, max_batch_readings).
-POLL_INTERVAL_S = 5.0
-FLUSH_INTERVAL_S = 30.0
-MAX_BATCH_READINGS = 5000
+_AGENT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(AgentSettings)}
+POLL_INTERVAL_S = float(_AGENT_DEFAULTS["poll_interval_s"])
+FLUSH_INTERVAL_S = float(_AGENT_DEFAULTS["flush_interval_s"])
+MAX_BATCH_READINGS = int(_AGENT_DEFAULTS["max_batch_readings"])
 SITE_PLUGS = 200  # plugs per site in the hub and cost sections
 CHARGING_SHARE = 0.35  # share of plugs in a charging session in the open-loop fleet
 START_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
-# Prices (reference/performance.md §1; re-check the live pricing pages before quoting them).
+# Prices as researched for the project; re-check the live pricing pages before quoting them.
 PUBSUB_USD_PER_TIB = 40.0  # publish and delivery each; https://cloud.google.com/pubsub/pricing
 PUBSUB_FREE_BYTES = 10 * 2**30  # first 10 GiB per month
 PUBSUB_MIN_REQUEST_BYTES = 1000  # "A minimum of 1000 bytes per publish, push or pull request"
 PUBSUB_TIMESTAMP_BYTES = 20  # billed per message
 PUBSUB_MESSAGE_ID_BYTES = 16  # assumption: the size of a message_id string
-FIRESTORE_WRITE_USD = {"us-multi": 0.18 / 100_000, "regional": 0.09 / 100_000}  # per document write
+# Per document write/delete, US multi-region (nam5) and regional; https://cloud.google.com/firestore/pricing
+FIRESTORE_WRITE_USD = {"us-multi": 0.18 / 100_000, "regional": 0.09 / 100_000}
 FIRESTORE_DELETE_USD = {"us-multi": 0.02 / 100_000, "regional": 0.01 / 100_000}
 FIRESTORE_FREE_PER_DAY = 20_000  # writes, and deletes, per day
 FIRESTORE_CHUNK_BYTES = 900_000  # the Firestore store's checkpoint chunk size
