@@ -1,48 +1,45 @@
-"""Shared pieces: errors, config, clock, logging."""
+"""Shared pieces: errors, config, clock, logging, codec, keys.
 
-from chargectl.common.clock import Clock, ManualClock, ScaledClock, SystemClock
-from chargectl.common.config import Config, build, load_config
-from chargectl.common.errors import (
-    ChargectlError,
-    CodecError,
-    CommandRejected,
-    ConfigError,
-    DeviceAuthError,
-    DeviceBusyError,
-    DeviceError,
-    DeviceTimeoutError,
-    DeviceUnreachableError,
-    InvalidResponse,
-    NotFoundError,
-    PaymentError,
-    ProvisioningError,
-    RpcCallError,
-    StoreError,
-    TransportError,
-)
+Names are loaded on first use (PEP 562) so that importing one submodule — the CLI imports only
+``errors`` to build ``--help`` — does not pull in asyncio, tomllib and the rest.
+"""
 
-__all__ = [
-    "ChargectlError",
-    "Clock",
-    "CodecError",
-    "CommandRejected",
-    "Config",
-    "ConfigError",
-    "DeviceAuthError",
-    "DeviceBusyError",
-    "DeviceError",
-    "DeviceTimeoutError",
-    "DeviceUnreachableError",
-    "InvalidResponse",
-    "ManualClock",
-    "NotFoundError",
-    "PaymentError",
-    "ProvisioningError",
-    "RpcCallError",
-    "ScaledClock",
-    "StoreError",
-    "SystemClock",
-    "TransportError",
-    "build",
-    "load_config",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Clock": "clock",
+    "ManualClock": "clock",
+    "ScaledClock": "clock",
+    "SystemClock": "clock",
+    "Config": "config",
+    "build": "config",
+    "load_config": "config",
+    "ChargectlError": "errors",
+    "CodecError": "errors",
+    "CommandRejected": "errors",
+    "ConfigError": "errors",
+    "DeviceAuthError": "errors",
+    "DeviceBusyError": "errors",
+    "DeviceError": "errors",
+    "DeviceTimeoutError": "errors",
+    "DeviceUnreachableError": "errors",
+    "InvalidResponse": "errors",
+    "NotFoundError": "errors",
+    "PaymentError": "errors",
+    "ProvisioningError": "errors",
+    "RpcCallError": "errors",
+    "StoreError": "errors",
+    "TransportError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chargectl.common' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"chargectl.common.{module}"), name)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from chargectl.common.errors import CodecError, ConfigError
+from chargectl.common.files import write_atomic
 
 __all__ = [
     "Keyring",
@@ -71,24 +70,9 @@ class SigningKey:
         return self.private.sign(data)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_private_key(path: Path, key: SigningKey) -> None:
     """Write ``key`` as PKCS#8 PEM, created with mode 0600 (never readable by others, even briefly)."""
-    _write_atomic(path, key.to_pem(), 0o600)
+    write_atomic(path, key.to_pem(), 0o600)
 
 
 def load_private_key(path: Path) -> SigningKey:
@@ -112,7 +96,7 @@ def save_public_key(path: Path, public_key: bytes) -> None:
     pem = Ed25519PublicKey.from_public_bytes(public_key).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_atomic(path, pem, 0o644)
+    write_atomic(path, pem, 0o644)
 
 
 def load_public_key(path: Path) -> bytes:

@@ -238,7 +238,7 @@ class Demo:
             self.fleet.plug(mac).device.set_load(profile=self.vehicle_of_plug[mac])
             self._request(d, codec.ChargeRequest.ACTION_START)
             self.stats.requests += 1
-            self.stats.note(f"{d.user_id} plugged a {self.vehicle_of_plug[mac]} into {mac}")
+            self.stats.note(f"{d.user_id} plugged an {self.vehicle_of_plug[mac]} into {mac}")
 
     def _request(self, d: Driver, action: int) -> None:
         assert self.system is not None and d.plug is not None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from chargectl.common.errors import ConfigError, NotFoundError, ProvisioningError, TransportError
+from chargectl.common.files import write_atomic
 from chargectl.common.topics import validate_site_id
 
 if TYPE_CHECKING:
@@ -178,15 +179,7 @@ class KeyFileSecrets:
 
 
 def _write_0600(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, 0o600)
 
 
 # --------------------------------------------------------------------------- Secret Manager

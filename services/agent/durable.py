@@ -10,11 +10,11 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chargectl.common import files
 from chargectl.common.errors import StoreError
 
 __all__ = ["CommandJournal", "SequenceCounter", "Spool", "SpooledBatch", "write_atomic"]
@@ -22,30 +22,10 @@ __all__ = ["CommandJournal", "SequenceCounter", "Spool", "SpooledBatch", "write_
 log = logging.getLogger("chargectl.agent")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the directory."""
+    """Replace ``path`` with ``data`` durably (see ``common.files``); failures are ``StoreError``."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        files.write_atomic(path, data, mode)
     except OSError as exc:
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -183,7 +163,7 @@ class Spool:
     def remove(self, seq: int) -> None:
         try:
             self._path(seq).unlink(missing_ok=True)
-            _fsync_dir(self.directory)
+            files.fsync_dir(self.directory)
         except OSError as exc:
             raise StoreError(f"cannot remove spooled batch {seq}: {exc.strerror or exc}") from exc
         self._sizes.pop(seq, None)

@@ -32,3 +32,29 @@ def test_demo_sessions_complete_and_are_billed_exactly() -> None:
     # balances are the ledger: top-ups minus debits
     assert sum(summary["balances_minor"].values()) == summary["ledger_total_minor"]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_demo_stops_cleanly_on_ctrl_c() -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [CHARGECTL, "demo", "--plugs", "2", "--speed", "600", "--json", "--seed", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(8)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["debited_minor"] == summary["billed_minor"]
+    assert "Traceback" not in err
