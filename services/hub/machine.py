@@ -147,7 +147,7 @@ class Transition:
 _ALL = tuple(Status)
 _T = Transition
 TRANSITIONS: tuple[Transition, ...] = (
-    _T("start", (_A,), "StartRequest", "plug online, balance >= required start balance", _AU,
+    _T("start", (_A,), "StartRequest", "plug online, balance >= required start balance; or resuming a stored session", _AU,
        "SessionStarted; SendRelay(on, auto_off_s)"),
     _T("start-rejected", _ALL, "StartRequest", "busy, offline, faulted, disabled or balance too low", None,
        "RejectRequest(reason); state unchanged"),
@@ -239,11 +239,16 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class StartRequest:
+    """A user's start request; with ``start_counter_mwh``/``started_at_ms`` it *resumes* a session the
+    store knows but this state does not (the hub restarted from a checkpoint older than the session)."""
+
     session_id: str
     user_id: str
     tariff: Tariff
     balance_minor: int  # the user's available balance now
     request_id: str = ""
+    start_counter_mwh: int | None = None
+    started_at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -797,27 +802,51 @@ _BUSY_REASONS: dict[Status, str] = {
 def _on_start(s: MachineState, ev: StartRequest, now_ms: int, fx: list[Effect]) -> None:
     if ev.session_id in (s.last_session_id, s.session.session_id if s.session else None):
         return  # a redelivered request for a session we already handled
-    if s.status is not _A:
+    resuming = ev.start_counter_mwh is not None
+    # A resumed session may attach to a plug not heard from since the restart (OFFLINE): it becomes
+    # AUTHORIZED, relay "on" re-sent, when the plug reports again.
+    offline_resume = resuming and s.status is _OFF and s.session is None and s.resume in (None, _A)
+    if s.status is not _A and not offline_resume:
         why = _BUSY_REASONS.get(s.status, "plug_busy")
         _reject(s, fx, ev.request_id, ev.session_id, ev.user_id, why)
         return
-    if not _fresh(s, now_ms) or s.counter_mwh is None:
+    if not resuming and (not _fresh(s, now_ms) or s.counter_mwh is None):
         _reject(s, fx, ev.request_id, ev.session_id, ev.user_id, "plug_offline")
         return
-    if not can_start(ev.tariff, ev.balance_minor):
+    if not resuming and not can_start(ev.tariff, ev.balance_minor):
         _reject(s, fx, ev.request_id, ev.session_id, ev.user_id, "insufficient_balance")
         return
-    # The relay is off in AVAILABLE, so the last counter is the counter at relay-on.
+    started_at = now_ms
+    energy = resets = 0
+    if ev.start_counter_mwh is not None:
+        # Resume: bill from the session's own start counter. A counter sampled before the session began
+        # says nothing about it, so it becomes the baseline; a newer one already holds session energy.
+        started_at = ev.started_at_ms if ev.started_at_ms is not None else now_ms
+        start = ev.start_counter_mwh
+        if s.counter_mwh is None or s.last_ts_ms is None or s.last_ts_ms < started_at:
+            s.counter_mwh = start
+        elif s.counter_mwh >= start:
+            energy = s.counter_mwh - start
+        else:
+            energy, resets = s.counter_mwh, 1  # reset since the start: the new counter is all session energy
+    else:
+        # The relay is off in AVAILABLE, so the last counter is the counter at relay-on.
+        start = s.counter_mwh  # type: ignore[assignment]
     s.session = Session(
         session_id=ev.session_id,
         user_id=ev.user_id,
         request_id=ev.request_id,
         tariff=ev.tariff,
         balance_minor=ev.balance_minor,
-        started_at_ms=now_ms,
-        start_counter_mwh=s.counter_mwh,
+        started_at_ms=started_at,
+        start_counter_mwh=start,
+        energy_mwh=energy,
+        counter_resets=resets,
     )
-    _go(s, _AU, "start_requested", now_ms, fx)
+    if offline_resume:
+        s.resume = _AU
+    else:
+        _go(s, _AU, "session_resumed" if resuming else "start_requested", now_ms, fx)
     fx.append(
         SessionStarted(
             mac=s.mac,
@@ -825,12 +854,13 @@ def _on_start(s: MachineState, ev: StartRequest, now_ms: int, fx: list[Effect]) 
             user_id=ev.user_id,
             request_id=ev.request_id,
             tariff=ev.tariff,
-            started_at_ms=now_ms,
-            start_counter_mwh=s.counter_mwh,
+            started_at_ms=started_at,
+            start_counter_mwh=start,
             balance_minor=ev.balance_minor,
         )
     )
-    _command(s, True, now_ms, fx, "session_start")
+    if not offline_resume:
+        _command(s, True, now_ms, fx, "session_start")
 
 
 def _on_stop(s: MachineState, ev: StopRequest, now_ms: int, fx: list[Effect]) -> None:

@@ -374,7 +374,6 @@ class Hub:
             self.checkpoint()
 
     def _execute(self, plug: _Plug, effects: Iterable[m.Effect]) -> None:
-        checkpoint = False
         for fx in effects:
             if isinstance(fx, m.SendRelay):
                 self._send_command(plug, fx)
@@ -384,10 +383,8 @@ class Hub:
                 log.info("plug %s: %s -> %s (%s)", fx.mac, fx.old, fx.new, fx.reason)
             elif isinstance(fx, m.SessionStarted):
                 self._session_started(plug, fx)
-                checkpoint = True
             elif isinstance(fx, m.SessionFinished):
                 self._session_finished(plug, fx.record)
-                checkpoint = True
             elif isinstance(fx, m.RejectRequest):
                 self._answer(fx.request_id, False, fx.reason, fx.session_id)
             elif isinstance(fx, m.Alert):
@@ -395,8 +392,6 @@ class Hub:
                 log.warning("plug %s: %s: %s", fx.mac, fx.kind, fx.message)
             elif isinstance(fx, m.SessionUpdated):
                 pass  # live figures are in the machine; documents change on start/finish only
-        if checkpoint:
-            self.checkpoint()
 
     def _send_command(self, plug: _Plug, fx: m.SendRelay) -> None:
         now = self.now()
@@ -683,36 +678,41 @@ class Hub:
                 self._apply(plug, m.StopRequest(sess.user_id, sess.session_id, "", remote=True))
             active.pop(sess.session_id, None)
         for doc in active.values():
+            if doc.site_id:
+                self._plug(doc.plug_mac, doc.site_id)  # a plug the checkpoint does not know yet
             if doc.plug_mac in self.plugs:
                 self._recover[doc.plug_mac] = doc
         if self._recover:
             log.info("resuming %d session(s) started after the last checkpoint", len(self._recover))
+            for mac in list(self._recover):
+                self._try_recover(mac)
 
     def _try_recover(self, mac: str) -> None:
+        """Resume a session the store has ACTIVE but the checkpoint predates (billed from its start counter)."""
         doc = self._recover.get(mac)
         plug = self.plugs.get(mac)
         if doc is None or plug is None:
             return
-        if plug.state.session is not None or plug.state.status != m.Status.AVAILABLE:
-            if plug.state.session is not None and plug.state.session.session_id == doc.session_id:
+        sess = plug.state.session
+        if sess is not None:
+            if sess.session_id == doc.session_id:
                 self._recover.pop(mac, None)
             return
-        if (
-            plug.state.last_ts_ms is None
-            or self._now_ms() - plug.state.last_ts_ms > plug.state.params.stale_after_s * 1000
-        ):
-            return  # wait for fresh data
-        self._recover.pop(mac, None)
-        self._apply(
-            plug,
-            m.StartRequest(
-                doc.session_id,
-                doc.user_id,
-                self.tariff_for(plug.site_id),
-                self.balances.get(doc.user_id, 0),
-                "",
-            ),
+        if plug.state.status not in (m.Status.AVAILABLE, m.Status.OFFLINE):
+            return  # busy with something else (e.g. FINISHING an older session): try again later
+        event = m.StartRequest(
+            doc.session_id,
+            doc.user_id,
+            self.tariff_for(plug.site_id),
+            self.balances.get(doc.user_id, 0),
+            doc.request_id,
+            start_counter_mwh=doc.start_counter_mwh,
+            started_at_ms=doc.started_at_ms,
         )
+        effects = self._apply(plug, event)
+        if any(isinstance(fx, m.SessionStarted) for fx in effects):
+            self._recover.pop(mac, None)
+            log.info("resumed session %s on %s from the store", doc.session_id, mac)
 
     # ------------------------------------------------------------------ metrics
 

@@ -51,6 +51,7 @@ class Rig:
         self.counter = 1_000_000
         self.relay = False
         self.commands: list[codec.Command] = []
+        self.executed: list[codec.Command] = []
         self.cmd_keyring = Keyring()
         self.cmd_keyring.add_public(self.command_key.public_bytes, SITE)
         self.hub: Hub | None = None
@@ -117,6 +118,7 @@ class Rig:
         """Execute new commands like the agent would, and report each result."""
         while self.commands:
             cmd = self.commands.pop(0)
+            self.executed.append(cmd)
             self.relay = cmd.on
             self.last_command = cmd
             assert self.hub is not None
@@ -245,3 +247,67 @@ async def test_restart_from_checkpoint_bills_once(rig: Rig) -> None:
     debits = [p for p in Ledger(rig.store).history("u1") if p.kind == "session_debit"]
     assert len(debits) == 1 and debits[0].amount_minor == -sessions[0].cost.amount_minor
     await hub2.stop()
+
+
+async def _start_session(rig: Rig, hub: Hub, rid: str = "r1") -> None:
+    Ledger(rig.store).post("evt_topup", "u1", "topup", 1000, "gbp", now_ms=1)
+    hub.credit_arrived("u1")
+    rig.request(rid, codec.ChargeRequest.ACTION_START)
+    await hub.poll_requests()
+    await rig.settle()
+    rig.obey()
+
+
+@pytest.mark.parametrize("checkpointed", [True, False], ids=["older-checkpoint", "no-checkpoint"])
+async def test_session_started_after_the_last_checkpoint_is_resumed_exactly(
+    rig: Rig, checkpointed: bool
+) -> None:
+    hub = await rig.start_hub()
+    await rig.readings(30, 0)
+    if checkpointed:
+        hub.checkpoint()  # the last checkpoint predates the session
+    await _start_session(rig, hub)
+    await rig.readings(1000, 1800.0)  # 200 samples x 2500 mWh, then the hub dies (no stop, no checkpoint)
+    executed_before = len(rig.executed)
+    hub2 = await rig.start_hub()
+    session = hub2.plugs[MAC].state.session
+    assert session is not None and session.session_id == "sess-r1" and session.start_counter_mwh == 1_000_000
+    await rig.readings(100, 1800.0)  # 20 more samples
+    after_restart = rig.executed[executed_before:]
+    assert after_restart and all(c.on for c in after_restart)  # "on" re-sent; never cut off by the restart
+    assert rig.relay is True and str(hub2.plugs[MAC].state.status) == "CHARGING"
+    rig.request("r2", codec.ChargeRequest.ACTION_STOP)
+    await hub2.poll_requests()
+    await rig.settle()
+    rig.obey()
+    await rig.readings(30, 0)
+    (s,) = rig.store.list_sessions()
+    assert s.status == codec.ChargeSession.STATUS_COMPLETED
+    assert s.energy_mwh == 220 * 2500  # every sample of the session, before and after the crash
+    assert s.start_counter_mwh == 1_000_000
+    debits = [p for p in Ledger(rig.store).history("u1") if p.kind == "session_debit"]
+    assert [d.amount_minor for d in debits] == [-s.cost.amount_minor]
+
+
+async def test_session_finished_after_the_last_checkpoint_is_not_billed_again(rig: Rig) -> None:
+    hub = await rig.start_hub()
+    await rig.readings(30, 0)
+    await _start_session(rig, hub)
+    await rig.readings(300, 1800.0)
+    hub.checkpoint()  # the checkpoint still has the session open
+    rig.request("r2", codec.ChargeRequest.ACTION_STOP)
+    await hub.poll_requests()
+    await rig.settle()
+    rig.obey()
+    await rig.readings(30, 0)
+    (billed,) = rig.store.list_sessions()
+    assert billed.status == codec.ChargeSession.STATUS_COMPLETED
+    hub2 = await rig.start_hub()  # crash and restart from the older checkpoint
+    await rig.settle()
+    rig.obey()
+    await rig.readings(30, 0)
+    assert hub2.plugs[MAC].state.session is None and rig.relay is False
+    (again,) = rig.store.list_sessions()
+    assert again == billed  # the stored session was not rewritten
+    debits = [p for p in Ledger(rig.store).history("u1") if p.kind == "session_debit"]
+    assert [d.amount_minor for d in debits] == [-billed.cost.amount_minor]
