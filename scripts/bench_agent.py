@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -46,6 +47,10 @@ def start_sim(plugs: int) -> tuple[subprocess.Popen[str], list[dict[str, object]
         start_new_session=True,
     )
     assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    if not ready:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise SystemExit("chargectl sim did not start within 60 s")
     line = proc.stdout.readline()
     if not line:
         proc.wait(10)
@@ -77,13 +82,21 @@ async def bench(
             poll_interval_s=poll_s,
             flush_interval_s=flush_s,
             request_timeout_s=5.0,
+            max_backoff_s=2.0,  # a plug that missed its first connect is retried quickly (warm-up)
         )
         clock = SystemClock()
         connector = shelly_connector(password=None, user="admin", timeout_s=5.0, clock=clock)
         agent_key = SigningKey.generate()
         agent = Agent(settings, bus, agent_key, Keyring(), connector, clock=clock)
         task = asyncio.create_task(agent.serve())
+        deadline = time.monotonic() + 60
         while agent.health().plugs_online < len(plugs):  # warm-up: every plug connected and polled once
+            if time.monotonic() > deadline:
+                agent.stop()
+                await asyncio.wait_for(task, timeout=30)
+                raise SystemExit(
+                    f"warm-up: only {agent.health().plugs_online} of {len(plugs)} simulated plugs answered in 60 s"
+                )
             await asyncio.sleep(0.2)
         await asyncio.sleep(poll_s)
         polls0 = sum(agent.plug_status(m).polls for m in agent.plugs)
@@ -95,7 +108,7 @@ async def bench(
         cpu = time.process_time() - cpu0
         wall = time.monotonic() - wall0
         agent.stop()
-        await task
+        await asyncio.wait_for(task, timeout=30)
         measuring = False
         batches = agent.health().batch_seq - seq0
         await bus.close()
