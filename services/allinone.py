@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.config import Config, build
 from chargectl.common.errors import ConfigError
+from chargectl.common.runner import run_until_signalled
 from chargectl.common.topics import validate_site_id
 from chargectl.provisioner.plan import apply
 from chargectl.provisioner.site import SiteSpec, parse_tariff
@@ -167,11 +167,5 @@ class AllInOne:
         self._stop.set()
 
     def run(self) -> None:
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(sig, self.request_stop)
-            await self.serve()
-
-        asyncio.run(main())
+        """Blocking entry for the CLI: serve until SIGINT/SIGTERM."""
+        run_until_signalled(self.serve, self.request_stop)

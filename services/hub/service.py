@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 import uuid
 import zlib
@@ -40,6 +39,7 @@ from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.errors import ChargectlError, StoreError, TransportError
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import Reading
+from chargectl.common.runner import run_until_signalled
 from chargectl.common.topics import DEAD_LETTER_TOPIC, TELEMETRY_TOPIC, command_topic, telemetry_subscription
 from chargectl.provisioner.trust import telemetry_keyring
 from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
@@ -214,15 +214,7 @@ class Hub:
 
     def run(self) -> None:
         """Blocking entry for the CLI: serve until SIGINT/SIGTERM."""
-
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(sig, self.request_stop)
-            await self.serve()
-
-        asyncio.run(main())
+        run_until_signalled(self.serve, self.request_stop)
 
     async def run_once(self) -> None:
         """One pass: answer pending requests, tick every machine, checkpoint if due."""

@@ -32,7 +32,7 @@ def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
             proc.wait(timeout=10)
 
 
-def wait_for(what: str, fn: Callable[[], Any], timeout_s: float = 40.0) -> Any:
+def wait_for(what: str, fn: Callable[[], Any], timeout_s: float = 90.0) -> Any:
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
