@@ -209,7 +209,7 @@ def test_request_document_to_billed_session_over_the_cloud_backends(deployment: 
         session = wait_for(
             "a completed ChargeSession document",
             lambda: (s := store.get_session(req.session_id)) and s.status == 2 and s,
-            60,
+            90,
         )
         after = control.get("/state").json()
         assert after["relay_on"] is False
@@ -317,13 +317,13 @@ def test_sigkilled_hub_resumes_and_bills_once(deployment: Deployment) -> None:
         stop = wait_for(
             "the stop request's answer",
             lambda: (r := store.get_request("req-stop")) and r.status != 1 and r,
-            60,
+            90,
         )
         assert stop.status == codec.ChargeRequest.STATUS_ACCEPTED
         session = wait_for(
             "the session to complete",
             lambda: (s := store.get_session("sess-req-k")) and s.status == 2 and s,
-            60,
+            90,
         )
         after = control.get("/state").json()
         assert after["relay_on"] is False
