@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,8 @@ def sim_plug(tmp_path: Path) -> Iterator[dict[str, Any]]:
         yield plug
     finally:
         _kill(proc)
+
+
+def expected_cost(energy_mwh: int) -> int:
+    """What ``energy_mwh`` costs at PRICE_PER_KWH, rounded half up once (the tariff rule, done by hand)."""
+    return int((Decimal(energy_mwh) * PRICE_PER_KWH / Decimal(1_000_000)).quantize(Decimal(1), ROUND_HALF_UP))

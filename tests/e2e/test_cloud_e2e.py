@@ -13,14 +13,13 @@ import sys
 import time
 import urllib.parse
 import uuid
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import backends
 import httpx
 import pytest
-from e2e_helpers import PRICE_PER_KWH, _kill, _spawn, wait_for
+from e2e_helpers import PRICE_PER_KWH, _kill, _spawn, expected_cost, wait_for
 
 from chargectl.common import codec
 from chargectl.common.keys import SigningKey
@@ -215,7 +214,7 @@ def test_request_document_to_billed_session_over_the_cloud_backends(deployment: 
         assert after["relay_on"] is False
         truth = after["energy_mwh"] - before["energy_mwh"]
         assert truth > 0 and session.energy_mwh == truth
-        cost = int((Decimal(truth) * PRICE_PER_KWH / Decimal(1_000_000)).quantize(Decimal(1), ROUND_HALF_UP))
+        cost = expected_cost(truth)
         assert session.cost.amount_minor == cost and session.stop_reason == "EVDisconnected"
         debit = store.get_ledger_entry(req.session_id)
         assert debit is not None and debit.amount.amount_minor == -cost

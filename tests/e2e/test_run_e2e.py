@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import time
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from e2e_helpers import CHARGECTL, PRICE_PER_KWH, _kill, _spawn, wait_for
+from e2e_helpers import CHARGECTL, PRICE_PER_KWH, _kill, _spawn, expected_cost, wait_for
 
 
 def _config(tmp: Path, plug: dict[str, Any]) -> Path:
@@ -63,6 +62,15 @@ def cli(cfg: Path, *args: str) -> Any:
     return json.loads(out.stdout) if "--json" in args else out.stdout
 
 
+def plug_ready_and_user_funded(cfg: Path) -> None:
+    """Wait until the hub reports the plug AVAILABLE, then credit u1 with 50.00 GBP."""
+    wait_for(
+        "the plug to be AVAILABLE",
+        lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_AVAILABLE"],
+    )
+    cli(cfg, "ledger", "credit", "u1", "50.00", "--reason", "test top-up", "--json")
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_run_charges_and_bills_a_session(tmp_path: Path, sim: dict[str, Any]) -> None:
@@ -71,11 +79,7 @@ def test_run_charges_and_bills_a_session(tmp_path: Path, sim: dict[str, Any]) ->
     mac = sim["mac"]
     run = _spawn(["--config", str(cfg), "run"], dict(os.environ), tmp_path / "run.log")
     try:
-        wait_for(
-            "the plug to be AVAILABLE",
-            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_AVAILABLE"],
-        )
-        cli(cfg, "ledger", "credit", "u1", "50.00", "--reason", "test top-up", "--json")
+        plug_ready_and_user_funded(cfg)
         control.get("/load", params={"w": "2000"})  # a car is plugged in (draws once the relay closes)
         before = control.get("/state").json()
         assert before["relay_on"] is False
@@ -101,9 +105,7 @@ def test_run_charges_and_bills_a_session(tmp_path: Path, sim: dict[str, Any]) ->
         assert truth_energy > 0
         assert session["energy_mwh"] == truth_energy  # every mWh the plug counted, no more
         assert session["stop_reason"] == "EVDisconnected"
-        expected = int(
-            (Decimal(truth_energy) * PRICE_PER_KWH / Decimal(1_000_000)).quantize(Decimal(1), ROUND_HALF_UP)
-        )
+        expected = expected_cost(truth_energy)
         assert session["cost"]["amount_minor"] == expected
         history = cli(cfg, "ledger", "history", "u1", "--json")
         debits = [h for h in history if h["kind"] == "session_debit"]
@@ -124,11 +126,7 @@ def test_sigkill_mid_session_bills_once_and_loses_no_energy(tmp_path: Path, sim:
     mac = sim["mac"]
     run = _spawn(["--config", str(cfg), "run"], dict(os.environ), tmp_path / "run1.log")
     try:
-        wait_for(
-            "the plug to be AVAILABLE",
-            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_AVAILABLE"],
-        )
-        cli(cfg, "ledger", "credit", "u1", "50.00", "--reason", "test top-up", "--json")
+        plug_ready_and_user_funded(cfg)
         control.get("/load", params={"w": "1500"})
         before = control.get("/state").json()
         assert cli(cfg, "session", "start", "--user", "u1", "--plug", mac, "--json")["status"] == "accepted"
@@ -154,9 +152,7 @@ def test_sigkill_mid_session_bills_once_and_loses_no_energy(tmp_path: Path, sim:
         (session,) = done
         truth_energy = after["energy_mwh"] - before["energy_mwh"]
         assert session["energy_mwh"] == truth_energy  # including what was drawn while the hub was down
-        expected = int(
-            (Decimal(truth_energy) * PRICE_PER_KWH / Decimal(1_000_000)).quantize(Decimal(1), ROUND_HALF_UP)
-        )
+        expected = expected_cost(truth_energy)
         debits = [h for h in cli(cfg, "ledger", "history", "u1", "--json") if h["kind"] == "session_debit"]
         assert [d["amount_minor"] for d in debits] == [-expected]
         assert len(cli(cfg, "session", "list", "--json")) == 1
