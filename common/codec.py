@@ -119,6 +119,7 @@ class Batch:
     inventory: tuple[InventoryChange, ...] = ()
     created_at_ms: int = 0
     agent_version: str = ""
+    epoch: int = 0  # the agent instance (see TelemetryBatch.epoch); 0 from agents that predate it
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +264,7 @@ def encode_batch(batch: Batch) -> bytes:
         batch_seq=batch.batch_seq,
         created_at_ms=batch.created_at_ms,
         agent_version=batch.agent_version,
+        epoch=batch.epoch,
     )
     groups: dict[str, list[Reading]] = {}
     for r in batch.readings:
@@ -400,6 +402,7 @@ def decode_batch(data: bytes) -> Batch:
         inventory=inventory,
         created_at_ms=msg.created_at_ms,
         agent_version=msg.agent_version,
+        epoch=msg.epoch,
     )
 
 

@@ -72,7 +72,7 @@ class PlugInventoryChange(_message.Message):
     def __init__(self, mac: _Optional[str] = ..., kind: _Optional[_Union[PlugInventoryChange.Kind, str]] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., gen: _Optional[int] = ..., model: _Optional[str] = ..., firmware: _Optional[str] = ..., switchable: _Optional[bool] = ..., at_ms: _Optional[int] = ...) -> None: ...
 
 class TelemetryBatch(_message.Message):
-    __slots__ = ("site_id", "batch_seq", "base_time_ms", "plug_macs", "series", "inventory", "created_at_ms", "agent_version")
+    __slots__ = ("site_id", "batch_seq", "base_time_ms", "plug_macs", "series", "inventory", "created_at_ms", "agent_version", "epoch")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     BASE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class TelemetryBatch(_message.Message):
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     batch_seq: int
     base_time_ms: int
@@ -89,4 +90,5 @@ class TelemetryBatch(_message.Message):
     inventory: _containers.RepeatedCompositeFieldContainer[PlugInventoryChange]
     created_at_ms: int
     agent_version: str
-    def __init__(self, site_id: _Optional[str] = ..., batch_seq: _Optional[int] = ..., base_time_ms: _Optional[int] = ..., plug_macs: _Optional[_Iterable[str]] = ..., series: _Optional[_Iterable[_Union[PlugSeries, _Mapping]]] = ..., inventory: _Optional[_Iterable[_Union[PlugInventoryChange, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, site_id: _Optional[str] = ..., batch_seq: _Optional[int] = ..., base_time_ms: _Optional[int] = ..., plug_macs: _Optional[_Iterable[str]] = ..., series: _Optional[_Iterable[_Union[PlugSeries, _Mapping]]] = ..., inventory: _Optional[_Iterable[_Union[PlugInventoryChange, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...

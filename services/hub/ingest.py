@@ -1,10 +1,13 @@
-"""Telemetry intake for the hub: shard check, verify, decode, and dedupe by ``(site_id, batch_seq)``.
+"""Telemetry intake for the hub: shard check, verify, decode, and dedupe by ``(site_id, epoch, batch_seq)``.
 
 Pure apart from the crypto: ``accept`` takes the message bytes and attributes and says what to do
 with it. The caller acks ``duplicate`` and ``other_shard`` (counted), dead-letters the rejections with
 the reason as an attribute, and feeds the accepted batch (or command outcome) to the plug machines.
-Agents replay spooled batches and Pub/Sub redelivers; the per-site :class:`SeqWindow` makes both
-no-ops. It is part of the hub's checkpoint.
+Agents replay spooled batches and Pub/Sub redelivers; the :class:`SeqWindow` per site and agent
+epoch makes both no-ops. The epoch is the agent instance (a random id made with its state_dir): a
+replacement Pi numbers its batches from 1 again under a new epoch and is accepted at once, while
+replays of either Pi's batches are still dropped. Only the ``MAX_EPOCHS_PER_SITE`` most recently seen
+epochs of a site are remembered. It is part of the hub's checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +20,23 @@ from chargectl.common import codec
 from chargectl.common.errors import CodecError
 from chargectl.common.keys import Keyring
 
-__all__ = ["Accepted", "Ingest", "Rejected", "SeqWindow", "Skipped", "Verdict"]
+__all__ = [
+    "MAX_EPOCHS_PER_SITE",
+    "Accepted",
+    "Ingest",
+    "Rejected",
+    "SeqWindow",
+    "Skipped",
+    "Verdict",
+    "window_key",
+]
+
+MAX_EPOCHS_PER_SITE = 8
+
+
+def window_key(site_id: str, epoch: int) -> str:
+    """The dedupe window's key: the site alone for epoch 0 (agents before epochs), else site@epoch."""
+    return site_id if epoch == 0 else f"{site_id}@{epoch:016x}"
 
 
 class SeqWindow:
@@ -110,10 +129,8 @@ class Ingest:
                 batch = codec.unpack_telemetry(data, self.keyring, now_ms, self.max_size)
                 if batch.site_id in self.revoked_sites:
                     return Rejected("revoked", f"site {batch.site_id} is revoked", batch.site_id)
-                window = self.windows.get(batch.site_id)
-                if window is None:
-                    window = self.windows[batch.site_id] = SeqWindow()
-                if window.seen(batch.batch_seq):
+                window = self.windows.get(window_key(batch.site_id, batch.epoch))
+                if window is not None and window.seen(batch.batch_seq):
                     return Skipped("duplicate", batch.site_id)
                 return Accepted(batch.site_id, batch=batch)
             if schema == codec.SCHEMA_RESULT:
@@ -132,7 +149,16 @@ class Ingest:
     def commit(self, verdict: Accepted) -> None:
         """Record an accepted batch as processed (call once its readings reached the machines)."""
         if verdict.batch is not None:
-            self.windows.setdefault(verdict.site_id, SeqWindow()).add(verdict.batch.batch_seq)
+            key = window_key(verdict.site_id, verdict.batch.epoch)
+            window = self.windows.pop(key, None) or SeqWindow()
+            window.add(verdict.batch.batch_seq)
+            self.windows[key] = window  # most recently used last: the eviction order below
+            self._evict_epochs(verdict.site_id)
+
+    def _evict_epochs(self, site_id: str) -> None:
+        keys = [k for k in self.windows if k == site_id or k.startswith(site_id + "@")]
+        for key in keys[: max(0, len(keys) - MAX_EPOCHS_PER_SITE)]:
+            del self.windows[key]
 
     def to_dict(self) -> dict[str, Any]:
         return {site: w.to_dict() for site, w in self.windows.items()}

@@ -35,6 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 from chargectl.common import codec
+from chargectl.common.alerts import AlertBook
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.errors import ChargectlError, StoreError, TransportError
 from chargectl.common.keys import Keyring, SigningKey
@@ -47,7 +48,7 @@ from chargectl.services.adapters.store import Store
 from chargectl.services.adapters.timeseries import SessionEvent, TimeSeries
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
-from chargectl.services.hub.health import HealthServer, Metrics
+from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
 from chargectl.services.hub.params import PlugParams
 from chargectl.services.hub.settings import HubSettings
@@ -109,6 +110,8 @@ class Hub:
         self.ingest = Ingest(Keyring(), shard=settings.shard)
         self.balances: dict[str, int] = {}
         self.metrics = Metrics()
+        self.alerts = AlertBook()  # open alerts; sinks and the console read them
+        self.http_routes: dict[str, Route] = {}  # path prefix -> handler, served beside /healthz
         self._params_by_class: dict[str, PlugParams] = {}
         self._site_tariffs: dict[str, Tariff] = {}
         self._sites: dict[str, codec.Site] = {}
@@ -168,6 +171,8 @@ class Hub:
             self._health = HealthServer(
                 self.metrics, self.problems, self.settings.health_host, self.settings.health_port
             )
+            for prefix, route in self.http_routes.items():
+                self._health.mount(prefix, route)
             await self._health.start()
         poll_s = self.settings.request_poll_s
         unwatch = self._watch_requests()

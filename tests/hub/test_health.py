@@ -48,3 +48,34 @@ async def test_healthz_and_metrics_over_http() -> None:
             assert (await client.post("/healthz")).status_code == 405
     finally:
         await server.stop()
+
+
+async def test_mounted_routes_share_the_port_and_never_shadow_healthz() -> None:
+    from chargectl.services.hub.health import HttpRequest, HttpResponse
+
+    seen: list[HttpRequest] = []
+
+    async def console(req: HttpRequest) -> HttpResponse:
+        seen.append(req)
+        return HttpResponse(200, f"{req.method} {req.path} {dict(req.query)}".encode(), headers={"X-A": "1"})
+
+    async def api(req: HttpRequest) -> HttpResponse:
+        return HttpResponse(401, req.body, "application/json")
+
+    server = HealthServer(Metrics(), lambda: [])
+    server.mount("/", console)
+    server.mount("/api", api)
+    port = await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/healthz")).json() == {"ok": True, "problems": []}
+            page = await client.get("/sessions/s1?x=2")
+            assert page.text == "GET /sessions/s1 {'x': '2'}" and page.headers["x-a"] == "1"
+            denied = await client.post("/api/plugs", content=b'{"a":1}')
+            assert denied.status_code == 401 and denied.content == b'{"a":1}'
+            assert (await client.get("/apiary")).status_code == 200  # a prefix matches whole segments
+            too_big = await client.post("/login", content=b"x" * (65 * 1024))
+            assert too_big.status_code == 413
+    finally:
+        await server.stop()
+    assert [r.path for r in seen] == ["/sessions/s1", "/apiary"]

@@ -22,9 +22,9 @@ def _ingest(shard: int | None = 0) -> Ingest:
 
 
 def _msg(
-    seq: int, key: SigningKey = A, site: str = "site-a", shard: str = "0"
+    seq: int, key: SigningKey = A, site: str = "site-a", shard: str = "0", epoch: int = 0
 ) -> tuple[bytes, dict[str, str]]:
-    batch = codec.Batch(site, seq, (Reading("AABBCCDDEEFF", 1_000 + seq, 1.0, seq, True),))
+    batch = codec.Batch(site, seq, (Reading("AABBCCDDEEFF", 1_000 + seq, 1.0, seq, True),), epoch=epoch)
     data, attrs = codec.pack_telemetry(batch, key)
     return data, {**attrs, "shard": shard}
 
@@ -57,6 +57,37 @@ def test_windows_survive_a_checkpoint() -> None:
         "Skipped",
         "Accepted",
     ]
+
+
+def test_a_replacement_pi_is_accepted_at_once_and_replays_of_both_are_dropped() -> None:
+    ing = _ingest()
+    old, new = 0x1111_2222_3333_4444, 0xFFFF_0000_AAAA_5555  # the second above 2**63: fixed64
+    for seq in range(1, 101):
+        v = ing.accept(*_msg(seq, epoch=old))
+        assert isinstance(v, Accepted)
+        ing.commit(v)
+    # the new Pi starts again at 1: every one of its batches is new
+    for seq in (1, 2, 3):
+        v = ing.accept(*_msg(seq, epoch=new))
+        assert isinstance(v, Accepted) and v.batch is not None and v.batch.epoch == new
+        ing.commit(v)
+    assert ing.accept(*_msg(2, epoch=new)) == Skipped("duplicate", "site-a")
+    assert ing.accept(*_msg(50, epoch=old)) == Skipped("duplicate", "site-a")
+    restored = _ingest()
+    restored.load(ing.to_dict())
+    assert restored.accept(*_msg(3, epoch=new)) == Skipped("duplicate", "site-a")
+    assert restored.accept(*_msg(100, epoch=old)) == Skipped("duplicate", "site-a")
+    assert isinstance(restored.accept(*_msg(4, epoch=new)), Accepted)
+
+
+def test_a_site_keeps_windows_for_its_latest_epochs_only() -> None:
+    ing = _ingest()
+    for epoch in range(1, 21):
+        v = ing.accept(*_msg(1, epoch=epoch))
+        assert isinstance(v, Accepted)
+        ing.commit(v)
+    assert len(ing.windows) == 8
+    assert ing.accept(*_msg(1, epoch=20)) == Skipped("duplicate", "site-a")
 
 
 def test_rejections_name_the_reason() -> None:
