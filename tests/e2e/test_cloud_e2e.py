@@ -116,7 +116,19 @@ relay_retry_s = 2
         return bundle
 
     def start_hub(self, log: str = "hub.log") -> None:
+        """Start the hub and wait until it serves /healthz, i.e. its telemetry subscription exists:
+        a batch an agent publishes before that is not delivered to it (and a replay of it is new)."""
         self.hub = _spawn(["--config", str(self.cfg), "hub"], self.env, self.tmp / log)
+        hub = self.hub
+
+        def ready() -> bool:
+            assert hub.poll() is None, f"the hub exited with {hub.returncode}"
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for("the hub's /healthz", ready, 120)
 
     def start_agent(self, bundle: Path) -> None:
         env = {
