@@ -17,7 +17,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, pairwise
+from itertools import accumulate, chain, pairwise, repeat
+from operator import add, truediv
 from typing import Any, Literal, TypeVar
 
 import zstandard
@@ -262,27 +263,6 @@ def _undelta(deltas: Iterable[int]) -> list[int]:
     return list(accumulate(deltas))
 
 
-def _unsecond(deltas: Sequence[int]) -> list[int]:
-    if not deltas:
-        return []
-    return list(accumulate(chain((deltas[0],), accumulate(deltas[1:]))))
-
-
-def _carried(values: Sequence[float | int | None], scale: int) -> tuple[list[int], list[bool]]:
-    """Scaled integers, an absent value repeating the previous one (0 at the start); absent flags."""
-    ints: list[int] = []
-    missing: list[bool] = []
-    prev = 0
-    for v in values:
-        if v is None:
-            missing.append(True)
-        else:
-            prev = round(v * scale)
-            missing.append(False)
-        ints.append(prev)
-    return ints, missing
-
-
 def _time_step(groups: Iterable[Sequence[Reading]]) -> int:
     """The usual gap between two samples of a plug (the median), which the time column is relative to."""
     gaps = sorted(b.ts_ms - a.ts_ms for rows in groups for a, b in pairwise(rows))
@@ -292,25 +272,41 @@ def _time_step(groups: Iterable[Sequence[Reading]]) -> int:
 
 
 class _Optional:
-    """One optional column of the whole batch while it is built."""
+    """One optional column of the whole batch while it is built (absent values repeat the previous one).
 
-    __slots__ = ("any_value", "missing", "values")
+    ``per_plug``: second differences restarting at each plug (uptime); otherwise first differences
+    running through the batch (a plug's first sample against the previous plug's last).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("any_value", "missing", "per_plug", "prev", "scale", "values")
+
+    def __init__(self, scale: int, per_plug: bool = False) -> None:
         self.values: list[int] = []
         self.missing: list[bool] = []
         self.any_value = False
+        self.scale = scale
+        self.per_plug = per_plug
+        self.prev = 0
 
-    def add(self, values: Sequence[float | int | None], scale: int, second: bool = False) -> None:
-        ints, missing = _carried(values, scale)
-        self.values.extend(_second_deltas(ints) if second else _deltas(ints))
-        self.missing.extend(missing)
-        self.any_value = self.any_value or not all(missing)
+    def add(self, values: Sequence[float | int | None]) -> None:
+        ints: list[int] = []
+        prev = 0 if self.per_plug else self.prev
+        for v in values:
+            if v is None:
+                self.missing.append(True)
+            else:
+                prev = round(v * self.scale)
+                self.missing.append(False)
+                self.any_value = True
+            ints.append(prev)
+        self.prev = prev
+        self.values.extend(_second_deltas(ints) if self.per_plug else ints)
 
     def column(self) -> tuple[list[int], bytes]:
         if not self.any_value:
             return [], b""
-        return self.values, (_bits(self.missing) if any(self.missing) else b"")
+        values = self.values if self.per_plug else _deltas(self.values)
+        return values, (_bits(self.missing) if any(self.missing) else b"")
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -332,26 +328,26 @@ def encode_batch(batch: Batch) -> bytes:
     energies: list[int] = []
     relay: list[bool] = []
     errors: list[int] = []
-    volts, amps, temps, ups = _Optional(), _Optional(), _Optional(), _Optional()
+    volts, amps, temps, ups = _Optional(10), _Optional(1000), _Optional(10), _Optional(1, per_plug=True)
     for rows in groups.values():
         first = rows[0].ts_ms - base
         times.append(first)
         times.extend(b.ts_ms - a.ts_ms - step for a, b in pairwise(rows))
-        powers.extend(_deltas(round(r.power_w * 10) for r in rows))
+        powers.extend(round(r.power_w * 10) for r in rows)
         energies.extend(_second_deltas(r.energy_mwh for r in rows))
         relay.extend(r.relay_on for r in rows)
         errors.extend(r.errors for r in rows)
-        volts.add([r.voltage_v for r in rows], 10)
-        amps.add([r.current_a for r in rows], 1000)
-        temps.add([r.temperature_c for r in rows], 10)
-        ups.add([r.uptime_s for r in rows], 1, second=True)
+        volts.add([r.voltage_v for r in rows])
+        amps.add([r.current_a for r in rows])
+        temps.add([r.temperature_c for r in rows])
+        ups.add([r.uptime_s for r in rows])
     try:
         msg.base_time_ms = base
         msg.time_step_ms = step
         msg.plug_macs.extend(groups)
         msg.sample_counts.extend(len(rows) for rows in groups.values())
         msg.time_ms.extend(times)
-        msg.power_dw.extend(powers)
+        msg.power_dw.extend(_deltas(powers))
         msg.energy_mwh.extend(energies)
         msg.relay_on_bits = _bits(relay)
         if any(errors):
@@ -390,11 +386,13 @@ _INVENTORY_KIND = {
 _INVENTORY_NAME: dict[int, Literal["added", "moved", "gone"]] = {v: k for k, v in _INVENTORY_KIND.items()}  # type: ignore[misc]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PlugRun:
     """One plug's samples of a batch as columns (index i of every list is sample i, in time order).
 
     Values are exactly what :func:`decode_batch` puts in each :class:`Reading`; no object per sample.
+    Read-only by convention: not frozen, because one is built per plug per batch on the hub's hot
+    path and a frozen dataclass costs ten times as much to build.
     """
 
     mac: str
@@ -523,42 +521,85 @@ def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
         _check_mask(name, getattr(msg, name), n)
     if n == 0:
         return {}
-    step = msg.time_step_ms
-    base = msg.base_time_ms
-    times, powers, energies = list(msg.time_ms), list(msg.power_dw), list(msg.energy_mwh)
-    volts, amps = list(msg.voltage_dv), list(msg.current_ma)
-    temps, ups = list(msg.temperature_dc), list(msg.uptime_s)
-    errors = list(msg.error_flags) or [0] * n
-    relay = _flags(msg.relay_on_bits, n)
-    # Each bitmap is expanded once for the batch and sliced per plug.
-    vgone, agone = _gone(msg.voltage_missing, n), _gone(msg.current_missing, n)
-    tgone, ugone = _gone(msg.temperature_missing, n), _gone(msg.uptime_missing, n)
-    runs: dict[str, PlugRun] = {}
+    macs: list[str] = []  # plugs with samples, in batch order
+    starts: list[int] = []  # where each one's samples begin
     k = 0
     for mac, count in zip(msg.plug_macs, counts, strict=True):
-        if count == 0:
-            continue
-        if mac in runs:
-            raise CodecError(f"telemetry batch names plug {mac} twice")
-        end = k + count
-        t = times[k:end]
-        t[0] += base
-        for i in range(1, count):
-            t[i] += step
+        if count:
+            macs.append(mac)
+            starts.append(k)
+        k += count
+    if len(set(macs)) != len(macs):
+        twice = next(mac for mac in macs if macs.count(mac) > 1)
+        raise CodecError(f"telemetry batch names plug {twice} twice")
+    # Whole columns are decoded at once (C loops over the batch), then sliced per plug.
+    times = list(msg.time_ms)
+    if msg.time_step_ms:
+        times = list(map(add, times, repeat(msg.time_step_ms)))
+    for k in starts:
+        times[k] = msg.time_ms[k] + msg.base_time_ms
+    ts = _undelta_restarting(times, starts, n)
+    power = list(map(truediv, accumulate(msg.power_dw), repeat(10)))
+    energy = _unsecond_restarting(list(msg.energy_mwh), starts, n)
+    relay = _flags(msg.relay_on_bits, n)
+    errors = list(msg.error_flags) or [0] * n
+    volts = _optional_floats(msg.voltage_dv, msg.voltage_missing, n, 10)
+    amps = _optional_floats(msg.current_ma, msg.current_missing, n, 1000)
+    temps = _optional_floats(msg.temperature_dc, msg.temperature_missing, n, 10)
+    ups: list[int | None] | None = None
+    if msg.uptime_s:
+        ups = list(_unsecond_restarting(list(msg.uptime_s), starts, n))
+        if msg.uptime_missing:
+            ups = [None if g else v for v, g in zip(ups, _flags(msg.uptime_missing, n), strict=True)]
+    runs: dict[str, PlugRun] = {}
+    for mac, k, end in zip(macs, starts, [*starts[1:], n], strict=True):
+        count = end - k
         runs[mac] = PlugRun(
             mac=mac,
-            ts_ms=_undelta(t),
-            power_w=[p / 10 for p in accumulate(powers[k:end])],
-            energy_mwh=_unsecond(energies[k:end]),
+            ts_ms=ts[k:end],
+            power_w=power[k:end],
+            energy_mwh=energy[k:end],
             relay_on=relay[k:end],
-            voltage_v=_scaled(_undelta(volts[k:end]), vgone and vgone[k:end], count, 10),
-            current_a=_scaled(_undelta(amps[k:end]), agone and agone[k:end], count, 1000),
-            temperature_c=_scaled(_undelta(temps[k:end]), tgone and tgone[k:end], count, 10),
+            voltage_v=[None] * count if volts is None else volts[k:end],
+            current_a=[None] * count if amps is None else amps[k:end],
+            temperature_c=[None] * count if temps is None else temps[k:end],
             errors=errors[k:end],
-            uptime_s=_counted(_unsecond(ups[k:end]), ugone and ugone[k:end], count),
+            uptime_s=[None] * count if ups is None else ups[k:end],
         )
-        k = end
     return runs
+
+
+def _undelta_restarting(col: list[int], starts: Sequence[int], n: int) -> list[int]:
+    """Undo first differences that restart against zero at each of ``starts`` (ascending, from 0).
+
+    One pass: each restart is rewritten as a difference against the previous run's last value, then
+    the whole column is accumulated at once. ``col`` is consumed.
+    """
+    cum = list(accumulate(col))
+    prev_last = 0
+    for k, end in zip(starts, [*starts[1:], n], strict=True):
+        first = col[k]
+        col[k] = first - prev_last
+        prev_last = first + cum[end - 1] - cum[k]
+    return list(accumulate(col))
+
+
+def _unsecond_restarting(col: list[int], starts: Sequence[int], n: int) -> list[int]:
+    """Undo second differences (value, step, change of step…) that restart at each of ``starts``."""
+    # The steps: a plug's first entry stands alone (its value); the rest accumulate from its second.
+    split = sorted({*starts, *(k + 1 for k in starts if k + 1 < n)})
+    steps = _undelta_restarting(col, split, n)
+    return _undelta_restarting(steps, starts, n)
+
+
+def _optional_floats(col: Sequence[int], mask: bytes, n: int, scale: int) -> list[float | None] | None:
+    """A decoded optional column (differences through the batch); ``None`` when no sample has a value."""
+    if not col:
+        return None
+    values: list[float | None] = list(map(truediv, accumulate(col), repeat(scale)))
+    if mask:
+        values = [None if g else v for v, g in zip(values, _flags(mask, n), strict=True)]
+    return values
 
 
 def _runs_from_series(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:

@@ -93,7 +93,7 @@ def test_quick_benchmark_code_on_tiny_sizes(tmp_path: Path) -> None:
         by_section.setdefault(str(f["section"]), []).append(f)
     assert set(by_section) == {"wire", "hub", "memory", "agent", "latency", "cost"}
     # Every size of the plan has its figure, and every figure with a baseline has a positive gain.
-    assert len(by_section["wire"]) == 2 * 2  # two site sizes × two baselines
+    assert len(by_section["wire"]) == 2 * 3  # two site sizes × (two size baselines + decode runs vs objects)
     assert [f["name"] for f in by_section["hub"] if f["baseline"] is not None] == [
         "40 plugs, readings/s",
         "200 plugs, readings/s",

@@ -33,7 +33,7 @@ SECTIONS: dict[str, Callable[[Plan, Report], None]] = {
 
 
 TITLES = {
-    "wire": "1. Wire size: signed, compressed TelemetryBatch (poll 5 s, flush 30 s, ≤5,000 readings)",
+    "wire": "1. Wire size: signed, compressed TelemetryBatch (poll 5 s, flush 30 s, ≤5,000 readings); hub decode",
     "hub": "2. Hub throughput, one core: verify, zstd, decode, dedupe, machine step, line protocol",
     "memory": "3. Hub memory per plug: MachineState and its entry in the plug map (tracemalloc)",
     "agent": "4. Agent: CPU per plug-poll of the running agent (poll, batch, sign, publish) against the simulator",

@@ -75,6 +75,7 @@ class Plan:
 
     wire_sites: tuple[int, ...] = (20, 200, 1000)
     wire_polls: int = 120  # 10 minutes of polling per site
+    wire_decode_repeats: int = 5  # medians of the decode timings
     hub_plugs: tuple[int, ...] = (1_000, 10_000, 100_000)
     hub_cycles: int = 2  # timed flush cycles (after one warm-up cycle)
     hub_repeats: int = 3  # medians over repeats (sizes up to repeat_max_plugs)
@@ -100,6 +101,7 @@ class Plan:
     def quick(cls) -> Plan:
         return cls(
             wire_polls=24,
+            wire_decode_repeats=3,
             hub_plugs=(1_000, 10_000),
             hub_cycles=1,
             hub_repeats=1,
@@ -120,6 +122,7 @@ class Plan:
         return cls(
             wire_sites=(5, 20),
             wire_polls=12,
+            wire_decode_repeats=1,
             hub_plugs=(40, 200),
             hub_cycles=1,
             hub_repeats=1,

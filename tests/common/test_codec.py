@@ -205,7 +205,7 @@ def test_wire_values_are_the_documented_units() -> None:
         Reading(a, 1_000_000, 2300.4, 10_000, True, 230.1, 10.002, None, 0, 100),
         Reading(a, 1_005_000, 2300.9, 13_200, False, None, 10.5, 40.0, 1, 105),
         Reading(a, 1_010_040, 0.0, 16_500, True, 229.0, None, 40.0, 0, 110),
-        Reading(b, 1_002_000, 5.0, 7, False, None, None, None, 0, None),
+        Reading(b, 1_002_000, 5.0, 7, False, 229.5, None, None, 0, None),
     )
     msg = codec.telemetry_pb2.TelemetryBatch()
     msg.ParseFromString(codec.encode_batch(Batch("s", 1, rows, epoch=9)))
@@ -215,11 +215,13 @@ def test_wire_values_are_the_documented_units() -> None:
     # Gaps 5,000 and 5,040 ms: the median (upper of two) is the step; each gap is sent less the step.
     assert msg.time_step_ms == 5040
     assert list(msg.time_ms) == [0, -40, 0, 2000]
+    # Power, voltage, current, temperature: differences running through the batch (plug b's first
+    # sample against plug a's last).
     assert list(msg.power_dw) == [23004, 5, -23009, 50]
-    # Energy: the value, the first step, then the change of step (3,300 - 3,200).
+    # Energy and uptime restart per plug: the value, the first step, then the change of step.
     assert list(msg.energy_mwh) == [10_000, 3_200, 100, 7]
-    # An absent value repeats the previous one (0 at a plug's start); its bit is set in the bitmap.
-    assert list(msg.voltage_dv) == [2301, 0, -11, 0] and msg.voltage_missing == bytes([0b1010])
+    # An absent value repeats the previous one (uptime: 0 at a plug's start); its bit is set.
+    assert list(msg.voltage_dv) == [2301, 0, -11, 5] and msg.voltage_missing == bytes([0b0010])
     assert list(msg.current_ma) == [10002, 498, 0, 0] and msg.current_missing == bytes([0b1100])
     assert list(msg.temperature_dc) == [0, 400, 0, 0] and msg.temperature_missing == bytes([0b1001])
     assert list(msg.uptime_s) == [100, 5, 0, 0] and msg.uptime_missing == bytes([0b1000])
