@@ -533,11 +533,11 @@ def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
         twice = next(mac for mac in macs if macs.count(mac) > 1)
         raise CodecError(f"telemetry batch names plug {twice} twice")
     # Whole columns are decoded at once (C loops over the batch), then sliced per plug.
-    times = list(msg.time_ms)
-    if msg.time_step_ms:
-        times = list(map(add, times, repeat(msg.time_step_ms)))
+    raw_times = list(msg.time_ms)
+    times = list(map(add, raw_times, repeat(msg.time_step_ms))) if msg.time_step_ms else raw_times.copy()
+    base = msg.base_time_ms
     for k in starts:
-        times[k] = msg.time_ms[k] + msg.base_time_ms
+        times[k] = raw_times[k] + base
     ts = _undelta_restarting(times, starts, n)
     power = list(map(truediv, accumulate(msg.power_dw), repeat(10)))
     energy = _unsecond_restarting(list(msg.energy_mwh), starts, n)
@@ -546,25 +546,25 @@ def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
     volts = _optional_floats(msg.voltage_dv, msg.voltage_missing, n, 10)
     amps = _optional_floats(msg.current_ma, msg.current_missing, n, 1000)
     temps = _optional_floats(msg.temperature_dc, msg.temperature_missing, n, 10)
-    ups: list[int | None] | None = None
+    ups: list[int | None] = [None] * n
     if msg.uptime_s:
         ups = list(_unsecond_restarting(list(msg.uptime_s), starts, n))
         if msg.uptime_missing:
             ups = [None if g else v for v, g in zip(ups, _flags(msg.uptime_missing, n), strict=True)]
     runs: dict[str, PlugRun] = {}
     for mac, k, end in zip(macs, starts, [*starts[1:], n], strict=True):
-        count = end - k
+        # Positional: this runs once per plug per batch on the hub's intake.
         runs[mac] = PlugRun(
-            mac=mac,
-            ts_ms=ts[k:end],
-            power_w=power[k:end],
-            energy_mwh=energy[k:end],
-            relay_on=relay[k:end],
-            voltage_v=[None] * count if volts is None else volts[k:end],
-            current_a=[None] * count if amps is None else amps[k:end],
-            temperature_c=[None] * count if temps is None else temps[k:end],
-            errors=errors[k:end],
-            uptime_s=[None] * count if ups is None else ups[k:end],
+            mac,
+            ts[k:end],
+            power[k:end],
+            energy[k:end],
+            relay[k:end],
+            volts[k:end],
+            amps[k:end],
+            temps[k:end],
+            errors[k:end],
+            ups[k:end],
         )
     return runs
 
@@ -592,10 +592,10 @@ def _unsecond_restarting(col: list[int], starts: Sequence[int], n: int) -> list[
     return _undelta_restarting(steps, starts, n)
 
 
-def _optional_floats(col: Sequence[int], mask: bytes, n: int, scale: int) -> list[float | None] | None:
-    """A decoded optional column (differences through the batch); ``None`` when no sample has a value."""
+def _optional_floats(col: Sequence[int], mask: bytes, n: int, scale: int) -> list[float | None]:
+    """A decoded optional column (differences through the batch); all ``None`` when it is empty."""
     if not col:
-        return None
+        return [None] * n
     values: list[float | None] = list(map(truediv, accumulate(col), repeat(scale)))
     if mask:
         values = [None if g else v for v, g in zip(values, _flags(mask, n), strict=True)]
