@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from bench import baselines, cli, fleet  # scripts/ is on sys.path (tests/conftest.py)
-from bench.core import Plan
+from bench.core import Plan, Report
 from bench.cost import monthly_cost
+from bench.wire import bench_wire
 
 from chargectl.common import codec
 from chargectl.common.keys import Keyring, SigningKey
@@ -67,6 +68,18 @@ def test_row_protobuf_baseline_holds_the_readings() -> None:
     assert len(msg.readings) == 120
     assert [r.mac for r in msg.readings] == [r.mac for r in batch.readings]
     assert msg.readings[5].energy_mwh == batch.readings[5].energy_mwh
+
+
+def test_a_200_plug_site_sends_at_most_8_bytes_per_reading() -> None:
+    # Issue 16's wire goal on the wire section's own fleet and flushes (signed, compressed, verified
+    # back by the section); deterministic, so a regression in the codec shows here, not only in a run.
+    report = Report()
+    bench_wire(replace(Plan.tiny(), wire_sites=(200,), wire_polls=24), report)
+    site = report.details["wire"]["200"]
+    assert site["readings_per_message"] == 1200
+    assert 0 < site["bytes_per_reading"] <= 8.0
+    assert site["bytes_per_reading"] < site["row_protobuf_zstd_bytes_per_reading"] / 2
+    assert site["decode_runs_us_per_reading"] > 0 and site["decode_batch_us_per_reading"] > 0
 
 
 def test_real_encoder_round_trips_the_fleet() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import replace
+from itertools import pairwise
 
 import pytest
 import zstandard
@@ -229,6 +230,22 @@ def test_wire_values_are_the_documented_units() -> None:
     assert list(msg.error_flags) == [0, 1, 0, 0]
     assert msg.epoch == 9
     assert codec.decode_batch(msg.SerializeToString()) == Batch("s", 1, rows, epoch=9)
+
+
+def test_energy_counter_resets_and_jumps_reach_the_hub_exactly() -> None:
+    # The energy column is what sessions are billed from. A Gen1 reboot resets the counter to 0, a
+    # swapped plug reports a far larger one, a hostile plug runs it backwards: second differences
+    # must carry every value exactly, per plug, with another plug's samples in between.
+    a, b = "AABBCCDDEEFF", "001122334455"
+    energies = [2_000_000_000, 2_000_002_800, 2_000_005_600, 0, 2_800, 10**15, 10**15, 5, 2**61]
+    rows = [Reading(a, 1_000_000 + 5000 * i, 2016.0, e, True) for i, e in enumerate(energies)]
+    rows += [Reading(b, 1_000_100 + 5000 * i, 0.0, 7_777_777, False) for i in range(3)]
+    runs = codec.decode_runs(codec.encode_batch(Batch("s", 1, tuple(rows)))).runs
+    assert runs[a].energy_mwh == energies
+    assert runs[b].energy_mwh == [7_777_777] * 3
+    # What a hub bills from the counter (positive steps; a reset restarts from 0) is unchanged.
+    billed = sum(max(0, y - x) for x, y in pairwise(runs[a].energy_mwh[:4]))
+    assert billed == 5_600
 
 
 def test_a_batch_without_errors_or_optional_values_carries_no_such_columns() -> None:
