@@ -538,9 +538,9 @@ def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
     base = msg.base_time_ms
     for k in starts:
         times[k] = raw_times[k] + base
-    ts = _undelta_restarting(times, starts, n)
+    ts = _in_int64("ts_ms", _undelta_restarting(times, starts, n))
     power = list(map(truediv, accumulate(msg.power_dw), repeat(10)))
-    energy = _unsecond_restarting(list(msg.energy_mwh), starts, n)
+    energy = _in_int64("energy_mwh", _unsecond_restarting(list(msg.energy_mwh), starts, n))
     relay = _flags(msg.relay_on_bits, n)
     errors = list(msg.error_flags) or [0] * n
     volts = _optional_floats(msg.voltage_dv, msg.voltage_missing, n, 10)
@@ -548,7 +548,7 @@ def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
     temps = _optional_floats(msg.temperature_dc, msg.temperature_missing, n, 10)
     ups: list[int | None] = [None] * n
     if msg.uptime_s:
-        ups = list(_unsecond_restarting(list(msg.uptime_s), starts, n))
+        ups = list(_in_int64("uptime_s", _unsecond_restarting(list(msg.uptime_s), starts, n)))
         if msg.uptime_missing:
             ups = [None if g else v for v, g in zip(ups, _flags(msg.uptime_missing, n), strict=True)]
     runs: dict[str, PlugRun] = {}
@@ -567,6 +567,13 @@ def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
             ups[k:end],
         )
     return runs
+
+
+def _in_int64(name: str, values: list[int]) -> list[int]:
+    """``values``, if every one fits the 64-bit integers every store downstream holds."""
+    if values and (min(values) < -(2**63) or max(values) >= 2**63):
+        raise CodecError(f"telemetry column {name} decodes to values beyond 64 bits")
+    return values
 
 
 def _undelta_restarting(col: list[int], starts: Sequence[int], n: int) -> list[int]:
@@ -628,15 +635,17 @@ def _runs_from_series(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
         base = msg.base_time_ms
         runs[mac] = PlugRun(
             mac=mac,
-            ts_ms=[base + t for t in accumulate(s.time_delta_ms)],
+            ts_ms=_in_int64("ts_ms", [base + t for t in accumulate(s.time_delta_ms)]),
             power_w=[p / 10 for p in accumulate(s.power_dw_delta)],
-            energy_mwh=_undelta(s.energy_mwh_delta),
+            energy_mwh=_in_int64("energy_mwh", _undelta(s.energy_mwh_delta)),
             relay_on=_flags(s.relay_on_bits, n),
             voltage_v=_scaled(_undelta(s.voltage_dv_delta), _gone(s.voltage_missing, n), n, 10),
             current_a=_scaled(_undelta(s.current_ma_delta), _gone(s.current_missing, n), n, 1000),
             temperature_c=_scaled(_undelta(s.temperature_dc_delta), _gone(s.temperature_missing, n), n, 10),
             errors=list(s.error_flags) or [0] * n,
-            uptime_s=_counted(_undelta(s.uptime_s_delta), _gone(s.uptime_missing, n), n),
+            uptime_s=_counted(
+                _in_int64("uptime_s", _undelta(s.uptime_s_delta)), _gone(s.uptime_missing, n), n
+            ),
         )
     return runs
 

@@ -382,6 +382,27 @@ def test_runs_carry_exactly_what_decode_batch_does(batch: Batch, encoding: codec
         assert all(type(v) is bool for v in run.relay_on)
 
 
+@settings(max_examples=60, deadline=None)
+@given(batch=batches(), data=st.data())
+def test_interleaved_plugs_come_back_grouped_in_order_of_first_appearance(
+    batch: Batch, data: st.DataObject
+) -> None:
+    # The agent's buffer interleaves plugs (one poll of every plug, then the next): the wire groups
+    # them; every plug keeps its own samples, in its own order.
+    queues = {
+        mac: [r for r in batch.readings if r.mac == mac]
+        for mac in dict.fromkeys(r.mac for r in batch.readings)
+    }
+    mixed: list[Reading] = []
+    while any(queues.values()):
+        mac = data.draw(st.sampled_from([m for m, q in queues.items() if q]))
+        mixed.append(queues[mac].pop(0))
+    runs = codec.decode_runs(codec.encode_batch(replace(batch, readings=tuple(mixed)))).runs
+    assert list(runs) == list(dict.fromkeys(r.mac for r in mixed))
+    for mac, run in runs.items():
+        assert list(run.readings()) == [r for r in mixed if r.mac == mac]
+
+
 def _columns(**fields: object) -> bytes:
     msg = codec.telemetry_pb2.TelemetryBatch(site_id="s", **fields)  # type: ignore[arg-type]
     return msg.SerializeToString()
@@ -417,6 +438,28 @@ def test_hostile_batch_columns_name_the_problem(change: dict[str, object], messa
         codec.decode_batch(_columns(**{**GOOD, **change}))
     with pytest.raises(CodecError, match=message):
         codec.decode_runs(_columns(**{**GOOD, **change}))
+
+
+def test_values_beyond_64_bits_are_refused_not_passed_on() -> None:
+    # Each entry fits sint64, but they add up past it: no store downstream could hold the result.
+    one = {"plug_macs": ["AABBCCDDEEFF"], "sample_counts": [1], "power_dw": [0], "relay_on_bits": b"\0"}
+    late = _columns(**one, base_time_ms=2**62, time_ms=[2**62], energy_mwh=[0])
+    with pytest.raises(CodecError, match="ts_ms decodes to values beyond 64 bits"):
+        codec.decode_runs(late)
+    two = {**one, "sample_counts": [2], "power_dw": [0, 0], "time_ms": [0, 0]}
+    big = _columns(**two, energy_mwh=[2**62, 2**62])
+    with pytest.raises(CodecError, match="energy_mwh decodes to values beyond 64 bits"):
+        codec.decode_batch(big)
+    old = codec.telemetry_pb2.TelemetryBatch(site_id="s", plug_macs=["AABBCCDDEEFF"])
+    old.series.add(
+        plug_index=0,
+        time_delta_ms=[0, 0],
+        power_dw_delta=[0, 0],
+        energy_mwh_delta=[2**62, 2**62],
+        relay_on_bits=b"\0",
+    )
+    with pytest.raises(CodecError, match="energy_mwh decodes to values beyond 64 bits"):
+        codec.decode_batch(old.SerializeToString())
 
 
 def test_a_batch_with_both_layouts_is_refused() -> None:
