@@ -5,7 +5,8 @@ ratios hold on a noisy machine:
 
 1. wire     signed, compressed ``TelemetryBatch`` (``pack_telemetry``) at the agent's default flush
             settings for sites of 20, 200 and 1,000 plugs, against JSON per reading and a
-            row-per-reading protobuf batch + zstd-3 (defined here, not in ``contracts/``).
+            row-per-reading protobuf batch + zstd-3 (defined here, not in ``contracts/``); and the
+            hub's decode µs per reading, per-plug runs (``decode_runs``) against a ``Reading`` each.
 2. hub      readings/s on one core through ``Hub.handle_message`` (shard check, verify, decompress,
             decode, dedupe, ``machine.step``, ``reading_lines``) against a naive hub (JSON per
             reading, dict state); one ``Hub.tick`` sweep and one ``Hub.checkpoint``.
