@@ -1,6 +1,7 @@
 """The one place protobuf messages are built and read.
 
-- Telemetry: domain :class:`Batch` of :class:`Reading` ⇄ columnar ``TelemetryBatch`` bytes.
+- Telemetry: domain :class:`Batch` of :class:`Reading` ⇄ columnar ``TelemetryBatch`` bytes; or the
+  bytes → :class:`BatchRuns` (per-plug columns, no object per reading) for a hub working per chunk.
 - Commands: :class:`Command` ⇄ ``RelayCommand``; :class:`CommandOutcome` ⇄ ``CommandResult``.
 - Compression (``zstd`` default, ``zlib``, ``identity``) with a hard cap on decompressed size.
 - Signed envelopes: compress → sign → ``Envelope``; verify → decompress → parse (a forged message is
@@ -14,8 +15,10 @@ Every failure is a :class:`CodecError` naming what was wrong.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
+from itertools import accumulate, chain, pairwise, repeat
+from operator import add, truediv
 from typing import Any, Literal, TypeVar
 
 import zstandard
@@ -34,6 +37,7 @@ __all__ = [
     "SCHEMA_RESULT",
     "SCHEMA_TELEMETRY",
     "Batch",
+    "BatchRuns",
     "ChargeRequest",
     "ChargeSession",
     "Command",
@@ -43,6 +47,7 @@ __all__ = [
     "LedgerEntry",
     "Money",
     "Opened",
+    "PlugRun",
     "PlugState",
     "PlugStatus",
     "PublicKey",
@@ -53,6 +58,7 @@ __all__ = [
     "decode_batch",
     "decode_command",
     "decode_outcome",
+    "decode_runs",
     "decompress",
     "encode_batch",
     "encode_command",
@@ -67,6 +73,7 @@ __all__ = [
     "unpack_command",
     "unpack_outcome",
     "unpack_telemetry",
+    "unpack_telemetry_runs",
 ]
 
 Encoding = Literal["zstd", "zlib", "identity"]
@@ -213,6 +220,11 @@ def decompress(data: bytes, encoding: str, max_size: int = DEFAULT_MAX_DECOMPRES
 
 # --------------------------------------------------------------------------- telemetry
 
+# Each byte's 8 bits, least significant first: bitmaps expand a byte at a time, not a bit at a time.
+_BYTE_BITS: tuple[tuple[bool, ...], ...] = tuple(
+    tuple(bool(b & (1 << i)) for i in range(8)) for b in range(256)
+)
+
 
 def _bits(flags: Sequence[bool]) -> bytes:
     out = bytearray((len(flags) + 7) // 8)
@@ -222,11 +234,17 @@ def _bits(flags: Sequence[bool]) -> bytes:
     return bytes(out)
 
 
-def _bit(mask: bytes, i: int) -> bool:
-    return bool(mask[i >> 3] & (1 << (i & 7))) if (i >> 3) < len(mask) else False
+def _flags(mask: bytes, n: int) -> list[bool]:
+    """The first ``n`` bits of ``mask`` (bits past its end are clear)."""
+    out = list(chain.from_iterable(map(_BYTE_BITS.__getitem__, mask[: (n + 7) // 8])))
+    del out[n:]
+    if len(out) < n:
+        out.extend([False] * (n - len(out)))
+    return out
 
 
 def _deltas(values: Iterable[int]) -> list[int]:
+    """First differences, the first value against zero."""
     out: list[int] = []
     prev = 0
     for v in values:
@@ -235,30 +253,64 @@ def _deltas(values: Iterable[int]) -> list[int]:
     return out
 
 
+def _second_deltas(values: Iterable[int]) -> list[int]:
+    """The first value, the first step, then each change of step (a steady rate costs zeros)."""
+    d = _deltas(values)
+    return d[:1] + _deltas(d[1:])
+
+
 def _undelta(deltas: Iterable[int]) -> list[int]:
-    out: list[int] = []
-    acc = 0
-    for d in deltas:
-        acc += d
-        out.append(acc)
-    return out
+    return list(accumulate(deltas))
 
 
-def _optional_column(values: Sequence[float | int | None], scale: int) -> tuple[list[int], bytes]:
-    missing = [v is None for v in values]
-    if all(missing):
-        return [], b""
-    ints: list[int] = []
-    prev = 0
-    for v in values:
-        cur = prev if v is None else round(v * scale)
-        ints.append(cur)
-        prev = cur
-    return _deltas(ints), (_bits(missing) if any(missing) else b"")
+def _time_step(groups: Iterable[Sequence[Reading]]) -> int:
+    """The usual gap between two samples of a plug (the median), which the time column is relative to."""
+    gaps = sorted(b.ts_ms - a.ts_ms for rows in groups for a, b in pairwise(rows))
+    if not gaps:
+        return 0
+    return min(max(gaps[len(gaps) // 2], 0), 2**32 - 1)
+
+
+class _Optional:
+    """One optional column of the whole batch while it is built (absent values repeat the previous one).
+
+    ``per_plug``: second differences restarting at each plug (uptime); otherwise first differences
+    running through the batch (a plug's first sample against the previous plug's last).
+    """
+
+    __slots__ = ("any_value", "missing", "per_plug", "prev", "scale", "values")
+
+    def __init__(self, scale: int, per_plug: bool = False) -> None:
+        self.values: list[int] = []
+        self.missing: list[bool] = []
+        self.any_value = False
+        self.scale = scale
+        self.per_plug = per_plug
+        self.prev = 0
+
+    def add(self, values: Sequence[float | int | None]) -> None:
+        ints: list[int] = []
+        prev = 0 if self.per_plug else self.prev
+        for v in values:
+            if v is None:
+                self.missing.append(True)
+            else:
+                prev = round(v * self.scale)
+                self.missing.append(False)
+                self.any_value = True
+            ints.append(prev)
+        self.prev = prev
+        self.values.extend(_second_deltas(ints) if self.per_plug else ints)
+
+    def column(self) -> tuple[list[int], bytes]:
+        if not self.any_value:
+            return [], b""
+        values = self.values if self.per_plug else _deltas(self.values)
+        return values, (_bits(self.missing) if any(self.missing) else b"")
 
 
 def encode_batch(batch: Batch) -> bytes:
-    """Serialize ``batch`` into the columnar ``TelemetryBatch`` wire form."""
+    """Serialize ``batch`` into the ``TelemetryBatch`` wire form (batch columns, see telemetry.proto)."""
     msg = telemetry_pb2.TelemetryBatch(
         site_id=batch.site_id,
         batch_seq=batch.batch_seq,
@@ -270,40 +322,59 @@ def encode_batch(batch: Batch) -> bytes:
     for r in batch.readings:
         groups.setdefault(r.mac, []).append(r)
     base = min((r.ts_ms for r in batch.readings), default=0)
-    msg.base_time_ms = base
-    for index, (mac, rows) in enumerate(groups.items()):
-        msg.plug_macs.append(mac)
-        s = msg.series.add(plug_index=index)
-        s.time_delta_ms.extend(_deltas(r.ts_ms - base for r in rows))
-        s.power_dw_delta.extend(_deltas(round(r.power_w * 10) for r in rows))
-        s.energy_mwh_delta.extend(_deltas(r.energy_mwh for r in rows))
-        s.relay_on_bits = _bits([r.relay_on for r in rows])
-        if any(r.errors for r in rows):
-            s.error_flags.extend(r.errors for r in rows)
-        col, miss = _optional_column([r.voltage_v for r in rows], 10)
-        s.voltage_dv_delta.extend(col)
-        s.voltage_missing = miss if col else _bits([True] * len(rows))
-        col, miss = _optional_column([r.current_a for r in rows], 1000)
-        s.current_ma_delta.extend(col)
-        s.current_missing = miss if col else _bits([True] * len(rows))
-        col, miss = _optional_column([r.temperature_c for r in rows], 10)
-        s.temperature_dc_delta.extend(col)
-        s.temperature_missing = miss if col else _bits([True] * len(rows))
-        col, miss = _optional_column([r.uptime_s for r in rows], 1)
-        s.uptime_s_delta.extend(col)
-        s.uptime_missing = miss if col else _bits([True] * len(rows))
-    for change in batch.inventory:
-        msg.inventory.add(
-            mac=change.mac,
-            kind=_INVENTORY_KIND[change.kind],
-            at_ms=change.at_ms,
-            host=change.host,
-            port=change.port,
-            gen=change.gen,
-            model=change.model,
-            firmware=change.firmware,
-            switchable=change.switchable,
-        )
+    step = _time_step(groups.values())
+    times: list[int] = []
+    powers: list[int] = []
+    energies: list[int] = []
+    relay: list[bool] = []
+    errors: list[int] = []
+    volts, amps, temps, ups = _Optional(10), _Optional(1000), _Optional(10), _Optional(1, per_plug=True)
+    for rows in groups.values():
+        first = rows[0].ts_ms - base
+        times.append(first)
+        times.extend(b.ts_ms - a.ts_ms - step for a, b in pairwise(rows))
+        powers.extend(round(r.power_w * 10) for r in rows)
+        energies.extend(_second_deltas(r.energy_mwh for r in rows))
+        relay.extend(r.relay_on for r in rows)
+        errors.extend(r.errors for r in rows)
+        volts.add([r.voltage_v for r in rows])
+        amps.add([r.current_a for r in rows])
+        temps.add([r.temperature_c for r in rows])
+        ups.add([r.uptime_s for r in rows])
+    try:
+        msg.base_time_ms = base
+        msg.time_step_ms = step
+        msg.plug_macs.extend(groups)
+        msg.sample_counts.extend(len(rows) for rows in groups.values())
+        msg.time_ms.extend(times)
+        msg.power_dw.extend(_deltas(powers))
+        msg.energy_mwh.extend(energies)
+        msg.relay_on_bits = _bits(relay)
+        if any(errors):
+            msg.error_flags.extend(errors)
+        for values, missing_field, opt in (
+            (msg.voltage_dv, "voltage_missing", volts),
+            (msg.current_ma, "current_missing", amps),
+            (msg.temperature_dc, "temperature_missing", temps),
+            (msg.uptime_s, "uptime_missing", ups),
+        ):
+            col, missing = opt.column()
+            values.extend(col)
+            setattr(msg, missing_field, missing)
+        for change in batch.inventory:
+            msg.inventory.add(
+                mac=change.mac,
+                kind=_INVENTORY_KIND[change.kind],
+                at_ms=change.at_ms,
+                host=change.host,
+                port=change.port,
+                gen=change.gen,
+                model=change.model,
+                firmware=change.firmware,
+                switchable=change.switchable,
+            )
+    except (ValueError, TypeError) as exc:  # protobuf's range checks (a value beyond 64 bits)
+        raise CodecError(f"telemetry batch does not fit the wire format: {exc}") from None
     return msg.SerializeToString()
 
 
@@ -315,19 +386,272 @@ _INVENTORY_KIND = {
 _INVENTORY_NAME: dict[int, Literal["added", "moved", "gone"]] = {v: k for k, v in _INVENTORY_KIND.items()}  # type: ignore[misc]
 
 
-def _read_optional(
-    deltas: Sequence[int], missing: bytes, n: int, scale: int, name: str
-) -> list[float | None]:
-    if not deltas:
+@dataclass(slots=True)
+class PlugRun:
+    """One plug's samples of a batch as columns (index i of every list is sample i, in time order).
+
+    Values are exactly what :func:`decode_batch` puts in each :class:`Reading`; no object per sample.
+    Read-only by convention: not frozen, because one is built per plug per batch on the hub's hot
+    path and a frozen dataclass costs ten times as much to build.
+    """
+
+    mac: str
+    ts_ms: list[int]
+    power_w: list[float]
+    energy_mwh: list[int]
+    relay_on: list[bool]
+    voltage_v: list[float | None]
+    current_a: list[float | None]
+    temperature_c: list[float | None]
+    errors: list[int]
+    uptime_s: list[int | None]
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+    def readings(self) -> Iterator[Reading]:
+        """The run as :class:`Reading` objects (the slow path's view of the same samples)."""
+        mac = self.mac
+        for ts, p, e, on, v, a, t, err, up in zip(
+            self.ts_ms,
+            self.power_w,
+            self.energy_mwh,
+            self.relay_on,
+            self.voltage_v,
+            self.current_a,
+            self.temperature_c,
+            self.errors,
+            self.uptime_s,
+            strict=True,
+        ):
+            yield Reading(mac, ts, p, e, on, v, a, t, err, up)
+
+
+@dataclass(frozen=True)
+class BatchRuns:
+    """A decoded batch as per-plug runs (plug order of the batch), for a hub that works per chunk."""
+
+    site_id: str
+    batch_seq: int
+    runs: dict[str, PlugRun]
+    inventory: tuple[InventoryChange, ...] = ()
+    created_at_ms: int = 0
+    agent_version: str = ""
+    epoch: int = 0
+
+    @property
+    def sample_count(self) -> int:
+        return sum(len(run) for run in self.runs.values())
+
+    def to_batch(self) -> Batch:
+        readings = tuple(chain.from_iterable(run.readings() for run in self.runs.values()))
+        return Batch(
+            site_id=self.site_id,
+            batch_seq=self.batch_seq,
+            readings=readings,
+            inventory=self.inventory,
+            created_at_ms=self.created_at_ms,
+            agent_version=self.agent_version,
+            epoch=self.epoch,
+        )
+
+
+def _check_len(name: str, column: Sized, n: int, optional: bool = False) -> None:
+    if len(column) != n and not (optional and len(column) == 0):
+        raise CodecError(f"telemetry column {name} has {len(column)} values for {n} samples")
+
+
+def _check_mask(name: str, mask: bytes, n: int) -> None:
+    if mask and len(mask) != (n + 7) // 8:
+        raise CodecError(f"telemetry bitmap {name} has {len(mask)} bytes for {n} samples")
+
+
+def _gone(mask: bytes, n: int) -> list[bool] | None:
+    """An optional column's absent flags, ``None`` when every sample has its value."""
+    return _flags(mask, n) if mask else None
+
+
+def _scaled(values: list[int], gone: Sequence[bool] | None, n: int, scale: int) -> list[float | None]:
+    if not values:
         return [None] * n
-    if len(deltas) != n:
-        raise CodecError(f"telemetry column {name} has {len(deltas)} values for {n} samples")
-    values = _undelta(deltas)
-    return [None if _bit(missing, i) else values[i] / scale for i in range(n)]
+    if gone is None:
+        return [v / scale for v in values]
+    return [None if g else v / scale for v, g in zip(values, gone, strict=True)]
 
 
-def decode_batch(data: bytes) -> Batch:
-    """Parse and validate ``TelemetryBatch`` bytes into a :class:`Batch`."""
+def _counted(values: list[int], gone: Sequence[bool] | None, n: int) -> list[int | None]:
+    if not values:
+        return [None] * n
+    out: list[int | None] = list(values)
+    if gone is not None:
+        for i, g in enumerate(gone):
+            if g:
+                out[i] = None
+    return out
+
+
+_BATCH_COLUMNS = (
+    "time_ms",
+    "power_dw",
+    "energy_mwh",
+    "voltage_dv",
+    "current_ma",
+    "temperature_dc",
+    "uptime_s",
+    "error_flags",
+)
+
+
+def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
+    counts = list(msg.sample_counts)
+    if msg.series:
+        if counts or any(len(getattr(msg, c)) for c in _BATCH_COLUMNS) or msg.relay_on_bits:
+            raise CodecError("telemetry batch mixes per-plug series and batch columns")
+        return _runs_from_series(msg)
+    if counts and len(counts) != len(msg.plug_macs):
+        raise CodecError(f"telemetry batch has {len(counts)} sample counts for {len(msg.plug_macs)} plugs")
+    n = sum(counts)
+    for name in ("time_ms", "power_dw", "energy_mwh"):
+        _check_len(name, getattr(msg, name), n)
+    for name in ("voltage_dv", "current_ma", "temperature_dc", "uptime_s", "error_flags"):
+        _check_len(name, getattr(msg, name), n, optional=True)
+    if len(msg.relay_on_bits) != (n + 7) // 8:
+        raise CodecError(f"telemetry relay bitmap has {len(msg.relay_on_bits)} bytes for {n} samples")
+    for name in ("voltage_missing", "current_missing", "temperature_missing", "uptime_missing"):
+        _check_mask(name, getattr(msg, name), n)
+    if n == 0:
+        return {}
+    macs: list[str] = []  # plugs with samples, in batch order
+    starts: list[int] = []  # where each one's samples begin
+    k = 0
+    for mac, count in zip(msg.plug_macs, counts, strict=True):
+        if count:
+            macs.append(mac)
+            starts.append(k)
+        k += count
+    if len(set(macs)) != len(macs):
+        twice = next(mac for mac in macs if macs.count(mac) > 1)
+        raise CodecError(f"telemetry batch names plug {twice} twice")
+    # Whole columns are decoded at once (C loops over the batch), then sliced per plug.
+    raw_times = list(msg.time_ms)
+    times = list(map(add, raw_times, repeat(msg.time_step_ms))) if msg.time_step_ms else raw_times.copy()
+    base = msg.base_time_ms
+    for k in starts:
+        times[k] = raw_times[k] + base
+    ts = _in_int64("ts_ms", _undelta_restarting(times, starts, n))
+    power = list(map(truediv, accumulate(msg.power_dw), repeat(10)))
+    energy = _in_int64("energy_mwh", _unsecond_restarting(list(msg.energy_mwh), starts, n))
+    relay = _flags(msg.relay_on_bits, n)
+    errors = list(msg.error_flags) or [0] * n
+    volts = _optional_floats(msg.voltage_dv, msg.voltage_missing, n, 10)
+    amps = _optional_floats(msg.current_ma, msg.current_missing, n, 1000)
+    temps = _optional_floats(msg.temperature_dc, msg.temperature_missing, n, 10)
+    ups: list[int | None] = [None] * n
+    if msg.uptime_s:
+        ups = list(_in_int64("uptime_s", _unsecond_restarting(list(msg.uptime_s), starts, n)))
+        if msg.uptime_missing:
+            ups = [None if g else v for v, g in zip(ups, _flags(msg.uptime_missing, n), strict=True)]
+    runs: dict[str, PlugRun] = {}
+    for mac, k, end in zip(macs, starts, [*starts[1:], n], strict=True):
+        # Positional: this runs once per plug per batch on the hub's intake.
+        runs[mac] = PlugRun(
+            mac,
+            ts[k:end],
+            power[k:end],
+            energy[k:end],
+            relay[k:end],
+            volts[k:end],
+            amps[k:end],
+            temps[k:end],
+            errors[k:end],
+            ups[k:end],
+        )
+    return runs
+
+
+def _in_int64(name: str, values: list[int]) -> list[int]:
+    """``values``, if every one fits the 64-bit integers every store downstream holds."""
+    if values and (min(values) < -(2**63) or max(values) >= 2**63):
+        raise CodecError(f"telemetry column {name} decodes to values beyond 64 bits")
+    return values
+
+
+def _undelta_restarting(col: list[int], starts: Sequence[int], n: int) -> list[int]:
+    """Undo first differences that restart against zero at each of ``starts`` (ascending, from 0).
+
+    One pass: each restart is rewritten as a difference against the previous run's last value, then
+    the whole column is accumulated at once. ``col`` is consumed.
+    """
+    cum = list(accumulate(col))
+    prev_last = 0
+    for k, end in zip(starts, [*starts[1:], n], strict=True):
+        first = col[k]
+        col[k] = first - prev_last
+        prev_last = first + cum[end - 1] - cum[k]
+    return list(accumulate(col))
+
+
+def _unsecond_restarting(col: list[int], starts: Sequence[int], n: int) -> list[int]:
+    """Undo second differences (value, step, change of step…) that restart at each of ``starts``."""
+    # The steps: a plug's first entry stands alone (its value); the rest accumulate from its second.
+    split = sorted({*starts, *(k + 1 for k in starts if k + 1 < n)})
+    steps = _undelta_restarting(col, split, n)
+    return _undelta_restarting(steps, starts, n)
+
+
+def _optional_floats(col: Sequence[int], mask: bytes, n: int, scale: int) -> list[float | None]:
+    """A decoded optional column (differences through the batch); all ``None`` when it is empty."""
+    if not col:
+        return [None] * n
+    values: list[float | None] = list(map(truediv, accumulate(col), repeat(scale)))
+    if mask:
+        values = [None if g else v for v, g in zip(values, _flags(mask, n), strict=True)]
+    return values
+
+
+def _runs_from_series(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
+    """The layout of agents before batch columns: one ``PlugSeries`` of first differences per plug."""
+    runs: dict[str, PlugRun] = {}
+    seen: set[int] = set()
+    for s in msg.series:
+        if s.plug_index >= len(msg.plug_macs):
+            raise CodecError(f"telemetry series refers to plug index {s.plug_index} of {len(msg.plug_macs)}")
+        if s.plug_index in seen:
+            raise CodecError(f"telemetry batch has two series for plug index {s.plug_index}")
+        seen.add(s.plug_index)
+        mac = msg.plug_macs[s.plug_index]
+        n = len(s.time_delta_ms)
+        _check_len("power_dw_delta", s.power_dw_delta, n)
+        _check_len("energy_mwh_delta", s.energy_mwh_delta, n)
+        if len(s.relay_on_bits) != (n + 7) // 8:
+            raise CodecError(f"telemetry relay bitmap has {len(s.relay_on_bits)} bytes for {n} samples")
+        _check_len("error_flags", s.error_flags, n, optional=True)
+        for name in ("voltage_dv_delta", "current_ma_delta", "temperature_dc_delta", "uptime_s_delta"):
+            _check_len(name, getattr(s, name), n, optional=True)
+        if n == 0:
+            continue
+        if mac in runs:
+            raise CodecError(f"telemetry batch names plug {mac} twice")
+        base = msg.base_time_ms
+        runs[mac] = PlugRun(
+            mac=mac,
+            ts_ms=_in_int64("ts_ms", [base + t for t in accumulate(s.time_delta_ms)]),
+            power_w=[p / 10 for p in accumulate(s.power_dw_delta)],
+            energy_mwh=_in_int64("energy_mwh", _undelta(s.energy_mwh_delta)),
+            relay_on=_flags(s.relay_on_bits, n),
+            voltage_v=_scaled(_undelta(s.voltage_dv_delta), _gone(s.voltage_missing, n), n, 10),
+            current_a=_scaled(_undelta(s.current_ma_delta), _gone(s.current_missing, n), n, 1000),
+            temperature_c=_scaled(_undelta(s.temperature_dc_delta), _gone(s.temperature_missing, n), n, 10),
+            errors=list(s.error_flags) or [0] * n,
+            uptime_s=_counted(
+                _in_int64("uptime_s", _undelta(s.uptime_s_delta)), _gone(s.uptime_missing, n), n
+            ),
+        )
+    return runs
+
+
+def decode_runs(data: bytes) -> BatchRuns:
+    """Parse and validate ``TelemetryBatch`` bytes into per-plug runs (either wire layout)."""
     msg = telemetry_pb2.TelemetryBatch()
     try:
         msg.ParseFromString(data)
@@ -338,49 +662,7 @@ def decode_batch(data: bytes) -> Batch:
     for mac in msg.plug_macs:
         if not MAC_RE.match(mac):
             raise CodecError(f"telemetry batch names an invalid plug MAC {mac!r}")
-    readings: list[Reading] = []
-    seen: set[int] = set()
-    for s in msg.series:
-        if s.plug_index >= len(msg.plug_macs):
-            raise CodecError(f"telemetry series refers to plug index {s.plug_index} of {len(msg.plug_macs)}")
-        if s.plug_index in seen:
-            raise CodecError(f"telemetry batch has two series for plug index {s.plug_index}")
-        seen.add(s.plug_index)
-        mac = msg.plug_macs[s.plug_index]
-        n = len(s.time_delta_ms)
-        for name, col in (("power_dw_delta", s.power_dw_delta), ("energy_mwh_delta", s.energy_mwh_delta)):
-            if len(col) != n:
-                raise CodecError(f"telemetry column {name} has {len(col)} values for {n} samples")
-        if len(s.relay_on_bits) != (n + 7) // 8:
-            raise CodecError(f"telemetry relay bitmap has {len(s.relay_on_bits)} bytes for {n} samples")
-        if s.error_flags and len(s.error_flags) != n:
-            raise CodecError(f"telemetry column error_flags has {len(s.error_flags)} values for {n} samples")
-        times = _undelta(s.time_delta_ms)
-        powers = _undelta(s.power_dw_delta)
-        energies = _undelta(s.energy_mwh_delta)
-        volts = _read_optional(s.voltage_dv_delta, s.voltage_missing, n, 10, "voltage_dv_delta")
-        amps = _read_optional(s.current_ma_delta, s.current_missing, n, 1000, "current_ma_delta")
-        temps = _read_optional(s.temperature_dc_delta, s.temperature_missing, n, 10, "temperature_dc_delta")
-        ups = _read_optional(s.uptime_s_delta, s.uptime_missing, n, 1, "uptime_s_delta")
-        errors = list(s.error_flags) or [0] * n
-        base = msg.base_time_ms
-        bits = s.relay_on_bits
-        for i in range(n):
-            up = ups[i]
-            readings.append(
-                Reading(
-                    mac=mac,
-                    ts_ms=base + times[i],
-                    power_w=powers[i] / 10,
-                    energy_mwh=energies[i],
-                    relay_on=_bit(bits, i),
-                    voltage_v=volts[i],
-                    current_a=amps[i],
-                    temperature_c=temps[i],
-                    errors=errors[i],
-                    uptime_s=None if up is None else int(up),
-                )
-            )
+    runs = _runs_from_columns(msg)
     inventory = tuple(
         InventoryChange(
             mac=c.mac,
@@ -395,15 +677,20 @@ def decode_batch(data: bytes) -> Batch:
         )
         for c in msg.inventory
     )
-    return Batch(
+    return BatchRuns(
         site_id=msg.site_id,
         batch_seq=msg.batch_seq,
-        readings=tuple(readings),
+        runs=runs,
         inventory=inventory,
         created_at_ms=msg.created_at_ms,
         agent_version=msg.agent_version,
         epoch=msg.epoch,
     )
+
+
+def decode_batch(data: bytes) -> Batch:
+    """Parse and validate ``TelemetryBatch`` bytes into a :class:`Batch` (readings grouped by plug)."""
+    return decode_runs(data).to_batch()
 
 
 # --------------------------------------------------------------------------- commands
@@ -546,6 +833,19 @@ def unpack_telemetry(
             f"batch claims site {batch.site_id!r} but is signed by a key of site {opened.site_id!r}"
         )
     return batch
+
+
+def unpack_telemetry_runs(
+    data: bytes, keyring: Keyring, now_ms: int | None = None, max_size: int = DEFAULT_MAX_DECOMPRESSED
+) -> BatchRuns:
+    """:func:`unpack_telemetry` for the hub's per-chunk path: verified, then decoded into per-plug runs."""
+    opened = open_envelope(data, keyring, SCHEMA_TELEMETRY, now_ms, max_size)
+    runs = decode_runs(opened.payload)
+    if runs.site_id != opened.site_id:
+        raise CodecError(
+            f"batch claims site {runs.site_id!r} but is signed by a key of site {opened.site_id!r}"
+        )
+    return runs
 
 
 def pack_command(

@@ -9,7 +9,8 @@ in this process. Reported numbers, for tracking from one release to the next:
 - ``cpu_ms_per_poll``: this process's CPU time (user + system) divided by successful plug polls,
   measured after a warm-up; it includes HTTP, parsing, batching, encoding, signing and the bus.
 - ``bytes_per_reading``: telemetry message bytes (signed envelope) per reading; ``billed_bytes_per_reading``
-  adds attribute bytes and Pub/Sub's 20-byte timestamp, with its 1000-byte minimum per request.
+  adds what Pub/Sub bills per message (attributes, timestamp, message id; ``bench.fleet``), with its
+  1000-byte minimum per request.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.core import PUBSUB_MIN_REQUEST_BYTES  # the benchmarks' package next to this script
+from bench.fleet import billed_message_bytes
 
 from chargectl.common.clock import SystemClock
 from chargectl.common.codec import SCHEMA_TELEMETRY, unpack_telemetry
@@ -118,7 +122,7 @@ async def bench(
     readings = sum(len(unpack_telemetry(m.data, keyring).readings) for m in messages)
     data_bytes = sum(len(m.data) for m in messages)
     billed = sum(
-        max(1000, len(m.data) + sum(len(k) + len(v) for k, v in m.attributes.items()) + 20) for m in messages
+        max(PUBSUB_MIN_REQUEST_BYTES, billed_message_bytes(m.data, dict(m.attributes))) for m in messages
     )
     return {
         "plugs": len(plugs),

@@ -11,8 +11,11 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-import bench  # scripts/ is on sys.path (tests/conftest.py)
 import pytest
+from bench import baselines, cli, fleet  # scripts/ is on sys.path (tests/conftest.py)
+from bench.core import Plan, Report
+from bench.cost import monthly_cost
+from bench.wire import bench_wire
 
 from chargectl.common import codec
 from chargectl.common.keys import Keyring, SigningKey
@@ -20,19 +23,19 @@ from chargectl.common.keys import Keyring, SigningKey
 
 def test_flushes_follow_the_agent_defaults() -> None:
     # 200 plugs polled 12 times: a flush every 6 polls (30 s) of 1,200 readings.
-    fleet = bench.Fleet("site-t", 200, random.Random(1), 0.35)
-    batches = list(bench.flushes(fleet, range(12), 1))
+    site = fleet.Fleet("site-t", 200, random.Random(1), 0.35)
+    batches = list(fleet.flushes(site, range(12), 1))
     assert [len(b.readings) for b in batches] == [1200, 1200]
     assert [b.batch_seq for b in batches] == [1, 2]
     # 1,000 plugs: 6,000 readings per 30 s exceed the 5,000-reading cap, so the cap cuts batches.
-    big = bench.Fleet("site-b", 1000, random.Random(2), 0.35)
-    sizes = [len(b.readings) for b in bench.flushes(big, range(12), 1)]
+    big = fleet.Fleet("site-b", 1000, random.Random(2), 0.35)
+    sizes = [len(b.readings) for b in fleet.flushes(big, range(12), 1)]
     assert sizes[0] == 5000 and sum(sizes) == 12_000 and max(sizes) <= 5000
 
 
 def test_pubsub_billing_counts_attributes_timestamp_and_id() -> None:
     # 100 B body + ("a"+"bb") + ("site_id"+"x") = 3 + 8 attribute bytes + 20 B timestamp + 16 B id.
-    assert bench.billed_message_bytes(b"\0" * 100, {"a": "bb", "site_id": "x"}) == 100 + 3 + 8 + 20 + 16
+    assert fleet.billed_message_bytes(b"\0" * 100, {"a": "bb", "site_id": "x"}) == 100 + 3 + 8 + 20 + 16
 
 
 def test_monthly_cost_applies_free_tiers_and_the_request_minimum() -> None:
@@ -43,7 +46,7 @@ def test_monthly_cost_applies_free_tiers_and_the_request_minimum() -> None:
         "checkpoint_bytes_per_plug": 0.0,
         "event_checkpoints_per_plug_hour": 0.0,
     }
-    cost = bench.monthly_cost(sim, 1000, "us-multi")
+    cost = monthly_cost(sim, 1000, "us-multi")
     # Pub/Sub: 1,000 plugs × 720 h × 1 msg × 1,000 B × 2 (publish + delivery) = 1.44e9 B < 10 GiB free.
     assert cost["pubsub_usd"] == 0.0
     # Firestore: 720,000 plug-state writes + 120 checkpoints/h × 720 h × 2 documents = 892,800 writes,
@@ -55,35 +58,47 @@ def test_monthly_cost_applies_free_tiers_and_the_request_minimum() -> None:
 
 
 def test_row_protobuf_baseline_holds_the_readings() -> None:
-    fleet = bench.Fleet("site-r", 20, random.Random(3), 0.5)
-    batch = next(bench.flushes(fleet, range(6), 1))
-    blob = bench.row_batch_zstd(batch)
+    site = fleet.Fleet("site-r", 20, random.Random(3), 0.5)
+    batch = next(fleet.flushes(site, range(6), 1))
+    blob = baselines.row_batch_zstd(batch)
     import zstandard
 
-    msg = bench._row_batch_class()()
+    msg = baselines.row_batch_class()()
     msg.ParseFromString(zstandard.ZstdDecompressor().decompress(blob))
     assert len(msg.readings) == 120
     assert [r.mac for r in msg.readings] == [r.mac for r in batch.readings]
     assert msg.readings[5].energy_mwh == batch.readings[5].energy_mwh
 
 
+def test_a_200_plug_site_sends_at_most_8_bytes_per_reading() -> None:
+    # Issue 16's wire goal on the wire section's own fleet and flushes (signed, compressed, verified
+    # back by the section); deterministic, so a regression in the codec shows here, not only in a run.
+    report = Report()
+    bench_wire(replace(Plan.tiny(), wire_sites=(200,), wire_polls=24), report)
+    site = report.details["wire"]["200"]
+    assert site["readings_per_message"] == 1200
+    assert 0 < site["bytes_per_reading"] <= 8.0
+    assert site["bytes_per_reading"] < site["row_protobuf_zstd_bytes_per_reading"] / 2
+    assert site["decode_runs_us_per_reading"] > 0 and site["decode_batch_us_per_reading"] > 0
+
+
 def test_real_encoder_round_trips_the_fleet() -> None:
     key = SigningKey.generate()
     ring = Keyring()
     ring.add_public(key.public_bytes, "site-e")
-    fleet = bench.Fleet("site-e", 30, random.Random(4), 0.4)
-    batch = next(bench.flushes(fleet, range(6), 1))
-    data, attrs = bench.telemetry_attributes(batch, key)
+    site = fleet.Fleet("site-e", 30, random.Random(4), 0.4)
+    batch = next(fleet.flushes(site, range(6), 1))
+    data, attrs = fleet.telemetry_attributes(batch, key)
     assert attrs["shard"] == "0" and attrs["encoding"] == "zstd"
     # The wire groups readings by plug; the set of readings is unchanged, value for value.
     back = codec.unpack_telemetry(data, ring).readings
-    assert sorted(back, key=bench._order) == sorted(batch.readings, key=bench._order)
+    assert sorted(back, key=fleet.reading_order) == sorted(batch.readings, key=fleet.reading_order)
 
 
 def test_quick_benchmark_code_on_tiny_sizes(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
-    assert bench.main(["--json", str(out), "--markdown", str(md)], plan=bench.Plan.tiny()) == 0
+    assert cli.main(["--json", str(out), "--markdown", str(md)], plan=Plan.tiny()) == 0
     data = json.loads(out.read_text())
     figures = data["figures"]
     by_section: dict[str, list[dict[str, object]]] = {}
@@ -91,7 +106,7 @@ def test_quick_benchmark_code_on_tiny_sizes(tmp_path: Path) -> None:
         by_section.setdefault(str(f["section"]), []).append(f)
     assert set(by_section) == {"wire", "hub", "memory", "agent", "latency", "cost"}
     # Every size of the plan has its figure, and every figure with a baseline has a positive gain.
-    assert len(by_section["wire"]) == 2 * 2  # two site sizes × two baselines
+    assert len(by_section["wire"]) == 2 * 3  # two site sizes × (two size baselines + decode runs vs objects)
     assert [f["name"] for f in by_section["hub"] if f["baseline"] is not None] == [
         "40 plugs, readings/s",
         "200 plugs, readings/s",
@@ -136,7 +151,7 @@ def test_quick_benchmark_code_on_tiny_sizes(tmp_path: Path) -> None:
 
 def test_unknown_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--only", "wire,nope"])
+        cli.main(["--only", "wire,nope"])
     assert exc.value.code == 2
     assert "unknown section 'nope'" in capsys.readouterr().err
 
@@ -144,9 +159,9 @@ def test_unknown_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.integration
 def test_request_to_relay_on_the_emulators(pubsub_env: object, firestore_env: object, tmp_path: Path) -> None:
     # The emulators of the test session are used as they are (their variables are set).
-    plan = replace(bench.Plan.tiny(), latency_backends=("emulators",))
+    plan = replace(Plan.tiny(), latency_backends=("emulators",))
     out = tmp_path / "bench.json"
-    assert bench.main(["--only", "latency", "--json", str(out)], plan=plan) == 0
+    assert cli.main(["--only", "latency", "--json", str(out)], plan=plan) == 0
     data = json.loads(out.read_text())
     emu = data["details"]["latency"]["emulators"]
     assert emu["samples"] == 2 and 0 < emu["p50_s"] <= emu["p99_s"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
+from itertools import pairwise
 
 import pytest
 import zstandard
@@ -30,15 +32,17 @@ def readings(draw: st.DrawFn, mac: str) -> list[Reading]:
     n = draw(st.integers(1, 12))
     t = draw(st.integers(1_600_000_000_000, 1_900_000_000_000))
     out = []
+    step = draw(st.sampled_from([1_000, 5_000, 30_000]))
     for _ in range(n):
-        t += draw(st.integers(0, 120_000))
+        # Mostly on-time polls with jitter, sometimes a gap, a duplicate time or a clock step back.
+        t += draw(st.integers(step - 50, step + 50) | st.integers(-60_000, 600_000))
         v, a, temp, up = draw(opt), draw(opt), draw(opt), draw(st.none() | st.integers(0, 10**8))
         out.append(
             Reading(
                 mac=mac,
                 ts_ms=t,
                 power_w=draw(st.integers(-1000, 40_000)) / 10,
-                energy_mwh=draw(st.integers(0, 10**12)),
+                energy_mwh=draw(st.integers(0, 10**12) | st.integers(0, 2**61)),
                 relay_on=draw(st.booleans()),
                 voltage_v=None if v is None else v / 10,
                 current_a=None if a is None else a / 1000,
@@ -77,6 +81,7 @@ def batches(draw: st.DrawFn) -> Batch:
         inventory=inventory,
         created_at_ms=draw(st.integers(0, 10**13)),
         agent_version="0.1.0",
+        epoch=draw(st.integers(0, 2**64 - 1)),
     )
 
 
@@ -195,23 +200,289 @@ def test_invalid_batches_name_the_problem() -> None:
 
 
 def test_wire_values_are_the_documented_units() -> None:
-    """0.1 W, 1 mWh, 0.1 V, 1 mA, 0.1 degC, and deltas against the previous sample."""
+    """0.1 W, 1 mWh, 0.1 V, 1 mA, 0.1 degC; batch columns restarting per plug; time against the step."""
+    a, b = "AABBCCDDEEFF", "001122334455"
     rows = (
-        Reading("AABBCCDDEEFF", 1_000_000, 2300.4, 10_000, True, 230.1, 10.002, None, 0, 100),
-        Reading("AABBCCDDEEFF", 1_005_000, 2300.9, 13_200, False, None, 10.5, 40.0, 1, 105),
+        Reading(a, 1_000_000, 2300.4, 10_000, True, 230.1, 10.002, None, 0, 100),
+        Reading(a, 1_005_000, 2300.9, 13_200, False, None, 10.5, 40.0, 1, 105),
+        Reading(a, 1_010_040, 0.0, 16_500, True, 229.0, None, 40.0, 0, 110),
+        Reading(b, 1_002_000, 5.0, 7, False, 229.5, None, None, 0, None),
     )
     msg = codec.telemetry_pb2.TelemetryBatch()
-    msg.ParseFromString(codec.encode_batch(Batch("s", 1, rows)))
-    s = msg.series[0]
+    msg.ParseFromString(codec.encode_batch(Batch("s", 1, rows, epoch=9)))
+    assert not msg.series  # the per-plug layout is only read, no longer written
+    assert list(msg.plug_macs) == [a, b] and list(msg.sample_counts) == [3, 1]
     assert msg.base_time_ms == 1_000_000
-    assert list(s.time_delta_ms) == [0, 5000]
-    assert list(s.power_dw_delta) == [23004, 5]
-    assert list(s.energy_mwh_delta) == [10_000, 3_200]
-    assert list(s.voltage_dv_delta) == [2301, 0] and s.voltage_missing == b"\x02"
-    assert list(s.current_ma_delta) == [10002, 498] and s.current_missing == b""
-    assert list(s.temperature_dc_delta) == [0, 400] and s.temperature_missing == b"\x01"
-    assert s.relay_on_bits == b"\x01"
-    assert list(s.error_flags) == [0, 1]
+    # Gaps 5,000 and 5,040 ms: the median (upper of two) is the step; each gap is sent less the step.
+    assert msg.time_step_ms == 5040
+    assert list(msg.time_ms) == [0, -40, 0, 2000]
+    # Power, voltage, current, temperature: differences running through the batch (plug b's first
+    # sample against plug a's last).
+    assert list(msg.power_dw) == [23004, 5, -23009, 50]
+    # Energy and uptime restart per plug: the value, the first step, then the change of step.
+    assert list(msg.energy_mwh) == [10_000, 3_200, 100, 7]
+    # An absent value repeats the previous one (uptime: 0 at a plug's start); its bit is set.
+    assert list(msg.voltage_dv) == [2301, 0, -11, 5] and msg.voltage_missing == bytes([0b0010])
+    assert list(msg.current_ma) == [10002, 498, 0, 0] and msg.current_missing == bytes([0b1100])
+    assert list(msg.temperature_dc) == [0, 400, 0, 0] and msg.temperature_missing == bytes([0b1001])
+    assert list(msg.uptime_s) == [100, 5, 0, 0] and msg.uptime_missing == bytes([0b1000])
+    assert msg.relay_on_bits == bytes([0b0101])
+    assert list(msg.error_flags) == [0, 1, 0, 0]
+    assert msg.epoch == 9
+    assert codec.decode_batch(msg.SerializeToString()) == Batch("s", 1, rows, epoch=9)
+
+
+def test_energy_counter_resets_and_jumps_reach_the_hub_exactly() -> None:
+    # The energy column is what sessions are billed from. A Gen1 reboot resets the counter to 0, a
+    # swapped plug reports a far larger one, a hostile plug runs it backwards: second differences
+    # must carry every value exactly, per plug, with another plug's samples in between.
+    a, b = "AABBCCDDEEFF", "001122334455"
+    energies = [2_000_000_000, 2_000_002_800, 2_000_005_600, 0, 2_800, 10**15, 10**15, 5, 2**61]
+    rows = [Reading(a, 1_000_000 + 5000 * i, 2016.0, e, True) for i, e in enumerate(energies)]
+    rows += [Reading(b, 1_000_100 + 5000 * i, 0.0, 7_777_777, False) for i in range(3)]
+    runs = codec.decode_runs(codec.encode_batch(Batch("s", 1, tuple(rows)))).runs
+    assert runs[a].energy_mwh == energies
+    assert runs[b].energy_mwh == [7_777_777] * 3
+    # What a hub bills from the counter (positive steps; a reset restarts from 0) is unchanged.
+    billed = sum(max(0, y - x) for x, y in pairwise(runs[a].energy_mwh[:4]))
+    assert billed == 5_600
+
+
+def test_a_batch_without_errors_or_optional_values_carries_no_such_columns() -> None:
+    rows = tuple(Reading("AABBCCDDEEFF", 1_000_000 + 5000 * i, 0.0, 42, False) for i in range(9))
+    msg = codec.telemetry_pb2.TelemetryBatch()
+    msg.ParseFromString(codec.encode_batch(Batch("s", 1, rows)))
+    assert list(msg.time_ms) == [0] * 9 and msg.time_step_ms == 5000
+    assert list(msg.energy_mwh) == [42] + [0] * 8
+    assert not msg.error_flags and not msg.voltage_dv and not msg.uptime_s and not msg.voltage_missing
+    assert msg.relay_on_bits == b"\0\0"
+    assert codec.decode_batch(msg.SerializeToString()).readings == rows
+
+
+def test_readings_beyond_64_bits_are_a_codec_error_not_a_crash() -> None:
+    rows = (Reading("AABBCCDDEEFF", 1, 0.0, 2**64, False),)
+    with pytest.raises(CodecError, match="does not fit the wire format"):
+        codec.encode_batch(Batch("s", 1, rows))
+
+
+def _series_layout(batch: Batch) -> bytes:
+    """What agents before batch columns sent: one PlugSeries of first differences per plug."""
+    msg = codec.telemetry_pb2.TelemetryBatch(
+        site_id=batch.site_id,
+        batch_seq=batch.batch_seq,
+        created_at_ms=batch.created_at_ms,
+        agent_version=batch.agent_version,
+        epoch=batch.epoch,
+    )
+    groups: dict[str, list[Reading]] = {}
+    for r in batch.readings:
+        groups.setdefault(r.mac, []).append(r)
+    base = min((r.ts_ms for r in batch.readings), default=0)
+    msg.base_time_ms = base
+
+    def deltas(values: list[int]) -> list[int]:
+        return [v - p for p, v in zip([0, *values], values, strict=False)]
+
+    def bits(flags: list[bool]) -> bytes:
+        return bytes(
+            sum(1 << j for j, f in enumerate(flags[i : i + 8]) if f) for i in range(0, len(flags), 8)
+        )
+
+    def optional(values: list[float | int | None], scale: int) -> tuple[list[int], bytes]:
+        if all(v is None for v in values):
+            return [], bits([True] * len(values))
+        ints, prev = [], 0
+        for v in values:
+            prev = prev if v is None else round(v * scale)
+            ints.append(prev)
+        missing = [v is None for v in values]
+        return deltas(ints), bits(missing) if any(missing) else b""
+
+    for index, (mac, rs) in enumerate(groups.items()):
+        msg.plug_macs.append(mac)
+        s = msg.series.add(plug_index=index)
+        s.time_delta_ms.extend(deltas([r.ts_ms - base for r in rs]))
+        s.power_dw_delta.extend(deltas([round(r.power_w * 10) for r in rs]))
+        s.energy_mwh_delta.extend(deltas([r.energy_mwh for r in rs]))
+        s.relay_on_bits = bits([r.relay_on for r in rs])
+        if any(r.errors for r in rs):
+            s.error_flags.extend(r.errors for r in rs)
+        for column, missing, values, scale in (
+            ("voltage_dv_delta", "voltage_missing", [r.voltage_v for r in rs], 10),
+            ("current_ma_delta", "current_missing", [r.current_a for r in rs], 1000),
+            ("temperature_dc_delta", "temperature_missing", [r.temperature_c for r in rs], 10),
+            ("uptime_s_delta", "uptime_missing", [r.uptime_s for r in rs], 1),
+        ):
+            col, miss = optional(values, scale)
+            getattr(s, column).extend(col)
+            setattr(s, missing, miss)
+    for change in batch.inventory:
+        msg.inventory.add(mac=change.mac, kind=codec._INVENTORY_KIND[change.kind], at_ms=change.at_ms)
+    return msg.SerializeToString()
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=batches())
+def test_batches_of_agents_before_batch_columns_still_decode(batch: Batch) -> None:
+    plain = replace(
+        batch,
+        inventory=tuple(InventoryChange(c.mac, c.kind, c.at_ms, switchable=False) for c in batch.inventory),
+    )
+    data = codec.seal(_series_layout(plain), codec.SCHEMA_TELEMETRY, KEY, "zstd")
+    assert codec.unpack_telemetry(data, KEYRING) == plain
+    assert codec.unpack_telemetry_runs(data, KEYRING).to_batch() == plain
+
+
+def _expected_runs(batch: Batch) -> dict[str, dict[str, list[object]]]:
+    """Per plug, each quantity of the batch's readings in order: what a run must carry."""
+    out: dict[str, dict[str, list[object]]] = {}
+    for r in batch.readings:
+        cols = out.setdefault(r.mac, {})
+        for name in PLUG_RUN_COLUMNS:
+            cols.setdefault(name, []).append(getattr(r, name))
+    return out
+
+
+PLUG_RUN_COLUMNS = (
+    "ts_ms",
+    "power_w",
+    "energy_mwh",
+    "relay_on",
+    "voltage_v",
+    "current_a",
+    "temperature_c",
+    "errors",
+    "uptime_s",
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch=batches(), encoding=st.sampled_from(codec.ENCODINGS))
+def test_runs_carry_exactly_what_decode_batch_does(batch: Batch, encoding: codec.Encoding) -> None:
+    data, _ = codec.pack_telemetry(batch, KEY, encoding)
+    runs = codec.unpack_telemetry_runs(data, KEYRING)
+    decoded = codec.unpack_telemetry(data, KEYRING)
+    # Against the input readings, value for value, and in plug order of first appearance...
+    assert list(runs.runs) == list(dict.fromkeys(r.mac for r in batch.readings))
+    got = {mac: {name: getattr(run, name) for name in PLUG_RUN_COLUMNS} for mac, run in runs.runs.items()}
+    assert got == _expected_runs(batch)
+    assert runs.sample_count == len(batch.readings)
+    # ... and against decode_batch: the same readings, batch fields and inventory.
+    assert got == _expected_runs(decoded)
+    assert runs.to_batch() == decoded == batch
+    assert (runs.site_id, runs.batch_seq, runs.epoch, runs.created_at_ms, runs.inventory) == (
+        batch.site_id,
+        batch.batch_seq,
+        batch.epoch,
+        batch.created_at_ms,
+        batch.inventory,
+    )
+    for run in runs.runs.values():
+        assert all(type(v) is int for v in run.ts_ms + run.energy_mwh + run.errors)
+        assert all(type(v) is bool for v in run.relay_on)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=batches(), data=st.data())
+def test_interleaved_plugs_come_back_grouped_in_order_of_first_appearance(
+    batch: Batch, data: st.DataObject
+) -> None:
+    # The agent's buffer interleaves plugs (one poll of every plug, then the next): the wire groups
+    # them; every plug keeps its own samples, in its own order.
+    queues = {
+        mac: [r for r in batch.readings if r.mac == mac]
+        for mac in dict.fromkeys(r.mac for r in batch.readings)
+    }
+    mixed: list[Reading] = []
+    while any(queues.values()):
+        mac = data.draw(st.sampled_from([m for m, q in queues.items() if q]))
+        mixed.append(queues[mac].pop(0))
+    runs = codec.decode_runs(codec.encode_batch(replace(batch, readings=tuple(mixed)))).runs
+    assert list(runs) == list(dict.fromkeys(r.mac for r in mixed))
+    for mac, run in runs.items():
+        assert list(run.readings()) == [r for r in mixed if r.mac == mac]
+
+
+def _columns(**fields: object) -> bytes:
+    msg = codec.telemetry_pb2.TelemetryBatch(site_id="s", **fields)  # type: ignore[arg-type]
+    return msg.SerializeToString()
+
+
+GOOD = {
+    "plug_macs": ["AABBCCDDEEFF", "001122334455"],
+    "sample_counts": [2, 1],
+    "time_ms": [0, 0, 10],
+    "power_dw": [1, 1, 1],
+    "energy_mwh": [5, 0, 7],
+    "relay_on_bits": b"\x05",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sample_counts": [3]}, "1 sample counts for 2 plugs"),
+        ({"power_dw": [1, 1]}, "power_dw has 2 values for 3 samples"),
+        ({"energy_mwh": []}, "energy_mwh has 0 values for 3 samples"),
+        ({"voltage_dv": [1]}, "voltage_dv has 1 values for 3 samples"),
+        ({"error_flags": [0, 0, 0, 0]}, "error_flags has 4 values for 3 samples"),
+        ({"relay_on_bits": b""}, "relay bitmap has 0 bytes for 3 samples"),
+        ({"voltage_dv": [1, 2, 3], "voltage_missing": b"\0\0"}, "voltage_missing has 2 bytes"),
+        ({"plug_macs": ["AABBCCDDEEFF", "AABBCCDDEEFF"]}, "names plug AABBCCDDEEFF twice"),
+        ({"sample_counts": [2, 3]}, "time_ms has 3 values for 5 samples"),
+    ],
+)
+def test_hostile_batch_columns_name_the_problem(change: dict[str, object], message: str) -> None:
+    assert len(codec.decode_batch(_columns(**GOOD)).readings) == 3
+    with pytest.raises(CodecError, match=message):
+        codec.decode_batch(_columns(**{**GOOD, **change}))
+    with pytest.raises(CodecError, match=message):
+        codec.decode_runs(_columns(**{**GOOD, **change}))
+
+
+def test_values_beyond_64_bits_are_refused_not_passed_on() -> None:
+    # Each entry fits sint64, but they add up past it: no store downstream could hold the result.
+    one = {"plug_macs": ["AABBCCDDEEFF"], "sample_counts": [1], "power_dw": [0], "relay_on_bits": b"\0"}
+    late = _columns(**one, base_time_ms=2**62, time_ms=[2**62], energy_mwh=[0])
+    with pytest.raises(CodecError, match="ts_ms decodes to values beyond 64 bits"):
+        codec.decode_runs(late)
+    two = {**one, "sample_counts": [2], "power_dw": [0, 0], "time_ms": [0, 0]}
+    big = _columns(**two, energy_mwh=[2**62, 2**62])
+    with pytest.raises(CodecError, match="energy_mwh decodes to values beyond 64 bits"):
+        codec.decode_batch(big)
+    old = codec.telemetry_pb2.TelemetryBatch(site_id="s", plug_macs=["AABBCCDDEEFF"])
+    old.series.add(
+        plug_index=0,
+        time_delta_ms=[0, 0],
+        power_dw_delta=[0, 0],
+        energy_mwh_delta=[2**62, 2**62],
+        relay_on_bits=b"\0",
+    )
+    with pytest.raises(CodecError, match="energy_mwh decodes to values beyond 64 bits"):
+        codec.decode_batch(old.SerializeToString())
+
+
+def test_a_batch_with_both_layouts_is_refused() -> None:
+    msg = codec.telemetry_pb2.TelemetryBatch()
+    msg.ParseFromString(_columns(**GOOD))
+    msg.series.add(
+        plug_index=0, time_delta_ms=[1], power_dw_delta=[1], energy_mwh_delta=[1], relay_on_bits=b"\1"
+    )
+    with pytest.raises(CodecError, match="mixes per-plug series and batch columns"):
+        codec.decode_batch(msg.SerializeToString())
+
+
+def test_a_forged_batch_never_reaches_the_run_decoder() -> None:
+    data, _ = codec.pack_telemetry(_batch(), KEY)
+    env = codec.commands_pb2.Envelope()
+    env.ParseFromString(data)
+    env.key_id = OTHER_KEY.key_id  # the other site's key id: the signature no longer matches
+    with pytest.raises(CodecError):
+        codec.unpack_telemetry_runs(env.SerializeToString(), KEYRING)
+    # A batch signed by site-b that claims site-a is refused too.
+    forged, _ = codec.pack_telemetry(_batch(), OTHER_KEY)
+    with pytest.raises(CodecError, match="signed by a key of site 'site-b'"):
+        codec.unpack_telemetry_runs(forged, KEYRING)
 
 
 def test_commands_and_outcomes_round_trip_and_verify() -> None:

@@ -1,0 +1,98 @@
+"""2. Hub throughput on one core through ``Hub.handle_message`` against the naive hub; one ``Hub.tick``
+sweep and one ``Hub.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from typing import Any
+
+from chargectl.common.clock import ManualClock
+from chargectl.common.keys import SigningKey
+from chargectl.common.topics import DEAD_LETTER_TOPIC, command_topic
+from chargectl.services.hub.settings import HubSettings
+
+from .baselines import naive_hub_run
+from .core import POLL_INTERVAL_S, START_S, Figure, Plan, Report
+from .harness import HubLoad, build_load, feed, make_hub, start_sessions
+
+
+async def real_hub_run(load: HubLoad, measure_tick: bool) -> dict[str, float]:
+    clock = ManualClock(START_S)
+    hub, sink = make_hub(load.keys, SigningKey.generate(), clock)
+    await hub.ports.bus.ensure_topic(DEAD_LETTER_TOPIC)
+    for site in load.keys:
+        await hub.ports.bus.ensure_topic(command_topic(site))
+    await feed(hub, clock, load.warmup)
+    start_sessions(hub, load)
+    lines_before = sink.lines
+    gc.collect()
+    t0 = time.process_time()
+    await feed(hub, clock, load.timed)
+    cpu = time.process_time() - t0
+    if hub.metrics.value("readings_total") < load.readings:
+        raise AssertionError("the hub did not process every reading")
+    if sink.lines - lines_before < load.readings:
+        raise AssertionError("the hub did not write a time-series line per reading")
+    out = {"cpu_s": cpu, "readings_per_s": load.readings / cpu}
+    states: dict[str, int] = {}
+    for p in hub.plugs.values():
+        states[str(p.state.status)] = states.get(str(p.state.status), 0) + 1
+    out["charging_plugs"] = states.get("CHARGING", 0) + states.get("AUTHORIZED", 0)
+    if measure_tick:
+        await hub.tick()  # the first tick after the readings mirrors every changed plug state
+        t0 = time.process_time()
+        await hub.tick()
+        out["tick_us_per_plug"] = (time.process_time() - t0) / len(hub.plugs) * 1e6
+        # The hub checkpoints every checkpoint_interval_s.
+        t0 = time.process_time()
+        hub.checkpoint()
+        out["checkpoint_ms"] = (time.process_time() - t0) * 1000
+    return out
+
+
+def bench_hub(plan: Plan, report: Report) -> None:
+    details: dict[str, Any] = {}
+    for n in plan.hub_plugs:
+        load = build_load(n, plan.hub_cycles, plan.seed + n)
+        repeats = plan.hub_repeats if n <= plan.repeat_max_plugs else 1
+        real_runs: list[dict[str, float]] = []
+        naive_runs: list[dict[str, float]] = []
+        for i in range(repeats):  # interleaved, so both see the same machine noise
+            real_runs.append(asyncio.run(real_hub_run(load, measure_tick=(i == 0))))
+            naive_runs.append(naive_hub_run(load))
+        real = statistics.median(r["readings_per_s"] for r in real_runs)
+        naive = statistics.median(r["readings_per_s"] for r in naive_runs)
+        tick_us = real_runs[0]["tick_us_per_plug"]
+        details[str(n)] = {
+            "readings": load.readings,
+            "messages": len(load.timed),
+            "repeats": repeats,
+            "real_readings_per_s": [r["readings_per_s"] for r in real_runs],
+            "naive_readings_per_s": [r["readings_per_s"] for r in naive_runs],
+            "plugs_in_session": real_runs[0]["charging_plugs"],
+            "tick_us_per_plug": tick_us,
+            "checkpoint_ms": real_runs[0]["checkpoint_ms"],
+            # Share of one core for readings every poll interval plus a tick every tick_interval_s.
+            "core_share_readings": n / POLL_INTERVAL_S / real,
+            "core_share_ticks": n * tick_us / 1e6 / HubSettings().tick_interval_s,
+        }
+        report.add(
+            Figure(
+                "hub",
+                f"{n:,} plugs, readings/s",
+                real,
+                "/s",
+                naive,
+                "naive hub (JSON per reading, dict state)",
+                higher_is_better=True,
+            ),
+        )
+        report.add(
+            Figure("hub", f"{n:,} plugs, Hub.tick µs/plug", tick_us, "µs"),
+            Figure("hub", f"{n:,} plugs, Hub.checkpoint", real_runs[0]["checkpoint_ms"], "ms"),
+        )
+    report.details["hub"] = details

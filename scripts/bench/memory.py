@@ -1,0 +1,59 @@
+"""3. Hub memory per plug (tracemalloc) against the naive hub's dict state."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+from typing import Any
+
+from chargectl.common.clock import ManualClock
+from chargectl.common.keys import SigningKey
+from chargectl.common.topics import command_topic
+
+from .baselines import naive_memory
+from .core import START_S, Figure, Plan, Report
+from .harness import HubLoad, build_load, feed, make_hub, start_sessions
+
+
+def bench_memory(plan: Plan, report: Report) -> None:
+    details: dict[str, Any] = {}
+    for n in plan.memory_plugs:
+        # State after a few samples is all the memory figure needs: one-poll flushes keep set-up short.
+        load = build_load(n, 1, plan.seed + 1000 + n, polls_per_cycle=1)
+        real = asyncio.run(_real_memory(load))
+        naive = naive_memory(load)
+        details[str(n)] = {"real_bytes_per_plug": real, "naive_bytes_per_plug": naive}
+        report.add(
+            Figure(
+                "memory",
+                f"{n:,} plugs, bytes/plug",
+                real,
+                "B",
+                naive,
+                "naive dict state",
+            )
+        )
+    report.details["memory"] = details
+
+
+async def _real_memory(load: HubLoad) -> float:
+    clock = ManualClock(START_S)
+    hub, _ = make_hub(load.keys, SigningKey.generate(), clock)
+    for site in load.keys:
+        await hub.ports.bus.ensure_topic(command_topic(site))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await feed(hub, clock, load.warmup)
+        start_sessions(hub, load)
+        await feed(hub, clock, load.timed)
+        await asyncio.sleep(0)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    if len(hub.plugs) != load.n:
+        raise AssertionError(f"the hub knows {len(hub.plugs)} plugs, expected {load.n}")
+    return (after - before) / load.n
