@@ -220,7 +220,7 @@ class ConsoleApp:
             site_charts=site_charts,
             plug_charts=plug_charts,
             refresh_ms=round(self.settings.refresh_s * 1000),
-            chart_ms=self.settings.chart_step_s * 1000,
+            chart_ms=max(self.settings.chart_step_s, 5) * 1000,
             logout=self.auth.required,
         )
         return _html(200, html)

@@ -46,8 +46,8 @@ def power_chart(
     step_ms: int,
     *,
     title: str,
-    width: int = 560,
-    height: int = 160,
+    width: int = 400,
+    height: int = 150,
 ) -> str:
     """An SVG line chart of ``points`` over ``[since_ms, until_ms)`` (UTC time labels)."""
     span = max(1, until_ms - since_ms)
@@ -90,6 +90,7 @@ def power_chart(
             prev = p.ts_ms
         parts.append(f'<path class="line" fill="none" d="{" ".join(segments)}"/>')
         last = inside[-1]
+        parts.append(f'<circle class="dot" r="2.5" cx="{x(last.ts_ms):.1f}" cy="{y(last.power_w):.1f}"/>')
         parts.append(
             f'<text class="now" x="{width - _RIGHT}" y="13" text-anchor="end">now {_watts(round(last.power_w, 1))}</text>'
         )

@@ -35,9 +35,9 @@ code{font-size:.85rem}
 ul.alerts{list-style:none;padding:0;margin:0}ul.alerts li{padding:.3rem .5rem;border-left:4px solid var(--warn);
 background:var(--panel);margin-bottom:.3rem}ul.alerts li.critical{border-color:var(--bad)}
 ul.alerts li.info{border-color:var(--busy)}.mute{color:var(--mute)}
-.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:.75rem}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:.75rem;margin-top:.75rem}
 .chartbox{border:1px solid var(--line);border-radius:6px;padding:.25rem}
-svg.chart{width:100%;height:auto;display:block}svg.chart .line{stroke:var(--busy);stroke-width:1.8}
+svg.chart{width:100%;height:auto;display:block}svg.chart .line{stroke:var(--busy);stroke-width:1.8}svg.chart .dot{fill:var(--busy)}
 svg.chart .grid{stroke:var(--line);stroke-width:1}svg.chart text{font:11px system-ui,sans-serif;fill:var(--mute)}
 svg.chart .title{fill:var(--fg);font-weight:600}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}dl.facts dt{color:var(--mute)}
