@@ -260,20 +260,23 @@ def _promql_str(value: str) -> str:
 def prometheus_range(
     settings: InfluxSettings, query: str, since_ms: int, until_ms: int, step_ms: int
 ) -> list[PowerPoint]:
-    """Run a range query on the Prometheus API (``/api/v1/query_range``). Each value at time ``t`` covers
-    ``(t - step, t]``, so it is returned as the bucket starting at ``t - step``; buckets before
-    ``since_ms`` are left out. Any failure is a ``StoreError`` (the token is never part of it)."""
+    """Run a range query on the Prometheus API (``/api/v1/query_range``, as VictoriaMetrics serves it):
+    ``query`` must look back one step (``[Ns]``); values come back per bucket ``[start, start + step)``,
+    like the SQLite series. Any failure is a ``StoreError`` (the token is never part of it)."""
     import httpx
 
     step_s = max(1, step_ms // 1000)
     step_ms = step_s * 1000
-    first_end = (since_ms // step_ms + 1) * step_ms  # the end of the bucket holding since_ms
-    last_end = -(-until_ms // step_ms) * step_ms
+    # A value at t covers (t - step, t]; asking at t = bucket end - 1 ms makes it [start, end) for
+    # millisecond timestamps, the same buckets as the SQLite series.
+    first_end = (since_ms // step_ms + 1) * step_ms - 1
+    last_end = -(-until_ms // step_ms) * step_ms - 1
     params = {
         "query": query,
         "start": f"{first_end / 1000:.3f}",
         "end": f"{last_end / 1000:.3f}",
         "step": f"{step_s}s",
+        "nocache": "1",
     }
     headers = {"Authorization": f"Token {settings.token}"} if settings.token else {}
     url = f"{(settings.query_url or settings.url).rstrip('/')}/api/v1/query_range"
@@ -289,7 +292,7 @@ def prometheus_range(
         points: dict[int, float] = {}
         for series in results:
             for ts, value in series["values"]:
-                start = round(float(ts) * 1000) - step_ms
+                start = round(float(ts) * 1000) + 1 - step_ms
                 if since_ms - step_ms < start < until_ms:
                     points[start] = points.get(start, 0.0) + float(value)
     except (ValueError, KeyError, TypeError) as exc:
