@@ -229,3 +229,33 @@ def test_non_loopback_bind_requires_the_token(
         browser_context.clear_cookies()
         _kill(proc, signal.SIGINT)
     assert token not in system.log.read_text()  # never logged, even on a wrong or right sign-in
+
+
+def test_demo_prints_the_console_url_and_serves_it(tmp_path: Path) -> None:
+    with open(tmp_path / "demo.log", "wb") as log:
+        proc = subprocess.Popen(
+            [CHARGECTL, "demo", "--plugs", "2", "--speed", "300", "--seed", "3", "--console-port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            start_new_session=True,
+        )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        assert first.startswith("operator console: http://127.0.0.1:"), first
+        url = first.removeprefix("operator console: ")
+
+        def two_plugs() -> list[dict[str, Any]]:
+            try:
+                return [p for p in httpx.get(url + "api/plugs", timeout=5).json()["plugs"] if p["live"]]
+            except httpx.HTTPError:
+                return []
+
+        plugs = wait_for("the demo's plugs on the console", lambda: len(two_plugs()) == 2 and two_plugs())
+        html = httpx.get(url, timeout=10).text
+        for p in plugs:
+            assert f"<code>{p['mac']}</code>" in html
+    finally:
+        _kill(proc, signal.SIGINT)  # type: ignore[arg-type]
+    assert proc.returncode == 0, (tmp_path / "demo.log").read_text()[-2000:]
