@@ -49,9 +49,7 @@ class InfluxSettings:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     timeout_s: float = 10.0
-    # Chart reads: "prometheus" (VictoriaMetrics' query API, also Prometheus-compatible stores);
-    # query_url empty = url.
-    query_api: Literal["prometheus"] = "prometheus"
+    # Chart reads go to the Prometheus query API (VictoriaMetrics serves it); empty = url.
     query_url: str = ""
 
     def __post_init__(self) -> None:
