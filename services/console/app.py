@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
@@ -34,7 +35,8 @@ __all__ = ["ConsoleApp", "mount_console"]
 log = logging.getLogger("chargectl.console")
 
 MAX_OVERVIEW_PLUG_CHARTS = 60  # beyond this, the overview draws site charts only (each plug has its URL)
-SUMMARY_SESSION_SCAN = 5000  # sessions read to total today's (newest first)
+SUMMARY_SESSION_SCAN = 1000  # the newest sessions read to total today's
+SUMMARY_TTL_S = 10.0  # today's sessions are re-read from the store at most this often
 
 
 def _csp_hash(text: str) -> str:
@@ -102,6 +104,8 @@ class ConsoleApp:
         self.source = source
         self.settings = settings
         self.auth = ConsoleAuth(settings.token, settings.cookie_max_age_s)
+        self._recent: list[Any] = []
+        self._recent_at: float | None = None
         self._routes: list[tuple[str, Callable[[HttpRequest, str], Any]]] = [
             ("/api/plugs", self._api_plugs),
             ("/api/sessions/", self._api_session),
@@ -194,16 +198,24 @@ class ConsoleApp:
         ids = sorted({p["site_id"] for p in plugs})
         return [(site_id, names.get(site_id, "")) for site_id in ids]
 
+    def _recent_sessions(self) -> list[Any]:
+        """The newest sessions for today's totals, cached: every open page polls the summary."""
+        mono = time.monotonic()
+        if self._recent_at is None or mono - self._recent_at >= SUMMARY_TTL_S:
+            self._recent = self.source.sessions(limit=SUMMARY_SESSION_SCAN)
+            self._recent_at = mono
+        return self._recent
+
     def _summary(self) -> dict[str, Any]:
         now = self.source.now_ms()
         rows = self.source.plugs()
-        return views.today_totals(self.source.sessions(limit=SUMMARY_SESSION_SCAN), rows, now)
+        return views.today_totals(self._recent_sessions(), rows, now)
 
     async def _overview(self) -> HttpResponse:
         now = self.source.now_ms()
         rows = self.source.plugs()
         plugs = [views.plug_doc(r, now) for r in rows]
-        totals = views.today_totals(self.source.sessions(limit=SUMMARY_SESSION_SCAN), rows, now)
+        totals = views.today_totals(self._recent_sessions(), rows, now)
         alerts = [views.alert_doc(a, now) for a in self.source.alerts()]
         sites = self._sites(plugs)
         since, until, step = self._window()

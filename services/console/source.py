@@ -93,8 +93,18 @@ _DOC_CLASS = {int(v): str(k).removeprefix("PLUG_CLASS_").lower() for k, v in com
 class HubSource:
     """A :class:`ConsoleSource` over a :class:`~chargectl.services.hub.service.Hub` in this process."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, mirror_ttl_s: float = 30.0) -> None:
         self.hub = hub
+        self.mirror_ttl_s = mirror_ttl_s  # plug documents change rarely: read them at most this often
+        self._mirror: dict[str, codec.PlugState] = {}
+        self._mirror_at: float | None = None
+
+    def _mirrored(self) -> dict[str, codec.PlugState]:
+        mono = self.hub.clock.monotonic()
+        if self._mirror_at is None or mono - self._mirror_at >= self.mirror_ttl_s:
+            self._mirror = {p.plug_mac: p for p in self.hub.store.list_plug_states()}
+            self._mirror_at = mono
+        return self._mirror
 
     def now_ms(self) -> int:
         return round(self.hub.clock.now() * 1000)
@@ -116,7 +126,7 @@ class HubSource:
         )
 
     def plugs(self) -> list[PlugRow]:
-        mirrored = {p.plug_mac: p for p in self.hub.store.list_plug_states()}
+        mirrored = dict(self._mirrored())
         rows: list[PlugRow] = []
         for mac, plug in self.hub.plugs.items():
             doc = mirrored.pop(mac, None)

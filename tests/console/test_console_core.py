@@ -391,3 +391,26 @@ def test_the_hub_source_joins_other_shards_plugs_from_the_store(env: _Env) -> No
         False,
         T0 - 61_000,
     )
+
+
+def test_the_cloud_hub_refuses_an_open_console_off_loopback_before_opening_any_backend() -> None:
+    from chargectl.common.config import Config
+    from chargectl.services.hub.cloud import build_cloud_hub
+
+    config = Config(backend="gcp", project="p", sections={"hub": {"health_host": "0.0.0.0"}})
+    with pytest.raises(ConfigError, match=r"\[console\] token"):
+        build_cloud_hub(config)
+
+
+@pytest.mark.integration
+def test_the_cloud_hub_mounts_the_console(pubsub_env: Any, firestore_env: Any, tmp_path: Path) -> None:
+    from chargectl.common.config import Config
+    from chargectl.services.hub.cloud import build_cloud_hub
+
+    config = Config(backend="gcp", project="console-mount", state_dir=tmp_path, config_dir=tmp_path)
+    hub = build_cloud_hub(config)
+    try:
+        assert "/" in hub.http_routes
+    finally:
+        hub.ports.timeseries.close()
+        hub.store.close()
