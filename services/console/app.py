@@ -249,11 +249,8 @@ class ConsoleApp:
             user_id=q.get("user") or None,
             plug_mac=(q.get("plug") or "").upper() or None,
         )
-        docs = []
-        for s in sessions:
-            live = self.source.live_session(s.session_id)
-            docs.append(views.session_doc(s, live[1] if live else None))
-        return _json(200, {"sessions": docs})
+        live = {r.session.session_id: r.session for r in self.source.plugs() if r.session is not None}
+        return _json(200, {"sessions": [views.session_doc(s, live.get(s.session_id)) for s in sessions]})
 
     async def _api_session(self, request: HttpRequest, session_id: str) -> HttpResponse:
         s = self.source.session(session_id)

@@ -34,6 +34,8 @@ class ConsoleSettings:
             raise ValueError("chart_window_s must be between 60 and 604800")
         if not 1 <= self.chart_step_s <= self.chart_window_s // 10:
             raise ValueError("chart_step_s must be at least 1 and at most a tenth of chart_window_s")
+        if self.chart_window_s // self.chart_step_s > 2000:
+            raise ValueError("a chart has at most 2000 points: raise chart_step_s or lower chart_window_s")
         if self.cookie_max_age_s <= 0:
             raise ValueError("cookie_max_age_s must be positive")
 
