@@ -101,7 +101,9 @@ SCRIPT = """
                 get("/api/summary").then(function(r){return r.json();})])
    .then(function(res){plugs(res[0].plugs);alerts(res[1].alerts);totals(res[2].today);
      liveEl.textContent="live · updated "+new Date().toLocaleTimeString();liveEl.classList.remove("stale");})
-   .catch(function(e){liveEl.textContent="not updating ("+e.message+")";liveEl.classList.add("stale");})
+   .catch(function(e){
+     if(e.message==="HTTP 401"){location.assign("/login");return;}  // signed out (token changed)
+     liveEl.textContent="not updating ("+e.message+")";liveEl.classList.add("stale");})
    .then(function(){setTimeout(tick,refresh);});
  }
  function charts(){

@@ -224,6 +224,9 @@ def test_non_loopback_bind_requires_the_token(
         assert all(token not in c["value"] for c in cookies)
         # 401s above are expected; the signed-in page itself logs nothing
         assert [e for e in w.errors if "401" not in e] == []
+        browser_context.clear_cookies()  # signed out behind the page's back: its next poll is refused
+        page.wait_for_url("**/login", timeout=60_000)
+        assert page.locator("tr[data-mac]").count() == 0
     finally:
         w.close()
         browser_context.clear_cookies()
