@@ -272,23 +272,38 @@ STARTERS: dict[str, Callable[..., Server]] = {
 # ----------------------------------------------------------------------------- CLI
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+def chromium_missing() -> str | None:
+    """Why the console's browser tests cannot run here, or None (Debian's chromium, driven by Playwright)."""
+    if not Path(CHROMIUM).exists():
+        return "chromium is not installed (Debian package chromium)"
+    return None
+
+
+def _apt_install(package: str) -> bool:
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return False
+    cmd = [apt, "install", "-y", "-q", "--no-install-recommends", package]
+    if os.geteuid() != 0:
+        cmd.insert(0, "sudo")
+    return subprocess.call(cmd, stdout=subprocess.DEVNULL) == 0
+
+
 def install() -> int:
-    """Install the backends the registries provide (VictoriaMetrics from Debian) if missing."""
-    if shutil.which("victoria-metrics") is None:
-        apt = shutil.which("apt-get")
-        if apt is None:
-            print("warning: victoria-metrics missing and apt-get unavailable; its tests will be skipped")
-            return 0
-        cmd = [apt, "install", "-y", "-q", "--no-install-recommends", "victoria-metrics"]
-        if os.geteuid() != 0:
-            cmd.insert(0, "sudo")
-        rc = subprocess.call(cmd, stdout=subprocess.DEVNULL)
-        if rc != 0:
-            print("warning: could not install victoria-metrics; its tests will be skipped")
+    """Install what the registries provide if missing: VictoriaMetrics and Chromium from Debian."""
+    if shutil.which("victoria-metrics") is None and not _apt_install("victoria-metrics"):
+        print("warning: could not install victoria-metrics; its tests will be skipped")
+    if chromium_missing() and not _apt_install("chromium"):
+        print("warning: could not install chromium; the console's browser tests will be skipped")
     for name in STARTERS:
         reason = missing(name)
         if reason:
             print(f"note: {name}: {reason}")
+    if chromium_missing():
+        print(f"note: browser: {chromium_missing()}")
     return 0
 
 
@@ -306,6 +321,7 @@ def main() -> int:
     if args.cmd == "check":
         for name in STARTERS:
             print(f"{name:16} {missing(name) or 'ok'}")
+        print(f"{'chromium':16} {chromium_missing() or 'ok'}")
         return 0
     workdir = Path(tempfile.mkdtemp(prefix=f"chargectl-{args.name}-"))
     server = STARTERS[args.name](workdir, args.port)

@@ -29,6 +29,8 @@ from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent.agent import Agent
 from chargectl.services.agent.settings import AgentSettings
 from chargectl.services.agent.shelly_plugs import shelly_connector, shelly_discovery
+from chargectl.services.console.app import mount_console
+from chargectl.services.console.settings import ConsoleSettings, require_token_off_loopback
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.wiring import open_store, open_timeseries
@@ -84,6 +86,9 @@ class AllInOne:
         if agent_settings.state_dir is None:
             agent_settings = dataclasses.replace(agent_settings, state_dir=config.state_dir / "agent")
         self.agent_settings = agent_settings
+        self.console_settings = config.section("console", ConsoleSettings)
+        if self.settings.health:  # the console rides on the health server: refuse an open one early
+            require_token_off_loopback(self.hub_settings.health_host, self.console_settings)
         self.shelly_password = shelly_password
         self.bus = MemoryBus()
         self.store = open_store(config)
@@ -118,6 +123,8 @@ class AllInOne:
         self.hub = Hub(
             self.hub_settings, HubPorts(self.bus, self.store, self.timeseries, signer.key_for), self.clock
         )
+        if self.settings.health:
+            mount_console(self.hub, self.console_settings, self.hub_settings.health_host)
         s = self.agent_settings
         self.agent = Agent(
             s,

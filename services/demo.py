@@ -52,6 +52,21 @@ class DemoSettings:
     users: int = 0  # 0 = plugs + 2
     seed: int | None = None
     state_dir: Path | None = None  # None = a temporary directory removed at the end
+    console_port: int | None = 8787  # the operator console (and /healthz); 0 = any free port; None = off
+
+
+def console_port(preferred: int) -> int:
+    """``preferred`` if it is free on loopback, else (or for 0) a free port chosen by the kernel."""
+    import socket
+
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
 
 
 @dataclass
@@ -95,8 +110,16 @@ class Demo:
             project="chargectl-demo",
             state_dir=base / "state",
             config_dir=base / "config",
-            sections={"run": {"site_id": SITE, "site_name": "Demo car park", "health": False}},
+            sections={
+                "run": {
+                    "site_id": SITE,
+                    "site_name": "Demo car park",
+                    "health": settings.console_port is not None,
+                }
+            },
         )
+        self.console_port = console_port(settings.console_port) if settings.console_port is not None else None
+        self.console_url = f"http://127.0.0.1:{self.console_port}/" if self.console_port is not None else None
         profiles = build_profiles(settings.plugs, "mix", seed=settings.seed)
         self.fleet = SimFleet(profiles, clock=self.clock, loads="idle")
         self.vehicle_of_plug = {p.mac: ("ev" if i % 2 == 0 else "ebike") for i, p in enumerate(profiles)}
@@ -132,6 +155,7 @@ class Demo:
                 plug_state_min_interval_s=30.0,
                 balance_refresh_s=60.0,
                 command_lifetime_s=600.0,
+                health_port=self.console_port or 0,
                 plugs={mac: v for mac, v in self.vehicle_of_plug.items()},
                 plug_classes={"ev": dict(_DEMO_CLASS), "ebike": dict(_DEMO_CLASS)},
                 tariff=TariffSettings(
@@ -260,6 +284,7 @@ class Demo:
     def snapshot(self) -> dict[str, Any]:
         """Plugs (state, power, session energy and cost), recent sessions, balances, totals."""
         out: dict[str, Any] = {
+            "console_url": self.console_url,
             "sim_time": self.clock.now(),
             "speed": self.settings.speed,
             "plugs": [],

@@ -61,9 +61,11 @@ def _dashboard(snap: dict[str, Any]) -> Any:
         balances.add_row(user, f"£{amount / 100:.2f}")
     events = "\n".join(snap["events"]) or "waiting for the first driver…"
     head = time.strftime("%Y-%m-%d %H:%M", time.gmtime(snap["sim_time"]))
+    console = f"\nconsole: {snap['console_url']}" if snap.get("console_url") else ""
     return Group(
         Panel(
-            f"simulated time {head} UTC · speed ×{snap['speed']:g} · Ctrl-C to stop", title="chargectl demo"
+            f"simulated time {head} UTC · speed ×{snap['speed']:g} · Ctrl-C to stop{console}",
+            title="chargectl demo",
         ),
         plugs,
         sessions,
@@ -90,6 +92,17 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[
             bool, typer.Option("--json", help="No dashboard; print a JSON summary at the end.")
         ] = False,
+        console_port: Annotated[
+            int,
+            typer.Option(
+                "--console-port",
+                min=0,
+                max=65535,
+                help="Serve the operator console on 127.0.0.1 at this port (0: any free port; "
+                "a busy port falls back to a free one).",
+            ),
+        ] = 8787,
+        no_console: Annotated[bool, typer.Option("--no-console", help="Do not serve the console.")] = False,
     ) -> None:
         """The whole system on one machine: simulated plugs, drivers topping up and charging, a live dashboard.
 
@@ -107,8 +120,17 @@ def register(app: typer.Typer) -> None:
         if ctx.obj.verbose == 0:
             logging.getLogger("chargectl").setLevel(logging.WARNING)
         runner = Demo(
-            DemoSettings(plugs=plugs, speed=speed, duration_s=duration, seed=seed, state_dir=state_dir)
+            DemoSettings(
+                plugs=plugs,
+                speed=speed,
+                duration_s=duration,
+                seed=seed,
+                state_dir=state_dir,
+                console_port=None if no_console else console_port,
+            )
         )
+        if runner.console_url:  # before anything else, so a newcomer can open it right away
+            typer.echo(f"operator console: {runner.console_url}", err=as_json)
         live_ui = not as_json and sys.stdout.isatty()
 
         async def main() -> None:

@@ -19,7 +19,14 @@ from typing import Any, Literal, cast
 
 from chargectl.common.errors import StoreError
 from chargectl.common.readings import Reading
-from chargectl.services.adapters.timeseries import SessionEvent, TimeSeriesStats, reading_lines, session_line
+from chargectl.services.adapters.timeseries import (
+    PowerPoint,
+    SessionEvent,
+    TimeSeriesStats,
+    check_window,
+    reading_lines,
+    session_line,
+)
 
 __all__ = ["InfluxSettings", "InfluxSink"]
 
@@ -42,6 +49,8 @@ class InfluxSettings:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     timeout_s: float = 10.0
+    # Chart reads go to the Prometheus query API (VictoriaMetrics serves it); empty = url.
+    query_url: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_lines <= 100_000:
@@ -129,6 +138,20 @@ class InfluxSink:
                 log.error("time-series sink closed with %d unwritten points (counted as dropped)", lost)
         if self._close_writer:
             self._close_writer()
+
+    # ------------------------------------------------------------------ reads (charts)
+
+    def plug_power(self, mac: str, since_ms: int, until_ms: int, step_ms: int) -> list[PowerPoint]:
+        check_window(since_ms, until_ms, step_ms)
+        window = f"{max(1, step_ms // 1000)}s"
+        query = f'avg_over_time(plug_power_w{{mac="{_promql_str(mac)}"}}[{window}])'
+        return prometheus_range(self.settings, query, since_ms, until_ms, step_ms)
+
+    def site_power(self, site_id: str, since_ms: int, until_ms: int, step_ms: int) -> list[PowerPoint]:
+        check_window(since_ms, until_ms, step_ms)
+        window = f"{max(1, step_ms // 1000)}s"
+        query = f'sum(avg_over_time(plug_power_w{{site_id="{_promql_str(site_id)}"}}[{window}]))'
+        return prometheus_range(self.settings, query, since_ms, until_ms, step_ms)
 
     # ------------------------------------------------------------------ writer thread
 
@@ -223,3 +246,53 @@ class InfluxSink:
 def _describe(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
+
+
+# ---------------------------------------------------------------------- chart reads over HTTP
+
+
+def _promql_str(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "")
+
+
+def prometheus_range(
+    settings: InfluxSettings, query: str, since_ms: int, until_ms: int, step_ms: int
+) -> list[PowerPoint]:
+    """Run a range query on the Prometheus API (``/api/v1/query_range``, as VictoriaMetrics serves it):
+    ``query`` must look back one step (``[Ns]``); values come back per bucket ``[start, start + step)``,
+    like the SQLite series. Any failure is a ``StoreError`` (the token is never part of it)."""
+    import httpx
+
+    step_s = max(1, step_ms // 1000)
+    step_ms = step_s * 1000
+    # A value at t covers (t - step, t]; asking at t = bucket end - 1 ms makes it [start, end) for
+    # millisecond timestamps, the same buckets as the SQLite series.
+    first_end = (since_ms // step_ms + 1) * step_ms - 1
+    last_end = -(-until_ms // step_ms) * step_ms - 1
+    params = {
+        "query": query,
+        "start": f"{first_end / 1000:.3f}",
+        "end": f"{last_end / 1000:.3f}",
+        "step": f"{step_s}s",
+        "nocache": "1",
+    }
+    headers = {"Authorization": f"Token {settings.token}"} if settings.token else {}
+    url = f"{(settings.query_url or settings.url).rstrip('/')}/api/v1/query_range"
+    try:
+        resp = httpx.get(url, params=params, headers=headers, timeout=settings.timeout_s)
+    except httpx.HTTPError as exc:
+        raise StoreError(f"time series read failed: {type(exc).__name__}") from exc
+    if resp.status_code != 200:
+        raise StoreError(f"time series read returned HTTP {resp.status_code}")
+    try:
+        body = resp.json()
+        results = body["data"]["result"]
+        points: dict[int, float] = {}
+        for series in results:
+            for ts, value in series["values"]:
+                start = round(float(ts) * 1000) + 1 - step_ms
+                if since_ms - step_ms < start < until_ms:
+                    points[start] = points.get(start, 0.0) + float(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"time series read returned an unexpected answer: {type(exc).__name__}") from exc
+    return [PowerPoint(ts, points[ts]) for ts in sorted(points)]

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from chargectl.common.errors import StoreError
 from chargectl.common.readings import Reading
-from chargectl.services.adapters.timeseries import STATE_CODES, SessionEvent, TimeSeriesStats
+from chargectl.services.adapters.timeseries import (
+    STATE_CODES,
+    PowerPoint,
+    SessionEvent,
+    TimeSeriesStats,
+    check_window,
+)
 
 __all__ = ["SqliteTimeSeries"]
 
@@ -19,6 +25,7 @@ CREATE TABLE IF NOT EXISTS readings (
     energy_mwh INTEGER NOT NULL, relay_on INTEGER NOT NULL, voltage_v REAL, current_a REAL,
     temperature_c REAL, errors INTEGER NOT NULL, state_code INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS readings_mac_ts ON readings (mac, ts_ms);
+CREATE INDEX IF NOT EXISTS readings_site_ts ON readings (site_id, ts_ms);
 CREATE TABLE IF NOT EXISTS session_events (
     ts_ms INTEGER NOT NULL, site_id TEXT NOT NULL, mac TEXT NOT NULL, session_id TEXT NOT NULL,
     user_id TEXT NOT NULL, kind TEXT NOT NULL, energy_mwh INTEGER NOT NULL, cost_minor INTEGER NOT NULL,
@@ -98,6 +105,30 @@ class SqliteTimeSeries:
                 (mac, since_ms),
             ).fetchall()
         return [(int(t), float(p), int(e), bool(on)) for t, p, e, on in rows]
+
+    def plug_power(self, mac: str, since_ms: int, until_ms: int, step_ms: int) -> list[PowerPoint]:
+        check_window(since_ms, until_ms, step_ms)
+        return self._query(
+            "SELECT (ts_ms / ?) * ? AS b, AVG(power_w) FROM readings"
+            " WHERE mac = ? AND ts_ms >= ? AND ts_ms < ? GROUP BY b ORDER BY b",
+            (step_ms, step_ms, mac, since_ms, until_ms),
+        )
+
+    def site_power(self, site_id: str, since_ms: int, until_ms: int, step_ms: int) -> list[PowerPoint]:
+        check_window(since_ms, until_ms, step_ms)
+        return self._query(
+            "SELECT b, SUM(p) FROM (SELECT (ts_ms / ?) * ? AS b, mac, AVG(power_w) AS p FROM readings"
+            " WHERE site_id = ? AND ts_ms >= ? AND ts_ms < ? GROUP BY b, mac) GROUP BY b ORDER BY b",
+            (step_ms, step_ms, site_id, since_ms, until_ms),
+        )
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[PowerPoint]:
+        with self._lock:
+            try:
+                rows = self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"time series read failed: {exc}") from exc
+        return [PowerPoint(int(b), float(p)) for b, p in rows]
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         return True

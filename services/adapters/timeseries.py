@@ -15,9 +15,11 @@ from chargectl.common.readings import Reading
 
 __all__ = [
     "STATE_CODES",
+    "PowerPoint",
     "SessionEvent",
     "TimeSeries",
     "TimeSeriesStats",
+    "check_window",
     "escape_tag",
     "reading_lines",
     "session_line",
@@ -54,6 +56,24 @@ class SessionEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class PowerPoint:
+    """A bucket of a power chart: its start (ms) and the mean power in watts."""
+
+    ts_ms: int
+    power_w: float
+
+
+def check_window(since_ms: int, until_ms: int, step_ms: int) -> None:
+    """Refuse windows a chart read cannot mean (the console's reads are bounded by these)."""
+    if step_ms <= 0:
+        raise ValueError("step_ms must be positive")
+    if until_ms <= since_ms:
+        raise ValueError("until_ms must be after since_ms")
+    if (until_ms - since_ms) // step_ms > 10_000:
+        raise ValueError("at most 10000 buckets per read")
+
+
+@dataclass(frozen=True, slots=True)
 class TimeSeriesStats:
     written: int
     dropped: int
@@ -75,6 +95,17 @@ class TimeSeries(Protocol):
     def stats(self) -> TimeSeriesStats: ...
 
     def close(self) -> None: ...
+
+    # reads (the operator console's charts); ``step_ms`` buckets start at multiples of ``step_ms``
+
+    def plug_power(self, mac: str, since_ms: int, until_ms: int, step_ms: int) -> list[PowerPoint]:
+        """One plug's mean power per bucket in ``[since_ms, until_ms)``, oldest first; empty buckets
+        are left out. Raises ``StoreError`` when the backend cannot be read."""
+        ...
+
+    def site_power(self, site_id: str, since_ms: int, until_ms: int, step_ms: int) -> list[PowerPoint]:
+        """A site's total power per bucket: the sum over its plugs of each plug's mean power in it."""
+        ...
 
 
 def escape_tag(value: str) -> str:

@@ -7,6 +7,8 @@ from chargectl.common.config import Config
 from chargectl.common.errors import ConfigError
 from chargectl.provisioner.trust import CommandSigner
 from chargectl.services.adapters.secrets import secrets_from_config
+from chargectl.services.console.app import mount_console
+from chargectl.services.console.settings import ConsoleSettings, require_token_off_loopback
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.wiring import open_store, open_timeseries
@@ -24,6 +26,8 @@ def build_cloud_hub(config: Config, clock: Clock | None = None) -> Hub:
     from chargectl.services.adapters.pubsub_bus import PubSubBus
 
     settings = HubSettings.from_mapping(config.sections.get("hub"))
+    console = config.section("console", ConsoleSettings)
+    require_token_off_loopback(settings.health_host, console)  # before any backend is opened
     signer = CommandSigner(secrets_from_config(config))
     ports = HubPorts(
         bus=PubSubBus(config.project),
@@ -31,4 +35,6 @@ def build_cloud_hub(config: Config, clock: Clock | None = None) -> Hub:
         timeseries=open_timeseries(config),
         command_keys=signer.key_for,
     )
-    return Hub(settings, ports, clock)
+    hub = Hub(settings, ports, clock)
+    mount_console(hub, console, settings.health_host)
+    return hub
