@@ -71,6 +71,7 @@ class AutoTopupState:
     last_intent_id: str = ""
     last_status: str = ""
     declined: bool = False
+    declined_card: str = ""  # the card that was declined: a different saved card lifts the stop
     decline_reason: str = ""
     declined_at_ms: int = 0
     updated_at_ms: int = 0
