@@ -45,6 +45,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
 
 
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's protocol-level log: malformed requests are the client's fault, one line, no traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: object = None, **kwargs: object) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else None
+        self.logger.warning("%s: %s", str(msg) % args, str(error).splitlines()[0] if error else "bad request")
+
+
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status, text=json.dumps(body), content_type="application/json", headers=headers or {}
@@ -274,9 +282,11 @@ class AppServer:
             keepalive_timeout=self.settings.read_timeout_s,
             max_line_size=8190,
             max_field_size=8190,
+            shutdown_timeout=5.0,
+            logger=_ProtocolLog(logging.getLogger("chargectl.app.http"), {}),
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=5.0)
+        site = web.TCPSite(runner, host, port)
         try:
             await site.start()
         except OSError as exc:
