@@ -75,6 +75,7 @@ class AppServer:
         certs: CertCache | None = None,
         autotopup: AutoTopup | None = None,
         webhook_max_body_bytes: int = 1_000_000,
+        webhook_at_root: bool = False,
     ) -> None:
         if api is not None and certs is None:
             raise ValueError("the /v1 routes need a certificate cache")
@@ -85,6 +86,7 @@ class AppServer:
         self.certs = certs
         self.autotopup = autotopup
         self.webhook_max_body_bytes = webhook_max_body_bytes
+        self.webhook_at_root = webhook_at_root
         self.limiter = RateLimiter(settings.stripe_calls_per_minute, 60.0)
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -108,6 +110,8 @@ class AppServer:
             app.router.add_delete("/v1/auto-topup", self._auth(self._delete_auto_topup))
         if self.webhook is not None:
             app.router.add_post("/stripe/webhook", self._stripe_webhook)
+            if self.webhook_at_root:
+                app.router.add_post("/", self._stripe_webhook)
         return app
 
     @web.middleware
@@ -346,7 +350,13 @@ class ThreadedServer:
 
     def start(self) -> None:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(self._host, self._port), self._loop).result(30)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(self._host, self._port), self._loop).result(30)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+            self._loop.close()
+            raise
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(30)

@@ -27,19 +27,16 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from chargectl.common.alerts import AlertBook, AlertKind, Severity
 from chargectl.common.clock import Clock
 from chargectl.common.codec import LedgerEntry, Money, UserAccount
-from chargectl.common.errors import PaymentError, StoreError
+from chargectl.common.errors import PaymentError
 from chargectl.services.adapters.store import Store, UnmatchedPayment
 from chargectl.services.payments.accounts import (
     CHECKOUT_TOPUP,
@@ -518,84 +515,33 @@ HANDLED_EVENTS = (
 )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    handler: WebhookHandler
-    max_body_bytes: int
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up is not our failure; anything else is a bug and keeps its traceback.
-        log.debug("webhook connection from %s failed", client_address[0], exc_info=True)
-
-
-class _Request(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        if self.path.split("?")[0] in ("/healthz", "/health"):
-            self._answer(HTTPStatus.OK, {"status": "ok", "processed": self.server.handler.processed})
-        else:
-            self._answer(HTTPStatus.NOT_FOUND, {"error": "not found"})
-
-    def do_POST(self) -> None:
-        length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.isdigit():
-            self.close_connection = True
-            self._answer(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
-            return
-        length = int(length_header)
-        if length > self.server.max_body_bytes:
-            self.close_connection = True
-            self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
-            return
-        payload = self.rfile.read(length)
-        try:
-            outcome = self.server.handler.handle(payload, self.headers.get("Stripe-Signature"))
-        except WebhookSignatureError as exc:
-            log.warning("webhook refused: %s", exc)
-            self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-        except StoreError as exc:
-            # Not acknowledged: Stripe delivers it again later.
-            log.error("webhook not processed: %s", exc)
-            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "store unavailable"})
-        except PaymentError as exc:
-            log.warning("webhook refused: %s", exc)
-            self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-        else:
-            self._answer(HTTPStatus.OK, {"received": True, "action": outcome.action})
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("webhook http: " + format, *args)
-
-
 class WebhookServer:
-    """A small threaded HTTP server around a :class:`WebhookHandler` (POST any path; GET /healthz)."""
+    """The webhook alone on the app server's HTTP stack (aiohttp: read timeouts, body cap, JSON errors):
+    ``POST /stripe/webhook`` (and ``POST /``, where older endpoint settings point), ``GET /healthz``.
+
+    ``start()``/``stop()`` serve on a background thread (embedding, tests); ``run()`` until SIGINT/SIGTERM.
+    """
 
     def __init__(
         self, handler: WebhookHandler, host: str, port: int, max_body_bytes: int = 1_000_000
     ) -> None:
+        from chargectl.services.app.server import AppServer
+        from chargectl.services.app.settings import AppSettings
+
         self.handler = handler
-        try:
-            self._httpd = _Server((host, port), _Request)
-        except OSError as exc:
-            raise PaymentError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-        self._httpd.handler = handler
-        self._httpd.max_body_bytes = max_body_bytes
-        self._thread: threading.Thread | None = None
+        self.host, self.port = host, port
+        self.app_server = AppServer(
+            AppSettings(),
+            handler.clock,
+            webhook=handler,
+            webhook_max_body_bytes=max_body_bytes,
+            webhook_at_root=True,
+        )
+        self._threaded: Any = None
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._httpd.server_address[:2]
-        return str(host), int(port)
+        return self.app_server.address
 
     @property
     def url(self) -> str:
@@ -603,29 +549,16 @@ class WebhookServer:
         return f"http://{host}:{port}"
 
     def start(self) -> None:
-        """Serve in a background thread (embedding, tests); ``stop()`` ends it."""
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="payments-webhook", daemon=True
-        )
-        self._thread.start()
+        from chargectl.services.app.server import ThreadedServer
+
+        self._threaded = ThreadedServer(self.app_server, self.host, self.port)
+        self._threaded.start()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._threaded is not None:
+            self._threaded.stop()
+            self._threaded = None
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM (the CLI)."""
-        done = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-        self.start()
-        log.info("webhook listening on %s", self.url)
-        try:
-            done.wait()
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            log.info("webhook stopped")
+        self.app_server.run(self.host, self.port)
