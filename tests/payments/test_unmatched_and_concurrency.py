@@ -257,3 +257,42 @@ def test_unmatched_cli_lists_and_assigns(
     assert Ledger(store).balance("u1") == 1500
     assert runner.invoke(app, ["payments", "unmatched"]).stdout.strip() == "no unmatched payments"
     store.close()
+
+
+class _FailingLedgerInsert:
+    """Wraps the SQLite connection: the first ledger insert fails, as a disk error would (fault injection)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.failed = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if not self.failed and sql.startswith("INSERT OR IGNORE INTO ledger"):
+            self.failed = True
+            import sqlite3
+
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_a_failed_ledger_write_leaves_the_event_unrecorded_so_redelivery_credits_once(
+    tmp_path: Path, manual_clock: ManualClock
+) -> None:
+    from chargectl.common.errors import StoreError
+
+    store = SqliteStore(tmp_path / "f.db")
+    seed(store)
+    handler = WebhookHandler(store, SECRET, manual_clock)
+    store._db = _FailingLedgerInsert(store._db)  # type: ignore[assignment]
+    with pytest.raises(StoreError):
+        deliver(handler, "evt_f", "payment_intent.succeeded", topup("pi_f", 1300))
+    assert store.ledger_entries("u1") == []
+    assert store.mark_event("evt_probe", "probe", 0)  # the store still works
+    # Stripe redelivers: credited exactly once now.
+    assert deliver(handler, "evt_f", "payment_intent.succeeded", topup("pi_f", 1300)) == "credited"
+    assert deliver(handler, "evt_f", "payment_intent.succeeded", topup("pi_f", 1300)) == "duplicate"
+    assert Ledger(store).balance("u1") == 1300
+    store.close()
