@@ -7,7 +7,7 @@ one-line reason for the client; nothing here trusts a uid from anywhere but the 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+import zlib
 from typing import Any
 
 from chargectl.common.clock import Clock
@@ -22,7 +22,8 @@ from chargectl.services.payments.stripe_ops import StripeOps
 
 __all__ = ["ApiError", "AppApi"]
 
-_MAX_MINOR = 100_000_000  # a million in major units: far beyond any top-up
+_MAX_MINOR = 100_000_000
+_LOCK_STRIPES = 64  # a million in major units: far beyond any top-up
 
 
 class ApiError(ChargectlError):
@@ -50,12 +51,11 @@ class AppApi:
         self.ops = ops
         self.settings = settings
         self.clock = clock
-        self._uid_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._locks_guard = threading.Lock()
+        # Striped: a uid always maps to the same lock, and memory stays bounded however many users sign in.
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
 
     def _lock(self, uid: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._uid_locks[uid]
+        return self._locks[zlib.crc32(uid.encode()) % _LOCK_STRIPES]
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)

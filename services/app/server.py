@@ -42,7 +42,7 @@ __all__ = ["AppServer"]
 log = logging.getLogger("chargectl.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
+_SWEEP_ACTIONS = frozenset({"charged", "declined", "needs payment action", "not answered; will retry"})
 
 
 class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -273,9 +273,9 @@ class AppServer:
             except Exception:
                 log.exception("auto top-up sweep failed")
                 continue
-            charged = [uid for uid, what in results.items() if what not in ("balance above threshold",)]
-            if charged:
-                log.info("auto top-up sweep: %s", {uid: results[uid] for uid in charged})
+            acted = {uid: what for uid, what in results.items() if what in _SWEEP_ACTIONS}
+            if acted:
+                log.info("auto top-up sweep: %s", acted)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port`` (0 = any free port); the bound address."""

@@ -171,3 +171,28 @@ def test_a_decline_is_recorded_and_not_retried_until_the_user_acts(
     assert runner.check_user(uid) == "charged"
     wait_for("the top-up credited", lambda: topups(store, uid) == [1000])
     assert Ledger(store).balance(uid, "gbp") == 1100
+
+
+def test_the_app_server_sweeps_periodically(
+    store: SqliteStore,
+    settings: PaymentsSettings,
+    stripe_http: httpx.Client,
+    uid: str,
+    webhook: WebhookServer,
+) -> None:
+    from chargectl.services.app.server import AppServer, ThreadedServer
+    from chargectl.services.app.settings import AppSettings
+
+    ops = prepare(store, settings, stripe_http, uid, "4242424242424242", balance=200)
+    clock = SystemClock()
+    server = ThreadedServer(
+        AppServer(AppSettings(auto_topup_interval_s=0.2), clock, autotopup=AutoTopup(store, ops, clock))
+    )
+    server.start()
+    try:
+        wait_for("the sweep's top-up credited", lambda: topups(store, uid) == [1000])
+    finally:
+        server.stop()
+    state = store.get_topup_state(uid)
+    assert state is not None and state.crossing == 1
+    assert Ledger(store).balance(uid, "gbp") == 1200
