@@ -413,3 +413,23 @@ def test_setup_then_auto_topup_then_checkout_topup_credits_via_the_webhook(rig: 
     assert off.status_code == 200 and off.json()["auto_topup"]["enabled"] is False
     portal = rig.call("POST", "/v1/portal", uid, json={"return_url": f"{ORIGIN}/account"})
     assert portal.status_code == 200 and portal.json()["url"].startswith("http")
+
+
+def test_two_hundred_slow_connections_do_not_starve_the_server(rig: Rig) -> None:
+    host, port = rig.server.address
+    slow = [socket.create_connection((host, port), timeout=30) for _ in range(200)]
+    try:
+        for sock in slow:
+            sock.sendall(b"POST /stripe/webhook HTTP/1.1\r\nHost: x\r\n")  # and never more
+        # Served at once while they hang...
+        assert httpx.get(f"{rig.url}/healthz", timeout=10).status_code == 200
+        uid = new_uid()
+        assert rig.call("POST", "/v1/account", uid).status_code == 200
+        # ...and every one of them is closed by the server after read_timeout_s.
+        deadline = time.monotonic() + 60
+        for sock in slow:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            assert sock.recv(1024) == b""
+    finally:
+        for sock in slow:
+            sock.close()
