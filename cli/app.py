@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "plugs",
     "ledger",
     "payments",
+    "app",
     "discover",
     "relay",
     "sim",

@@ -360,7 +360,20 @@ def test_real_runs_refuse_a_missing_wheel(clone: Path) -> None:
 
 def test_deploy_webhook_plan(clone: Path) -> None:
     commands = plan(
-        clone, "deploy-webhook.sh", "--wheel", WHEEL, "--project", "acme-prod", "--region", "europe-west2"
+        clone,
+        "deploy-webhook.sh",
+        "--wheel",
+        WHEEL,
+        "--project",
+        "acme-prod",
+        "--region",
+        "europe-west2",
+        "--allowed-origin",
+        "https://app.acme.example",
+        "--allowed-origin",
+        "http://localhost:5173",
+        "--app-url",
+        "https://app.acme.example",
     )
     stage = str(clone / "build" / "webhook-source")
     assert ["cp", WHEEL, stage + "/"] in commands
@@ -371,7 +384,14 @@ def test_deploy_webhook_plan(clone: Path) -> None:
     assert option(deploy, "--project") == "acme-prod"
     assert option(deploy, "--region") == "europe-west2"
     assert option(deploy, "--service-account") == "chargectl-webhook@acme-prod.iam.gserviceaccount.com"
-    assert option(deploy, "--set-env-vars") == "CHARGECTL_BACKEND=gcp,CHARGECTL_PROJECT=acme-prod"
+    assert option(deploy, "--set-env-vars") == (
+        "^;^CHARGECTL_BACKEND=gcp;CHARGECTL_PROJECT=acme-prod;CHARGECTL_APP__PROJECT_ID=acme-prod"
+        ';CHARGECTL_APP__ALLOWED_ORIGINS=["https://app.acme.example","http://localhost:5173"]'
+        ";CHARGECTL_PAYMENTS__APP_URL=https://app.acme.example"
+    )
+    # The auto top-up sweep runs between requests: one instance, CPU always allocated.
+    assert option(deploy, "--min-instances") == "1"
+    assert "--no-cpu-throttling" in deploy
     assert option(deploy, "--set-secrets") == (
         "STRIPE_API_KEY=chargectl-stripe-api-key:latest,STRIPE_WEBHOOK_SECRET=chargectl-stripe-webhook-secret:latest"
     )
@@ -379,10 +399,10 @@ def test_deploy_webhook_plan(clone: Path) -> None:
     assert commands.index(deploy) == len(commands) - 1
 
 
-def test_webhook_image_runs_the_webhook_on_cloud_runs_port() -> None:
+def test_webhook_image_runs_the_app_server_on_cloud_runs_port() -> None:
     dockerfile = (DEPLOY / "webhook.Dockerfile").read_text()
     cmd = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))
-    assert 'chargectl payments webhook --host 0.0.0.0 --port \\"${PORT:-8080}\\"' in cmd
+    assert 'chargectl app serve --host 0.0.0.0 --port \\"${PORT:-8080}\\"' in cmd
     assert "COPY *.whl /tmp/" in dockerfile
     assert re.search(r"^USER (?!root)\S+", dockerfile, re.M)
 
@@ -537,6 +557,8 @@ def test_readme_sets_every_variable_the_deploy_workflow_reads() -> None:
         "GCP_REGION",
         "HUB_INSTANCE",
         "HUB_ZONE",
+        "APP_ORIGIN",
+        "APP_URL",
     }
     readme = (ROOT / "README.md").read_text()
     assert set(re.findall(r"gh variable set (\w+)", readme)) == used

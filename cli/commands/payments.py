@@ -258,6 +258,61 @@ def register(app: typer.Typer) -> None:
             ]
         _emit(as_json, data, lines)
 
+    unmatched = typer.Typer(
+        help="Payments Stripe took that could not be credited (unknown user, other currency).",
+        invoke_without_command=True,
+    )
+    group.add_typer(unmatched, name="unmatched")
+
+    @unmatched.callback()
+    def unmatched_list(
+        ctx: typer.Context,
+        show_all: Annotated[bool, typer.Option("--all", help="Include payments already assigned.")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """List unmatched payments (oldest first); credit one with `unmatched assign ID --user U`."""
+        if ctx.invoked_subcommand is not None:
+            return
+        from chargectl.services.payments.money import format_minor
+
+        with _store(ctx) as (store, _settings):
+            payments = store.list_unmatched_payments(include_resolved=show_all)
+        rows = [p.to_dict() | {"resolved": p.resolved} for p in payments]
+        lines = [
+            f"{p.payment_id}  {format_minor(p.amount_minor, p.currency)}  {p.reason}"
+            + (f"  customer {p.customer_id}" if p.customer_id else "")
+            + (f"  uid? {p.uid_hint}" if p.uid_hint else "")
+            + (f"  -> {p.resolved_user_id}" if p.resolved else "")
+            for p in payments
+        ] or ["no unmatched payments"]
+        _emit(as_json, {"unmatched": rows}, lines)
+
+    @unmatched.command("assign")
+    def unmatched_assign(
+        ctx: typer.Context,
+        payment_id: Annotated[
+            str, typer.Argument(help="The payment's id as listed (pi_… or cs_…).", show_default=False)
+        ],
+        user: Annotated[str, typer.Option("--user", help="The user to credit.", show_default=False)],
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Credit an unmatched payment to a user (once; same currency as their account only)."""
+        import time
+
+        from chargectl.services.payments.money import format_minor
+        from chargectl.services.payments.unmatched import assign_payment
+
+        with _store(ctx) as (store, _settings):
+            done = assign_payment(store, payment_id, user, int(time.time() * 1000))
+        _emit(
+            as_json,
+            done.to_dict(),
+            [
+                f"{done.payment_id}: {format_minor(done.amount_minor, done.currency)} credited to {user} "
+                f"(entry {done.entry_id})"
+            ],
+        )
+
     @group.command("webhook")
     def webhook(
         ctx: typer.Context,

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Deploy the payments webhook as the Cloud Run service chargectl-payments-webhook, built from the wheel.
+# Deploy the app API server (`chargectl app serve`: the /v1 API, the Stripe webhook at /stripe/webhook and
+# the auto top-up sweep) as the Cloud Run service chargectl-payments-webhook, built from the wheel.
 #
 #   deploy-webhook.sh --wheel dist/chargectl-X-py3-none-any.whl --project P --region R
+#                     [--firebase-project ID] [--allowed-origin https://app.example.com]... [--app-url URL]
 #                     [--runtime-account EMAIL] [--build-account EMAIL]
 #                     [--stripe-key-secret NAME] [--webhook-secret-secret NAME] [--dry-run]
 #
 # Stages the wheel and webhook.Dockerfile in build/webhook-source and runs `gcloud run deploy --source`
 # on it (Cloud Build builds the image). Stripe keys come from Secret Manager as environment variables;
-# the store is Firestore in the same project. Public access is a one-time IAM binding (README).
+# the store is Firestore in the same project. One instance always runs with CPU always allocated, so the
+# periodic auto top-up sweep runs between requests. Public access is a one-time IAM binding (README).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -22,6 +25,9 @@ RUNTIME_ACCOUNT=""
 BUILD_ACCOUNT=""
 STRIPE_KEY_SECRET=chargectl-stripe-api-key
 WEBHOOK_SECRET_SECRET=chargectl-stripe-webhook-secret
+FIREBASE_PROJECT=""
+APP_URL=""
+ORIGINS=()
 
 while [[ $# -gt 0 ]]; do
 	case $1 in
@@ -32,8 +38,11 @@ while [[ $# -gt 0 ]]; do
 	--build-account) need_arg "$@"; BUILD_ACCOUNT=$2; shift 2 ;;
 	--stripe-key-secret) need_arg "$@"; STRIPE_KEY_SECRET=$2; shift 2 ;;
 	--webhook-secret-secret) need_arg "$@"; WEBHOOK_SECRET_SECRET=$2; shift 2 ;;
+	--firebase-project) need_arg "$@"; FIREBASE_PROJECT=$2; shift 2 ;;
+	--allowed-origin) need_arg "$@"; ORIGINS+=("$2"); shift 2 ;;
+	--app-url) need_arg "$@"; APP_URL=$2; shift 2 ;;
 	--dry-run) DRY_RUN=1; shift ;;
-	-h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,13p' "$0"; exit 0 ;;
 	*) die "unknown argument: $1" ;;
 	esac
 done
@@ -46,6 +55,16 @@ if [[ $DRY_RUN == 0 ]]; then
 	[[ -f $WHEEL ]] || die "wheel not found: $WHEEL (build it with scripts/deploy/build-wheel.sh)"
 	command -v gcloud >/dev/null || die "gcloud is not installed"
 fi
+FIREBASE_PROJECT=${FIREBASE_PROJECT:-$PROJECT}
+origin_list=""
+for origin in "${ORIGINS[@]}"; do
+	[[ $origin =~ ^https?://[^/@[:space:]]+$ ]] || die "--allowed-origin must be like https://app.example.com, got $origin"
+	origin_list+="${origin_list:+,}\"$origin\""
+done
+# ';' separates the variables (gcloud's alternate delimiter) because the origin list contains commas.
+ENV_VARS="^;^CHARGECTL_BACKEND=gcp;CHARGECTL_PROJECT=$PROJECT;CHARGECTL_APP__PROJECT_ID=$FIREBASE_PROJECT"
+ENV_VARS+=";CHARGECTL_APP__ALLOWED_ORIGINS=[$origin_list]"
+[[ -z $APP_URL ]] || ENV_VARS+=";CHARGECTL_PAYMENTS__APP_URL=$APP_URL"
 RUNTIME_ACCOUNT=${RUNTIME_ACCOUNT:-chargectl-webhook@$PROJECT.iam.gserviceaccount.com}
 BUILD_ACCOUNT=${BUILD_ACCOUNT:-chargectl-build@$PROJECT.iam.gserviceaccount.com}
 
@@ -60,6 +79,8 @@ run gcloud run deploy "$SERVICE" \
 	--region "$REGION" \
 	--service-account "$RUNTIME_ACCOUNT" \
 	--build-service-account "projects/$PROJECT/serviceAccounts/$BUILD_ACCOUNT" \
-	--set-env-vars "CHARGECTL_BACKEND=gcp,CHARGECTL_PROJECT=$PROJECT" \
+	--set-env-vars "$ENV_VARS" \
+	--min-instances 1 \
+	--no-cpu-throttling \
 	--set-secrets "STRIPE_API_KEY=$STRIPE_KEY_SECRET:latest,STRIPE_WEBHOOK_SECRET=$WEBHOOK_SECRET_SECRET:latest" \
 	--quiet

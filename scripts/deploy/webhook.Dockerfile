@@ -1,9 +1,9 @@
-# The payments webhook on Cloud Run: the released chargectl wheel and nothing else.
+# The app API server on Cloud Run (the /v1 API, the Stripe webhook, auto top-ups): the released wheel only.
 # deploy-webhook.sh copies this file as Dockerfile next to the wheel and deploys that directory.
 FROM python:3.12-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY *.whl /tmp/
 RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl
 USER nobody
-# Cloud Run sets PORT; the webhook verifies Stripe's signature on every request.
-CMD ["sh", "-c", "exec chargectl payments webhook --host 0.0.0.0 --port \"${PORT:-8080}\""]
+# Cloud Run sets PORT; /v1 routes check a Firebase ID token, /stripe/webhook Stripe's signature.
+CMD ["sh", "-c", "exec chargectl app serve --host 0.0.0.0 --port \"${PORT:-8080}\""]

@@ -6,12 +6,13 @@ document exists) or an update guarded by the read's ``update_time``; nothing use
 contended on one document. ``FIRESTORE_EMULATOR_HOST`` is honoured by the client library.
 
 Collections (under an optional ``prefix``): ``users``, ``ledger``, ``charge_requests``, ``sessions``,
-``plug_states``, ``sites``, ``processed_events``, ``checkpoints`` (chunked: a document is at most 1 MiB).
+``plug_states``, ``sites``, ``processed_events``, ``checkpoints`` (chunked: a document is at most 1 MiB),
+``unmatched_payments`` and ``topup_states`` (payments; written in transactions where money moves).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from chargectl.common.codec import (
     to_document,
 )
 from chargectl.common.errors import StoreError
+from chargectl.services.adapters.store import AutoTopupState, UnmatchedPayment
 
 __all__ = ["FirestoreStore"]
 
@@ -257,6 +259,111 @@ class FirestoreStore:
         return self._create(
             "processed_events", event_id, {"event_id": event_id, "kind": kind, "at_ms": at_ms}
         )
+
+    # ------------------------------------------------------------ payments (issue 14)
+
+    def _transaction(self, what: str, body: Callable[[Any], Any]) -> Any:
+        """Run ``body(transaction)`` in a Firestore transaction (retried on contention)."""
+        run = self._firestore.transactional(body)
+        with self._errors(what):
+            try:
+                return run(self._db.transaction(max_attempts=20))
+            except ValueError as exc:  # the library's "failed to commit in N attempts"
+                raise StoreError(f"Firestore {what} failed: {exc}") from exc
+
+    def record_event(
+        self,
+        event_id: str,
+        kind: str,
+        at_ms: int,
+        entries: Sequence[LedgerEntry] = (),
+        unmatched: UnmatchedPayment | None = None,
+    ) -> tuple[bool, int]:
+        if not event_id:
+            raise StoreError("an event needs an id")
+        if any(not e.entry_id or not e.user_id for e in entries):
+            raise StoreError("a ledger entry needs an entry_id and a user_id")
+        event_ref = self._col("processed_events").document(event_id)
+        entry_refs = [(self._col("ledger").document(e.entry_id), e) for e in entries]
+        unmatched_ref = (
+            self._col("unmatched_payments").document(unmatched.payment_id) if unmatched is not None else None
+        )
+
+        def body(tx: Any) -> tuple[bool, int]:
+            # Every read before any write, as Firestore transactions require.
+            if event_ref.get(transaction=tx).exists:
+                return False, 0
+            fresh = [(ref, e) for ref, e in entry_refs if not ref.get(transaction=tx).exists]
+            unmatched_new = unmatched_ref is not None and not unmatched_ref.get(transaction=tx).exists
+            tx.create(event_ref, {"event_id": event_id, "kind": kind, "at_ms": at_ms})
+            for ref, entry in fresh:
+                tx.create(ref, to_document(entry))
+            if unmatched_new and unmatched is not None and unmatched_ref is not None:
+                tx.create(unmatched_ref, {**unmatched.to_dict(), "resolved": False})
+            return True, len(fresh)
+
+        result: tuple[bool, int] = self._transaction(f"record of event {event_id}", body)
+        return result
+
+    def get_unmatched_payment(self, payment_id: str) -> UnmatchedPayment | None:
+        if not payment_id:
+            return None
+        with self._errors(f"read of unmatched payment {payment_id}"):
+            snap = self._col("unmatched_payments").document(payment_id).get()
+        return UnmatchedPayment.from_dict(snap.to_dict()) if snap.exists else None
+
+    def list_unmatched_payments(self, include_resolved: bool = False) -> list[UnmatchedPayment]:
+        with self._errors("query of unmatched_payments"):
+            col = self._col("unmatched_payments")
+            query = col if include_resolved else col.where(filter=self._where("resolved", "==", False))
+            rows = [UnmatchedPayment.from_dict(snap.to_dict()) for snap in query.stream()]
+        return sorted(rows, key=lambda p: (p.created_at_ms, p.payment_id))
+
+    def assign_unmatched_payment(self, payment_id: str, entry: LedgerEntry, at_ms: int) -> bool:
+        ref = self._col("unmatched_payments").document(payment_id)
+        entry_ref = self._col("ledger").document(entry.entry_id)
+
+        def body(tx: Any) -> bool:
+            snap = ref.get(transaction=tx)
+            if not snap.exists or snap.to_dict().get("resolved"):
+                return False
+            if entry_ref.get(transaction=tx).exists:
+                raise StoreError(f"ledger entry {entry.entry_id} already exists")
+            tx.create(entry_ref, to_document(entry))
+            tx.update(
+                ref,
+                {
+                    "resolved": True,
+                    "resolved_user_id": entry.user_id,
+                    "resolved_at_ms": at_ms,
+                    "entry_id": entry.entry_id,
+                },
+            )
+            return True
+
+        done: bool = self._transaction(f"assignment of payment {payment_id}", body)
+        return done
+
+    def get_topup_state(self, user_id: str) -> AutoTopupState | None:
+        if not user_id:
+            return None
+        with self._errors(f"read of top-up state {user_id}"):
+            snap = self._col("topup_states").document(user_id).get()
+        return AutoTopupState.from_dict(snap.to_dict()) if snap.exists else None
+
+    def update_topup_state(self, state: AutoTopupState) -> bool:
+        ref = self._col("topup_states").document(state.user_id)
+
+        def body(tx: Any) -> bool:
+            snap = ref.get(transaction=tx)
+            stored = int(snap.to_dict().get("version", 0)) if snap.exists else 0
+            if stored != state.version - 1:
+                return False
+            tx.set(ref, state.to_dict())
+            return True
+
+        done: bool = self._transaction(f"top-up state of {state.user_id}", body)
+        return done
 
     # checkpoints: a head document naming the current generation, plus its chunks
     def save_checkpoint(self, name: str, data: bytes) -> None:

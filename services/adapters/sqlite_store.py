@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -13,6 +14,7 @@ from google.protobuf.message import Message
 
 from chargectl.common.codec import ChargeRequest, ChargeSession, LedgerEntry, PlugState, Site, UserAccount
 from chargectl.common.errors import StoreError
+from chargectl.services.adapters.store import AutoTopupState, UnmatchedPayment
 
 __all__ = ["SqliteStore"]
 
@@ -35,6 +37,9 @@ CREATE TABLE IF NOT EXISTS plug_states (plug_mac TEXT PRIMARY KEY, site_id TEXT 
 CREATE TABLE IF NOT EXISTS sites (site_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, kind TEXT NOT NULL, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS unmatched_payments (
+    payment_id TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, resolved INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS topup_states (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL);
 """
 
 
@@ -248,6 +253,104 @@ class SqliteStore:
                 (event_id, kind, at_ms),
             )
             return cur.rowcount == 1
+
+    # ------------------------------------------------------------ payments (issue 14)
+
+    def record_event(
+        self,
+        event_id: str,
+        kind: str,
+        at_ms: int,
+        entries: Sequence[LedgerEntry] = (),
+        unmatched: UnmatchedPayment | None = None,
+    ) -> tuple[bool, int]:
+        if not event_id:
+            raise StoreError("an event needs an id")
+        if any(not e.entry_id or not e.user_id for e in entries):
+            raise StoreError("a ledger entry needs an entry_id and a user_id")
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO events (event_id, kind, at_ms) VALUES (?, ?, ?)",
+                (event_id, kind, at_ms),
+            )
+            if cur.rowcount != 1:
+                return False, 0
+            created = 0
+            for entry in entries:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO ledger (entry_id, user_id, created_at_ms, doc) VALUES (?, ?, ?, ?)",
+                    (entry.entry_id, entry.user_id, entry.created_at_ms, entry.SerializeToString()),
+                )
+                created += cur.rowcount
+            if unmatched is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO unmatched_payments (payment_id, created_at_ms, resolved, doc)"
+                    " VALUES (?, ?, ?, ?)",
+                    (unmatched.payment_id, unmatched.created_at_ms, 0, json.dumps(unmatched.to_dict())),
+                )
+            return True, created
+
+    def get_unmatched_payment(self, payment_id: str) -> UnmatchedPayment | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT doc FROM unmatched_payments WHERE payment_id = ?", (payment_id,)
+            ).fetchone()
+        return None if row is None else UnmatchedPayment.from_dict(json.loads(row[0]))
+
+    def list_unmatched_payments(self, include_resolved: bool = False) -> list[UnmatchedPayment]:
+        sql = "SELECT doc FROM unmatched_payments"
+        if not include_resolved:
+            sql += " WHERE resolved = 0"
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY created_at_ms, payment_id").fetchall()
+        return [UnmatchedPayment.from_dict(json.loads(r[0])) for r in rows]
+
+    def assign_unmatched_payment(self, payment_id: str, entry: LedgerEntry, at_ms: int) -> bool:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT doc FROM unmatched_payments WHERE payment_id = ? AND resolved = 0", (payment_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            payment = UnmatchedPayment.from_dict(json.loads(row[0]))
+            cur = db.execute(
+                "INSERT OR IGNORE INTO ledger (entry_id, user_id, created_at_ms, doc) VALUES (?, ?, ?, ?)",
+                (entry.entry_id, entry.user_id, entry.created_at_ms, entry.SerializeToString()),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"ledger entry {entry.entry_id} already exists")
+            done = UnmatchedPayment.from_dict(
+                {
+                    **payment.to_dict(),
+                    "resolved_user_id": entry.user_id,
+                    "resolved_at_ms": at_ms,
+                    "entry_id": entry.entry_id,
+                }
+            )
+            db.execute(
+                "UPDATE unmatched_payments SET resolved = 1, doc = ? WHERE payment_id = ?",
+                (json.dumps(done.to_dict()), payment_id),
+            )
+            return True
+
+    def get_topup_state(self, user_id: str) -> AutoTopupState | None:
+        with self._lock:
+            row = self._db.execute("SELECT doc FROM topup_states WHERE user_id = ?", (user_id,)).fetchone()
+        return None if row is None else AutoTopupState.from_dict(json.loads(row[0]))
+
+    def update_topup_state(self, state: AutoTopupState) -> bool:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT version FROM topup_states WHERE user_id = ?", (state.user_id,)
+            ).fetchone()
+            stored = 0 if row is None else int(row[0])
+            if stored != state.version - 1:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO topup_states (user_id, version, doc) VALUES (?, ?, ?)",
+                (state.user_id, state.version, json.dumps(state.to_dict())),
+            )
+            return True
 
     # checkpoints
     def save_checkpoint(self, name: str, data: bytes) -> None:

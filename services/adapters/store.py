@@ -8,11 +8,82 @@ conditional, so replays are no-ops and no document is contended.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
 
 from chargectl.common.codec import ChargeRequest, ChargeSession, LedgerEntry, PlugState, Site, UserAccount
 
-__all__ = ["Store"]
+__all__ = ["AutoTopupState", "Store", "UnmatchedPayment"]
+
+
+# ---------------------------------------------------------------- payments records (issue 14)
+
+
+@dataclass(frozen=True, slots=True)
+class UnmatchedPayment:
+    """Money Stripe took that the webhook could not credit (unknown user or customer, another currency).
+
+    Kept until an operator assigns it to a user (``resolved_user_id``, ``entry_id``) or refunds it.
+    ``payment_id`` is the Stripe object (PaymentIntent or Checkout Session) that carried the money.
+    """
+
+    payment_id: str
+    event_id: str
+    event_type: str
+    amount_minor: int
+    currency: str
+    reason: str
+    created_at_ms: int
+    customer_id: str = ""
+    uid_hint: str = ""
+    resolved_user_id: str = ""
+    resolved_at_ms: int = 0
+    entry_id: str = ""
+
+    @property
+    def resolved(self) -> bool:
+        return bool(self.resolved_user_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> UnmatchedPayment:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
+
+@dataclass(frozen=True, slots=True)
+class AutoTopupState:
+    """A user's automatic top-up bookkeeping (per user; the currency is the account's).
+
+    ``armed`` is False from the charge made for one threshold crossing until the balance is back at or
+    above the threshold; ``crossing`` counts crossings (it names the Stripe idempotency key);
+    ``in_flight_key`` is the charge being made; ``declined`` stops retries until the user acts.
+    """
+
+    user_id: str
+    armed: bool = True
+    crossing: int = 0
+    in_flight_key: str = ""
+    in_flight_since_ms: int = 0
+    last_intent_id: str = ""
+    last_status: str = ""
+    declined: bool = False
+    declined_card: str = ""  # the card that was declined: a different saved card lifts the stop
+    decline_reason: str = ""
+    declined_at_ms: int = 0
+    updated_at_ms: int = 0
+    version: int = 0  # 0 = never stored; each stored write is one more
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> AutoTopupState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
 
 
 class Store(Protocol):
@@ -81,6 +152,39 @@ class Store(Protocol):
     # processed external events (webhook dedupe)
     def mark_event(self, event_id: str, kind: str, at_ms: int) -> bool:
         """Record ``event_id`` as processed; True the first time, False on every replay."""
+        ...
+
+    # ------------------------------------------------------------ payments (issue 14)
+
+    def record_event(
+        self,
+        event_id: str,
+        kind: str,
+        at_ms: int,
+        entries: Sequence[LedgerEntry] = (),
+        unmatched: UnmatchedPayment | None = None,
+    ) -> tuple[bool, int]:
+        """In one transaction: record ``event_id`` as processed, create the ``entries`` that do not
+        exist yet and the ``unmatched`` payment if given and new. Returns (first time, entries created);
+        a replayed event changes nothing and returns (False, 0)."""
+        ...
+
+    def get_unmatched_payment(self, payment_id: str) -> UnmatchedPayment | None: ...
+
+    def list_unmatched_payments(self, include_resolved: bool = False) -> list[UnmatchedPayment]:
+        """Oldest first."""
+        ...
+
+    def assign_unmatched_payment(self, payment_id: str, entry: LedgerEntry, at_ms: int) -> bool:
+        """In one transaction: mark the payment resolved to ``entry.user_id`` and post ``entry``.
+        False (and no change) if the payment is unknown or already resolved."""
+        ...
+
+    def get_topup_state(self, user_id: str) -> AutoTopupState | None: ...
+
+    def update_topup_state(self, state: AutoTopupState) -> bool:
+        """Store ``state`` if the stored version is ``state.version - 1`` (none stored counts as 0):
+        a compare-and-set, so of two writers from the same version exactly one wins; False = lost."""
         ...
 
     # opaque checkpoints (the hub's state)

@@ -2,11 +2,12 @@
 
 Theory of operation. Stripe signs ``f"{t}.{body}"`` with the endpoint secret (HMAC-SHA256, header
 ``Stripe-Signature: t=<unix s>,v1=<hex>[,v1=<hex>]``); a body that does not verify is refused (400) and
-changes nothing. Every verified event is processed once:
+changes nothing (``stripe.Webhook.construct_event`` checks it when the SDK is present; the same scheme is
+implemented here for the pure core). Every verified event is processed once:
 
-- Ledger events post an entry whose id is the event id (create-if-absent), then record the event with
-  ``Store.mark_event``; a crash between the two cannot lose a credit, because the retried delivery posts
-  the same entry id again (a no-op) and then records it.
+- Ledger events (credits, refunds, disputes, unmatched payments) are planned first, then the event
+  record, its ledger entries and any unmatched payment are written in ONE store transaction
+  (``Store.record_event``): a crash leaves all or nothing, and a replay changes nothing.
 - Account events (the payment-action flag, the saved card) are recorded first and applied only on the
   first delivery, so an old event replayed later cannot undo a newer state.
 
@@ -14,29 +15,29 @@ Each payment is credited from exactly one event type: a Checkout top-up from
 ``checkout.session.completed`` (``payment_status == "paid"``) or ``checkout.session.async_payment_succeeded``;
 an off-session top-up from ``payment_intent.succeeded`` only when the PaymentIntent's metadata marks it as
 ours (``chargectl_purpose=offsession_topup``). Checkout's own PaymentIntent carries
-``checkout_topup`` and is ignored there. A refund debits what Stripe has refunded on the charge beyond
-what we already debited for it; a dispute debits the disputed amount.
+``checkout_topup`` and is ignored there. Money is credited only in the account's currency; money for
+an unknown user or customer, or in another currency, is stored as an :class:`UnmatchedPayment` and
+alerted, never dropped (an operator assigns or refunds it). A refund is debited under an id derived
+from the Stripe refund id (``refund_<re_id>``), from ``charge.refunded`` (its refund list) or
+``refund.created`` alike, so concurrent deliveries and several instances debit it once; a dispute
+under ``dispute_<dp_id>``. Refunds and disputes debit only payments we credited.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import signal
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from chargectl.common.alerts import AlertBook, AlertKind, Severity
 from chargectl.common.clock import Clock
-from chargectl.common.codec import UserAccount
-from chargectl.common.errors import PaymentError, StoreError
-from chargectl.services.adapters.store import Store
+from chargectl.common.codec import LedgerEntry, Money, UserAccount
+from chargectl.common.errors import PaymentError
+from chargectl.services.adapters.store import Store, UnmatchedPayment
 from chargectl.services.payments.accounts import (
     CHECKOUT_TOPUP,
     OFFSESSION_TOPUP,
@@ -45,7 +46,7 @@ from chargectl.services.payments.accounts import (
     set_default_card,
     user_by_customer,
 )
-from chargectl.services.payments.ledger import Ledger, LedgerKind
+from chargectl.services.payments.ledger import KINDS, Ledger, LedgerKind
 
 __all__ = [
     "HANDLED_EVENTS",
@@ -67,27 +68,38 @@ class WebhookSignatureError(PaymentError):
 
 
 def verify_signature(payload: bytes, header: str | None, secret: str, now_s: float, tolerance_s: int) -> None:
-    """Check Stripe's signature scheme on the raw ``payload``; raise WebhookSignatureError if it fails."""
+    """Check Stripe's signature on the raw ``payload`` with the stripe library's own verifier, and its age
+    against our clock; raise WebhookSignatureError if either fails."""
+    import stripe
+
     if not secret:
         raise WebhookSignatureError("no webhook secret configured")
     if not header:
         raise WebhookSignatureError("missing Stripe-Signature header")
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise WebhookSignatureError("malformed Stripe-Signature timestamp") from None
-        elif key == "v1":
-            signatures.append(value)
-    if timestamp is None or not signatures:
-        raise WebhookSignatureError("malformed Stripe-Signature header")
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
-    if not any(hmac.compare_digest(expected, sig) for sig in signatures):
-        raise WebhookSignatureError("webhook signature does not match the body")
+    try:
+        # tolerance=None: the library checks the scheme and the HMAC; the age is checked below with our
+        # clock (the library would read the system time itself).
+        stripe.WebhookSignature.verify_header(payload, header, secret, tolerance=None)
+    except UnicodeDecodeError:
+        raise WebhookSignatureError("webhook body is not UTF-8") from None
+    except stripe.SignatureVerificationError as exc:
+        text = str(exc).lower()
+        reason = (
+            "malformed Stripe-Signature header"
+            if "unable to extract" in text or "expected scheme" in text
+            else "webhook signature does not match the body"
+        )
+        raise WebhookSignatureError(reason) from None
+    timestamp = next(
+        (
+            int(v)
+            for k, _, v in (p.strip().partition("=") for p in header.split(","))
+            if k == "t" and v.isdigit()
+        ),
+        None,
+    )
+    if timestamp is None:
+        raise WebhookSignatureError("malformed Stripe-Signature timestamp")
     if now_s - timestamp > tolerance_s:
         raise WebhookSignatureError("webhook signature timestamp is too old")
 
@@ -153,24 +165,67 @@ def _metadata(obj: Event) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-class WebhookHandler:
-    """Verifies and applies Stripe events to a :class:`Store` (thread-safe; one event at a time)."""
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a ledger event will write: its outcome, entries and (or) an unmatched payment."""
 
-    def __init__(self, store: Store, secret: str, clock: Clock, tolerance_s: int = 300) -> None:
+    outcome: Outcome
+    entries: tuple[LedgerEntry, ...] = ()
+    unmatched: UnmatchedPayment | None = None
+
+
+def _entry(
+    entry_id: str,
+    user_id: str,
+    kind: LedgerKind,
+    amount_minor: int,
+    currency: str,
+    now_ms: int,
+    reference: str,
+    description: str,
+) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=entry_id,
+        user_id=user_id,
+        kind=KINDS[kind],  # type: ignore[arg-type]
+        amount=Money(amount_minor=int(amount_minor), currency=currency.lower()),
+        reference=reference,
+        description=description,
+        created_at_ms=now_ms,
+    )
+
+
+class WebhookHandler:
+    """Verifies and applies Stripe events to a :class:`Store` (thread-safe; one event at a time).
+
+    Several handlers (threads, processes, Cloud Run instances) may share one store: every ledger write
+    goes through ``Store.record_event``'s transaction with deterministic entry ids.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        secret: str,
+        clock: Clock,
+        tolerance_s: int = 300,
+        alerts: AlertBook | None = None,
+    ) -> None:
         self.store = store
         self.ledger = Ledger(store)
         self._secret = secret
         self.clock = clock
         self.tolerance_s = tolerance_s
+        self.alerts = alerts if alerts is not None else AlertBook()
         self._lock = threading.Lock()
         self.processed = 0
         # The latest outcomes, newest last (health output and tests; no payloads, no secrets).
         self.recent: deque[Outcome] = deque(maxlen=1000)
-        self._ledger_handlers: dict[str, Callable[[Event, Event, int], Outcome]] = {
+        self._ledger_handlers: dict[str, Callable[[Event, Event, int], _Plan]] = {
             "checkout.session.completed": self._checkout_paid,
             "checkout.session.async_payment_succeeded": self._checkout_paid,
             "payment_intent.succeeded": self._payment_succeeded,
             "charge.refunded": self._charge_refunded,
+            "refund.created": self._refund_created,
             "charge.dispute.created": self._dispute_created,
         }
         self._account_handlers: dict[str, Callable[[Event, Event, int], Outcome]] = {
@@ -193,10 +248,17 @@ class WebhookHandler:
         with self._lock:
             ledger_handler = self._ledger_handlers.get(event_type)
             if ledger_handler is not None:
-                outcome = ledger_handler(event, obj, now_ms)
-                first = self.store.mark_event(event_id, event_type, now_ms)
-                if not first and outcome.action in ("ignored", "already posted"):
+                plan = ledger_handler(event, obj, now_ms)
+                first, created = self.store.record_event(
+                    event_id, event_type, now_ms, plan.entries, plan.unmatched
+                )
+                outcome = plan.outcome
+                if not first:
                     outcome = Outcome(event_id, event_type, "duplicate", outcome.user_id)
+                elif plan.entries and created == 0:
+                    outcome = Outcome(event_id, event_type, "already posted", outcome.user_id)
+                elif plan.unmatched is not None:
+                    self._alert_unmatched(plan.unmatched, now_ms)
             elif not self.store.mark_event(event_id, event_type, now_ms):
                 outcome = Outcome(event_id, event_type, "duplicate")
             else:
@@ -217,6 +279,16 @@ class WebhookHandler:
         )
         return outcome
 
+    def _alert_unmatched(self, payment: UnmatchedPayment, now_ms: int) -> None:
+        message = (
+            f"{payment.amount_minor} {payment.currency} in {payment.payment_id} not credited: {payment.reason}"
+            " (chargectl payments unmatched)"
+        )
+        log.error("unmatched payment: %s", message)
+        self.alerts.raise_alert(
+            AlertKind.UNMATCHED_PAYMENT, payment.payment_id, message, now_ms, severity=Severity.CRITICAL
+        )
+
     # ------------------------------------------------------------------ who an object belongs to
 
     def _user(self, obj: Event) -> UserAccount | None:
@@ -233,6 +305,7 @@ class WebhookHandler:
         return user_by_customer(self.store, customer)
 
     def _user_by_reference(self, *references: str) -> str:
+        """The user we credited for a payment (PaymentIntent, charge or Checkout id); "" if none."""
         refs = {r for r in references if r}
         if not refs:
             return ""
@@ -241,116 +314,163 @@ class WebhookHandler:
                 return entry.user_id
         return ""
 
-    def _post(
+    def _credit(
         self,
         event: Event,
-        user_id: str,
-        kind: LedgerKind,
-        amount_minor: int,
-        currency: str,
+        obj: Event,
         now_ms: int,
-        reference: str,
+        payment_id: str,
+        amount: int,
+        currency: str,
         description: str,
-    ) -> Outcome:
-        posted = self.ledger.post(
-            event["id"],
-            user_id,
-            kind,
-            amount_minor,
-            currency,
-            now_ms,
-            reference=reference,
-            description=description,
+    ) -> _Plan:
+        """Credit a paid top-up to its user in the account's currency, or keep it as unmatched."""
+        user = self._user(obj)
+        reason = ""
+        if user is None:
+            reason = "no account for its user or customer"
+        elif user.currency and currency.lower() != user.currency.lower():
+            reason = f"paid in {currency.lower()}, the account is in {user.currency.lower()}"
+        if reason:
+            return self._unmatched(event, obj, now_ms, payment_id, amount, currency, reason)
+        assert user is not None
+        entry = _entry(event["id"], user.user_id, "topup", amount, currency, now_ms, payment_id, description)
+        return _Plan(
+            Outcome(event["id"], event["type"], "credited", user.user_id, amount, currency.lower()), (entry,)
         )
-        action = ("credited" if amount_minor > 0 else "debited") if posted else "already posted"
-        return Outcome(event["id"], event["type"], action, user_id, amount_minor, currency.lower())
 
     # ------------------------------------------------------------------ ledger events
 
-    def _checkout_paid(self, event: Event, obj: Event, now_ms: int) -> Outcome:
-        ignored = Outcome(event["id"], event["type"], "ignored")
-        if obj.get("mode") != "payment" or _metadata(obj).get(PURPOSE_KEY) != CHECKOUT_TOPUP:
+    def _checkout_paid(self, event: Event, obj: Event, now_ms: int) -> _Plan:
+        ignored = _Plan(Outcome(event["id"], event["type"], "ignored"))
+        if obj.get("mode") != "payment":
             return ignored
         if obj.get("payment_status") != "paid":
             # Delayed methods complete unpaid; async_payment_succeeded credits them later.
-            return Outcome(event["id"], event["type"], "awaiting payment")
-        user = self._user(obj)
+            return _Plan(Outcome(event["id"], event["type"], "awaiting payment"))
         amount, currency = _int(obj, "amount_total"), _str(obj, "currency")
-        if user is None or amount <= 0 or not currency:
-            log.warning("checkout session %s: unknown user or no amount; not credited", _str(obj, "id"))
+        if amount <= 0 or not currency:
+            log.warning("checkout session %s: paid without an amount; not credited", _str(obj, "id"))
             return ignored
-        reference = _str(obj, "payment_intent") or _str(obj, "id")
-        return self._post(
-            event,
-            user.user_id,
-            "topup",
-            amount,
-            currency,
-            now_ms,
-            reference,
-            f"Checkout top-up {_str(obj, 'id')}",
+        payment_id = _str(obj, "payment_intent") or _str(obj, "id")
+        if _metadata(obj).get(PURPOSE_KEY) != CHECKOUT_TOPUP:
+            # Paid, but not a page we made: the money is kept for an operator, not credited to anyone.
+            return self._unmatched(event, obj, now_ms, payment_id, amount, currency, "not a chargectl top-up")
+        return self._credit(
+            event, obj, now_ms, payment_id, amount, currency, f"Checkout top-up {_str(obj, 'id')}"
         )
 
-    def _payment_succeeded(self, event: Event, obj: Event, now_ms: int) -> Outcome:
+    def _unmatched(
+        self, event: Event, obj: Event, now_ms: int, payment_id: str, amount: int, currency: str, reason: str
+    ) -> _Plan:
+        uid_hint = _metadata(obj).get("uid")
+        unmatched = UnmatchedPayment(
+            payment_id=payment_id,
+            event_id=event["id"],
+            event_type=event["type"],
+            amount_minor=amount,
+            currency=currency.lower(),
+            reason=reason,
+            created_at_ms=now_ms,
+            customer_id=_str(obj, "customer"),
+            uid_hint=uid_hint if isinstance(uid_hint, str) else "",
+        )
+        return _Plan(
+            Outcome(event["id"], event["type"], "unmatched", "", amount, currency.lower()),
+            unmatched=unmatched,
+        )
+
+    def _payment_succeeded(self, event: Event, obj: Event, now_ms: int) -> _Plan:
         if _metadata(obj).get(PURPOSE_KEY) != OFFSESSION_TOPUP:
-            return Outcome(event["id"], event["type"], "ignored")
-        user = self._user(obj)
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
         amount = _int(obj, "amount_received") or _int(obj, "amount")
         currency = _str(obj, "currency")
-        if user is None or amount <= 0 or not currency:
-            log.warning("payment intent %s: unknown user or no amount; not credited", _str(obj, "id"))
-            return Outcome(event["id"], event["type"], "ignored")
-        flag_payment_action(self.store, user.user_id, _str(obj, "id"), now_ms, on=False)
-        return self._post(
-            event, user.user_id, "topup", amount, currency, now_ms, _str(obj, "id"), "Automatic top-up"
-        )
+        if amount <= 0 or not currency:
+            log.warning("payment intent %s: succeeded without an amount; not credited", _str(obj, "id"))
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        plan = self._credit(event, obj, now_ms, _str(obj, "id"), amount, currency, "Automatic top-up")
+        if plan.outcome.user_id:
+            flag_payment_action(self.store, plan.outcome.user_id, _str(obj, "id"), now_ms, on=False)
+        return plan
 
-    def _charge_refunded(self, event: Event, obj: Event, now_ms: int) -> Outcome:
-        charge_id, intent_id = _str(obj, "id"), _str(obj, "payment_intent")
-        user = self._user(obj)
-        user_id = user.user_id if user is not None else self._user_by_reference(intent_id, charge_id)
-        currency = _str(obj, "currency")
-        if not user_id or not currency:
-            return Outcome(event["id"], event["type"], "ignored")
-        if self.store.get_ledger_entry(event["id"]) is not None:
-            return Outcome(event["id"], event["type"], "already posted", user_id)
-        # charge.refunded carries the charge's cumulative amount_refunded (partial refunds fire again,
-        # possibly out of order): debit only what is not debited yet for this charge.
-        already = -sum(
-            e.amount.amount_minor
-            for e in self.store.ledger_entries(user_id)
-            if e.reference == charge_id and e.kind == e.KIND_REFUND
-        )
-        delta = _int(obj, "amount_refunded") - already
-        if delta <= 0:
-            return Outcome(event["id"], event["type"], "ignored", user_id)
-        return self._post(
-            event,
+    def _refund_entry(
+        self, event: Event, refund: Event, user_id: str, charge_id: str, intent_id: str, now_ms: int
+    ) -> LedgerEntry | None:
+        refund_id, amount, currency = _str(refund, "id"), _int(refund, "amount"), _str(refund, "currency")
+        if not refund_id or amount <= 0 or not currency:
+            return None
+        if refund.get("status") not in (None, "succeeded", "pending"):
+            return None  # failed or canceled: no money went back
+        return _entry(
+            f"refund_{refund_id}",
             user_id,
             "refund",
-            -delta,
+            -amount,
             currency,
             now_ms,
-            charge_id,
-            f"Refund of {intent_id or charge_id}",
+            charge_id or intent_id,
+            f"Refund {refund_id} of {intent_id or charge_id}",
         )
 
-    def _dispute_created(self, event: Event, obj: Event, now_ms: int) -> Outcome:
+    def _charge_refunded(self, event: Event, obj: Event, now_ms: int) -> _Plan:
+        charge_id, intent_id = _str(obj, "id"), _str(obj, "payment_intent")
+        user_id = self._user_by_reference(intent_id, charge_id)
+        refunds_obj = obj.get("refunds")
+        refunds = refunds_obj.get("data") if isinstance(refunds_obj, dict) else None
+        if not user_id or not isinstance(refunds, list):
+            if user_id:
+                log.warning("charge.refunded %s has no refund list; refund.created debits it", charge_id)
+            return _Plan(Outcome(event["id"], event["type"], "ignored", user_id))
+        entries = [
+            e
+            for r in refunds
+            if isinstance(r, dict)
+            and (e := self._refund_entry(event, r, user_id, charge_id, intent_id, now_ms)) is not None
+        ]
+        if not entries:
+            return _Plan(Outcome(event["id"], event["type"], "ignored", user_id))
+        total = sum(e.amount.amount_minor for e in entries)
+        currency = entries[0].amount.currency
+        return _Plan(Outcome(event["id"], event["type"], "debited", user_id, total, currency), tuple(entries))
+
+    def _refund_created(self, event: Event, obj: Event, now_ms: int) -> _Plan:
+        charge_id, intent_id = _str(obj, "charge"), _str(obj, "payment_intent")
+        user_id = self._user_by_reference(intent_id, charge_id)
+        entry = self._refund_entry(event, obj, user_id, charge_id, intent_id, now_ms) if user_id else None
+        if entry is None:
+            return _Plan(Outcome(event["id"], event["type"], "ignored", user_id))
+        return _Plan(
+            Outcome(
+                event["id"],
+                event["type"],
+                "debited",
+                user_id,
+                entry.amount.amount_minor,
+                entry.amount.currency,
+            ),
+            (entry,),
+        )
+
+    def _dispute_created(self, event: Event, obj: Event, now_ms: int) -> _Plan:
         charge_id, intent_id = _str(obj, "charge"), _str(obj, "payment_intent")
         user_id = self._user_by_reference(intent_id, charge_id)
         amount, currency = _int(obj, "amount"), _str(obj, "currency")
         if not user_id or amount <= 0 or not currency:
             log.warning("dispute %s: no top-up of ours matches; not debited", _str(obj, "id"))
-            return Outcome(event["id"], event["type"], "ignored")
-        return self._post(
-            event,
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        dispute_id = _str(obj, "id") or event["id"]
+        entry = _entry(
+            f"dispute_{dispute_id}",
             user_id,
             "dispute",
             -amount,
             currency,
             now_ms,
             charge_id or intent_id,
-            f"Dispute {_str(obj, 'id')}",
+            f"Dispute {dispute_id}",
+        )
+        return _Plan(
+            Outcome(event["id"], event["type"], "debited", user_id, -amount, currency.lower()), (entry,)
         )
 
     # ------------------------------------------------------------------ account events
@@ -390,88 +510,38 @@ HANDLED_EVENTS = (
     "payment_intent.requires_action",
     "setup_intent.succeeded",
     "charge.refunded",
+    "refund.created",
     "charge.dispute.created",
 )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    handler: WebhookHandler
-    max_body_bytes: int
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up is not our failure; anything else is a bug and keeps its traceback.
-        log.debug("webhook connection from %s failed", client_address[0], exc_info=True)
-
-
-class _Request(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        if self.path.split("?")[0] in ("/healthz", "/health"):
-            self._answer(HTTPStatus.OK, {"status": "ok", "processed": self.server.handler.processed})
-        else:
-            self._answer(HTTPStatus.NOT_FOUND, {"error": "not found"})
-
-    def do_POST(self) -> None:
-        length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.isdigit():
-            self.close_connection = True
-            self._answer(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
-            return
-        length = int(length_header)
-        if length > self.server.max_body_bytes:
-            self.close_connection = True
-            self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
-            return
-        payload = self.rfile.read(length)
-        try:
-            outcome = self.server.handler.handle(payload, self.headers.get("Stripe-Signature"))
-        except WebhookSignatureError as exc:
-            log.warning("webhook refused: %s", exc)
-            self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-        except StoreError as exc:
-            # Not acknowledged: Stripe delivers it again later.
-            log.error("webhook not processed: %s", exc)
-            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "store unavailable"})
-        except PaymentError as exc:
-            log.warning("webhook refused: %s", exc)
-            self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-        else:
-            self._answer(HTTPStatus.OK, {"received": True, "action": outcome.action})
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("webhook http: " + format, *args)
-
-
 class WebhookServer:
-    """A small threaded HTTP server around a :class:`WebhookHandler` (POST any path; GET /healthz)."""
+    """The webhook alone on the app server's HTTP stack (aiohttp: read timeouts, body cap, JSON errors):
+    ``POST /stripe/webhook`` (and ``POST /``, where older endpoint settings point), ``GET /healthz``.
+
+    ``start()``/``stop()`` serve on a background thread (embedding, tests); ``run()`` until SIGINT/SIGTERM.
+    """
 
     def __init__(
         self, handler: WebhookHandler, host: str, port: int, max_body_bytes: int = 1_000_000
     ) -> None:
+        from chargectl.services.app.server import AppServer
+        from chargectl.services.app.settings import AppSettings
+
         self.handler = handler
-        try:
-            self._httpd = _Server((host, port), _Request)
-        except OSError as exc:
-            raise PaymentError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-        self._httpd.handler = handler
-        self._httpd.max_body_bytes = max_body_bytes
-        self._thread: threading.Thread | None = None
+        self.host, self.port = host, port
+        self.app_server = AppServer(
+            AppSettings(),
+            handler.clock,
+            webhook=handler,
+            webhook_max_body_bytes=max_body_bytes,
+            webhook_at_root=True,
+        )
+        self._threaded: Any = None
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._httpd.server_address[:2]
-        return str(host), int(port)
+        return self.app_server.address
 
     @property
     def url(self) -> str:
@@ -479,29 +549,16 @@ class WebhookServer:
         return f"http://{host}:{port}"
 
     def start(self) -> None:
-        """Serve in a background thread (embedding, tests); ``stop()`` ends it."""
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="payments-webhook", daemon=True
-        )
-        self._thread.start()
+        from chargectl.services.app.server import ThreadedServer
+
+        self._threaded = ThreadedServer(self.app_server, self.host, self.port)
+        self._threaded.start()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._threaded is not None:
+            self._threaded.stop()
+            self._threaded = None
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM (the CLI)."""
-        done = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-        self.start()
-        log.info("webhook listening on %s", self.url)
-        try:
-            done.wait()
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            log.info("webhook stopped")
+        self.app_server.run(self.host, self.port)

@@ -152,47 +152,121 @@ def test_each_payment_is_credited_from_exactly_one_event_type(
     assert sorted(e.amount.amount_minor for e in store.ledger_entries("u1")) == [700, 2500]
 
 
-def test_events_for_unknown_users_or_foreign_customers_credit_nothing(
+def test_events_for_unknown_users_or_foreign_customers_are_kept_unmatched_and_alerted(
     handler: WebhookHandler, store: SqliteStore
 ) -> None:
     stranger = offsession_pi(
-        metadata={"uid": "ghost", "chargectl_purpose": "offsession_topup"}, customer="cus_9"
+        "pi_ghost", metadata={"uid": "ghost", "chargectl_purpose": "offsession_topup"}, customer="cus_9"
     )
-    assert deliver(handler, "evt_g", "payment_intent.succeeded", stranger) == "ignored"
-    # Metadata naming u1 on u2's customer: refused rather than credited to either.
-    crossed = offsession_pi(customer="cus_2")
-    assert deliver(handler, "evt_c", "payment_intent.succeeded", crossed) == "ignored"
+    assert deliver(handler, "evt_g", "payment_intent.succeeded", stranger) == "unmatched"
+    # Metadata naming u1 on u2's customer: kept rather than credited to either.
+    crossed = offsession_pi("pi_crossed", customer="cus_2")
+    assert deliver(handler, "evt_c", "payment_intent.succeeded", crossed) == "unmatched"
+    assert deliver(handler, "evt_c", "payment_intent.succeeded", crossed) == "duplicate"
     assert store.ledger_entries() == []
+    kept = store.list_unmatched_payments()
+    assert sorted((p.payment_id, p.amount_minor, p.currency) for p in kept) == [
+        ("pi_crossed", 1000, "gbp"),
+        ("pi_ghost", 1000, "gbp"),
+    ]
+    assert {p.uid_hint for p in kept} == {"ghost", "u1"}
+    alerts = {a.subject: a for a in handler.alerts.open_alerts()}
+    assert set(alerts) == {"pi_ghost", "pi_crossed"}
+    assert all(a.kind == "unmatched_payment" and a.count == 1 for a in alerts.values())
 
 
-def test_refunds_debit_what_was_refunded_even_out_of_order(
+def test_money_in_another_currency_is_not_credited(handler: WebhookHandler, store: SqliteStore) -> None:
+    usd = offsession_pi("pi_usd", 1500, currency="usd")
+    assert deliver(handler, "evt_usd", "payment_intent.succeeded", usd) == "unmatched"
+    paid = checkout("cs_eur", 2000, "paid", currency="eur")
+    assert deliver(handler, "evt_eur", "checkout.session.completed", paid) == "unmatched"
+    assert Ledger(store).balance("u1") == 0
+    assert store.ledger_entries() == []
+    reasons = {p.payment_id: p.reason for p in store.list_unmatched_payments()}
+    assert reasons == {
+        "pi_usd": "paid in usd, the account is in gbp",
+        "pi_cs_eur": "paid in eur, the account is in gbp",
+    }
+
+
+def test_paid_checkout_that_is_not_ours_is_kept(handler: WebhookHandler, store: SqliteStore) -> None:
+    foreign = checkout("cs_manual", 900, "paid", metadata={})
+    assert deliver(handler, "evt_m", "checkout.session.completed", foreign) == "unmatched"
+    assert store.ledger_entries() == []
+    [kept] = store.list_unmatched_payments()
+    assert (kept.payment_id, kept.amount_minor, kept.reason) == (
+        "pi_cs_manual",
+        900,
+        "not a chargectl top-up",
+    )
+
+
+def charge_with_refunds(
+    *refunds: tuple[str, int], charge: str = "ch_r", intent: str = "pi_r"
+) -> dict[str, Any]:
+    return {
+        "id": charge,
+        "object": "charge",
+        "amount": 2000,
+        "amount_refunded": sum(a for _, a in refunds),
+        "currency": "gbp",
+        "customer": "cus_1",
+        "payment_intent": intent,
+        "metadata": {},
+        "refunds": {
+            "object": "list",
+            "data": [
+                {
+                    "id": rid,
+                    "object": "refund",
+                    "amount": a,
+                    "currency": "gbp",
+                    "charge": charge,
+                    "payment_intent": intent,
+                    "status": "succeeded",
+                }
+                for rid, a in refunds
+            ],
+        },
+    }
+
+
+def test_refunds_debit_each_stripe_refund_once_in_any_order(
     handler: WebhookHandler, store: SqliteStore
 ) -> None:
     ledger = Ledger(store)
     deliver(handler, "evt_top", "payment_intent.succeeded", offsession_pi("pi_r", 2000))
-
-    def charge(refunded: int) -> dict[str, Any]:
-        return {
-            "id": "ch_r",
-            "object": "charge",
-            "amount": 2000,
-            "amount_refunded": refunded,
-            "currency": "gbp",
-            "customer": "cus_1",
-            "payment_intent": "pi_r",
-            "metadata": {},
-        }
-
     # Two partial refunds whose events arrive newest first, then a redelivery of each.
-    assert deliver(handler, "evt_r2", "charge.refunded", charge(800)) == "debited"
-    assert deliver(handler, "evt_r1", "charge.refunded", charge(500)) == "ignored"
-    assert deliver(handler, "evt_r2", "charge.refunded", charge(800)) == "duplicate"
-    assert deliver(handler, "evt_r1", "charge.refunded", charge(500)) == "duplicate"
+    assert (
+        deliver(handler, "evt_r2", "charge.refunded", charge_with_refunds(("re_2", 300), ("re_1", 500)))
+        == "debited"
+    )
+    assert (
+        deliver(handler, "evt_r1", "charge.refunded", charge_with_refunds(("re_1", 500))) == "already posted"
+    )
+    assert (
+        deliver(handler, "evt_r2", "charge.refunded", charge_with_refunds(("re_2", 300), ("re_1", 500)))
+        == "duplicate"
+    )
+    refund = {
+        "id": "re_2",
+        "object": "refund",
+        "amount": 300,
+        "currency": "gbp",
+        "charge": "ch_r",
+        "payment_intent": "pi_r",
+        "status": "succeeded",
+    }
+    assert deliver(handler, "evt_rc", "refund.created", refund) == "already posted"
     assert ledger.balance("u1") == 1200
-    assert deliver(handler, "evt_r3", "charge.refunded", charge(2000)) == "debited"
-    assert ledger.balance("u1") == 0
-    assert sorted(e.amount.amount_minor for e in store.ledger_entries("u1")) == [-1200, -800, 2000]
-    assert ledger.balance("u1") == sum(e.amount.amount_minor for e in store.ledger_entries("u1"))
+    assert sorted(e.entry_id for e in store.ledger_entries("u1") if e.amount.amount_minor < 0) == [
+        "refund_re_1",
+        "refund_re_2",
+    ]
+    # A refund of a payment we never credited (e.g. an unmatched one) debits nobody.
+    stray = charge_with_refunds(("re_9", 100), charge="ch_x", intent="pi_never")
+    assert deliver(handler, "evt_rx", "charge.refunded", stray) == "ignored"
+    assert ledger.balance("u1") == 1200
 
 
 def test_dispute_debits_the_disputed_amount_of_our_top_up(

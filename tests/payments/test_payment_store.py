@@ -1,0 +1,77 @@
+"""The payments store methods on both adapters: events recorded with their entries atomically, unmatched
+payments kept and assigned once, the auto top-up state's compare-and-set."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chargectl.common.codec import LedgerEntry, Money
+from chargectl.services.adapters.sqlite_store import SqliteStore
+from chargectl.services.adapters.store import AutoTopupState, Store, UnmatchedPayment
+
+
+@pytest.fixture(params=["sqlite", "firestore"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        store: Store = SqliteStore(tmp_path / "s.db")
+    else:
+        request.getfixturevalue("firestore_env")
+        from chargectl.services.adapters.firestore_store import FirestoreStore
+
+        store = FirestoreStore(f"pay-{uuid.uuid4().hex[:8]}")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def entry(entry_id: str, amount: int, user: str = "u1") -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=entry_id,
+        user_id=user,
+        kind=LedgerEntry.KIND_TOPUP,
+        amount=Money(amount_minor=amount, currency="gbp"),
+        created_at_ms=5,
+    )
+
+
+def test_record_event_writes_the_event_and_its_entries_once(any_store: Store) -> None:
+    assert any_store.record_event("evt_1", "x", 1, [entry("e1", 100), entry("e2", 50)]) == (True, 2)
+    assert any_store.record_event("evt_1", "x", 2, [entry("e1", 100), entry("e3", 999)]) == (False, 0)
+    # Another event naming an entry that exists: recorded, the existing entry untouched.
+    assert any_store.record_event("evt_2", "x", 3, [entry("e2", 777)]) == (True, 0)
+    assert sorted((e.entry_id, e.amount.amount_minor) for e in any_store.ledger_entries("u1")) == [
+        ("e1", 100),
+        ("e2", 50),
+    ]
+    assert not any_store.mark_event("evt_2", "x", 4)
+
+
+def test_unmatched_payments_are_kept_and_assigned_once(any_store: Store) -> None:
+    lost = UnmatchedPayment("pi_1", "evt_9", "payment_intent.succeeded", 700, "gbp", "no account", 10)
+    assert any_store.record_event("evt_9", "payment_intent.succeeded", 10, unmatched=lost) == (True, 0)
+    assert any_store.list_unmatched_payments() == [lost]
+    assert any_store.get_unmatched_payment("pi_1") == lost
+    assert any_store.assign_unmatched_payment("pi_1", entry("evt_9", 700), 20)
+    assert not any_store.assign_unmatched_payment("pi_1", entry("evt_9b", 700), 21)
+    assert any_store.list_unmatched_payments() == []
+    [done] = any_store.list_unmatched_payments(include_resolved=True)
+    assert (done.resolved_user_id, done.resolved_at_ms, done.entry_id) == ("u1", 20, "evt_9")
+    assert [e.entry_id for e in any_store.ledger_entries("u1")] == ["evt_9"]
+    assert not any_store.assign_unmatched_payment("pi_unknown", entry("evt_x", 1), 22)
+
+
+def test_topup_state_compare_and_set(any_store: Store) -> None:
+    assert any_store.get_topup_state("u1") is None
+    first = AutoTopupState("u1", crossing=1, version=1)
+    assert any_store.update_topup_state(first)
+    assert not any_store.update_topup_state(AutoTopupState("u1", crossing=9, version=1))  # lost the race
+    assert not any_store.update_topup_state(AutoTopupState("u1", crossing=9, version=3))  # skipped a version
+    second = dataclasses.replace(first, crossing=2, version=2)
+    assert any_store.update_topup_state(second)
+    assert any_store.get_topup_state("u1") == second
