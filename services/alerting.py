@@ -20,6 +20,7 @@ The hub's plug machines raise their alerts through :func:`raise_machine_alert`;
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import queue
@@ -277,6 +278,7 @@ def attach_alert_sinks(
         return None
     notifier = AlertNotifier(settings, inc=inc, clock_ms=clock_ms)
     book.listen(notifier)
+    atexit.register(notifier.close)  # what is queued still goes out when the process ends
     names = ", ".join(h.name or f"webhook-{i + 1}" for i, h in enumerate(settings.webhooks))
     log.info("alerts go to %s", names)
     return notifier

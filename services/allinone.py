@@ -29,6 +29,7 @@ from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent.agent import Agent
 from chargectl.services.agent.settings import AgentSettings
 from chargectl.services.agent.shelly_plugs import shelly_connector, shelly_discovery
+from chargectl.services.alerting import AlertNotifier, attach_alert_sinks
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.wiring import open_store, open_timeseries
@@ -90,6 +91,7 @@ class AllInOne:
         self.timeseries = open_timeseries(config)
         self.hub: Hub | None = None
         self.agent: Agent | None = None
+        self.notifier: AlertNotifier | None = None
         self._stop = asyncio.Event()
 
     def provision(self) -> None:
@@ -118,6 +120,7 @@ class AllInOne:
         self.hub = Hub(
             self.hub_settings, HubPorts(self.bus, self.store, self.timeseries, signer.key_for), self.clock
         )
+        self.notifier = attach_alert_sinks(self.config, self.hub.alerts, self.hub.metrics.inc)
         s = self.agent_settings
         self.agent = Agent(
             s,
@@ -160,6 +163,8 @@ class AllInOne:
                     await asyncio.wait_for(task, timeout=15)
             stop_task.cancel()
             await self.bus.close()
+            if self.notifier is not None:
+                self.notifier.close()
             self.timeseries.close()
             self.store.close()
 

@@ -7,6 +7,7 @@ from chargectl.common.config import Config
 from chargectl.common.errors import ConfigError
 from chargectl.provisioner.trust import CommandSigner
 from chargectl.services.adapters.secrets import secrets_from_config
+from chargectl.services.alerting import attach_alert_sinks
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.wiring import open_store, open_timeseries
@@ -31,4 +32,6 @@ def build_cloud_hub(config: Config, clock: Clock | None = None) -> Hub:
         timeseries=open_timeseries(config),
         command_keys=signer.key_for,
     )
-    return Hub(settings, ports, clock)
+    hub = Hub(settings, ports, clock)
+    attach_alert_sinks(config, hub.alerts, hub.metrics.inc)
+    return hub
