@@ -64,6 +64,7 @@ from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
+from chargectl.services.requests import submit_request
 
 # ------------------------------------------------------------------------------------------------
 # Settings the figures depend on
@@ -1012,15 +1013,8 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
                     power_w=rng.uniform(2000, 2300) if ev else rng.uniform(150, 400),
                     request_id=f"r{requests}",
                 )
-                store.add_request(
-                    codec.ChargeRequest(
-                        request_id=f"r{requests}",
-                        user_id=f"u-{p.mac}",
-                        plug_mac=p.mac,
-                        action=codec.ChargeRequest.ACTION_START,
-                        status=codec.ChargeRequest.STATUS_PENDING,
-                        created_at_ms=now_ms,
-                    )
+                submit_request(
+                    store, f"u-{p.mac}", p.mac, codec.ChargeRequest.ACTION_START, now_ms, f"r{requests}"
                 )
         await hub.run_once()
         for _ in range(3):
@@ -1382,15 +1376,8 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
         for rnd in range(plan.latency_rounds):
             created = round(time.time() * 1000)
             for mac in macs:
-                store.add_request(
-                    codec.ChargeRequest(
-                        request_id=f"{rnd}-{mac}",
-                        user_id=user[mac],
-                        plug_mac=mac,
-                        action=codec.ChargeRequest.ACTION_START,
-                        status=codec.ChargeRequest.STATUS_PENDING,
-                        created_at_ms=created,
-                    )
+                submit_request(
+                    store, user[mac], mac, codec.ChargeRequest.ACTION_START, created, f"{rnd}-{mac}"
                 )
             done: dict[str, int] = {}
             prefix = f"sess-{rnd}-"
@@ -1404,15 +1391,13 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
             await _wait(switched, "every plug to switch on")
             samples.extend((at - created) / 1000 for at in done.values())
             for mac in macs:
-                store.add_request(
-                    codec.ChargeRequest(
-                        request_id=f"{rnd}-{mac}-stop",
-                        user_id=user[mac],
-                        plug_mac=mac,
-                        action=codec.ChargeRequest.ACTION_STOP,
-                        status=codec.ChargeRequest.STATUS_PENDING,
-                        created_at_ms=round(time.time() * 1000),
-                    )
+                submit_request(
+                    store,
+                    user[mac],
+                    mac,
+                    codec.ChargeRequest.ACTION_STOP,
+                    round(time.time() * 1000),
+                    f"{rnd}-{mac}-stop",
                 )
             await _wait(
                 lambda: all(
