@@ -27,6 +27,7 @@ from chargectl.provisioner.trust import CommandSigner, command_keyring
 from chargectl.provisioner.wiring import open_provisioner
 from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent.agent import Agent
+from chargectl.services.agent.metrics import instrument_agent
 from chargectl.services.agent.settings import AgentSettings
 from chargectl.services.agent.shelly_plugs import shelly_connector, shelly_discovery
 from chargectl.services.alerting import AlertNotifier, attach_alert_sinks
@@ -136,6 +137,7 @@ class AllInOne:
             discovery=shelly_discovery(s.interfaces) if s.discovery else None,
             clock=self.clock,
         )
+        instrument_agent(self.hub.metrics, s.site_id, self.agent.health)  # same names as a lone agent
 
     async def serve(self, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
         """Run the hub and the agent until :meth:`request_stop`."""

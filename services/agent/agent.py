@@ -41,6 +41,7 @@ from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_del
 from chargectl.services.agent.durable import CommandJournal, SequenceCounter, Spool, SpooledBatch
 from chargectl.services.agent.executor import CommandExecutor
 from chargectl.services.agent.health import AgentHealth, write_heartbeat
+from chargectl.services.agent.metrics import start_agent_health
 from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSighting
 from chargectl.services.agent.settings import AgentSettings
 
@@ -501,6 +502,12 @@ class Agent:
         self._spawn(self._flush_loop(), "flush")
         self._spawn(self._command_loop(), "commands")
         self._spawn(self._heartbeat_loop(), "heartbeat")
+        s = self.settings
+        self.health_server = (
+            await start_agent_health(s.site_id, self.health, s.health_host, s.health_port)
+            if s.health_port
+            else None
+        )
         try:
             if ready is not None:
                 result = ready()
@@ -516,6 +523,10 @@ class Agent:
 
     async def _shutdown(self) -> None:
         self._serving = False
+        server = getattr(self, "health_server", None)
+        if server is not None:
+            await server.stop()
+            self.health_server = None
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
