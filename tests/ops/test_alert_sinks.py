@@ -3,25 +3,16 @@ going from the machine to a webhook while the relay is switched off and nobody i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
 import pytest
+from hub_rig import HubRig
 from webhook_receiver import webhook_receiver
 
-from chargectl.common import codec
 from chargectl.common.alerts import Alert, AlertBook, AlertKind, Severity
-from chargectl.common.clock import ManualClock
 from chargectl.common.config import Config, build
 from chargectl.common.errors import ConfigError
-from chargectl.common.keys import Keyring, SigningKey
-from chargectl.common.readings import Reading
-from chargectl.common.topics import DEAD_LETTER_TOPIC, command_topic
-from chargectl.services.adapters.bus import BusMessage
-from chargectl.services.adapters.memory_bus import MemoryBus
-from chargectl.services.adapters.sqlite_store import SqliteStore
-from chargectl.services.adapters.sqlite_timeseries import SqliteTimeSeries
 from chargectl.services.alerting import (
     AlertNotifier,
     AlertSettings,
@@ -30,8 +21,6 @@ from chargectl.services.alerting import (
     notification_payload,
 )
 from chargectl.services.hub.health import Metrics
-from chargectl.services.hub.service import Hub, HubPorts
-from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
 
 MAC_A = "AABBCCDDEE01"
@@ -206,38 +195,9 @@ def build_hook(url: str, fmt: str) -> object:
 
 
 async def test_hub_unauthorized_draw_reaches_the_webhook_relay_off_nobody_billed(tmp_path: Path) -> None:
-    site = "site-a"
-    clock = ManualClock(1_767_225_600.0)
-    agent_key, command_key = SigningKey.generate(), SigningKey.generate()
-    store = SqliteStore(tmp_path / "hub.db")
-    store.put_site(
-        codec.Site(
-            site_id=site,
-            status=codec.Site.STATUS_ACTIVE,
-            agent_keys=[codec.PublicKey(key_id=agent_key.key_id, public_key=agent_key.public_bytes)],
-            tariff=codec.Tariff(tariff_id="t1", currency="gbp", price_per_kwh_minor=30),
-        )
-    )
-    Ledger(store).post("evt_topup", "u1", "topup", 1000, "gbp", now_ms=1)
-    bus = MemoryBus()
-    await bus.ensure_topic(command_topic(site))
-    await bus.ensure_subscription("cmds", command_topic(site))
-    await bus.ensure_topic(DEAD_LETTER_TOPIC)
-    keyring = Keyring()
-    keyring.add_public(command_key.public_bytes, site)
-    commands: list[codec.Command] = []
-
-    async def on_command(msg: BusMessage) -> bool:
-        commands.append(codec.unpack_command(msg.data, keyring))
-        return True
-
-    await bus.subscribe("cmds", on_command)
-    ts = SqliteTimeSeries(tmp_path / "ts.db")
-    hub = Hub(
-        HubSettings(plug_state_min_interval_s=0),
-        HubPorts(bus, store, ts, lambda s, now_ms: command_key),
-        clock,
-    )
+    rig = await HubRig.create(tmp_path)
+    hub, clock = rig.hub, rig.clock
+    Ledger(rig.store).post("evt_topup", "u1", "topup", 1000, "gbp", now_ms=1)
     with webhook_receiver() as hook:
         config = Config(
             state_dir=tmp_path, sections={"alerts": {"webhooks": [{"url": hook.url, "format": "json"}]}}
@@ -247,34 +207,23 @@ async def test_hub_unauthorized_draw_reaches_the_webhook_relay_off_nobody_billed
         try:
             await hub.start()
             # Someone pressed the plug's button: relay on, 2 kW, no session.
-            counter = 5_000_000
-            rows = []
-            for _ in range(3):
-                clock.advance(5)
-                counter += 2778
-                rows.append(Reading(MAC_A, round(clock.now() * 1000), 2000.0, counter, True, 230.0))
-            data, attrs = codec.pack_telemetry(codec.Batch(site, 1, tuple(rows)), agent_key)
-            assert await hub.handle_message(BusMessage(data, {**attrs, "shard": "0"}, "m1"))
-            for _ in range(50):
-                await asyncio.sleep(0)
-                if commands:
-                    break
+            assert await rig.send_readings(MAC_A, 2000.0, relay_on=True, count=3)
+            await rig.wait_commands(1)
             assert notifier.flush(30)
             hook.wait_for(lambda b: any(x["alert"]["kind"] == "unauthorized_draw" for x in b))
         finally:
-            await hub.stop()
+            await rig.close()
             notifier.close()
-            ts.close()
     body = next(b for b in hook.bodies if b["alert"]["kind"] == "unauthorized_draw")
-    assert body["alert"]["subject"] == MAC_A and body["alert"]["site_id"] == site
+    assert body["alert"]["subject"] == MAC_A and body["alert"]["site_id"] == rig.site
     assert body["alert"]["severity"] == "critical"
     # The relay was ordered off, nobody was billed, no session was opened.
-    assert commands and commands[0].plug_mac == MAC_A and commands[0].on is False
-    assert Ledger(store).balance("u1") == 1000
-    assert store.list_sessions() == []
+    assert rig.commands[0].plug_mac == MAC_A and rig.commands[0].on is False
+    assert Ledger(rig.store).balance("u1") == 1000
+    assert rig.store.list_sessions() == []
     assert hub.metrics.value("alerts_open", kind="unauthorized_draw") == 1
     assert hub.metrics.value("alerts_raised_total", kind="unauthorized_draw") >= 1
-    store.close()
+    rig.store.close()
 
 
 def test_no_webhooks_means_no_sink(tmp_path: Path) -> None:
