@@ -57,7 +57,7 @@ _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 class WebhookSettings:
     """One webhook: ``format = "slack"`` posts ``{"text": …}``, ``"json"`` posts the alert's fields."""
 
-    url: str
+    url: str = field(repr=False)  # a secret: never in a repr, a log or an error
     format: Literal["slack", "json"] = "json"
     name: str = ""  # how logs and metrics name it (the URL is a secret)
 
