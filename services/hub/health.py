@@ -129,6 +129,7 @@ class Metrics:
         self._families: dict[str, _Family] = {}
         self._lock = threading.RLock()
         self._warned: set[str] = set()
+        self._counters: dict[tuple[object, ...], Counter] = {}  # (name, *labels) -> resolved child
         if process_metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
@@ -206,6 +207,11 @@ class Metrics:
         self._family(name, "counter", help_text, {})
 
     def inc(self, name: str, amount: float = 1.0, help_text: str = "", **labels: str) -> None:
+        key = (name, *labels.items())
+        cached = self._counters.get(key)
+        if cached is not None and amount >= 0:  # the hot path: a counter already resolved
+            cached.inc(amount)
+            return
         with self._lock:
             for suffix in ("_sum", "_count"):
                 base = self._lookup(name.removesuffix(suffix)) if name.endswith(suffix) else None
@@ -221,6 +227,8 @@ class Metrics:
                 self._refuse(fam.spec.name, f"{name} cannot go down ({amount})")
                 return
             child.inc(amount)
+            if len(self._counters) < 10_000:
+                self._counters[key] = child
 
     def set(self, name: str, value: float, help_text: str = "", **labels: str) -> None:
         with self._lock:
@@ -258,6 +266,7 @@ class Metrics:
             if fam.metric is not None:
                 self.registry.unregister(fam.metric)
                 fam.metric = None
+                self._counters.clear()
             fam.probe = _ProbeCollector(self.prefix + fam.spec.name, fam.spec, probe)
             self.registry.register(fam.probe)
 

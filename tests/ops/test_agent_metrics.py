@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chargectl.common.alerts import AlertKind
 from chargectl.common.errors import ConfigError, DeviceUnreachableError
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.services.adapters.memory_bus import MemoryBus
@@ -92,3 +93,47 @@ async def test_agent_serves_metrics_and_healthz_on_its_port(tmp_path: Path) -> N
         await asyncio.wait_for(task, 30)
     with pytest.raises(httpx.ConnectError):  # the port is closed with the agent
         httpx.get(base + "/healthz", timeout=5)
+
+
+async def test_run_serves_hub_and_agent_families_under_the_same_names(tmp_path: Path) -> None:
+    from webhook_receiver import webhook_receiver
+
+    from chargectl.common.config import load_config
+    from chargectl.services.allinone import AllInOne
+
+    with webhook_receiver() as hook:
+        cfg = tmp_path / "chargectl.toml"
+        cfg.write_text(
+            f'backend = "local"\nstate_dir = "{tmp_path / "state"}"\nconfig_dir = "{tmp_path / "config"}"\n'
+            '[run]\nsite_id = "run-site"\nhealth = false\n[agent]\ndiscovery = false\n'
+            f'[[alerts.webhooks]]\nurl = "{hook.url}"\nformat = "slack"\n'
+        )
+        system = AllInOne(load_config(cfg))
+        try:
+            await system.start()
+            assert system.hub is not None and system.notifier is not None
+            text = system.hub.metrics.render()
+            lone = Metrics(process_metrics=False)
+            instrument_agent(lone, "run-site", lambda: HEALTHY)
+
+            def names(t: str) -> set[str]:
+                return {ln.split("{")[0].split(" ")[0] for ln in t.splitlines() if ln and ln[0] != "#"}
+
+            assert names(lone.render()) <= names(text)  # a lone agent's families, in run's registry
+            assert 'chargectl_agent_up{site="run-site"} 1.0' in text
+            assert "chargectl_command_latency_seconds_count" in text
+            # The run's alert book reaches the configured webhook.
+            system.hub.alerts.raise_alert(
+                AlertKind.PLUG_FAULTED,
+                "AABBCCDDEEFF",
+                "relay stuck",
+                1,
+            )
+            assert system.notifier.flush(30)
+            hook.wait_for(lambda bodies: any("relay stuck" in b.get("text", "") for b in bodies))
+        finally:
+            if system.notifier is not None:
+                system.notifier.close()
+            await system.bus.close()
+            system.timeseries.close()
+            system.store.close()

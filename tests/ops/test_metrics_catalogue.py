@@ -130,3 +130,12 @@ async def test_hub_observes_command_and_request_latency_as_histograms(tmp_path: 
     finally:
         await rig.close()
         rig.store.close()
+
+
+def test_a_counter_replaced_by_a_probe_is_no_longer_incremented() -> None:
+    m = Metrics(process_metrics=False)
+    m.inc("timeseries_dropped_points_total", 3)
+    m.gauge_probe("timeseries_dropped_points", lambda: {(): 7.0})
+    m.inc("timeseries_dropped_points_total", 1)  # refused: the probe owns the family now
+    assert m.value("timeseries_dropped_points_total") == 7
+    assert "chargectl_timeseries_dropped_points_total 7.0" in m.render()
