@@ -139,3 +139,16 @@ def test_a_counter_replaced_by_a_probe_is_no_longer_incremented() -> None:
     m.inc("timeseries_dropped_points_total", 1)  # refused: the probe owns the family now
     assert m.value("timeseries_dropped_points_total") == 7
     assert "chargectl_timeseries_dropped_points_total 7.0" in m.render()
+
+
+def test_checkpoint_age_counts_from_start_until_the_first_checkpoint() -> None:
+    from chargectl.common.alerts import AlertBook
+    from chargectl.services.alerting import instrument_hub
+
+    m = Metrics(process_metrics=False)
+    clock, last = [50.0], [0.0]  # the host has been up 50 s; the hub never checkpointed
+    instrument_hub(m, AlertBook(), lambda: clock[0], lambda: last[0])
+    clock[0] = 80.0
+    assert m.value("checkpoint_age_seconds") == 30  # since the hub started, not since boot
+    last[0], clock[0] = 90.0, 100.0
+    assert m.value("checkpoint_age_seconds") == 10
