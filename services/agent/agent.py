@@ -502,13 +502,12 @@ class Agent:
         self._spawn(self._flush_loop(), "flush")
         self._spawn(self._command_loop(), "commands")
         self._spawn(self._heartbeat_loop(), "heartbeat")
-        s = self.settings
-        self.health_server = (
-            await start_agent_health(s.site_id, self.health, s.health_host, s.health_port)
-            if s.health_port
-            else None
-        )
         try:
+            s = self.settings
+            if s.health_port:
+                self.health_server = await start_agent_health(
+                    s.site_id, self.health, s.health_host, s.health_port
+                )
             if ready is not None:
                 result = ready()
                 if result is not None:
@@ -523,10 +522,9 @@ class Agent:
 
     async def _shutdown(self) -> None:
         self._serving = False
-        server = getattr(self, "health_server", None)
+        server = vars(self).pop("health_server", None)  # set by serve() when [agent] health_port is
         if server is not None:
             await server.stop()
-            self.health_server = None
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

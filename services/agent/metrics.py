@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from chargectl.common.errors import ConfigError
 from chargectl.services.agent.health import AgentHealth
 from chargectl.services.hub.health import HealthServer, Metrics
 
@@ -59,5 +60,10 @@ async def start_agent_health(
     metrics = Metrics()
     instrument_agent(metrics, site_id, health)
     server = HealthServer(metrics, lambda: agent_problems(health()), host, port)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve the agent's /healthz on {host}:{port} ([agent] health_port): {exc.strerror or exc}"
+        ) from None
     return server

@@ -137,3 +137,22 @@ async def test_run_serves_hub_and_agent_families_under_the_same_names(tmp_path: 
             await system.bus.close()
             system.timeseries.close()
             system.store.close()
+
+
+async def test_health_port_in_use_is_one_clear_error_and_the_agent_shuts_down(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        settings = AgentSettings(
+            site_id=SITE, discovery=False, plugs=[], state_dir=tmp_path, health_port=port
+        )
+
+        async def connector(host: str, port: int) -> object:
+            raise DeviceUnreachableError(host)
+
+        agent = Agent(settings, MemoryBus(), SigningKey.generate(), Keyring(), connector)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=r"\[agent\] health_port"):
+            await asyncio.wait_for(agent.serve(), 30)
+        assert agent._tasks == []  # every loop it had started was stopped
+        assert (tmp_path / "agent.heartbeat.json").exists()  # and it shut down the normal way
