@@ -32,6 +32,11 @@ class AlertKind(StrEnum):
     PAYMENT_FAILED = "payment_failed"  # an auto top-up declined or needing authentication
     AGENT_DISK = "agent_disk"  # the agent cannot write its spool or journal
     IMPOSTOR = "impostor"  # a device answering with another plug's MAC
+    PLUG_STALE = "plug_stale"  # no reading for a while: the session timers are frozen
+    COUNTER_RESET = "counter_reset"  # a plug's energy counter went back (reboot); bridged
+    RELAY_CHANGED = "relay_changed"  # the relay left the commanded position; command re-sent
+    COMMAND_FAILED = "command_failed"  # a relay command failed at the plug; retrying
+    SESSION_PROVISIONAL = "session_provisional"  # a session's plug went offline mid-session
 
 
 class Severity(StrEnum):

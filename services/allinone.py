@@ -27,10 +27,12 @@ from chargectl.provisioner.trust import CommandSigner, command_keyring
 from chargectl.provisioner.wiring import open_provisioner
 from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent.agent import Agent
+from chargectl.services.agent.metrics import instrument_agent
 from chargectl.services.agent.settings import AgentSettings
 from chargectl.services.agent.shelly_plugs import shelly_connector, shelly_discovery
 from chargectl.services.console.app import mount_console
 from chargectl.services.console.settings import ConsoleSettings, require_token_off_loopback
+from chargectl.services.alerting import AlertNotifier, attach_alert_sinks
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.wiring import open_store, open_timeseries
@@ -95,6 +97,7 @@ class AllInOne:
         self.timeseries = open_timeseries(config)
         self.hub: Hub | None = None
         self.agent: Agent | None = None
+        self.notifier: AlertNotifier | None = None
         self._stop = asyncio.Event()
 
     def provision(self) -> None:
@@ -125,6 +128,7 @@ class AllInOne:
         )
         if self.settings.health:
             mount_console(self.hub, self.console_settings, self.hub_settings.health_host)
+        self.notifier = attach_alert_sinks(self.config, self.hub.alerts, self.hub.metrics.inc)
         s = self.agent_settings
         self.agent = Agent(
             s,
@@ -140,6 +144,7 @@ class AllInOne:
             discovery=shelly_discovery(s.interfaces) if s.discovery else None,
             clock=self.clock,
         )
+        instrument_agent(self.hub.metrics, s.site_id, self.agent.health)  # same names as a lone agent
 
     async def serve(self, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
         """Run the hub and the agent until :meth:`request_stop`."""
@@ -167,6 +172,8 @@ class AllInOne:
                     await asyncio.wait_for(task, timeout=15)
             stop_task.cancel()
             await self.bus.close()
+            if self.notifier is not None:
+                self.notifier.close()
             self.timeseries.close()
             self.store.close()
 

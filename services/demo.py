@@ -26,6 +26,7 @@ from chargectl.services.allinone import AllInOne
 from chargectl.services.hub.machine import Status
 from chargectl.services.hub.settings import HubSettings, TariffSettings
 from chargectl.services.payments.ledger import Ledger
+from chargectl.services.requests import submit_request
 from chargectl.shelly.sim import SimFleet, build_profiles
 
 __all__ = ["Demo", "DemoSettings", "Driver"]
@@ -268,16 +269,7 @@ class Demo:
         assert self.system is not None and d.plug is not None
         rid = f"demo-{uuid.uuid4().hex[:12]}"
         d.request_id = rid
-        self.system.store.add_request(
-            codec.ChargeRequest(
-                request_id=rid,
-                user_id=d.user_id,
-                plug_mac=d.plug,
-                action=action,  # type: ignore[arg-type]
-                status=codec.ChargeRequest.STATUS_PENDING,
-                created_at_ms=int(self.clock.now() * 1000),
-            )
-        )
+        submit_request(self.system.store, d.user_id, d.plug, action, int(self.clock.now() * 1000), rid)
 
     # ------------------------------------------------------------------ what the dashboard shows
 

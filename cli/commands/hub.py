@@ -38,23 +38,16 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Exit 0 if the running hub reports healthy on its /healthz, 1 otherwise (with the problems)."""
-        import httpx
-
+        from chargectl.services.health_probe import health_url, probe_health
         from chargectl.services.hub.settings import HubSettings
 
         settings = HubSettings.from_mapping(ctx.obj.config().sections.get("hub"))
-        url = f"http://{settings.health_host}:{settings.health_port}/healthz"
-        try:
-            resp = httpx.get(url, timeout=timeout)
-            body = resp.json()
-            ok = resp.status_code == 200 and bool(body.get("ok"))
-            problems = list(body.get("problems", []))
-        except (httpx.HTTPError, ValueError) as exc:
-            ok, problems = False, [f"no answer from {url}: {type(exc).__name__}"]
+        health = probe_health(health_url(settings.health_host, settings.health_port), timeout)
+        ok = health.ok
         if as_json:
-            typer.echo(json.dumps({"ok": ok, "problems": problems, "url": url}))
+            typer.echo(json.dumps(health.to_dict()))
         else:
-            typer.echo("hub healthy" if ok else "hub unhealthy: " + "; ".join(problems))
+            typer.echo("hub healthy" if ok else "hub unhealthy: " + "; ".join(health.problems))
         raise typer.Exit(0 if ok else 1)
 
     app.add_typer(group, name="hub")

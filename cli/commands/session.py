@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -14,64 +13,30 @@ __all__ = ["register"]
 _STOP_HELP = "Stop the open session on a plug (the hub answers; the session is billed when it finishes)."
 
 
-def _wait_answer(store: Any, request_id: str, wait_s: float) -> Any:
-    from chargectl.common import codec
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        req = store.get_request(request_id)
-        if req is not None and req.status not in (
-            codec.ChargeRequest.STATUS_PENDING,
-            codec.ChargeRequest.STATUS_UNSPECIFIED,
-        ):
-            return req
-        if time.monotonic() >= deadline:
-            return req
-        time.sleep(0.2)
-
-
 def _request(ctx: typer.Context, user: str, plug: str, action: int, wait_s: float, as_json: bool) -> None:
-    from chargectl.common import codec
-    from chargectl.common.errors import ChargectlError, ConfigError
-    from chargectl.common.readings import normalize_mac
+    from chargectl.common.errors import ChargectlError
+    from chargectl.services.requests import make_request, request_and_wait
     from chargectl.services.wiring import open_store
 
-    try:
-        mac = normalize_mac(plug)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if not user:
-        raise ConfigError("--user must not be empty")
+    make_request(user, plug, action, 0)  # bad input is refused before the store is opened
     store = open_store(ctx.obj.config())
     try:
-        request_id = uuid.uuid4().hex[:20]
-        store.add_request(
-            codec.ChargeRequest(
-                request_id=request_id,
-                user_id=user,
-                plug_mac=mac,
-                action=action,  # type: ignore[arg-type]
-                status=codec.ChargeRequest.STATUS_PENDING,
-                created_at_ms=int(time.time() * 1000),
-            )
-        )
-        req = _wait_answer(store, request_id, wait_s)
+        answer = request_and_wait(store, user, plug, action, wait_s)
     finally:
         store.close()
-    status = codec.ChargeRequest.Status.Name(req.status).removeprefix("STATUS_").lower()
-    out = {"request_id": request_id, "status": status, "reason": req.reason, "session_id": req.session_id}
     if as_json:
-        typer.echo(json.dumps(out))
-    elif status == "pending":
-        typer.echo(f"request {request_id} is pending (is the hub running?)")
-    elif status == "accepted":
-        typer.echo(f"accepted: session {req.session_id}" if req.session_id else "accepted")
-    if status == "rejected":
-        if not as_json:
-            typer.echo(f"rejected: {req.reason}")
+        typer.echo(json.dumps(answer.to_dict()))
+    elif answer.status == "accepted":
+        typer.echo(f"accepted: session {answer.session_id}" if answer.session_id else "accepted")
+    elif answer.status == "rejected":
+        typer.echo(f"rejected: {answer.reason}")
+    if answer.status == "rejected":
         raise typer.Exit(1)
-    if status == "pending":
-        raise ChargectlError(f"no answer within {wait_s:g} s; request {request_id} stays pending")
+    if answer.status in ("expired", "pending"):
+        raise ChargectlError(
+            f"no answer within {wait_s:g} s (is the hub running?); request {answer.request_id} "
+            "expired and will not be acted on"
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -82,7 +47,10 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         user: Annotated[str, typer.Option("--user", "-u", help="The user's id (their Google uid).")],
         plug: Annotated[str, typer.Option("--plug", "-p", help="The plug's MAC address.")],
-        wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the hub's answer.")] = 15.0,
+        wait: Annotated[
+            float,
+            typer.Option("--wait", help="Seconds to wait for the hub's answer; then the request expires."),
+        ] = 15.0,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Ask the hub to start a session for USER on PLUG; exits 1 if it is rejected."""
@@ -95,7 +63,10 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         plug: Annotated[str, typer.Option("--plug", "-p", help="The plug's MAC address.")],
         user: Annotated[str, typer.Option("--user", "-u", help="The session's user.")],
-        wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the hub's answer.")] = 15.0,
+        wait: Annotated[
+            float,
+            typer.Option("--wait", help="Seconds to wait for the hub's answer; then the request expires."),
+        ] = 15.0,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         from chargectl.common import codec

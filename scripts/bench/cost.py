@@ -23,6 +23,7 @@ from chargectl.services.hub import machine as m
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
+from chargectl.services.requests import submit_request
 
 from .baselines import firestore_per_reading_usd
 from .core import (
@@ -194,15 +195,8 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
                     power_w=rng.uniform(2000, 2300) if ev else rng.uniform(150, 400),
                     request_id=f"r{requests}",
                 )
-                store.add_request(
-                    codec.ChargeRequest(
-                        request_id=f"r{requests}",
-                        user_id=f"u-{p.mac}",
-                        plug_mac=p.mac,
-                        action=codec.ChargeRequest.ACTION_START,
-                        status=codec.ChargeRequest.STATUS_PENDING,
-                        created_at_ms=now_ms,
-                    )
+                submit_request(
+                    store, f"u-{p.mac}", p.mac, codec.ChargeRequest.ACTION_START, now_ms, f"r{requests}"
                 )
         await hub.run_once()
         for _ in range(3):

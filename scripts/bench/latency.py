@@ -21,6 +21,7 @@ from chargectl.services.hub import machine as m
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
+from chargectl.services.requests import submit_request
 
 from .baselines import direct_switch
 from .core import Figure, Plan, Report
@@ -104,15 +105,8 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
         for rnd in range(plan.latency_rounds):
             created = round(time.time() * 1000)
             for mac in macs:
-                store.add_request(
-                    codec.ChargeRequest(
-                        request_id=f"{rnd}-{mac}",
-                        user_id=user[mac],
-                        plug_mac=mac,
-                        action=codec.ChargeRequest.ACTION_START,
-                        status=codec.ChargeRequest.STATUS_PENDING,
-                        created_at_ms=created,
-                    )
+                submit_request(
+                    store, user[mac], mac, codec.ChargeRequest.ACTION_START, created, f"{rnd}-{mac}"
                 )
             done: dict[str, int] = {}
             prefix = f"sess-{rnd}-"
@@ -126,15 +120,13 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
             await wait_for(switched, "every plug to switch on")
             samples.extend((at - created) / 1000 for at in done.values())
             for mac in macs:
-                store.add_request(
-                    codec.ChargeRequest(
-                        request_id=f"{rnd}-{mac}-stop",
-                        user_id=user[mac],
-                        plug_mac=mac,
-                        action=codec.ChargeRequest.ACTION_STOP,
-                        status=codec.ChargeRequest.STATUS_PENDING,
-                        created_at_ms=round(time.time() * 1000),
-                    )
+                submit_request(
+                    store,
+                    user[mac],
+                    mac,
+                    codec.ChargeRequest.ACTION_STOP,
+                    round(time.time() * 1000),
+                    f"{rnd}-{mac}-stop",
                 )
             await wait_for(
                 lambda: all(

@@ -41,6 +41,7 @@ from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_del
 from chargectl.services.agent.durable import CommandJournal, SequenceCounter, Spool, SpooledBatch
 from chargectl.services.agent.executor import CommandExecutor
 from chargectl.services.agent.health import AgentHealth, write_heartbeat
+from chargectl.services.agent.metrics import start_agent_health
 from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSighting
 from chargectl.services.agent.settings import AgentSettings
 
@@ -502,6 +503,11 @@ class Agent:
         self._spawn(self._command_loop(), "commands")
         self._spawn(self._heartbeat_loop(), "heartbeat")
         try:
+            s = self.settings
+            if s.health_port:
+                self.health_server = await start_agent_health(
+                    s.site_id, self.health, s.health_host, s.health_port
+                )
             if ready is not None:
                 result = ready()
                 if result is not None:
@@ -516,6 +522,9 @@ class Agent:
 
     async def _shutdown(self) -> None:
         self._serving = False
+        server = vars(self).pop("health_server", None)  # set by serve() when [agent] health_port is
+        if server is not None:
+            await server.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

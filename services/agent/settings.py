@@ -56,6 +56,8 @@ class AgentSettings:
     heartbeat_max_age_s: float = 60.0
     shelly_user: str = "admin"
     ensure_resources: bool = True  # create the command topic/subscription if missing (emulator, dev)
+    health_host: str = "127.0.0.1"
+    health_port: int = 0  # /healthz and /metrics on this port; 0: not served
 
     def __post_init__(self) -> None:
         if not self.site_id:
@@ -77,6 +79,8 @@ class AgentSettings:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"agent.{key} must be positive, got {value}")
+        if not 0 <= self.health_port < 65536:
+            raise ConfigError(f"agent.health_port must be in 0..65535, got {self.health_port}")
         if self.shard < 0:
             raise ConfigError(f"agent.shard must be >= 0, got {self.shard}")
         if not 0 <= self.poll_jitter < 1:

@@ -9,6 +9,7 @@ from chargectl.provisioner.trust import CommandSigner
 from chargectl.services.adapters.secrets import secrets_from_config
 from chargectl.services.console.app import mount_console
 from chargectl.services.console.settings import ConsoleSettings, require_token_off_loopback
+from chargectl.services.alerting import attach_alert_sinks
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.wiring import open_store, open_timeseries
@@ -37,4 +38,5 @@ def build_cloud_hub(config: Config, clock: Clock | None = None) -> Hub:
     )
     hub = Hub(settings, ports, clock)
     mount_console(hub, console, settings.health_host)
+    attach_alert_sinks(config, hub.alerts, hub.metrics.inc)
     return hub

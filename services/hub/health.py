@@ -1,7 +1,10 @@
-"""``/healthz`` and Prometheus-style ``/metrics`` on a loopback port (stdlib asyncio, no framework).
+"""``/healthz`` and Prometheus ``/metrics`` on a loopback port (stdlib asyncio, no framework).
 
-``Metrics`` is a small registry of counters and gauges with optional labels; the hub updates it and
-the server renders it in the Prometheus text format. Gauges may be callables evaluated at scrape time.
+``Metrics`` is a facade over a prometheus_client ``CollectorRegistry``: ``inc`` (counters, exported
+with ``_total``), ``set`` (gauges), ``observe`` (histograms), ``gauge_probe`` (values computed at
+scrape time), ``value`` (read one sample back) and ``render`` (the text exposition). Every family of
+:mod:`chargectl.services.metrics` is declared up front with its HELP and known label values, so a
+labelled counter reads 0 before its first event; process metrics (CPU, memory, fds, GC) come along.
 Other components serve pages on the same port through :meth:`HealthServer.mount` (a path prefix and
 an async handler of :class:`HttpRequest` → :class:`HttpResponse`); /healthz and /metrics stay the
 server's own.
@@ -11,81 +14,281 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
-from collections.abc import Awaitable, Callable, Mapping
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from chargectl.services.metrics import CATALOGUE, MetricSpec, spec_for
+
 __all__ = ["HealthServer", "HttpRequest", "HttpResponse", "Metrics", "Route"]
+
+log = logging.getLogger("chargectl.metrics")
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 
 Labels = tuple[tuple[str, str], ...]
+Probe = Callable[[], Mapping[Labels, float]]
+
+# ``*_created`` series double every counter and no dashboard or rule here reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class _ProbeCollector(Collector):
+    """A family whose samples a callable computes at scrape time (known label values default to 0)."""
+
+    def __init__(self, full: str, spec: MetricSpec, probe: Probe) -> None:
+        self.full = full
+        self.spec = spec
+        self.probe = probe
+
+    def _family(self) -> CounterMetricFamily | GaugeMetricFamily:
+        labels = list(self.spec.labels)
+        if self.spec.kind == "counter":
+            return CounterMetricFamily(self.full.removesuffix("_total"), self.spec.help, labels=labels)
+        return GaugeMetricFamily(self.full, self.spec.help, labels=labels)
+
+    def samples(self) -> dict[Labels, float]:
+        values = {key: 0.0 for key in _known_keys(self.spec)}
+        values.update({tuple(sorted(k)): float(v) for k, v in self.probe().items()})
+        return values
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        try:
+            values = self.samples()
+        except Exception:  # a probe must not take /metrics down with it
+            log.exception("metric probe %s failed", self.full)
+            return [family]
+        names = list(self.spec.labels)
+        for key, value in sorted(values.items()):
+            got = dict(key)
+            if set(got) != set(names):
+                continue
+            family.add_metric([got[n] for n in names], value)
+        return [family]
+
+
+def _known_keys(spec: MetricSpec) -> list[Labels]:
+    """Every label combination the spec knows in advance (the empty one for an unlabelled family)."""
+    if not spec.labels:
+        return [()]
+    if any(name not in spec.known for name in spec.labels):
+        return []
+    combos = itertools.product(*(spec.known[name] for name in spec.labels))
+    return [tuple(sorted(zip(spec.labels, combo, strict=True))) for combo in combos]
 
 
 @dataclass
 class _Family:
-    kind: str  # "counter" | "gauge"
-    help: str
-    values: dict[Labels, float] = field(default_factory=dict)
-    probe: Callable[[], Mapping[Labels, float]] | None = None
+    spec: MetricSpec
+    metric: Counter | Gauge | Histogram | None = None
+    probe: _ProbeCollector | None = None
 
 
 class Metrics:
-    """Counters and gauges by name and labels."""
+    """Counters, gauges and histograms by name and labels, in a prometheus_client registry.
 
-    def __init__(self, prefix: str = "chargectl_") -> None:
+    Call sites name counters with or without ``_total``; families not in the catalogue are created on
+    first use (their label names from that call). An update whose labels do not match its family is
+    refused and counted in ``metrics_label_errors_total`` (never raised into the caller's loop).
+    ``set`` on a histogram records an observation and ``inc`` of a histogram's ``_sum``/``_count`` is
+    ignored, so older call sites keep working.
+    """
+
+    def __init__(
+        self,
+        prefix: str = "chargectl_",
+        *,
+        catalogue: Iterable[MetricSpec] = CATALOGUE,
+        process_metrics: bool = True,
+    ) -> None:
         self.prefix = prefix
+        self.registry = CollectorRegistry(auto_describe=True)
         self._families: dict[str, _Family] = {}
+        self._lock = threading.RLock()
+        self._warned: set[str] = set()
+        self._counters: dict[tuple[object, ...], Counter] = {}  # (name, *labels) -> resolved child
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        for spec in catalogue:
+            self._declare(spec)
 
-    def _family(self, name: str, kind: str, help_text: str) -> _Family:
-        fam = self._families.get(name)
-        if fam is None:
-            fam = self._families[name] = _Family(kind, help_text)
-        return fam
+    # ------------------------------------------------------------------ families
+
+    def _declare(self, spec: MetricSpec) -> _Family:
+        with self._lock:
+            fam = self._families.get(spec.name)
+            if fam is not None:
+                return fam
+            fam = self._families[spec.name] = _Family(spec)
+            self._materialise(fam)
+            return fam
+
+    def _materialise(self, fam: _Family) -> None:
+        spec = fam.spec
+        full = self.prefix + spec.name
+        metric: Counter | Gauge | Histogram
+        if spec.kind == "counter":
+            metric = Counter(full, spec.help, spec.labels, registry=self.registry)
+        elif spec.kind == "gauge":
+            metric = Gauge(full, spec.help, spec.labels, registry=self.registry)
+        else:
+            metric = Histogram(full, spec.help, spec.labels, registry=self.registry, buckets=spec.buckets)
+        for key in _known_keys(spec):
+            if key:
+                metric.labels(**dict(key))
+        fam.metric = metric
+
+    def _lookup(self, name: str) -> _Family | None:
+        fam = self._families.get(name) or self._families.get(name + "_total")
+        if fam is not None:
+            return fam
+        spec = spec_for(name)
+        return self._families.get(spec.name) if spec is not None else None
+
+    def _family(self, name: str, kind: str, help_text: str, labels: Mapping[str, str]) -> _Family:
+        fam = self._lookup(name)
+        if fam is not None:
+            return fam
+        exported = name if kind != "counter" or name.endswith("_total") else name + "_total"
+        if kind != "counter":
+            exported = exported.removesuffix("_total")
+        text = help_text or exported.replace("_", " ").capitalize()
+        spec = MetricSpec(exported, kind, text, tuple(sorted(labels)))  # type: ignore[arg-type]
+        return self._declare(spec)
+
+    def _child(
+        self, fam: _Family, name: str, labels: Mapping[str, str]
+    ) -> Counter | Gauge | Histogram | None:
+        metric = fam.metric
+        if metric is None:
+            self._refuse(fam.spec.name, f"{name} is computed at scrape time")
+            return None
+        if set(labels) != set(fam.spec.labels):
+            self._refuse(fam.spec.name, f"{name} takes labels {list(fam.spec.labels)}, got {sorted(labels)}")
+            return None
+        return metric.labels(**labels) if labels else metric
+
+    def _refuse(self, family: str, why: str) -> None:
+        if family not in self._warned:
+            self._warned.add(family)
+            log.warning("metric update refused: %s", why)
+        if family != "metrics_label_errors_total":
+            self.inc("metrics_label_errors_total", family=family)
+
+    # ------------------------------------------------------------------ the facade
 
     def counter(self, name: str, help_text: str = "") -> None:
-        self._family(name, "counter", help_text)
+        """Declare an unlabelled counter (exported with ``_total``)."""
+        self._family(name, "counter", help_text, {})
 
     def inc(self, name: str, amount: float = 1.0, help_text: str = "", **labels: str) -> None:
-        fam = self._family(name, "counter", help_text)
-        key = tuple(sorted(labels.items()))
-        fam.values[key] = fam.values.get(key, 0.0) + amount
+        key = (name, *labels.items())
+        cached = self._counters.get(key)
+        if cached is not None and amount >= 0:  # the hot path: a counter already resolved
+            cached.inc(amount)
+            return
+        with self._lock:
+            for suffix in ("_sum", "_count"):
+                base = self._lookup(name.removesuffix(suffix)) if name.endswith(suffix) else None
+                if base is not None and base.spec.kind == "histogram":
+                    return  # the histogram keeps its own sum and count
+            fam = self._family(name, "counter", help_text, labels)
+            if fam.spec.kind != "counter":
+                self._refuse(fam.spec.name, f"{name} is a {fam.spec.kind}, not a counter")
+                return
+            child = self._child(fam, name, labels)
+        if isinstance(child, Counter):
+            if amount < 0:
+                self._refuse(fam.spec.name, f"{name} cannot go down ({amount})")
+                return
+            child.inc(amount)
+            if len(self._counters) < 10_000:
+                self._counters[key] = child
 
     def set(self, name: str, value: float, help_text: str = "", **labels: str) -> None:
-        self._family(name, "gauge", help_text).values[tuple(sorted(labels.items()))] = value
+        with self._lock:
+            fam = self._family(name, "gauge", help_text, labels)
+            child = self._child(fam, name, labels)
+        if isinstance(child, Histogram):
+            child.observe(value)
+        elif isinstance(child, Gauge):
+            child.set(value)
+        elif child is not None:
+            self._refuse(fam.spec.name, f"{name} is a counter; use inc")
 
-    def gauge_probe(
-        self, name: str, probe: Callable[[], Mapping[Labels, float]], help_text: str = ""
-    ) -> None:
-        """A gauge computed at scrape time (e.g. plugs by state)."""
-        self._family(name, "gauge", help_text).probe = probe
+    def observe(self, name: str, value: float, help_text: str = "", **labels: str) -> None:
+        """Record one observation in a histogram (e.g. a latency in seconds)."""
+        with self._lock:
+            fam = self._family(name, "histogram", help_text, labels)
+            child = self._child(fam, name, labels)
+        if isinstance(child, Histogram):
+            child.observe(value)
+        elif child is not None:
+            self._refuse(fam.spec.name, f"{name} is a {fam.spec.kind}, not a histogram")
+
+    def gauge_probe(self, name: str, probe: Probe, help_text: str = "") -> None:
+        """A family computed at scrape time (e.g. plugs by state); a catalogue counter stays a counter."""
+        with self._lock:
+            fam = self._lookup(name)
+            if fam is None:
+                sample = dict(probe())
+                label_names = tuple(sorted(dict(next(iter(sample), ()))))
+                text = help_text or name.replace("_", " ").capitalize()
+                fam = self._families[name] = _Family(MetricSpec(name, "gauge", text, label_names))
+            if fam.probe is not None:
+                fam.probe.probe = probe
+                return
+            if fam.metric is not None:
+                self.registry.unregister(fam.metric)
+                fam.metric = None
+                self._counters.clear()
+            fam.probe = _ProbeCollector(self.prefix + fam.spec.name, fam.spec, probe)
+            self.registry.register(fam.probe)
 
     def value(self, name: str, **labels: str) -> float:
-        fam = self._families.get(name)
-        if fam is None:
-            return 0.0
-        values = dict(fam.probe()) if fam.probe else fam.values
-        return values.get(tuple(sorted(labels.items())), 0.0)
+        """One sample's current value (0 if it does not exist); a histogram's name gives its count."""
+        fam = self._lookup(name)
+        key = tuple(sorted(labels.items()))
+        if fam is not None and fam.probe is not None:
+            try:
+                return fam.probe.samples().get(key, 0.0)
+            except Exception:
+                return 0.0
+        sample = self.prefix + name
+        if fam is not None:
+            sample = self.prefix + fam.spec.name
+            if fam.spec.kind == "histogram" and name == fam.spec.name:
+                sample += "_count"
+        found = self.registry.get_sample_value(sample, dict(labels))
+        return float(found) if found is not None else 0.0
 
     def render(self) -> str:
-        lines: list[str] = []
-        for name in sorted(self._families):
-            fam = self._families[name]
-            full = self.prefix + name
-            if fam.help:
-                lines.append(f"# HELP {full} {fam.help}")
-            lines.append(f"# TYPE {full} {fam.kind}")
-            values = dict(fam.probe()) if fam.probe else fam.values
-            for labels, value in sorted(values.items()):
-                label_text = ",".join(f'{k}="{_esc(v)}"' for k, v in labels)
-                lines.append(f"{full}{{{label_text}}} {value:g}" if label_text else f"{full} {value:g}")
-        return "\n".join(lines) + "\n"
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return generate_latest(self.registry).decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from chargectl.provisioner.trust import telemetry_keyring
 from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
 from chargectl.services.adapters.store import Store
 from chargectl.services.adapters.timeseries import SessionEvent, TimeSeries
+from chargectl.services.alerting import instrument_hub, raise_machine_alert, resolve_on_state
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.health import HealthServer, Metrics, Route
@@ -122,6 +123,7 @@ class Hub:
         self._recover: dict[str, codec.ChargeSession] = {}  # sessions to resume once their plug reports
         self._command_sent: dict[str, float] = {}
         self._seen_requests: set[str] = set()
+        self._request_created: dict[str, int] = {}  # request id -> created_at_ms, until answered
         self._last_checkpoint = 0.0
         self._last_trust = 0.0
         self._last_balance = 0.0
@@ -333,8 +335,7 @@ class Hub:
         sent = self._command_sent.pop(outcome.command_id, None)
         if sent is not None:
             latency = max(0.0, self.now() - sent)
-            self.metrics.set("command_latency_seconds", latency, help_text="Last command round trip")
-            self.metrics.inc("command_latency_seconds_sum", latency)
+            self.metrics.observe("command_latency_seconds", latency)
             self.metrics.inc("command_results_total", reason=outcome.reason)
         if plug is None:
             return
@@ -377,6 +378,7 @@ class Hub:
             elif isinstance(fx, m.StateChanged):
                 plug.dirty = True
                 self.metrics.inc("transitions_total", to=str(fx.new))
+                resolve_on_state(self.alerts, fx.mac, str(fx.new))
                 log.info("plug %s: %s -> %s (%s)", fx.mac, fx.old, fx.new, fx.reason)
             elif isinstance(fx, m.SessionStarted):
                 self._session_started(plug, fx)
@@ -387,6 +389,7 @@ class Hub:
             elif isinstance(fx, m.Alert):
                 self.metrics.inc("alerts_total", kind=fx.kind)
                 log.warning("plug %s: %s: %s", fx.mac, fx.kind, fx.message)
+                raise_machine_alert(self.alerts, fx.kind, fx.mac, fx.message, self._now_ms(), plug.site_id)
             elif isinstance(fx, m.SessionUpdated):
                 pass  # live figures are in the machine; documents change on start/finish only
 
@@ -530,8 +533,11 @@ class Hub:
         if not request_id:
             return
         status = codec.ChargeRequest.STATUS_ACCEPTED if accepted else codec.ChargeRequest.STATUS_REJECTED
+        created_ms = self._request_created.pop(request_id, None)
         if self.store.answer_request(request_id, status, reason, session_id, self._now_ms()):
             self.metrics.inc("requests_answered_total", outcome="accepted" if accepted else "rejected")
+            if created_ms:
+                self.metrics.observe("request_latency_seconds", max(0, self._now_ms() - created_ms) / 1000)
 
     async def poll_requests(self) -> None:
         """Answer every pending request in the store (also how requests written while down get answered)."""
@@ -550,6 +556,9 @@ class Hub:
             ):
                 return
         self._seen_requests.add(req.request_id)
+        self._request_created[req.request_id] = req.created_at_ms
+        if len(self._request_created) > 10_000:
+            self._request_created.pop(next(iter(self._request_created)))
         plug = self.plugs.get(req.plug_mac)
         if plug is None:
             self._answer(req.request_id, False, "unknown_plug", "")
@@ -737,6 +746,7 @@ class Hub:
             lambda: {(): float(self.ports.timeseries.stats().pending)},
             "Time-series points waiting to be written",
         )
+        instrument_hub(self.metrics, self.alerts, self.clock.monotonic, lambda: self._last_checkpoint)
 
     # ------------------------------------------------------------------ operator helpers
 

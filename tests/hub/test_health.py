@@ -8,7 +8,7 @@ from chargectl.services.hub.health import HealthServer, Metrics
 
 
 def test_metrics_render_prometheus_text() -> None:
-    m = Metrics()
+    m = Metrics(catalogue=(), process_metrics=False)
     m.inc("dead_lettered_total", help_text="Messages dead-lettered", reason="malformed")
     m.inc("dead_lettered_total", reason="malformed")
     m.inc("dead_lettered_total", reason="unverified")
@@ -17,13 +17,15 @@ def test_metrics_render_prometheus_text() -> None:
     assert m.render() == (
         "# HELP chargectl_dead_lettered_total Messages dead-lettered\n"
         "# TYPE chargectl_dead_lettered_total counter\n"
-        'chargectl_dead_lettered_total{reason="malformed"} 2\n'
-        'chargectl_dead_lettered_total{reason="unverified"} 1\n'
+        'chargectl_dead_lettered_total{reason="malformed"} 2.0\n'
+        'chargectl_dead_lettered_total{reason="unverified"} 1.0\n'
+        "# HELP chargectl_open_sessions Open sessions\n"
         "# TYPE chargectl_open_sessions gauge\n"
-        "chargectl_open_sessions 3\n"
+        "chargectl_open_sessions 3.0\n"
+        "# HELP chargectl_plugs Plugs\n"
         "# TYPE chargectl_plugs gauge\n"
-        'chargectl_plugs{state="AVAILABLE"} 5\n'
-        'chargectl_plugs{state="CHARGING"} 2\n'
+        'chargectl_plugs{state="AVAILABLE"} 5.0\n'
+        'chargectl_plugs{state="CHARGING"} 2.0\n'
     )
     assert m.value("dead_lettered_total", reason="malformed") == 2
     assert m.value("plugs", state="CHARGING") == 2
@@ -43,7 +45,7 @@ async def test_healthz_and_metrics_over_http() -> None:
             bad = await client.get("/healthz")
             assert bad.status_code == 503 and bad.json()["problems"] == ["telemetry subscriber stopped"]
             metrics = await client.get("/metrics")
-            assert metrics.status_code == 200 and "chargectl_readings_total 7" in metrics.text
+            assert metrics.status_code == 200 and "chargectl_readings_total 7.0" in metrics.text
             assert (await client.get("/nope")).status_code == 404
             assert (await client.post("/healthz")).status_code == 405
     finally:
