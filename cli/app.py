@@ -7,6 +7,7 @@ names them. Modules import their heavy dependencies inside the command functions
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
+import typer.main
 
 from chargectl import __version__
 from chargectl.common.errors import ChargectlError
@@ -37,14 +40,7 @@ COMMAND_MODULES: list[str] = [
     "hub",
 ]
 
-app = typer.Typer(
-    name="chargectl",
-    help="Operate a pay-per-use charging network built from Shelly smart plugs.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+CONFIG_HELP = "TOML config file (default: $CHARGECTL_CONFIG)."
 
 
 class State:
@@ -55,10 +51,82 @@ class State:
         self.verbose = verbose
 
     def config(self) -> Any:
-        """The loaded root :class:`~chargectl.common.config.Config` (file + ``CHARGECTL_*`` env)."""
-        from chargectl.common.config import load_config
+        """The loaded root :class:`~chargectl.common.config.Config` (file + ``CHARGECTL_*`` env).
 
-        return load_config(self.config_path, os.environ)
+        Loading also applies its ``[logging]`` table, so a command that reads its config logs the way
+        the config says (``--config`` may come after the command name, after the root set logging up).
+        """
+        from chargectl.common.config import load_config
+        from chargectl.common.logging import LoggingSettings, setup_logging
+
+        cfg = load_config(self.config_path, os.environ)
+        setup_logging(
+            self.verbose,
+            LoggingSettings.from_mapping(cfg.sections.get("logging")),
+            journal=bool(os.environ.get("JOURNAL_STREAM")),
+        )
+        return cfg
+
+
+def _set_config(ctx: typer.Context, value: Path | None) -> None:
+    """``CMD --config F``: the same as ``chargectl --config F CMD`` (the later one wins)."""
+    if value is not None and not ctx.resilient_parsing:
+        state = ctx.find_object(State)
+        if state is not None:
+            state.config_path = value
+
+
+def _config_option() -> Any:
+    """The ``--config/-c`` option typer builds for a command, to be copied onto every command."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def _probe(
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                "--config",
+                "-c",
+                help=CONFIG_HELP,
+                show_default=False,
+                callback=_set_config,
+                expose_value=False,
+            ),
+        ] = None,
+    ) -> None:
+        """Only here to build the option."""
+
+    built = typer.main.get_command(probe)
+    return built.params[0]
+
+
+class RootGroup(typer.core.TyperGroup):
+    """The root command: every command and group below it also takes ``--config/-c``.
+
+    One mechanism for all commands, those added later included: ``chargectl --config F CMD`` and
+    ``chargectl CMD --config F`` (also ``chargectl GROUP --config F SUB`` and ``... SUB --config F``).
+    """
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        template = _config_option()
+        stack = list(self.commands.values())
+        while stack:
+            command = stack.pop()
+            if not any("--config" in getattr(p, "opts", ()) for p in command.params):
+                command.params.append(copy.copy(template))
+            stack.extend(getattr(command, "commands", {}).values())
+
+
+app = typer.Typer(
+    name="chargectl",
+    cls=RootGroup,
+    help="Operate a pay-per-use charging network built from Shelly smart plugs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
 def _version(value: bool) -> None:
@@ -72,9 +140,7 @@ def _root(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option(
-            "--config", "-c", help="TOML config file (default: $CHARGECTL_CONFIG).", show_default=False
-        ),
+        typer.Option("--config", "-c", help=CONFIG_HELP, show_default=False),
     ] = None,
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="More log output (repeatable).")
@@ -83,9 +149,11 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
+    from chargectl.common import sdnotify
     from chargectl.common.logging import setup_logging
 
-    setup_logging(verbose)
+    setup_logging(verbose, journal=bool(os.environ.get("JOURNAL_STREAM")))
+    sdnotify.configure(os.environ.get("NOTIFY_SOCKET"))
     ctx.obj = State(config, verbose)
 
 
