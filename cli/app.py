@@ -11,6 +11,7 @@ import copy
 import importlib
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -173,14 +174,64 @@ def error_line(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
 
 
+# Modules that only an extra installs, and that extra (pyproject.toml [project.optional-dependencies]).
+EXTRA_FOR_MODULE: dict[str, str] = {
+    "zeroconf": "agent",
+    "ifaddr": "agent",
+    "google.cloud.pubsub": "agent",
+    "google.cloud.pubsub_v1": "agent",
+    "google.cloud.firestore": "hub",
+    "google.cloud.firestore_v1": "hub",
+    "google.cloud.secretmanager": "hub",
+    "google.cloud.secretmanager_v1": "hub",
+    "influxdb_client": "hub",
+    "stripe": "payments",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one-line advice for a module an extra would have installed, or None if it is not one."""
+    names = [exc.name or ""]
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames and frames[-1].line:
+        words = frames[-1].line.replace(",", " ").split()
+        if words[:1] == ["from"] and len(words) >= 4 and words[2] == "import":
+            names += [f"{words[1]}.{w}" for w in words[3:] if w != "as"] + [words[1]]
+        elif words[:1] == ["import"]:
+            names += words[1:]
+    for name in names:
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            extra = EXTRA_FOR_MODULE.get(".".join(parts[:i]))
+            if extra is not None:
+                return (
+                    f"this command needs the [{extra}] extra (missing module {exc.name}): "
+                    f"pip install 'chargectl[{extra}]' (or 'chargectl[all]')"
+                )
+    if exc.name in {"google", "google.cloud"}:
+        return (
+            f"this command needs Google Cloud client libraries (missing module {exc.name}): "
+            "pip install 'chargectl[all]' (or the [agent], [hub] or [payments] extra it belongs to)"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app; a ``ChargectlError`` becomes one line and its exit code.
 
     Usage errors are click's (exit 2); anything that is not a ``ChargectlError`` is a bug and keeps its
-    traceback.
+    traceback. A module that only an extra installs names the extra to install (exit 1).
     """
     try:
         app(args=argv, prog_name="chargectl", standalone_mode=True)
+    except ModuleNotFoundError as exc:
+        advice = missing_extra(exc)
+        if advice is None:
+            raise
+        from rich.markup import escape
+
+        error_line(escape(advice))
+        sys.exit(1)
     except ChargectlError as exc:
         from rich.markup import escape
 
