@@ -189,26 +189,29 @@ EXTRA_FOR_MODULE: dict[str, str] = {
 }
 
 
-def missing_extra(exc: ModuleNotFoundError) -> str | None:
+def missing_extra(exc: ImportError) -> str | None:
     """The one-line advice for a module an extra would have installed, or None if it is not one."""
     names = [exc.name or ""]
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames and frames[-1].line:
-        words = frames[-1].line.replace(",", " ").split()
+    # The import statement that failed (the innermost frame that is one): ``from google.cloud import
+    # firestore`` reports only ``google.cloud`` as the missing name.
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        words = (frame.line or "").replace(",", " ").replace("(", " ").split()
         if words[:1] == ["from"] and len(words) >= 4 and words[2] == "import":
             names += [f"{words[1]}.{w}" for w in words[3:] if w != "as"] + [words[1]]
-        elif words[:1] == ["import"]:
-            names += words[1:]
+            break
+        if words[:1] == ["import"]:
+            names += [w for w in words[1:] if w != "as"]
+            break
     for name in names:
         parts = name.split(".")
         for i in range(len(parts), 0, -1):
             extra = EXTRA_FOR_MODULE.get(".".join(parts[:i]))
             if extra is not None:
                 return (
-                    f"this command needs the [{extra}] extra (missing module {exc.name}): "
+                    f"this command needs the [{extra}] extra (missing module {name}): "
                     f"pip install 'chargectl[{extra}]' (or 'chargectl[all]')"
                 )
-    if exc.name in {"google", "google.cloud"}:
+    if exc.name == "google.cloud":
         return (
             f"this command needs Google Cloud client libraries (missing module {exc.name}): "
             "pip install 'chargectl[all]' (or the [agent], [hub] or [payments] extra it belongs to)"
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     try:
         app(args=argv, prog_name="chargectl", standalone_mode=True)
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:
         advice = missing_extra(exc)
         if advice is None:
             raise
