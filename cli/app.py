@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -111,12 +112,76 @@ class RootGroup(typer.core.TyperGroup):
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
         template = _config_option()
+        _tidy_help(self)
         stack = list(self.commands.values())
         while stack:
             command = stack.pop()
             if not any("--config" in getattr(p, "opts", ()) for p in command.params):
                 command.params.append(copy.copy(template))
+            _tidy_help(command)
             stack.extend(getattr(command, "commands", {}).values())
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        _tidy_help(self)  # typer adds the completion options after __init__
+        params: list[Any] = super().get_params(ctx)
+        return params
+
+
+# Plain metavars in help: what a value looks like, not the Python annotation (``<list[str]>``).
+_PLAIN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "Path": "PATH", "datetime": "DATETIME"}
+
+
+def _plain_metavar(param: Any) -> Callable[[Any], str | None]:
+    """A ``display_type_rich`` for ``param``: nothing for a flag, ``TEXT``/``INTEGER``/... or the
+    choices otherwise (a repeatable option shows its item type; its help says it repeats)."""
+    flag = bool(getattr(param, "is_flag", False) or getattr(param, "count", False))
+    original = param.display_type_rich
+
+    def display(ctx: Any) -> str | None:
+        if flag:
+            return None
+        shown: str | None = original(ctx)
+        if not shown:
+            return shown
+        label = shown.strip("<>")
+        if label.startswith("list[") and label.endswith("]"):
+            label = label[5:-1]
+        if "|" in label or label.endswith(" range"):
+            return label.replace(" range", "").upper() if label.endswith(" range") else label
+        return _PLAIN_TYPES.get(label, label.upper())
+
+    return display
+
+
+def _tidy_help(command: Any) -> None:
+    """Help text is plain text: ``[hub] grace_s`` must not be eaten as rich markup; plain metavars."""
+    from rich.markup import escape
+
+    for attr in ("help", "short_help", "epilog"):
+        text = getattr(command, attr, None)
+        if isinstance(text, str) and "[" in text and not getattr(command, "_chargectl_escaped", False):
+            setattr(command, attr, escape(text))
+    command._chargectl_escaped = True
+    if not getattr(command, "_chargectl_help_option", False):
+        original_help_option = command.get_help_option
+
+        def get_help_option(ctx: Any) -> Any:
+            option = original_help_option(ctx)
+            if option is not None:
+                option.display_type_rich = lambda ctx: None  # a flag: no metavar
+            return option
+
+        command.get_help_option = get_help_option
+        command._chargectl_help_option = True
+    for param in command.params:
+        if getattr(param, "_chargectl_tidy", False):
+            continue
+        text = getattr(param, "help", None)
+        if isinstance(text, str) and "[" in text:
+            param.help = escape(text)
+        if hasattr(param, "display_type_rich"):
+            param.display_type_rich = _plain_metavar(param)
+        param._chargectl_tidy = True
 
 
 app = typer.Typer(
