@@ -119,12 +119,74 @@ class RootGroup(typer.core.TyperGroup):
             if not any("--config" in getattr(p, "opts", ()) for p in command.params):
                 command.params.append(copy.copy(template))
             _tidy_help(command)
+            _user_option(command)
             stack.extend(getattr(command, "commands", {}).values())
 
     def get_params(self, ctx: Any) -> list[Any]:
         _tidy_help(self)  # typer adds the completion options after __init__
         params: list[Any] = super().get_params(ctx)
         return params
+
+
+USER_HELP = "The user's id (their Google identity uid)."
+
+
+def _user_option(command: Any) -> None:
+    """``--user U`` for every command that names a user (one spelling everywhere, as ``session`` has).
+
+    A command declared with a positional ``user``/``uid`` argument or a ``--uid`` option keeps that form
+    as a hidden alias: ``--user U`` is rewritten into it before parsing, so the command code is unchanged.
+    """
+    if getattr(command, "_chargectl_user", False):
+        return
+    command._chargectl_user = True
+    positional = next(
+        (p for p in command.params if p.param_type_name == "argument" and p.name in ("user", "uid")), None
+    )
+    uid_option = next((p for p in command.params if "--uid" in getattr(p, "opts", ())), None)
+    if positional is None and uid_option is None:
+        return
+    if uid_option is not None:
+        uid_option.opts = ["--user"]  # shown; --uid is still read (rewritten below)
+    else:
+        assert positional is not None
+        positional.hidden = True
+        positional.get_usage_pieces = lambda ctx: []
+        positional.metavar = "--user"  # "Missing argument '--user'" when neither form is given
+        shown = copy.copy(_config_option())
+        shown.name, shown.opts, shown.secondary_opts = "user_shown", ["--user", "-u"], []
+        shown.help = (positional.help or USER_HELP) + " Required."
+        shown.callback, shown.expose_value = None, False
+        shown.display_type_rich = lambda ctx: "TEXT"
+        command.params.insert(0, shown)
+    original_parse = command.parse_args
+
+    def parse_args(ctx: Any, args: list[str]) -> Any:
+        out: list[str] = []
+        user: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                out += args[i:]
+                break
+            name, eq, value = arg.partition("=")
+            if name in ("--user", "-u", "--uid") and (positional is not None or name != "-u"):
+                if not eq:
+                    if i + 1 >= len(args):
+                        out.append(arg)  # click reports the missing value
+                        break
+                    value = args[i + 1]
+                    i += 1
+                user.append(value)
+            else:
+                out.append(arg)
+            i += 1
+        if user:
+            out = [user[-1], *out] if positional is not None else ["--user", user[-1], *out]
+        return original_parse(ctx, out)
+
+    command.parse_args = parse_args
 
 
 # Plain metavars in help: what a value looks like, not the Python annotation (``<list[str]>``).
