@@ -109,3 +109,29 @@ def test_piped_plugs_table_keeps_macs_sites_and_sessions_whole(tmp_path: Path) -
         assert mac in proc.stdout
         assert f"sess-{i}-0123456789abcdef0123456789abcdef" in proc.stdout
     assert "a-rather-long-site-identifier-for-the-car-park" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- payments: amount first
+
+
+@pytest.mark.parametrize("command", ["topup", "charge"])
+@pytest.mark.parametrize(
+    ("amount", "currency", "message"),
+    [
+        ("five", [], "error: amount 'five' is not a number (write it like 5.00)"),
+        ("-5", ["--currency", "gbp"], "error: amount '-5' must be a positive number"),
+        ("0", [], "error: amount '0' must be a positive number"),
+        (
+            "5.001",
+            ["--currency", "gbp"],
+            "error: amount '5.001' has too many decimals for GBP (at most 2 decimals)",
+        ),
+    ],
+)
+def test_payments_check_the_amount_before_looking_anything_up(
+    tmp_path: Path, command: str, amount: str, currency: list[str], message: str
+) -> None:
+    """No Stripe key, no user, no store: the amount is what gets refused, and nothing is opened."""
+    proc = cli(tmp_path, "payments", command, "--user", "nobody", *currency, "--", amount)
+    assert (proc.returncode, proc.stderr.strip()) == (1, message)
+    assert not (tmp_path / "state").exists()
