@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
         interface: Annotated[
             list[str] | None,
             typer.Option(
-                "--interface", help="IPv4 address of an interface to use (repeatable; default all)."
+                "--interface",
+                help="Interface name (e.g. wlan0) or its IPv4 address (repeatable; default all).",
             ),
         ] = None,
     ) -> None:
