@@ -28,7 +28,9 @@ def register(app: typer.Typer) -> None:
         finally:
             store.close()
         if as_json:
-            typer.echo(json.dumps([codec.to_document(s) for s in states], indent=2))
+            from chargectl.cli.output import document
+
+            typer.echo(json.dumps([document(s) for s in states], indent=2))
             return
         from rich.table import Table
 

@@ -59,7 +59,12 @@ def _request(ctx: typer.Context, user: str, plug: str, action: int, wait_s: floa
     finally:
         store.close()
     status = codec.ChargeRequest.Status.Name(req.status).removeprefix("STATUS_").lower()
-    out = {"request_id": request_id, "status": status, "reason": req.reason, "session_id": req.session_id}
+    out = {
+        "request_id": request_id,
+        "status": status.upper(),
+        "reason": req.reason,
+        "session_id": req.session_id,
+    }
     if as_json:
         typer.echo(json.dumps(out))
     elif status == "pending":
@@ -126,7 +131,9 @@ def register(app: typer.Typer) -> None:
             sessions = store.list_sessions(user_id=user, plug_mac=mac, active_only=active, limit=limit)
         finally:
             store.close()
-        docs = [codec.to_document(s) for s in sessions]
+        from chargectl.cli.output import document
+
+        docs = [document(s) for s in sessions]
         if as_json:
             typer.echo(json.dumps(docs, indent=2))
             return

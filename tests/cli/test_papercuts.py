@@ -135,3 +135,40 @@ def test_payments_check_the_amount_before_looking_anything_up(
     proc = cli(tmp_path, "payments", command, "--user", "nobody", *currency, "--", amount)
     assert (proc.returncode, proc.stderr.strip()) == (1, message)
     assert not (tmp_path / "state").exists()
+
+
+# ----------------------------------------------------------------------------- one JSON enum style
+
+
+def test_json_enums_are_bare_upper_case_names_everywhere(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state" / "chargectl.db")
+    store.put_plug_state(
+        codec.PlugState(
+            plug_mac="A4CF12F00001", site_id="site-a", status=codec.PlugStatus.PLUG_STATUS_FAULTED
+        )
+    )
+    store.put_session(
+        codec.ChargeSession(
+            session_id="s-1",
+            user_id="u1",
+            plug_mac="A4CF12F00001",
+            site_id="site-a",
+            status=codec.ChargeSession.STATUS_COMPLETED,
+            energy_mwh=1_500_000,
+        )
+    )
+    store.close()
+    plugs = json.loads(cli(tmp_path, "plugs", "--json").stdout)
+    assert [p["status"] for p in plugs] == ["FAULTED"]
+    sessions = json.loads(cli(tmp_path, "session", "list", "--json").stdout)
+    assert [(s["session_id"], s["status"], s["energy_mwh"]) for s in sessions] == [
+        ("s-1", "COMPLETED", 1_500_000)
+    ]
+    made = cli(tmp_path, "provision", "site", "Enum Park", "--no-bundle", "--json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(cli(tmp_path, "provision", "show", "enum-park", "--json").stdout)["status"] == "ACTIVE"
+    unknown = cli(
+        tmp_path, "session", "start", "--user", "u1", "--plug", "A4CF12F0FFFF", "--wait", "0", "--json"
+    )
+    if unknown.stdout:
+        assert json.loads(unknown.stdout)["status"] in {"PENDING", "REJECTED"}
