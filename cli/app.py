@@ -103,10 +103,12 @@ def _config_option() -> Any:
 
 
 class RootGroup(typer.core.TyperGroup):
-    """The root command: every command and group below it also takes ``--config/-c``.
+    """The root command; what it does to every command below it covers commands added later too:
 
-    One mechanism for all commands, those added later included: ``chargectl --config F CMD`` and
-    ``chargectl CMD --config F`` (also ``chargectl GROUP --config F SUB`` and ``... SUB --config F``).
+    - ``--config/-c``: ``chargectl --config F CMD`` and ``chargectl CMD --config F`` (also
+      ``chargectl GROUP --config F SUB`` and ``... SUB --config F``);
+    - ``--user U`` where a command names a user (old positional and ``--uid`` forms: hidden aliases);
+    - help as plain text: ``[section]`` names escaped from rich markup, plain metavars.
     """
 
     def __init__(self, **attrs: Any) -> None:
