@@ -244,6 +244,22 @@ def test_install_hub_plan(clone: Path) -> None:
         "--force-reinstall",
         wheel,
     ] in commands
+    # The unit runs as the chargectl user: created first, owner of the state directory.
+    assert commands[0] == [
+        "id", "-u", "chargectl", ">/dev/null", "2>&1", "||", "useradd", "--system", "--user-group",
+        "--home-dir", "/var/lib/chargectl", "--no-create-home", "--shell", "/usr/sbin/nologin", "chargectl",
+    ]  # fmt: skip
+    assert [
+        "install",
+        "-d",
+        "-o",
+        "chargectl",
+        "-g",
+        "chargectl",
+        "-m",
+        "0700",
+        "/var/lib/chargectl",
+    ] in commands
     # No --unit-file: the installed unit is kept and restarted.
     assert not any(c[:2] == ["systemctl", "daemon-reload"] for c in commands)
     assert commands[-2] == ["systemctl", "restart", "chargectl-hub.service"]
