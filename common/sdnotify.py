@@ -51,8 +51,14 @@ def notify(state: str) -> bool:
     if address is None:
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: a receiver that is slow to read must never stall the service's event loop.
+        with socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        ) as sock:
             sock.sendto(state.encode(), _sockaddr(address))
+    except BlockingIOError:
+        log.debug("systemd's notify socket %s is full; %s dropped", address, state.split("\n", 1)[0])
+        return False
     except OSError as exc:
         log.warning("cannot notify systemd on %s: %s", address, exc.strerror or exc)
         return False

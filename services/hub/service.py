@@ -233,7 +233,8 @@ class Hub:
                 await fn()
             except ChargectlError as exc:
                 log.warning("%s failed: %s", getattr(fn, "__name__", "loop"), exc)
-            sdnotify.watchdog()
+            if fn == self.tick:  # the watchdog follows the tick loop: if it hangs, systemd restarts the hub
+                sdnotify.watchdog()
             await self.clock.sleep(interval_s)
 
     def problems(self) -> list[str]:

@@ -78,3 +78,15 @@ def test_a_dead_socket_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCa
     finally:
         sdnotify.configure(None)
     assert "cannot notify systemd" in caplog.text
+
+
+def test_a_full_socket_drops_the_ping_instead_of_blocking_the_service(
+    listener: tuple[socket.socket, str],
+) -> None:
+    """Nobody reads (a stalled systemd): sends fail fast and return False; the caller never blocks."""
+    sock, path = listener
+    sdnotify.configure(path)
+    results = [sdnotify.notify("WATCHDOG=1") for _ in range(5000)]
+    assert results[0] is True
+    assert results[-1] is False  # the queue filled up and later pings were dropped, not waited on
+    assert sock.recv(4096) == b"WATCHDOG=1"
