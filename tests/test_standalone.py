@@ -54,9 +54,9 @@ def test_no_file_refers_to_documents_outside_the_repository() -> None:
 
 def test_the_check_catches_each_form(tmp_path: Path) -> None:
     forms = [
-        "Defaults follow ``reference/" + "charging.md`` §3.3.",
+        "Defaults follow ``reference/charging" + ".md`` §3.3.",
         "see ../" + "shared/notes.txt",
-        "Quirks (" + "shelly.md §8)",
+        "Quirks (shelly" + ".md §8)",
     ]
     paths = []
     for i, text in enumerate(forms):
