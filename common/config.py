@@ -16,7 +16,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -30,6 +30,7 @@ __all__ = [
     "default_state_dir",
     "load_config",
     "load_raw",
+    "suggest",
 ]
 
 ENV_PREFIX = "CHARGECTL_"
@@ -148,6 +149,17 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp!r}")
 
 
+def suggest(name: str, known: Iterable[str], what: str = "known keys") -> str:
+    """``did you mean 'x'?`` for the nearest of ``known`` (a misspelling), else the list of them."""
+    import difflib
+
+    options = sorted(known)
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"{what}: {', '.join(options)}"
+
+
 def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     """Build the frozen dataclass ``cls`` from ``data``; unknown keys and bad values name the key."""
     if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
@@ -158,9 +170,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"[{prefix}] " if prefix else ""
-        raise ConfigError(
-            f"unknown config key {where}{unknown[0]!r}; known keys: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"unknown config key {where}{unknown[0]!r}; {suggest(unknown[0], fields)}")
     kwargs: dict[str, Any] = {}
     for name in fields:
         if name in data:
@@ -206,6 +216,6 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     sections = {k: v for k, v in raw.items() if k not in _ROOT_KEYS}
     for key, value in sections.items():
         if not isinstance(value, dict):
-            raise ConfigError(f"unknown config key {key!r}; top-level keys: {', '.join(_ROOT_KEYS)}")
+            raise ConfigError(f"unknown config key {key!r}; {suggest(key, _ROOT_KEYS, 'top-level keys')}")
     cfg = build(Config, root)
     return dataclasses.replace(cfg, sections=sections, source=path)

@@ -13,6 +13,7 @@ import io
 import os
 import tarfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -30,6 +31,7 @@ __all__ = [
     "BundleTarget",
     "bundle_is_current",
     "render_bundle",
+    "unit_template",
     "write_bundle",
 ]
 
@@ -63,23 +65,23 @@ def _public_pem(public: bytes) -> bytes:
     )
 
 
+def unit_template(name: str) -> str:
+    """The systemd unit template ``name`` shipped in the package (``provisioner/units``)."""
+    try:
+        return (resources.files("chargectl.provisioner") / "units" / name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProvisioningError(f"the unit template {name} is missing from this install: {exc}") from exc
+
+
 def _unit_text() -> bytes:
-    return (
-        "[Unit]\n"
-        "Description=chargectl site agent (Shelly plugs -> telemetry, relay commands)\n"
-        "Wants=network-online.target\n"
-        "After=network-online.target\n"
-        "\n"
-        "[Service]\n"
-        "Type=simple\n"
-        f"ExecStart=/opt/chargectl/bin/chargectl agent --config {AGENT_CONFIG_DIR}/agent.toml\n"
-        "Restart=on-failure\n"
-        "RestartSec=5\n"
-        f"StateDirectory={AGENT_STATE_DIR.rsplit('/', 1)[-1]}\n"
-        "\n"
-        "[Install]\n"
-        "WantedBy=multi-user.target\n"
-    ).encode()
+    """The agent's unit, from the same template the install scripts and README describe."""
+    text = unit_template(UNIT_NAME)
+    expected = f"ExecStart=/opt/chargectl/bin/chargectl agent --config {AGENT_CONFIG_DIR}/agent.toml"
+    if expected not in text.splitlines():
+        raise ProvisioningError(
+            f"the unit template {UNIT_NAME} does not start the agent with {AGENT_CONFIG_DIR}"
+        )
+    return text.encode()
 
 
 def _command_key_files(keys: list[PublicKey]) -> list[tuple[str, bytes]]:

@@ -7,7 +7,7 @@ Every server binds 127.0.0.1 on a free port and runs in its own process group, s
     python scripts/backends.py start pubsub       # run one in the foreground (Ctrl-C stops it)
     python scripts/backends.py check              # which backends this machine can run
 
-Facts and gotchas behind each start command: ../shared/reference/local-backends.md.
+Each start command's flags are explained where it is defined below.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ from chargectl.services.agent.agent import Agent
 from chargectl.services.agent.metrics import instrument_agent
 from chargectl.services.agent.settings import AgentSettings
 from chargectl.services.agent.shelly_plugs import shelly_connector, shelly_discovery
+from chargectl.services.alerting import AlertNotifier, attach_alert_sinks
 from chargectl.services.console.app import mount_console
 from chargectl.services.console.settings import ConsoleSettings, require_token_off_loopback
-from chargectl.services.alerting import AlertNotifier, attach_alert_sinks
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.wiring import open_store, open_timeseries

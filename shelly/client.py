@@ -81,9 +81,33 @@ async def _exchange(
             f"{where} did not answer {target.split('?')[0]} within {timeout_s:g} s"
         ) from None
     except httpx.ConnectError as exc:
-        raise DeviceUnreachableError(f"{where} refused the connection ({exc})") from None
+        raise DeviceUnreachableError(f"{where} {connect_failure(exc)}") from None
+    except httpx.InvalidURL:
+        raise DeviceUnreachableError(f"{where} is not a valid address") from None
     except httpx.TransportError as exc:
         raise DeviceUnreachableError(f"{where} dropped the connection ({type(exc).__name__})") from None
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection failed, from the OS error under httpx's: resolve, refused, unreachable."""
+    import errno
+    import socket
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return f"cannot be resolved ({seen.strerror or seen})"
+        if isinstance(seen, ConnectionRefusedError):
+            return "refused the connection (nothing listens on that port)"
+        if isinstance(seen, OSError) and seen.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return f"is unreachable ({seen.strerror})"
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return f"cannot be connected to ({seen.strerror or seen})"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return f"cannot be resolved ({text})"
+    return f"cannot be connected to ({text or type(exc).__name__})"
 
 
 async def fetch_info(

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import httpx
 
 from chargectl.common.errors import ChargectlError
+from chargectl.common.netif import resolve_interfaces
 from chargectl.shelly.client import fetch_info
 from chargectl.shelly.parse import DeviceInfo
 
@@ -94,7 +95,8 @@ class PlugWatcher:
         resolve_timeout_s: float = 3.0,
         gone_after_s: float = 10.0,
     ) -> None:
-        self.interfaces = list(interfaces) if interfaces is not None else None
+        # Names (wlan0) or addresses; an unknown one is a ConfigError here, not an OSError in zeroconf.
+        self.interfaces = resolve_interfaces(interfaces) if interfaces is not None else None
         self.on_event = on_event
         self.probe_timeout_s = probe_timeout_s
         self.resolve_timeout_s = resolve_timeout_s

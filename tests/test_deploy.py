@@ -234,7 +234,8 @@ def test_deploy_hub_quotes_odd_values_so_the_plan_is_pasteable(clone: Path) -> N
 def test_install_hub_plan(clone: Path) -> None:
     commands = plan(clone, "install-hub.sh", "--wheel", "/tmp/w/chargectl-0.2.0-py3-none-any.whl")
     wheel = "/tmp/w/chargectl-0.2.0-py3-none-any.whl"
-    assert ["/opt/chargectl/bin/pip", "install", "--quiet", "--upgrade", wheel] in commands
+    # The VM gets every extra; the package itself is then reinstalled without touching the others.
+    assert ["/opt/chargectl/bin/pip", "install", "--quiet", "--upgrade", wheel + "[all]"] in commands
     assert [
         "/opt/chargectl/bin/pip",
         "install",
@@ -242,6 +243,22 @@ def test_install_hub_plan(clone: Path) -> None:
         "--no-deps",
         "--force-reinstall",
         wheel,
+    ] in commands
+    # The unit runs as the chargectl user: created first, owner of the state directory.
+    assert commands[0] == [
+        "id", "-u", "chargectl", ">/dev/null", "2>&1", "||", "useradd", "--system", "--user-group",
+        "--home-dir", "/var/lib/chargectl", "--no-create-home", "--shell", "/usr/sbin/nologin", "chargectl",
+    ]  # fmt: skip
+    assert [
+        "install",
+        "-d",
+        "-o",
+        "chargectl",
+        "-g",
+        "chargectl",
+        "-m",
+        "0700",
+        "/var/lib/chargectl",
     ] in commands
     # No --unit-file: the installed unit is kept and restarted.
     assert not any(c[:2] == ["systemctl", "daemon-reload"] for c in commands)
@@ -425,11 +442,35 @@ def test_install_agent_from_a_bundle_directory(clone: Path, tmp_path: Path) -> N
     bundle = make_bundle(tmp_path / "carpark-1")
     commands = plan(clone, "install-agent.sh", str(bundle))
     wheel = str(bundle / "chargectl-0.3.0-py3-none-any.whl")
-    assert ["/opt/chargectl/bin/pip", "install", "--quiet", "--upgrade", wheel] in commands
-    private, public = ["-o", "root", "-g", "root", "-m", "0600"], ["-o", "root", "-g", "root", "-m", "0644"]
+    # A Pi gets the [agent] extra only (no Stripe, Firestore, InfluxDB).
+    assert ["/opt/chargectl/bin/pip", "install", "--quiet", "--upgrade", wheel + "[agent]"] in commands
+    # The agent runs as the chargectl user: root owns its keys and config, its group may read them.
+    private = ["-o", "root", "-g", "chargectl", "-m", "0640"]
+    public = ["-o", "root", "-g", "chargectl", "-m", "0644"]
     assert ["install", "-D", *private, str(bundle / "agent.key"), "/etc/chargectl/agent.key"] in commands
     assert ["install", "-D", *public, str(bundle / "command.pub"), "/etc/chargectl/command.pub"] in commands
     assert ["install", *private, str(bundle / "carpark-1.toml"), "/etc/chargectl/agent.toml"] in commands
+    user = commands.index(
+        [
+            "id", "-u", "chargectl", ">/dev/null", "2>&1", "||", "useradd", "--system", "--user-group",
+            "--home-dir", "/var/lib/chargectl", "--no-create-home", "--shell", "/usr/sbin/nologin", "chargectl",
+        ]
+    )  # fmt: skip
+    assert commands[user + 1] == [
+        "install",
+        "-d",
+        "-o",
+        "root",
+        "-g",
+        "chargectl",
+        "-m",
+        "0750",
+        "/etc/chargectl",
+    ]
+    assert commands[user + 2 : user + 4] == [
+        ["install", "-d", "-o", "chargectl", "-g", "chargectl", "-m", "0700", "/var/lib/chargectl"],
+        ["chown", "-R", "chargectl:chargectl", "/var/lib/chargectl"],
+    ]
     unit = ["install", "-o", "root", "-g", "root", "-m", "0644"]
     assert [
         *unit,
@@ -457,6 +498,13 @@ def test_install_agent_from_a_tarball_with_a_wheel_url(clone: Path, tmp_path: Pa
         "/opt/chargectl/bin/pip",
         "install",
         "--quiet",
+        "--upgrade",
+        f"chargectl[agent] @ {url}",
+    ] in commands
+    assert [
+        "/opt/chargectl/bin/pip",
+        "install",
+        "--quiet",
         "--no-deps",
         "--force-reinstall",
         url,
@@ -469,9 +517,9 @@ def test_install_agent_from_a_tarball_with_a_wheel_url(clone: Path, tmp_path: Pa
         "-o",
         "root",
         "-g",
-        "root",
+        "chargectl",
         "-m",
-        "0600",
+        "0640",
     ]
     assert find(commands, "systemctl", "restart") == ["systemctl", "restart", "chargectl-agent.service"]
 

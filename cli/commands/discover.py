@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
         interface: Annotated[
             list[str] | None,
             typer.Option(
-                "--interface", help="IPv4 address of an interface to use (repeatable; default all)."
+                "--interface",
+                help="Interface name (e.g. wlan0) or its IPv4 address (repeatable; default all).",
             ),
         ] = None,
     ) -> None:
@@ -46,8 +47,14 @@ def register(app: typer.Typer) -> None:
             return
         from rich.table import Table
 
+        from chargectl.cli.output import id_column, print_table
+
         table = Table(title=f"{len(plugs)} Shelly plug(s)")
-        for column in ("MAC", "name", "model", "gen", "firmware", "address", "auth", "switchable"):
+        id_column(table, "MAC")
+        for column in ("name", "model", "gen", "firmware"):
+            table.add_column(column)
+        id_column(table, "address")
+        for column in ("auth", "switchable"):
             table.add_column(column)
         for p in plugs:
             table.add_row(
@@ -60,4 +67,4 @@ def register(app: typer.Typer) -> None:
                 "yes" if p.auth else "no",
                 "yes" if p.switchable else "[yellow]metering only[/]",
             )
-        console.print(table)
+        print_table(table)

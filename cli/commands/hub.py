@@ -12,7 +12,10 @@ __all__ = ["register"]
 
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
-        help='The hub on Pub/Sub, Firestore and InfluxDB (backend = "gcp").',
+        help=(
+            'The hub on Pub/Sub, Firestore and InfluxDB (backend = "gcp"). A bare "chargectl hub" runs it '
+            'until SIGINT/SIGTERM (health on [hub] health_host:health_port); "hub check" asks that endpoint.'
+        ),
         invoke_without_command=True,
         no_args_is_help=False,
     )

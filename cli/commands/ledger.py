@@ -43,23 +43,34 @@ def register(app: typer.Typer) -> None:
     def credit(
         ctx: typer.Context,
         user: Annotated[str, typer.Argument(help="The user's id.")],
-        amount: Annotated[str, typer.Argument(help='Amount in major units, e.g. "5.00"; negative debits.')],
+        amount: Annotated[
+            str,
+            typer.Argument(help='Amount in major units, e.g. "5.00" (with --debit, taken off the balance).'),
+        ],
         reason: Annotated[str, typer.Option("--reason", "-r", help="Why (kept in the entry).")],
         currency: Annotated[str, typer.Option("--currency", help="Currency.")] = "gbp",
         entry_id: Annotated[
             str | None, typer.Option("--id", help="Entry id (makes a retried credit a no-op); default: new.")
         ] = None,
+        debit: Annotated[
+            bool, typer.Option("--debit", help="Take the amount off the balance (a correction).")
+        ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
-        """Post an operator adjustment (a goodwill credit, a correction)."""
+        """Post an operator adjustment: a goodwill credit, or with --debit a correction.
+
+        A negative amount also debits, but needs "--" before it (ledger credit --user U -- -5.00).
+        """
         from chargectl.common.errors import ConfigError
         from chargectl.services.payments.ledger import Ledger
         from chargectl.services.payments.money import format_minor, parse_amount
         from chargectl.services.wiring import open_store
 
         negative = amount.strip().startswith("-")
+        if negative and debit:
+            raise ConfigError("--debit takes a positive amount (it is taken off the balance)")
         minor = parse_amount(amount.strip().lstrip("-"), currency)
-        if negative:
+        if negative or debit:
             minor = -minor
         if minor == 0:
             raise ConfigError("amount must not be zero")
@@ -114,11 +125,14 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps([asdict(p) for p in rows], indent=2))
             return
-        from rich.console import Console
         from rich.table import Table
 
+        from chargectl.cli.output import id_column, print_table
+
         table = Table(title=f"Ledger of {user}")
-        for col in ("when", "entry", "kind", "amount", "balance", "description"):
+        table.add_column("when")
+        id_column(table, "entry")
+        for col in ("kind", "amount", "balance", "description"):
             table.add_column(col)
         running: dict[str, int] = {}
         for p in rows:
@@ -131,6 +145,6 @@ def register(app: typer.Typer) -> None:
                 format_minor(running[p.currency], p.currency),
                 p.description,
             )
-        Console().print(table)
+        print_table(table)
 
     app.add_typer(group, name="ledger")

@@ -81,6 +81,25 @@ def _emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
             typer.echo(line)
 
 
+def _check_amount(amount: str, currency: str) -> None:
+    """Refuse a malformed amount before anything is looked up or opened (the user's currency, when
+    none is given, decides the allowed decimals later)."""
+    from decimal import Decimal, InvalidOperation
+
+    from chargectl.common.errors import PaymentError
+    from chargectl.services.payments.money import parse_amount
+
+    if currency:
+        parse_amount(amount, currency)
+        return
+    try:
+        value = Decimal(amount.strip())
+    except InvalidOperation:
+        raise PaymentError(f"amount {amount!r} is not a number (write it like 5.00)") from None
+    if not value.is_finite() or value <= 0:
+        raise PaymentError(f"amount {amount!r} must be a positive number")
+
+
 def _currency(ops: StripeOps, uid: str, currency: str) -> str:
     return currency or ops.user(uid).currency or ops.settings.currency
 
@@ -170,6 +189,7 @@ def register(app: typer.Typer) -> None:
         """Print a Checkout page for a one-off top-up; the balance is credited when Stripe confirms payment."""
         from chargectl.services.payments.money import parse_amount
 
+        _check_amount(amount, currency)
         with _ops(ctx, api_base) as ops:
             code = _currency(ops, uid, currency)
             link = ops.topup_checkout(uid, parse_amount(amount, code), code)
@@ -197,6 +217,7 @@ def register(app: typer.Typer) -> None:
         """Charge the user's saved card now (off-session). Exits 2 if the bank wants the user to authenticate."""
         from chargectl.services.payments.money import format_minor, parse_amount
 
+        _check_amount(amount, currency)
         with _ops(ctx, api_base) as ops:
             code = _currency(ops, uid, currency)
             result = ops.charge_off_session(uid, parse_amount(amount, code), code, entry_id)

@@ -28,14 +28,21 @@ def register(app: typer.Typer) -> None:
         finally:
             store.close()
         if as_json:
-            typer.echo(json.dumps([codec.to_document(s) for s in states], indent=2))
+            from chargectl.cli.output import document
+
+            typer.echo(json.dumps([document(s) for s in states], indent=2))
             return
-        from rich.console import Console
         from rich.table import Table
 
+        from chargectl.cli.output import id_column, print_table
+
         table = Table(title="Plugs")
-        for col in ("plug", "site", "state", "relay", "power W", "counter kWh", "session", "updated"):
+        id_column(table, "plug")
+        id_column(table, "site")
+        for col in ("state", "relay", "power W", "counter kWh"):
             table.add_column(col)
+        id_column(table, "session")
+        table.add_column("updated")
         for s in states:
             table.add_row(
                 s.plug_mac,
@@ -47,4 +54,4 @@ def register(app: typer.Typer) -> None:
                 s.session_id,
                 time.strftime("%H:%M:%S", time.localtime(s.updated_at_ms / 1000)),
             )
-        Console().print(table)
+        print_table(table)

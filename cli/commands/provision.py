@@ -38,11 +38,11 @@ def _now_ms() -> int:
     return int(SystemClock().now() * 1000)
 
 
-def _open(ctx: typer.Context) -> tuple[Provisioner, Any]:
+def _open(ctx: typer.Context, dry_run: bool = False) -> tuple[Provisioner, Any]:
     from chargectl.provisioner.wiring import ProvisionSettings, open_provisioner
 
     config = ctx.obj.config()
-    return open_provisioner(config), config.section("provision", ProvisionSettings)
+    return open_provisioner(config, dry_run=dry_run), config.section("provision", ProvisionSettings)
 
 
 def _target(site_id: str, out: Path | None, tarball: bool) -> Any:
@@ -87,6 +87,14 @@ def site_json(site: Site) -> dict[str, Any]:
     }
 
 
+_STATUS_WORDS = {
+    "provision": ("exists", "to create"),
+    "rotate-keys": ("done", "to change"),
+    "revoke": ("done", "to revoke"),
+    "bundle": ("current", "to write"),
+}
+
+
 def _print_plan(plan: Plan, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -94,8 +102,10 @@ def _print_plan(plan: Plan, title: str) -> None:
     table = Table(title=title, title_justify="left")
     for col in ("kind", "name", "what", "status"):
         table.add_column(col)
+    # What a step's two states mean depends on the operation: revoking does not "create" anything.
+    done_word, todo_word = _STATUS_WORDS.get(plan.operation, ("done", "to do"))
     for step in plan.steps:
-        status = "[green]exists[/]" if step.done else "[yellow]to create[/]"
+        status = f"[green]{done_word}[/]" if step.done else f"[yellow]{todo_word}[/]"
         table.add_row(step.kind, step.target, step.description, status)
     Console().print(table)
 
@@ -158,7 +168,7 @@ def register(app: typer.Typer) -> None:
         from chargectl.provisioner.site import SiteSpec, parse_tariff, site_id_from_name
 
         sid = validate_site_id(site_id) if site_id else site_id_from_name(name)
-        prov, settings = _open(ctx)
+        prov, settings = _open(ctx, dry_run)
         spec = SiteSpec(
             site_id=sid,
             name=name,
@@ -240,7 +250,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """New key pairs for a site; the old public keys stay valid for the grace period; a new bundle."""
-        prov, settings = _open(ctx)
+        prov, settings = _open(ctx, dry_run)
         grace = settings.grace_s if grace_s is None else grace_s
         target = _target(site, out, tarball)
         plan = prov.plan_rotate(site, _now_ms(), int(grace * 1000), target)
@@ -255,7 +265,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Revoke a site: hubs reject its telemetry, its command subscription is deleted, its keys disabled."""
-        prov, _ = _open(ctx)
+        prov, _ = _open(ctx, dry_run)
         plan = prov.plan_revoke(site, _now_ms())
         if not dry_run and plan.pending and not yes:
             typer.confirm(f"Revoke site {plan.site_id}? Its agent stops being trusted", abort=True)

@@ -27,7 +27,7 @@ Timeout = Annotated[
 ]
 Interface = Annotated[
     list[str] | None,
-    typer.Option("--interface", help="Interface IPv4 for the mDNS lookup of a MAC (repeatable)."),
+    typer.Option("--interface", help="Interface name or IPv4 for the mDNS lookup of a MAC (repeatable)."),
 ]
 
 

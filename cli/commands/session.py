@@ -25,7 +25,7 @@ def _request(ctx: typer.Context, user: str, plug: str, action: int, wait_s: floa
     finally:
         store.close()
     if as_json:
-        typer.echo(json.dumps(answer.to_dict()))
+        typer.echo(json.dumps({**answer.to_dict(), "status": answer.status.upper()}))  # one JSON enum style
     elif answer.status == "accepted":
         typer.echo(f"accepted: session {answer.session_id}" if answer.session_id else "accepted")
     elif answer.status == "rejected":
@@ -97,7 +97,9 @@ def register(app: typer.Typer) -> None:
             sessions = store.list_sessions(user_id=user, plug_mac=mac, active_only=active, limit=limit)
         finally:
             store.close()
-        docs = [codec.to_document(s) for s in sessions]
+        from chargectl.cli.output import document
+
+        docs = [document(s) for s in sessions]
         if as_json:
             typer.echo(json.dumps(docs, indent=2))
             return

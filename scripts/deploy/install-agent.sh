@@ -4,9 +4,10 @@
 #   install-agent.sh BUNDLE_DIR|BUNDLE.tar.gz [--wheel WHEEL_FILE_OR_URL] [--dry-run]
 #
 # The bundle (from `chargectl provision site`) holds the agent's TOML config, its keys and
-# chargectl-agent.service. Its files go to /etc/chargectl (root's: 0600, public keys 0644), the config
-# as agent.toml; the wheel (--wheel, else one put in the bundle) goes into the /opt/chargectl
-# virtualenv; then the unit is (re)started. Rerun with a new bundle after a key rotation, or with a new
+# chargectl-agent.service. Its files go to /etc/chargectl (root's, group chargectl: 0640, public keys
+# 0644), the config as agent.toml; the wheel (--wheel, else one in the bundle) goes into the
+# /opt/chargectl virtualenv with the [agent] extra; the unit runs as the chargectl system user (created
+# here), which owns /var/lib/chargectl. Rerun with a new bundle after a key rotation, or with a new
 # wheel to upgrade: the agent's state in /var/lib/chargectl (spool, batch sequence) is kept.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -69,16 +70,19 @@ fi
 wheel_version "${WHEEL##*/}" >/dev/null
 [[ $DRY_RUN == 1 || $WHEEL == http*://* || -f $WHEEL ]] || die "wheel not found: $WHEEL"
 
+ensure_service_user
 ensure_config_dir
-install_wheel "$WHEEL"
+ensure_state_dir
+install_wheel "$WHEEL" agent
 # Relative key paths in the config resolve against its directory, so the bundle's layout is kept.
-# Public keys are world-readable; the config and private keys are root's alone.
+# Public keys are world-readable; the config and private keys are root's, readable by the service's
+# group only (the agent runs as the chargectl user).
 for rel in "${files[@]}"; do
-	mode=0600
+	mode=0640
 	[[ $rel == *.pub ]] && mode=0644
-	run install -D -o root -g root -m "$mode" "$BUNDLE/$rel" "$CONFIG_DIR/$rel"
+	run install -D -o root -g "$SERVICE_USER" -m "$mode" "$BUNDLE/$rel" "$CONFIG_DIR/$rel"
 done
-run install -o root -g root -m 0600 "$BUNDLE/${configs[0]}" "$CONFIG_DIR/agent.toml"
+run install -o root -g "$SERVICE_USER" -m 0640 "$BUNDLE/${configs[0]}" "$CONFIG_DIR/agent.toml"
 install_unit "$unit_file" "$UNIT"
 
 wait_for "$UNIT" "$TIMEOUT_S" active systemctl is-active --quiet "$UNIT"

@@ -4,9 +4,10 @@
 #   install-hub.sh --wheel chargectl-X-py3-none-any.whl [--unit-file chargectl-hub.service]
 #                  [--config /etc/chargectl/hub.toml] [--health-url URL] [--timeout-s 120] [--dry-run]
 #
-# Installs the wheel into /opt/chargectl, installs the systemd unit, restarts chargectl-hub.service
+# Creates the chargectl system user (the unit's User=, owner of /var/lib/chargectl), installs the
+# wheel with the [all] extra into /opt/chargectl and the systemd unit, restarts chargectl-hub.service
 # and waits until the hub's /healthz answers (port: the config's [hub] health_port, default 8787).
-# The config is the operator's (README, Deploying); it must exist before the first install.
+# The config is the operator's (README, Deploying; group chargectl, 0640); it must exist first.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -27,7 +28,7 @@ while [[ $# -gt 0 ]]; do
 	--health-url) need_arg "$@"; HEALTH_URL=$2; shift 2 ;;
 	--timeout-s) need_arg "$@"; TIMEOUT_S=$2; shift 2 ;;
 	--dry-run) DRY_RUN=1; shift ;;
-	-h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,11p' "$0"; exit 0 ;;
 	*) die "unknown argument: $1" ;;
 	esac
 done
@@ -55,8 +56,10 @@ print(port)' "$CONFIG" 2>/dev/null) || die "cannot read [hub] health_port from $
 	HEALTH_URL=http://127.0.0.1:$port/healthz
 fi
 
+ensure_service_user
 ensure_config_dir
-install_wheel "$WHEEL"
+ensure_state_dir
+install_wheel "$WHEEL" all
 if [[ -n $UNIT_FILE ]]; then
 	install_unit "$UNIT_FILE" "$UNIT"
 else

@@ -58,24 +58,45 @@ wheel_version() {
 
 # ----------------------------------------------------------------------------- on the host (root)
 # The layout both the hub VM and a site's Pi use, the one the systemd units expect: the virtualenv
-# at /opt/chargectl (so /opt/chargectl/bin/chargectl), config and keys in /etc/chargectl. The units
-# run as root and own their state directory (StateDirectory=chargectl, /var/lib/chargectl).
+# at /opt/chargectl (so /opt/chargectl/bin/chargectl), config and keys in /etc/chargectl (root's,
+# readable by the chargectl group), state in /var/lib/chargectl owned by the chargectl system user the
+# units run as (User=chargectl, StateDirectory=chargectl).
 
 VENV=/opt/chargectl
 CONFIG_DIR=/etc/chargectl
+STATE_DIR=/var/lib/chargectl
+SERVICE_USER=chargectl
 UNIT_DIR=/etc/systemd/system
 
-ensure_config_dir() {
-	run install -d -o root -g root -m 0755 "$CONFIG_DIR"
+# The system user the units run as: no login, no home of its own (its state is $STATE_DIR).
+ensure_service_user() {
+	run_sh "id -u $SERVICE_USER >/dev/null 2>&1 || useradd --system --user-group --home-dir $STATE_DIR --no-create-home --shell /usr/sbin/nologin $SERVICE_USER"
 }
 
-# install_wheel WHEEL: into $VENV (created on first use). The second pip call reinstalls the package
-# itself even when the version did not change, so a redeploy of the same version takes effect.
+# Root owns the config directory; the service's group may read it (keys and configs are 0640).
+ensure_config_dir() {
+	run install -d -o root -g "$SERVICE_USER" -m 0750 "$CONFIG_DIR"
+}
+
+# State written by an older install that ran as root becomes the service user's.
+ensure_state_dir() {
+	run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0700 "$STATE_DIR"
+	run chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
+}
+
+# install_wheel WHEEL EXTRA: into $VENV (created on first use) with the extra the host needs (agent on
+# a Pi, all on the VM). The second pip call reinstalls the package itself even when the version did
+# not change, so a redeploy of the same version takes effect.
 install_wheel() {
-	local venv_q
+	local venv_q requirement
 	venv_q=$(quote "$VENV")
+	if [[ $1 == http*://* ]]; then
+		requirement="chargectl[$2] @ $1"
+	else
+		requirement="$1[$2]"
+	fi
 	run_sh "test -x $venv_q/bin/python || python3 -m venv $venv_q"
-	run "$VENV/bin/pip" install --quiet --upgrade "$1"
+	run "$VENV/bin/pip" install --quiet --upgrade "$requirement"
 	run "$VENV/bin/pip" install --quiet --no-deps --force-reinstall "$1"
 	run ln -sf "$VENV/bin/chargectl" /usr/local/bin/chargectl
 }

@@ -3,7 +3,7 @@
 FROM python:3.12-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY *.whl /tmp/
-RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl
+RUN for wheel in /tmp/*.whl; do pip install --no-cache-dir "$wheel[all]"; done && rm /tmp/*.whl
 USER nobody
 # Cloud Run sets PORT; /v1 routes check a Firebase ID token, /stripe/webhook Stripe's signature.
 CMD ["sh", "-c", "exec chargectl app serve --host 0.0.0.0 --port \"${PORT:-8080}\""]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chargectl import __version__
+from chargectl.common import sdnotify
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.codec import Batch, CommandOutcome, InventoryChange, pack_outcome, pack_telemetry
 from chargectl.common.errors import ChargectlError, DeviceError, StoreError, TransportError
@@ -467,6 +468,7 @@ class Agent:
                 self.write_heartbeat()
             except StoreError as exc:
                 log.error("cannot write heartbeat: %s", exc)
+            sdnotify.watchdog()
             await self.clock.sleep(self.settings.heartbeat_interval_s)
 
     # ------------------------------------------------------------------ lifecycle
@@ -502,6 +504,7 @@ class Agent:
         self._spawn(self._flush_loop(), "flush")
         self._spawn(self._command_loop(), "commands")
         self._spawn(self._heartbeat_loop(), "heartbeat")
+        sdnotify.ready()
         try:
             s = self.settings
             if s.health_port:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from chargectl.common import codec
+from chargectl.common import codec, sdnotify
 from chargectl.common.alerts import AlertBook
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.errors import ChargectlError, StoreError, TransportError
@@ -176,6 +176,7 @@ class Hub:
             for prefix, route in self.http_routes.items():
                 self._health.mount(prefix, route)
             await self._health.start()
+        sdnotify.ready()
         poll_s = self.settings.request_poll_s
         unwatch = self._watch_requests()
         if unwatch is not None:
@@ -234,6 +235,8 @@ class Hub:
                 await fn()
             except ChargectlError as exc:
                 log.warning("%s failed: %s", getattr(fn, "__name__", "loop"), exc)
+            if fn == self.tick:  # the watchdog follows the tick loop: if it hangs, systemd restarts the hub
+                sdnotify.watchdog()
             await self.clock.sleep(interval_s)
 
     def problems(self) -> list[str]:

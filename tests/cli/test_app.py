@@ -50,7 +50,7 @@ def test_usage_error_exits_2() -> None:
 
 def test_config_show_json_reflects_environment(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('project = "p1"\n[agent]\nsite_id = "a"\n')
+    path.write_text('project = "p1"\n[agent]\nsite_id = "site-a"\n')
     result = runner.invoke(
         app, ["--config", str(path), "config", "show", "--json"], env={"CHARGECTL_BACKEND": "gcp"}
     )

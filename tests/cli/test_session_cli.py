@@ -69,7 +69,7 @@ def test_start_on_unknown_plug_is_rejected_with_reason(state_dir: Path, hub_thre
     )
     assert result.exit_code == 1
     out = json.loads(result.output)
-    assert out["status"] == "rejected" and out["reason"] == "unknown_plug"
+    assert out["status"] == "REJECTED" and out["reason"] == "unknown_plug"
 
 
 def test_bad_mac_is_one_line(state_dir: Path) -> None:
@@ -105,6 +105,6 @@ def test_list_and_plugs_json(state_dir: Path) -> None:
     result = runner.invoke(app, ["plugs", "--json"], env=env)
     assert result.exit_code == 0
     (plug,) = json.loads(result.output)
-    assert plug["status"] == "PLUG_STATUS_CHARGING" and plug["power_w"] == 1800.0
+    assert plug["status"] == "CHARGING" and plug["power_w"] == 1800.0
     table = runner.invoke(app, ["plugs"], env={**env, "COLUMNS": "200"})
     assert "CHARGING" in table.output and "AABBCCDDEEFF" in table.output

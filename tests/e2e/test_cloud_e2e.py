@@ -205,7 +205,7 @@ def test_request_document_to_billed_session_over_the_cloud_backends(deployment: 
     control = httpx.Client(base_url=f"http://{d.plug['host']}:{d.plug['port']}/__sim", timeout=5)
     store = _store(d)
     try:
-        wait_for("the plug to be AVAILABLE", lambda: d.plug_status() == "PLUG_STATUS_AVAILABLE", 90)
+        wait_for("the plug to be AVAILABLE", lambda: d.plug_status() == "AVAILABLE", 90)
         d.cli("ledger", "credit", "u1", "50.00", "--reason", "e2e", "--json")
         control.get("/load", params={"w": "2000"})
         before = control.get("/state").json()
@@ -215,7 +215,7 @@ def test_request_document_to_billed_session_over_the_cloud_backends(deployment: 
         )
         assert req.status == codec.ChargeRequest.STATUS_ACCEPTED, req
         wait_for("the relay to close", lambda: control.get("/state").json()["relay_on"])
-        wait_for("CHARGING", lambda: d.plug_status() == "PLUG_STATUS_CHARGING")
+        wait_for("CHARGING", lambda: d.plug_status() == "CHARGING")
         time.sleep(3)
         control.get("/load", params={"w": "0"})
         session = wait_for(
@@ -261,7 +261,7 @@ def test_bad_messages_are_dead_lettered_and_duplicates_change_nothing(deployment
     d.start_hub()
     d.start_agent(bundle)
     try:
-        wait_for("the plug to be AVAILABLE", lambda: d.plug_status() == "PLUG_STATUS_AVAILABLE", 90)
+        wait_for("the plug to be AVAILABLE", lambda: d.plug_status() == "AVAILABLE", 90)
         topic = publisher.topic_path(d.project, TELEMETRY_TOPIC)
         publisher.publish(
             topic, b"\x00garbage", schema=codec.SCHEMA_TELEMETRY, shard="0", site_id=d.site
@@ -316,12 +316,12 @@ def test_sigkilled_hub_resumes_and_bills_once(deployment: Deployment) -> None:
     control = httpx.Client(base_url=f"http://{d.plug['host']}:{d.plug['port']}/__sim", timeout=5)
     store = _store(d)
     try:
-        wait_for("the plug to be AVAILABLE", lambda: d.plug_status() == "PLUG_STATUS_AVAILABLE", 90)
+        wait_for("the plug to be AVAILABLE", lambda: d.plug_status() == "AVAILABLE", 90)
         d.cli("ledger", "credit", "u1", "50.00", "--reason", "e2e", "--json")
         control.get("/load", params={"w": "1500"})
         before = control.get("/state").json()
         _request(store, d, "req-k", codec.ChargeRequest.ACTION_START)
-        wait_for("CHARGING", lambda: d.plug_status() == "PLUG_STATUS_CHARGING")
+        wait_for("CHARGING", lambda: d.plug_status() == "CHARGING")
         time.sleep(2)
         assert d.hub is not None
         _kill(d.hub, signal.SIGKILL)

@@ -66,7 +66,7 @@ def plug_ready_and_user_funded(cfg: Path) -> None:
     """Wait until the hub reports the plug AVAILABLE, then credit u1 with 50.00 GBP."""
     wait_for(
         "the plug to be AVAILABLE",
-        lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_AVAILABLE"],
+        lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "AVAILABLE"],
     )
     cli(cfg, "ledger", "credit", "u1", "50.00", "--reason", "test top-up", "--json")
 
@@ -85,18 +85,18 @@ def test_run_charges_and_bills_a_session(tmp_path: Path, sim: dict[str, Any]) ->
         assert before["relay_on"] is False
 
         answer = cli(cfg, "session", "start", "--user", "u1", "--plug", mac, "--json")
-        assert answer["status"] == "accepted", answer
+        assert answer["status"] == "ACCEPTED", answer
         wait_for("the relay to close", lambda: control.get("/state").json()["relay_on"])
         wait_for(
             "CHARGING",
-            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_CHARGING"],
+            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "CHARGING"],
         )
         assert control.get("/state").json()["timer_remaining_s"] is not None  # the dead-man timer is armed
         time.sleep(3)
         control.get("/load", params={"w": "0"})  # the car is full
         done = wait_for(
             "the session to complete",
-            lambda: [s for s in cli(cfg, "session", "list", "--json") if s["status"] == "STATUS_COMPLETED"],
+            lambda: [s for s in cli(cfg, "session", "list", "--json") if s["status"] == "COMPLETED"],
         )
         after = control.get("/state").json()
         assert after["relay_on"] is False
@@ -129,10 +129,10 @@ def test_sigkill_mid_session_bills_once_and_loses_no_energy(tmp_path: Path, sim:
         plug_ready_and_user_funded(cfg)
         control.get("/load", params={"w": "1500"})
         before = control.get("/state").json()
-        assert cli(cfg, "session", "start", "--user", "u1", "--plug", mac, "--json")["status"] == "accepted"
+        assert cli(cfg, "session", "start", "--user", "u1", "--plug", mac, "--json")["status"] == "ACCEPTED"
         wait_for(
             "CHARGING",
-            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "PLUG_STATUS_CHARGING"],
+            lambda: [p for p in cli(cfg, "plugs", "--json") if p["status"] == "CHARGING"],
         )
         time.sleep(2)
     finally:
@@ -145,7 +145,7 @@ def test_sigkill_mid_session_bills_once_and_loses_no_energy(tmp_path: Path, sim:
         control.get("/load", params={"w": "0"})
         done = wait_for(
             "the session to complete",
-            lambda: [s for s in cli(cfg, "session", "list", "--json") if s["status"] == "STATUS_COMPLETED"],
+            lambda: [s for s in cli(cfg, "session", "list", "--json") if s["status"] == "COMPLETED"],
         )
         after = control.get("/state").json()
         assert after["relay_on"] is False

@@ -17,7 +17,7 @@ def test_every_class_has_defaults_with_hysteresis() -> None:
 
 
 def test_defaults_follow_the_reference() -> None:
-    # charging.md §3.3: stop 15 W generic (evcc standbypower), complete 10 min EV / 5 min e-bike,
+    # Common practice: stop 15 W generic (evcc standbypower), complete 10 min EV / 5 min e-bike,
     # relay confirm 60 s, stale 90 s, offline 5 min, no-load 5 min.
     generic = DEFAULTS["generic"]
     assert (generic.stop_w, generic.start_w) == (15.0, 35.0)

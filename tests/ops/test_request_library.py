@@ -113,7 +113,7 @@ def test_cli_session_start_without_a_hub_expires_its_request(tmp_path: Path) -> 
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     out = json.loads(lines[0])
-    assert out["status"] == "expired"
+    assert out["status"] == "EXPIRED"
     # The one-line error main() prints: a ChargectlError naming the expiry (no traceback).
     assert isinstance(result.exception, ChargectlError) and "expired" in str(result.exception)
     assert "\n" not in str(result.exception)

@@ -1,4 +1,4 @@
-"""Recorded Shelly payloads (reference/shelly.md §2–§3, from real devices); not invented, quirks kept."""
+"""Recorded Shelly payloads (from real devices); not invented, quirks kept."""
 
 from __future__ import annotations
 

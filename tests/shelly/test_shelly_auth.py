@@ -1,4 +1,4 @@
-"""Digest and Basic auth computations against the reference test vectors (reference/shelly.md §3.8)."""
+"""Digest and Basic auth computations against published test vectors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parser tests on recorded payloads; each names the reference/shelly.md §8 trap it covers."""
+"""Parser tests on recorded payloads; each names the device quirk it covers."""
 
 from __future__ import annotations
 
