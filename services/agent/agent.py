@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -32,7 +33,7 @@ from typing import Any, Literal
 from chargectl import __version__
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.codec import Batch, CommandOutcome, InventoryChange, pack_outcome, pack_telemetry
-from chargectl.common.errors import ChargectlError, DeviceError, StoreError, TransportError
+from chargectl.common.errors import ChargectlError, DeviceError, InvalidResponse, StoreError, TransportError
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import Reading
 from chargectl.common.topics import TELEMETRY_TOPIC, command_subscription, command_topic
@@ -44,9 +45,49 @@ from chargectl.services.agent.health import AgentHealth, write_heartbeat
 from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSighting
 from chargectl.services.agent.settings import AgentSettings
 
-__all__ = ["Agent", "PlugStatus"]
+__all__ = ["Agent", "AgentFailed", "PlugStatus"]
 
 log = logging.getLogger("chargectl.agent")
+
+_SHUTDOWN_ROUNDS = 5  # cancel stragglers this many times, ...
+_SHUTDOWN_ROUND_S = 1.0  # ... waiting this long each time, before stopping without them
+
+
+def _why(exc: BaseException) -> str:
+    """A one-line reason for a log line or a plug's last error."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer within the request timeout"
+    if isinstance(exc, ChargectlError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def check_reading(reading: Reading) -> Reading:
+    """``reading`` if every number in it is finite and fits the wire format, else ``InvalidResponse``."""
+    floats = {
+        "power_w": reading.power_w,
+        "voltage_v": reading.voltage_v,
+        "current_a": reading.current_a,
+        "temperature_c": reading.temperature_c,
+    }
+    for name, value in floats.items():
+        if value is not None and not (math.isfinite(value) and abs(value) <= _MAX_FLOAT[name]):
+            raise InvalidResponse(f"plug {reading.mac}: {name} {value!r} is out of range")
+    if not 0 <= reading.energy_mwh < 2**53:
+        raise InvalidResponse(f"plug {reading.mac}: energy {reading.energy_mwh} mWh is out of range")
+    if reading.uptime_s is not None and not 0 <= reading.uptime_s < 2**32:
+        raise InvalidResponse(f"plug {reading.mac}: uptime {reading.uptime_s} s is out of range")
+    if not 0 <= reading.errors < 2**32:
+        raise InvalidResponse(f"plug {reading.mac}: error flags {reading.errors} are out of range")
+    return reading
+
+
+# Far beyond any plug (a Shelly Pro switches at most a few tens of kW), well inside the wire format.
+_MAX_FLOAT = {"power_w": 1e6, "voltage_v": 1e4, "current_a": 1e4, "temperature_c": 1e3}
+
+
+class AgentFailed(ChargectlError):
+    """An agent task ended on its own: the agent flushed what it could and stops, so its unit restarts it."""
 
 
 @dataclass
@@ -124,6 +165,10 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._serving = False
+        self._failure: str | None = None  # why serve() must end non-zero (a task ended on its own)
+        self._essential: set[asyncio.Task[Any]] = set()
+        self.bad_responses = 0  # plug answers that were not a valid reading (garbage, huge, wrong MAC…)
+        self.task_restarts = 0  # plug tasks restarted after an unexpected error
         self.outcomes: list[CommandOutcome] = []  # the most recent command outcomes, newest last
 
     # ------------------------------------------------------------------ time
@@ -189,17 +234,23 @@ class Agent:
         return entry
 
     async def _connect(self, host: str, port: int) -> Plug:
-        return await asyncio.wait_for(self._connector(host, port), self.settings.request_timeout_s * 3)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the inner call completes, and a poller that lost its cancellation never stops.
+        async with asyncio.timeout(self.settings.request_timeout_s * 3):
+            return await self._connector(host, port)
 
     async def _connect_static(self, host: str, port: int) -> None:
         failures = 0
         while True:
             try:
                 plug = await self._connect(host, port)
-            except (DeviceError, TimeoutError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of one plug is that plug's problem
                 failures += 1
+                why = _why(exc)
                 if failures == self.settings.offline_after_failures:
-                    log.warning("configured plug %s:%d does not answer: %s", host, port, exc or "timeout")
+                    log.warning("configured plug %s:%d does not answer: %s", host, port, why)
                 await self.clock.sleep(
                     next_poll_delay(
                         self.settings.poll_interval_s, failures, self.settings.max_backoff_s, 0.1, self._rng
@@ -221,9 +272,11 @@ class Agent:
             return
         try:
             plug = await self._connect(sighting.host, sighting.port)
-        except (DeviceError, TimeoutError) as exc:
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one bad sighting must not end discovery
             log.warning(
-                "plug %s at %s:%d does not answer: %s", sighting.mac, sighting.host, sighting.port, exc
+                "plug %s at %s:%d does not answer: %s", sighting.mac, sighting.host, sighting.port, _why(exc)
             )
             return
         if plug.mac != sighting.mac:
@@ -247,7 +300,34 @@ class Agent:
     def _start_poller(self, entry: _PlugEntry) -> None:
         # Outside serve() (run_once) plugs are polled by the caller, not by their own tasks.
         if self._serving and (entry.task is None or entry.task.done()):
-            entry.task = self._spawn(self._poll_loop(entry), f"poll-{entry.mac}")
+            entry.task = self._spawn(
+                self._supervised(f"poller of plug {entry.mac}", lambda: self._poll_loop(entry)),
+                f"poll-{entry.mac}",
+            )
+
+    async def _supervised(self, what: str, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``make()``; if it raises, log why and run it again after a back-off, for as long as it takes."""
+        failures = 0
+        while True:
+            try:
+                await make()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # supervision: no error type ends a plug's task
+                failures += 1
+                self.task_restarts += 1
+                log.error(
+                    "%s failed (%s); restarting it (restart #%d)",
+                    what,
+                    _why(exc),
+                    failures,
+                    exc_info=failures == 1,
+                )
+            s = self.settings
+            await self.clock.sleep(
+                next_poll_delay(s.poll_interval_s, failures, s.max_backoff_s, 0.1, self._rng)
+            )
 
     async def poll(self, entry: _PlugEntry) -> Reading | None:
         """One poll of one plug; logs offline/recovered transitions; buffers the reading."""
@@ -259,9 +339,25 @@ class Agent:
                         await plug.aclose()
                         raise DeviceError(f"{entry.host}:{entry.port} is now plug {plug.mac}")
                     entry.client = plug
-                reading = await asyncio.wait_for(entry.client.read(), self.settings.request_timeout_s)
-        except (DeviceError, TimeoutError) as exc:
-            error = str(exc) or "no answer within the request timeout"
+                async with asyncio.timeout(self.settings.request_timeout_s):
+                    reading = check_reading(await entry.client.read())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a plug's bad answer is that plug's problem
+            error = _why(exc)
+            first = entry.health.failures == 0
+            if isinstance(exc, InvalidResponse):
+                self.bad_responses += 1
+                if first:
+                    log.warning(
+                        "plug %s at %s:%d gave a bad answer, backing off: %s",
+                        entry.mac,
+                        entry.host,
+                        entry.port,
+                        error,
+                    )
+            elif not isinstance(exc, DeviceError | TimeoutError) and first:
+                log.error("plug %s poll failed unexpectedly: %s", entry.mac, error, exc_info=exc)
             if entry.health.failure(error) == "offline":
                 log.warning("plug %s at %s:%d is offline: %s", entry.mac, entry.host, entry.port, error)
             else:
@@ -453,6 +549,8 @@ class Agent:
             buffered_readings=len(self._buffer),
             published_batches=self._published,
             last_publish_ms=self._last_publish_ms,
+            bad_responses=self.bad_responses,
+            task_restarts=self.task_restarts,
         )
 
     def write_heartbeat(self) -> AgentHealth:
@@ -470,18 +568,37 @@ class Agent:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def _spawn(
+        self, coro: Coroutine[Any, Any, Any], name: str, *, essential: bool = False
+    ) -> asyncio.Task[Any]:
+        """Start a task; an ``essential`` one runs until the agent stops, so its ending stops the agent."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.append(task)
+        if essential:
+            self._essential.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("agent task %s crashed", task.get_name(), exc_info=task.exception())
-            self._stopping.set()
+        essential = task in self._essential
+        self._essential.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None and not (essential and self._serving):
+            return
+        why = f"crashed ({_why(exc)})" if exc is not None else "ended on its own"
+        if self._failure is None:
+            self._failure = f"agent task {task.get_name()} {why}"
+        log.error(
+            "agent task %s %s; flushing and stopping so the service restarts",
+            task.get_name(),
+            why,
+            exc_info=exc,
+        )
+        self._stopping.set()
 
     async def serve(self, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
         """Run until cancelled (or ``stop()``); on the way out, flush what is buffered (spool if offline)."""
@@ -493,14 +610,22 @@ class Agent:
             len(self.spool),
         )
         self._stopping.clear()
+        self._failure = None
         self._serving = True
         for address in self.settings.plugs:
-            self._spawn(self._connect_static(address.host, address.port), f"connect-{address.host}")
+            host, port = address.host, address.port
+            self._spawn(
+                self._supervised(
+                    f"connecting configured plug {host}:{port}",
+                    lambda h=host, p=port: self._connect_static(h, p),  # type: ignore[misc]
+                ),
+                f"connect-{host}:{port}",
+            )
         if self._discovery is not None:
-            self._spawn(self._discover(), "discovery")
-        self._spawn(self._flush_loop(), "flush")
-        self._spawn(self._command_loop(), "commands")
-        self._spawn(self._heartbeat_loop(), "heartbeat")
+            self._spawn(self._discover(), "discovery", essential=True)
+        self._spawn(self._flush_loop(), "flush", essential=True)
+        self._spawn(self._command_loop(), "commands", essential=True)
+        self._spawn(self._heartbeat_loop(), "heartbeat", essential=True)
         try:
             if ready is not None:
                 result = ready()
@@ -509,20 +634,31 @@ class Agent:
             await self._stopping.wait()
         finally:
             await self._shutdown()
+        if self._failure is not None:
+            raise AgentFailed(self._failure)
 
     def stop(self) -> None:
         """Ask ``serve()`` to return (thread-unsafe; call from the agent's loop)."""
         self._stopping.set()
 
+    async def _cancel_tasks(self) -> None:
+        """Cancel every task and wait for each to end, re-cancelling stragglers; never waits unboundedly."""
+        tasks = list(self._tasks)
+        for _ in range(_SHUTDOWN_ROUNDS):
+            pending = [t for t in tasks if not t.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_SHUTDOWN_ROUND_S)
+        stuck = sorted(t.get_name() for t in tasks if not t.done())
+        if stuck:
+            log.error("agent tasks %s ignored cancellation; stopping without them", ", ".join(stuck))
+        self._tasks.clear()
+
     async def _shutdown(self) -> None:
         self._serving = False
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await self._cancel_tasks()
         if self._commands is not None:
             await self._commands.stop()
             self._commands = None
@@ -545,8 +681,10 @@ class Agent:
         for address in self.settings.plugs:
             try:
                 plug = await self._connect(address.host, address.port)
-            except (DeviceError, TimeoutError) as exc:
-                log.warning("configured plug %s:%d does not answer: %s", address.host, address.port, exc)
+            except Exception as exc:  # one plug's failure is that plug's problem
+                log.warning(
+                    "configured plug %s:%d does not answer: %s", address.host, address.port, _why(exc)
+                )
                 continue
             self._adopt(plug, address.host, address.port)
         await asyncio.gather(*(self.poll(entry) for entry in self._plugs.values()))

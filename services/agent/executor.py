@@ -121,7 +121,8 @@ class CommandExecutor:
         self.journal.record(cmd.command_id, keep_until)
         auto_off = int(cmd.auto_off_s) if cmd.on and cmd.auto_off_s > 0 else None
         try:
-            observed = await asyncio.wait_for(self._switch(cmd.plug_mac, cmd.on, auto_off), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # not wait_for: it can swallow a cancellation
+                observed = await self._switch(cmd.plug_mac, cmd.on, auto_off)
         except (DeviceError, TimeoutError) as exc:
             detail = str(exc) or type(exc).__name__
             log.warning("command %s on %s failed: %s", cmd.command_id, cmd.plug_mac, detail)

@@ -30,6 +30,13 @@ class AgentHealth:
     buffered_readings: int
     published_batches: int
     last_publish_ms: int
+    # Fields below have defaults so a heartbeat written by an older agent still reads.
+    bad_responses: int = 0  # plug answers that were not a valid reading (garbage, huge, wrong MAC)
+    task_restarts: int = 0  # plug tasks restarted after an unexpected error
+    disk_error: str = ""  # why the spool/journal cannot be written right now ("" when it can)
+    memory_batches: int = 0  # batches held in memory because the disk refused them
+    refused_devices: int = 0  # devices refused as impostors or MAC mismatches
+    epoch: int = 0  # this agent instance's id (made with its state directory)
 
 
 @dataclass(frozen=True)
