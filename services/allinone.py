@@ -129,6 +129,7 @@ class AllInOne:
                 user=s.shelly_user,
                 timeout_s=s.request_timeout_s,
                 clock=self.clock,
+                max_response_bytes=s.max_response_bytes,
             ),
             discovery=shelly_discovery(s.interfaces) if s.discovery else None,
             clock=self.clock,

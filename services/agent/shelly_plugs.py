@@ -10,14 +10,27 @@ from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSight
 __all__ = ["shelly_connector", "shelly_discovery"]
 
 
-def shelly_connector(*, password: str | None, user: str, timeout_s: float, clock: Clock) -> Connector:
+def shelly_connector(
+    *,
+    password: str | None,
+    user: str,
+    timeout_s: float,
+    clock: Clock,
+    max_response_bytes: int = 64 * 1024,
+) -> Connector:
     """Connect with ``ShellyClient.connect`` (identifies the plug by ``GET /shelly``)."""
 
     async def connect(host: str, port: int) -> Plug:
         from chargectl.shelly import ShellyClient
 
         return await ShellyClient.connect(
-            host, port, password=password, user=user, timeout_s=timeout_s, clock=clock
+            host,
+            port,
+            password=password,
+            user=user,
+            timeout_s=timeout_s,
+            clock=clock,
+            max_response_bytes=max_response_bytes,
         )
 
     return connect

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 from shelly_payloads import (
@@ -256,3 +257,78 @@ def test_rpc_error_frame_and_bare_shapes() -> None:
     assert isinstance(bare, RpcCallError) and bare.code == 404
     assert parse.rpc_error(PLUS_PLUG_S_SWITCH) is None
     assert parse.rpc_error([1, 2]) is None
+
+
+# --- hostile plugs: every bad number is an InvalidResponse, never a ValueError/OverflowError -----
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_json_constants_are_refused(constant: str) -> None:
+    body = f'{{"switch:0": {{"id": 0, "output": true, "apower": {constant}}}}}'.encode()
+    with pytest.raises(InvalidResponse, match=f"non-finite number {constant}"):
+        parse.parse_json(body, "Shelly.GetStatus")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("apower", 1e300),
+        ("apower", float("inf")),  # what json.loads makes of 1e400
+        ("apower", float("nan")),
+        ("apower", 10**400),  # an integer no float can hold
+        ("voltage", -5.0),
+        ("current", 1e6),
+    ],
+)
+def test_gen2_out_of_range_numbers_are_refused(key: str, value: Any) -> None:
+    switch = copy.deepcopy(PLUS_PLUG_S_SWITCH)
+    switch[key] = value
+    with pytest.raises(InvalidResponse, match=f"'{key}' is out of range"):
+        parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS)
+
+
+def test_energy_counter_past_the_wire_format_is_refused() -> None:
+    switch = copy.deepcopy(PLUS_PLUG_S_SWITCH)
+    switch["aenergy"]["total"] = 1e300  # round(1e300 * 1000) would overflow the uint64 on the wire
+    with pytest.raises(InvalidResponse, match="'total' is out of range"):
+        parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS)
+    status = copy.deepcopy(GEN1_PLUG_S_STATUS)
+    status["meters"][0]["total"] = -1
+    with pytest.raises(InvalidResponse, match="'total' is out of range"):
+        parse.gen1_reading(status, mac="AABBCCDDEEFF", ts_ms=TS)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda s: s.update(apower="230"),  # a string
+        lambda s: s.update(output="yes"),
+        lambda s: s.pop("output"),
+        lambda s: s.pop("apower"),  # half the metering: not "0 W"
+        lambda s: s.update(aenergy=[1, 2]),
+        lambda s: s.update(errors=[{"overpower": 1}]),
+        lambda s: s.update(temperature={"tC": 1e9}),
+    ],
+    ids=["power-string", "output-string", "no-output", "no-apower", "aenergy-list", "errors-objects", "hot"],
+)
+def test_gen2_wrong_types_and_missing_fields_are_refused(mutate: Any) -> None:
+    switch = copy.deepcopy(PLUS_PLUG_S_SWITCH)
+    mutate(switch)
+    with pytest.raises(InvalidResponse):
+        parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS)
+
+
+def test_gen1_huge_uptime_and_bad_temperature_are_refused() -> None:
+    status = copy.deepcopy(GEN1_PLUG_S_STATUS)
+    status["uptime"] = 2**40
+    with pytest.raises(InvalidResponse, match="'uptime' is out of range"):
+        parse.gen1_reading(status, mac="AABBCCDDEEFF", ts_ms=TS)
+    status = copy.deepcopy(GEN1_PLUG_S_STATUS)
+    status["temperature"] = float("nan")
+    with pytest.raises(InvalidResponse, match="'temperature' is out of range"):
+        parse.gen1_reading(status, mac="AABBCCDDEEFF", ts_ms=TS)
+
+
+def test_deeply_nested_garbage_is_not_json() -> None:
+    with pytest.raises(InvalidResponse, match="not JSON"):
+        parse.parse_json(b"[" * 100_000, "Shelly.GetStatus")
