@@ -39,7 +39,15 @@ from chargectl.common.readings import Reading
 from chargectl.common.topics import TELEMETRY_TOPIC, command_subscription, command_topic
 from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
 from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay
-from chargectl.services.agent.durable import CommandJournal, SequenceCounter, Spool, SpooledBatch
+from chargectl.services.agent.durable import (
+    CommandJournal,
+    SequenceCounter,
+    Spool,
+    SpooledBatch,
+    load_epoch,
+    new_epoch,
+    store_epoch,
+)
 from chargectl.services.agent.executor import CommandExecutor
 from chargectl.services.agent.health import AgentHealth, write_heartbeat
 from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSighting
@@ -136,8 +144,24 @@ class Agent:
         self._discovery = discovery
         self._rng = rng or random.Random()
         state = settings.state_path
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the agent state directory {state}: {exc.strerror or exc}"
+            ) from exc
         self.heartbeat_path: Path = state / "agent.heartbeat.json"
         self.seq = SequenceCounter(state / "batch_seq")
+        # The instance epoch goes into every batch: the hub dedupes by (site, epoch, batch_seq), so a
+        # fresh state directory (a replacement Pi) is accepted from batch_seq 1 at once.
+        self.epoch, made = load_epoch(state / "epoch")
+        if made:
+            log.info("agent instance epoch %016x created in %s", self.epoch, state)
+        elif self.seq.reset:
+            # The sequence restarted: only a new epoch keeps the hub from dropping it as replays.
+            self.epoch = new_epoch()
+            store_epoch(state / "epoch", self.epoch)
+            log.warning("batch sequence lost; agent instance epoch is now %016x", self.epoch)
         self.spool = Spool(state / "spool", settings.spool_max_bytes)
         if self.spool.seqs():
             self.seq.advance_to(self.spool.seqs()[-1])
@@ -404,6 +428,7 @@ class Agent:
             inventory=tuple(inventory),
             created_at_ms=self._now_ms(),
             agent_version=__version__,
+            epoch=self.epoch,
         )
         data, attrs = pack_telemetry(batch, self.agent_key, self.settings.encoding)
         return SpooledBatch(seq, data, self._attributes(attrs), len(readings))
@@ -551,6 +576,7 @@ class Agent:
             last_publish_ms=self._last_publish_ms,
             bad_responses=self.bad_responses,
             task_restarts=self.task_restarts,
+            epoch=self.epoch,
         )
 
     def write_heartbeat(self) -> AgentHealth:
