@@ -166,7 +166,10 @@ class Agent:
         if self.spool.seqs():
             self.seq.advance_to(self.spool.seqs()[-1])
         self.journal = CommandJournal(state / "commands.journal")
-        self.journal.prune(self._now_ms())
+        try:
+            self.journal.prune(self._now_ms())
+        except StoreError as exc:
+            log.warning("cannot prune the command journal: %s", exc)
         self.executor = CommandExecutor(
             settings.site_id,
             command_keys,
@@ -175,6 +178,7 @@ class Agent:
             self._switch,
             lambda mac: mac in self._plugs,
             timeout_s=settings.request_timeout_s * 3,
+            max_clock_skew_s=settings.max_clock_skew_s,
         )
         self._plugs: dict[str, _PlugEntry] = {}
         self._buffer = BatchBuffer(
@@ -586,6 +590,10 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         while True:
+            try:
+                self.journal.prune(self._now_ms())  # also between commands, so it never outgrows them
+            except StoreError as exc:
+                log.warning("cannot prune the command journal: %s", exc)
             try:
                 self.write_heartbeat()
             except StoreError as exc:
