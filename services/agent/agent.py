@@ -20,6 +20,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -196,6 +197,11 @@ class Agent:
         self._failure: str | None = None  # why serve() must end non-zero (a task ended on its own)
         self._essential: set[asyncio.Task[Any]] = set()
         self.bad_responses = 0  # plug answers that were not a valid reading (garbage, huge, wrong MAC…)
+        self.disk_error = ""  # why the state directory refuses writes ("" while it takes them)
+        self._memory: collections.deque[SpooledBatch] = collections.deque()  # batches the disk refused
+        self._memory_dropped_batches = 0
+        self._memory_dropped_readings = 0
+        self._volatile_epoch = False
         self.task_restarts = 0  # plug tasks restarted after an unexpected error
         self.outcomes: list[CommandOutcome] = []  # the most recent command outcomes, newest last
 
@@ -423,8 +429,72 @@ class Agent:
         attrs["shard"] = str(self.settings.shard)
         return attrs
 
+    def _next_seq(self) -> int:
+        try:
+            return self.seq.next()
+        except StoreError as exc:
+            self._disk_trouble(exc)
+            if not self._volatile_epoch:
+                # Numbers not on disk could be handed out again after a restart; under an epoch that
+                # is never persisted they cannot collide with anything the hub has seen.
+                self._volatile_epoch = True
+                self.epoch = new_epoch()
+                log.warning("batch sequence not persisted; numbering under volatile epoch %016x", self.epoch)
+            return self.seq.next_volatile()
+
+    def _disk_trouble(self, exc: Exception) -> None:
+        if not self.disk_error:
+            log.error(
+                "agent state directory refuses writes (%s); holding batches in memory (up to %d bytes) "
+                "and publishing them straight to the bus",
+                exc,
+                self.settings.memory_buffer_max_bytes,
+            )
+        self.disk_error = str(exc)
+
+    def _disk_ok(self) -> None:
+        if self.disk_error:
+            log.info("agent state directory writable again; %d batches in memory", len(self._memory))
+        self.disk_error = ""
+
+    def _hold(self, batch: SpooledBatch) -> None:
+        """Keep ``batch`` in the bounded memory buffer (oldest dropped, counted) when the disk refuses it."""
+        self._memory.append(batch)
+        limit = self.settings.memory_buffer_max_bytes
+        while len(self._memory) > 1 and sum(len(b.data) for b in self._memory) > limit:
+            oldest = self._memory.popleft()
+            self._memory_dropped_batches += 1
+            self._memory_dropped_readings += oldest.readings
+            log.warning(
+                "memory buffer full (%d bytes max): dropped batch %d with %d readings",
+                limit,
+                oldest.seq,
+                oldest.readings,
+            )
+
+    def _store(self, batch: SpooledBatch) -> None:
+        """Write ``batch`` ahead to the spool, or hold it in memory if the disk refuses."""
+        try:
+            self.spool.put(batch)
+        except StoreError as exc:
+            self._disk_trouble(exc)
+            self._hold(batch)
+            return
+        self._disk_ok()
+
+    def _respool(self) -> None:
+        """Move batches held in memory back to the spool once the disk takes writes again."""
+        while self._memory:
+            try:
+                self.spool.put(self._memory[0])
+            except StoreError as exc:
+                self._disk_trouble(exc)
+                return
+            self._memory.popleft()
+            self._disk_ok()
+
     def _pack(self, readings: list[Reading], inventory: list[InventoryChange]) -> SpooledBatch:
-        seq = self.seq.next()
+        seq = self._next_seq()
         batch = Batch(
             site_id=self.settings.site_id,
             batch_seq=seq,
@@ -455,17 +525,37 @@ class Agent:
         self._last_publish_ms = self._now_ms()
         return True
 
+    def _forget(self, seq: int) -> None:
+        try:
+            self.spool.remove(seq)
+        except StoreError as exc:
+            self._disk_trouble(exc)
+
     async def _drain(self) -> None:
-        for seq in self.spool.seqs():
-            try:
-                batch = self.spool.get(seq)
-            except StoreError as exc:
-                log.error("dropping unreadable spooled batch %d: %s", seq, exc)
-                self.spool.remove(seq)
-                continue
+        """Publish spooled and memory-held batches in ``batch_seq`` order, removing each once sent."""
+        if self._memory:
+            self._respool()
+        pending: list[tuple[int, SpooledBatch | None]] = [(seq, None) for seq in self.spool.seqs()]
+        pending += [(b.seq, b) for b in self._memory]
+        for seq, held in sorted(pending, key=lambda p: p[0]):
+            batch = held
+            if batch is None:
+                try:
+                    batch = self.spool.get(seq)
+                except StoreError as exc:
+                    log.error("dropping unreadable spooled batch %d: %s", seq, exc)
+                    self._forget(seq)
+                    continue
             if not await self._publish(batch):
                 return
-            self.spool.remove(seq)
+            if held is not None:
+                self._memory.remove(held)
+            else:
+                self._forget(seq)
+
+    @property
+    def _unshipped(self) -> int:
+        return len(self.spool) + len(self._memory)
 
     async def flush(self, *, final: bool = False) -> int:
         """Pack what is buffered into batches and ship them (spool first when anything is spooled)."""
@@ -476,10 +566,19 @@ class Agent:
             # duplicate batch_seq, which the hub drops).
             while not self._buffer.empty:
                 readings, inventory = self._buffer.take(self.clock.monotonic())
-                self.spool.put(self._pack(readings, inventory))
+                self._store(self._pack(readings, inventory))
                 shipped += 1
-            if len(self.spool) and not (final and not self._link_up):  # a dead link must not stall a stop
+            if self._unshipped and not (final and not self._link_up):  # a dead link must not stall a stop
                 await self._drain()
+            if final and self._memory:
+                self._respool()
+                if self._memory:
+                    lost = sum(b.readings for b in self._memory)
+                    log.error(
+                        "stopping with %d batches (%d readings) the disk refused and the bus did not take",
+                        len(self._memory),
+                        lost,
+                    )
         return shipped
 
     async def _flush_loop(self) -> None:
@@ -500,7 +599,7 @@ class Agent:
                 await self.flush()
             elif self._buffer.empty:
                 self._buffer.started_at = now
-                if len(self.spool):
+                if self._unshipped:
                     async with self._ship_lock:
                         await self._drain()
 
@@ -573,14 +672,16 @@ class Agent:
             batch_seq=self.seq.last,
             spooled_batches=len(self.spool),
             spooled_bytes=self.spool.size_bytes,
-            dropped_batches=self.spool.dropped_batches,
-            dropped_readings=self.spool.dropped_readings,
+            dropped_batches=self.spool.dropped_batches + self._memory_dropped_batches,
+            dropped_readings=self.spool.dropped_readings + self._memory_dropped_readings,
             buffered_readings=len(self._buffer),
             published_batches=self._published,
             last_publish_ms=self._last_publish_ms,
             bad_responses=self.bad_responses,
             task_restarts=self.task_restarts,
             epoch=self.epoch,
+            disk_error=self.disk_error or self.executor.journal_error,
+            memory_batches=len(self._memory),
         )
 
     def write_heartbeat(self) -> AgentHealth:

@@ -128,6 +128,12 @@ class SequenceCounter:
         self._last = seq
         return seq
 
+    def next_volatile(self) -> int:
+        """The next number without persisting it (the disk refused ``next``); the caller must be
+        numbering under an epoch that is never persisted, so a restart cannot reuse it."""
+        self._last += 1
+        return self._last
+
 
 @dataclass(frozen=True)
 class SpooledBatch:
@@ -223,12 +229,14 @@ class Spool:
         return SpooledBatch(seq, blob[start + n :], attributes, readings)
 
     def remove(self, seq: int) -> None:
+        """Delete batch ``seq``; it is forgotten even if the disk refuses (a leftover file is replayed
+        after a restart, and the hub drops it as a duplicate)."""
+        self._sizes.pop(seq, None)
         try:
             self._path(seq).unlink(missing_ok=True)
             files.fsync_dir(self.directory)
         except OSError as exc:
             raise StoreError(f"cannot remove spooled batch {seq}: {exc.strerror or exc}") from exc
-        self._sizes.pop(seq, None)
 
 
 class CommandJournal:
