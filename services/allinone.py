@@ -131,7 +131,9 @@ class AllInOne:
                 clock=self.clock,
                 max_response_bytes=s.max_response_bytes,
             ),
-            discovery=shelly_discovery(s.interfaces) if s.discovery else None,
+            discovery=shelly_discovery(s.interfaces, s.allowed_networks, s.max_response_bytes)
+            if s.discovery
+            else None,
             clock=self.clock,
         )
 

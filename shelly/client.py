@@ -278,6 +278,9 @@ class ShellyClient:
             if body is not None:
                 headers["Content-Type"] = "application/json"
             if self.gen == 1 and self._password is not None:
+                # Basic auth is the password in clear: send it only to an address whose /shelly
+                # (unauthenticated) says it is still our plug, checked right before.
+                await self._require_own_mac()
                 headers["Authorization"] = basic_header(self._user, self._password)
                 sent_auth = True
             elif self._digest is not None and self._digest.challenge is not None:
@@ -327,6 +330,19 @@ class ShellyClient:
                 self._digest.adopt(challenge)
                 continue
             return reply
+
+    async def _require_own_mac(self) -> None:
+        info = await fetch_info(
+            self.host,
+            self.port,
+            timeout_s=self.timeout_s,
+            http=self._http,
+            max_response_bytes=self.max_response_bytes,
+        )
+        if info.mac != self.mac:
+            raise DeviceMismatchError(
+                f"{self.where} is now plug {info.mac}, not {self.mac}; not sending it the password"
+            )
 
     def _challenge_from(self, reply: _Reply) -> Challenge | None:
         header = reply.headers.get("www-authenticate")

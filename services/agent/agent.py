@@ -34,7 +34,14 @@ from typing import Any, Literal
 from chargectl import __version__
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.codec import Batch, CommandOutcome, InventoryChange, pack_outcome, pack_telemetry
-from chargectl.common.errors import ChargectlError, DeviceError, InvalidResponse, StoreError, TransportError
+from chargectl.common.errors import (
+    ChargectlError,
+    DeviceError,
+    DeviceMismatchError,
+    InvalidResponse,
+    StoreError,
+    TransportError,
+)
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import Reading
 from chargectl.common.topics import TELEMETRY_TOPIC, command_subscription, command_topic
@@ -203,6 +210,7 @@ class Agent:
         self._memory_dropped_readings = 0
         self._volatile_epoch = False
         self.task_restarts = 0  # plug tasks restarted after an unexpected error
+        self.refused_devices = 0  # impostors and MAC mismatches refused
         self.outcomes: list[CommandOutcome] = []  # the most recent command outcomes, newest last
 
     # ------------------------------------------------------------------ time
@@ -267,11 +275,28 @@ class Agent:
             self._spawn(plug.aclose(), f"close-{plug.mac}")
         return entry
 
-    async def _connect(self, host: str, port: int) -> Plug:
+    async def _connect(self, host: str, port: int, mac: str | None = None) -> Plug:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
         # arrives as the inner call completes, and a poller that lost its cancellation never stops.
         async with asyncio.timeout(self.settings.request_timeout_s * 3):
-            return await self._connector(host, port)
+            return await self._connector(host, port, mac)
+
+    async def _answers_as(self, host: str, port: int, mac: str) -> bool:
+        """Whether ``host:port`` answers as plug ``mac`` right now (asked, not remembered: a plug that
+        moved a moment ago must not be held to its old address)."""
+        try:
+            plug = await self._connect(host, port, mac)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+        with contextlib.suppress(Exception):
+            await plug.aclose()
+        return True
+
+    def _refuse(self, what: str, *args: object) -> None:
+        self.refused_devices += 1
+        log.warning(what, *args)
 
     async def _connect_static(self, host: str, port: int) -> None:
         failures = 0
@@ -302,20 +327,48 @@ class Agent:
                 log.info("plug %s no longer announced on mDNS", sighting.mac)
                 self._change("gone", entry)
             return
-        if entry is not None and (entry.host, entry.port) == (sighting.host, sighting.port):
+        host, port, mac = sighting.host, sighting.port, sighting.mac
+        if entry is not None and (entry.host, entry.port) == (host, port):
             return
+        # An address bound to another plug is that plug's while it still answers there as itself.
+        for other in list(self._plugs.values()):
+            if (
+                other.mac != mac
+                and (other.host, other.port) == (host, port)
+                and await self._answers_as(host, port, other.mac)
+            ):
+                self._refuse(
+                    "refused plug %s at %s:%d: that address is plug %s's, which still answers there",
+                    mac,
+                    host,
+                    port,
+                    other.mac,
+                )
+                return
         try:
-            plug = await self._connect(sighting.host, sighting.port)
+            plug = await self._connect(host, port, mac)  # MAC checked before any credential is sent
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # one bad sighting must not end discovery
-            log.warning(
-                "plug %s at %s:%d does not answer: %s", sighting.mac, sighting.host, sighting.port, _why(exc)
-            )
+        except DeviceMismatchError as exc:
+            self._refuse("refused plug %s announced at %s:%d: %s", mac, host, port, _why(exc))
             return
-        if plug.mac != sighting.mac:
-            log.warning("%s:%d announced %s but is %s", sighting.host, sighting.port, sighting.mac, plug.mac)
-        self._start_poller(self._adopt(plug, sighting.host, sighting.port))
+        except Exception as exc:  # one bad sighting must not end discovery
+            log.warning("plug %s at %s:%d does not answer: %s", mac, host, port, _why(exc))
+            return
+        if entry is not None and await self._answers_as(entry.host, entry.port, mac):
+            # A MAC moves only once its old address stops answering as it: this is an impostor.
+            self._refuse(
+                "refused impostor at %s:%d claiming to be plug %s, which still answers at %s:%d",
+                host,
+                port,
+                mac,
+                entry.host,
+                entry.port,
+            )
+            with contextlib.suppress(Exception):
+                await plug.aclose()
+            return
+        self._start_poller(self._adopt(plug, host, port))
 
     async def _discover(self) -> None:
         assert self._discovery is not None
@@ -368,7 +421,7 @@ class Agent:
         try:
             async with entry.lock:
                 if entry.client is None:
-                    plug = await self._connect(entry.host, entry.port)
+                    plug = await self._connect(entry.host, entry.port, entry.mac)
                     if plug.mac != entry.mac:
                         await plug.aclose()
                         raise DeviceError(f"{entry.host}:{entry.port} is now plug {plug.mac}")
@@ -682,6 +735,7 @@ class Agent:
             epoch=self.epoch,
             disk_error=self.disk_error or self.executor.journal_error,
             memory_batches=len(self._memory),
+            refused_devices=self.refused_devices,
         )
 
     def write_heartbeat(self) -> AgentHealth:

@@ -24,6 +24,7 @@ from chargectl.common.topics import TELEMETRY_TOPIC
 from chargectl.services.adapters.bus import BusMessage
 from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent import Agent, AgentSettings, PlugAddress
+from chargectl.services.agent.plugs import PlugSighting
 from chargectl.services.agent.shelly_plugs import shelly_connector
 from chargectl.shelly.sim import SimFleet, wrong_mac_of
 
@@ -155,3 +156,66 @@ async def test_nan_infinity_and_an_endless_body_are_those_plugs_problem(
         assert sum("gave a bad answer" in m for m in about) == 1, about
         assert sum("is offline" in m for m in about) == 1, about
         assert sum("back online" in m for m in about) == 1, about
+
+
+class Sightings:
+    """Our own Discovery seam, scripted: the test decides what mDNS "announces"."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[PlugSighting] = asyncio.Queue()
+        self.handled = 0
+
+    async def __call__(self) -> AsyncIterator[PlugSighting]:
+        while True:
+            sighting = await self.queue.get()
+            yield sighting
+            self.handled += 1  # resumed: the agent finished with the previous sighting
+
+
+async def test_an_impostor_is_refused_while_the_real_plug_answers(
+    tmp_path: Path, agent_log: pytest.LogCaptureFixture
+) -> None:
+    fleet = SimFleet.build(1, "2", profile="ev", clock=ManualClock(1_767_225_600.0), seed=31)
+    await fleet.start()
+    real = fleet.plugs[0]
+    impostor = await fleet.impostor(real)  # answers /shelly with the real plug's MAC, on another port
+    sightings = Sightings()
+    clock = SystemClock()
+    s = AgentSettings(
+        site_id=SITE,
+        discovery=True,
+        state_dir=tmp_path / "state",
+        poll_interval_s=0.1,
+        flush_interval_s=0.3,
+        max_backoff_s=0.4,
+    )
+    connector = shelly_connector(password=None, user="admin", timeout_s=5.0, clock=clock)
+    agent = Agent(
+        s, MemoryBus(), SigningKey.generate(), Keyring(), connector, discovery=sightings, clock=clock
+    )
+    task = asyncio.create_task(agent.serve())
+    try:
+        await sightings.queue.put(PlugSighting("added", real.mac, real.host, real.port))
+        await wait_until(
+            lambda: real.mac in agent.plugs and agent.plug_status(real.mac).polls >= 2, "the real plug"
+        )
+        # The impostor announces itself as the real plug at its own address.
+        await sightings.queue.put(PlugSighting("moved", real.mac, impostor.host, impostor.port))
+        await sightings.queue.put(PlugSighting("added", real.mac, impostor.host, impostor.port))
+        await wait_until(lambda: sightings.handled >= 3, "the impostor's sightings handled")
+        assert agent.plug_status(real.mac).port == real.port
+        assert agent.health().refused_devices == 2
+        # A relay command still reaches the real plug, and only it.
+        assert await agent._switch(real.mac, True, 60) is True
+        assert real.truth().relay_on and not impostor.truth().relay_on
+        assert not [e for e in impostor.log if "Switch" in e.path]
+        # Once the real plug stops answering at its old address, the MAC may move (a DHCP change).
+        await real.inject("refuse")
+        await sightings.queue.put(PlugSighting("moved", real.mac, impostor.host, impostor.port))
+        await wait_until(lambda: agent.plug_status(real.mac).port == impostor.port, "the move")
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 60)
+        await fleet.stop()
+    refusals = [r.getMessage() for r in agent_log.records if "refused impostor" in r.getMessage()]
+    assert len(refusals) == 2 and all(real.mac in m and str(impostor.port) in m for m in refusals)
