@@ -2,7 +2,7 @@
 
 Pure computation and state; the client decides when to send and when to re-challenge.
 
-Digest rules that bite on firmware 2.0 (reference/shelly.md §3.8, §8 items 9–14):
+Digest rules that bite on firmware 2.0:
 - the user is always ``admin`` and the realm is the device id;
 - the nonce is echoed exactly as challenged (hex, decimal or base64 with ``=`` padding);
 - each new nonce starts at nc=1 and nc increases by one per request on that nonce;

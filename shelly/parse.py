@@ -1,6 +1,6 @@
 """Shelly JSON → domain values. Pure: no I/O, no clock; every garbage input raises ``InvalidResponse``.
 
-Quirks handled here (reference/shelly.md §8): Gen1 ``total`` is watt-minutes and resets on reboot;
+Quirks handled here (each seen on real firmware): Gen1 ``total`` is watt-minutes and resets on reboot;
 Gen2+ ``aenergy.total`` is Wh; Gen1 ``overpower`` is a bool in ``relays[]`` but a float in
 ``meters[]``; Gen1 ``meters[].timestamp`` is local-offset epoch (never used, readings are stamped by
 our clock); ``gen`` may be 2, 3 or 4; Gen2 optional keys (``errors``, ``current``, ``temperature``,

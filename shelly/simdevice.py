@@ -8,7 +8,7 @@ trickle → done) as a function of *charging time*; energy is integrated exactly
 linear), split by wall-clock minute for ``counters``/``by_minute``. Gen1 keeps watt-minutes since boot
 (reset on reboot); Gen2+ keeps a lifetime Wh counter. Flip-back timers fire at their deadline even if
 nobody is polling; power above the limit trips the relay (Gen1 ``overpower`` / Gen2 ``errors``).
-Payload shapes follow the recorded payloads in reference/shelly.md §2–§3.
+Payload shapes follow payloads recorded from real devices (see tests/shelly/shelly_payloads.py).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ LOAD_PROFILES: dict[str, LoadProfile] = {
     "idle": LoadProfile("idle", 0.0, 0.0, 1.0, 0.0, 0.0),
 }
 
-# Recorded identities (reference/shelly.md §1, §2.1, §3.2); Gen4 values follow the Gen3 pattern [inf].
+# Identities recorded from real devices; Gen4 values follow the Gen3 pattern [inf].
 MODELS: dict[int, dict[str, Any]] = {
     1: {"model": "SHPLG-S", "fw": "20230913-113421/v1.14.0-gcb84623", "ver": "v1.14.0", "app": "plug-s"},
     2: {"model": "SNPL-00112EU", "fw": "20231219-134003/1.1.0-g34b5d4f", "ver": "1.1.0", "app": "PlusPlugS"},

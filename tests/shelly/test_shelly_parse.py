@@ -1,4 +1,4 @@
-"""Parser tests on recorded payloads; each names the reference/shelly.md §8 trap it covers."""
+"""Parser tests on recorded payloads; each names the firmware trap it covers."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from chargectl.shelly import parse
 TS = 1_767_225_600_000
 
 
-# --- §8.5 / §8.20: generation detection from GET /shelly -------------------------------------------
+# --- generation detection from GET /shelly -------------------------------------------
 
 
 def test_gen1_has_no_gen_key() -> None:
@@ -68,7 +68,7 @@ def test_gen3_and_gen4_are_rpc_too(gen: int) -> None:
     assert info.mac == "D885AC16F888"
 
 
-def test_plug_pm_gen3_is_metering_only() -> None:  # §8.21
+def test_plug_pm_gen3_is_metering_only() -> None:
     info = parse.parse_device_info(dict(PLUG_S_GEN3_SHELLY, model="S3PL-30116EU"))
     assert not info.switchable
 
@@ -101,7 +101,7 @@ def test_non_json_body_is_invalid_response() -> None:
 # --- Gen1 /status -------------------------------------------------------------------------------------
 
 
-def test_gen1_total_is_watt_minutes() -> None:  # §8.1
+def test_gen1_total_is_watt_minutes() -> None:
     r = parse.gen1_reading(GEN1_PLUG_S_STATUS, mac="AABBCCDDEEFF", ts_ms=TS)
     # 2632 Wmin = 43.8667 Wh = 43867 mWh
     assert r.energy_mwh == 43867
@@ -112,18 +112,18 @@ def test_gen1_total_is_watt_minutes() -> None:  # §8.1
     assert r.errors == 0
 
 
-def test_gen1_uptime_is_reported_for_reset_detection() -> None:  # §8.2
+def test_gen1_uptime_is_reported_for_reset_detection() -> None:
     r = parse.gen1_reading(GEN1_PLUG_S_STATUS, mac="AABBCCDDEEFF", ts_ms=TS)
     assert r.uptime_s == 2589909
 
 
-def test_gen1_meter_timestamp_is_not_used_as_time() -> None:  # §8.3 (local-offset epoch)
+def test_gen1_meter_timestamp_is_not_used_as_time() -> None:  # local-offset epoch
     r = parse.gen1_reading(GEN1_PLUG_S_STATUS, mac="AABBCCDDEEFF", ts_ms=TS)
     assert r.ts_ms == TS
     assert r.ts_ms != 1707335841 * 1000
 
 
-def test_gen1_overpower_bool_in_relays_float_in_meters() -> None:  # §8.4
+def test_gen1_overpower_bool_in_relays_float_in_meters() -> None:
     status = copy.deepcopy(GEN1_PLUG_S_STATUS)
     status["meters"][0]["overpower"] = 2600.0  # a float W value: not itself a trip flag
     assert parse.gen1_reading(status, mac="AABBCCDDEEFF", ts_ms=TS).errors == 0
@@ -169,7 +169,7 @@ def test_gen1_relay_without_ison_is_invalid() -> None:
 # --- Gen2+ Shelly.GetStatus -------------------------------------------------------------------------
 
 
-def test_gen2_aenergy_total_is_watt_hours() -> None:  # §8.1 (not watt-minutes, not /60000)
+def test_gen2_aenergy_total_is_watt_hours() -> None:  # not watt-minutes, not /60000
     r = parse.gen2_reading(gen2_status(PLUS_PLUG_S_SWITCH), mac="AABBCCDDEEFF", ts_ms=TS)
     assert r.energy_mwh == 7258589
     assert (r.power_w, r.voltage_v, r.current_a, r.temperature_c) == (2.7, 227.9, 0.121, 32.1)
@@ -184,25 +184,25 @@ def test_gen3_switch_with_freq_and_returned_energy() -> None:
     assert (r.power_w, r.voltage_v, r.current_a, r.relay_on) == (0.0, 236.5, 0.0, False)
 
 
-def test_gen2_switch_without_metering_keys() -> None:  # §8.6
+def test_gen2_switch_without_metering_keys() -> None:
     r = parse.gen2_reading(gen2_status(MINI_GEN4_SWITCH), mac="AABBCCDDEEFF", ts_ms=TS)
     assert (r.power_w, r.energy_mwh, r.voltage_v, r.current_a) == (0.0, 0, None, None)
     assert r.temperature_c == 41.2
 
 
-def test_gen2_null_temperature() -> None:  # §8.6
+def test_gen2_null_temperature() -> None:
     switch = dict(PLUS_PLUG_S_SWITCH, temperature={"tC": None, "tF": None})
     assert parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS).temperature_c is None
 
 
-def test_gen2_errors_list_becomes_flags() -> None:  # §8.24
+def test_gen2_errors_list_becomes_flags() -> None:
     switch = dict(PLUS_PLUG_S_SWITCH, output=False, errors=["overpower", "overvoltage"])
     r = parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS)
     assert r.errors == 1 | 4
     assert parse.errors_to_flags(["something_new"]) == DeviceFlag.OTHER
 
 
-def test_gen2_unknown_components_are_ignored() -> None:  # §3.3
+def test_gen2_unknown_components_are_ignored() -> None:
     assert parse.gen2_components(gen2_status(PLUS_PLUG_S_SWITCH)) == ([0], [])
 
 
@@ -216,7 +216,7 @@ def test_gen2_without_switch_or_meter_is_invalid() -> None:
         parse.gen2_reading({"sys": {"uptime": 1}}, mac="AABBCCDDEEFF", ts_ms=TS)
 
 
-def test_pm1_meter_is_always_live() -> None:  # §8.21: Plug PM Gen3, pm1:0 (shape per the PM1 doc)
+def test_pm1_meter_is_always_live() -> None:  # Plug PM Gen3, pm1:0 (shape per the PM1 doc)
     status = {
         "pm1:0": {
             "id": 0,
@@ -244,7 +244,7 @@ def test_metering_values_of_wrong_type_are_invalid() -> None:
         parse.gen2_reading(gen2_status(dict(PLUS_PLUG_S_SWITCH, apower="2.7")), mac="AABBCCDDEEFF", ts_ms=TS)
 
 
-# --- §8.7 / §8.8: RPC errors in both shapes ------------------------------------------------------------
+# --- RPC errors in both shapes ------------------------------------------------------------
 
 
 def test_rpc_error_frame_and_bare_shapes() -> None:
