@@ -776,7 +776,12 @@ class Agent:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is None and not (essential and self._serving):
+        if not essential:
+            # Plug tasks are supervised and never raise; what is left (closing a client) is harmless.
+            if exc is not None:
+                log.warning("agent task %s failed: %s", task.get_name(), _why(exc))
+            return
+        if exc is None and not self._serving:
             return
         why = f"crashed ({_why(exc)})" if exc is not None else "ended on its own"
         if self._failure is None:
