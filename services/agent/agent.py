@@ -596,8 +596,8 @@ class Agent:
                 try:
                     batch = self.spool.get(seq)
                 except StoreError as exc:
-                    log.error("dropping unreadable spooled batch %d: %s", seq, exc)
-                    self._forget(seq)
+                    log.error("unreadable spooled batch %d set aside: %s", seq, exc)
+                    self.spool.set_aside(seq, str(exc))
                     continue
             if not await self._publish(batch):
                 return

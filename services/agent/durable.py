@@ -228,6 +228,12 @@ class Spool:
             raise StoreError(f"spooled batch {path} is corrupt") from None
         return SpooledBatch(seq, blob[start + n :], attributes, readings)
 
+    def set_aside(self, seq: int, why: str) -> None:
+        """Move an unreadable batch out of the spool (kept as ``NAME.corrupt-N``, with a warning)."""
+        self._sizes.pop(seq, None)
+        if quarantine(self._path(seq), why) is None:
+            self._path(seq).unlink(missing_ok=True)
+
     def remove(self, seq: int) -> None:
         """Delete batch ``seq``; it is forgotten even if the disk refuses (a leftover file is replayed
         after a restart, and the hub drops it as a duplicate)."""

@@ -204,3 +204,45 @@ async def test_a_replacement_pi_is_accepted_at_once_and_replays_of_either_are_dr
         await fleet.stop()
         store.close()
         ts.close()
+
+
+async def test_corrupt_state_files_are_moved_aside_and_the_agent_starts_and_publishes(tmp_path: Path) -> None:
+    fleet = SimFleet.build(1, "2", profile="ev", clock=ManualClock(1_767_225_600.0), seed=5)
+    await fleet.start()
+    bus = MemoryBus()
+    key = SigningKey.generate()
+    ring = Keyring()
+    ring.add_public(key.public_bytes, SITE)
+    got: list[codec.Batch] = []
+
+    async def handler(msg: BusMessage) -> bool:
+        got.append(codec.unpack_telemetry(msg.data, ring))
+        return True
+
+    state = tmp_path / "pi"
+    try:
+        first = agent_for(state, fleet, bus, key)
+        bus.set_offline(True)
+        for _ in range(3):
+            await first.run_once()  # batches 1, 2, 3 spooled
+        await first.aclose()
+        spooled = sorted((state / "spool").glob("*.batch"))
+        assert len(spooled) == 3
+        spooled[1].write_bytes(spooled[1].read_bytes()[:9])  # batch 2 truncated by a power cut
+        (state / "commands.journal").write_bytes(b"\xff\xfe\x00garbage\n")
+        (state / "epoch").write_bytes(b"\x00" * 7)
+        bus.set_offline(False)
+        await bus.ensure_topic(TELEMETRY_TOPIC)
+        await bus.ensure_subscription("hub-0", TELEMETRY_TOPIC)
+        await bus.subscribe("hub-0", handler)
+        second = agent_for(state, fleet, bus, key)
+        await second.run_once()  # replays 1 and 3, sets 2 aside, publishes 4 under a new epoch
+        await second.aclose()
+        await wait_until(lambda: len(got) == 3, "three batches")
+    finally:
+        await bus.close()
+        await fleet.stop()
+    assert [b.batch_seq for b in got] == [1, 3, 4]
+    assert got[0].epoch == got[1].epoch == first.epoch and got[2].epoch == second.epoch != first.epoch
+    for name in ("commands.journal", "epoch", f"spool/{spooled[1].name}"):
+        assert (state / f"{name}.corrupt-1").exists(), name
