@@ -140,8 +140,11 @@ class AllInOne:
                 user=s.shelly_user,
                 timeout_s=s.request_timeout_s,
                 clock=self.clock,
+                max_response_bytes=s.max_response_bytes,
             ),
-            discovery=shelly_discovery(s.interfaces) if s.discovery else None,
+            discovery=shelly_discovery(s.interfaces, s.allowed_networks, s.max_response_bytes)
+            if s.discovery
+            else None,
             clock=self.clock,
         )
         instrument_agent(self.hub.metrics, s.site_id, self.agent.health)  # same names as a lone agent

@@ -33,9 +33,11 @@ from chargectl.common.readings import Reading, normalize_mac
 from chargectl.shelly import parse
 from chargectl.shelly.auth import Challenge, DigestState, basic_header, parse_json_challenge
 
-__all__ = ["ShellyClient", "fetch_info"]
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "ShellyClient", "fetch_info"]
 
 log = logging.getLogger("chargectl.shelly")
+
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024  # a Gen2 full status is a few KiB; anything near this is hostile
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,18 +66,35 @@ async def _exchange(
     timeout_s: float,
     headers: Mapping[str, str] | None = None,
     body: bytes | None = None,
+    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> _Reply:
+    """One HTTP exchange; the body is read in chunks and abandoned past ``max_bytes`` (decoded)."""
     where = f"{host}:{port}"
+    path = target.split("?")[0]
     try:
-        async with asyncio.timeout(timeout_s):
-            resp = await http.request(
+        async with (
+            asyncio.timeout(timeout_s),
+            http.stream(
                 method,
                 f"http://{where}{target}",
                 headers=dict(headers or {}),
                 content=body,
                 timeout=timeout_s,
-            )
-            return _Reply(resp.status_code, resp.headers, resp.content)
+            ) as resp,
+        ):
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise InvalidResponse(
+                    f"{where}{path} announced a {int(declared)}-byte answer (limit {max_bytes} bytes)"
+                )
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidResponse(f"{where}{path} sent more than {max_bytes} bytes; stopped reading")
+                chunks.append(chunk)
+            return _Reply(resp.status_code, resp.headers, b"".join(chunks))
     except (TimeoutError, httpx.TimeoutException):
         raise DeviceTimeoutError(
             f"{where} did not answer {target.split('?')[0]} within {timeout_s:g} s"
@@ -111,13 +130,20 @@ def connect_failure(exc: BaseException) -> str:
 
 
 async def fetch_info(
-    host: str, port: int = 80, *, timeout_s: float = 5.0, http: httpx.AsyncClient | None = None
+    host: str,
+    port: int = 80,
+    *,
+    timeout_s: float = 5.0,
+    http: httpx.AsyncClient | None = None,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> parse.DeviceInfo:
     """``GET /shelly`` (never authenticated) → :class:`parse.DeviceInfo`."""
     own = http is None
-    client = http or httpx.AsyncClient()
+    client = http or httpx.AsyncClient(trust_env=False)
     try:
-        reply = await _exchange(client, host, port, "GET", "/shelly", timeout_s=timeout_s)
+        reply = await _exchange(
+            client, host, port, "GET", "/shelly", timeout_s=timeout_s, max_bytes=max_response_bytes
+        )
     finally:
         if own:
             await client.aclose()
@@ -144,8 +170,10 @@ class ShellyClient:
         clock: Clock | None = None,
         rpc_mode: Literal["get", "frame"] = "get",
         transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.host = host
+        self.max_response_bytes = max_response_bytes
         self.port = port
         self.info = info
         self.timeout_s = timeout_s
@@ -210,6 +238,7 @@ class ShellyClient:
         mac: str | None = None,
         rpc_mode: Literal["get", "frame"] = "get",
         transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> ShellyClient:
         """Identify the device with ``GET /shelly`` and return a client for its generation.
 
@@ -217,7 +246,9 @@ class ShellyClient:
         A device with auth on and no ``password`` is refused up front with ``DeviceAuthError``.
         """
         async with httpx.AsyncClient(transport=transport, trust_env=False) as http:
-            info = await fetch_info(host, port, timeout_s=timeout_s, http=http)
+            info = await fetch_info(
+                host, port, timeout_s=timeout_s, http=http, max_response_bytes=max_response_bytes
+            )
         if mac is not None and normalize_mac(mac) != info.mac:
             raise DeviceMismatchError(f"{host}:{port} is plug {info.mac}, not {normalize_mac(mac)}")
         if info.auth and password is None:
@@ -235,6 +266,7 @@ class ShellyClient:
             clock=clock,
             rpc_mode=rpc_mode,
             transport=transport,
+            max_response_bytes=max_response_bytes,
         )
         if info.gen >= 2:
             try:
@@ -270,6 +302,9 @@ class ShellyClient:
             if body is not None:
                 headers["Content-Type"] = "application/json"
             if self.gen == 1 and self._password is not None:
+                # Basic auth is the password in clear: send it only to an address whose /shelly
+                # (unauthenticated) says it is still our plug, checked right before.
+                await self._require_own_mac()
                 headers["Authorization"] = basic_header(self._user, self._password)
                 sent_auth = True
             elif self._digest is not None and self._digest.challenge is not None:
@@ -284,6 +319,7 @@ class ShellyClient:
                 timeout_s=self.timeout_s,
                 headers=headers,
                 body=body,
+                max_bytes=self.max_response_bytes,
             )
             if reply.status == 429:
                 if self._digest is not None:
@@ -319,6 +355,19 @@ class ShellyClient:
                 continue
             return reply
 
+    async def _require_own_mac(self) -> None:
+        info = await fetch_info(
+            self.host,
+            self.port,
+            timeout_s=self.timeout_s,
+            http=self._http,
+            max_response_bytes=self.max_response_bytes,
+        )
+        if info.mac != self.mac:
+            raise DeviceMismatchError(
+                f"{self.where} is now plug {info.mac}, not {self.mac}; not sending it the password"
+            )
+
     def _challenge_from(self, reply: _Reply) -> Challenge | None:
         header = reply.headers.get("www-authenticate")
         if header and header.lower().startswith("digest"):
@@ -353,8 +402,8 @@ class ShellyClient:
                     raise err
             return value
         try:
-            value = json.loads(reply.body)
-        except ValueError:
+            value = parse.parse_json(reply.body, what)
+        except InvalidResponse:
             value = None
         err = parse.rpc_error(value)
         if err is not None:
@@ -384,15 +433,13 @@ class ShellyClient:
                     timeout_s=self.timeout_s,
                     headers={"Content-Type": "application/json"},
                     body=json.dumps(frame).encode(),
+                    max_bytes=self.max_response_bytes,
                 )
                 if reply.status == 429:
                     if self._digest is not None:
                         self._digest.forget()
                     raise DeviceBusyError(f"{what}: device answered 429")
-                try:
-                    value = json.loads(reply.body)
-                except ValueError:
-                    raise InvalidResponse(f"{what}: HTTP {reply.status}, body is not JSON") from None
+                value = parse.parse_json(reply.body, f"{what} (HTTP {reply.status})")
                 err = parse.rpc_error(value)
                 if err is not None and err.code == 401:
                     if self._digest is None:
@@ -418,7 +465,13 @@ class ShellyClient:
     async def identify(self) -> parse.DeviceInfo:
         """Re-read ``/shelly`` and check the MAC is still ours (call before switching)."""
         async with self._lock:
-            info = await fetch_info(self.host, self.port, timeout_s=self.timeout_s, http=self._http)
+            info = await fetch_info(
+                self.host,
+                self.port,
+                timeout_s=self.timeout_s,
+                http=self._http,
+                max_response_bytes=self.max_response_bytes,
+            )
         if info.mac != self.mac:
             raise DeviceMismatchError(f"{self.where} is now plug {info.mac}, not {self.mac}")
         return info

@@ -4,15 +4,22 @@ Gen1 advertises only ``_http._tcp``; Gen2+ advertise ``_http._tcp`` and ``_shell
 ``gen=N``). Instance names are never identities (6-hex Gen1 names, duplicates across the two types);
 the MAC from ``/shelly`` is. Some devices answer PTR only, so every name is resolved with
 ``AsyncServiceInfo.async_request`` (SRV/A follow-up queries). IPv6 is ignored (Shelly has none).
+
+Trust: anyone on the LAN can announce anything over mDNS. An :class:`AddressPolicy` decides which
+addresses may be probed at all (the site's own networks; never loopback, link-local or public ones
+unless configured), and a device whose ``/shelly`` MAC contradicts the MAC in its mDNS name is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -22,11 +29,121 @@ from chargectl.common.netif import resolve_interfaces
 from chargectl.shelly.client import fetch_info
 from chargectl.shelly.parse import DeviceInfo
 
-__all__ = ["SERVICE_TYPES", "DiscoveredPlug", "PlugEvent", "PlugWatcher", "discover_once"]
+__all__ = [
+    "SERVICE_TYPES",
+    "AddressPolicy",
+    "DiscoveredPlug",
+    "PlugEvent",
+    "PlugWatcher",
+    "connected_networks",
+    "discover_once",
+    "name_matches_mac",
+]
 
 log = logging.getLogger("chargectl.shelly.discovery")
 
 SERVICE_TYPES = ("_http._tcp.local.", "_shelly._tcp.local.")
+
+_NAME_MAC12 = re.compile(r"-([0-9A-Fa-f]{12})$")
+_NAME_MAC6 = re.compile(r"-([0-9A-Fa-f]{6})$")
+
+
+def name_matches_mac(name: str, mac: str) -> bool:
+    """Whether an mDNS instance name agrees with ``mac``: Gen2+ names end in the whole MAC, Gen1
+    names in its last 6 hex digits; a name carrying neither cannot contradict it."""
+    instance = name.split(".", 1)[0]
+    m = _NAME_MAC12.search(instance)
+    if m:
+        return m.group(1).upper() == mac.upper()
+    m = _NAME_MAC6.search(instance)
+    if m:
+        return m.group(1).upper() == mac.upper()[-6:]
+    return True
+
+
+def connected_networks(route_table: str, addresses: Iterable[str] = ()) -> list[ipaddress.IPv4Network]:
+    """Directly connected IPv4 subnets from a Linux ``/proc/net/route`` text (gateway 0, not default).
+
+    With ``addresses`` (the interface addresses discovery listens on), only the subnets holding one of
+    them. Pure: the caller reads the file.
+    """
+    wanted = [ipaddress.IPv4Address(a) for a in addresses if _is_ipv4(a)]
+    nets: list[ipaddress.IPv4Network] = []
+    for line in route_table.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) < 8:
+            continue
+        try:
+            dest, gateway, mask = (int(cols[i], 16) for i in (1, 2, 7))
+        except ValueError:
+            continue
+        if gateway != 0 or mask == 0:
+            continue
+        # /proc/net/route prints little-endian hex of the network-order address.
+        net = ipaddress.IPv4Network(
+            (int.from_bytes(dest.to_bytes(4, "little"), "big"), bin(mask).count("1")), strict=False
+        )
+        if (not wanted or any(a in net for a in wanted)) and net not in nets:
+            nets.append(net)
+    return nets
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class AddressPolicy:
+    """Which addresses discovery may probe.
+
+    Configured ``allowed`` networks are taken as they are (loopback for a simulator, say). Without
+    them, only the directly connected private subnets (``connected``) are allowed, and never a
+    loopback, link-local, multicast or public address.
+    """
+
+    def __init__(
+        self,
+        allowed: Sequence[str] = (),
+        connected: Sequence[ipaddress.IPv4Network] = (),
+    ) -> None:
+        self.allowed = [ipaddress.ip_network(n, strict=False) for n in allowed]
+        self.connected = list(connected)
+
+    @classmethod
+    def for_site(
+        cls,
+        allowed: Sequence[str],
+        interfaces: Sequence[str] = (),
+        route_file: Path = Path("/proc/net/route"),
+    ) -> AddressPolicy:
+        """The policy for an agent: ``allowed`` if configured, else this host's connected subnets."""
+        if allowed:
+            return cls(allowed)
+        try:
+            table = route_file.read_text()
+        except OSError:
+            table = ""
+        return cls((), connected_networks(table, interfaces))
+
+    def permits(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if self.allowed:
+            return any(ip in net for net in self.allowed)
+        if ip.version != 4 or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+            return False
+        if not ip.is_private:
+            return False
+        return any(ip in net for net in self.connected)
+
+    def describe(self) -> str:
+        nets = self.allowed or self.connected
+        return ", ".join(str(n) for n in nets) or "no network"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +211,14 @@ class PlugWatcher:
         probe_timeout_s: float = 3.0,
         resolve_timeout_s: float = 3.0,
         gone_after_s: float = 10.0,
+        policy: AddressPolicy | None = None,
+        max_response_bytes: int = 64 * 1024,
     ) -> None:
         # Names (wlan0) or addresses; an unknown one is a ConfigError here, not an OSError in zeroconf.
         self.interfaces = resolve_interfaces(interfaces) if interfaces is not None else None
+        self.policy = policy  # None: probe any address (the operator's survey tool)
+        self.max_response_bytes = max_response_bytes
+        self.refused: dict[str, str] = {}  # "host:port name" -> why (logged once each)
         self.on_event = on_event
         self.probe_timeout_s = probe_timeout_s
         self.resolve_timeout_s = resolve_timeout_s
@@ -198,14 +320,34 @@ class PlugWatcher:
         if not addresses or info.port is None:
             return
         for host in addresses:
+            if self.policy is not None and not self.policy.permits(host):
+                self._refuse(
+                    name, host, info.port, f"{host} is outside the site's networks ({self.policy.describe()})"
+                )
+                continue
             try:
                 assert self._http is not None
-                device = await fetch_info(host, info.port, timeout_s=self.probe_timeout_s, http=self._http)
+                device = await fetch_info(
+                    host,
+                    info.port,
+                    timeout_s=self.probe_timeout_s,
+                    http=self._http,
+                    max_response_bytes=self.max_response_bytes,
+                )
             except ChargectlError as exc:
                 log.debug("%s at %s:%s is not a Shelly: %s", name, host, info.port, exc)
                 continue
+            if not name_matches_mac(name, device.mac):
+                self._refuse(name, host, info.port, f"its /shelly says MAC {device.mac}, its name does not")
+                continue
             self._confirmed(name, DiscoveredPlug.from_info(device, host, info.port))
             return
+
+    def _refuse(self, name: str, host: str, port: int, why: str) -> None:
+        key = f"{host}:{port} {name}"
+        if key not in self.refused:
+            log.warning("not adopting %s at %s:%d: %s", name.split(".", 1)[0], host, port, why)
+        self.refused[key] = why
 
     def _confirmed(self, name: str, plug: DiscoveredPlug) -> None:
         self._names[name] = plug.mac

@@ -10,6 +10,7 @@ even all metering) may be absent and ``tC`` may be null; Plug PM Gen3 has ``pm1:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -99,11 +100,41 @@ class RelayState:
     source: str | None = None
 
 
+# The range each number a plug reports must fall in (far beyond any real plug; inside the wire format).
+# A number outside it, or not finite, makes the whole answer an ``InvalidResponse``.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "power": (-100_000.0, 100_000.0),  # W; generation shows as negative power on some meters
+    "apower": (-100_000.0, 100_000.0),
+    "voltage": (0.0, 1_000.0),  # V
+    "current": (-1_000.0, 1_000.0),  # A
+    "temperature": (-100.0, 300.0),  # °C
+    "tC": (-100.0, 300.0),
+    "total": (0.0, 1e12),  # Gen1 Wmin / Gen2 Wh lifetime counter
+    "uptime": (0.0, 2.0**32 - 1),  # s
+    "timer_remaining": (0.0, 1e9),  # s
+    "timer_duration": (0.0, 1e9),
+    "timer_started_at": (0.0, 1e11),  # unix s
+}
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
 def parse_json(body: bytes, what: str) -> Any:
-    """Decode a device body as JSON, or raise ``InvalidResponse`` naming ``what``."""
+    """Decode a device body as JSON, or raise ``InvalidResponse`` naming ``what``.
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's parser accepts) are refused here.
+    """
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(body, parse_constant=_reject_constant)
+    except _NonFinite as exc:
+        raise InvalidResponse(f"{what}: non-finite number {exc} in the answer") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         snippet = body[:40].decode("utf-8", "replace")
         raise InvalidResponse(f"{what}: not JSON ({snippet!r})") from None
 
@@ -121,8 +152,15 @@ def _num(obj: Mapping[str, Any], key: str, what: str, *, required: bool = False)
             raise InvalidResponse(f"{what}: missing {key!r}")
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidResponse(f"{what}: {key!r} is not a number ({value!r})")
-    return float(value)
+        raise InvalidResponse(f"{what}: {key!r} is not a number ({str(value)[:40]!r})")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too big for a float
+        raise InvalidResponse(f"{what}: {key!r} is out of range") from None
+    lo, hi = BOUNDS.get(key, (-1e15, 1e15))
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise InvalidResponse(f"{what}: {key!r} is out of range ({number!r}, expected {lo:g}..{hi:g})")
+    return number
 
 
 def _bool(obj: Mapping[str, Any], key: str, what: str) -> bool:
@@ -155,7 +193,7 @@ def parse_device_info(value: Any) -> DeviceInfo:
     mac = _mac(obj.get("mac"), what)
     if "gen" in obj:
         gen = obj["gen"]
-        if isinstance(gen, bool) or not isinstance(gen, int) or gen < 2:
+        if isinstance(gen, bool) or not isinstance(gen, int) or not 2 <= gen <= 99:
             raise InvalidResponse(f"{what}: bad 'gen' ({gen!r})")
         model = obj.get("model")
         if not isinstance(model, str) or not model:
@@ -199,7 +237,9 @@ def errors_to_flags(errors: Any) -> int:
         raise InvalidResponse(f"'errors' is not a list ({errors!r})")
     flags = DeviceFlag.NONE
     for name in errors:
-        flags |= _FLAG_NAMES.get(str(name), DeviceFlag.OTHER)
+        if not isinstance(name, str):
+            raise InvalidResponse(f"'errors' holds a {type(name).__name__}, not a name")
+        flags |= _FLAG_NAMES.get(name, DeviceFlag.OTHER)
     return int(flags)
 
 
@@ -292,6 +332,9 @@ def _gen2_channel(
 ) -> Reading:
     power = _num(obj, "apower", what)
     aenergy = obj.get("aenergy")
+    if (power is None) != (aenergy is None):
+        # Metering is all there or all absent; half of it is a broken answer, not "0 W".
+        raise InvalidResponse(f"{what}: {'apower' if power is None else 'aenergy'} is missing")
     energy_mwh = 0
     if isinstance(aenergy, Mapping):
         total = _num(aenergy, "total", f"{what} aenergy", required=True)

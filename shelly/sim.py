@@ -49,7 +49,41 @@ log = logging.getLogger("chargectl.shelly.sim")
 # latency: delay each answer by ``s`` real seconds; hang: accept and never answer; refuse: stop
 # listening (connection refused); reset: close mid-request; unauthorized: 401 whatever the creds;
 # throttle: 429; non_json: 200 with an HTML body; missing_fields: old-firmware payloads.
-FAULTS = ("latency", "hang", "refuse", "reset", "unauthorized", "throttle", "non_json", "missing_fields")
+# Hostile answers (``/shelly`` stays honest unless said otherwise, so the plug can still be adopted):
+# non_finite: status power ``NaN``, voltage ``Infinity``; huge_body: 200 with an endless body and no
+# Content-Length (up to HUGE_BODY_BYTES); wrong_mac: every MAC in every answer, ``/shelly`` included,
+# is another plug's (WRONG_MAC_OF).
+FAULTS = (
+    "latency",
+    "hang",
+    "refuse",
+    "reset",
+    "unauthorized",
+    "throttle",
+    "non_json",
+    "missing_fields",
+    "non_finite",
+    "huge_body",
+    "wrong_mac",
+)
+HUGE_BODY_BYTES = 200 * 1024 * 1024
+_POWER_KEYS = frozenset({"apower", "power"})
+_VOLTAGE_KEYS = frozenset({"voltage"})
+
+
+def wrong_mac_of(mac: str) -> str:
+    """The MAC a ``wrong_mac`` plug claims instead of ``mac`` (its last byte flipped)."""
+    return mac[:-2] + f"{int(mac[-2:], 16) ^ 0xFF:02X}"
+
+
+def _rewrite(value: Any, fn: Callable[[str, Any], Any]) -> Any:
+    """``value`` with ``fn(key, v)`` applied to every dict entry, recursively."""
+    if isinstance(value, dict):
+        return {k: fn(k, _rewrite(v, fn)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rewrite(v, fn) for v in value]
+    return value
+
 
 HTTP_REASONS = {
     200: "OK",
@@ -255,6 +289,9 @@ class SimPlug:
                 if self._take("hang"):
                     await self._unhang.wait()
                     return
+                if req.path != "/shelly" and self._take("huge_body"):
+                    await self._write_huge(writer)
+                    return
                 if self._take("reset"):
                     transport = writer.transport
                     sock = transport.get_extra_info("socket")
@@ -264,7 +301,7 @@ class SimPlug:
                         )
                     transport.abort()
                     return
-                resp = self._serve(req)
+                resp = self._hostile(req, self._serve(req))
                 self.log.append(
                     RequestLogEntry(
                         ts=self.clock.now(),
@@ -281,6 +318,42 @@ class SimPlug:
         finally:
             self._conns.discard(writer)
             writer.close()
+
+    def _hostile(self, req: _Request, resp: _Response) -> _Response:
+        """Apply the answer-rewriting faults (non_finite, wrong_mac) to a JSON answer."""
+        if resp.status != 200 or not resp.content_type.startswith("application/json"):
+            return resp
+        rewrite_mac = self._take("wrong_mac")
+        non_finite = req.path != "/shelly" and self._take("non_finite")
+        if not (rewrite_mac or non_finite):
+            return resp
+        value = json.loads(resp.body)
+        if rewrite_mac:
+            wrong = wrong_mac_of(self.mac)
+            value = _rewrite(value, lambda k, v: wrong if k == "mac" and isinstance(v, str) else v)
+            if isinstance(value, dict) and isinstance(value.get("id"), str):
+                value["id"] = value["id"].lower().replace(self.mac.lower(), wrong.lower())
+        if non_finite:
+
+            def bad(key: str, v: Any) -> Any:
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    if key in _POWER_KEYS:
+                        return float("nan")
+                    if key in _VOLTAGE_KEYS:
+                        return float("inf")
+                return v
+
+            value = _rewrite(value, bad)
+        return _Response(resp.status, json.dumps(value).encode(), resp.content_type, resp.headers)
+
+    async def _write_huge(self, writer: asyncio.StreamWriter) -> None:
+        """200 OK, no Content-Length, then JSON-ish bytes until HUGE_BODY_BYTES or the client hangs up."""
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode("latin-1") + b'{"pad": "')
+        chunk = b"x" * 65536
+        for _ in range(HUGE_BODY_BYTES // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()
 
     @staticmethod
     async def _read(reader: asyncio.StreamReader) -> _Request | None:
@@ -574,6 +647,7 @@ class SimFleet:
             SimPlug(p, self.clock, host=host, load=name) for p, name in zip(profiles, names, strict=True)
         ]
         self.interfaces = list(interfaces) if interfaces is not None else None
+        self.impostors: list[SimPlug] = []
         self._zc: Any = None
         self._infos: dict[str, list[Any]] = {}
         for plug in self.plugs:
@@ -611,6 +685,13 @@ class SimFleet:
         for plug in self.plugs:
             plug.device.advance()
 
+    async def impostor(self, of: SimPlug, *, host: str | None = None) -> SimPlug:
+        """Start a device claiming ``of``'s MAC (same model) on another port; not advertised, stopped with the fleet."""
+        fake = SimPlug(of.profile, self.clock, host=host or of.host, load="idle")
+        await fake.start()
+        self.impostors.append(fake)
+        return fake
+
     def plug(self, mac: str) -> SimPlug:
         for plug in self.plugs:
             if plug.mac == mac.upper():
@@ -644,7 +725,7 @@ class SimFleet:
                 await self._zc.async_unregister_all_services()
             await self._zc.async_close()
             self._zc = None
-        for plug in self.plugs:
+        for plug in [*self.plugs, *self.impostors]:
             await plug.stop()
 
     def _service_infos(self, plug: SimPlug) -> list[Any]:

@@ -110,7 +110,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the heartbeat as JSON.")] = False,
     ) -> None:
-        """Exit 0 if the agent's heartbeat is fresh, 1 if it is stale or missing."""
+        """Exit 0 if the agent's heartbeat is fresh and reports no problem, 1 if it is stale, missing or
+        reports one (a disk that refuses the spool or the journal, named in the message)."""
         import dataclasses
         import time
 
@@ -123,12 +124,14 @@ def register(app: typer.Typer) -> None:
         if as_json:
             data = {
                 "fresh": status.fresh,
+                "ok": status.ok,
+                "problems": list(status.problems),
                 "message": status.message,
                 "health": dataclasses.asdict(status.health) if status.health else None,
             }
             typer.echo(json.dumps(data, indent=2))
         else:
             typer.echo(status.message)
-        raise typer.Exit(0 if status.fresh else 1)
+        raise typer.Exit(0 if status.ok else 1)
 
     app.add_typer(group, name="agent")

@@ -20,8 +20,10 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import math
 import random
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -33,22 +35,77 @@ from chargectl import __version__
 from chargectl.common import sdnotify
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.codec import Batch, CommandOutcome, InventoryChange, pack_outcome, pack_telemetry
-from chargectl.common.errors import ChargectlError, DeviceError, StoreError, TransportError
+from chargectl.common.errors import (
+    ChargectlError,
+    DeviceError,
+    DeviceMismatchError,
+    InvalidResponse,
+    StoreError,
+    TransportError,
+)
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import Reading
 from chargectl.common.topics import TELEMETRY_TOPIC, command_subscription, command_topic
 from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
 from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay
-from chargectl.services.agent.durable import CommandJournal, SequenceCounter, Spool, SpooledBatch
+from chargectl.services.agent.durable import (
+    CommandJournal,
+    SequenceCounter,
+    Spool,
+    SpooledBatch,
+    load_epoch,
+    new_epoch,
+    store_epoch,
+)
 from chargectl.services.agent.executor import CommandExecutor
 from chargectl.services.agent.health import AgentHealth, write_heartbeat
 from chargectl.services.agent.metrics import start_agent_health
 from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSighting
 from chargectl.services.agent.settings import AgentSettings
 
-__all__ = ["Agent", "PlugStatus"]
+__all__ = ["Agent", "AgentFailed", "PlugStatus"]
 
 log = logging.getLogger("chargectl.agent")
+
+_SHUTDOWN_ROUNDS = 5  # cancel stragglers this many times, ...
+_SHUTDOWN_ROUND_S = 1.0  # ... waiting this long each time, before stopping without them
+
+
+def _why(exc: BaseException) -> str:
+    """A one-line reason for a log line or a plug's last error."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer within the request timeout"
+    if isinstance(exc, ChargectlError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def check_reading(reading: Reading) -> Reading:
+    """``reading`` if every number in it is finite and fits the wire format, else ``InvalidResponse``."""
+    floats = {
+        "power_w": reading.power_w,
+        "voltage_v": reading.voltage_v,
+        "current_a": reading.current_a,
+        "temperature_c": reading.temperature_c,
+    }
+    for name, value in floats.items():
+        if value is not None and not (math.isfinite(value) and abs(value) <= _MAX_FLOAT[name]):
+            raise InvalidResponse(f"plug {reading.mac}: {name} {value!r} is out of range")
+    if not 0 <= reading.energy_mwh < 2**53:
+        raise InvalidResponse(f"plug {reading.mac}: energy {reading.energy_mwh} mWh is out of range")
+    if reading.uptime_s is not None and not 0 <= reading.uptime_s < 2**32:
+        raise InvalidResponse(f"plug {reading.mac}: uptime {reading.uptime_s} s is out of range")
+    if not 0 <= reading.errors < 2**32:
+        raise InvalidResponse(f"plug {reading.mac}: error flags {reading.errors} are out of range")
+    return reading
+
+
+# Far beyond any plug (a Shelly Pro switches at most a few tens of kW), well inside the wire format.
+_MAX_FLOAT = {"power_w": 1e6, "voltage_v": 1e4, "current_a": 1e4, "temperature_c": 1e3}
+
+
+class AgentFailed(ChargectlError):
+    """An agent task ended on its own: the agent flushed what it could and stops, so its unit restarts it."""
 
 
 @dataclass
@@ -97,13 +154,32 @@ class Agent:
         self._discovery = discovery
         self._rng = rng or random.Random()
         state = settings.state_path
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the agent state directory {state}: {exc.strerror or exc}"
+            ) from exc
         self.heartbeat_path: Path = state / "agent.heartbeat.json"
         self.seq = SequenceCounter(state / "batch_seq")
+        # The instance epoch goes into every batch: the hub dedupes by (site, epoch, batch_seq), so a
+        # fresh state directory (a replacement Pi) is accepted from batch_seq 1 at once.
+        self.epoch, made = load_epoch(state / "epoch")
+        if made:
+            log.info("agent instance epoch %016x created in %s", self.epoch, state)
+        elif self.seq.reset:
+            # The sequence restarted: only a new epoch keeps the hub from dropping it as replays.
+            self.epoch = new_epoch()
+            store_epoch(state / "epoch", self.epoch)
+            log.warning("batch sequence lost; agent instance epoch is now %016x", self.epoch)
         self.spool = Spool(state / "spool", settings.spool_max_bytes)
         if self.spool.seqs():
             self.seq.advance_to(self.spool.seqs()[-1])
         self.journal = CommandJournal(state / "commands.journal")
-        self.journal.prune(self._now_ms())
+        try:
+            self.journal.prune(self._now_ms())
+        except StoreError as exc:
+            log.warning("cannot prune the command journal: %s", exc)
         self.executor = CommandExecutor(
             settings.site_id,
             command_keys,
@@ -112,6 +188,7 @@ class Agent:
             self._switch,
             lambda mac: mac in self._plugs,
             timeout_s=settings.request_timeout_s * 3,
+            max_clock_skew_s=settings.max_clock_skew_s,
         )
         self._plugs: dict[str, _PlugEntry] = {}
         self._buffer = BatchBuffer(
@@ -126,6 +203,16 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = asyncio.Event()
         self._serving = False
+        self._failure: str | None = None  # why serve() must end non-zero (a task ended on its own)
+        self._essential: set[asyncio.Task[Any]] = set()
+        self.bad_responses = 0  # plug answers that were not a valid reading (garbage, huge, wrong MAC…)
+        self.disk_error = ""  # why the state directory refuses writes ("" while it takes them)
+        self._memory: collections.deque[SpooledBatch] = collections.deque()  # batches the disk refused
+        self._memory_dropped_batches = 0
+        self._memory_dropped_readings = 0
+        self._volatile_epoch = False
+        self.task_restarts = 0  # plug tasks restarted after an unexpected error
+        self.refused_devices = 0  # impostors and MAC mismatches refused
         self.outcomes: list[CommandOutcome] = []  # the most recent command outcomes, newest last
 
     # ------------------------------------------------------------------ time
@@ -190,18 +277,41 @@ class Agent:
             self._spawn(plug.aclose(), f"close-{plug.mac}")
         return entry
 
-    async def _connect(self, host: str, port: int) -> Plug:
-        return await asyncio.wait_for(self._connector(host, port), self.settings.request_timeout_s * 3)
+    async def _connect(self, host: str, port: int, mac: str | None = None) -> Plug:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the inner call completes, and a poller that lost its cancellation never stops.
+        async with asyncio.timeout(self.settings.request_timeout_s * 3):
+            return await self._connector(host, port, mac)
+
+    async def _answers_as(self, host: str, port: int, mac: str) -> bool:
+        """Whether ``host:port`` answers as plug ``mac`` right now (asked, not remembered: a plug that
+        moved a moment ago must not be held to its old address)."""
+        try:
+            plug = await self._connect(host, port, mac)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+        with contextlib.suppress(Exception):
+            await plug.aclose()
+        return True
+
+    def _refuse(self, what: str, *args: object) -> None:
+        self.refused_devices += 1
+        log.warning(what, *args)
 
     async def _connect_static(self, host: str, port: int) -> None:
         failures = 0
         while True:
             try:
                 plug = await self._connect(host, port)
-            except (DeviceError, TimeoutError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of one plug is that plug's problem
                 failures += 1
+                why = _why(exc)
                 if failures == self.settings.offline_after_failures:
-                    log.warning("configured plug %s:%d does not answer: %s", host, port, exc or "timeout")
+                    log.warning("configured plug %s:%d does not answer: %s", host, port, why)
                 await self.clock.sleep(
                     next_poll_delay(
                         self.settings.poll_interval_s, failures, self.settings.max_backoff_s, 0.1, self._rng
@@ -219,18 +329,48 @@ class Agent:
                 log.info("plug %s no longer announced on mDNS", sighting.mac)
                 self._change("gone", entry)
             return
-        if entry is not None and (entry.host, entry.port) == (sighting.host, sighting.port):
+        host, port, mac = sighting.host, sighting.port, sighting.mac
+        if entry is not None and (entry.host, entry.port) == (host, port):
             return
+        # An address bound to another plug is that plug's while it still answers there as itself.
+        for other in list(self._plugs.values()):
+            if (
+                other.mac != mac
+                and (other.host, other.port) == (host, port)
+                and await self._answers_as(host, port, other.mac)
+            ):
+                self._refuse(
+                    "refused plug %s at %s:%d: that address is plug %s's, which still answers there",
+                    mac,
+                    host,
+                    port,
+                    other.mac,
+                )
+                return
         try:
-            plug = await self._connect(sighting.host, sighting.port)
-        except (DeviceError, TimeoutError) as exc:
-            log.warning(
-                "plug %s at %s:%d does not answer: %s", sighting.mac, sighting.host, sighting.port, exc
-            )
+            plug = await self._connect(host, port, mac)  # MAC checked before any credential is sent
+        except asyncio.CancelledError:
+            raise
+        except DeviceMismatchError as exc:
+            self._refuse("refused plug %s announced at %s:%d: %s", mac, host, port, _why(exc))
             return
-        if plug.mac != sighting.mac:
-            log.warning("%s:%d announced %s but is %s", sighting.host, sighting.port, sighting.mac, plug.mac)
-        self._start_poller(self._adopt(plug, sighting.host, sighting.port))
+        except Exception as exc:  # one bad sighting must not end discovery
+            log.warning("plug %s at %s:%d does not answer: %s", mac, host, port, _why(exc))
+            return
+        if entry is not None and await self._answers_as(entry.host, entry.port, mac):
+            # A MAC moves only once its old address stops answering as it: this is an impostor.
+            self._refuse(
+                "refused impostor at %s:%d claiming to be plug %s, which still answers at %s:%d",
+                host,
+                port,
+                mac,
+                entry.host,
+                entry.port,
+            )
+            with contextlib.suppress(Exception):
+                await plug.aclose()
+            return
+        self._start_poller(self._adopt(plug, host, port))
 
     async def _discover(self) -> None:
         assert self._discovery is not None
@@ -249,21 +389,64 @@ class Agent:
     def _start_poller(self, entry: _PlugEntry) -> None:
         # Outside serve() (run_once) plugs are polled by the caller, not by their own tasks.
         if self._serving and (entry.task is None or entry.task.done()):
-            entry.task = self._spawn(self._poll_loop(entry), f"poll-{entry.mac}")
+            entry.task = self._spawn(
+                self._supervised(f"poller of plug {entry.mac}", lambda: self._poll_loop(entry)),
+                f"poll-{entry.mac}",
+            )
+
+    async def _supervised(self, what: str, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``make()``; if it raises, log why and run it again after a back-off, for as long as it takes."""
+        failures = 0
+        while True:
+            try:
+                await make()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # supervision: no error type ends a plug's task
+                failures += 1
+                self.task_restarts += 1
+                log.error(
+                    "%s failed (%s); restarting it (restart #%d)",
+                    what,
+                    _why(exc),
+                    failures,
+                    exc_info=failures == 1,
+                )
+            s = self.settings
+            await self.clock.sleep(
+                next_poll_delay(s.poll_interval_s, failures, s.max_backoff_s, 0.1, self._rng)
+            )
 
     async def poll(self, entry: _PlugEntry) -> Reading | None:
         """One poll of one plug; logs offline/recovered transitions; buffers the reading."""
         try:
             async with entry.lock:
                 if entry.client is None:
-                    plug = await self._connect(entry.host, entry.port)
+                    plug = await self._connect(entry.host, entry.port, entry.mac)
                     if plug.mac != entry.mac:
                         await plug.aclose()
                         raise DeviceError(f"{entry.host}:{entry.port} is now plug {plug.mac}")
                     entry.client = plug
-                reading = await asyncio.wait_for(entry.client.read(), self.settings.request_timeout_s)
-        except (DeviceError, TimeoutError) as exc:
-            error = str(exc) or "no answer within the request timeout"
+                async with asyncio.timeout(self.settings.request_timeout_s):
+                    reading = check_reading(await entry.client.read())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a plug's bad answer is that plug's problem
+            error = _why(exc)
+            first = entry.health.failures == 0
+            if isinstance(exc, InvalidResponse):
+                self.bad_responses += 1
+                if first:
+                    log.warning(
+                        "plug %s at %s:%d gave a bad answer, backing off: %s",
+                        entry.mac,
+                        entry.host,
+                        entry.port,
+                        error,
+                    )
+            elif not isinstance(exc, DeviceError | TimeoutError) and first:
+                log.error("plug %s poll failed unexpectedly: %s", entry.mac, error, exc_info=exc)
             if entry.health.failure(error) == "offline":
                 log.warning("plug %s at %s:%d is offline: %s", entry.mac, entry.host, entry.port, error)
             else:
@@ -301,8 +484,72 @@ class Agent:
         attrs["shard"] = str(self.settings.shard)
         return attrs
 
+    def _next_seq(self) -> int:
+        try:
+            return self.seq.next()
+        except StoreError as exc:
+            self._disk_trouble(exc)
+            if not self._volatile_epoch:
+                # Numbers not on disk could be handed out again after a restart; under an epoch that
+                # is never persisted they cannot collide with anything the hub has seen.
+                self._volatile_epoch = True
+                self.epoch = new_epoch()
+                log.warning("batch sequence not persisted; numbering under volatile epoch %016x", self.epoch)
+            return self.seq.next_volatile()
+
+    def _disk_trouble(self, exc: Exception) -> None:
+        if not self.disk_error:
+            log.error(
+                "agent state directory refuses writes (%s); holding batches in memory (up to %d bytes) "
+                "and publishing them straight to the bus",
+                exc,
+                self.settings.memory_buffer_max_bytes,
+            )
+        self.disk_error = str(exc)
+
+    def _disk_ok(self) -> None:
+        if self.disk_error:
+            log.info("agent state directory writable again; %d batches in memory", len(self._memory))
+        self.disk_error = ""
+
+    def _hold(self, batch: SpooledBatch) -> None:
+        """Keep ``batch`` in the bounded memory buffer (oldest dropped, counted) when the disk refuses it."""
+        self._memory.append(batch)
+        limit = self.settings.memory_buffer_max_bytes
+        while len(self._memory) > 1 and sum(len(b.data) for b in self._memory) > limit:
+            oldest = self._memory.popleft()
+            self._memory_dropped_batches += 1
+            self._memory_dropped_readings += oldest.readings
+            log.warning(
+                "memory buffer full (%d bytes max): dropped batch %d with %d readings",
+                limit,
+                oldest.seq,
+                oldest.readings,
+            )
+
+    def _store(self, batch: SpooledBatch) -> None:
+        """Write ``batch`` ahead to the spool, or hold it in memory if the disk refuses."""
+        try:
+            self.spool.put(batch)
+        except StoreError as exc:
+            self._disk_trouble(exc)
+            self._hold(batch)
+            return
+        self._disk_ok()
+
+    def _respool(self) -> None:
+        """Move batches held in memory back to the spool once the disk takes writes again."""
+        while self._memory:
+            try:
+                self.spool.put(self._memory[0])
+            except StoreError as exc:
+                self._disk_trouble(exc)
+                return
+            self._memory.popleft()
+            self._disk_ok()
+
     def _pack(self, readings: list[Reading], inventory: list[InventoryChange]) -> SpooledBatch:
-        seq = self.seq.next()
+        seq = self._next_seq()
         batch = Batch(
             site_id=self.settings.site_id,
             batch_seq=seq,
@@ -310,6 +557,7 @@ class Agent:
             inventory=tuple(inventory),
             created_at_ms=self._now_ms(),
             agent_version=__version__,
+            epoch=self.epoch,
         )
         data, attrs = pack_telemetry(batch, self.agent_key, self.settings.encoding)
         return SpooledBatch(seq, data, self._attributes(attrs), len(readings))
@@ -332,17 +580,37 @@ class Agent:
         self._last_publish_ms = self._now_ms()
         return True
 
+    def _forget(self, seq: int) -> None:
+        try:
+            self.spool.remove(seq)
+        except StoreError as exc:
+            self._disk_trouble(exc)
+
     async def _drain(self) -> None:
-        for seq in self.spool.seqs():
-            try:
-                batch = self.spool.get(seq)
-            except StoreError as exc:
-                log.error("dropping unreadable spooled batch %d: %s", seq, exc)
-                self.spool.remove(seq)
-                continue
+        """Publish spooled and memory-held batches in ``batch_seq`` order, removing each once sent."""
+        if self._memory:
+            self._respool()
+        pending: list[tuple[int, SpooledBatch | None]] = [(seq, None) for seq in self.spool.seqs()]
+        pending += [(b.seq, b) for b in self._memory]
+        for seq, held in sorted(pending, key=lambda p: p[0]):
+            batch = held
+            if batch is None:
+                try:
+                    batch = self.spool.get(seq)
+                except StoreError as exc:
+                    log.error("unreadable spooled batch %d set aside: %s", seq, exc)
+                    self.spool.set_aside(seq, str(exc))
+                    continue
             if not await self._publish(batch):
                 return
-            self.spool.remove(seq)
+            if held is not None:
+                self._memory.remove(held)
+            else:
+                self._forget(seq)
+
+    @property
+    def _unshipped(self) -> int:
+        return len(self.spool) + len(self._memory)
 
     async def flush(self, *, final: bool = False) -> int:
         """Pack what is buffered into batches and ship them (spool first when anything is spooled)."""
@@ -353,10 +621,19 @@ class Agent:
             # duplicate batch_seq, which the hub drops).
             while not self._buffer.empty:
                 readings, inventory = self._buffer.take(self.clock.monotonic())
-                self.spool.put(self._pack(readings, inventory))
+                self._store(self._pack(readings, inventory))
                 shipped += 1
-            if len(self.spool) and not (final and not self._link_up):  # a dead link must not stall a stop
+            if self._unshipped and not (final and not self._link_up):  # a dead link must not stall a stop
                 await self._drain()
+            if final and self._memory:
+                self._respool()
+                if self._memory:
+                    lost = sum(b.readings for b in self._memory)
+                    log.error(
+                        "stopping with %d batches (%d readings) the disk refused and the bus did not take",
+                        len(self._memory),
+                        lost,
+                    )
         return shipped
 
     async def _flush_loop(self) -> None:
@@ -377,7 +654,7 @@ class Agent:
                 await self.flush()
             elif self._buffer.empty:
                 self._buffer.started_at = now
-                if len(self.spool):
+                if self._unshipped:
                     async with self._ship_lock:
                         await self._drain()
 
@@ -450,11 +727,17 @@ class Agent:
             batch_seq=self.seq.last,
             spooled_batches=len(self.spool),
             spooled_bytes=self.spool.size_bytes,
-            dropped_batches=self.spool.dropped_batches,
-            dropped_readings=self.spool.dropped_readings,
+            dropped_batches=self.spool.dropped_batches + self._memory_dropped_batches,
+            dropped_readings=self.spool.dropped_readings + self._memory_dropped_readings,
             buffered_readings=len(self._buffer),
             published_batches=self._published,
             last_publish_ms=self._last_publish_ms,
+            bad_responses=self.bad_responses,
+            task_restarts=self.task_restarts,
+            epoch=self.epoch,
+            disk_error=self.disk_error or self.executor.journal_error,
+            memory_batches=len(self._memory),
+            refused_devices=self.refused_devices,
         )
 
     def write_heartbeat(self) -> AgentHealth:
@@ -465,6 +748,10 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
+                self.journal.prune(self._now_ms())  # also between commands, so it never outgrows them
+            except StoreError as exc:
+                log.warning("cannot prune the command journal: %s", exc)
+            try:
                 self.write_heartbeat()
             except StoreError as exc:
                 log.error("cannot write heartbeat: %s", exc)
@@ -473,18 +760,42 @@ class Agent:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def _spawn(
+        self, coro: Coroutine[Any, Any, Any], name: str, *, essential: bool = False
+    ) -> asyncio.Task[Any]:
+        """Start a task; an ``essential`` one runs until the agent stops, so its ending stops the agent."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.append(task)
+        if essential:
+            self._essential.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("agent task %s crashed", task.get_name(), exc_info=task.exception())
-            self._stopping.set()
+        essential = task in self._essential
+        self._essential.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if not essential:
+            # Plug tasks are supervised and never raise; what is left (closing a client) is harmless.
+            if exc is not None:
+                log.warning("agent task %s failed: %s", task.get_name(), _why(exc))
+            return
+        if exc is None and not self._serving:
+            return
+        why = f"crashed ({_why(exc)})" if exc is not None else "ended on its own"
+        if self._failure is None:
+            self._failure = f"agent task {task.get_name()} {why}"
+        log.error(
+            "agent task %s %s; flushing and stopping so the service restarts",
+            task.get_name(),
+            why,
+            exc_info=exc,
+        )
+        self._stopping.set()
 
     async def serve(self, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
         """Run until cancelled (or ``stop()``); on the way out, flush what is buffered (spool if offline)."""
@@ -496,14 +807,22 @@ class Agent:
             len(self.spool),
         )
         self._stopping.clear()
+        self._failure = None
         self._serving = True
         for address in self.settings.plugs:
-            self._spawn(self._connect_static(address.host, address.port), f"connect-{address.host}")
+            host, port = address.host, address.port
+            self._spawn(
+                self._supervised(
+                    f"connecting configured plug {host}:{port}",
+                    lambda h=host, p=port: self._connect_static(h, p),  # type: ignore[misc]
+                ),
+                f"connect-{host}:{port}",
+            )
         if self._discovery is not None:
-            self._spawn(self._discover(), "discovery")
-        self._spawn(self._flush_loop(), "flush")
-        self._spawn(self._command_loop(), "commands")
-        self._spawn(self._heartbeat_loop(), "heartbeat")
+            self._spawn(self._discover(), "discovery", essential=True)
+        self._spawn(self._flush_loop(), "flush", essential=True)
+        self._spawn(self._command_loop(), "commands", essential=True)
+        self._spawn(self._heartbeat_loop(), "heartbeat", essential=True)
         sdnotify.ready()
         try:
             s = self.settings
@@ -518,23 +837,34 @@ class Agent:
             await self._stopping.wait()
         finally:
             await self._shutdown()
+        if self._failure is not None:
+            raise AgentFailed(self._failure)
 
     def stop(self) -> None:
         """Ask ``serve()`` to return (thread-unsafe; call from the agent's loop)."""
         self._stopping.set()
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel every task and wait for each to end, re-cancelling stragglers; never waits unboundedly."""
+        tasks = list(self._tasks)
+        for _ in range(_SHUTDOWN_ROUNDS):
+            pending = [t for t in tasks if not t.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_SHUTDOWN_ROUND_S)
+        stuck = sorted(t.get_name() for t in tasks if not t.done())
+        if stuck:
+            log.error("agent tasks %s ignored cancellation; stopping without them", ", ".join(stuck))
+        self._tasks.clear()
 
     async def _shutdown(self) -> None:
         self._serving = False
         server = vars(self).pop("health_server", None)  # set by serve() when [agent] health_port is
         if server is not None:
             await server.stop()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await self._cancel_tasks()
         if self._commands is not None:
             await self._commands.stop()
             self._commands = None
@@ -557,8 +887,10 @@ class Agent:
         for address in self.settings.plugs:
             try:
                 plug = await self._connect(address.host, address.port)
-            except (DeviceError, TimeoutError) as exc:
-                log.warning("configured plug %s:%d does not answer: %s", address.host, address.port, exc)
+            except Exception as exc:  # one plug's failure is that plug's problem
+                log.warning(
+                    "configured plug %s:%d does not answer: %s", address.host, address.port, _why(exc)
+                )
                 continue
             self._adopt(plug, address.host, address.port)
         await asyncio.gather(*(self.poll(entry) for entry in self._plugs.values()))

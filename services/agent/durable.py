@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,17 @@ from pathlib import Path
 from chargectl.common import files
 from chargectl.common.errors import StoreError
 
-__all__ = ["CommandJournal", "SequenceCounter", "Spool", "SpooledBatch", "write_atomic"]
+__all__ = [
+    "CommandJournal",
+    "SequenceCounter",
+    "Spool",
+    "SpooledBatch",
+    "load_epoch",
+    "new_epoch",
+    "quarantine",
+    "store_epoch",
+    "write_atomic",
+]
 
 log = logging.getLogger("chargectl.agent")
 
@@ -30,25 +41,76 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+def quarantine(path: Path, why: str) -> Path | None:
+    """Move a corrupt state file aside (``name.corrupt-N``) with a warning, so the agent can start."""
+    for n in range(1, 1000):
+        aside = path.with_name(f"{path.name}.corrupt-{n}")
+        if not aside.exists():
+            break
+    try:
+        path.rename(aside)
+    except OSError as exc:
+        log.warning("state file %s is corrupt (%s) and cannot be moved aside: %s", path, why, exc)
+        return None
+    log.warning("state file %s is corrupt (%s); moved it aside to %s", path, why, aside.name)
+    return aside
+
+
+def new_epoch() -> int:
+    """A random non-zero 64-bit agent instance id (0 means "an agent before epochs" to the hub)."""
+    return secrets.randbits(64) or 1
+
+
+def load_epoch(path: Path) -> tuple[int, bool]:
+    """The agent instance epoch kept at ``path``, made (and persisted) if missing or corrupt.
+
+    Returns ``(epoch, made)``. A state directory keeps its epoch for life; a fresh one (a replacement
+    Pi, a wiped card) gets a new one, so the hub accepts its ``batch_seq`` from 1 again at once.
+    """
+    try:
+        text = path.read_bytes().decode("ascii").strip()
+        epoch = int(text, 16)
+        if len(text) != 16 or not 0 < epoch < 2**64:
+            raise ValueError(text[:40])
+        return epoch, False
+    except FileNotFoundError:
+        pass
+    except (ValueError, UnicodeDecodeError) as exc:
+        quarantine(path, f"not an epoch: {exc}")
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    epoch = new_epoch()
+    store_epoch(path, epoch)
+    return epoch, True
+
+
+def store_epoch(path: Path, epoch: int) -> None:
+    write_atomic(path, f"{epoch:016x}\n".encode(), 0o600)
+
+
 class SequenceCounter:
-    """The site's ``batch_seq``: monotonic, persisted before each number is handed out."""
+    """The site's ``batch_seq``: monotonic, persisted before each number is handed out.
+
+    A corrupt file is moved aside and counting restarts at 0 (``reset`` is then True: the caller must
+    start a new epoch, or the hub would drop the restarted numbers as duplicates).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._last = 0
+        self.reset = False
         try:
-            text = path.read_text().strip()
+            raw = path.read_bytes()
         except FileNotFoundError:
-            text = ""
+            raw = b""
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        if text:
-            try:
-                self._last = int(text)
-            except ValueError:
-                raise StoreError(f"{path} does not hold a batch sequence number: {text[:40]!r}") from None
-            if self._last < 0:
-                raise StoreError(f"{path} holds a negative batch sequence number")
+        text = raw.decode("ascii", "replace").strip()
+        if raw and (not text.isdigit() or len(text) > 19):
+            quarantine(path, f"not a batch sequence number: {text[:40]!r}")
+            self.reset = True
+        elif text:
+            self._last = int(text)
 
     @property
     def last(self) -> int:
@@ -65,6 +127,12 @@ class SequenceCounter:
         write_atomic(self.path, f"{seq}\n".encode())
         self._last = seq
         return seq
+
+    def next_volatile(self) -> int:
+        """The next number without persisting it (the disk refused ``next``); the caller must be
+        numbering under an epoch that is never persisted, so a restart cannot reuse it."""
+        self._last += 1
+        return self._last
 
 
 @dataclass(frozen=True)
@@ -160,13 +228,21 @@ class Spool:
             raise StoreError(f"spooled batch {path} is corrupt") from None
         return SpooledBatch(seq, blob[start + n :], attributes, readings)
 
+    def set_aside(self, seq: int, why: str) -> None:
+        """Move an unreadable batch out of the spool (kept as ``NAME.corrupt-N``, with a warning)."""
+        self._sizes.pop(seq, None)
+        if quarantine(self._path(seq), why) is None:
+            self._path(seq).unlink(missing_ok=True)
+
     def remove(self, seq: int) -> None:
+        """Delete batch ``seq``; it is forgotten even if the disk refuses (a leftover file is replayed
+        after a restart, and the hub drops it as a duplicate)."""
+        self._sizes.pop(seq, None)
         try:
             self._path(seq).unlink(missing_ok=True)
             files.fsync_dir(self.directory)
         except OSError as exc:
             raise StoreError(f"cannot remove spooled batch {seq}: {exc.strerror or exc}") from exc
-        self._sizes.pop(seq, None)
 
 
 class CommandJournal:
@@ -176,19 +252,34 @@ class CommandJournal:
         self.path = path
         self._until: dict[str, int] = {}
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except FileNotFoundError:
-            text = ""
+            raw = b""
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # Keep every line that still reads (each is a command that must not run twice), then
+            # rewrite the journal from them below; the damaged original is kept aside.
+            quarantine(path, f"invalid UTF-8 at byte {exc.start}")
+            text = raw.decode("utf-8", "replace")
+            text = "\n".join(line for line in text.split("\n") if "\ufffd" not in line)
+            self._until = {}
+            self._parse(text)
+            self._rewrite()
+            return
+        self._parse(text)
+        if text and not text.endswith("\n"):
+            self._rewrite()
+
+    def _parse(self, text: str) -> None:
         # Only newline-terminated lines count: a torn last line (power cut mid-append) belongs to a
         # command that was never executed, because execution waits for the fsync.
         for line in text.split("\n")[:-1]:
             parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
+            if len(parts) == 2 and parts[1].isascii() and parts[1].isdigit() and len(parts[1]) < 20:
                 self._until[parts[0]] = max(self._until.get(parts[0], 0), int(parts[1]))
-        if text and not text.endswith("\n"):
-            self._rewrite()
 
     def _rewrite(self) -> None:
         write_atomic(self.path, "".join(f"{c} {u}\n" for c, u in self._until.items()).encode(), 0o600)

@@ -1,10 +1,15 @@
 """Relay commands: verify, refuse with a reason, or execute at most once; every command gets an outcome.
 
-Checks, in order: the envelope parses (``malformed``), its key is one of the site's command keys
-(``unknown_key``) and the signature holds (``bad_signature``), the command is for this site
-(``wrong_site``), it has not expired (``expired``), its id has not been executed before
-(``duplicate``), and its plug is one we know (``unknown_plug``). The id is journalled durably
-*before* the relay is touched, so a crash mid-command can never execute it twice.
+Checks, in order (each refusal is a :class:`RefusalReason`): the envelope parses and names a known
+schema and encoding (``malformed``); it is signed (``bad_signature``) by one of the site's command keys
+(``unknown_key``), the signature holds (``bad_signature``) and the key is valid now (``unknown_key``);
+the payload decodes (``malformed``); the command is for this site and signed by this site's key
+(``wrong_site``); it was not issued more than ``max_clock_skew_s`` in our future (``clock_skew``); it
+has an expiry (``bad_expiry``: missing, zero, or further ahead than the command lifetime allows) that
+has not passed (``expired``); its id has not been executed before (``duplicate``); and its plug is one
+we know (``unknown_plug``). The id is journalled durably *before* the relay is touched, so a crash
+mid-command can never execute it twice; if the journal cannot be written, an "on" is refused
+(``journal_error``) while an "off" (harmless to repeat) still runs.
 """
 
 from __future__ import annotations
@@ -13,62 +18,128 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
-from chargectl.common.codec import Command, CommandOutcome, unpack_command
-from chargectl.common.errors import CodecError, DeviceError
+from google.protobuf.message import DecodeError
+
+from chargectl.common import codec
+from chargectl.common.codec import Command, CommandOutcome
+from chargectl.common.errors import CodecError, DeviceError, StoreError
 from chargectl.common.keys import Keyring
+from chargectl.gen.v1 import commands_pb2
 from chargectl.services.agent.durable import CommandJournal
 
-__all__ = ["REASONS", "CommandExecutor", "Refusal", "classify_codec_error", "verify_command"]
+__all__ = ["REASONS", "CommandExecutor", "Refusal", "RefusalReason", "verify_command"]
 
 log = logging.getLogger("chargectl.agent")
 
-REASONS = (
-    "executed",
-    "bad_signature",
-    "unknown_key",
-    "malformed",
-    "expired",
-    "wrong_site",
-    "duplicate",
-    "unknown_plug",
-    "device_error",
-)
+_MAX_COMMAND_BYTES = 64 * 1024
+
+
+class RefusalReason(StrEnum):
+    """Every ``CommandOutcome.reason`` the agent reports (``executed`` is the one success)."""
+
+    EXECUTED = "executed"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    MALFORMED = "malformed"
+    EXPIRED = "expired"
+    BAD_EXPIRY = "bad_expiry"
+    CLOCK_SKEW = "clock_skew"
+    WRONG_SITE = "wrong_site"
+    DUPLICATE = "duplicate"
+    UNKNOWN_PLUG = "unknown_plug"
+    DEVICE_ERROR = "device_error"
+    JOURNAL_ERROR = "journal_error"
+
+
+REASONS = tuple(r.value for r in RefusalReason)
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    reason: str
+    reason: RefusalReason
     detail: str
     command: Command | None = None
 
 
-def classify_codec_error(exc: CodecError) -> str:
-    """Which refusal reason a codec failure on a command envelope is (codec names each case)."""
-    text = str(exc)
-    if text.startswith(("unknown signing key", "signing key ")):  # unknown, not yet valid, or retired
-        return "unknown_key"
-    if text.startswith("bad signature") or text.startswith("envelope is unsigned"):
-        return "bad_signature"
-    if text.startswith("command for site"):
-        return "wrong_site"
-    return "malformed"
+def _open(data: bytes, keyring: Keyring, now_ms: int) -> Command | Refusal:
+    """The signed command in ``data``, each failure classified by the step that failed."""
+    R = RefusalReason
+    env = commands_pb2.Envelope()
+    try:
+        env.ParseFromString(data)
+    except DecodeError as exc:
+        return Refusal(R.MALFORMED, f"not an Envelope: {exc}")
+    if not env.key_id or len(env.signature) != 64:
+        return Refusal(R.BAD_SIGNATURE, "envelope is unsigned or its signature is malformed")
+    if env.schema != codec.SCHEMA_COMMAND or env.encoding not in codec.ENCODINGS:
+        return Refusal(
+            R.MALFORMED, f"not a command envelope (schema {env.schema!r}, encoding {env.encoding!r})"
+        )
+    if env.key_id not in keyring:
+        return Refusal(R.UNKNOWN_KEY, f"signed by unknown key {env.key_id!r}")
+    try:  # bounded before the signature check: an inflating payload is refused unread
+        codec.decompress(env.payload, env.encoding, _MAX_COMMAND_BYTES)
+    except CodecError as exc:
+        return Refusal(R.MALFORMED, str(exc))
+    try:  # the key is known and the payload inflates: only the signature can fail here
+        codec.open_envelope(data, keyring, codec.SCHEMA_COMMAND, None, _MAX_COMMAND_BYTES)
+    except CodecError as exc:
+        return Refusal(R.BAD_SIGNATURE, str(exc))
+    try:  # the signature holds: only the key's validity window can fail here
+        opened = codec.open_envelope(data, keyring, codec.SCHEMA_COMMAND, now_ms, _MAX_COMMAND_BYTES)
+    except CodecError as exc:
+        return Refusal(R.UNKNOWN_KEY, str(exc))
+    try:
+        cmd = codec.decode_command(opened.payload)
+    except CodecError as exc:
+        return Refusal(R.MALFORMED, str(exc))
+    if cmd.site_id != opened.site_id:
+        return Refusal(
+            R.WRONG_SITE,
+            f"command for site {cmd.site_id!r} is signed by a key of site {opened.site_id!r}",
+            cmd,
+        )
+    return cmd
 
 
 def verify_command(
-    data: bytes, keyring: Keyring, site_id: str, now_ms: int, journal: CommandJournal
+    data: bytes,
+    keyring: Keyring,
+    site_id: str,
+    now_ms: int,
+    journal: CommandJournal,
+    *,
+    max_clock_skew_ms: int = 120_000,
+    lifetime_ms: int = 600_000,
 ) -> Command | Refusal:
     """The command in ``data`` if it may be executed now, else why not (plug existence checked later)."""
-    try:
-        cmd = unpack_command(data, keyring, now_ms)
-    except CodecError as exc:
-        return Refusal(classify_codec_error(exc), str(exc))
+    R = RefusalReason
+    checked = _open(data, keyring, now_ms)
+    if isinstance(checked, Refusal):
+        return checked
+    cmd = checked
     if cmd.site_id != site_id:
-        return Refusal("wrong_site", f"command is for site {cmd.site_id!r}, this is {site_id!r}", cmd)
-    if cmd.expires_at_ms and now_ms > cmd.expires_at_ms:
-        return Refusal("expired", f"command expired {now_ms - cmd.expires_at_ms} ms ago", cmd)
+        return Refusal(R.WRONG_SITE, f"command is for site {cmd.site_id!r}, this is {site_id!r}", cmd)
+    if cmd.issued_at_ms > now_ms + max_clock_skew_ms:
+        ahead_s = (cmd.issued_at_ms - now_ms) / 1000
+        return Refusal(
+            R.CLOCK_SKEW,
+            f"command issued {ahead_s:.0f} s in this agent's future (limit {max_clock_skew_ms / 1000:.0f} s)",
+            cmd,
+        )
+    if cmd.expires_at_ms <= 0:
+        return Refusal(R.BAD_EXPIRY, "command has no expiry", cmd)
+    if now_ms > cmd.expires_at_ms:
+        return Refusal(R.EXPIRED, f"command expired {now_ms - cmd.expires_at_ms} ms ago", cmd)
+    if cmd.expires_at_ms > now_ms + lifetime_ms + max_clock_skew_ms:
+        # Its id would have to be remembered that long: refuse rather than grow the journal.
+        return Refusal(
+            R.BAD_EXPIRY, f"command expires {(cmd.expires_at_ms - now_ms) / 1000:.0f} s ahead", cmd
+        )
     if cmd.command_id in journal:
-        return Refusal("duplicate", f"command {cmd.command_id} was already executed", cmd)
+        return Refusal(R.DUPLICATE, f"command {cmd.command_id} was already executed", cmd)
     return cmd
 
 
@@ -84,6 +155,7 @@ class CommandExecutor:
         switch: Callable[[str, bool, int | None], Awaitable[bool]],
         knows_plug: Callable[[str], bool],
         timeout_s: float = 10.0,
+        max_clock_skew_s: float = 120.0,
     ) -> None:
         self.site_id = site_id
         self.keyring = keyring
@@ -91,7 +163,9 @@ class CommandExecutor:
         self.lifetime_ms = int(lifetime_s * 1000)
         self._switch = switch
         self._knows_plug = knows_plug
+        self.journal_error = ""  # why the last journal write failed ("" once one succeeds)
         self.timeout_s = timeout_s
+        self.max_clock_skew_ms = int(max_clock_skew_s * 1000)
 
     def _refused(self, refusal: Refusal, now_ms: int) -> CommandOutcome:
         cmd = refusal.command
@@ -103,7 +177,7 @@ class CommandExecutor:
             site_id=self.site_id,
             plug_mac=cmd.plug_mac if cmd else "",
             ok=False,
-            reason=refusal.reason,
+            reason=refusal.reason.value,
             executed_at_ms=now_ms,
             error=refusal.detail,
             session_id=cmd.session_id if cmd else "",
@@ -111,17 +185,41 @@ class CommandExecutor:
 
     async def handle(self, data: bytes, now_ms: int) -> CommandOutcome:
         """Verify and (maybe) execute one command message; never raises for a bad command."""
-        checked = verify_command(data, self.keyring, self.site_id, now_ms, self.journal)
+        try:
+            self.journal.prune(now_ms)  # continuously: every id is kept only as long as it could replay
+        except StoreError as exc:
+            log.warning("cannot prune the command journal: %s", exc)
+        checked = verify_command(
+            data,
+            self.keyring,
+            self.site_id,
+            now_ms,
+            self.journal,
+            max_clock_skew_ms=self.max_clock_skew_ms,
+            lifetime_ms=self.lifetime_ms,
+        )
         if isinstance(checked, Refusal):
             return self._refused(checked, now_ms)
         cmd = checked
         if not self._knows_plug(cmd.plug_mac):
-            return self._refused(Refusal("unknown_plug", f"no plug {cmd.plug_mac} at this site", cmd), now_ms)
+            return self._refused(
+                Refusal(RefusalReason.UNKNOWN_PLUG, f"no plug {cmd.plug_mac} at this site", cmd), now_ms
+            )
         keep_until = max(cmd.expires_at_ms, now_ms) + self.lifetime_ms
-        self.journal.record(cmd.command_id, keep_until)
+        try:
+            self.journal.record(cmd.command_id, keep_until)
+        except StoreError as exc:
+            self.journal_error = str(exc)
+            if cmd.on:
+                # Without a durable record a redelivery could switch it on twice: refuse.
+                return self._refused(Refusal(RefusalReason.JOURNAL_ERROR, str(exc), cmd), now_ms)
+            log.warning("command %s: journal unwritable (%s); switching off anyway", cmd.command_id, exc)
+        else:
+            self.journal_error = ""
         auto_off = int(cmd.auto_off_s) if cmd.on and cmd.auto_off_s > 0 else None
         try:
-            observed = await asyncio.wait_for(self._switch(cmd.plug_mac, cmd.on, auto_off), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # not wait_for: it can swallow a cancellation
+                observed = await self._switch(cmd.plug_mac, cmd.on, auto_off)
         except (DeviceError, TimeoutError) as exc:
             detail = str(exc) or type(exc).__name__
             log.warning("command %s on %s failed: %s", cmd.command_id, cmd.plug_mac, detail)
@@ -130,7 +228,7 @@ class CommandExecutor:
                 site_id=self.site_id,
                 plug_mac=cmd.plug_mac,
                 ok=False,
-                reason="device_error",
+                reason=RefusalReason.DEVICE_ERROR.value,
                 executed_at_ms=now_ms,
                 error=detail,
                 session_id=cmd.session_id,
@@ -148,7 +246,7 @@ class CommandExecutor:
             site_id=self.site_id,
             plug_mac=cmd.plug_mac,
             ok=observed == cmd.on,
-            reason="executed",
+            reason=RefusalReason.EXECUTED.value,
             executed_at_ms=now_ms,
             relay_on=observed,
             error="" if observed == cmd.on else "relay did not reach the commanded state",

@@ -44,6 +44,11 @@ def build_agent(
         user=settings.shelly_user,
         timeout_s=settings.request_timeout_s,
         clock=clock,
+        max_response_bytes=settings.max_response_bytes,
     )
-    discovery = shelly_discovery(settings.interfaces) if settings.discovery else None
+    discovery = (
+        shelly_discovery(settings.interfaces, settings.allowed_networks, settings.max_response_bytes)
+        if settings.discovery
+        else None
+    )
     return Agent(settings, bus, agent_key, keyring, connector, discovery=discovery, clock=clock)

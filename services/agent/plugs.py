@@ -37,8 +37,14 @@ class Plug(Protocol):
     async def aclose(self) -> None: ...
 
 
-Connector = Callable[[str, int], Awaitable[Plug]]
-"""Connect to the plug at (host, port) and identify it; ``DeviceError`` if that fails."""
+class Connector(Protocol):
+    """Connect to the plug at (host, port) and identify it; ``DeviceError`` if that fails.
+
+    With ``mac``, the device must say it is that plug (``DeviceMismatchError`` otherwise) before any
+    credential is sent to it.
+    """
+
+    def __call__(self, host: str, port: int, mac: str | None = None) -> Awaitable[Plug]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -58,6 +59,12 @@ class AgentSettings:
     ensure_resources: bool = True  # create the command topic/subscription if missing (emulator, dev)
     health_host: str = "127.0.0.1"
     health_port: int = 0  # /healthz and /metrics on this port; 0: not served
+    max_response_bytes: int = 64 * 1024  # a plug answer past this is abandoned as garbage
+    max_clock_skew_s: float = 120.0  # a command issued further than this in our future is refused
+    memory_buffer_max_bytes: int = 8 * 1024 * 1024  # batches held in memory while the disk refuses them
+    # Networks discovery may probe (CIDR). Empty: the directly connected IPv4 subnets of the
+    # interfaces in use; loopback, link-local and public addresses only if listed here.
+    allowed_networks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.site_id:
@@ -75,6 +82,9 @@ class AgentSettings:
             "publish_timeout_s": self.publish_timeout_s,
             "heartbeat_interval_s": self.heartbeat_interval_s,
             "heartbeat_max_age_s": self.heartbeat_max_age_s,
+            "max_response_bytes": self.max_response_bytes,
+            "max_clock_skew_s": self.max_clock_skew_s,
+            "memory_buffer_max_bytes": self.memory_buffer_max_bytes,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -87,6 +97,13 @@ class AgentSettings:
             raise ConfigError(f"agent.poll_jitter must be in [0, 1), got {self.poll_jitter}")
         if not self.command_public_key_files:
             raise ConfigError("agent.command_public_key_files must name at least one key")
+        for net in self.allowed_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"agent.allowed_networks: {net!r} is not a network (e.g. 192.168.1.0/24)"
+                ) from None
 
     @property
     def state_path(self) -> Path:

@@ -10,26 +10,48 @@ from chargectl.services.agent.plugs import Connector, Discovery, Plug, PlugSight
 __all__ = ["shelly_connector", "shelly_discovery"]
 
 
-def shelly_connector(*, password: str | None, user: str, timeout_s: float, clock: Clock) -> Connector:
+def shelly_connector(
+    *,
+    password: str | None,
+    user: str,
+    timeout_s: float,
+    clock: Clock,
+    max_response_bytes: int = 64 * 1024,
+) -> Connector:
     """Connect with ``ShellyClient.connect`` (identifies the plug by ``GET /shelly``)."""
 
-    async def connect(host: str, port: int) -> Plug:
+    async def connect(host: str, port: int, mac: str | None = None) -> Plug:
         from chargectl.shelly import ShellyClient
 
         return await ShellyClient.connect(
-            host, port, password=password, user=user, timeout_s=timeout_s, clock=clock
+            host,
+            port,
+            mac=mac,
+            password=password,
+            user=user,
+            timeout_s=timeout_s,
+            clock=clock,
+            max_response_bytes=max_response_bytes,
         )
 
     return connect
 
 
-def shelly_discovery(interfaces: Sequence[str]) -> Discovery:
-    """Continuous discovery through ``PlugWatcher`` (all interfaces when ``interfaces`` is empty)."""
+def shelly_discovery(
+    interfaces: Sequence[str], allowed_networks: Sequence[str] = (), max_response_bytes: int = 64 * 1024
+) -> Discovery:
+    """Continuous discovery through ``PlugWatcher`` (all interfaces when ``interfaces`` is empty),
+    probing only the site's own networks: ``allowed_networks`` if given, else the directly connected
+    private subnets of the interfaces in use."""
 
     async def watch() -> AsyncIterator[PlugSighting]:
         from chargectl.shelly import PlugWatcher
+        from chargectl.shelly.discovery import AddressPolicy
 
-        watcher = PlugWatcher(interfaces=list(interfaces) or None)
+        policy = AddressPolicy.for_site(allowed_networks, interfaces)
+        watcher = PlugWatcher(
+            interfaces=list(interfaces) or None, policy=policy, max_response_bytes=max_response_bytes
+        )
         await watcher.start()
         try:
             async for event in watcher.events():

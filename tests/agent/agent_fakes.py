@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chargectl.common.clock import Clock
-from chargectl.common.errors import DeviceTimeoutError, DeviceUnreachableError
+from chargectl.common.errors import DeviceMismatchError, DeviceTimeoutError, DeviceUnreachableError
 from chargectl.common.readings import Reading
 
 
@@ -64,8 +64,10 @@ class FakeSite:
         self.by_address[(host, port)] = plug
         return plug
 
-    async def connect(self, host: str, port: int) -> FakePlug:
+    async def connect(self, host: str, port: int, mac: str | None = None) -> FakePlug:
         plug = self.by_address.get((host, port))
         if plug is None or plug.failing:
             raise DeviceUnreachableError(f"nothing answers at {host}:{port}")
+        if mac is not None and plug.mac != mac:
+            raise DeviceMismatchError(f"{host}:{port} is plug {plug.mac}, not {mac}")
         return plug

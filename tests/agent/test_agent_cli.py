@@ -206,3 +206,23 @@ def test_benchmark_script_runs_and_reports_its_numbers() -> None:
     result = json.loads(proc.stdout)
     assert result["plugs"] == 3 and result["polls"] > 0 and result["readings_published"] > 0
     assert result["cpu_ms_per_poll"] > 0 and 0 < result["bytes_per_reading"] < 200
+
+
+def test_check_exits_1_naming_a_disk_problem_in_a_fresh_heartbeat(tmp_path: Path) -> None:
+    import dataclasses
+
+    cfg = site_bundle(tmp_path)
+    now = int(time.time() * 1000)
+    health = AgentHealth("carpark-1", now, 3, 3, True, True, 17, 0, 0, 0, 0, 4, 17, now)
+    health = dataclasses.replace(
+        health,
+        disk_error="cannot write /var/lib/chargectl/spool/x.batch: No space left on device",
+        memory_batches=4,
+    )
+    write_heartbeat(tmp_path / "state" / "agent.heartbeat.json", health)
+    result = runner.invoke(app, ["agent", "check", "--config", str(cfg)])
+    assert result.exit_code == 1
+    assert "DISK: cannot write /var/lib/chargectl/spool/x.batch: No space left on device" in result.output
+    assert "4 batches held in memory" in result.output
+    data = json.loads(runner.invoke(app, ["agent", "check", "--config", str(cfg), "--json"]).output)
+    assert data["fresh"] is True and data["ok"] is False and data["problems"][0].startswith("DISK")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chargectl.common.errors import StoreError
-from chargectl.services.agent.durable import CommandJournal, SequenceCounter, Spool, SpooledBatch
+from chargectl.services.agent.durable import CommandJournal, SequenceCounter, Spool, SpooledBatch, load_epoch
 
 
 def test_sequence_is_monotonic_across_instances(tmp_path: Path) -> None:
@@ -22,10 +22,41 @@ def test_sequence_is_monotonic_across_instances(tmp_path: Path) -> None:
     assert SequenceCounter(tmp_path / "seq").next() == 11
 
 
-def test_sequence_file_garbage_is_a_store_error(tmp_path: Path) -> None:
-    (tmp_path / "seq").write_text("seven\n")
-    with pytest.raises(StoreError, match="does not hold a batch sequence"):
-        SequenceCounter(tmp_path / "seq")
+@pytest.mark.parametrize(
+    "garbage",
+    [b"seven\n", b"\xff\xfe12\n", b"-4\n", b"\x00\x00\x00", "4²\n".encode(), b"9" * 40],
+    ids=["word", "bad-utf8", "negative", "nul", "unicode-digit", "overflow"],
+)
+def test_a_corrupt_sequence_file_is_moved_aside_and_counting_restarts(
+    tmp_path: Path, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "seq").write_bytes(garbage)
+    seq = SequenceCounter(tmp_path / "seq")
+    assert seq.reset and seq.last == 0 and seq.next() == 1
+    assert (tmp_path / "seq.corrupt-1").read_bytes() == garbage  # kept for a post-mortem
+    assert (tmp_path / "seq").read_text() == "1\n"
+    assert any("moved it aside" in r.getMessage() for r in caplog.records)
+
+
+def test_a_journal_with_invalid_utf8_keeps_every_readable_command(tmp_path: Path) -> None:
+    path = tmp_path / "commands.journal"
+    path.write_bytes(b"cmd-a 1000\ncmd-\xff\xfe 2000\ncmd-c 3000\ncmd-torn 40")
+    journal = CommandJournal(path)
+    # The damaged line and the torn last line are gone; the commands that still read are remembered.
+    assert "cmd-a" in journal and "cmd-c" in journal and len(journal) == 2
+    assert path.read_text() == "cmd-a 1000\ncmd-c 3000\n"
+    assert (tmp_path / "commands.journal.corrupt-1").exists()
+
+
+@pytest.mark.parametrize("garbage", [b"", b"zz\n", b"\xff" * 16, b"0" * 16, b"abc"])
+def test_an_epoch_is_made_once_and_a_corrupt_one_replaced(tmp_path: Path, garbage: bytes) -> None:
+    path = tmp_path / "epoch"
+    first, made = load_epoch(path)
+    assert made and 0 < first < 2**64 and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert load_epoch(path) == (first, False)  # kept for the life of the state directory
+    path.write_bytes(garbage)
+    second, made = load_epoch(path)
+    assert made and second != first and load_epoch(path) == (second, False)
 
 
 def batch(seq: int, size: int = 100, readings: int = 3) -> SpooledBatch:

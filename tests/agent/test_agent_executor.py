@@ -150,3 +150,88 @@ async def test_executed_ids_survive_a_restart(tmp_path: Path, hub_key: SigningKe
     second = CommandExecutor(SITE, keyring, CommandJournal(tmp_path / "j"), 600, switches, lambda m: True)
     assert (await second.handle(data, NOW + 5_000)).reason == "duplicate"
     assert len(switches.calls) == 1
+
+
+async def test_clock_and_expiry_refusals(
+    setup: tuple[CommandExecutor, Switches], hub_key: SigningKey
+) -> None:
+    """A Pi whose clock lags must not run a command the hub already gave up on, nor one without expiry."""
+    executor, switches = setup
+    cases = {
+        # issued 121 s in our future: our clock lags the hub's by more than max_clock_skew_s (120 s)
+        "clock_skew": command("skew", issued_at_ms=NOW + 121_000, expires_at_ms=NOW + 180_000),
+        "bad_expiry": command("zero", expires_at_ms=0),  # proto3: a missing expiry reads as 0
+        "expired": command("past", expires_at_ms=NOW - 1),
+    }
+    for reason, cmd in cases.items():
+        outcome = await executor.handle(pack_command(cmd, hub_key)[0], NOW)
+        assert (outcome.reason, outcome.ok) == (reason, False), outcome
+    # Further ahead than lifetime (600 s) + skew (120 s): its id could not be forgotten in time.
+    far = await executor.handle(pack_command(command("far", expires_at_ms=NOW + 721_000), hub_key)[0], NOW)
+    assert far.reason == "bad_expiry"
+    # Within the skew is fine (the hub's clock may run a little ahead).
+    ok = await executor.handle(pack_command(command("near", issued_at_ms=NOW + 119_000), hub_key)[0], NOW)
+    assert ok.reason == "executed"
+    assert switches.calls == [(MAC, True, 90)]
+
+
+async def test_a_key_not_valid_yet_is_unknown_key_and_a_bomb_is_malformed(
+    tmp_path: Path, hub_key: SigningKey
+) -> None:
+    import zstandard
+
+    from chargectl.common.codec import SCHEMA_COMMAND
+    from chargectl.gen.v1 import commands_pb2
+
+    keyring = Keyring()
+    keyring.add_public(hub_key.public_bytes, SITE, not_before_ms=NOW + 3_600_000)
+    switches = Switches()
+    executor = CommandExecutor(SITE, keyring, CommandJournal(tmp_path / "j"), 600, switches, lambda m: True)
+    outcome = await executor.handle(pack_command(command("early"), hub_key)[0], NOW)
+    assert outcome.reason == "unknown_key" and "not valid yet" in outcome.error
+    bomb = commands_pb2.Envelope(
+        payload=zstandard.ZstdCompressor().compress(b"\x00" * (8 << 20)),
+        schema=SCHEMA_COMMAND,
+        encoding="zstd",
+        key_id=hub_key.key_id,
+        signature=b"\x01" * 64,
+    ).SerializeToString()
+    assert (await executor.handle(bomb, NOW)).reason == "malformed"
+    assert switches.calls == []
+
+
+async def test_the_journal_is_pruned_while_running(tmp_path: Path, hub_key: SigningKey) -> None:
+    keyring = Keyring()
+    keyring.add_public(hub_key.public_bytes, SITE)
+    journal = CommandJournal(tmp_path / "j")
+    executor = CommandExecutor(SITE, keyring, journal, 600, Switches(), lambda m: True)
+    now = NOW
+    for i in range(200):  # one command a minute for 200 minutes
+        cmd = command(f"c{i}", issued_at_ms=now, expires_at_ms=now + 120_000)
+        assert (await executor.handle(pack_command(cmd, hub_key)[0], now)).reason == "executed"
+        now += 60_000
+    # Each id is kept for its expiry (120 s) + the lifetime (600 s): at most 13 of the last minutes.
+    assert len(journal) <= 13
+    assert len((tmp_path / "j").read_text().splitlines()) <= 13
+    # ...and the most recent ones are still refused as duplicates.
+    last = command("c199", issued_at_ms=now - 60_000, expires_at_ms=now + 60_000)
+    assert (await executor.handle(pack_command(last, hub_key)[0], now)).reason == "duplicate"
+
+
+async def test_an_unwritable_journal_refuses_on_but_still_switches_off(
+    setup: tuple[CommandExecutor, Switches], hub_key: SigningKey, tmp_path: Path
+) -> None:
+    from chargectl.common.errors import StoreError
+
+    executor, switches = setup
+
+    def full(command_id: str, keep_until_ms: int) -> None:
+        raise StoreError("cannot write journal: No space left on device")
+
+    executor.journal.record = full  # type: ignore[method-assign]
+    on = await executor.handle(pack_command(command("on"), hub_key)[0], NOW)
+    assert (on.reason, on.ok) == ("journal_error", False) and "No space left" in on.error
+    off = await executor.handle(pack_command(command("off", on=False), hub_key)[0], NOW)
+    assert (off.reason, off.ok, off.relay_on) == ("executed", True, False)
+    assert switches.calls == [(MAC, False, None)]
+    assert "No space left" in executor.journal_error

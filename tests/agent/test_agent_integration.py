@@ -438,7 +438,7 @@ async def test_discovered_plug_that_moves_keeps_its_identity_and_readings(tmp_pa
         agent_key,
         keyring,
         shelly_connector(password=None, user="admin", timeout_s=2.0, clock=clock),
-        discovery=shelly_discovery(loopback),
+        discovery=shelly_discovery(loopback, ["127.0.0.0/8"]),  # the simulator lives on loopback
         clock=clock,
     )
     mover = fleet.plugs[0]

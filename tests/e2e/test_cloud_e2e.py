@@ -289,12 +289,16 @@ def test_bad_messages_are_dead_lettered_and_duplicates_change_nothing(deployment
         assert 'dead_lettered_total{reason="malformed"} 1' in metrics
         assert d.cli("hub", "check", "--json")["ok"] is True  # still serving
         # a replay of a batch the hub already processed (an agent's spool replay, a redelivery): the agent's
-        # first batch was seq 1; the same site key and seq again must change nothing
+        # first batch was seq 1 under its instance epoch; the same site key, epoch and seq again must
+        # change nothing
         from chargectl.common.keys import load_private_key
         from chargectl.common.readings import Reading
 
         key = load_private_key(bundle / "agent.key")
-        replay = codec.Batch(d.site, 1, (Reading("A8032AB12345", int(time.time() * 1000), 5.0, 1, True),))
+        epoch = int((d.tmp / "agent-state" / "epoch").read_text(), 16)
+        replay = codec.Batch(
+            d.site, 1, (Reading("A8032AB12345", int(time.time() * 1000), 5.0, 1, True),), epoch=epoch
+        )
         data, attrs = codec.pack_telemetry(replay, key)
         publisher.publish(topic, data, **attrs, shard="0").result(30)
         # (the labelled counter exists at 0 from the first scrape: wait for it to move)

@@ -10,7 +10,7 @@ def _j(text: str) -> Any:
     return json.loads(text)
 
 
-# Gen1 Plug S, fw v1.14.0 (§2.1, §2.2)
+# Gen1 Plug S, fw v1.14.0
 GEN1_PLUG_S_SHELLY = _j(
     '{"type":"SHPLG-S","mac":"AABBCCDDEEFF","auth":false,"fw":"20230913-113421/v1.14.0-gcb84623",'
     '"discoverable":true,"name":"Test Name","num_outputs":1,"num_meters":1}'
@@ -37,7 +37,7 @@ GEN1_RELAY_ON = _j(
     '"overpower":false,"source":"http"}'
 )
 
-# Gen2 Plus Plug S fw 1.1.0 (§3.2, §3.4)
+# Gen2 Plus Plug S fw 1.1.0
 PLUS_PLUG_S_SHELLY = _j(
     '{"name":"Test Name","id":"shellyplusplugs-aabbccddeeff","mac":"AABBCCDDEEFF","slot":0,'
     '"model":"SNPL-00112EU","gen":2,"fw_id":"20231219-134003/1.1.0-g34b5d4f","ver":"1.1.0",'
@@ -49,7 +49,7 @@ PLUS_PLUG_S_SWITCH = _j(
     '"temperature":{"tC":32.1,"tF":89.7}}'
 )
 
-# Plug S Gen3 fw 2.0.0 (§3.2) and a Gen3 switch with freq/ret_aenergy (§3.4)
+# Plug S Gen3 fw 2.0.0 and a Gen3 switch with freq/ret_aenergy
 PLUG_S_GEN3_SHELLY = _j(
     '{"name":null,"id":"shellyplugsg3-d885ac16f888","mac":"D885AC16F888","slot":0,"model":"S3PL-00112EU",'
     '"gen":3,"fw_id":"20260710-101146/2.0.0-g87fbfa4","ver":"2.0.0","app":"PlugSG3","auth_en":false}'
@@ -60,10 +60,10 @@ GEN3_SWITCH = _j(
     '"ret_aenergy":{"total":0.000,"by_minute":[0.000,0.000,0.000],"minute_ts":1742209020},'
     '"temperature":{"tC":18.8,"tF":65.9}}'
 )
-# Shelly 1 Mini Gen4: a switch without any metering keys (§3.4 "shown if applicable")
+# Shelly 1 Mini Gen4: a switch without any metering keys ("shown if applicable")
 MINI_GEN4_SWITCH = _j('{"id":0,"source":"WS_in","output":false,"temperature":{"tC":41.2,"tF":106.2}}')
 
-# Errors (§3.7, §3.8)
+# Errors
 RPC_ERROR_FRAME = _j(
     '{"id":1,"src":"shellyplusplugs-aabbccddeeff","error":{"code":-103,"message":"Missing required \'id\'"}}'
 )

@@ -59,7 +59,7 @@ def test_nonce_count_increments_and_restarts_at_one_per_nonce() -> None:
     assert state.json_auth()["nc"] == 2  # the JSON form shares the count, as a plain integer
 
 
-def test_base64_nonce_with_padding_is_echoed_exactly() -> None:  # §8.12: don't split on every '='
+def test_base64_nonce_with_padding_is_echoed_exactly() -> None:  # don't split on every '='
     header = 'Digest qop="auth", realm="shellyplugsg3-d885ac16f888", nonce="vohqagAAAAB+XQ/a==", algorithm=SHA-256, stale=true'
     ch = Challenge.from_header(header)
     assert ch.nonce == "vohqagAAAAB+XQ/a=="
@@ -70,7 +70,7 @@ def test_base64_nonce_with_padding_is_echoed_exactly() -> None:  # §8.12: don't
     assert state.json_auth()["nonce"] == "vohqagAAAAB+XQ/a=="
 
 
-def test_empty_opaque_is_echoed() -> None:  # §8.14: httpx drops it, some devices need it
+def test_empty_opaque_is_echoed() -> None:  # httpx drops it, some devices need it
     ch = Challenge.from_header('Digest qop="auth", realm="R", nonce="0b00ddda", algorithm=SHA-256, opaque=""')
     assert ch.opaque == ""
     state = DigestState("pw")
@@ -96,7 +96,7 @@ def test_unusable_challenges_are_invalid_response(header: str) -> None:
         Challenge.from_header(header)
 
 
-def test_json_challenge_message_is_parsed_twice() -> None:  # §8.11
+def test_json_challenge_message_is_parsed_twice() -> None:
     ch = parse_json_challenge(JSON_CHALLENGE_MESSAGE)
     assert (ch.realm, ch.nonce, ch.algorithm) == ("shellyplus2pm-c4d8d5563e48", "1725185413", "SHA-256")
     with pytest.raises(InvalidResponse):

@@ -363,3 +363,33 @@ async def test_control_surface_over_http(fleet_factory: FleetFactory, manual_clo
     assert plug.port != old
     async with await client_for(plug, manual_clock) as client:
         assert client.mac == MACS[2]
+
+
+async def test_an_answer_past_max_response_bytes_is_refused_before_it_is_read(
+    fleet_factory: FleetFactory,
+) -> None:
+    import httpx
+
+    from chargectl.shelly.sim import wrong_mac_of
+
+    fleet = await fleet_factory([make_profile(2, "AABBCC000001"), make_profile(1, "AABBCC000002")])
+    gen2, gen1 = fleet.plugs
+    for plug in (gen2, gen1):
+        client = await ShellyClient.connect(plug.host, plug.port, max_response_bytes=4096, timeout_s=10)
+        try:
+            await plug.inject("huge_body", count=1)  # no Content-Length: stopped while reading
+            with pytest.raises(InvalidResponse, match="more than 4096 bytes"):
+                await client.read()
+            assert (await client.read()).mac == plug.mac  # the next answer is fine again
+            await plug.inject("wrong_mac", count=2)
+            with pytest.raises(InvalidResponse, match=wrong_mac_of(plug.mac)):
+                await client.read()
+        finally:
+            await client.aclose()
+
+    # A declared Content-Length past the limit is refused without reading the body at all.
+    def announce(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Length": str(10**9)}, content=b"{}")
+
+    with pytest.raises(InvalidResponse, match="announced a 1000000000-byte answer"):
+        await ShellyClient.connect("10.9.9.9", 80, transport=httpx.MockTransport(announce))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 from shelly_payloads import (
@@ -27,7 +28,7 @@ from chargectl.shelly import parse
 TS = 1_767_225_600_000
 
 
-# --- §8.5 / §8.20: generation detection from GET /shelly -------------------------------------------
+# --- generation detection from GET /shelly -------------------------------------------
 
 
 def test_gen1_has_no_gen_key() -> None:
@@ -67,7 +68,7 @@ def test_gen3_and_gen4_are_rpc_too(gen: int) -> None:
     assert info.mac == "D885AC16F888"
 
 
-def test_plug_pm_gen3_is_metering_only() -> None:  # §8.21
+def test_plug_pm_gen3_is_metering_only() -> None:
     info = parse.parse_device_info(dict(PLUG_S_GEN3_SHELLY, model="S3PL-30116EU"))
     assert not info.switchable
 
@@ -100,7 +101,7 @@ def test_non_json_body_is_invalid_response() -> None:
 # --- Gen1 /status -------------------------------------------------------------------------------------
 
 
-def test_gen1_total_is_watt_minutes() -> None:  # §8.1
+def test_gen1_total_is_watt_minutes() -> None:
     r = parse.gen1_reading(GEN1_PLUG_S_STATUS, mac="AABBCCDDEEFF", ts_ms=TS)
     # 2632 Wmin = 43.8667 Wh = 43867 mWh
     assert r.energy_mwh == 43867
@@ -111,18 +112,18 @@ def test_gen1_total_is_watt_minutes() -> None:  # §8.1
     assert r.errors == 0
 
 
-def test_gen1_uptime_is_reported_for_reset_detection() -> None:  # §8.2
+def test_gen1_uptime_is_reported_for_reset_detection() -> None:
     r = parse.gen1_reading(GEN1_PLUG_S_STATUS, mac="AABBCCDDEEFF", ts_ms=TS)
     assert r.uptime_s == 2589909
 
 
-def test_gen1_meter_timestamp_is_not_used_as_time() -> None:  # §8.3 (local-offset epoch)
+def test_gen1_meter_timestamp_is_not_used_as_time() -> None:  # local-offset epoch
     r = parse.gen1_reading(GEN1_PLUG_S_STATUS, mac="AABBCCDDEEFF", ts_ms=TS)
     assert r.ts_ms == TS
     assert r.ts_ms != 1707335841 * 1000
 
 
-def test_gen1_overpower_bool_in_relays_float_in_meters() -> None:  # §8.4
+def test_gen1_overpower_bool_in_relays_float_in_meters() -> None:
     status = copy.deepcopy(GEN1_PLUG_S_STATUS)
     status["meters"][0]["overpower"] = 2600.0  # a float W value: not itself a trip flag
     assert parse.gen1_reading(status, mac="AABBCCDDEEFF", ts_ms=TS).errors == 0
@@ -168,7 +169,7 @@ def test_gen1_relay_without_ison_is_invalid() -> None:
 # --- Gen2+ Shelly.GetStatus -------------------------------------------------------------------------
 
 
-def test_gen2_aenergy_total_is_watt_hours() -> None:  # §8.1 (not watt-minutes, not /60000)
+def test_gen2_aenergy_total_is_watt_hours() -> None:  # not watt-minutes, not /60000
     r = parse.gen2_reading(gen2_status(PLUS_PLUG_S_SWITCH), mac="AABBCCDDEEFF", ts_ms=TS)
     assert r.energy_mwh == 7258589
     assert (r.power_w, r.voltage_v, r.current_a, r.temperature_c) == (2.7, 227.9, 0.121, 32.1)
@@ -183,25 +184,25 @@ def test_gen3_switch_with_freq_and_returned_energy() -> None:
     assert (r.power_w, r.voltage_v, r.current_a, r.relay_on) == (0.0, 236.5, 0.0, False)
 
 
-def test_gen2_switch_without_metering_keys() -> None:  # §8.6
+def test_gen2_switch_without_metering_keys() -> None:
     r = parse.gen2_reading(gen2_status(MINI_GEN4_SWITCH), mac="AABBCCDDEEFF", ts_ms=TS)
     assert (r.power_w, r.energy_mwh, r.voltage_v, r.current_a) == (0.0, 0, None, None)
     assert r.temperature_c == 41.2
 
 
-def test_gen2_null_temperature() -> None:  # §8.6
+def test_gen2_null_temperature() -> None:
     switch = dict(PLUS_PLUG_S_SWITCH, temperature={"tC": None, "tF": None})
     assert parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS).temperature_c is None
 
 
-def test_gen2_errors_list_becomes_flags() -> None:  # §8.24
+def test_gen2_errors_list_becomes_flags() -> None:
     switch = dict(PLUS_PLUG_S_SWITCH, output=False, errors=["overpower", "overvoltage"])
     r = parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS)
     assert r.errors == 1 | 4
     assert parse.errors_to_flags(["something_new"]) == DeviceFlag.OTHER
 
 
-def test_gen2_unknown_components_are_ignored() -> None:  # §3.3
+def test_gen2_unknown_components_are_ignored() -> None:
     assert parse.gen2_components(gen2_status(PLUS_PLUG_S_SWITCH)) == ([0], [])
 
 
@@ -215,7 +216,7 @@ def test_gen2_without_switch_or_meter_is_invalid() -> None:
         parse.gen2_reading({"sys": {"uptime": 1}}, mac="AABBCCDDEEFF", ts_ms=TS)
 
 
-def test_pm1_meter_is_always_live() -> None:  # §8.21: Plug PM Gen3, pm1:0 (shape per the PM1 doc)
+def test_pm1_meter_is_always_live() -> None:  # Plug PM Gen3, pm1:0 (shape per the PM1 doc)
     status = {
         "pm1:0": {
             "id": 0,
@@ -243,7 +244,7 @@ def test_metering_values_of_wrong_type_are_invalid() -> None:
         parse.gen2_reading(gen2_status(dict(PLUS_PLUG_S_SWITCH, apower="2.7")), mac="AABBCCDDEEFF", ts_ms=TS)
 
 
-# --- §8.7 / §8.8: RPC errors in both shapes ------------------------------------------------------------
+# --- RPC errors in both shapes ------------------------------------------------------------
 
 
 def test_rpc_error_frame_and_bare_shapes() -> None:
@@ -256,3 +257,78 @@ def test_rpc_error_frame_and_bare_shapes() -> None:
     assert isinstance(bare, RpcCallError) and bare.code == 404
     assert parse.rpc_error(PLUS_PLUG_S_SWITCH) is None
     assert parse.rpc_error([1, 2]) is None
+
+
+# --- hostile plugs: every bad number is an InvalidResponse, never a ValueError/OverflowError -----
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_json_constants_are_refused(constant: str) -> None:
+    body = f'{{"switch:0": {{"id": 0, "output": true, "apower": {constant}}}}}'.encode()
+    with pytest.raises(InvalidResponse, match=f"non-finite number {constant}"):
+        parse.parse_json(body, "Shelly.GetStatus")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("apower", 1e300),
+        ("apower", float("inf")),  # what json.loads makes of 1e400
+        ("apower", float("nan")),
+        ("apower", 10**400),  # an integer no float can hold
+        ("voltage", -5.0),
+        ("current", 1e6),
+    ],
+)
+def test_gen2_out_of_range_numbers_are_refused(key: str, value: Any) -> None:
+    switch = copy.deepcopy(PLUS_PLUG_S_SWITCH)
+    switch[key] = value
+    with pytest.raises(InvalidResponse, match=f"'{key}' is out of range"):
+        parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS)
+
+
+def test_energy_counter_past_the_wire_format_is_refused() -> None:
+    switch = copy.deepcopy(PLUS_PLUG_S_SWITCH)
+    switch["aenergy"]["total"] = 1e300  # round(1e300 * 1000) would overflow the uint64 on the wire
+    with pytest.raises(InvalidResponse, match="'total' is out of range"):
+        parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS)
+    status = copy.deepcopy(GEN1_PLUG_S_STATUS)
+    status["meters"][0]["total"] = -1
+    with pytest.raises(InvalidResponse, match="'total' is out of range"):
+        parse.gen1_reading(status, mac="AABBCCDDEEFF", ts_ms=TS)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda s: s.update(apower="230"),  # a string
+        lambda s: s.update(output="yes"),
+        lambda s: s.pop("output"),
+        lambda s: s.pop("apower"),  # half the metering: not "0 W"
+        lambda s: s.update(aenergy=[1, 2]),
+        lambda s: s.update(errors=[{"overpower": 1}]),
+        lambda s: s.update(temperature={"tC": 1e9}),
+    ],
+    ids=["power-string", "output-string", "no-output", "no-apower", "aenergy-list", "errors-objects", "hot"],
+)
+def test_gen2_wrong_types_and_missing_fields_are_refused(mutate: Any) -> None:
+    switch = copy.deepcopy(PLUS_PLUG_S_SWITCH)
+    mutate(switch)
+    with pytest.raises(InvalidResponse):
+        parse.gen2_reading(gen2_status(switch), mac="AABBCCDDEEFF", ts_ms=TS)
+
+
+def test_gen1_huge_uptime_and_bad_temperature_are_refused() -> None:
+    status = copy.deepcopy(GEN1_PLUG_S_STATUS)
+    status["uptime"] = 2**40
+    with pytest.raises(InvalidResponse, match="'uptime' is out of range"):
+        parse.gen1_reading(status, mac="AABBCCDDEEFF", ts_ms=TS)
+    status = copy.deepcopy(GEN1_PLUG_S_STATUS)
+    status["temperature"] = float("nan")
+    with pytest.raises(InvalidResponse, match="'temperature' is out of range"):
+        parse.gen1_reading(status, mac="AABBCCDDEEFF", ts_ms=TS)
+
+
+def test_deeply_nested_garbage_is_not_json() -> None:
+    with pytest.raises(InvalidResponse, match="not JSON"):
+        parse.parse_json(b"[" * 100_000, "Shelly.GetStatus")
