@@ -77,7 +77,7 @@ def test_console_live_in_a_browser_and_a_session_page_that_matches_the_ledger(
         control.get("/load", params={"w": "1234"})  # a car is plugged in: draws once the relay closes
         before = control.get("/state").json()
         answer = cli(running.cfg, "session", "start", "--user", "u1", "--plug", mac, "--json")
-        assert answer["status"] == "accepted", answer
+        assert answer["status"] == "ACCEPTED", answer
         session_id = answer["session_id"]
         page.wait_for_function(
             "(sel) => document.querySelector(sel).textContent === '1234.0 W'",
@@ -115,7 +115,7 @@ def test_console_live_in_a_browser_and_a_session_page_that_matches_the_ledger(
         done = wait_for(
             "the session to complete",
             lambda: [
-                s for s in cli(running.cfg, "session", "list", "--json") if s["status"] == "STATUS_COMPLETED"
+                s for s in cli(running.cfg, "session", "list", "--json") if s["status"] == "COMPLETED"
             ],
         )
         (session,) = done
