@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from chargectl.common import sdnotify
 from chargectl.common.clock import Clock
 from chargectl.common.errors import ChargectlError, PaymentError, StoreError
 from chargectl.services.app.api import ApiError, AppApi
@@ -316,8 +317,14 @@ class AppServer:
             await self._runner.cleanup()
             self._runner = None
 
+    async def _watchdog_loop(self) -> None:
+        """Tell systemd the event loop is alive (a blocked loop starves this and the unit restarts)."""
+        while True:
+            sdnotify.watchdog()
+            await asyncio.sleep(sdnotify.WATCHDOG_MIN_INTERVAL_S)
+
     def run(self, host: str, port: int) -> None:
-        """Serve until SIGINT or SIGTERM (the CLI)."""
+        """Serve until SIGINT or SIGTERM (the CLI); READY=1 once listening, WATCHDOG=1 while the loop runs."""
 
         async def main() -> None:
             done = asyncio.Event()
@@ -325,9 +332,15 @@ class AppServer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, done.set)
             await self.start(host, port)
+            sdnotify.ready()
+            alive = asyncio.create_task(self._watchdog_loop(), name="watchdog")
             try:
                 await done.wait()
             finally:
+                sdnotify.stopping()
+                alive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await alive
                 await self.stop()
                 log.info("app API stopped")
 

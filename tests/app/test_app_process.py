@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import backends
 import httpx
@@ -125,3 +126,34 @@ def test_app_serve_refuses_to_start_without_a_project(
     monkeypatch.setenv("CHARGECTL_APP__PROJECT_ID", PROJECT)
     result = CliRunner().invoke(app, ["app", "serve", "--port", "0"])
     assert result.exit_code != 0 and "app.allowed_origins" in str(result.exception)
+
+
+def _unit_helpers() -> Any:
+    """tests/cli/test_units.py: reading a unit's ExecStart and running it as systemd would."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "cli" / "test_units.py"
+    spec = importlib.util.spec_from_file_location("unit_helpers_for_app", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_app_units_exec_start_line_runs_and_notifies(
+    tmp_path: Path, stripe_server: backends.Server, certs_server: CertsServer
+) -> None:
+    units = _unit_helpers()
+    config = tmp_path / "app.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'[app]\nproject_id = "{PROJECT}"\ncerts_url = "{certs_server.url}"\n'
+        f"port = {backends.free_port()}\n"
+        f'[payments]\napi_base = "{stripe_server.url}"\n'
+    )
+    env = {**os.environ, "STRIPE_API_KEY": API_KEY, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    env.pop("CHARGECTL_CONFIG", None)
+    unit = (units.UNITS / "chargectl-app.service").read_text()
+    err = units.run_until_ready(units.exec_start_argv(unit, config), env, tmp_path)
+    units.assert_journal_lines(err)
+    assert API_KEY not in err and WEBHOOK_SECRET not in err

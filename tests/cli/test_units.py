@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "provisioner" / "units"
 CHARGECTL = str(Path(sys.executable).parent / "chargectl")
 SERVICES = ("agent", "hub", "app")
-NOTIFYING = ("agent", "hub")  # the app server does not speak sd_notify yet (Type=exec, no watchdog)
+NOTIFYING = ("agent", "hub", "app")
 
 
 def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
