@@ -99,7 +99,7 @@ class Skipped:
 class Rejected:
     """Dead-letter with ``reason`` (and ``detail`` for the operator)."""
 
-    reason: str  # "bad_schema" | "unverified" | "malformed" | "revoked"
+    reason: str  # "bad_schema" | "unverified" | "malformed" | "revoked" | "wrong_shard" | "foreign_plug"
     detail: str
     site_id: str = ""
 
@@ -114,6 +114,7 @@ class Ingest:
     keyring: Keyring
     shard: int | None = None
     revoked_sites: set[str] = field(default_factory=set)
+    site_shards: dict[str, int] = field(default_factory=dict)  # Site.shard: which hub owns a site
     windows: dict[str, SeqWindow] = field(default_factory=dict)
     max_size: int = codec.DEFAULT_MAX_DECOMPRESSED
 
@@ -129,12 +130,18 @@ class Ingest:
                 batch = codec.unpack_telemetry(data, self.keyring, now_ms, self.max_size)
                 if batch.site_id in self.revoked_sites:
                     return Rejected("revoked", f"site {batch.site_id} is revoked", batch.site_id)
+                wrong = self._wrong_shard(batch.site_id)
+                if wrong is not None:
+                    return wrong
                 window = self.windows.get(window_key(batch.site_id, batch.epoch))
                 if window is not None and window.seen(batch.batch_seq):
                     return Skipped("duplicate", batch.site_id)
                 return Accepted(batch.site_id, batch=batch)
             if schema == codec.SCHEMA_RESULT:
                 outcome = codec.unpack_outcome(data, self.keyring, now_ms)
+                wrong = self._wrong_shard(outcome.site_id)
+                if wrong is not None:
+                    return wrong
                 return Accepted(outcome.site_id, outcome=outcome)
         except CodecError as exc:
             text = str(exc)
@@ -145,6 +152,15 @@ class Ingest:
             )
             return Rejected(reason, text, site_attr)
         return Rejected("bad_schema", f"unexpected schema {schema!r}", site_attr)
+
+    def _wrong_shard(self, site_id: str) -> Rejected | None:
+        """The signed site's ``Site.shard`` decides, not the unsigned ``shard`` attribute."""
+        if self.shard is None:
+            return None
+        owner = self.site_shards.get(site_id)
+        if owner is None or owner == self.shard:
+            return None
+        return Rejected("wrong_shard", f"site {site_id} belongs to shard {owner}, not {self.shard}", site_id)
 
     def commit(self, verdict: Accepted) -> None:
         """Record an accepted batch as processed (call once its readings reached the machines)."""

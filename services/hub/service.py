@@ -35,7 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 from chargectl.common import codec
-from chargectl.common.alerts import AlertBook
+from chargectl.common.alerts import AlertBook, AlertKind, Severity
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.errors import ChargectlError, StoreError, TransportError
 from chargectl.common.keys import Keyring, SigningKey
@@ -50,7 +50,9 @@ from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
+from chargectl.services.hub.intake import RefusalLog, check_reading
 from chargectl.services.hub.params import PlugParams
+from chargectl.services.hub.registry import PlugRefusal, PlugRegistry
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
 
@@ -108,7 +110,10 @@ class Hub:
         self.ledger = Ledger(ports.store)
         self.plugs: dict[str, _Plug] = {}
         self.ingest = Ingest(Keyring(), shard=settings.shard)
-        self.balances: dict[str, int] = {}
+        self.registry = PlugRegistry(
+            ports.store, settings.max_new_plugs_per_batch, settings.max_plugs_per_site
+        )
+        self.balances: dict[tuple[str, str], int] = {}  # (user, currency) -> ledger balance
         self.metrics = Metrics()
         self.alerts = AlertBook()  # open alerts; sinks and the console read them
         self.http_routes: dict[str, Route] = {}  # path prefix -> handler, served beside /healthz
@@ -121,7 +126,11 @@ class Hub:
         self._stop = asyncio.Event()
         self._recover: dict[str, codec.ChargeSession] = {}  # sessions to resume once their plug reports
         self._command_sent: dict[str, float] = {}
-        self._seen_requests: set[str] = set()
+        self._handled: dict[str, float] = {}  # request id -> when handled (monotonic); bounded by age
+        self._pending_finishes: dict[str, tuple[codec.ChargeSession, codec.LedgerEntry | None]] = {}
+        self._loop_errors: dict[str, str] = {}  # loop name -> the exception of its last failed pass
+        self._refusals = RefusalLog()
+        self._checkpoint_due = False
         self._last_checkpoint = 0.0
         self._last_trust = 0.0
         self._last_balance = 0.0
@@ -136,6 +145,8 @@ class Hub:
         self.refresh_trust(force=True)
         self.balances = self.ledger.balances()
         self._load_checkpoint()
+        for mac, plug in self.plugs.items():  # plugs known from before bindings existed keep their site
+            plug.site_id = self.registry.bind(mac, plug.site_id, self._now_ms())
         self._reconcile()
         bus = self.ports.bus
         await bus.ensure_topic(TELEMETRY_TOPIC)
@@ -150,7 +161,7 @@ class Hub:
             "hub shard %d started: %d plugs, %d users with a balance",
             self.settings.shard,
             len(self.plugs),
-            len(self.balances),
+            len({user for user, _ in self.balances}),
         )
 
     async def stop(self) -> None:
@@ -227,15 +238,34 @@ class Hub:
         await self.tick()
 
     async def _loop(self, fn: Callable[[], Any], interval_s: float) -> None:
+        name = getattr(fn, "__name__", "loop")
         while not self._stop.is_set():
-            try:
-                await fn()
-            except ChargectlError as exc:
-                log.warning("%s failed: %s", getattr(fn, "__name__", "loop"), exc)
+            await self.run_pass(fn, name)
             await self.clock.sleep(interval_s)
 
+    async def run_pass(self, fn: Callable[[], Any], name: str) -> None:
+        """One pass of a loop: a failure is counted, shown by /healthz until a pass succeeds, never fatal."""
+        try:
+            await fn()
+        except ChargectlError as exc:
+            log.warning("%s failed: %s", name, exc)
+            self.metrics.inc("loop_errors_total", loop=name, kind="expected")
+        except Exception as exc:  # a bug: keep the loop alive, make it visible
+            log.exception("%s raised; the loop goes on", name)
+            self.metrics.inc("loop_errors_total", loop=name, kind="bug")
+            self._loop_errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+            self.alerts.raise_alert(
+                AlertKind.HUB_ERROR,
+                name,
+                f"{name} raised {type(exc).__name__}: {exc}",
+                self._now_ms(),
+                severity=Severity.CRITICAL,
+            )
+        else:
+            self._loop_errors.pop(name, None)
+
     def problems(self) -> list[str]:
-        out = []
+        out = [f"{name} loop failed: {err}" for name, err in sorted(self._loop_errors.items())]
         if self._subscription is not None and not self._subscription.running:
             out.append(f"telemetry subscriber stopped: {self._subscription.error}")
         if not self._started:
@@ -259,7 +289,14 @@ class Hub:
         self._last_trust = mono
         sites = self.store.list_sites()
         self._sites = {s.site_id: s for s in sites}
+        self.ingest.site_shards = {s.site_id: s.shard for s in sites}
         self.ingest.keyring = telemetry_keyring(sites, self._now_ms())
+        for mac, site_id in self.registry.refresh().items():  # an operator moved a plug
+            plug = self.plugs.get(mac)
+            if plug is not None and plug.site_id != site_id:
+                log.info("plug %s assigned from site %s to %s", mac, plug.site_id, site_id)
+                plug.site_id = site_id
+                plug.dirty = True
         self.ingest.revoked_sites = {s.site_id for s in sites if s.status == codec.Site.STATUS_REVOKED}
         self._site_tariffs = {
             s.site_id: tariff_from_document(s.tariff) for s in sites if s.HasField("tariff")
@@ -285,50 +322,122 @@ class Hub:
             return True
         if isinstance(verdict, Rejected):
             return await self._dead_letter(msg, verdict)
+        foreign: list[str] = []
         try:
             if verdict.batch is not None:
-                self.process_batch(verdict.batch)
-            elif verdict.outcome is not None:
-                self.process_outcome(verdict.outcome)
+                foreign = self.process_batch(verdict.batch)
+            elif verdict.outcome is not None and not self.process_outcome(verdict.outcome):
+                foreign = [verdict.outcome.plug_mac]
         except StoreError as exc:
             log.warning("store unavailable while processing telemetry (%s); will be redelivered", exc)
             return False
         self.ingest.commit(verdict)
+        if foreign:
+            # The rest was processed; a copy goes to the dead letters so the refusal can be inspected.
+            detail = f"plugs bound to another site: {', '.join(sorted(foreign)[:20])}"
+            await self._dead_letter(msg, Rejected(PlugRefusal.FOREIGN_PLUG, detail, verdict.site_id))
+        self._checkpoint_if_due()
         return True
 
     async def _dead_letter(self, msg: BusMessage, verdict: Rejected) -> bool:
         attrs = dict(msg.attributes)
         attrs.update(
-            {"reason": verdict.reason, "detail": verdict.detail[:500], "original_message_id": msg.message_id}
+            {
+                "reason": str(verdict.reason),
+                "detail": verdict.detail[:500],
+                "original_message_id": msg.message_id,
+            }
         )
         try:
             await self.ports.bus.publish(DEAD_LETTER_TOPIC, msg.data, attrs)
         except TransportError as exc:
             log.warning("cannot dead-letter message %s (%s); leaving it unacked", msg.message_id, exc)
             return False
-        self.metrics.inc("dead_lettered_total", reason=verdict.reason)
+        self.metrics.inc("dead_lettered_total", reason=str(verdict.reason))
         log.warning(
             "dead-lettered message %s from %r: %s", msg.message_id, verdict.site_id or "?", verdict.detail
         )
         return True
 
-    def process_batch(self, batch: codec.Batch) -> None:
-        """Feed one verified batch to the machines, per plug in timestamp order."""
+    def process_batch(self, batch: codec.Batch) -> list[str]:
+        """Feed one verified batch to the machines, per plug in timestamp order; returns foreign plugs.
+
+        Each reading is bounded first (refused ones are counted and skipped, the rest go on); plugs
+        bound to another site, or beyond the site's plug limits, are refused and alerted."""
+        now_ms = self._now_ms()
+        max_age_ms = round(self.settings.max_reading_age_s * 1000)
+        max_skew_ms = round(self.settings.max_clock_skew_s * 1000)
         by_plug: dict[str, list[Reading]] = {}
         for r in batch.readings:
-            by_plug.setdefault(r.mac, []).append(r)
+            rows = by_plug.get(r.mac)
+            if rows is None:
+                rows = by_plug[r.mac] = []
+            rows.append(r)
+        admission = self.registry.admit(batch.site_id, by_plug, now_ms)
+        foreign: list[str] = []
+        for mac, why in admission.refused.items():
+            self._refuse_plug(mac, batch.site_id, why, len(by_plug[mac]))
+            if why is PlugRefusal.FOREIGN_PLUG:
+                foreign.append(mac)
         ts = self.ports.timeseries
-        for mac, rows in by_plug.items():
+        for mac in admission.admitted:
+            rated = self._params(mac).rated_power_w
+            rows = []
+            for r in by_plug[mac]:
+                why_not = check_reading(r, now_ms, max_age_ms, max_skew_ms, rated)
+                if why_not is None:
+                    rows.append(r)
+                else:
+                    self._refuse_reading(r, batch.site_id, str(why_not))
+            if not rows:
+                continue
             rows.sort(key=lambda r: r.ts_ms)
             plug = self._plug(mac, batch.site_id)
-            self._apply(plug, m.Readings(tuple(rows)))
+            self._apply_safely(plug, m.Readings(tuple(rows)))
             ts.add_readings(batch.site_id, rows, str(plug.state.status))
             self.metrics.inc("readings_total", len(rows))
         self.metrics.inc("batches_total")
         for mac in list(self._recover):
             self._try_recover(mac)
+        return foreign
 
-    def process_outcome(self, outcome: codec.CommandOutcome) -> None:
+    def _refuse_reading(self, r: Reading, site_id: str, reason: str) -> None:
+        self.metrics.inc("readings_refused_total", reason=reason, help_text="Readings refused by the bounds")
+        if self._refusals.due(r.mac, reason, self.clock.monotonic()):
+            log.warning(
+                "refused a reading of %s from site %s: %s (said once per hour)", r.mac, site_id, reason
+            )
+            self.alerts.raise_alert(
+                AlertKind.BAD_READINGS, r.mac, f"readings refused: {reason}", self._now_ms(), site_id=site_id
+            )
+
+    def _refuse_plug(self, mac: str, site_id: str, why: PlugRefusal, readings: int) -> None:
+        self.metrics.inc("readings_refused_total", readings, reason=str(why))
+        if why is PlugRefusal.FOREIGN_PLUG:
+            owner = self.registry.owner(mac) or "?"
+            message = f"site {site_id} reported plug {mac}, which belongs to site {owner}"
+            self.alerts.raise_alert(
+                AlertKind.FOREIGN_PLUG,
+                f"{site_id}:{mac}",
+                message,
+                self._now_ms(),
+                severity=Severity.CRITICAL,
+                site_id=site_id,
+            )
+            subject = mac
+        else:
+            message = f"site {site_id} is over its plug limits (new plug {mac} refused)"
+            self.alerts.raise_alert(AlertKind.PLUG_LIMIT, site_id, message, self._now_ms(), site_id=site_id)
+            subject = site_id
+        if self._refusals.due(subject, str(why), self.clock.monotonic()):
+            log.warning("%s (said once per hour)", message)
+
+    def process_outcome(self, outcome: codec.CommandOutcome) -> bool:
+        """Apply a command result; False if it names a plug bound to another site (refused)."""
+        owner = self.registry.owner(outcome.plug_mac)
+        if owner is not None and owner != outcome.site_id:
+            self._refuse_plug(outcome.plug_mac, outcome.site_id, PlugRefusal.FOREIGN_PLUG, 1)
+            return False
         plug = self.plugs.get(outcome.plug_mac)
         sent = self._command_sent.pop(outcome.command_id, None)
         if sent is not None:
@@ -336,18 +445,17 @@ class Hub:
             self.metrics.set("command_latency_seconds", latency, help_text="Last command round trip")
             self.metrics.inc("command_latency_seconds_sum", latency)
             self.metrics.inc("command_results_total", reason=outcome.reason)
-        if plug is None:
-            return
-        self._apply(plug, m.CommandResult(outcome.command_id, outcome.ok, outcome.relay_on))
+        if plug is None or plug.site_id != outcome.site_id:
+            return plug is None
+        self._apply_safely(plug, m.CommandResult(outcome.command_id, outcome.ok, outcome.relay_on))
+        return True
 
     def _plug(self, mac: str, site_id: str) -> _Plug:
+        """The machine of a plug bound to ``site_id`` (the caller checked the binding)."""
         plug = self.plugs.get(mac)
         if plug is None:
             plug = self.plugs[mac] = _Plug(m.new_state(mac, self._params(mac), self.now()), site_id)
             plug.dirty = True
-        elif plug.site_id != site_id:
-            log.info("plug %s moved from site %s to %s", mac, plug.site_id, site_id)
-            plug.site_id = site_id
         return plug
 
     # ------------------------------------------------------------------ the machines
@@ -358,16 +466,58 @@ class Hub:
             self._execute(plug, effects)
         return effects
 
+    def _apply_safely(self, plug: _Plug, event: m.Event) -> tuple[m.Effect, ...]:
+        """``_apply`` with the plug's faults isolated: a bug faults this plug (relay off), nothing else.
+
+        A ``StoreError`` is not the plug's fault: it propagates (the message is redelivered)."""
+        try:
+            return self._apply(plug, event)
+        except StoreError:
+            raise
+        except Exception as exc:
+            self._plug_failed(plug, exc)
+            return ()
+
+    def _plug_failed(self, plug: _Plug, exc: Exception) -> None:
+        mac = plug.state.mac
+        log.exception("handling an event of plug %s raised; the plug is faulted, the hub goes on", mac)
+        self.metrics.inc("plug_errors_total", help_text="Exceptions while handling one plug's event")
+        reason = f"hub_error: {type(exc).__name__}"
+        self.alerts.raise_alert(
+            AlertKind.PLUG_FAULTED,
+            mac,
+            f"{reason}: {exc}"[:300],
+            self._now_ms(),
+            severity=Severity.CRITICAL,
+            site_id=plug.site_id,
+        )
+        try:
+            self._apply(plug, m.PlugFault(reason))
+        except Exception:
+            log.exception("plug %s cannot be faulted cleanly; sending relay off directly", mac)
+            self._send_command(plug, m.SendRelay(mac, False, 0, "", f"{mac}.fault.{self._now_ms()}", "fault"))
+        plug.dirty = True
+
     async def tick(self) -> None:
         """Time passes for every machine; flush mirrors; refresh trust/balances; checkpoint when due."""
         self.refresh_trust()
+        self._retry_finishes()
         self._refresh_balances()
+        self._share_balances()
         for plug in list(self.plugs.values()):
-            self._apply(plug, m.Tick())
+            self._apply_safely(plug, m.Tick())
         for mac in list(self._recover):
             self._try_recover(mac)
         self._mirror_dirty()
+        self._prune_handled()
         if self.clock.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+            self._checkpoint_due = True
+        self._checkpoint_if_due()
+
+    def _checkpoint_if_due(self) -> None:
+        """Write the checkpoint if a session started, began finishing or finished since the last one."""
+        if self._checkpoint_due:
+            self._checkpoint_due = False
             self.checkpoint()
 
     def _execute(self, plug: _Plug, effects: Iterable[m.Effect]) -> None:
@@ -376,6 +526,8 @@ class Hub:
                 self._send_command(plug, fx)
             elif isinstance(fx, m.StateChanged):
                 plug.dirty = True
+                if fx.new is m.Status.FINISHING:
+                    self._checkpoint_due = True  # a restart must find the relay commanded off
                 self.metrics.inc("transitions_total", to=str(fx.new))
                 log.info("plug %s: %s -> %s (%s)", fx.mac, fx.old, fx.new, fx.reason)
             elif isinstance(fx, m.SessionStarted):
@@ -436,7 +588,15 @@ class Hub:
 
     def _session_started(self, plug: _Plug, fx: m.SessionStarted) -> None:
         self._recover.pop(fx.mac, None)
+        self._checkpoint_due = True
         existing = self.store.get_session(fx.session_id)
+        if existing is not None and (
+            existing.status == codec.ChargeSession.STATUS_COMPLETED or existing.user_id != fx.user_id
+        ):
+            # Never overwrite a session document (hub-made ids make this a bug or a replay).
+            log.error("session %s already has a document; not overwriting it", fx.session_id)
+            self._answer(fx.request_id, True, "", fx.session_id)
+            return
         doc = codec.ChargeSession(
             session_id=fx.session_id,
             user_id=fx.user_id,
@@ -464,44 +624,78 @@ class Hub:
         self._answer(fx.request_id, True, "", fx.session_id)
         log.info("session %s started on %s for %s", fx.session_id, fx.mac, fx.user_id)
 
+    def _others_cost(self, user_id: str, currency: str, except_session: str) -> int:
+        """What the user's other live sessions in ``currency`` have used so far (minor units)."""
+        total = 0
+        for p in self.plugs.values():
+            sess = p.state.session
+            if (
+                sess is not None
+                and sess.user_id == user_id
+                and sess.session_id != except_session
+                and sess.tariff.currency == currency
+            ):
+                total += sess.cost().total_minor
+        return total
+
     def _session_finished(self, plug: _Plug, rec: m.SessionRecord) -> None:
-        existing = self.store.get_session(rec.session_id)
-        if existing is not None and existing.status == codec.ChargeSession.STATUS_COMPLETED:
-            log.info("session %s was already completed and billed; not billing again", rec.session_id)
-            return
+        """Bill a finished session: the COMPLETED document and its debit in one store transaction.
+
+        The debit is at most what the balance allows (the user's ledger balance in the tariff's
+        currency, less what their other live sessions used); energy held back by the machine or a cost
+        beyond the balance marks the session ``review_reason``. A store failure keeps the pair for a
+        retry on every tick (and in the checkpoint): the session is billed exactly once."""
+        self._checkpoint_due = True
+        currency = rec.tariff.currency
         cost = rec.cost_minor
-        posted = self.ledger.post(
-            entry_id=rec.session_id,
-            user_id=rec.user_id,
-            kind="session_debit",
-            amount_minor=-cost,
-            currency=rec.tariff.currency,
-            now_ms=rec.ended_at_ms,
-            reference=rec.mac,
-            description=f"{rec.energy_mwh / 1e6:.3f} kWh on {rec.mac}",
-        )
-        if posted:
-            self.balances[rec.user_id] = self.balances.get(rec.user_id, 0) - cost
+        try:
+            balance = self.ledger.balance(rec.user_id, currency)
+            self.balances[(rec.user_id, currency)] = balance
+        except StoreError:
+            balance = self.balances.get((rec.user_id, currency), 0)
+        available = max(0, balance - self._others_cost(rec.user_id, currency, rec.session_id))
+        debit = min(cost, available)
+        reviews = [rec.review] if rec.review else []
+        if debit < cost:
+            reviews.append(f"cost {cost} above the available balance {available}; debited {debit}")
         doc = codec.ChargeSession(
             session_id=rec.session_id,
             user_id=rec.user_id,
             plug_mac=rec.mac,
             site_id=plug.site_id,
             status=codec.ChargeSession.STATUS_COMPLETED,
-            started_at_ms=existing.started_at_ms
-            if existing and existing.started_at_ms
-            else rec.started_at_ms,
+            started_at_ms=rec.started_at_ms,
             ended_at_ms=rec.ended_at_ms,
-            start_counter_mwh=existing.start_counter_mwh if existing else rec.start_counter_mwh,
+            start_counter_mwh=rec.start_counter_mwh,
             stop_counter_mwh=rec.stop_counter_mwh,
             energy_mwh=rec.energy_mwh,
             idle_s=rec.idle_ms // 1000,
-            cost=codec.Money(amount_minor=cost, currency=rec.tariff.currency),
+            cost=codec.Money(amount_minor=debit, currency=currency),
             stop_reason=str(rec.stop_reason),
             tariff_id=rec.tariff.tariff_id,
             request_id=rec.request_id,
+            review_reason="; ".join(reviews),
         )
-        self.store.put_session(doc)
+        entry = codec.LedgerEntry(
+            entry_id=rec.session_id,
+            user_id=rec.user_id,
+            kind=codec.LedgerEntry.KIND_SESSION_DEBIT,
+            amount=codec.Money(amount_minor=-debit, currency=currency),
+            reference=rec.mac,
+            description=f"{rec.energy_mwh / 1e6:.3f} kWh on {rec.mac}",
+            created_at_ms=rec.ended_at_ms,
+        )
+        if doc.review_reason:
+            self.metrics.inc("sessions_needs_review_total")
+            self.alerts.raise_alert(
+                AlertKind.NEEDS_REVIEW,
+                rec.session_id,
+                doc.review_reason,
+                self._now_ms(),
+                site_id=plug.site_id,
+            )
+        self._pending_finishes[rec.session_id] = (doc, entry)
+        self._finish(rec.session_id)
         self.ports.timeseries.add_session_event(
             SessionEvent(
                 rec.ended_at_ms,
@@ -511,8 +705,8 @@ class Hub:
                 rec.user_id,
                 "finished",
                 rec.energy_mwh,
-                cost,
-                rec.tariff.currency,
+                debit,
+                currency,
                 str(rec.stop_reason),
             )
         )
@@ -522,61 +716,118 @@ class Hub:
             rec.session_id,
             rec.stop_reason,
             rec.energy_mwh / 1e6,
-            cost,
-            rec.tariff.currency,
+            debit,
+            currency,
         )
 
+    def _finish(self, session_id: str) -> bool:
+        """Write one pending finish (document + debit, one transaction); False if the store failed."""
+        doc, entry = self._pending_finishes[session_id]
+        existing = None
+        try:
+            existing = self.store.get_session(session_id)
+            if existing is not None and existing.started_at_ms:
+                doc.started_at_ms = existing.started_at_ms
+                doc.start_counter_mwh = existing.start_counter_mwh
+            written = self.store.finish_session(doc, entry)
+        except StoreError as exc:
+            self.metrics.inc("finish_retries_total")
+            log.warning("session %s not written yet (%s); retrying every tick", session_id, exc)
+            return False
+        del self._pending_finishes[session_id]
+        if not written:
+            log.info("session %s was already completed and billed; not billing again", session_id)
+        elif entry is not None:
+            key = (entry.user_id, entry.amount.currency)
+            self.balances[key] = self.balances.get(key, 0) + entry.amount.amount_minor
+        return written
+
+    def _retry_finishes(self) -> None:
+        for session_id in list(self._pending_finishes):
+            if not self._finish(session_id):
+                return  # the store is still down: try again next tick
+
     def _answer(self, request_id: str, accepted: bool, reason: str, session_id: str) -> None:
-        if not request_id:
-            return
         status = codec.ChargeRequest.STATUS_ACCEPTED if accepted else codec.ChargeRequest.STATUS_REJECTED
         if self.store.answer_request(request_id, status, reason, session_id, self._now_ms()):
-            self.metrics.inc("requests_answered_total", outcome="accepted" if accepted else "rejected")
+            outcome = "accepted" if accepted else "rejected"
+            self.metrics.inc("requests_answered_total", outcome=outcome, reason=reason or "ok")
+            if not accepted:
+                log.info("request %r rejected: %s", request_id, reason)
 
     async def poll_requests(self) -> None:
         """Answer every pending request in the store (also how requests written while down get answered)."""
         for req in self.store.pending_requests():
             self.handle_request(req)
 
+    def _prune_handled(self) -> None:
+        """Forget handled request ids once they are too old to be executed anyway (bounded memory)."""
+        horizon = self.clock.monotonic() - 2 * self.settings.request_max_age_s
+        if self._handled and next(iter(self._handled.values())) < horizon:
+            self._handled = {rid: t for rid, t in self._handled.items() if t >= horizon}
+
+    def _refusal(self, req: codec.ChargeRequest) -> str:
+        """Why a pending request is refused before it reaches a machine, or "" if it may go on."""
+        now_ms = self._now_ms()
+        max_age_ms = self.settings.request_max_age_s * 1000
+        if req.created_at_ms <= 0 or now_ms - req.created_at_ms > max_age_ms:
+            return "expired"
+        if req.created_at_ms - now_ms > self.settings.max_clock_skew_s * 1000:
+            return "created_in_future"
+        if req.action not in (codec.ChargeRequest.ACTION_START, codec.ChargeRequest.ACTION_STOP):
+            return "bad_action"
+        if not req.user_id:
+            return "no_user"
+        if self.store.get_user(req.user_id) is None:
+            return "no_account"
+        if req.plug_mac not in self.plugs:
+            return "unknown_plug"
+        return ""
+
     def handle_request(self, req: codec.ChargeRequest) -> None:
-        """Turn one pending ``ChargeRequest`` into machine events; answered exactly once (guarded)."""
-        if req.status not in (codec.ChargeRequest.STATUS_PENDING, codec.ChargeRequest.STATUS_UNSPECIFIED):
+        """Turn one pending ``ChargeRequest`` into machine events; answered exactly once (guarded).
+
+        The request id is the store's document id; the session id is made here."""
+        pending = (codec.ChargeRequest.STATUS_PENDING, codec.ChargeRequest.STATUS_UNSPECIFIED)
+        if req.status not in pending:
             return
-        if req.request_id in self._seen_requests:
-            current = self.store.get_request(req.request_id)
-            if current is None or current.status not in (
-                codec.ChargeRequest.STATUS_PENDING,
-                codec.ChargeRequest.STATUS_UNSPECIFIED,
-            ):
+        rid = req.request_id
+        if rid in self._handled:
+            current = self.store.get_request(rid)
+            if current is None or current.status not in pending:
                 return
-        self._seen_requests.add(req.request_id)
-        plug = self.plugs.get(req.plug_mac)
-        if plug is None:
-            self._answer(req.request_id, False, "unknown_plug", "")
+        self._handled[rid] = self.clock.monotonic()
+        if not rid:
+            self._answer(rid, False, "no_request_id", "")
             return
+        why = self._refusal(req)
+        if why:
+            self._answer(rid, False, why, "")
+            return
+        plug = self.plugs[req.plug_mac]
+        live = plug.state.session
         if req.action == codec.ChargeRequest.ACTION_START:
-            if not req.user_id:
-                self._answer(req.request_id, False, "no_user", "")
+            if live is not None and live.request_id == rid:
+                self._answer(rid, True, "", live.session_id)  # started before; the answer was lost
                 return
-            session_id = f"sess-{req.request_id}"
+            session_id = f"sess-{uuid.uuid4().hex}"
             tariff = self.tariff_for(plug.site_id)
             # Top-ups land in the ledger from other processes (the payments webhook): read it fresh.
             balance = self.ledger.balance(req.user_id, tariff.currency)
-            self.balances[req.user_id] = balance
-            event: m.Event = m.StartRequest(session_id, req.user_id, tariff, balance, req.request_id)
-        elif req.action == codec.ChargeRequest.ACTION_STOP:
-            session_id = plug.state.session.session_id if plug.state.session else ""
-            event = m.StopRequest(req.user_id, "", req.request_id)
+            self.balances[(req.user_id, tariff.currency)] = balance
+            available = balance - self._others_cost(req.user_id, tariff.currency, "")
+            event: m.Event = m.StartRequest(session_id, req.user_id, tariff, available, rid)
         else:
-            self._answer(req.request_id, False, "bad_action", "")
-            return
-        effects = self._apply(plug, event)
+            session_id = live.session_id if live else ""
+            event = m.StopRequest(req.user_id, "", rid)
+        effects = self._apply_safely(plug, event)
         if req.action == codec.ChargeRequest.ACTION_STOP and not any(
             isinstance(f, m.RejectRequest) for f in effects
         ):
-            self._answer(req.request_id, True, "", session_id)
+            self._answer(rid, True, "", session_id)
         elif not effects:
-            self._answer(req.request_id, False, "duplicate_request", session_id)
+            self._answer(rid, False, "duplicate_request", session_id)
+        self._checkpoint_if_due()
 
     # ------------------------------------------------------------------ balances
 
@@ -585,22 +836,37 @@ class Hub:
         if mono - self._last_balance < self.settings.balance_refresh_s:
             return
         self._last_balance = mono
+        keys = {
+            (p.state.session.user_id, p.state.session.tariff.currency)
+            for p in self.plugs.values()
+            if p.state.session
+        }
+        for user_id, currency in keys:
+            self.balances[(user_id, currency)] = self.ledger.balance(user_id, currency)
+
+    def _share_balances(self) -> None:
+        """A user's live sessions share one balance: each sees the balance less what the others used."""
         for plug in self.plugs.values():
             sess = plug.state.session
             if sess is None:
                 continue
-            balance = self.ledger.balance(sess.user_id)
-            self.balances[sess.user_id] = balance
-            if balance != sess.balance_minor:
-                self._apply(plug, m.BalanceUpdate(sess.user_id, balance))
+            key = (sess.user_id, sess.tariff.currency)
+            if key not in self.balances:
+                continue
+            available = self.balances[key] - self._others_cost(
+                sess.user_id, sess.tariff.currency, sess.session_id
+            )
+            if available != sess.balance_minor:
+                self._apply_safely(plug, m.BalanceUpdate(sess.user_id, available))
 
     def credit_arrived(self, user_id: str) -> None:
-        """Re-read one user's balance now (e.g. after an operator credit) and tell their live session."""
-        balance = self.ledger.balance(user_id)
-        self.balances[user_id] = balance
-        for plug in self.plugs.values():
-            if plug.state.session is not None and plug.state.session.user_id == user_id:
-                self._apply(plug, m.BalanceUpdate(user_id, balance))
+        """Re-read one user's balances now (e.g. after an operator credit) and tell their live sessions."""
+        for (uid, currency), _ in list(self.balances.items()):
+            if uid == user_id:
+                self.balances[(uid, currency)] = self.ledger.balance(uid, currency)
+        for currency, amount in self.ledger.balances_of(user_id).items():
+            self.balances[(user_id, currency)] = amount
+        self._share_balances()
 
     # ------------------------------------------------------------------ mirror
 
@@ -638,6 +904,10 @@ class Hub:
             "saved_at_ms": self._now_ms(),
             "plugs": {mac: {"site": p.site_id, "state": m.to_dict(p.state)} for mac, p in self.plugs.items()},
             "ingest": self.ingest.to_dict(),
+            "finishes": {
+                sid: [doc.SerializeToString().hex(), entry.SerializeToString().hex() if entry else ""]
+                for sid, (doc, entry) in self._pending_finishes.items()
+            },
         }
         blob = zlib.compress(json.dumps(data, separators=(",", ":")).encode(), 6)
         self.store.save_checkpoint(f"{self.CHECKPOINT}-{self.settings.shard}", blob)
@@ -656,6 +926,10 @@ class Hub:
             state = m.from_dict(entry["state"], self._params(mac))
             self.plugs[mac] = _Plug(state, entry["site"])
         self.ingest.load(data.get("ingest", {}))
+        for sid, (doc_hex, entry_hex) in data.get("finishes", {}).items():
+            doc = codec.ChargeSession.FromString(bytes.fromhex(doc_hex))
+            entry = codec.LedgerEntry.FromString(bytes.fromhex(entry_hex)) if entry_hex else None
+            self._pending_finishes[sid] = (doc, entry)
         log.info(
             "resumed %d plugs from the checkpoint of %s",
             len(self.plugs),
@@ -674,6 +948,20 @@ class Hub:
                 # Finished and billed after the checkpoint: close it again (no second debit) and switch off.
                 self._apply(plug, m.StopRequest(sess.user_id, sess.session_id, "", remote=True))
             active.pop(sess.session_id, None)
+        for doc in list(active.values()):
+            debit = self.store.get_ledger_entry(doc.session_id)
+            if debit is not None:
+                # Debited but its document never said COMPLETED: close it, never resume it.
+                closed = codec.ChargeSession()
+                closed.CopyFrom(doc)
+                closed.status = codec.ChargeSession.STATUS_COMPLETED
+                closed.cost.CopyFrom(
+                    codec.Money(amount_minor=-debit.amount.amount_minor, currency=debit.amount.currency)
+                )
+                closed.ended_at_ms = closed.ended_at_ms or debit.created_at_ms
+                self.store.finish_session(closed, None)
+                del active[doc.session_id]
+                log.warning("session %s was debited but still ACTIVE; closed it", doc.session_id)
         for doc in active.values():
             if doc.site_id:
                 self._plug(doc.plug_mac, doc.site_id)  # a plug the checkpoint does not know yet
@@ -701,7 +989,7 @@ class Hub:
             doc.session_id,
             doc.user_id,
             self.tariff_for(plug.site_id),
-            self.balances.get(doc.user_id, 0),
+            self.balances.get((doc.user_id, self.tariff_for(plug.site_id).currency), 0),
             doc.request_id,
             start_counter_mwh=doc.start_counter_mwh,
             started_at_ms=doc.started_at_ms,
