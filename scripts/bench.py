@@ -925,6 +925,9 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
     fleet = Fleet(site, n, rng, 0.0)
     ledger = Ledger(store)
     for p in fleet.plugs:
+        store.put_user(
+            codec.UserAccount(user_id=f"u-{p.mac}", currency="gbp")
+        )  # the hub acts for accounts only
         ledger.post(f"topup-{p.mac}", f"u-{p.mac}", "topup", 1_000_000, "gbp", round(START_S * 1000))
     bus = MemoryBus()
     await bus.ensure_topic(command_topic(site))
@@ -1000,7 +1003,7 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
             car = cars[p.mac]
             if car is not None:
                 req = store.get_request(car.request_id)
-                if plug.state.last_session_id == f"sess-{car.request_id}" or (
+                if (req is not None and req.session_id and plug.state.last_session_id == req.session_id) or (
                     req is not None and req.status == codec.ChargeRequest.STATUS_REJECTED
                 ):
                     cars[p.mac] = None
@@ -1393,11 +1396,19 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
                     )
                 )
             done: dict[str, int] = {}
-            prefix = f"sess-{rnd}-"
+            sessions: dict[str, str] = {}  # the hub makes session ids: read them from the answers
 
-            def switched(done: dict[str, int] = done, prefix: str = prefix) -> bool:
+            def switched(
+                done: dict[str, int] = done, sessions: dict[str, str] = sessions, rnd: int = rnd
+            ) -> bool:
+                for mac in macs:
+                    if mac not in sessions:
+                        answer = store.get_request(f"{rnd}-{mac}")
+                        if answer is not None and answer.session_id:
+                            sessions[mac] = answer.session_id
+                wanted = set(sessions.values())
                 for o in agent.outcomes:
-                    if o.ok and o.relay_on and o.session_id.startswith(prefix):
+                    if o.ok and o.relay_on and o.session_id in wanted:
                         done.setdefault(o.plug_mac, o.executed_at_ms)
                 return len(done) == len(macs)
 
@@ -1457,6 +1468,9 @@ def _top_up(store: Any, ports: Sequence[int]) -> None:
     ledger = Ledger(store)
     now_ms = round(time.time() * 1000)
     for port in ports:
+        store.put_user(
+            codec.UserAccount(user_id=f"u-{port}", currency="gbp")
+        )  # the hub acts for accounts only
         ledger.post(f"topup-{port}", f"u-{port}", "topup", 1_000_000, "gbp", now_ms)
 
 

@@ -185,6 +185,9 @@ class Demo:
 
     def _top_up(self, d: Driver, amount: int) -> None:
         assert self.ledger is not None
+        store = self.ledger.store
+        if store.get_user(d.user_id) is None:  # the hub acts only for users with an account
+            store.put_user(codec.UserAccount(user_id=d.user_id, currency="gbp"))
         entry = f"demo-topup-{uuid.uuid4().hex[:12]}"
         self.ledger.post(
             entry,
