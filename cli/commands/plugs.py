@@ -1,4 +1,5 @@
-"""``chargectl plugs``: the live state of every plug, as the hub mirrors it to the store."""
+"""``chargectl plugs``: the live state of every plug, as the hub mirrors it to the store; ``plugs assign``
+and ``plugs release`` set which site owns a plug (the hub refuses a plug's readings from any other)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,21 @@ __all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("plugs")
+    group = typer.Typer(
+        help="Plugs: their live state, and which site owns each one.",
+        invoke_without_command=True,
+        no_args_is_help=False,
+    )
+
+    @group.callback()
     def plugs(
         ctx: typer.Context,
         site: Annotated[str | None, typer.Option("--site", help="Only this site's plugs.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Show every plug's state, power, energy counter and open session."""
+        if ctx.invoked_subcommand is not None:
+            return
         from chargectl.common import codec
         from chargectl.services.wiring import open_store
 
@@ -48,3 +57,68 @@ def register(app: typer.Typer) -> None:
                 time.strftime("%H:%M:%S", time.localtime(s.updated_at_ms / 1000)),
             )
         Console().print(table)
+
+    @group.command("assign")
+    def assign(
+        ctx: typer.Context,
+        mac: Annotated[str, typer.Argument(help="The plug's MAC (aa:bb:cc:dd:ee:ff or AABBCCDDEEFF).")],
+        site: Annotated[str, typer.Option("--site", help="The site that owns the plug from now on.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Bind a plug to a site (also how a plug moves between sites). A running hub follows within
+        [hub] trust_refresh_s; readings of the plug from any other site are refused from then on."""
+        from chargectl.common import codec
+        from chargectl.common.errors import ConfigError, NotFoundError
+        from chargectl.common.readings import normalize_mac
+        from chargectl.services.wiring import open_store
+
+        try:
+            plug = normalize_mac(mac)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        store = open_store(ctx.obj.config())
+        try:
+            doc = store.get_site(site)
+            if doc is None:
+                raise NotFoundError(f"no site {site!r}: provision it first (chargectl provision)")
+            if doc.status == codec.Site.STATUS_REVOKED:
+                raise ConfigError(f"site {site!r} is revoked: a revoked site cannot own plugs")
+            before = store.plug_bindings().get(plug, "")
+            store.bind_plug(plug, site, int(time.time() * 1000), replace=True)
+        finally:
+            store.close()
+        if as_json:
+            typer.echo(json.dumps({"plug_mac": plug, "site_id": site, "previous_site_id": before}))
+        elif before and before != site:
+            typer.echo(f"plug {plug} moved from site {before} to {site}")
+        else:
+            typer.echo(f"plug {plug} belongs to site {site}")
+
+    @group.command("release")
+    def release(
+        ctx: typer.Context,
+        mac: Annotated[str, typer.Argument(help="The plug's MAC.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Forget which site owns a plug: the next site to report it owns it."""
+        from chargectl.common.errors import ConfigError, NotFoundError
+        from chargectl.common.readings import normalize_mac
+        from chargectl.services.wiring import open_store
+
+        try:
+            plug = normalize_mac(mac)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        store = open_store(ctx.obj.config())
+        try:
+            before = store.plug_bindings().get(plug, "")
+            if not store.release_plug(plug):
+                raise NotFoundError(f"plug {plug} is not bound to any site")
+        finally:
+            store.close()
+        if as_json:
+            typer.echo(json.dumps({"plug_mac": plug, "released_from": before}))
+        else:
+            typer.echo(f"plug {plug} released from site {before}")
+
+    app.add_typer(group, name="plugs")

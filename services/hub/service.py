@@ -753,7 +753,7 @@ class Hub:
             outcome = "accepted" if accepted else "rejected"
             self.metrics.inc("requests_answered_total", outcome=outcome, reason=reason or "ok")
             if not accepted:
-                log.info("request %r rejected: %s", request_id, reason)
+                log.debug("request %r rejected: %s", request_id, reason)
 
     async def poll_requests(self) -> None:
         """Answer every pending request in the store (also how requests written while down get answered)."""
@@ -778,10 +778,10 @@ class Hub:
             return "bad_action"
         if not req.user_id:
             return "no_user"
-        if self.store.get_user(req.user_id) is None:
-            return "no_account"
         if req.plug_mac not in self.plugs:
             return "unknown_plug"
+        if self.store.get_user(req.user_id) is None:
+            return "no_account"
         return ""
 
     def handle_request(self, req: codec.ChargeRequest) -> None:
