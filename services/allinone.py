@@ -23,7 +23,6 @@ from chargectl.common.runner import run_until_signalled
 from chargectl.common.topics import validate_site_id
 from chargectl.provisioner.plan import apply
 from chargectl.provisioner.site import SiteSpec, parse_tariff
-from chargectl.provisioner.trust import CommandSigner, command_keyring
 from chargectl.provisioner.wiring import open_provisioner
 from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent.agent import Agent
@@ -31,6 +30,7 @@ from chargectl.services.agent.settings import AgentSettings
 from chargectl.services.agent.shelly_plugs import shelly_connector, shelly_discovery
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.trust import CommandSigner, command_keyring
 from chargectl.services.wiring import open_store, open_timeseries
 
 __all__ = ["AllInOne", "RunSettings"]

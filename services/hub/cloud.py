@@ -5,10 +5,10 @@ from __future__ import annotations
 from chargectl.common.clock import Clock
 from chargectl.common.config import Config
 from chargectl.common.errors import ConfigError
-from chargectl.provisioner.trust import CommandSigner
 from chargectl.services.adapters.secrets import secrets_from_config
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.trust import CommandSigner
 from chargectl.services.wiring import open_store, open_timeseries
 
 __all__ = ["build_cloud_hub"]

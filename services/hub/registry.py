@@ -16,8 +16,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from chargectl.services.adapters.store import Store
+from chargectl.services.hub import machine as m
 
-__all__ = ["Admission", "PlugRefusal", "PlugRegistry"]
+__all__ = ["Admission", "HubPlug", "PlugRefusal", "PlugRegistry"]
+
+
+@dataclass
+class HubPlug:
+    """One plug in the hub's memory: its machine and the site it is bound to."""
+
+    state: m.MachineState
+    site_id: str
+    dirty: bool = False  # plug state document needs writing
+    mirrored_ms: int = 0
 
 
 class PlugRefusal(StrEnum):

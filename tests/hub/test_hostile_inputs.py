@@ -522,10 +522,10 @@ async def test_the_handled_request_set_is_bounded_by_age(world: World) -> None:
     for i in range(200):
         world.request(f"x{i}", 99, MAC)
     await hub.poll_requests()
-    assert len(hub._handled) == 200
+    assert len(hub.requests.handled) == 200
     world.clock.advance(300)
     await world.run(10)
-    assert len(hub._handled) == 0
+    assert len(hub.requests.handled) == 0
     assert all(r.status == REJECTED for r in (world.store.get_request(f"x{i}") for i in range(200)) if r)
 
 
