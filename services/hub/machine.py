@@ -150,6 +150,9 @@ _T = Transition
 TRANSITIONS: tuple[Transition, ...] = (
     _T("start", (_A,), "StartRequest", "plug online, balance >= required start balance; or resuming a stored session", _AU,
        "SessionStarted; SendRelay(on, auto_off_s)"),
+    _T("resume-finishing", (_A,), "StartRequest",
+       "resuming a stored session whose finish had begun (stop_reason set)", _FIN,
+       "SessionStarted; SendRelay(off): billed once the relay is confirmed off, never switched on"),
     _T("start-rejected", _ALL, "StartRequest", "busy, offline, faulted, disabled or balance too low", None,
        "RejectRequest(reason); state unchanged"),
     _T("unauthorized-draw", (_A, _UN), "Readings", "relay on or power >= start_w with no session", None,
@@ -252,6 +255,7 @@ class StartRequest:
     request_id: str = ""
     start_counter_mwh: int | None = None
     started_at_ms: int | None = None
+    stop_reason: str = ""  # resuming a session whose finish had begun: straight to FINISHING, relay off
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,7 +596,9 @@ def _counter_delta(s: MachineState, r: Reading) -> tuple[int, bool, str]:
         return 0, False, f"counter went down from {prev} to {r.energy_mwh} mWh without a restart"
     else:
         delta, reset = r.energy_mwh - prev, False
-    gap_ms = r.ts_ms - s.last_ts_ms if s.last_ts_ms is not None else 0
+    # Time since the counter was last known: the previous sample, or a resumed session's start.
+    since = s.last_ts_ms if s.last_ts_ms is not None else (s.session.started_at_ms if s.session else r.ts_ms)
+    gap_ms = r.ts_ms - since
     bound = energy_bound_mwh(s.params, gap_ms)
     if delta > bound:
         return bound, reset, f"{delta} mWh in {gap_ms / 1000:.0f} s is above the plug's bound of {bound} mWh"
@@ -880,8 +886,14 @@ def _on_start(s: MachineState, ev: StartRequest, now_ms: int, fx: list[Effect]) 
         energy_mwh=energy,
         counter_resets=resets,
     )
+    finishing = resuming and bool(ev.stop_reason)
+    if finishing:
+        known = ev.stop_reason in StopReason._value2member_map_
+        s.session.stop_reason = StopReason(ev.stop_reason) if known else StopReason.REMOTE
     if offline_resume:
-        s.resume = _AU
+        s.resume = _FIN if finishing else _AU
+    elif finishing:
+        _go(s, _FIN, "session_resumed_finishing", now_ms, fx)
     else:
         _go(s, _AU, "session_resumed" if resuming else "start_requested", now_ms, fx)
     fx.append(
@@ -897,7 +909,7 @@ def _on_start(s: MachineState, ev: StartRequest, now_ms: int, fx: list[Effect]) 
         )
     )
     if not offline_resume:
-        _command(s, True, now_ms, fx, "session_start")
+        _command(s, not finishing, now_ms, fx, "session_finishing" if finishing else "session_start")
 
 
 def _on_stop(s: MachineState, ev: StopRequest, now_ms: int, fx: list[Effect]) -> None:

@@ -26,9 +26,10 @@ Reliability:
   plugs bound to another site are refused and a copy of the message is dead-lettered (``foreign_plug``).
 - A finished session's COMPLETED document and its debit (entry id = session id) are written in one
   store transaction, retried until written, so it is billed exactly once.
-- The checkpoint is written periodically and whenever a session starts, begins finishing or finishes;
-  at start the hub reconciles it with the store (sessions started after the last checkpoint are resumed,
-  sessions finished or already debited are closed, never resumed).
+- The checkpoint is written periodically (its size grows with the plugs, so not per session); at start
+  the hub reconciles it with the store: sessions started after the last checkpoint are resumed, and
+  sessions finished, already debited or whose finish had begun (the document's ``stop_reason`` is set
+  when the relay is commanded off) are closed, never resumed with the relay on.
 - An exception while handling one plug's event faults that plug (relay off, alert); one escaping a loop
   pass is counted and shown by /healthz until a pass succeeds. Neither stops the hub.
 """
@@ -555,7 +556,7 @@ class Hub:
         self.mirror.flush(self.plugs.values(), self._now_ms())
 
     def _checkpoint_if_due(self) -> None:
-        """Write the checkpoint if a session started, began finishing or finished since the last one."""
+        """Write the checkpoint if its interval is over (at most once per tick or message)."""
         if self._checkpoint_due:
             self._checkpoint_due = False
             self.checkpoint()
@@ -567,15 +568,15 @@ class Hub:
             elif isinstance(fx, m.StateChanged):
                 plug.dirty = True
                 if fx.new is m.Status.FINISHING:
-                    self._checkpoint_due = True  # a restart must find the relay commanded off
+                    self.sessions.finishing(plug)  # a restart must close it, never switch it back on
                 self.metrics.inc("transitions_total", to=str(fx.new))
                 log.info("plug %s: %s -> %s (%s)", fx.mac, fx.old, fx.new, fx.reason)
             elif isinstance(fx, m.SessionStarted):
                 self._recover.pop(fx.mac, None)
-                self._checkpoint_due = True
                 self.sessions.started(plug, fx)
+                if plug.state.status is m.Status.FINISHING:
+                    self.sessions.finishing(plug)  # resumed straight into its finish
             elif isinstance(fx, m.SessionFinished):
-                self._checkpoint_due = True
                 self.sessions.finished(plug, fx.record)
             elif isinstance(fx, m.RejectRequest):
                 if fx.request_id:
@@ -651,8 +652,12 @@ class Hub:
             if sess is None:
                 continue
             doc = self.store.get_session(sess.session_id)
-            if doc is not None and doc.status == codec.ChargeSession.STATUS_COMPLETED:
-                # Finished and billed after the checkpoint: close it again (no second debit) and switch off.
+            if doc is not None and (
+                doc.status == codec.ChargeSession.STATUS_COMPLETED
+                or (doc.stop_reason and plug.state.status is not m.Status.FINISHING)
+            ):
+                # Finished (and billed), or its finish had begun, after the checkpoint: close it (no second
+                # debit) and switch off; never resume it.
                 self._apply(plug, m.StopRequest(sess.user_id, sess.session_id, "", remote=True))
             active.pop(sess.session_id, None)
         for doc in list(active.values()):
@@ -694,6 +699,7 @@ class Hub:
             doc.request_id,
             start_counter_mwh=doc.start_counter_mwh,
             started_at_ms=doc.started_at_ms,
+            stop_reason=doc.stop_reason,  # its finish had begun: resumed into FINISHING, relay off
         )
         effects = self._apply(plug, event)
         if any(isinstance(fx, m.SessionStarted) for fx in effects):

@@ -157,6 +157,22 @@ class Sessions:
         self.answer(fx.request_id, True, "", fx.session_id)
         log.info("session %s started on %s for %s", fx.session_id, fx.mac, fx.user_id)
 
+    def finishing(self, plug: HubPlug) -> None:
+        """The machine began finishing the session (relay commanded off): say so in its document, so a
+        hub restarted from an older checkpoint closes the session instead of switching the relay on."""
+        sess = plug.state.session
+        if sess is None or not sess.stop_reason:
+            return
+        doc = self.store.get_session(sess.session_id)
+        if (
+            doc is None
+            or doc.status != codec.ChargeSession.STATUS_ACTIVE
+            or doc.stop_reason == sess.stop_reason
+        ):
+            return
+        doc.stop_reason = str(sess.stop_reason)
+        self.store.put_session(doc)
+
     def finished(self, plug: HubPlug, rec: m.SessionRecord) -> None:
         """Bill a finished session (see the module docstring)."""
         currency = rec.tariff.currency

@@ -568,12 +568,17 @@ async def test_a_store_error_while_finishing_bills_once_and_never_switches_the_r
     assert world.balance("u1") == 1000 - doc.cost.amount_minor
 
 
-async def test_a_hub_killed_before_the_finish_is_written_bills_once_after_restart(world: World) -> None:
+@pytest.mark.parametrize("checkpointed", [True, False], ids=["checkpoint-while-charging", "older-checkpoint"])
+async def test_a_hub_killed_before_the_finish_is_written_bills_once_after_restart(
+    world: World, checkpointed: bool
+) -> None:
     world.add_site(A)
     world.add_plug(MAC, A)
     world.user("u1", 1000)
-    await world.start_hub()
+    hub = await world.start_hub()
     sid = await charging(world)
+    if checkpointed:
+        hub.checkpoint()  # the restart will find the session CHARGING with the relay on
     real_finish = world.store.finish_session
 
     def down(session: codec.ChargeSession, debit: codec.LedgerEntry | None) -> bool:

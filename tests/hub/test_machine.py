@@ -575,6 +575,25 @@ def scenario_provisional_closed() -> None:
     assert record.energy_mwh == energy_before + 777  # nothing lost across the gap
 
 
+def scenario_resume_finishing() -> None:
+    p = Plug()
+    fx = p.send(
+        StartRequest(
+            "s1",
+            "u1",
+            TARIFF,
+            1000,
+            start_counter_mwh=p.counter - 700,
+            started_at_ms=round((p.t - 60) * 1000),
+            stop_reason="Local",
+        )
+    )
+    assert changes(fx) == [(S.AVAILABLE, S.FINISHING)]
+    assert [c.on for c in of(fx, SendRelay)] == [False]  # never switched on by a restart
+    record = finished(p.read(0, mwh=0))
+    assert record.stop_reason is StopReason.LOCAL and record.energy_mwh == 700
+
+
 def scenario_hub_fault() -> None:
     p = Plug()
     p.charging()
