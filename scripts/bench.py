@@ -1333,11 +1333,13 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
     if backend == "embedded":
         # What `chargectl run` runs: the site provisioned on first start, SQLite store and series.
         from chargectl.common.config import Config
+        from chargectl.provisioner.local import provision_local_site
         from chargectl.services.agent import AgentSettings, PlugAddress
         from chargectl.services.allinone import AllInOne
 
         system = AllInOne(
-            Config(
+            provision=provision_local_site,
+            config=Config(
                 backend="local",
                 state_dir=tmp / "state",
                 config_dir=tmp / "config",

@@ -22,7 +22,7 @@ from chargectl.common import codec
 from chargectl.common.clock import ScaledClock
 from chargectl.common.config import Config
 from chargectl.services.agent.settings import AgentSettings, PlugAddress
-from chargectl.services.allinone import AllInOne
+from chargectl.services.allinone import AllInOne, Provision
 from chargectl.services.hub.machine import Status
 from chargectl.services.hub.settings import HubSettings, TariffSettings
 from chargectl.services.payments.ledger import Ledger
@@ -80,8 +80,9 @@ class DemoStats:
 class Demo:
     """Builds and runs the demo; the CLI renders :meth:`snapshot` as a dashboard."""
 
-    def __init__(self, settings: DemoSettings) -> None:
+    def __init__(self, settings: DemoSettings, provision: Provision) -> None:
         self.settings = settings
+        self.provision = provision  # creates the demo site (chargectl.provisioner.local)
         self.rng = random.Random(settings.seed)
         self.clock = ScaledClock(settings.speed)
         self._tmp: str | None = None
@@ -142,7 +143,9 @@ class Demo:
                     currency="gbp",
                 ),
             )
-            self.system = AllInOne(self.config, clock=self.clock, agent_settings=agent, hub_settings=hub)
+            self.system = AllInOne(
+                self.config, self.provision, clock=self.clock, agent_settings=agent, hub_settings=hub
+            )
             self.ledger = Ledger(self.system.store)
             tasks = [
                 asyncio.create_task(self.system.serve(), name="system"),

@@ -102,12 +102,14 @@ def register(app: typer.Typer) -> None:
         import signal
         import sys
 
+        from chargectl.provisioner.local import provision_local_site
         from chargectl.services.demo import Demo, DemoSettings
 
         if ctx.obj.verbose == 0:
             logging.getLogger("chargectl").setLevel(logging.WARNING)
         runner = Demo(
-            DemoSettings(plugs=plugs, speed=speed, duration_s=duration, seed=seed, state_dir=state_dir)
+            DemoSettings(plugs=plugs, speed=speed, duration_s=duration, seed=seed, state_dir=state_dir),
+            provision_local_site,
         )
         live_ui = not as_json and sys.stdout.isatty()
 
