@@ -721,3 +721,28 @@ def test_non_finite_and_out_of_range_values_are_refused_by_the_pure_bounds() -> 
         Reading(MAC, now, 1.0, 5, True, voltage_v=float("inf")), now, 1000, 1000, 3680.0
     ) is (ReadingRefusal.NOT_FINITE)
     assert check_reading(Reading(MAC, now, 4048.0, 5, True), now, 1000, 1000, 3680.0) is None
+
+
+async def test_a_batch_naming_another_site_is_unverified_and_moves_no_money(world: World) -> None:
+    from chargectl.common.errors import SignatureError
+    from chargectl.services.adapters.bus import BusMessage
+
+    world.add_site(A)
+    attacker = world.add_site(B)
+    world.add_plug(MAC, A)
+    world.user("u1", 1000)
+    hub = await world.start_hub()
+    sid = await charging(world)
+    energy = hub.plugs[MAC].state.session.energy_mwh  # type: ignore[union-attr]
+    lie = world.reading(world.plugs[MAC], energy_mwh=world.plugs[MAC].counter + 5_000)
+    data, attrs = codec.pack_telemetry(codec.Batch(A, 999, (lie,)), attacker.key)  # claims site A
+    assert await hub.handle_message(BusMessage(data, {**attrs, "shard": "0"}, "lie")) is True
+    await world.settle()
+    assert [d.attributes["reason"] for d in world.dead] == ["unverified"]
+    assert hub.plugs[MAC].state.session.energy_mwh == energy  # type: ignore[union-attr]
+    keyring = hub.ingest.keyring
+    with pytest.raises(SignatureError) as caught:
+        codec.unpack_telemetry(data, keyring)
+    assert caught.value.reason == "wrong_site"  # a typed reason, not a message prefix
+    doc = await finish(world)
+    assert doc.session_id == sid and world.balance("u1") == 1000 - doc.cost.amount_minor

@@ -56,5 +56,7 @@ def test_nothing_under_services_imports_the_provisioner() -> None:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.relative_to(services)}: {n}" for n in names if "provisioner" in n.split(".")]
+            offenders += [
+                f"{path.relative_to(services)}: {n}" for n in names if "provisioner" in n.split(".")
+            ]
     assert offenders == []
