@@ -1,6 +1,6 @@
 """Tariff and cost maths, pure: money is integer minor units outside, ``Decimal`` inside.
 
-A tariff has up to three dimensions (OCPI vocabulary, ``reference/charging.md`` §2.7): energy per kWh,
+A tariff has up to three dimensions (in OCPI's vocabulary): energy per kWh,
 a flat session fee, and an idle price per minute for time the relay was on while the vehicle drew
 nothing (the plug cannot see a car once the relay is off, so that is the only idle time we can
 measure). Energy and idle time are billed in whole steps, rounded up (OCPI ``step_size``: at step

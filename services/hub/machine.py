@@ -4,7 +4,7 @@ Theory of operation
 ===================
 
 A plug cannot see a car plug in or out, so a session starts from a user's request and ends on
-completion, a stop request, credit exhaustion, a fault or a time limit (``reference/charging.md`` §3).
+completion, a stop request, credit exhaustion, a fault or a time limit.
 The only signals are the plug's samples (power, energy counter, relay state, error flags) and time.
 
 States (OCPP 1.6 analogue in brackets)::

@@ -1,6 +1,6 @@
 """Per-plug-class parameters of the hub's state machine (thresholds and time windows).
 
-Defaults follow ``reference/charging.md`` §3.3; values marked (rec.) there are recommendations to be
+Defaults are the project's charging design values; those marked (rec.) are recommendations to be
 tuned with real traces. Every duration is in seconds and named ``*_s``; power is in watts (``*_w``).
 Override per class in config, e.g. ``[hub.plug_classes.ebike] stop_w = 20``.
 """
