@@ -155,16 +155,16 @@ async def test_a_flood_of_invented_plugs_is_capped_per_batch(world: World) -> No
     real = world.add_plug(MAC, A)
     hub = await world.start_hub()
     await world.run(10)
-    invented = [world.reading(real, mac=f"{i:012X}") for i in range(1, 5001)]
+    invented = [world.reading(real, mac=f"{i:012X}") for i in range(1, 50_001)]  # the reported attack
     assert await world.send(A, [world.reading(real), *invented]) is True
     await hub.tick()
     await world.settle()
     # 50 new plugs at most (default max_new_plugs_per_batch), so at most 50 relay-off commands and
-    # plug-state writes came out of 5,000 invented MACs; the real plug went on.
+    # plug-state writes came out of 50,000 invented MACs; the real plug went on.
     assert len(hub.plugs) == 1 + 50
     assert len(world.store.list_plug_states()) <= 51
     assert len(world.all_commands()) <= 50
-    assert hub.metrics.value("readings_refused_total", reason="plug_limit") == 5000 - 50
+    assert hub.metrics.value("readings_refused_total", reason="plug_limit") == 50_000 - 50
     assert alerts(world, AlertKind.PLUG_LIMIT)
     assert hub.plugs[MAC].state.last_ts_ms == world.now_ms()
 
