@@ -46,7 +46,7 @@ class Balances:
         self.known: dict[tuple[str, str], int] = {}
 
     def load(self) -> None:
-        self.known = self.ledger.balances()
+        self.known = self.ledger.balances_by_currency()
 
     def read(self, user_id: str, currency: str) -> int:
         """The ledger balance now (top-ups land from other processes); remembered."""

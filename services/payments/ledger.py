@@ -108,8 +108,22 @@ class Ledger:
             totals[e.amount.currency.lower()] += e.amount.amount_minor
         return dict(totals)
 
-    def balances(self) -> dict[tuple[str, str], int]:
-        """Every user's balance per currency, ``(user_id, currency) -> minor units``, from the whole ledger."""
+    def balances(self, currency: str | None = None) -> dict[str, int]:
+        """Every user's balance in ``currency``, rebuilt from the whole ledger. Without ``currency`` each
+        user's only currency is meant; a user with several raises ``StoreError`` (never added up)."""
+        out: dict[str, int] = {}
+        for (user, cur), amount in self.balances_by_currency().items():
+            if currency is not None:
+                if cur == currency.lower():
+                    out[user] = amount
+            elif user in out:
+                raise StoreError(f"user {user} has balances in several currencies: name the currency")
+            else:
+                out[user] = amount
+        return out
+
+    def balances_by_currency(self) -> dict[tuple[str, str], int]:
+        """Every user's balance per currency, ``(user_id, currency) -> minor units`` (the hub at start)."""
         totals: dict[tuple[str, str], int] = defaultdict(int)
         for e in self.store.ledger_entries():
             totals[(e.user_id, e.amount.currency.lower())] += e.amount.amount_minor

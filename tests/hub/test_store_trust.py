@@ -89,12 +89,15 @@ def test_balances_are_per_currency(store: Store) -> None:
     ledger.post("t-jpy", "u1", "topup", 10_000, "jpy", now_ms=1)
     ledger.post("t-gbp", "u1", "topup", 250, "gbp", now_ms=2)
     assert ledger.balance("u1", "gbp") == 250 and ledger.balance("u1", "jpy") == 10_000
-    assert ledger.balances() == {("u1", "jpy"): 10_000, ("u1", "gbp"): 250}
+    assert ledger.balances_by_currency() == {("u1", "jpy"): 10_000, ("u1", "gbp"): 250}
+    assert ledger.balances("gbp") == {"u1": 250} and ledger.balances("JPY") == {"u1": 10_000}
     assert ledger.balances_of("u1") == {"jpy": 10_000, "gbp": 250}
     from chargectl.common.errors import StoreError
 
     with pytest.raises(StoreError, match="name the currency"):
         ledger.balance("u1")
+    with pytest.raises(StoreError, match="name the currency"):
+        ledger.balances()
 
 
 def test_the_request_id_is_the_document_id(store: Store) -> None:
