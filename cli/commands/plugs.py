@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 __all__ = ["register"]
+
+if TYPE_CHECKING:
+    from chargectl.services.adapters.store import Store
+
+
+def _touch_sites(store: Store, site_ids: set[str], now_ms: int) -> None:
+    """Mark the sites changed, so running hubs re-read the plug bindings at their next trust refresh."""
+    for site_id in sorted(s for s in site_ids if s):
+        doc = store.get_site(site_id)
+        if doc is not None:
+            doc.updated_at_ms = max(now_ms, doc.updated_at_ms + 1)
+            store.put_site(doc)
 
 
 def register(app: typer.Typer) -> None:
@@ -84,7 +96,9 @@ def register(app: typer.Typer) -> None:
             if doc.status == codec.Site.STATUS_REVOKED:
                 raise ConfigError(f"site {site!r} is revoked: a revoked site cannot own plugs")
             before = store.plug_bindings().get(plug, "")
-            store.bind_plug(plug, site, int(time.time() * 1000), replace=True)
+            now_ms = int(time.time() * 1000)
+            store.bind_plug(plug, site, now_ms, replace=True)
+            _touch_sites(store, {site, before}, now_ms)
         finally:
             store.close()
         if as_json:
@@ -114,6 +128,7 @@ def register(app: typer.Typer) -> None:
             before = store.plug_bindings().get(plug, "")
             if not store.release_plug(plug):
                 raise NotFoundError(f"plug {plug} is not bound to any site")
+            _touch_sites(store, {before}, int(time.time() * 1000))
         finally:
             store.close()
         if as_json:

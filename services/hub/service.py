@@ -78,6 +78,7 @@ __all__ = ["CommandKeys", "Hub", "HubPorts", "TelemetryKeys", "tariff_from_docum
 log = logging.getLogger("chargectl.hub")
 
 _Plug = HubPlug  # the name older callers used
+BINDINGS_REREAD_S = 3600.0  # plug bindings are re-read at least this often, whatever the sites say
 
 
 def tariff_from_document(doc: codec.Tariff) -> Tariff:
@@ -162,6 +163,8 @@ class Hub:
         self._checkpoint_due = False
         self._last_checkpoint = 0.0
         self._last_trust = 0.0
+        self._bindings_seen: tuple[int, int] | None = None  # (sites, newest Site.updated_at_ms) last read
+        self._last_bindings = 0.0
         self._last_balance = 0.0
         self._started = False
         self._init_metrics()
@@ -332,6 +335,15 @@ class Hub:
         self._site_tariffs = {
             s.site_id: tariff_from_document(s.tariff) for s in sites if s.HasField("tariff")
         }
+        # Bindings change outside the hub only by `chargectl plugs assign/release`, which also touch the
+        # sites' documents: re-read them when a site changed (and hourly), not every refresh.
+        seen = (len(sites), max((s.updated_at_ms for s in sites), default=0))
+        if force or seen != self._bindings_seen or mono - self._last_bindings >= BINDINGS_REREAD_S:
+            self._bindings_seen = seen
+            self._last_bindings = mono
+            self._reread_bindings()
+
+    def _reread_bindings(self) -> None:
         for mac, site_id in self.registry.refresh().items():  # an operator moved a plug
             plug = self.plugs.get(mac)
             if plug is not None and plug.site_id != site_id:

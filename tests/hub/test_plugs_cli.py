@@ -44,11 +44,14 @@ async def test_assign_moves_a_plug_and_the_hub_follows(tmp_path: Path) -> None:
         r = runner.invoke(app, ["plugs", "assign", "aa:bb:cc:dd:ee:ff", "--site", B, "--json"], env=env)
         assert r.exit_code == 0, r.output
         assert json.loads(r.output) == {"plug_mac": MAC, "site_id": B, "previous_site_id": A}
-        hub.refresh_trust(force=True)  # what the hub does every trust_refresh_s
+        w.clock.advance(hub.settings.trust_refresh_s)
+        hub.refresh_trust()  # the next trust refresh sees the touched site and re-reads the bindings
+        assert hub.plugs[MAC].site_id == B
         # the old site can no longer start anything on it: its readings are refused
+        last_seen = hub.plugs[MAC].state.last_ts_ms
         await w.run(10)  # two batches
         assert [d.attributes["reason"] for d in w.dead] == ["foreign_plug", "foreign_plug"]
-        assert hub.plugs[MAC].state.last_ts_ms == w.now_ms() - 10_000
+        assert hub.plugs[MAC].state.last_ts_ms == last_seen
         plug.site = B
         w.dead.clear()
         await w.run(30)
@@ -87,3 +90,33 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path: Path) -> None:
     assert unbound.returncode != 0 and "not bound" in unbound.stderr and "Traceback" not in unbound.stderr
     listing = _cli(tmp_path, "plugs", "--json")
     assert listing.returncode == 0 and json.loads(listing.stdout) == []
+
+
+async def test_bindings_are_reread_only_when_a_site_changed(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    try:
+        w.add_site(A)
+        w.add_plug(MAC, A)
+        hub = await w.start_hub()
+        await w.run(10)
+        reads = {"n": 0}
+        real = w.store.plug_bindings
+
+        def counted() -> dict[str, str]:
+            reads["n"] += 1
+            return real()
+
+        w.store.plug_bindings = counted  # type: ignore[method-assign]
+        for _ in range(10):  # five minutes of trust refreshes: one read of the sites each, no bindings
+            w.clock.advance(hub.settings.trust_refresh_s)
+            hub.refresh_trust()
+        assert reads["n"] == 0
+        site = w.store.get_site(A)
+        assert site is not None
+        site.updated_at_ms += 1  # what `plugs assign/release` does
+        w.store.put_site(site)
+        w.clock.advance(hub.settings.trust_refresh_s)
+        hub.refresh_trust()
+        assert reads["n"] == 1
+    finally:
+        w.close()
