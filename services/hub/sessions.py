@@ -37,6 +37,11 @@ log = logging.getLogger("chargectl.hub")
 Answer = Callable[[str, bool, str, str], None]  # request id, accepted, reason, session id
 
 
+def _cost(plug: HubPlug) -> int:
+    sess = plug.state.session
+    return sess.cost().total_minor if sess is not None else 0
+
+
 class Balances:
     """Ledger balances per ``(user, currency)``, and what each live session may still spend."""
 
@@ -85,15 +90,28 @@ class Balances:
             self.known[(user_id, currency)] = amount
 
     def updates(self) -> list[tuple[HubPlug, m.BalanceUpdate]]:
-        """The live sessions whose share of their user's balance changed, with the update to apply."""
-        out = []
+        """The live sessions whose share of their user's balance changed, with the update to apply.
+
+        One pass over the plugs; costs are computed only for users with more than one live session."""
+        by_user: dict[tuple[str, str], list[HubPlug]] = {}
         for plug in self._plugs():
             sess = plug.state.session
-            if sess is None or (sess.user_id, sess.tariff.currency) not in self.known:
+            if sess is not None:
+                by_user.setdefault((sess.user_id, sess.tariff.currency), []).append(plug)
+        out = []
+        for key, plugs in by_user.items():
+            balance = self.known.get(key)
+            if balance is None:
                 continue
-            available = self.available(sess.user_id, sess.tariff.currency, sess.session_id)
-            if available != sess.balance_minor:
-                out.append((plug, m.BalanceUpdate(sess.user_id, available)))
+            # A user's only session needs no cost figure: its share is the whole balance.
+            costs = [0] if len(plugs) == 1 else [_cost(p) for p in plugs]
+            total = sum(costs)
+            for plug, own in zip(plugs, costs, strict=True):
+                sess = plug.state.session
+                assert sess is not None
+                available = balance - (total - own)
+                if available != sess.balance_minor:
+                    out.append((plug, m.BalanceUpdate(sess.user_id, available)))
         return out
 
     def debited(self, entry: codec.LedgerEntry) -> None:
