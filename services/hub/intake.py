@@ -83,6 +83,7 @@ class RefusalLog:
         self.every_s = every_s
         self.max_keys = max_keys
         self._last: dict[tuple[str, str], float] = {}
+        self._pruned = float("-inf")
 
     def due(self, mac: str, reason: str, mono: float) -> bool:
         key = (mac, reason)
@@ -90,8 +91,11 @@ class RefusalLog:
         if last is not None and mono - last < self.every_s:
             return False
         if len(self._last) >= self.max_keys:
+            if mono - self._pruned < 60.0:
+                return False  # a flood of distinct plugs: counted in /metrics, not logged one by one
+            self._pruned = mono  # forget what is older than an hour, at most once a minute
             self._last = {k: t for k, t in self._last.items() if mono - t < self.every_s}
             if len(self._last) >= self.max_keys:
-                return False  # a flood of distinct plugs: counted in /metrics, not logged one by one
+                return False
         self._last[key] = mono
         return True

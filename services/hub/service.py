@@ -422,24 +422,28 @@ class Hub:
             if rows is None:
                 rows = by_plug[r.mac] = []
             rows.append(r)
-        admission = self.registry.admit(batch.site_id, by_plug, now_ms)
+        # Bounds first, so a reading that cannot be trusted never binds a plug to a site either.
+        valid: dict[str, list[Reading]] = {}
+        for mac, rows in by_plug.items():
+            rated = self._params(mac).rated_power_w
+            ok = []
+            for r in rows:
+                why_not = check_reading(r, now_ms, max_age_ms, max_skew_ms, rated)
+                if why_not is None:
+                    ok.append(r)
+                else:
+                    self._refuse_reading(r, batch.site_id, str(why_not))
+            if ok:
+                valid[mac] = ok
+        admission = self.registry.admit(batch.site_id, valid, now_ms)
         foreign: list[str] = []
         for mac, why in admission.refused.items():
-            self._refuse_plug(mac, batch.site_id, why, len(by_plug[mac]))
+            self._refuse_plug(mac, batch.site_id, why, len(valid[mac]))
             if why is PlugRefusal.FOREIGN_PLUG:
                 foreign.append(mac)
         ts = self.ports.timeseries
         for mac in admission.admitted:
-            rated = self._params(mac).rated_power_w
-            rows = []
-            for r in by_plug[mac]:
-                why_not = check_reading(r, now_ms, max_age_ms, max_skew_ms, rated)
-                if why_not is None:
-                    rows.append(r)
-                else:
-                    self._refuse_reading(r, batch.site_id, str(why_not))
-            if not rows:
-                continue
+            rows = valid[mac]
             rows.sort(key=lambda r: r.ts_ms)
             plug = self._plug(mac, batch.site_id)
             self._apply_safely(plug, m.Readings(tuple(rows)))

@@ -746,3 +746,18 @@ async def test_a_batch_naming_another_site_is_unverified_and_moves_no_money(worl
     assert caught.value.reason == "wrong_site"  # a typed reason, not a message prefix
     doc = await finish(world)
     assert doc.session_id == sid and world.balance("u1") == 1000 - doc.cost.amount_minor
+
+
+async def test_readings_refused_by_the_bounds_never_bind_a_plug(world: World) -> None:
+    world.add_site(A)
+    world.add_site(B)
+    victim = world.add_plug(MAC, A)
+    hub = await world.start_hub()
+    # Site B tries to claim the victim's plug (not yet seen) with readings no machine would accept.
+    flood = [world.reading(victim, mac=f"{i:012X}", power_w=9000.0) for i in range(1, 20_001)]
+    await world.send(B, [world.reading(victim, power_w=9000.0), *flood])
+    assert world.store.plug_bindings() == {} and hub.plugs == {}
+    assert hub.metrics.value("readings_refused_total", reason="over_power") == 20_001
+    await world.run(30)  # the real owner reports it next and owns it
+    assert world.store.plug_bindings() == {MAC: A} and world.dead == []
+    assert hub.plugs[MAC].state.status is m.Status.AVAILABLE and world.plugs[MAC].relay is False
