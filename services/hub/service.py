@@ -460,8 +460,13 @@ class Hub:
             log.warning(
                 "refused a reading of %s from site %s: %s (said once per hour)", r.mac, site_id, reason
             )
+            # One open alert per site (a flood of invented plugs must not open thousands).
             self.alerts.raise_alert(
-                AlertKind.BAD_READINGS, r.mac, f"readings refused: {reason}", self._now_ms(), site_id=site_id
+                AlertKind.BAD_READINGS,
+                site_id,
+                f"readings refused: {reason} (latest: plug {r.mac})",
+                self._now_ms(),
+                site_id=site_id,
             )
 
     def _refuse_plug(self, mac: str, site_id: str, why: PlugRefusal, readings: int) -> None:

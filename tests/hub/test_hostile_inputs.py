@@ -758,6 +758,7 @@ async def test_readings_refused_by_the_bounds_never_bind_a_plug(world: World) ->
     await world.send(B, [world.reading(victim, power_w=9000.0), *flood])
     assert world.store.plug_bindings() == {} and hub.plugs == {}
     assert hub.metrics.value("readings_refused_total", reason="over_power") == 20_001
+    assert [a.subject for a in alerts(world, AlertKind.BAD_READINGS)] == [B]  # one alert, not 20,001
     await world.run(30)  # the real owner reports it next and owns it
     assert world.store.plug_bindings() == {MAC: A} and world.dead == []
     assert hub.plugs[MAC].state.status is m.Status.AVAILABLE and world.plugs[MAC].relay is False
