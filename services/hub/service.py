@@ -509,6 +509,10 @@ class Hub:
         if plug is None:
             plug = self.plugs[mac] = HubPlug(m.new_state(mac, self._params(mac), self.now()), site_id)
             plug.dirty = True
+        elif plug.site_id != site_id:  # released by an operator, then bound by the site reporting it now
+            log.info("plug %s now belongs to site %s (was %s)", mac, site_id, plug.site_id)
+            plug.site_id = site_id
+            plug.dirty = True
         return plug
 
     def plug_state(self, plug: HubPlug) -> codec.PlugState:

@@ -146,8 +146,12 @@ async def test_a_released_plug_belongs_to_the_next_site_that_reports_it(world: W
     assert world.store.release_plug(MAC) is True
     hub.refresh_trust(force=True)
     plug.site = B
+    world.plugs[MAC].relay = True  # someone switched it on at the new site: the hub must tell site B
     await world.run(10)
     assert world.store.plug_bindings() == {MAC: B} and world.dead == []
+    assert hub.plugs[MAC].site_id == B
+    assert world.sites[B].executed and not world.sites[B].executed[-1].on  # unauthorized draw: off, via B
+    assert world.plugs[MAC].relay is False and world.sites[A].commands == []
 
 
 async def test_a_flood_of_invented_plugs_is_capped_per_batch(world: World) -> None:
