@@ -25,7 +25,7 @@ import zstandard
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from chargectl.common.errors import CodecError
+from chargectl.common.errors import CodecError, SignatureError
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import MAC_RE, Reading
 from chargectl.gen.v1 import commands_pb2, common_pb2, frontend_pb2, telemetry_pb2
@@ -798,7 +798,7 @@ def open_envelope(
     except DecodeError as exc:
         raise CodecError(f"not an Envelope: {exc}") from None
     if not env.key_id or len(env.signature) != 64:
-        raise CodecError("envelope is unsigned or its signature is malformed")
+        raise SignatureError("bad_signature", "envelope is unsigned or its signature is malformed")
     if expected_schema is not None and env.schema != expected_schema:
         raise CodecError(f"expected a {expected_schema}, got {env.schema or 'no schema'!r}")
     if env.encoding not in ENCODINGS:
@@ -829,8 +829,9 @@ def unpack_telemetry(
     opened = open_envelope(data, keyring, SCHEMA_TELEMETRY, now_ms, max_size)
     batch = decode_batch(opened.payload)
     if batch.site_id != opened.site_id:
-        raise CodecError(
-            f"batch claims site {batch.site_id!r} but is signed by a key of site {opened.site_id!r}"
+        raise SignatureError(
+            "wrong_site",
+            f"batch claims site {batch.site_id!r} but is signed by a key of site {opened.site_id!r}",
         )
     return batch
 
@@ -859,7 +860,9 @@ def unpack_command(data: bytes, keyring: Keyring, now_ms: int | None = None) -> 
     opened = open_envelope(data, keyring, SCHEMA_COMMAND, now_ms, 64 * 1024)
     cmd = decode_command(opened.payload)
     if cmd.site_id != opened.site_id:
-        raise CodecError(f"command for site {cmd.site_id!r} is signed by a key of site {opened.site_id!r}")
+        raise SignatureError(
+            "wrong_site", f"command for site {cmd.site_id!r} is signed by a key of site {opened.site_id!r}"
+        )
     return cmd
 
 
@@ -874,7 +877,9 @@ def unpack_outcome(data: bytes, keyring: Keyring, now_ms: int | None = None) -> 
     opened = open_envelope(data, keyring, SCHEMA_RESULT, now_ms, 64 * 1024)
     res = decode_outcome(opened.payload)
     if res.site_id != opened.site_id:
-        raise CodecError(f"result for site {res.site_id!r} is signed by a key of site {opened.site_id!r}")
+        raise SignatureError(
+            "wrong_site", f"result for site {res.site_id!r} is signed by a key of site {opened.site_id!r}"
+        )
     return res
 
 

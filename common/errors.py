@@ -23,6 +23,7 @@ __all__ = [
     "PaymentError",
     "ProvisioningError",
     "RpcCallError",
+    "SignatureError",
     "StoreError",
     "TransportError",
 ]
@@ -40,6 +41,16 @@ class ConfigError(ChargectlError):
 
 class CodecError(ChargectlError):
     """A payload could not be encoded, decoded, decompressed or verified."""
+
+
+class SignatureError(CodecError):
+    """A payload's signature is not acceptable; ``reason`` says why, as a refusal reason code:
+    ``unknown_key`` (unknown, not yet valid or expired), ``bad_signature`` (missing or wrong) or
+    ``wrong_site`` (signed by a key of another site than the payload names)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TransportError(ChargectlError):

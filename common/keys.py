@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from chargectl.common.errors import CodecError, ConfigError
+from chargectl.common.errors import ConfigError, SignatureError
 from chargectl.common.files import write_atomic
 
 __all__ = [
@@ -154,18 +154,18 @@ class Keyring:
         return len(self._keys)
 
     def verify(self, key_id: str, data: bytes, signature: bytes, now_ms: int | None = None) -> str:
-        """Check ``signature`` over ``data``; raise ``CodecError`` naming why it is not acceptable."""
+        """Check ``signature`` over ``data``; raise ``SignatureError`` (with its ``reason``) if not acceptable."""
         entry = self._keys.get(key_id)
         if entry is None:
-            raise CodecError(f"unknown signing key {key_id!r}")
+            raise SignatureError("unknown_key", f"unknown signing key {key_id!r}")
         trusted, public = entry
         if now_ms is not None:
             if trusted.not_before_ms and now_ms < trusted.not_before_ms:
-                raise CodecError(f"signing key {key_id} is not valid yet")
+                raise SignatureError("unknown_key", f"signing key {key_id} is not valid yet")
             if trusted.not_after_ms and now_ms > trusted.not_after_ms:
-                raise CodecError(f"signing key {key_id} expired")
+                raise SignatureError("unknown_key", f"signing key {key_id} expired")
         try:
             public.verify(signature, data)
         except InvalidSignature:
-            raise CodecError(f"bad signature for key {key_id}") from None
+            raise SignatureError("bad_signature", f"bad signature for key {key_id}") from None
         return trusted.site_id

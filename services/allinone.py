@@ -1,8 +1,9 @@
 """``chargectl run``: agent and hub in one process on the embedded backends — a complete single-site
 system with no cloud account.
 
-The site is provisioned on first start (key files under the config dir, the ``Site`` document in the
-SQLite store), the agent and the hub talk over the in-process bus with the same signed envelopes as in
+The site is provisioned on first start by the ``provision`` port the caller passes
+(``chargectl.provisioner.local.provision_local_site``: key files under the config dir, the ``Site``
+document in the SQLite store), the agent and the hub talk over the in-process bus with the same signed envelopes as in
 the cloud, and everything durable (store, time series, agent spool and sequence) lives under the
 state dir, so a restart resumes where it stopped.
 """
@@ -16,16 +17,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from chargectl.common import codec
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.config import Config, build
 from chargectl.common.errors import ConfigError
+from chargectl.common.keys import SigningKey
 from chargectl.common.runner import run_until_signalled
 from chargectl.common.topics import validate_site_id
-from chargectl.provisioner.plan import apply
-from chargectl.provisioner.site import SiteSpec, parse_tariff
-from chargectl.provisioner.trust import CommandSigner, command_keyring
-from chargectl.provisioner.wiring import open_provisioner
 from chargectl.services.adapters.memory_bus import MemoryBus
+from chargectl.services.adapters.secrets import Secrets
 from chargectl.services.agent.agent import Agent
 from chargectl.services.agent.metrics import instrument_agent
 from chargectl.services.agent.settings import AgentSettings
@@ -35,9 +35,10 @@ from chargectl.services.console.app import mount_console
 from chargectl.services.console.settings import ConsoleSettings, require_token_off_loopback
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.trust import CommandSigner, command_keyring
 from chargectl.services.wiring import open_store, open_timeseries
 
-__all__ = ["AllInOne", "RunSettings"]
+__all__ = ["AllInOne", "LocalSite", "Provision", "RunSettings"]
 
 log = logging.getLogger("chargectl.run")
 
@@ -55,12 +56,26 @@ class RunSettings:
         validate_site_id(self.site_id)
 
 
+@dataclass(frozen=True)
+class LocalSite:
+    """The provisioned site: its document, the secrets holding the hub's command keys, the agent's key."""
+
+    site: codec.Site
+    secrets: Secrets
+    agent_key: SigningKey
+
+
+Provision = Callable[[Config, RunSettings, HubSettings, int], LocalSite]
+"""Create the site on first start (a no-op afterwards) and return its keys: config, [run], [hub], now (ms)."""
+
+
 class AllInOne:
     """The agent and the hub sharing a :class:`MemoryBus`, over the embedded store."""
 
     def __init__(
         self,
         config: Config,
+        provision: Provision,
         *,
         clock: Clock | None = None,
         shelly_password: str | None = None,
@@ -73,6 +88,7 @@ class AllInOne:
                 "chargectl hub and chargectl agent for the cloud)"
             )
         self.config = config
+        self._provision = provision
         self.clock = clock or SystemClock()
         self.settings = config.section("run", RunSettings)
         self.hub_settings = hub_settings or HubSettings.from_mapping(config.sections.get("hub"))
@@ -100,29 +116,14 @@ class AllInOne:
         self.notifier: AlertNotifier | None = None
         self._stop = asyncio.Event()
 
-    def provision(self) -> None:
+    def provision(self) -> LocalSite:
         """Create the site (keys, document) if this is the first start; a no-op afterwards."""
-        prov = open_provisioner(self.config)
-        tariff = parse_tariff(self.settings.tariff, self.settings.site_id, self.hub_settings.tariff.currency)
-        if not self.settings.tariff:
-            t = self.hub_settings.tariff
-            tariff.price_per_kwh_minor = int(t.price_per_kwh_minor)
-            tariff.session_fee_minor = t.session_fee_minor
-            tariff.idle_price_per_minute_minor = int(t.idle_price_per_minute_minor)
-            tariff.idle_grace_s = t.idle_grace_s
-            tariff.min_start_balance_minor = t.min_start_balance_minor
-        spec = SiteSpec(self.settings.site_id, self.settings.site_name, tariff)
-        done = apply(prov.plan_site(spec, int(self.clock.now() * 1000)))
-        if done:
-            log.info("provisioned site %s (%d steps)", self.settings.site_id, len(done))
-        self._prov = prov
+        return self._provision(self.config, self.settings, self.hub_settings, int(self.clock.now() * 1000))
 
     async def start(self) -> None:
-        self.provision()
-        prov = self._prov
-        site = prov.site(self.settings.site_id)
+        local = self.provision()
         now_ms = int(self.clock.now() * 1000)
-        signer = CommandSigner(prov.secrets)
+        signer = CommandSigner(local.secrets)
         self.hub = Hub(
             self.hub_settings, HubPorts(self.bus, self.store, self.timeseries, signer.key_for), self.clock
         )
@@ -133,8 +134,8 @@ class AllInOne:
         self.agent = Agent(
             s,
             self.bus,
-            prov.agent_key(s.site_id),
-            command_keyring(site, now_ms),
+            local.agent_key,
+            command_keyring(local.site, now_ms),
             shelly_connector(
                 password=self.shelly_password,
                 user=s.shelly_user,

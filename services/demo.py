@@ -22,7 +22,7 @@ from chargectl.common import codec
 from chargectl.common.clock import ScaledClock
 from chargectl.common.config import Config
 from chargectl.services.agent.settings import AgentSettings, PlugAddress
-from chargectl.services.allinone import AllInOne
+from chargectl.services.allinone import AllInOne, Provision
 from chargectl.services.hub.machine import Status
 from chargectl.services.hub.settings import HubSettings, TariffSettings
 from chargectl.services.payments.ledger import Ledger
@@ -96,8 +96,9 @@ class DemoStats:
 class Demo:
     """Builds and runs the demo; the CLI renders :meth:`snapshot` as a dashboard."""
 
-    def __init__(self, settings: DemoSettings) -> None:
+    def __init__(self, settings: DemoSettings, provision: Provision) -> None:
         self.settings = settings
+        self.provision = provision  # creates the demo site (chargectl.provisioner.local)
         self.rng = random.Random(settings.seed)
         self.clock = ScaledClock(settings.speed)
         self._tmp: str | None = None
@@ -167,7 +168,9 @@ class Demo:
                     currency="gbp",
                 ),
             )
-            self.system = AllInOne(self.config, clock=self.clock, agent_settings=agent, hub_settings=hub)
+            self.system = AllInOne(
+                self.config, self.provision, clock=self.clock, agent_settings=agent, hub_settings=hub
+            )
             self.ledger = Ledger(self.system.store)
             tasks = [
                 asyncio.create_task(self.system.serve(), name="system"),
@@ -210,6 +213,9 @@ class Demo:
 
     def _top_up(self, d: Driver, amount: int) -> None:
         assert self.ledger is not None
+        store = self.ledger.store
+        if store.get_user(d.user_id) is None:  # the hub acts only for users with an account
+            store.put_user(codec.UserAccount(user_id=d.user_id, currency="gbp"))
         entry = f"demo-topup-{uuid.uuid4().hex[:12]}"
         self.ledger.post(
             entry,

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from chargectl.common.alerts import AlertKind
+from chargectl.services.hub.ingest import IngestRefusal
+from chargectl.services.hub.intake import ReadingRefusal
 from chargectl.services.hub.machine import Status, StopReason
+from chargectl.services.hub.registry import PlugRefusal
 
 __all__ = ["CATALOGUE", "LATENCY_BUCKETS_S", "PREFIX", "MetricSpec", "exported_names", "spec_for"]
 
@@ -49,29 +52,11 @@ class MetricSpec:
             raise ValueError(f"{self.name}: known values for undeclared labels {sorted(unknown)}")
 
 
-_DEAD_LETTER_REASONS = (
-    "bad_schema",
-    "unverified",
-    "malformed",
-    "revoked",
-    "foreign_plug",
-    "plug_limit",
-    "stale_epoch",
-    "too_large",
+_SKIP_REASONS = (str(IngestRefusal.DUPLICATE), str(IngestRefusal.OTHER_SHARD))
+_DEAD_LETTER_REASONS = tuple(str(r) for r in IngestRefusal if str(r) not in _SKIP_REASONS) + tuple(
+    str(r) for r in PlugRefusal
 )
-_SKIP_REASONS = ("duplicate", "other_shard")
-_REFUSED_READING_REASONS = (
-    "foreign_plug",
-    "plug_limit",
-    "not_finite",
-    "negative",
-    "too_large",
-    "future",
-    "too_old",
-    "power_bound",
-    "energy_bound",
-    "counter_drop",
-)
+_REFUSED_READING_REASONS = tuple(str(r) for r in ReadingRefusal) + tuple(str(r) for r in PlugRefusal)
 _STATES = tuple(str(s) for s in Status)
 _STOP_REASONS = tuple(str(r) for r in StopReason)
 _ALERT_KINDS = tuple(str(k) for k in AlertKind)
@@ -162,6 +147,28 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "Start/stop requests answered, by outcome",
         ("outcome",),
         {"outcome": ("accepted", "rejected", "expired")},
+    ),
+    MetricSpec(
+        "requests_rejected_total",
+        "counter",
+        "Start/stop requests rejected, by reason (expired, no_account, unknown_plug, …)",
+        ("reason",),
+    ),
+    MetricSpec(
+        "sessions_needs_review_total",
+        "counter",
+        "Sessions billed only up to the physical bound and flagged needs_review",
+    ),
+    MetricSpec("finish_retries_total", "counter", "Session finishes retried after a store error"),
+    MetricSpec(
+        "plug_errors_total", "counter", "Exceptions while handling one plug's event (the plug is FAULTED)"
+    ),
+    MetricSpec(
+        "loop_errors_total",
+        "counter",
+        "Failed passes of the hub's loops: expected (a backend error) or bug (an exception escaped)",
+        ("loop", "kind"),
+        {"loop": ("tick", "poll_requests", "watch_requests"), "kind": ("expected", "bug")},
     ),
     MetricSpec(
         "request_latency_seconds",

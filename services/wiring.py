@@ -36,7 +36,10 @@ def open_timeseries(config: Config) -> TimeSeries:
     if config.backend == "gcp":
         from chargectl.services.adapters.influx_sink import InfluxSettings, InfluxSink
 
-        return InfluxSink(config.section("influx", InfluxSettings))
+        # Points not yet written survive a stop or crash while InfluxDB is down (bounded on-disk queue).
+        return InfluxSink(
+            config.section("influx", InfluxSettings), spool_dir=config.state_dir / "influx-spool"
+        )
     from chargectl.services.adapters.sqlite_timeseries import SqliteTimeSeries
 
     return SqliteTimeSeries(timeseries_path(config))

@@ -115,6 +115,7 @@ def register(app: typer.Typer) -> None:
         import signal
         import sys
 
+        from chargectl.provisioner.local import provision_local_site
         from chargectl.services.demo import Demo, DemoSettings
 
         if ctx.obj.verbose == 0:
@@ -127,7 +128,8 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 state_dir=state_dir,
                 console_port=None if no_console else console_port,
-            )
+            ),
+            provision_local_site,
         )
         if runner.console_url:  # before anything else, so a newcomer can open it right away
             typer.echo(f"operator console: {runner.console_url}", err=as_json)

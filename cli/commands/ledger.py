@@ -80,6 +80,11 @@ def register(app: typer.Typer) -> None:
         store = open_store(ctx.obj.config())
         try:
             ledger = Ledger(store)
+            if store.get_user(user) is None:  # crediting a new user opens their account (the hub needs one)
+                from chargectl.common.codec import UserAccount
+
+                now_ms = int(time.time() * 1000)
+                store.put_user(UserAccount(user_id=user, currency=currency, created_at_ms=now_ms))
             posted = ledger.post(
                 eid,
                 user,

@@ -29,10 +29,13 @@ def register(app: typer.Typer) -> None:
         mDNS discovery and/or the [agent] plugs list; the hub's health endpoint is on [hub] health_port.
         """
         from chargectl.common.logging import setup_logging
+        from chargectl.provisioner.local import provision_local_site
         from chargectl.services.allinone import AllInOne
 
         setup_logging(ctx.obj.verbose)
         system = AllInOne(
-            ctx.obj.config(), shelly_password=password or os.environ.get("CHARGECTL_SHELLY_PASSWORD")
+            ctx.obj.config(),
+            provision_local_site,
+            shelly_password=password or os.environ.get("CHARGECTL_SHELLY_PASSWORD"),
         )
         system.run()

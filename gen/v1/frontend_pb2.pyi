@@ -100,7 +100,7 @@ class ChargeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., plug_mac: _Optional[str] = ..., action: _Optional[_Union[ChargeRequest.Action, str]] = ..., status: _Optional[_Union[ChargeRequest.Status, str]] = ..., reason: _Optional[str] = ..., session_id: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., answered_at_ms: _Optional[int] = ...) -> None: ...
 
 class ChargeSession(_message.Message):
-    __slots__ = ("session_id", "user_id", "plug_mac", "site_id", "status", "started_at_ms", "ended_at_ms", "start_counter_mwh", "stop_counter_mwh", "energy_mwh", "idle_s", "cost", "stop_reason", "tariff_id", "request_id")
+    __slots__ = ("session_id", "user_id", "plug_mac", "site_id", "status", "started_at_ms", "ended_at_ms", "start_counter_mwh", "stop_counter_mwh", "energy_mwh", "idle_s", "cost", "stop_reason", "tariff_id", "request_id", "review_reason")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATUS_UNSPECIFIED: _ClassVar[ChargeSession.Status]
@@ -124,6 +124,7 @@ class ChargeSession(_message.Message):
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
     TARIFF_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_REASON_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_id: str
     plug_mac: str
@@ -139,7 +140,8 @@ class ChargeSession(_message.Message):
     stop_reason: str
     tariff_id: str
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., plug_mac: _Optional[str] = ..., site_id: _Optional[str] = ..., status: _Optional[_Union[ChargeSession.Status, str]] = ..., started_at_ms: _Optional[int] = ..., ended_at_ms: _Optional[int] = ..., start_counter_mwh: _Optional[int] = ..., stop_counter_mwh: _Optional[int] = ..., energy_mwh: _Optional[int] = ..., idle_s: _Optional[int] = ..., cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., stop_reason: _Optional[str] = ..., tariff_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    review_reason: str
+    def __init__(self, session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., plug_mac: _Optional[str] = ..., site_id: _Optional[str] = ..., status: _Optional[_Union[ChargeSession.Status, str]] = ..., started_at_ms: _Optional[int] = ..., ended_at_ms: _Optional[int] = ..., start_counter_mwh: _Optional[int] = ..., stop_counter_mwh: _Optional[int] = ..., energy_mwh: _Optional[int] = ..., idle_s: _Optional[int] = ..., cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., stop_reason: _Optional[str] = ..., tariff_id: _Optional[str] = ..., request_id: _Optional[str] = ..., review_reason: _Optional[str] = ...) -> None: ...
 
 class UserAccount(_message.Message):
     __slots__ = ("user_id", "email", "name", "stripe_customer_id", "currency", "needs_payment_action", "payment_action_intent_id", "auto_topup_threshold", "auto_topup_amount", "default_payment_method", "created_at_ms", "updated_at_ms")

@@ -108,6 +108,7 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
     fleet = Fleet(site, n, rng, 0.0)
     ledger = Ledger(store)
     for p in fleet.plugs:
+        store.put_user(codec.UserAccount(user_id=f"u-{p.mac}", currency="gbp"))  # the hub acts for accounts only
         ledger.post(f"topup-{p.mac}", f"u-{p.mac}", "topup", 1_000_000, "gbp", round(START_S * 1000))
     bus = MemoryBus()
     await bus.ensure_topic(command_topic(site))
@@ -119,7 +120,12 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
         return True
 
     await bus.subscribe("bench-agent", on_command)
-    hub = Hub(HubSettings(), HubPorts(bus, store, LineSink(), command_keys(command_key)), clock)
+    # The site introduces its whole fleet at once: lift the per-site plug limits.
+    hub = Hub(
+        HubSettings(max_new_plugs_per_batch=1_000_000, max_plugs_per_site=10_000_000),
+        HubPorts(bus, store, LineSink(), command_keys(command_key)),
+        clock,
+    )
     await hub.start()
     cmd_ring = Keyring()
     cmd_ring.add_public(command_key.public_bytes, site)
@@ -183,7 +189,7 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
             car = cars[p.mac]
             if car is not None:
                 req = store.get_request(car.request_id)
-                if plug.state.last_session_id == f"sess-{car.request_id}" or (
+                if (req is not None and req.session_id and plug.state.last_session_id == req.session_id) or (
                     req is not None and req.status == codec.ChargeRequest.STATUS_REJECTED
                 ):
                     cars[p.mac] = None

@@ -161,7 +161,9 @@ def make_hub(
     for site, key in keys.items():
         store.put_site(site_document(site, key))
     sink = LineSink()
-    hub = Hub(HubSettings(), HubPorts(MemoryBus(), store, sink, command_keys(command_key)), clock)
+    # The benchmark's sites introduce their whole fleet in the warm-up: lift the per-site plug limits.
+    settings = HubSettings(max_new_plugs_per_batch=1_000_000, max_plugs_per_site=10_000_000)
+    hub = Hub(settings, HubPorts(MemoryBus(), store, sink, command_keys(command_key)), clock)
     hub.refresh_trust(force=True)
     return hub, sink
 

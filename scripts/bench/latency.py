@@ -47,11 +47,13 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
     if backend == "embedded":
         # What `chargectl run` runs: the site provisioned on first start, SQLite store and series.
         from chargectl.common.config import Config
+        from chargectl.provisioner.local import provision_local_site
         from chargectl.services.agent import AgentSettings, PlugAddress
         from chargectl.services.allinone import AllInOne
 
         system = AllInOne(
-            Config(
+            provision=provision_local_site,
+            config=Config(
                 backend="local",
                 state_dir=tmp / "state",
                 config_dir=tmp / "config",
@@ -109,11 +111,19 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
                     store, user[mac], mac, codec.ChargeRequest.ACTION_START, created, f"{rnd}-{mac}"
                 )
             done: dict[str, int] = {}
-            prefix = f"sess-{rnd}-"
+            sessions: dict[str, str] = {}  # the hub makes session ids: read them from the answers
 
-            def switched(done: dict[str, int] = done, prefix: str = prefix) -> bool:
+            def switched(
+                done: dict[str, int] = done, sessions: dict[str, str] = sessions, rnd: int = rnd
+            ) -> bool:
+                for mac in macs:
+                    if mac not in sessions:
+                        answer = store.get_request(f"{rnd}-{mac}")
+                        if answer is not None and answer.session_id:
+                            sessions[mac] = answer.session_id
+                wanted = set(sessions.values())
                 for o in agent.outcomes:
-                    if o.ok and o.relay_on and o.session_id.startswith(prefix):
+                    if o.ok and o.relay_on and o.session_id in wanted:
                         done.setdefault(o.plug_mac, o.executed_at_ms)
                 return len(done) == len(macs)
 
@@ -149,6 +159,7 @@ def _top_up(store: Any, ports: Sequence[int]) -> None:
     ledger = Ledger(store)
     now_ms = round(time.time() * 1000)
     for port in ports:
+        store.put_user(codec.UserAccount(user_id=f"u-{port}", currency="gbp"))  # the hub acts for accounts only
         ledger.post(f"topup-{port}", f"u-{port}", "topup", 1_000_000, "gbp", now_ms)
 
 

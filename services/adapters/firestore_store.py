@@ -139,14 +139,16 @@ class FirestoreStore:
         return self._create("charge_requests", request.request_id, to_document(request))
 
     def get_request(self, request_id: str) -> ChargeRequest | None:
-        return self._get(ChargeRequest, "charge_requests", request_id)
+        req = self._get(ChargeRequest, "charge_requests", request_id)
+        if req is not None:
+            req.request_id = request_id  # the document id, whatever the body says
+        return req
 
     def pending_requests(self) -> list[ChargeRequest]:
-        rows = self._query(
-            ChargeRequest,
-            lambda c: c.where(filter=self._where("status", "in", list(_PENDING))),
-            "charge_requests",
-        )
+        # The request id is the document id, whatever the body says.
+        query = self._col("charge_requests").where(filter=self._where("status", "in", list(_PENDING)))
+        with self._errors("query of charge_requests"):
+            rows = [_request(snap.id, snap.to_dict()) for snap in query.stream()]
         return sorted(rows, key=lambda r: (r.created_at_ms, r.request_id))
 
     def answer_request(
@@ -187,7 +189,7 @@ class FirestoreStore:
             for change in changes:
                 if change.type.name in ("ADDED", "MODIFIED"):
                     try:
-                        callback(from_document(ChargeRequest, change.document.to_dict()))
+                        callback(_request(change.document.id, change.document.to_dict()))
                     except Exception:  # one bad document must not kill the listener
                         import logging
 
@@ -400,7 +402,60 @@ class FirestoreStore:
             raise StoreError(f"checkpoint {name} is {len(out)} bytes, expected {meta['size']}")
         return bytes(out)
 
+    # ---------------------------------------------------------------- hub: plug bindings, finishing
+
+    def bind_plug(self, plug_mac: str, site_id: str, at_ms: int, replace: bool = False) -> str:
+        if not plug_mac or not site_id:
+            raise StoreError("a plug binding needs a plug MAC and a site id")
+        data = {"plug_mac": plug_mac, "site_id": site_id, "at_ms": at_ms}
+        ref = self._col("plug_sites").document(plug_mac)
+        with self._errors(f"binding of plug {plug_mac}"):
+            if replace:
+                ref.set(data)
+                return site_id
+        if self._create("plug_sites", plug_mac, data):
+            return site_id
+        with self._errors(f"read of plug_sites/{plug_mac}"):
+            snap = ref.get()
+        return str(snap.to_dict()["site_id"]) if snap.exists else self.bind_plug(plug_mac, site_id, at_ms)
+
+    def release_plug(self, plug_mac: str) -> bool:
+        ref = self._col("plug_sites").document(plug_mac)
+        with self._errors(f"release of plug {plug_mac}"):
+            if not ref.get().exists:
+                return False
+            ref.delete()
+        return True
+
+    def plug_bindings(self) -> dict[str, str]:
+        with self._errors("query of plug_sites"):
+            return {snap.id: str(snap.to_dict()["site_id"]) for snap in self._col("plug_sites").stream()}
+
+    def finish_session(self, session: ChargeSession, debit: LedgerEntry | None) -> bool:
+        firestore = self._firestore
+        session_ref = self._col("sessions").document(session.session_id)
+        debit_ref = self._col("ledger").document(debit.entry_id) if debit is not None else None
+
+        @firestore.transactional  # type: ignore[untyped-decorator]
+        def finish(tx: Any) -> bool:
+            snap = session_ref.get(transaction=tx)
+            if snap.exists and (snap.to_dict() or {}).get("status") == "STATUS_COMPLETED":
+                return False
+            if debit_ref is not None and debit is not None and not debit_ref.get(transaction=tx).exists:
+                tx.set(debit_ref, to_document(debit))
+            tx.set(session_ref, to_document(session))
+            return True
+
+        with self._errors(f"finish of session {session.session_id}"):
+            return bool(finish(self._db.transaction()))
+
     def close(self) -> None:
         close = getattr(self._db, "close", None)
         if callable(close):
             close()
+
+
+def _request(doc_id: str, data: dict[str, Any] | None) -> ChargeRequest:
+    req = from_document(ChargeRequest, data or {})
+    req.request_id = doc_id
+    return req

@@ -4,17 +4,28 @@ A bounded in-memory queue sits between the hub and the database: the hub only ap
 waits for InfluxDB. A writer thread sends batches of up to ``batch_lines`` (5,000 is InfluxDB's advice) and
 removes them from the queue only once the write succeeded, retrying with exponential back-off while
 the database is down. If the queue overflows, the oldest lines are dropped, counted and logged — never
-silently. Closing writes what it can and counts (and logs) anything still unwritten as dropped.
+silently.
+
+With a ``spool_dir`` (the hub passes ``<state_dir>/influx-spool``) the queue survives a stop or a crash
+while the database is down: whenever a write fails, the lines not yet on disk are appended to
+``pending.lp`` there (every ``flush_interval_s`` while down), closing keeps what is unwritten on disk
+instead of dropping it, and the next start queues the file again (its newest ``max_pending_lines``;
+older lines are dropped and counted). Writing a point twice is harmless in InfluxDB (same series and
+time: one point), so the file is removed only once everything in it was written. Without a spool
+directory, closing counts (and logs) anything still unwritten as dropped.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from chargectl.common.errors import StoreError
@@ -69,10 +80,17 @@ Writer = Callable[[list[str]], None]
 class InfluxSink:
     """A :class:`~chargectl.services.adapters.timeseries.TimeSeries` that writes to InfluxDB in the background."""
 
-    def __init__(self, settings: InfluxSettings, writer: Writer | None = None) -> None:
+    SPOOL_FILE = "pending.lp"
+
+    def __init__(
+        self, settings: InfluxSettings, writer: Writer | None = None, spool_dir: Path | None = None
+    ) -> None:
         self.settings = settings
         self._write, self._close_writer = (writer, None) if writer else self._make_writer()
         self._queue: deque[str] = deque()
+        self._spool = spool_dir / self.SPOOL_FILE if spool_dir is not None else None
+        self._spilled = 0  # the first _spilled lines of the queue are in the spool file
+        self._spool_lines = 0  # lines in the spool file (written ones included until it is removed)
         self._cond = threading.Condition()
         self._written = 0
         self._dropped = 0
@@ -81,6 +99,7 @@ class InfluxSink:
         self._down_since: float | None = None
         self._flush_requested = False
         self._stopping = False
+        self._load_spool()
         self._thread = threading.Thread(target=self._run, name="chargectl-influx", daemon=True)
         self._thread.start()
 
@@ -95,6 +114,7 @@ class InfluxSink:
             if excess > 0:
                 for _ in range(excess):
                     self._queue.popleft()
+                self._spilled = max(0, self._spilled - excess)
                 self._dropped += excess
                 if not self._overflowing:
                     self._overflowing = True
@@ -131,7 +151,12 @@ class InfluxSink:
             self._cond.notify_all()
         self._thread.join(timeout=timeout_s + self.settings.timeout_s)
         with self._cond:
-            if self._queue:
+            if self._queue and self._spool is not None and self._spill_locked():
+                log.warning(
+                    "time-series sink closed with %d unwritten points: kept on disk", len(self._queue)
+                )
+                self._queue.clear()
+            elif self._queue:
                 lost = len(self._queue)
                 self._dropped += lost
                 self._queue.clear()
@@ -180,7 +205,8 @@ class InfluxSink:
                     if self._down_since is None:
                         self._down_since = time.monotonic()
                         log.warning("time-series backend unavailable (%s); buffering points", _describe(exc))
-                    self._cond.wait(backoff)
+                    self._spill_locked()
+                    self._cond.wait(min(backoff, self.settings.flush_interval_s) if self._spool else backoff)
                 backoff = min(backoff * 2, self.settings.retry_max_s)
                 continue
             backoff = self.settings.retry_initial_s
@@ -190,6 +216,9 @@ class InfluxSink:
                 while sent and self._queue and self._queue[0] is batch[len(batch) - sent]:
                     self._queue.popleft()
                     sent -= 1
+                    self._spilled = max(0, self._spilled - 1)
+                if self._spilled == 0 and self._spool_lines:
+                    self._remove_spool()
                 self._written += len(batch)
                 if self._down_since is not None:
                     log.info("time-series backend back after %.0f s", time.monotonic() - self._down_since)
@@ -199,6 +228,70 @@ class InfluxSink:
                 if not self._queue:
                     self._flush_requested = False
                 self._cond.notify_all()
+
+    # ------------------------------------------------------------------ the on-disk spool
+
+    def _load_spool(self) -> None:
+        if self._spool is None or not self._spool.exists():
+            return
+        try:
+            lines = [ln for ln in self._spool.read_text(encoding="utf-8").splitlines() if ln]
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("cannot read the time-series spool %s (%s); its points are lost", self._spool, exc)
+            return
+        keep = lines[-self.settings.max_pending_lines :]
+        if len(lines) > len(keep):
+            self._dropped += len(lines) - len(keep)
+            log.warning(
+                "time-series spool held %d points; dropped the oldest %d", len(lines), len(lines) - len(keep)
+            )
+        self._queue.extend(keep)
+        self._spilled = self._spool_lines = len(keep)
+        if len(lines) > len(keep):
+            self._spool_lines = len(lines)
+        log.info("queued %d time-series points kept on disk by the last run", len(keep))
+
+    def _spill_locked(self) -> bool:
+        """Append the queued lines not yet on disk to the spool (call with the lock held); True if all are."""
+        if self._spool is None:
+            return False
+        pending = len(self._queue) - self._spilled
+        if pending <= 0:
+            return True
+        try:
+            self._spool.parent.mkdir(parents=True, exist_ok=True)
+            if self._spool_lines > 2 * self.settings.max_pending_lines:
+                # Mostly lines written or dropped since: rewrite it with the queue alone (atomically).
+                tmp = self._spool.with_suffix(".tmp")
+                with tmp.open("w", encoding="utf-8") as f:
+                    f.write("\n".join(self._queue) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self._spool)
+                self._spool_lines = len(self._queue)
+            else:
+                start = self._spilled
+                with self._spool.open("a", encoding="utf-8") as f:
+                    f.write("\n".join(itertools.islice(self._queue, start, None)) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._spool_lines += pending
+        except OSError as exc:
+            log.error(
+                "cannot write the time-series spool %s (%s); points stay in memory only", self._spool, exc
+            )
+            return False
+        self._spilled = len(self._queue)
+        return True
+
+    def _remove_spool(self) -> None:
+        assert self._spool is not None
+        try:
+            self._spool.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove the written time-series spool %s: %s", self._spool, exc)
+            return
+        self._spool_lines = 0
 
     # ------------------------------------------------------------------ transports
 

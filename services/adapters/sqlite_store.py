@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, data BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS unmatched_payments (
     payment_id TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, resolved INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS topup_states (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plug_sites (plug_mac TEXT PRIMARY KEY, site_id TEXT NOT NULL, at_ms INTEGER NOT NULL);
 """
 
 
@@ -361,6 +362,58 @@ class SqliteStore:
         with self._lock:
             row = self._db.execute("SELECT data FROM checkpoints WHERE name = ?", (name,)).fetchone()
         return None if row is None else bytes(row[0])
+
+    # ---------------------------------------------------------------- hub: plug bindings, finishing
+
+    def bind_plug(self, plug_mac: str, site_id: str, at_ms: int, replace: bool = False) -> str:
+        if not plug_mac or not site_id:
+            raise StoreError("a plug binding needs a plug MAC and a site id")
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        with self._tx() as db:
+            db.execute(
+                f"{verb} INTO plug_sites (plug_mac, site_id, at_ms) VALUES (?, ?, ?)",
+                (plug_mac, site_id, at_ms),
+            )
+            row = db.execute("SELECT site_id FROM plug_sites WHERE plug_mac = ?", (plug_mac,)).fetchone()
+        return str(row[0])
+
+    def release_plug(self, plug_mac: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM plug_sites WHERE plug_mac = ?", (plug_mac,)).rowcount == 1
+
+    def plug_bindings(self) -> dict[str, str]:
+        with self._lock:
+            try:
+                rows = self._db.execute("SELECT plug_mac, site_id FROM plug_sites").fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+        return {str(mac): str(site) for mac, site in rows}
+
+    def finish_session(self, session: ChargeSession, debit: LedgerEntry | None) -> bool:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT status FROM sessions WHERE session_id = ?", (session.session_id,)
+            ).fetchone()
+            if row is not None and row[0] == ChargeSession.STATUS_COMPLETED:
+                return False
+            if debit is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO ledger (entry_id, user_id, created_at_ms, doc) VALUES (?, ?, ?, ?)",
+                    (debit.entry_id, debit.user_id, debit.created_at_ms, debit.SerializeToString()),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO sessions (session_id, user_id, plug_mac, status, started_at_ms, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session.session_id,
+                    session.user_id,
+                    session.plug_mac,
+                    session.status,
+                    session.started_at_ms,
+                    session.SerializeToString(),
+                ),
+            )
+        return True
 
     def close(self) -> None:
         with self._lock:

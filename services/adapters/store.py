@@ -193,3 +193,26 @@ class Store(Protocol):
     def load_checkpoint(self, name: str) -> bytes | None: ...
 
     def close(self) -> None: ...
+
+    # ---------------------------------------------------------------- hub: plug bindings, finishing
+    # (issue 13) A plug belongs to one site; a session is finished and debited in one transaction.
+
+    def bind_plug(self, plug_mac: str, site_id: str, at_ms: int, replace: bool = False) -> str:
+        """Bind ``plug_mac`` to ``site_id`` unless it is bound already (``replace``: move it there).
+
+        Returns the site the plug is bound to afterwards."""
+        ...
+
+    def release_plug(self, plug_mac: str) -> bool:
+        """Forget the plug's binding (the next site to report it owns it); False if it had none."""
+        ...
+
+    def plug_bindings(self) -> dict[str, str]:
+        """Every bound plug: MAC -> site id."""
+        ...
+
+    def finish_session(self, session: ChargeSession, debit: LedgerEntry | None) -> bool:
+        """In one transaction: the COMPLETED ``session`` document and its ``debit`` (create-if-absent).
+
+        False (and nothing written) if the session document is already COMPLETED."""
+        ...

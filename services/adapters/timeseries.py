@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from chargectl.common.codec import PlugStatus
 from chargectl.common.readings import Reading
 
 __all__ = [
@@ -25,17 +26,11 @@ __all__ = [
     "session_line",
 ]
 
-# Numeric codes of the plug states (stable; dashboards key on them).
+# Numeric codes of the plug states (stable; dashboards key on them): the contract's PlugStatus values.
 STATE_CODES = {
-    "AVAILABLE": 1,
-    "AUTHORIZED": 2,
-    "CHARGING": 3,
-    "SUSPENDED_EV": 4,
-    "SUSPENDED_EVSE": 5,
-    "FINISHING": 6,
-    "FAULTED": 7,
-    "OFFLINE": 8,
-    "UNAVAILABLE": 9,
+    name.removeprefix("PLUG_STATUS_"): value
+    for name, value in PlugStatus.items()
+    if name != "PLUG_STATUS_UNSPECIFIED"
 }
 
 

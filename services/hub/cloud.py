@@ -5,13 +5,13 @@ from __future__ import annotations
 from chargectl.common.clock import Clock
 from chargectl.common.config import Config
 from chargectl.common.errors import ConfigError
-from chargectl.provisioner.trust import CommandSigner
 from chargectl.services.adapters.secrets import secrets_from_config
 from chargectl.services.alerting import attach_alert_sinks
 from chargectl.services.console.app import mount_console
 from chargectl.services.console.settings import ConsoleSettings, require_token_off_loopback
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.trust import CommandSigner
 from chargectl.services.wiring import open_store, open_timeseries
 
 __all__ = ["build_cloud_hub"]

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from chargectl.common import codec
-from chargectl.common.errors import CodecError
+from chargectl.common.errors import CodecError, SignatureError
 from chargectl.common.keys import Keyring
 
 __all__ = [
     "MAX_EPOCHS_PER_SITE",
     "Accepted",
     "Ingest",
+    "IngestRefusal",
     "Rejected",
     "SeqWindow",
     "Skipped",
@@ -32,6 +34,18 @@ __all__ = [
 ]
 
 MAX_EPOCHS_PER_SITE = 8
+
+
+class IngestRefusal(StrEnum):
+    """Why a telemetry-topic message is skipped (acked, counted) or dead-lettered (the ``reason``)."""
+
+    DUPLICATE = "duplicate"  # skipped: already processed
+    OTHER_SHARD = "other_shard"  # skipped: the attribute routes it to another hub
+    BAD_SCHEMA = "bad_schema"
+    UNVERIFIED = "unverified"  # no acceptable signature (SignatureError)
+    MALFORMED = "malformed"
+    REVOKED = "revoked"
+    WRONG_SHARD = "wrong_shard"  # the signed site's Site.shard is another hub's
 
 
 def window_key(site_id: str, epoch: int) -> str:
@@ -91,7 +105,7 @@ class Accepted:
 class Skipped:
     """Not ours to process, or already processed: ack and count."""
 
-    reason: str  # "duplicate" | "other_shard"
+    reason: IngestRefusal  # DUPLICATE | OTHER_SHARD
     site_id: str = ""
 
 
@@ -99,7 +113,7 @@ class Skipped:
 class Rejected:
     """Dead-letter with ``reason`` (and ``detail`` for the operator)."""
 
-    reason: str  # "bad_schema" | "unverified" | "malformed" | "revoked"
+    reason: str  # an IngestRefusal, or the registry's PlugRefusal.FOREIGN_PLUG
     detail: str
     site_id: str = ""
 
@@ -114,37 +128,51 @@ class Ingest:
     keyring: Keyring
     shard: int | None = None
     revoked_sites: set[str] = field(default_factory=set)
+    site_shards: dict[str, int] = field(default_factory=dict)  # Site.shard: which hub owns a site
     windows: dict[str, SeqWindow] = field(default_factory=dict)
     max_size: int = codec.DEFAULT_MAX_DECOMPRESSED
 
     def accept(self, data: bytes, attributes: Mapping[str, str], now_ms: int | None = None) -> Verdict:
         site_attr = attributes.get("site_id", "")
         if self.shard is not None and attributes.get("shard", "") != str(self.shard):
-            return Skipped("other_shard", site_attr)
+            return Skipped(IngestRefusal.OTHER_SHARD, site_attr)
         schema = attributes.get("schema", "")
         if site_attr in self.revoked_sites:
-            return Rejected("revoked", f"site {site_attr} is revoked", site_attr)
+            return Rejected(IngestRefusal.REVOKED, f"site {site_attr} is revoked", site_attr)
         try:
             if schema == codec.SCHEMA_TELEMETRY:
                 batch = codec.unpack_telemetry(data, self.keyring, now_ms, self.max_size)
                 if batch.site_id in self.revoked_sites:
-                    return Rejected("revoked", f"site {batch.site_id} is revoked", batch.site_id)
+                    return Rejected(IngestRefusal.REVOKED, f"site {batch.site_id} is revoked", batch.site_id)
+                wrong = self._wrong_shard(batch.site_id)
+                if wrong is not None:
+                    return wrong
                 window = self.windows.get(window_key(batch.site_id, batch.epoch))
                 if window is not None and window.seen(batch.batch_seq):
-                    return Skipped("duplicate", batch.site_id)
+                    return Skipped(IngestRefusal.DUPLICATE, batch.site_id)
                 return Accepted(batch.site_id, batch=batch)
             if schema == codec.SCHEMA_RESULT:
                 outcome = codec.unpack_outcome(data, self.keyring, now_ms)
+                wrong = self._wrong_shard(outcome.site_id)
+                if wrong is not None:
+                    return wrong
                 return Accepted(outcome.site_id, outcome=outcome)
+        except SignatureError as exc:
+            return Rejected(IngestRefusal.UNVERIFIED, str(exc), site_attr)
         except CodecError as exc:
-            text = str(exc)
-            reason = (
-                "unverified"
-                if ("signature" in text or "signing key" in text or "signed by" in text)
-                else "malformed"
-            )
-            return Rejected(reason, text, site_attr)
-        return Rejected("bad_schema", f"unexpected schema {schema!r}", site_attr)
+            return Rejected(IngestRefusal.MALFORMED, str(exc), site_attr)
+        return Rejected(IngestRefusal.BAD_SCHEMA, f"unexpected schema {schema!r}", site_attr)
+
+    def _wrong_shard(self, site_id: str) -> Rejected | None:
+        """The signed site's ``Site.shard`` decides, not the unsigned ``shard`` attribute."""
+        if self.shard is None:
+            return None
+        owner = self.site_shards.get(site_id)
+        if owner is None or owner == self.shard:
+            return None
+        return Rejected(
+            IngestRefusal.WRONG_SHARD, f"site {site_id} belongs to shard {owner}, not {self.shard}", site_id
+        )
 
     def commit(self, verdict: Accepted) -> None:
         """Record an accepted batch as processed (call once its readings reached the machines)."""

@@ -67,6 +67,7 @@ __all__ = [
     "MachineState",
     "OperatorDisable",
     "OperatorEnable",
+    "PlugFault",
     "Readings",
     "RejectRequest",
     "SendRelay",
@@ -149,6 +150,9 @@ _T = Transition
 TRANSITIONS: tuple[Transition, ...] = (
     _T("start", (_A,), "StartRequest", "plug online, balance >= required start balance; or resuming a stored session", _AU,
        "SessionStarted; SendRelay(on, auto_off_s)"),
+    _T("resume-finishing", (_A,), "StartRequest",
+       "resuming a stored session whose finish had begun (stop_reason set)", _FIN,
+       "SessionStarted; SendRelay(off): billed once the relay is confirmed off, never switched on"),
     _T("start-rejected", _ALL, "StartRequest", "busy, offline, faulted, disabled or balance too low", None,
        "RejectRequest(reason); state unchanged"),
     _T("unauthorized-draw", (_A, _UN), "Readings", "relay on or power >= start_w with no session", None,
@@ -185,6 +189,8 @@ TRANSITIONS: tuple[Transition, ...] = (
        "power > max_power_w for max_power_confirm_s", _FLT, "as device-error"),
     _T("relay-mismatch", tuple(s for s in _ALL if s not in (_FLT, _OFF)), "Readings|Tick",
        "a reading >= relay_confirm_s after the command still disagrees", _FLT, "as device-error"),
+    _T("hub-fault", tuple(s for s in _ALL if s not in (_FLT, _OFF)), "PlugFault",
+       "handling this plug's event raised in the hub", _FLT, "as device-error"),
     _T("relay-reasserted", tuple(s for s in _ALL if s is not _OFF), "Readings",
        "a confirmed relay state changed on its own (button, reboot)", None, "re-send command; Alert"),
     _T("fault-cleared", (_FLT,), "OperatorEnable", "no error flags in the latest reading", _A, "—"),
@@ -249,6 +255,7 @@ class StartRequest:
     request_id: str = ""
     start_counter_mwh: int | None = None
     started_at_ms: int | None = None
+    stop_reason: str = ""  # resuming a session whose finish had begun: straight to FINISHING, relay off
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +289,13 @@ class BalanceUpdate:
     balance_minor: int
 
 
+@dataclass(frozen=True, slots=True)
+class PlugFault:
+    """The hub failed while handling this plug's event: fault it (relay off, session closed)."""
+
+    reason: str
+
+
 Event = (
     Readings
     | Tick
@@ -291,6 +305,7 @@ Event = (
     | OperatorEnable
     | OperatorDisable
     | BalanceUpdate
+    | PlugFault
 )
 
 
@@ -352,6 +367,7 @@ class SessionRecord:
     cost: Cost
     stop_reason: StopReason
     provisional: bool
+    review: str = ""  # non-empty: billed less than the meter said; the reason
 
     @property
     def cost_minor(self) -> int:
@@ -423,6 +439,7 @@ class Session:
     counter_resets: int = 0
     stop_reason: str = ""
     provisional: bool = False
+    review: str = ""  # why this session needs an operator's look (energy held back); empty: clean
 
     def cost(self) -> Cost:
         include_fee = self.stop_reason != StopReason.NO_LOAD
@@ -561,15 +578,36 @@ def _observed_on(s: MachineState, relay_on: bool, power_w: float) -> bool:
     return relay_on or power_w >= s.params.start_w
 
 
-def _counter_delta(s: MachineState, r: Reading) -> tuple[int, bool]:
-    """Energy since the previous sample, and whether the counter was reset (bridged, never negative)."""
+def _counter_delta(s: MachineState, r: Reading) -> tuple[int, bool, str]:
+    """Energy since the previous sample, whether the counter was reset, and why energy was held back.
+
+    A counter that goes down is a reset (the new counter is all new energy) only when the device shows
+    it restarted (its uptime went down); otherwise the step counts zero and is flagged. A step above
+    what the plug can physically deliver in the time between the two samples (``rated_power_w`` x the
+    gap x 1.2) is billed only up to that bound and flagged for review.
+    """
     prev = s.counter_mwh
     if prev is None:
-        return 0, False
+        return 0, False, ""
     rebooted = s.uptime_s is not None and r.uptime_s is not None and r.uptime_s < s.uptime_s
-    if rebooted or r.energy_mwh < prev:
-        return max(r.energy_mwh, 0), True
-    return r.energy_mwh - prev, False
+    if rebooted:
+        delta, reset = max(r.energy_mwh, 0), True
+    elif r.energy_mwh < prev:
+        return 0, False, f"counter went down from {prev} to {r.energy_mwh} mWh without a restart"
+    else:
+        delta, reset = r.energy_mwh - prev, False
+    # Time since the counter was last known: the previous sample, or a resumed session's start.
+    since = s.last_ts_ms if s.last_ts_ms is not None else (s.session.started_at_ms if s.session else r.ts_ms)
+    gap_ms = r.ts_ms - since
+    bound = energy_bound_mwh(s.params, gap_ms)
+    if delta > bound:
+        return bound, reset, f"{delta} mWh in {gap_ms / 1000:.0f} s is above the plug's bound of {bound} mWh"
+    return delta, reset, ""
+
+
+def energy_bound_mwh(params: PlugParams, gap_ms: int) -> int:
+    """The most energy a plug can deliver in ``gap_ms``: rated power x time x 1.2, in mWh (1 mWh = 3.6 Ws)."""
+    return int(params.rated_power_w * max(gap_ms, 0) * 1.2 / 3600)
 
 
 def _run(prev: int | None, holds: bool, counted_ms: int) -> int | None:
@@ -593,10 +631,14 @@ def _sample(s: MachineState, r: Reading, now_ms: int, fx: list[Effect]) -> None:
     gap = None if s.last_ts_ms is None else r.ts_ms - s.last_ts_ms
     # Only time between samples close enough together counts towards a run: gaps freeze timers.
     counted = gap if gap is not None and gap <= stale_ms else 0
-    delta, reset = _counter_delta(s, r)
+    delta, reset, held = _counter_delta(s, r)
     sess = s.session
+    if held:
+        fx.append(Alert(s.mac, "bad_readings", held))
     if sess is not None and s.status is not _FLT:
         sess.energy_mwh += delta
+        if held and not sess.review:
+            sess.review = held
         if reset:
             sess.counter_resets += 1
             fx.append(Alert(s.mac, "counter_reset", f"energy counter reset to {r.energy_mwh} mWh; bridged"))
@@ -757,6 +799,7 @@ def _record(s: MachineState, now_ms: int) -> SessionRecord:
         cost=sess.cost(),
         stop_reason=StopReason(sess.stop_reason),
         provisional=sess.provisional,
+        review=sess.review,
     )
 
 
@@ -843,8 +886,14 @@ def _on_start(s: MachineState, ev: StartRequest, now_ms: int, fx: list[Effect]) 
         energy_mwh=energy,
         counter_resets=resets,
     )
+    finishing = resuming and bool(ev.stop_reason)
+    if finishing:
+        known = ev.stop_reason in StopReason._value2member_map_
+        s.session.stop_reason = StopReason(ev.stop_reason) if known else StopReason.REMOTE
     if offline_resume:
-        s.resume = _AU
+        s.resume = _FIN if finishing else _AU
+    elif finishing:
+        _go(s, _FIN, "session_resumed_finishing", now_ms, fx)
     else:
         _go(s, _AU, "session_resumed" if resuming else "start_requested", now_ms, fx)
     fx.append(
@@ -860,7 +909,7 @@ def _on_start(s: MachineState, ev: StartRequest, now_ms: int, fx: list[Effect]) 
         )
     )
     if not offline_resume:
-        _command(s, True, now_ms, fx, "session_start")
+        _command(s, not finishing, now_ms, fx, "session_finishing" if finishing else "session_start")
 
 
 def _on_stop(s: MachineState, ev: StopRequest, now_ms: int, fx: list[Effect]) -> None:
@@ -941,6 +990,16 @@ def _on_balance(s: MachineState, ev: BalanceUpdate, now_ms: int, fx: list[Effect
         _command(s, True, now_ms, fx, "topped_up")
 
 
+def _on_plug_fault(s: MachineState, ev: PlugFault, now_ms: int, fx: list[Effect]) -> None:
+    if s.status is _FLT or s.status is _OFF:
+        # Already faulted or unreachable: make sure the relay is commanded off all the same.
+        if s.cmd_on is not False:
+            _command(s, False, now_ms, fx, "fault")
+        fx.append(Alert(s.mac, "fault", ev.reason))
+        return
+    _fault(s, now_ms, ev.reason, fx)
+
+
 def _on_tick(s: MachineState, ev: Tick, now_ms: int, fx: list[Effect]) -> None:
     """Nothing but time: the rules in ``_timers`` run after every event."""
 
@@ -1011,6 +1070,7 @@ _HANDLERS: dict[type, _Handler] = {
     OperatorEnable: _on_enable,
     OperatorDisable: _on_disable,
     BalanceUpdate: _on_balance,
+    PlugFault: _on_plug_fault,
 }
 
 

@@ -47,6 +47,9 @@ class PlugParams:
     # Power above max_power_w for max_power_confirm_s → FAULTED (overpower).
     max_power_w: float = 2250.0
     max_power_confirm_s: float = 10.0
+    # The plug's physical rating (16 A at 230 V): a reading above it + 10 % is refused before any
+    # machine sees it, and energy between two readings is billed up to 1.2 x this x the time between.
+    rated_power_w: float = 3680.0
     # The plug's own flip-back timer armed with every "on" (dead-man window); renewed every third of it.
     auto_off_s: int = 300
     # Out of credit: relay off, then the session finishes after this unless a top-up arrives.

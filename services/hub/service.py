@@ -1,67 +1,85 @@
 """The hub: one state machine per plug in memory, fed by telemetry and user requests, acting through ports.
 
 Ports: a :class:`~chargectl.services.adapters.bus.Bus` (telemetry in, signed relay commands out, dead
-letters), a :class:`~chargectl.services.adapters.store.Store` (requests, plug states, sessions, ledger,
-sites, checkpoint), a :class:`~chargectl.services.adapters.timeseries.TimeSeries`, the site command keys
-and the telemetry keyring. The same class runs embedded (memory bus, SQLite) and distributed
-(Pub/Sub, Firestore, InfluxDB).
+letters), a :class:`~chargectl.services.adapters.store.Store` (requests, plug states, plug bindings,
+sessions, ledger, sites, checkpoint), a :class:`~chargectl.services.adapters.timeseries.TimeSeries`, the
+site command keys and the telemetry keys (:mod:`chargectl.services.trust`). The same class runs
+embedded (memory bus, SQLite) and distributed (Pub/Sub, Firestore, InfluxDB).
+
+``Hub`` keeps the lifecycle, the loops and the path of an event to a machine; the rest lives in modules
+named for what they do:
+
+- :mod:`.ingest` — verify, decode and dedupe telemetry messages; the site's ``Site.shard`` decides.
+- :mod:`.registry` — which site owns which plug (``foreign_plug``, ``plug_limit``).
+- :mod:`.intake` — the bounds every reading must pass before a machine sees it.
+- :mod:`.requests` — charge requests in, answers out.
+- :mod:`.sessions` — session documents, shared per-currency balances, the one-transaction finish.
+- :mod:`.effects` — relay commands out.
+- :mod:`.mirror` — plug-state documents.
+- :mod:`.checkpoint` — the hub's state in the store.
 
 Reliability:
 - Telemetry is acked only after its readings reached the machines; a batch is recorded in the
   per-site sequence window then, so redeliveries and agent replays are no-ops.
-- Undecodable, unverified or revoked messages are published to the dead-letter topic with the reason
-  and counted; if that publish fails the message is nacked, never acked silently.
-- A finished session is debited with ledger entry id = session id (create-if-absent) and its document
-  is written only while not yet COMPLETED, so a replay from an older checkpoint can never bill twice.
-- The checkpoint (every machine, the sequence windows) is written periodically and at every session
-  start and finish; at start the hub reconciles it with the store (sessions started after the last
-  checkpoint are resumed, sessions finished after it are closed without a second debit).
-- Plug states are mirrored to the store on transitions only, at most once per plug per
-  ``plug_state_min_interval_s`` (later changes are coalesced), never per reading.
+- Undecodable, unverified, revoked or wrong-shard messages are published to the dead-letter topic with
+  the reason and counted; if that publish fails the message is nacked, never acked silently. Readings of
+  plugs bound to another site are refused and a copy of the message is dead-lettered (``foreign_plug``).
+- A finished session's COMPLETED document and its debit (entry id = session id) are written in one
+  store transaction, retried until written, so it is billed exactly once.
+- The checkpoint is written periodically (its size grows with the plugs, so not per session); at start
+  the hub reconciles it with the store: sessions started after the last checkpoint are resumed, and
+  sessions finished, already debited or whose finish had begun (the document's ``stop_reason`` is set
+  when the relay is commanded off) are closed, never resumed with the relay on.
+- An exception while handling one plug's event faults that plug (relay off, alert); one escaping a loop
+  pass is counted and shown by /healthz until a pass succeeds. Neither stops the hub.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from chargectl.common import codec, sdnotify
-from chargectl.common.alerts import AlertBook
+from chargectl.common.alerts import AlertBook, AlertKind, Severity
 from chargectl.common.clock import Clock, SystemClock
 from chargectl.common.errors import ChargectlError, StoreError, TransportError
-from chargectl.common.keys import Keyring, SigningKey
+from chargectl.common.keys import Keyring
 from chargectl.common.readings import Reading
 from chargectl.common.runner import run_until_signalled
-from chargectl.common.topics import DEAD_LETTER_TOPIC, TELEMETRY_TOPIC, command_topic, telemetry_subscription
-from chargectl.provisioner.trust import telemetry_keyring
+from chargectl.common.topics import DEAD_LETTER_TOPIC, TELEMETRY_TOPIC, telemetry_subscription
 from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
 from chargectl.services.adapters.store import Store
-from chargectl.services.adapters.timeseries import SessionEvent, TimeSeries
+from chargectl.services.adapters.timeseries import TimeSeries
 from chargectl.services.alerting import instrument_hub, raise_machine_alert, resolve_on_state
+from chargectl.services.hub import checkpoint as ckpt
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
+from chargectl.services.hub.effects import CommandKeys, CommandSender
 from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
+from chargectl.services.hub.intake import RefusalLog, check_reading
+from chargectl.services.hub.mirror import Mirror, plug_state_doc
 from chargectl.services.hub.params import PlugParams
+from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
+from chargectl.services.hub.requests import Requests
+from chargectl.services.hub.sessions import Balances, Sessions
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
+from chargectl.services.trust import TelemetryKeys, telemetry_keyring
 
-__all__ = ["Hub", "HubPorts", "tariff_from_document"]
+__all__ = ["CommandKeys", "Hub", "HubPorts", "TelemetryKeys", "tariff_from_document"]
 
 log = logging.getLogger("chargectl.hub")
 
-CommandKeys = Callable[[codec.Site, int], SigningKey]
-"""The key to sign a site's commands with at a time in ms (``provisioner.trust.CommandSigner.key_for``);
-raises ``ChargectlError`` if there is none."""
+_Plug = HubPlug  # the name older callers used
+BINDINGS_REREAD_S = 3600.0  # plug bindings are re-read at least this often, whatever the sites say
 
 
 def tariff_from_document(doc: codec.Tariff) -> Tariff:
@@ -85,15 +103,7 @@ class HubPorts:
     store: Store
     timeseries: TimeSeries
     command_keys: CommandKeys
-
-
-@dataclass
-class _Plug:
-    state: m.MachineState
-    site_id: str
-    dirty: bool = False  # plug state document needs writing
-    mirrored_ms: int = 0
-    pending: list[str] = field(default_factory=list)  # request ids awaiting this plug's answer
+    telemetry_keys: TelemetryKeys = telemetry_keyring  # the sites' agent keys valid at a time
 
 
 class Hub:
@@ -107,37 +117,73 @@ class Hub:
         self.clock = clock or SystemClock()
         self.store = ports.store
         self.ledger = Ledger(ports.store)
-        self.plugs: dict[str, _Plug] = {}
+        self.plugs: dict[str, HubPlug] = {}
         self.ingest = Ingest(Keyring(), shard=settings.shard)
-        self.balances: dict[str, int] = {}
+        self.registry = PlugRegistry(
+            ports.store, settings.max_new_plugs_per_batch, settings.max_plugs_per_site
+        )
         self.metrics = Metrics()
         self.alerts = AlertBook()  # open alerts; sinks and the console read them
         self.http_routes: dict[str, Route] = {}  # path prefix -> handler, served beside /healthz
+        self.commands = CommandSender(
+            ports.bus, ports.command_keys, self.metrics, self.clock, settings.command_lifetime_s
+        )
+        self.mirror = Mirror(
+            ports.store, self.metrics, settings.plug_class, settings.plug_state_min_interval_s
+        )
+        self.money = Balances(self.ledger, self.plugs.values)
+        self.requests = Requests(
+            ports.store,
+            self.clock,
+            self.metrics,
+            self.money,
+            self.plugs,
+            self._apply_safely,
+            self.tariff_for,
+            settings.request_max_age_s,
+            settings.max_clock_skew_s,
+        )
+        self.sessions = Sessions(
+            ports.store,
+            lambda: self.ports.timeseries,
+            self.money,
+            self.metrics,
+            self.alerts,
+            self.requests.answer,
+            self._now_ms,
+        )
         self._params_by_class: dict[str, PlugParams] = {}
         self._site_tariffs: dict[str, Tariff] = {}
-        self._sites: dict[str, codec.Site] = {}
         self._default_tariff = settings.tariff.tariff()
         self._subscription: SubscriptionHandle | None = None
         self._health: HealthServer | None = None
         self._stop = asyncio.Event()
         self._recover: dict[str, codec.ChargeSession] = {}  # sessions to resume once their plug reports
-        self._command_sent: dict[str, float] = {}
-        self._seen_requests: set[str] = set()
-        self._request_created: dict[str, int] = {}  # request id -> created_at_ms, until answered
+        self._loop_errors: dict[str, str] = {}  # loop name -> the exception of its last failed pass
+        self._refusals = RefusalLog()
+        self._checkpoint_due = False
         self._last_checkpoint = 0.0
         self._last_trust = 0.0
+        self._bindings_seen: tuple[int, int] | None = None  # (sites, newest Site.updated_at_ms) last read
+        self._last_bindings = 0.0
         self._last_balance = 0.0
         self._started = False
-        self._tasks: set[asyncio.Task[None]] = set()
         self._init_metrics()
+
+    @property
+    def balances(self) -> dict[tuple[str, str], int]:
+        """Known ledger balances, ``(user, currency) -> minor units``."""
+        return self.money.known
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Load the checkpoint and the ledger, reconcile with the store, subscribe to telemetry."""
         self.refresh_trust(force=True)
-        self.balances = self.ledger.balances()
+        self.money.load()
         self._load_checkpoint()
+        for mac, plug in self.plugs.items():  # plugs known from before bindings existed keep their site
+            plug.site_id = self.registry.bind(mac, plug.site_id, self._now_ms())
         self._reconcile()
         bus = self.ports.bus
         await bus.ensure_topic(TELEMETRY_TOPIC)
@@ -152,7 +198,7 @@ class Hub:
             "hub shard %d started: %d plugs, %d users with a balance",
             self.settings.shard,
             len(self.plugs),
-            len(self.balances),
+            len({user for user, _ in self.balances}),
         )
 
     async def stop(self) -> None:
@@ -216,6 +262,9 @@ class Hub:
             self.handle_request(req)
         except ChargectlError as exc:
             log.warning("request %s not handled yet (%s); it stays pending", req.request_id, exc)
+        except Exception:
+            log.exception("handling request %s raised; it stays pending", req.request_id)
+            self.metrics.inc("loop_errors_total", loop="watch_requests", kind="bug")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -230,17 +279,36 @@ class Hub:
         await self.tick()
 
     async def _loop(self, fn: Callable[[], Any], interval_s: float) -> None:
+        name = getattr(fn, "__name__", "loop")
         while not self._stop.is_set():
-            try:
-                await fn()
-            except ChargectlError as exc:
-                log.warning("%s failed: %s", getattr(fn, "__name__", "loop"), exc)
+            await self.run_pass(fn, name)
             if fn == self.tick:  # the watchdog follows the tick loop: if it hangs, systemd restarts the hub
                 sdnotify.watchdog()
             await self.clock.sleep(interval_s)
 
+    async def run_pass(self, fn: Callable[[], Any], name: str) -> None:
+        """One pass of a loop: a failure is counted, shown by /healthz until a pass succeeds, never fatal."""
+        try:
+            await fn()
+        except ChargectlError as exc:
+            log.warning("%s failed: %s", name, exc)
+            self.metrics.inc("loop_errors_total", loop=name, kind="expected")
+        except Exception as exc:  # a bug: keep the loop alive, make it visible
+            log.exception("%s raised; the loop goes on", name)
+            self.metrics.inc("loop_errors_total", loop=name, kind="bug")
+            self._loop_errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+            self.alerts.raise_alert(
+                AlertKind.HUB_ERROR,
+                name,
+                f"{name} raised {type(exc).__name__}: {exc}",
+                self._now_ms(),
+                severity=Severity.CRITICAL,
+            )
+        else:
+            self._loop_errors.pop(name, None)
+
     def problems(self) -> list[str]:
-        out = []
+        out = [f"{name} loop failed: {err}" for name, err in sorted(self._loop_errors.items())]
         if self._subscription is not None and not self._subscription.running:
             out.append(f"telemetry subscriber stopped: {self._subscription.error}")
         if not self._started:
@@ -258,17 +326,34 @@ class Hub:
     # ------------------------------------------------------------------ trust and tariffs
 
     def refresh_trust(self, force: bool = False) -> None:
+        """Re-read the sites (keys, revocations, shards, tariffs) and the plug bindings when due."""
         mono = self.clock.monotonic()
         if not force and mono - self._last_trust < self.settings.trust_refresh_s:
             return
         self._last_trust = mono
         sites = self.store.list_sites()
-        self._sites = {s.site_id: s for s in sites}
-        self.ingest.keyring = telemetry_keyring(sites, self._now_ms())
+        self.commands.sites = {s.site_id: s for s in sites}
+        self.ingest.site_shards = {s.site_id: s.shard for s in sites}
+        self.ingest.keyring = self.ports.telemetry_keys(sites, self._now_ms())
         self.ingest.revoked_sites = {s.site_id for s in sites if s.status == codec.Site.STATUS_REVOKED}
         self._site_tariffs = {
             s.site_id: tariff_from_document(s.tariff) for s in sites if s.HasField("tariff")
         }
+        # Bindings change outside the hub only by `chargectl plugs assign/release`, which also touch the
+        # sites' documents: re-read them when a site changed (and hourly), not every refresh.
+        seen = (len(sites), max((s.updated_at_ms for s in sites), default=0))
+        if force or seen != self._bindings_seen or mono - self._last_bindings >= BINDINGS_REREAD_S:
+            self._bindings_seen = seen
+            self._last_bindings = mono
+            self._reread_bindings()
+
+    def _reread_bindings(self) -> None:
+        for mac, site_id in self.registry.refresh().items():  # an operator moved a plug
+            plug = self.plugs.get(mac)
+            if plug is not None and plug.site_id != site_id:
+                log.info("plug %s assigned from site %s to %s", mac, plug.site_id, site_id)
+                plug.site_id = site_id
+                plug.dirty = True
 
     def tariff_for(self, site_id: str) -> Tariff:
         return self._site_tariffs.get(site_id, self._default_tariff)
@@ -290,105 +375,242 @@ class Hub:
             return True
         if isinstance(verdict, Rejected):
             return await self._dead_letter(msg, verdict)
+        foreign: list[str] = []
         try:
             if verdict.batch is not None:
-                self.process_batch(verdict.batch)
-            elif verdict.outcome is not None:
-                self.process_outcome(verdict.outcome)
+                foreign = self.process_batch(verdict.batch)
+            elif verdict.outcome is not None and not self.process_outcome(verdict.outcome):
+                foreign = [verdict.outcome.plug_mac]
         except StoreError as exc:
             log.warning("store unavailable while processing telemetry (%s); will be redelivered", exc)
             return False
         self.ingest.commit(verdict)
+        if foreign:
+            # The rest was processed; a copy goes to the dead letters so the refusal can be inspected.
+            detail = f"plugs bound to another site: {', '.join(sorted(foreign)[:20])}"
+            await self._dead_letter(msg, Rejected(PlugRefusal.FOREIGN_PLUG, detail, verdict.site_id))
+        self._checkpoint_if_due()
         return True
 
     async def _dead_letter(self, msg: BusMessage, verdict: Rejected) -> bool:
         attrs = dict(msg.attributes)
         attrs.update(
-            {"reason": verdict.reason, "detail": verdict.detail[:500], "original_message_id": msg.message_id}
+            {
+                "reason": str(verdict.reason),
+                "detail": verdict.detail[:500],
+                "original_message_id": msg.message_id,
+            }
         )
         try:
             await self.ports.bus.publish(DEAD_LETTER_TOPIC, msg.data, attrs)
         except TransportError as exc:
             log.warning("cannot dead-letter message %s (%s); leaving it unacked", msg.message_id, exc)
             return False
-        self.metrics.inc("dead_lettered_total", reason=verdict.reason)
+        self.metrics.inc("dead_lettered_total", reason=str(verdict.reason))
         log.warning(
             "dead-lettered message %s from %r: %s", msg.message_id, verdict.site_id or "?", verdict.detail
         )
         return True
 
-    def process_batch(self, batch: codec.Batch) -> None:
-        """Feed one verified batch to the machines, per plug in timestamp order."""
+    def process_batch(self, batch: codec.Batch) -> list[str]:
+        """Feed one verified batch to the machines, per plug in timestamp order; returns foreign plugs.
+
+        Each reading is bounded first (refused ones are counted and skipped, the rest go on); plugs
+        bound to another site, or beyond the site's plug limits, are refused and alerted."""
+        now_ms = self._now_ms()
+        max_age_ms = round(self.settings.max_reading_age_s * 1000)
+        max_skew_ms = round(self.settings.max_clock_skew_s * 1000)
         by_plug: dict[str, list[Reading]] = {}
         for r in batch.readings:
-            by_plug.setdefault(r.mac, []).append(r)
-        ts = self.ports.timeseries
+            rows = by_plug.get(r.mac)
+            if rows is None:
+                rows = by_plug[r.mac] = []
+            rows.append(r)
+        # Bounds first, so a reading that cannot be trusted never binds a plug to a site either.
+        valid: dict[str, list[Reading]] = {}
         for mac, rows in by_plug.items():
+            rated = self._params(mac).rated_power_w
+            ok = []
+            for r in rows:
+                why_not = check_reading(r, now_ms, max_age_ms, max_skew_ms, rated)
+                if why_not is None:
+                    ok.append(r)
+                else:
+                    self._refuse_reading(r, batch.site_id, str(why_not))
+            if ok:
+                valid[mac] = ok
+        admission = self.registry.admit(batch.site_id, valid, now_ms)
+        foreign: list[str] = []
+        for mac, why in admission.refused.items():
+            self._refuse_plug(mac, batch.site_id, why, len(valid[mac]))
+            if why is PlugRefusal.FOREIGN_PLUG:
+                foreign.append(mac)
+        ts = self.ports.timeseries
+        for mac in admission.admitted:
+            rows = valid[mac]
             rows.sort(key=lambda r: r.ts_ms)
             plug = self._plug(mac, batch.site_id)
-            self._apply(plug, m.Readings(tuple(rows)))
+            self._apply_safely(plug, m.Readings(tuple(rows)))
             ts.add_readings(batch.site_id, rows, str(plug.state.status))
             self.metrics.inc("readings_total", len(rows))
         self.metrics.inc("batches_total")
         for mac in list(self._recover):
             self._try_recover(mac)
+        return foreign
 
-    def process_outcome(self, outcome: codec.CommandOutcome) -> None:
+    def _refuse_reading(self, r: Reading, site_id: str, reason: str) -> None:
+        self.metrics.inc("readings_refused_total", reason=reason, help_text="Readings refused by the bounds")
+        if self._refusals.due(r.mac, reason, self.clock.monotonic()):
+            log.warning(
+                "refused a reading of %s from site %s: %s (said once per hour)", r.mac, site_id, reason
+            )
+            # One open alert per site (a flood of invented plugs must not open thousands).
+            self.alerts.raise_alert(
+                AlertKind.BAD_READINGS,
+                site_id,
+                f"readings refused: {reason} (latest: plug {r.mac})",
+                self._now_ms(),
+                site_id=site_id,
+            )
+
+    def _refuse_plug(self, mac: str, site_id: str, why: PlugRefusal, readings: int) -> None:
+        self.metrics.inc("readings_refused_total", readings, reason=str(why))
+        if why is PlugRefusal.FOREIGN_PLUG:
+            owner = self.registry.owner(mac) or "?"
+            message = f"site {site_id} reported plug {mac}, which belongs to site {owner}"
+            self.alerts.raise_alert(
+                AlertKind.FOREIGN_PLUG,
+                f"{site_id}:{mac}",
+                message,
+                self._now_ms(),
+                severity=Severity.CRITICAL,
+                site_id=site_id,
+            )
+            subject = mac
+        else:
+            message = f"site {site_id} is over its plug limits (new plug {mac} refused)"
+            self.alerts.raise_alert(AlertKind.PLUG_LIMIT, site_id, message, self._now_ms(), site_id=site_id)
+            subject = site_id
+        if self._refusals.due(subject, str(why), self.clock.monotonic()):
+            log.warning("%s (said once per hour)", message)
+
+    def process_outcome(self, outcome: codec.CommandOutcome) -> bool:
+        """Apply a command result; False if it names a plug bound to another site (refused)."""
+        owner = self.registry.owner(outcome.plug_mac)
+        if owner is not None and owner != outcome.site_id:
+            self._refuse_plug(outcome.plug_mac, outcome.site_id, PlugRefusal.FOREIGN_PLUG, 1)
+            return False
+        self.commands.answered(outcome)
         plug = self.plugs.get(outcome.plug_mac)
-        sent = self._command_sent.pop(outcome.command_id, None)
-        if sent is not None:
-            latency = max(0.0, self.now() - sent)
-            self.metrics.observe("command_latency_seconds", latency)
-            self.metrics.inc("command_results_total", reason=outcome.reason)
-        if plug is None:
-            return
-        self._apply(plug, m.CommandResult(outcome.command_id, outcome.ok, outcome.relay_on))
+        if plug is None or plug.site_id != outcome.site_id:
+            return plug is None
+        self._apply_safely(plug, m.CommandResult(outcome.command_id, outcome.ok, outcome.relay_on))
+        return True
 
-    def _plug(self, mac: str, site_id: str) -> _Plug:
+    def _plug(self, mac: str, site_id: str) -> HubPlug:
+        """The machine of a plug bound to ``site_id`` (the caller checked the binding)."""
         plug = self.plugs.get(mac)
         if plug is None:
-            plug = self.plugs[mac] = _Plug(m.new_state(mac, self._params(mac), self.now()), site_id)
+            plug = self.plugs[mac] = HubPlug(m.new_state(mac, self._params(mac), self.now()), site_id)
             plug.dirty = True
-        elif plug.site_id != site_id:
-            log.info("plug %s moved from site %s to %s", mac, plug.site_id, site_id)
+        elif plug.site_id != site_id:  # released by an operator, then bound by the site reporting it now
+            log.info("plug %s now belongs to site %s (was %s)", mac, site_id, plug.site_id)
             plug.site_id = site_id
+            plug.dirty = True
         return plug
+
+    def plug_state(self, plug: HubPlug) -> codec.PlugState:
+        """The plug-state document of ``plug`` now."""
+        return plug_state_doc(plug, self.settings.plug_class(plug.state.mac), self._now_ms())
 
     # ------------------------------------------------------------------ the machines
 
-    def _apply(self, plug: _Plug, event: m.Event) -> tuple[m.Effect, ...]:
+    def _apply(self, plug: HubPlug, event: m.Event) -> tuple[m.Effect, ...]:
         plug.state, effects = m.step(plug.state, event, self.now())
         if effects:
             self._execute(plug, effects)
         return effects
 
+    def _apply_safely(self, plug: HubPlug, event: m.Event) -> tuple[m.Effect, ...]:
+        """``_apply`` with the plug's faults isolated: a bug faults this plug (relay off), nothing else.
+
+        A ``StoreError`` is not the plug's fault: it propagates (the message is redelivered)."""
+        try:
+            return self._apply(plug, event)
+        except StoreError:
+            raise
+        except Exception as exc:
+            self._plug_failed(plug, exc)
+            return ()
+
+    def _plug_failed(self, plug: HubPlug, exc: Exception) -> None:
+        mac = plug.state.mac
+        log.exception("handling an event of plug %s raised; the plug is faulted, the hub goes on", mac)
+        self.metrics.inc("plug_errors_total", help_text="Exceptions while handling one plug's event")
+        reason = f"hub_error: {type(exc).__name__}"
+        self.alerts.raise_alert(
+            AlertKind.PLUG_FAULTED,
+            mac,
+            f"{reason}: {exc}"[:300],
+            self._now_ms(),
+            severity=Severity.CRITICAL,
+            site_id=plug.site_id,
+        )
+        try:
+            self._apply(plug, m.PlugFault(reason))
+        except Exception:
+            log.exception("plug %s cannot be faulted cleanly; sending relay off directly", mac)
+            self.commands.send(
+                plug.site_id, m.SendRelay(mac, False, 0, "", f"{mac}.fault.{self._now_ms()}", "fault")
+            )
+        plug.dirty = True
+
     async def tick(self) -> None:
         """Time passes for every machine; flush mirrors; refresh trust/balances; checkpoint when due."""
         self.refresh_trust()
+        self.sessions.retry()
         self._refresh_balances()
+        self._share_balances()
         for plug in list(self.plugs.values()):
-            self._apply(plug, m.Tick())
+            self._apply_safely(plug, m.Tick())
         for mac in list(self._recover):
             self._try_recover(mac)
         self._mirror_dirty()
+        self.requests.prune()
         if self.clock.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+            self._checkpoint_due = True
+        self._checkpoint_if_due()
+
+    def _mirror_dirty(self) -> None:
+        self.mirror.flush(self.plugs.values(), self._now_ms())
+
+    def _checkpoint_if_due(self) -> None:
+        """Write the checkpoint if its interval is over (at most once per tick or message)."""
+        if self._checkpoint_due:
+            self._checkpoint_due = False
             self.checkpoint()
 
-    def _execute(self, plug: _Plug, effects: Iterable[m.Effect]) -> None:
+    def _execute(self, plug: HubPlug, effects: Iterable[m.Effect]) -> None:
         for fx in effects:
             if isinstance(fx, m.SendRelay):
-                self._send_command(plug, fx)
+                self.commands.send(plug.site_id, fx)
             elif isinstance(fx, m.StateChanged):
                 plug.dirty = True
+                if fx.new is m.Status.FINISHING:
+                    self.sessions.finishing(plug)  # a restart must close it, never switch it back on
                 self.metrics.inc("transitions_total", to=str(fx.new))
                 resolve_on_state(self.alerts, fx.mac, str(fx.new))
                 log.info("plug %s: %s -> %s (%s)", fx.mac, fx.old, fx.new, fx.reason)
             elif isinstance(fx, m.SessionStarted):
-                self._session_started(plug, fx)
+                self._recover.pop(fx.mac, None)
+                self.sessions.started(plug, fx)
+                if plug.state.status is m.Status.FINISHING:
+                    self.sessions.finishing(plug)  # resumed straight into its finish
             elif isinstance(fx, m.SessionFinished):
-                self._session_finished(plug, fx.record)
+                self.sessions.finished(plug, fx.record)
             elif isinstance(fx, m.RejectRequest):
-                self._answer(fx.request_id, False, fx.reason, fx.session_id)
+                if fx.request_id:
+                    self.requests.answer(fx.request_id, False, fx.reason, fx.session_id)
             elif isinstance(fx, m.Alert):
                 self.metrics.inc("alerts_total", kind=fx.kind)
                 log.warning("plug %s: %s: %s", fx.mac, fx.kind, fx.message)
@@ -396,151 +618,7 @@ class Hub:
             elif isinstance(fx, m.SessionUpdated):
                 pass  # live figures are in the machine; documents change on start/finish only
 
-    def _send_command(self, plug: _Plug, fx: m.SendRelay) -> None:
-        now = self.now()
-        cmd = codec.Command(
-            command_id=fx.command_id,
-            site_id=plug.site_id,
-            plug_mac=fx.mac,
-            on=fx.on,
-            issued_at_ms=round(now * 1000),
-            expires_at_ms=round((now + self.settings.command_lifetime_s) * 1000),
-            session_id=fx.session_id,
-            auto_off_s=fx.auto_off_s,
-        )
-        try:
-            site = self._sites.get(plug.site_id)
-            if site is None:
-                raise StoreError(f"site {plug.site_id} is not provisioned")
-            key = self.ports.command_keys(site, cmd.issued_at_ms)
-        except ChargectlError as exc:
-            self.metrics.inc("commands_failed_total", reason="no_key")
-            log.error("cannot sign a command for site %s: %s", plug.site_id, exc)
-            return
-        data, attrs = codec.pack_command(cmd, key)
-        self._command_sent[fx.command_id] = now
-        if len(self._command_sent) > 10_000:
-            self._command_sent.pop(next(iter(self._command_sent)))
-        self.metrics.inc("commands_sent_total")
-
-        async def publish() -> None:
-            try:
-                await self.ports.bus.publish(command_topic(plug.site_id), data, attrs)
-            except TransportError as exc:
-                # The machine re-sends until the relay is confirmed, so a lost command is retried.
-                self.metrics.inc("commands_failed_total", reason="publish")
-                log.warning("command %s to %s not published: %s", fx.command_id, fx.mac, exc)
-
-        self._spawn(publish())
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # ------------------------------------------------------------------ sessions and requests
-
-    def _session_started(self, plug: _Plug, fx: m.SessionStarted) -> None:
-        self._recover.pop(fx.mac, None)
-        existing = self.store.get_session(fx.session_id)
-        doc = codec.ChargeSession(
-            session_id=fx.session_id,
-            user_id=fx.user_id,
-            plug_mac=fx.mac,
-            site_id=plug.site_id,
-            status=codec.ChargeSession.STATUS_ACTIVE,
-            started_at_ms=existing.started_at_ms if existing else fx.started_at_ms,
-            start_counter_mwh=fx.start_counter_mwh,
-            tariff_id=fx.tariff.tariff_id,
-            request_id=fx.request_id,
-            cost=codec.Money(amount_minor=0, currency=fx.tariff.currency),
-        )
-        self.store.put_session(doc)
-        self.ports.timeseries.add_session_event(
-            SessionEvent(
-                fx.started_at_ms,
-                plug.site_id,
-                fx.mac,
-                fx.session_id,
-                fx.user_id,
-                "started",
-                currency=fx.tariff.currency,
-            )
-        )
-        self._answer(fx.request_id, True, "", fx.session_id)
-        log.info("session %s started on %s for %s", fx.session_id, fx.mac, fx.user_id)
-
-    def _session_finished(self, plug: _Plug, rec: m.SessionRecord) -> None:
-        existing = self.store.get_session(rec.session_id)
-        if existing is not None and existing.status == codec.ChargeSession.STATUS_COMPLETED:
-            log.info("session %s was already completed and billed; not billing again", rec.session_id)
-            return
-        cost = rec.cost_minor
-        posted = self.ledger.post(
-            entry_id=rec.session_id,
-            user_id=rec.user_id,
-            kind="session_debit",
-            amount_minor=-cost,
-            currency=rec.tariff.currency,
-            now_ms=rec.ended_at_ms,
-            reference=rec.mac,
-            description=f"{rec.energy_mwh / 1e6:.3f} kWh on {rec.mac}",
-        )
-        if posted:
-            self.balances[rec.user_id] = self.balances.get(rec.user_id, 0) - cost
-        doc = codec.ChargeSession(
-            session_id=rec.session_id,
-            user_id=rec.user_id,
-            plug_mac=rec.mac,
-            site_id=plug.site_id,
-            status=codec.ChargeSession.STATUS_COMPLETED,
-            started_at_ms=existing.started_at_ms
-            if existing and existing.started_at_ms
-            else rec.started_at_ms,
-            ended_at_ms=rec.ended_at_ms,
-            start_counter_mwh=existing.start_counter_mwh if existing else rec.start_counter_mwh,
-            stop_counter_mwh=rec.stop_counter_mwh,
-            energy_mwh=rec.energy_mwh,
-            idle_s=rec.idle_ms // 1000,
-            cost=codec.Money(amount_minor=cost, currency=rec.tariff.currency),
-            stop_reason=str(rec.stop_reason),
-            tariff_id=rec.tariff.tariff_id,
-            request_id=rec.request_id,
-        )
-        self.store.put_session(doc)
-        self.ports.timeseries.add_session_event(
-            SessionEvent(
-                rec.ended_at_ms,
-                plug.site_id,
-                rec.mac,
-                rec.session_id,
-                rec.user_id,
-                "finished",
-                rec.energy_mwh,
-                cost,
-                rec.tariff.currency,
-                str(rec.stop_reason),
-            )
-        )
-        self.metrics.inc("sessions_finished_total", stop_reason=str(rec.stop_reason))
-        log.info(
-            "session %s finished (%s): %.3f kWh, %d %s",
-            rec.session_id,
-            rec.stop_reason,
-            rec.energy_mwh / 1e6,
-            cost,
-            rec.tariff.currency,
-        )
-
-    def _answer(self, request_id: str, accepted: bool, reason: str, session_id: str) -> None:
-        if not request_id:
-            return
-        status = codec.ChargeRequest.STATUS_ACCEPTED if accepted else codec.ChargeRequest.STATUS_REJECTED
-        created_ms = self._request_created.pop(request_id, None)
-        if self.store.answer_request(request_id, status, reason, session_id, self._now_ms()):
-            self.metrics.inc("requests_answered_total", outcome="accepted" if accepted else "rejected")
-            if created_ms:
-                self.metrics.observe("request_latency_seconds", max(0, self._now_ms() - created_ms) / 1000)
+    # ------------------------------------------------------------------ requests and balances
 
     async def poll_requests(self) -> None:
         """Answer every pending request in the store (also how requests written while down get answered)."""
@@ -549,109 +627,35 @@ class Hub:
 
     def handle_request(self, req: codec.ChargeRequest) -> None:
         """Turn one pending ``ChargeRequest`` into machine events; answered exactly once (guarded)."""
-        if req.status not in (codec.ChargeRequest.STATUS_PENDING, codec.ChargeRequest.STATUS_UNSPECIFIED):
-            return
-        if req.request_id in self._seen_requests:
-            current = self.store.get_request(req.request_id)
-            if current is None or current.status not in (
-                codec.ChargeRequest.STATUS_PENDING,
-                codec.ChargeRequest.STATUS_UNSPECIFIED,
-            ):
-                return
-        self._seen_requests.add(req.request_id)
-        self._request_created[req.request_id] = req.created_at_ms
-        if len(self._request_created) > 10_000:
-            self._request_created.pop(next(iter(self._request_created)))
-        plug = self.plugs.get(req.plug_mac)
-        if plug is None:
-            self._answer(req.request_id, False, "unknown_plug", "")
-            return
-        if req.action == codec.ChargeRequest.ACTION_START:
-            if not req.user_id:
-                self._answer(req.request_id, False, "no_user", "")
-                return
-            session_id = f"sess-{req.request_id}"
-            tariff = self.tariff_for(plug.site_id)
-            # Top-ups land in the ledger from other processes (the payments webhook): read it fresh.
-            balance = self.ledger.balance(req.user_id, tariff.currency)
-            self.balances[req.user_id] = balance
-            event: m.Event = m.StartRequest(session_id, req.user_id, tariff, balance, req.request_id)
-        elif req.action == codec.ChargeRequest.ACTION_STOP:
-            session_id = plug.state.session.session_id if plug.state.session else ""
-            event = m.StopRequest(req.user_id, "", req.request_id)
-        else:
-            self._answer(req.request_id, False, "bad_action", "")
-            return
-        effects = self._apply(plug, event)
-        if req.action == codec.ChargeRequest.ACTION_STOP and not any(
-            isinstance(f, m.RejectRequest) for f in effects
-        ):
-            self._answer(req.request_id, True, "", session_id)
-        elif not effects:
-            self._answer(req.request_id, False, "duplicate_request", session_id)
-
-    # ------------------------------------------------------------------ balances
+        self.requests.handle(req)
+        self._checkpoint_if_due()
 
     def _refresh_balances(self) -> None:
         mono = self.clock.monotonic()
         if mono - self._last_balance < self.settings.balance_refresh_s:
             return
         self._last_balance = mono
-        for plug in self.plugs.values():
-            sess = plug.state.session
-            if sess is None:
-                continue
-            balance = self.ledger.balance(sess.user_id)
-            self.balances[sess.user_id] = balance
-            if balance != sess.balance_minor:
-                self._apply(plug, m.BalanceUpdate(sess.user_id, balance))
+        self.money.refresh_live()
+
+    def _share_balances(self) -> None:
+        """A user's live sessions share one balance: each sees the balance less what the others used."""
+        for plug, update in self.money.updates():
+            self._apply_safely(plug, update)
 
     def credit_arrived(self, user_id: str) -> None:
-        """Re-read one user's balance now (e.g. after an operator credit) and tell their live session."""
-        balance = self.ledger.balance(user_id)
-        self.balances[user_id] = balance
-        for plug in self.plugs.values():
-            if plug.state.session is not None and plug.state.session.user_id == user_id:
-                self._apply(plug, m.BalanceUpdate(user_id, balance))
+        """Re-read one user's balances now (e.g. after an operator credit) and tell their live sessions."""
+        self.money.refresh_user(user_id)
+        self._share_balances()
 
-    # ------------------------------------------------------------------ mirror
-
-    def _mirror_dirty(self) -> None:
-        now_ms = self._now_ms()
-        min_gap = self.settings.plug_state_min_interval_s * 1000
-        for plug in self.plugs.values():
-            if plug.dirty and now_ms - plug.mirrored_ms >= min_gap:
-                self.store.put_plug_state(self.plug_state(plug))
-                plug.dirty = False
-                plug.mirrored_ms = now_ms
-                self.metrics.inc("plug_state_writes_total")
-
-    def plug_state(self, plug: _Plug) -> codec.PlugState:
-        s = plug.state
-        return codec.PlugState(
-            plug_mac=s.mac,
-            site_id=plug.site_id,
-            plug_class=_PLUG_CLASS.get(self.settings.plug_class(s.mac), 0),  # type: ignore[arg-type]
-            status=_STATUS_DOC[s.status],  # type: ignore[arg-type]
-            reason=s.reason,
-            relay_on=bool(s.relay_on),
-            power_w=s.power_w,
-            energy_counter_mwh=s.counter_mwh or 0,
-            session_id=s.session.session_id if s.session else "",
-            updated_at_ms=self._now_ms(),
-            last_reading_ms=s.last_ts_ms or 0,
-        )
-
-    # ------------------------------------------------------------------ checkpoint
+    # ------------------------------------------------------------------ checkpoint and recovery
 
     def checkpoint(self) -> None:
-        data = {
-            "version": 1,
-            "saved_at_ms": self._now_ms(),
-            "plugs": {mac: {"site": p.site_id, "state": m.to_dict(p.state)} for mac, p in self.plugs.items()},
-            "ingest": self.ingest.to_dict(),
-        }
-        blob = zlib.compress(json.dumps(data, separators=(",", ":")).encode(), 6)
+        blob = ckpt.encode(
+            self._now_ms(),
+            {mac: (p.site_id, p.state) for mac, p in self.plugs.items()},
+            self.ingest.to_dict(),
+            self.sessions.pending,
+        )
         self.store.save_checkpoint(f"{self.CHECKPOINT}-{self.settings.shard}", blob)
         self._last_checkpoint = self.clock.monotonic()
         self.metrics.inc("checkpoints_total")
@@ -660,35 +664,43 @@ class Hub:
         blob = self.store.load_checkpoint(f"{self.CHECKPOINT}-{self.settings.shard}")
         if blob is None:
             return
-        try:
-            data = json.loads(zlib.decompress(blob))
-        except (zlib.error, ValueError) as exc:
-            raise StoreError(f"hub checkpoint is unreadable: {exc}") from exc
-        for mac, entry in data.get("plugs", {}).items():
-            state = m.from_dict(entry["state"], self._params(mac))
-            self.plugs[mac] = _Plug(state, entry["site"])
-        self.ingest.load(data.get("ingest", {}))
+        snap = ckpt.decode(blob, self._params)
+        for mac, (site_id, state) in snap.plugs.items():
+            self.plugs[mac] = HubPlug(state, site_id)
+        self.ingest.load(snap.ingest)
+        self.sessions.pending.update(snap.finishes)
         log.info(
             "resumed %d plugs from the checkpoint of %s",
             len(self.plugs),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(data.get("saved_at_ms", 0) / 1000)),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(snap.saved_at_ms / 1000)),
         )
 
     def _reconcile(self) -> None:
-        """Align the checkpoint with sessions the store knows (started or finished after it)."""
+        """Align the checkpoint with sessions the store knows (started, finished or debited after it)."""
         active = {s.session_id: s for s in self.store.list_sessions(active_only=True, limit=100_000)}
         for plug in self.plugs.values():
             sess = plug.state.session
             if sess is None:
                 continue
             doc = self.store.get_session(sess.session_id)
-            if doc is not None and doc.status == codec.ChargeSession.STATUS_COMPLETED:
-                # Finished and billed after the checkpoint: close it again (no second debit) and switch off.
+            if doc is not None and (
+                doc.status == codec.ChargeSession.STATUS_COMPLETED
+                or (doc.stop_reason and plug.state.status is not m.Status.FINISHING)
+            ):
+                # Finished (and billed), or its finish had begun, after the checkpoint: close it (no second
+                # debit) and switch off; never resume it.
                 self._apply(plug, m.StopRequest(sess.user_id, sess.session_id, "", remote=True))
             active.pop(sess.session_id, None)
+        for doc in list(active.values()):
+            debit = self.store.get_ledger_entry(doc.session_id)
+            if debit is not None:
+                self.sessions.close_debited(doc, debit)
+                del active[doc.session_id]
         for doc in active.values():
+            if doc.session_id in self.sessions.pending:
+                continue  # finished before the restart; its write is retried, never resumed
             if doc.site_id:
-                self._plug(doc.plug_mac, doc.site_id)  # a plug the checkpoint does not know yet
+                self._plug(doc.plug_mac, self.registry.bind(doc.plug_mac, doc.site_id, self._now_ms()))
             if doc.plug_mac in self.plugs:
                 self._recover[doc.plug_mac] = doc
         if self._recover:
@@ -709,14 +721,16 @@ class Hub:
             return
         if plug.state.status not in (m.Status.AVAILABLE, m.Status.OFFLINE):
             return  # busy with something else (e.g. FINISHING an older session): try again later
+        tariff = self.tariff_for(plug.site_id)
         event = m.StartRequest(
             doc.session_id,
             doc.user_id,
-            self.tariff_for(plug.site_id),
-            self.balances.get(doc.user_id, 0),
+            tariff,
+            self.money.available(doc.user_id, tariff.currency),
             doc.request_id,
             start_counter_mwh=doc.start_counter_mwh,
             started_at_ms=doc.started_at_ms,
+            stop_reason=doc.stop_reason,  # its finish had begun: resumed into FINISHING, relay off
         )
         effects = self._apply(plug, event)
         if any(isinstance(fx, m.SessionStarted) for fx in effects):
@@ -755,17 +769,3 @@ class Hub:
 
     def new_request_id(self) -> str:
         return uuid.uuid4().hex[:16]
-
-
-_STATUS_DOC = {
-    m.Status.AVAILABLE: 1,
-    m.Status.AUTHORIZED: 2,
-    m.Status.CHARGING: 3,
-    m.Status.SUSPENDED_EV: 4,
-    m.Status.SUSPENDED_EVSE: 5,
-    m.Status.FINISHING: 6,
-    m.Status.FAULTED: 7,
-    m.Status.OFFLINE: 8,
-    m.Status.UNAVAILABLE: 9,
-}
-_PLUG_CLASS = {"ev": 1, "ebike": 2, "scooter": 3, "generic": 4}

@@ -66,11 +66,27 @@ class HubSettings:
     health_host: str = "127.0.0.1"
     health_port: int = 8787
     max_messages: int = 200
+    # Trust bounds: what one site may introduce, and which readings reach a machine at all.
+    max_new_plugs_per_batch: int = 50  # plugs a site may introduce in one batch
+    max_plugs_per_site: int = 1000  # plugs bound to one site at most
+    max_reading_age_s: float = 7 * 86400.0  # older readings are refused (a spool replay is younger)
+    max_clock_skew_s: float = 120.0  # readings stamped further in the future are refused
+    request_max_age_s: float = 120.0  # older pending requests are answered "expired"
 
     def __post_init__(self) -> None:
         if self.shard < 0:
             raise ValueError("shard must be >= 0")
-        for name in ("tick_interval_s", "checkpoint_interval_s", "request_poll_s", "command_lifetime_s"):
+        for name in (
+            "tick_interval_s",
+            "checkpoint_interval_s",
+            "request_poll_s",
+            "command_lifetime_s",
+            "max_new_plugs_per_batch",
+            "max_plugs_per_site",
+            "max_reading_age_s",
+            "max_clock_skew_s",
+            "request_max_age_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.default_plug_class not in PLUG_CLASSES:

@@ -90,18 +90,43 @@ class Ledger:
         return self.store.append_ledger(entry)
 
     def balance(self, user_id: str, currency: str | None = None) -> int:
-        """Sum of the user's entries (in ``currency`` if given) in minor units."""
-        return sum(
-            e.amount.amount_minor
-            for e in self.store.ledger_entries(user_id)
-            if currency is None or e.amount.currency == currency.lower()
-        )
+        """The user's balance in ``currency`` (minor units). Balances never add across currencies:
+        without ``currency`` the user's only currency is meant, and several raise ``StoreError``."""
+        by_currency = self.balances_of(user_id)
+        if currency is not None:
+            return by_currency.get(currency.lower(), 0)
+        if len(by_currency) > 1:
+            raise StoreError(
+                f"user {user_id} has balances in {', '.join(sorted(by_currency))}: name the currency"
+            )
+        return next(iter(by_currency.values()), 0)
 
-    def balances(self) -> dict[str, int]:
-        """Every user's balance, rebuilt from the whole ledger (the hub does this at start)."""
+    def balances_of(self, user_id: str) -> dict[str, int]:
+        """The user's balance per currency (lower-case code -> minor units)."""
         totals: dict[str, int] = defaultdict(int)
+        for e in self.store.ledger_entries(user_id):
+            totals[e.amount.currency.lower()] += e.amount.amount_minor
+        return dict(totals)
+
+    def balances(self, currency: str | None = None) -> dict[str, int]:
+        """Every user's balance in ``currency``, rebuilt from the whole ledger. Without ``currency`` each
+        user's only currency is meant; a user with several raises ``StoreError`` (never added up)."""
+        out: dict[str, int] = {}
+        for (user, cur), amount in self.balances_by_currency().items():
+            if currency is not None:
+                if cur == currency.lower():
+                    out[user] = amount
+            elif user in out:
+                raise StoreError(f"user {user} has balances in several currencies: name the currency")
+            else:
+                out[user] = amount
+        return out
+
+    def balances_by_currency(self) -> dict[tuple[str, str], int]:
+        """Every user's balance per currency, ``(user_id, currency) -> minor units`` (the hub at start)."""
+        totals: dict[tuple[str, str], int] = defaultdict(int)
         for e in self.store.ledger_entries():
-            totals[e.user_id] += e.amount.amount_minor
+            totals[(e.user_id, e.amount.currency.lower())] += e.amount.amount_minor
         return dict(totals)
 
     def history(self, user_id: str) -> list[Posting]:

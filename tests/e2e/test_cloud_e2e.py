@@ -342,7 +342,12 @@ def test_sigkilled_hub_resumes_and_bills_once(deployment: Deployment) -> None:
         assert stop.status == codec.ChargeRequest.STATUS_ACCEPTED
         session = wait_for(
             "the session to complete",
-            lambda: (s := store.get_session("sess-req-k")) and s.status == 2 and s,
+            lambda: (
+                (r := store.get_request("req-k"))
+                and (s := store.get_session(r.session_id))
+                and s.status == 2
+                and s
+            ),
             90,
         )
         after = control.get("/state").json()

@@ -23,6 +23,8 @@ WRITES = {
     "put_plug_state",
     "put_site",
     "mark_event",
+    "bind_plug",
+    "finish_session",
 }
 
 
@@ -52,6 +54,7 @@ async def test_an_hour_of_steady_charging_costs_a_handful_of_writes(
     rig = Rig(tmp_path)
     store = CountingStore(FirestoreStore(project=f"w-{uuid.uuid4().hex[:8]}"))
     store.inner.put_site(rig.store.get_site(SITE))  # type: ignore[arg-type]
+    store.inner.put_user(codec.UserAccount(user_id="u1", currency="gbp"))  # the hub acts for accounts only
     rig.store = store  # type: ignore[assignment]
     hub = await rig.start_hub()  # plug_state_min_interval_s=0: every transition is written at once
     Ledger(store.inner).post("evt_topup", "u1", "topup", 10_000, "gbp", now_ms=1)

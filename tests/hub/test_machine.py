@@ -33,6 +33,7 @@ from chargectl.services.hub.machine import (
     MachineState,
     OperatorDisable,
     OperatorEnable,
+    PlugFault,
     Readings,
     RejectRequest,
     SendRelay,
@@ -574,6 +575,35 @@ def scenario_provisional_closed() -> None:
     assert record.energy_mwh == energy_before + 777  # nothing lost across the gap
 
 
+def scenario_resume_finishing() -> None:
+    p = Plug()
+    fx = p.send(
+        StartRequest(
+            "s1",
+            "u1",
+            TARIFF,
+            1000,
+            start_counter_mwh=p.counter - 700,
+            started_at_ms=round((p.t - 60) * 1000),
+            stop_reason="Local",
+        )
+    )
+    assert changes(fx) == [(S.AVAILABLE, S.FINISHING)]
+    assert [c.on for c in of(fx, SendRelay)] == [False]  # never switched on by a restart
+    record = finished(p.read(0, mwh=0))
+    assert record.stop_reason is StopReason.LOCAL and record.energy_mwh == 700
+
+
+def scenario_hub_fault() -> None:
+    p = Plug()
+    p.charging()
+    fx = p.send(PlugFault("hub error: ValueError"))
+    assert changes(fx) == [(S.CHARGING, S.FAULTED)]
+    assert [c.on for c in of(fx, SendRelay)] == [False]
+    assert finished(fx).stop_reason is StopReason.FAULT
+    assert p.relay is False
+
+
 def scenario_disable() -> None:
     p = Plug()
     assert changes(p.send(OperatorDisable())) == [(S.AVAILABLE, S.UNAVAILABLE)]
@@ -794,16 +824,18 @@ def test_counter_reset_mid_session_is_bridged() -> None:
     fx = p.read(2000, reset_to=1200, reboot=True)  # reboot: counter restarts, 1200 since the reset
     assert "counter_reset" in [a.kind for a in of(fx, Alert)]
     p.read(2000, mwh=3000)  # + 3000
-    # Counter going backwards with no uptime information at all is a reset too.
-    p.read(2000, reset_to=500, uptime=False)
+    # Counter going backwards with no sign of a restart is not a reset: that step counts zero.
+    fx = p.read(2000, reset_to=500, uptime=False)
+    assert "bad_readings" in [a.kind for a in of(fx, Alert)]
     p.read(2000, mwh=250, uptime=False)
     p.read(2000, mwh=100)  # counter now 850, uptime reported again
     # A reboot whose new counter happens to exceed the old one still counts from zero.
     p.read(2000, reset_to=10_850, reboot=True)
     p.stop()
     record = finished(p.read(0, mwh=0))
-    assert record.energy_mwh == 3 * 5556 + 4000 + 1200 + 3000 + 500 + 250 + 100 + 10_850
-    assert record.counter_resets == 3
+    assert record.energy_mwh == 3 * 5556 + 4000 + 1200 + 3000 + 0 + 250 + 100 + 10_850
+    assert record.counter_resets == 2
+    assert "without a restart" in record.review
     assert record.stop_counter_mwh == p.counter
 
 
@@ -998,7 +1030,8 @@ _ops = st.lists(_block, min_size=1, max_size=4).map(lambda blocks: [op for b in 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_ops)
 def test_energy_billed_equals_counter_deltas_and_each_session_bills_once(ops: list[tuple]) -> None:  # type: ignore[type-arg]
-    params = dataclasses.replace(P, max_power_w=2800.0)
+    # A rating high enough that every generated step (up to 20 Wh in 1 s) is physically possible.
+    params = dataclasses.replace(P, max_power_w=2800.0, rated_power_w=80_000.0)
     tariff = Tariff(price_per_kwh_minor=Decimal(30), session_fee_minor=10, min_start_balance_minor=20)
     p = Plug(params, online=False)
     twin = Plug(params, online=False)  # the same events through a checkpoint round trip each step

@@ -15,6 +15,7 @@ PURE_MODULES = (
     "chargectl.services.hub.machine",
     "chargectl.services.hub.billing",
     "chargectl.services.hub.params",
+    "chargectl.services.hub.intake",
 )
 HUB = Path(__file__).resolve().parents[2] / "services" / "hub"
 
@@ -42,3 +43,20 @@ def test_no_clock_or_randomness_in_pure_modules(name: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert imported.isdisjoint({"time", "datetime", "random", "os", "uuid", "asyncio", *FORBIDDEN})
+
+
+def test_nothing_under_services_imports_the_provisioner() -> None:
+    """The hub and the other services get trust helpers and provisioning through ports, not imports."""
+    services = HUB.parent
+    offenders = []
+    for path in sorted(services.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(services)}: {n}" for n in names if "provisioner" in n.split(".")
+            ]
+    assert offenders == []

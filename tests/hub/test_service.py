@@ -47,6 +47,8 @@ class Rig:
                 ),
             )
         )
+        for uid in ("u1", "u2"):
+            self.store.put_user(codec.UserAccount(user_id=uid, currency="gbp"))
         self.seq = 0
         self.counter = 1_000_000
         self.relay = False
@@ -165,9 +167,8 @@ async def test_request_to_billed_session(rig: Rig) -> None:
     await hub.poll_requests()
     await rig.settle()
     req = rig.store.get_request("r1")
-    assert (
-        req is not None and req.status == codec.ChargeRequest.STATUS_ACCEPTED and req.session_id == "sess-r1"
-    )
+    assert req is not None and req.status == codec.ChargeRequest.STATUS_ACCEPTED
+    assert req.session_id.startswith("sess-") and "r1" not in req.session_id  # made by the hub
     assert rig.commands and rig.commands[0].on and rig.commands[0].auto_off_s == 300
     rig.obey()
 
@@ -186,7 +187,7 @@ async def test_request_to_billed_session(rig: Rig) -> None:
     assert s.stop_reason == "EVDisconnected"
     assert rig.relay is False
     assert Ledger(rig.store).balance("u1") == 1000 - 30
-    assert [p.entry_id for p in Ledger(rig.store).history("u1")] == ["evt_topup", "sess-r1"]
+    assert [p.entry_id for p in Ledger(rig.store).history("u1")] == ["evt_topup", req.session_id]
     state = rig.store.get_plug_state(MAC)
     assert state is not None and state.status == 1  # AVAILABLE mirrored
     await hub.stop()
@@ -271,7 +272,10 @@ async def test_session_started_after_the_last_checkpoint_is_resumed_exactly(
     executed_before = len(rig.executed)
     hub2 = await rig.start_hub()
     session = hub2.plugs[MAC].state.session
-    assert session is not None and session.session_id == "sess-r1" and session.start_counter_mwh == 1_000_000
+    started = rig.store.get_request("r1")
+    assert started is not None and started.session_id
+    assert session is not None and session.session_id == started.session_id
+    assert session.start_counter_mwh == 1_000_000
     await rig.readings(100, 1800.0)  # 20 more samples
     after_restart = rig.executed[executed_before:]
     assert after_restart and all(c.on for c in after_restart)  # "on" re-sent; never cut off by the restart

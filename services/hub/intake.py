@@ -1,0 +1,101 @@
+"""Reading bounds: every reading is checked on its own before any machine sees it (the rest of the batch
+goes on). Pure: the caller passes ``now``; refused readings are counted by reason and logged once per
+plug and reason per hour by :class:`RefusalLog`.
+
+A reading is refused if any number is not finite, negative (temperature aside), or outside int64; if
+its power is above the plug's rating + 10 %; or if it is stamped before ``now - max_reading_age_s``
+(older than any spool replay) or after ``now + max_clock_skew_s``.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+
+from chargectl.common.readings import Reading
+
+__all__ = ["INT64_MAX", "ReadingRefusal", "RefusalLog", "check_reading"]
+
+INT64_MAX = 2**63 - 1
+POWER_MARGIN = 1.1  # a reading may exceed the rating by 10 % (meter tolerance, inrush)
+
+
+class ReadingRefusal(StrEnum):
+    NOT_FINITE = "not_finite"
+    NEGATIVE = "negative"
+    OUT_OF_RANGE = "out_of_range"
+    OVER_POWER = "over_power"
+    TOO_OLD = "too_old"
+    IN_FUTURE = "in_future"
+
+
+def _bad_int(value: object) -> ReadingRefusal | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return ReadingRefusal.OUT_OF_RANGE
+    if value < 0:
+        return ReadingRefusal.NEGATIVE
+    if value > INT64_MAX:
+        return ReadingRefusal.OUT_OF_RANGE
+    return None
+
+
+def _bad_float(value: object, signed: bool = False) -> ReadingRefusal | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return ReadingRefusal.OUT_OF_RANGE
+    if not math.isfinite(value):
+        return ReadingRefusal.NOT_FINITE
+    if not signed and value < 0:
+        return ReadingRefusal.NEGATIVE
+    return None
+
+
+def check_reading(
+    r: Reading, now_ms: int, max_age_ms: int, max_skew_ms: int, rated_power_w: float
+) -> ReadingRefusal | None:
+    """Why ``r`` must not reach a machine, or None if it is within bounds."""
+    for value in (r.ts_ms, r.energy_mwh, r.errors):
+        bad = _bad_int(value)
+        if bad is not None:
+            return bad
+    if r.uptime_s is not None and (bad := _bad_int(r.uptime_s)) is not None:
+        return bad
+    bad = _bad_float(r.power_w)
+    if bad is not None:
+        return bad
+    for opt in (r.voltage_v, r.current_a):
+        if opt is not None and (bad := _bad_float(opt)) is not None:
+            return bad
+    if r.temperature_c is not None and (bad := _bad_float(r.temperature_c, signed=True)) is not None:
+        return bad
+    if r.power_w > rated_power_w * POWER_MARGIN:
+        return ReadingRefusal.OVER_POWER
+    if r.ts_ms < now_ms - max_age_ms:
+        return ReadingRefusal.TOO_OLD
+    if r.ts_ms > now_ms + max_skew_ms:
+        return ReadingRefusal.IN_FUTURE
+    return None
+
+
+class RefusalLog:
+    """Say each (plug, reason) at most once per ``every_s`` (bounded memory)."""
+
+    def __init__(self, every_s: float = 3600.0, max_keys: int = 10_000) -> None:
+        self.every_s = every_s
+        self.max_keys = max_keys
+        self._last: dict[tuple[str, str], float] = {}
+        self._pruned = float("-inf")
+
+    def due(self, mac: str, reason: str, mono: float) -> bool:
+        key = (mac, reason)
+        last = self._last.get(key)
+        if last is not None and mono - last < self.every_s:
+            return False
+        if len(self._last) >= self.max_keys:
+            if mono - self._pruned < 60.0:
+                return False  # a flood of distinct plugs: counted in /metrics, not logged one by one
+            self._pruned = mono  # forget what is older than an hour, at most once a minute
+            self._last = {k: t for k, t in self._last.items() if mono - t < self.every_s}
+            if len(self._last) >= self.max_keys:
+                return False
+        self._last[key] = mono
+        return True

@@ -1,0 +1,92 @@
+"""Which site owns which plug: the binding the hub trusts before any reading reaches a machine.
+
+A plug is bound to one site: the site that first reports it, or the one an operator assigns
+(``chargectl plugs assign``). Readings and command results naming a plug bound to another site are
+refused (``foreign_plug``) and never move the plug. A site introduces at most
+``max_new_plugs_per_batch`` new plugs per batch and owns at most ``max_plugs_per_site``
+(``plug_limit``). Bindings live in the store (so the CLI can move a plug) and are cached here; the
+cache is re-read with the site list.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from chargectl.services.adapters.store import Store
+from chargectl.services.hub import machine as m
+
+__all__ = ["Admission", "HubPlug", "PlugRefusal", "PlugRegistry"]
+
+
+@dataclass
+class HubPlug:
+    """One plug in the hub's memory: its machine and the site it is bound to."""
+
+    state: m.MachineState
+    site_id: str
+    dirty: bool = False  # plug state document needs writing
+    mirrored_ms: int = 0
+
+
+class PlugRefusal(StrEnum):
+    FOREIGN_PLUG = "foreign_plug"  # bound to another site
+    PLUG_LIMIT = "plug_limit"  # too many new plugs in one batch, or the site owns too many
+
+
+@dataclass
+class Admission:
+    """The outcome of one batch's plugs: the admitted MACs and the refused ones with their reason."""
+
+    admitted: set[str] = field(default_factory=set)
+    refused: dict[str, PlugRefusal] = field(default_factory=dict)
+    bound: list[str] = field(default_factory=list)  # plugs this batch introduced
+
+
+class PlugRegistry:
+    def __init__(self, store: Store, max_new_per_batch: int, max_per_site: int) -> None:
+        self.store = store
+        self.max_new_per_batch = max_new_per_batch
+        self.max_per_site = max_per_site
+        self.bindings: dict[str, str] = {}
+        self._per_site: Counter[str] = Counter()
+
+    def refresh(self) -> dict[str, str]:
+        """Re-read the bindings from the store; returns the plugs whose site changed (MAC -> new site)."""
+        fresh = self.store.plug_bindings()
+        moved = {mac: site for mac, site in fresh.items() if self.bindings.get(mac, site) != site}
+        self.bindings = fresh
+        self._per_site = Counter(fresh.values())
+        return moved
+
+    def owner(self, mac: str) -> str | None:
+        return self.bindings.get(mac)
+
+    def bind(self, mac: str, site_id: str, now_ms: int) -> str:
+        """Bind a plug the store may not know yet (create-if-absent); returns its owner."""
+        owner = self.bindings.get(mac)
+        if owner is not None:
+            return owner
+        owner = self.store.bind_plug(mac, site_id, now_ms)
+        self.bindings[mac] = owner
+        self._per_site[owner] += 1
+        return owner
+
+    def admit(self, site_id: str, macs: Iterable[str], now_ms: int) -> Admission:
+        out = Admission()
+        for mac in macs:
+            owner = self.bindings.get(mac)
+            if owner is None:
+                if len(out.bound) >= self.max_new_per_batch or self._per_site[site_id] >= self.max_per_site:
+                    out.refused[mac] = PlugRefusal.PLUG_LIMIT
+                    continue
+                owner = self.bind(mac, site_id, now_ms)
+                if owner == site_id:
+                    out.bound.append(mac)
+            if owner == site_id:
+                out.admitted.add(mac)
+            else:
+                out.refused[mac] = PlugRefusal.FOREIGN_PLUG
+        return out

@@ -1,0 +1,298 @@
+"""Session documents and the money: balances per user and currency, shared by a user's live sessions,
+and the one-transaction finish (COMPLETED document + ledger debit) that bills a session exactly once.
+
+- A user's live sessions share one balance: each machine is told the balance less what the user's other
+  live sessions (same currency) have used, so out of credit is judged across all of them; a start needs
+  that remainder to reach the tariff's start minimum.
+- A debit is at most the available balance; energy the machine held back (beyond the plug's physical
+  bound, a counter that went down) or a cost beyond the balance sets the document's ``review_reason``
+  and raises a ``needs_review`` alert.
+- A finish the store refused is kept (and checkpointed) and retried every tick until written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from chargectl.common import codec
+from chargectl.common.alerts import AlertBook, AlertKind
+from chargectl.common.errors import StoreError
+from chargectl.services.adapters.store import Store
+from chargectl.services.adapters.timeseries import SessionEvent, TimeSeries
+from chargectl.services.hub import machine as m
+from chargectl.services.hub.checkpoint import Finish
+from chargectl.services.hub.health import Metrics
+from chargectl.services.payments.ledger import Ledger
+
+if TYPE_CHECKING:
+    from chargectl.services.hub.registry import HubPlug
+
+__all__ = ["Balances", "Sessions"]
+
+log = logging.getLogger("chargectl.hub")
+
+Answer = Callable[[str, bool, str, str], None]  # request id, accepted, reason, session id
+
+
+def _cost(plug: HubPlug) -> int:
+    sess = plug.state.session
+    return sess.cost().total_minor if sess is not None else 0
+
+
+class Balances:
+    """Ledger balances per ``(user, currency)``, and what each live session may still spend."""
+
+    def __init__(self, ledger: Ledger, plugs: Callable[[], Iterable[HubPlug]]) -> None:
+        self.ledger = ledger
+        self._plugs = plugs
+        self.known: dict[tuple[str, str], int] = {}
+
+    def load(self) -> None:
+        self.known = self.ledger.balances_by_currency()
+
+    def read(self, user_id: str, currency: str) -> int:
+        """The ledger balance now (top-ups land from other processes); remembered."""
+        balance = self.known[(user_id, currency)] = self.ledger.balance(user_id, currency)
+        return balance
+
+    def others_cost(self, user_id: str, currency: str, except_session: str = "") -> int:
+        """What the user's other live sessions in ``currency`` have used so far (minor units)."""
+        total = 0
+        for p in self._plugs():
+            sess = p.state.session
+            if (
+                sess is not None
+                and sess.user_id == user_id
+                and sess.session_id != except_session
+                and sess.tariff.currency == currency
+            ):
+                total += sess.cost().total_minor
+        return total
+
+    def available(self, user_id: str, currency: str, except_session: str = "") -> int:
+        return self.known.get((user_id, currency), 0) - self.others_cost(user_id, currency, except_session)
+
+    def refresh_live(self) -> None:
+        """Re-read the balance of every user with a live session."""
+        keys = {
+            (p.state.session.user_id, p.state.session.tariff.currency)
+            for p in self._plugs()
+            if p.state.session
+        }
+        for user_id, currency in keys:
+            self.read(user_id, currency)
+
+    def refresh_user(self, user_id: str) -> None:
+        for currency, amount in self.ledger.balances_of(user_id).items():
+            self.known[(user_id, currency)] = amount
+
+    def updates(self) -> list[tuple[HubPlug, m.BalanceUpdate]]:
+        """The live sessions whose share of their user's balance changed, with the update to apply.
+
+        One pass over the plugs; costs are computed only for users with more than one live session."""
+        by_user: dict[tuple[str, str], list[HubPlug]] = {}
+        for plug in self._plugs():
+            sess = plug.state.session
+            if sess is not None:
+                by_user.setdefault((sess.user_id, sess.tariff.currency), []).append(plug)
+        out = []
+        for key, plugs in by_user.items():
+            balance = self.known.get(key)
+            if balance is None:
+                continue
+            # A user's only session needs no cost figure: its share is the whole balance.
+            costs = [0] if len(plugs) == 1 else [_cost(p) for p in plugs]
+            total = sum(costs)
+            for plug, own in zip(plugs, costs, strict=True):
+                sess = plug.state.session
+                assert sess is not None
+                available = balance - (total - own)
+                if available != sess.balance_minor:
+                    out.append((plug, m.BalanceUpdate(sess.user_id, available)))
+        return out
+
+    def debited(self, entry: codec.LedgerEntry) -> None:
+        key = (entry.user_id, entry.amount.currency)
+        self.known[key] = self.known.get(key, 0) + entry.amount.amount_minor
+
+
+class Sessions:
+    def __init__(
+        self,
+        store: Store,
+        timeseries: Callable[[], TimeSeries],
+        balances: Balances,
+        metrics: Metrics,
+        alerts: AlertBook,
+        answer: Answer,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.store = store
+        self.timeseries = timeseries
+        self.balances = balances
+        self.metrics = metrics
+        self.alerts = alerts
+        self.answer = answer
+        self.now_ms = now_ms
+        self.pending: dict[str, Finish] = {}  # finishes the store has not taken yet
+
+    def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
+        existing = self.store.get_session(fx.session_id)
+        if existing is not None and (
+            existing.status == codec.ChargeSession.STATUS_COMPLETED or existing.user_id != fx.user_id
+        ):
+            # Never overwrite a session document (hub-made ids make this a bug or a replay).
+            log.error("session %s already has a document; not overwriting it", fx.session_id)
+            self.answer(fx.request_id, True, "", fx.session_id)
+            return
+        doc = codec.ChargeSession(
+            session_id=fx.session_id,
+            user_id=fx.user_id,
+            plug_mac=fx.mac,
+            site_id=plug.site_id,
+            status=codec.ChargeSession.STATUS_ACTIVE,
+            started_at_ms=existing.started_at_ms if existing else fx.started_at_ms,
+            start_counter_mwh=fx.start_counter_mwh,
+            tariff_id=fx.tariff.tariff_id,
+            request_id=fx.request_id,
+            cost=codec.Money(amount_minor=0, currency=fx.tariff.currency),
+        )
+        self.store.put_session(doc)
+        self.timeseries().add_session_event(
+            SessionEvent(
+                fx.started_at_ms,
+                plug.site_id,
+                fx.mac,
+                fx.session_id,
+                fx.user_id,
+                "started",
+                currency=fx.tariff.currency,
+            )
+        )
+        self.answer(fx.request_id, True, "", fx.session_id)
+        log.info("session %s started on %s for %s", fx.session_id, fx.mac, fx.user_id)
+
+    def finishing(self, plug: HubPlug) -> None:
+        """The machine began finishing the session (relay commanded off): say so in its document, so a
+        hub restarted from an older checkpoint closes the session instead of switching the relay on."""
+        sess = plug.state.session
+        if sess is None or not sess.stop_reason:
+            return
+        doc = self.store.get_session(sess.session_id)
+        if (
+            doc is None
+            or doc.status != codec.ChargeSession.STATUS_ACTIVE
+            or doc.stop_reason == sess.stop_reason
+        ):
+            return
+        doc.stop_reason = str(sess.stop_reason)
+        self.store.put_session(doc)
+
+    def finished(self, plug: HubPlug, rec: m.SessionRecord) -> None:
+        """Bill a finished session (see the module docstring)."""
+        currency = rec.tariff.currency
+        cost = rec.cost_minor
+        with contextlib.suppress(StoreError):  # if the store is down, the last known balance bounds it
+            self.balances.read(rec.user_id, currency)
+        available = max(0, self.balances.available(rec.user_id, currency, rec.session_id))
+        debit = min(cost, available)
+        reviews = [rec.review] if rec.review else []
+        if debit < cost:
+            reviews.append(f"cost {cost} above the available balance {available}; debited {debit}")
+        doc = codec.ChargeSession(
+            session_id=rec.session_id,
+            user_id=rec.user_id,
+            plug_mac=rec.mac,
+            site_id=plug.site_id,
+            status=codec.ChargeSession.STATUS_COMPLETED,
+            started_at_ms=rec.started_at_ms,
+            ended_at_ms=rec.ended_at_ms,
+            start_counter_mwh=rec.start_counter_mwh,
+            stop_counter_mwh=rec.stop_counter_mwh,
+            energy_mwh=rec.energy_mwh,
+            idle_s=rec.idle_ms // 1000,
+            cost=codec.Money(amount_minor=debit, currency=currency),
+            stop_reason=str(rec.stop_reason),
+            tariff_id=rec.tariff.tariff_id,
+            request_id=rec.request_id,
+            review_reason="; ".join(reviews),
+        )
+        entry = codec.LedgerEntry(
+            entry_id=rec.session_id,
+            user_id=rec.user_id,
+            kind=codec.LedgerEntry.KIND_SESSION_DEBIT,
+            amount=codec.Money(amount_minor=-debit, currency=currency),
+            reference=rec.mac,
+            description=f"{rec.energy_mwh / 1e6:.3f} kWh on {rec.mac}",
+            created_at_ms=rec.ended_at_ms,
+        )
+        if doc.review_reason:
+            self.metrics.inc("sessions_needs_review_total")
+            self.alerts.raise_alert(
+                AlertKind.NEEDS_REVIEW, rec.session_id, doc.review_reason, self.now_ms(), site_id=plug.site_id
+            )
+        self.pending[rec.session_id] = (doc, entry)
+        self.write(rec.session_id)
+        self.timeseries().add_session_event(
+            SessionEvent(
+                rec.ended_at_ms,
+                plug.site_id,
+                rec.mac,
+                rec.session_id,
+                rec.user_id,
+                "finished",
+                rec.energy_mwh,
+                debit,
+                currency,
+                str(rec.stop_reason),
+            )
+        )
+        self.metrics.inc("sessions_finished_total", stop_reason=str(rec.stop_reason))
+        log.info(
+            "session %s finished (%s): %.3f kWh, %d %s",
+            rec.session_id,
+            rec.stop_reason,
+            rec.energy_mwh / 1e6,
+            debit,
+            currency,
+        )
+
+    def write(self, session_id: str) -> bool:
+        """Write one pending finish (document + debit, one transaction); False if the store failed."""
+        doc, entry = self.pending[session_id]
+        try:
+            existing = self.store.get_session(session_id)
+            if existing is not None and existing.started_at_ms:
+                doc.started_at_ms = existing.started_at_ms
+                doc.start_counter_mwh = existing.start_counter_mwh
+            written = self.store.finish_session(doc, entry)
+        except StoreError as exc:
+            self.metrics.inc("finish_retries_total")
+            log.warning("session %s not written yet (%s); retrying every tick", session_id, exc)
+            return False
+        del self.pending[session_id]
+        if not written:
+            log.info("session %s was already completed and billed; not billing again", session_id)
+        elif entry is not None:
+            self.balances.debited(entry)
+        return written
+
+    def retry(self) -> None:
+        for session_id in list(self.pending):
+            if not self.write(session_id):
+                return  # the store is still down: try again next tick
+
+    def close_debited(self, doc: codec.ChargeSession, debit: codec.LedgerEntry) -> None:
+        """An ACTIVE document whose debit is already in the ledger: close it, never resume it."""
+        closed = codec.ChargeSession()
+        closed.CopyFrom(doc)
+        closed.status = codec.ChargeSession.STATUS_COMPLETED
+        closed.cost.CopyFrom(
+            codec.Money(amount_minor=-debit.amount.amount_minor, currency=debit.amount.currency)
+        )
+        closed.ended_at_ms = closed.ended_at_ms or debit.created_at_ms
+        self.store.finish_session(closed, None)
+        log.warning("session %s was debited but still ACTIVE; closed it", doc.session_id)
