@@ -108,7 +108,9 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
     fleet = Fleet(site, n, rng, 0.0)
     ledger = Ledger(store)
     for p in fleet.plugs:
-        store.put_user(codec.UserAccount(user_id=f"u-{p.mac}", currency="gbp"))  # the hub acts for accounts only
+        store.put_user(
+            codec.UserAccount(user_id=f"u-{p.mac}", currency="gbp")
+        )  # the hub acts for accounts only
         ledger.post(f"topup-{p.mac}", f"u-{p.mac}", "topup", 1_000_000, "gbp", round(START_S * 1000))
     bus = MemoryBus()
     await bus.ensure_topic(command_topic(site))

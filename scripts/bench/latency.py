@@ -159,7 +159,9 @@ def _top_up(store: Any, ports: Sequence[int]) -> None:
     ledger = Ledger(store)
     now_ms = round(time.time() * 1000)
     for port in ports:
-        store.put_user(codec.UserAccount(user_id=f"u-{port}", currency="gbp"))  # the hub acts for accounts only
+        store.put_user(
+            codec.UserAccount(user_id=f"u-{port}", currency="gbp")
+        )  # the hub acts for accounts only
         ledger.post(f"topup-{port}", f"u-{port}", "topup", 1_000_000, "gbp", now_ms)
 
 

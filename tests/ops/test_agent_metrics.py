@@ -14,6 +14,7 @@ import pytest
 from chargectl.common.alerts import AlertKind
 from chargectl.common.errors import ConfigError, DeviceUnreachableError
 from chargectl.common.keys import Keyring, SigningKey
+from chargectl.provisioner.local import provision_local_site
 from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent import Agent, AgentSettings
 from chargectl.services.agent.health import AgentHealth
@@ -108,7 +109,7 @@ async def test_run_serves_hub_and_agent_families_under_the_same_names(tmp_path: 
             '[run]\nsite_id = "run-site"\nhealth = false\n[agent]\ndiscovery = false\n'
             f'[[alerts.webhooks]]\nurl = "{hook.url}"\nformat = "slack"\n'
         )
-        system = AllInOne(load_config(cfg))
+        system = AllInOne(load_config(cfg), provision_local_site)
         try:
             await system.start()
             assert system.hub is not None and system.notifier is not None

@@ -31,7 +31,7 @@ def test_every_family_is_declared_with_help_and_known_labels_at_zero() -> None:
         assert fam is not None, spec.name
         assert fam.type == spec.kind and fam.documentation == spec.help  # type: ignore[attr-defined]
     # A labelled counter reads 0 for every known reason before its first event, so rate() works.
-    for reason in ("foreign_plug", "plug_limit", "not_finite", "too_old", "counter_drop"):
+    for reason in ("foreign_plug", "plug_limit", "not_finite", "too_old", "over_power", "in_future"):
         assert f'chargectl_readings_refused_total{{reason="{reason}"}} 0.0' in text
     assert 'chargectl_dead_lettered_total{reason="unverified"} 0.0' in text
     assert 'chargectl_plugs{state="FAULTED"} 0.0' in text
