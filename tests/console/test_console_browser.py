@@ -114,9 +114,7 @@ def test_console_live_in_a_browser_and_a_session_page_that_matches_the_ledger(
         control.get("/load", params={"w": "0"})  # the car is full: the session completes
         done = wait_for(
             "the session to complete",
-            lambda: [
-                s for s in cli(running.cfg, "session", "list", "--json") if s["status"] == "COMPLETED"
-            ],
+            lambda: [s for s in cli(running.cfg, "session", "list", "--json") if s["status"] == "COMPLETED"],
         )
         (session,) = done
         truth_energy = control.get("/state").json()["energy_mwh"] - before["energy_mwh"]
