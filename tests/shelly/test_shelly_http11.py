@@ -303,3 +303,48 @@ async def test_gen1_password_never_goes_to_an_impostor_on_the_poll_path(
             await client.read()
         assert len([e for e in plug.log if e.authorization]) == sent  # no credentials left the agent
         assert (await client.read()).mac == "A1B2C30000E1"
+
+
+async def test_a_late_answer_is_never_taken_for_the_next_polls_energy(scripted: Start) -> None:
+    """A kept-alive device answers a timed-out poll late: that stale counter must not become the next
+    poll's reading (it would bill the wrong energy); the next poll gets its own, fresh answer."""
+    stale = b'{"meters":[{"total":1}]}'
+    fresh = b'{"meters":[{"total":2}]}'
+
+    written = asyncio.Event()
+
+    async def late(w: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.6)  # the device's own slowness, past the poll's 0.2 s timeout
+        try:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(stale), stale))
+            return True
+        finally:
+            written.set()
+
+    server = await scripted([late, sized(fresh)])
+    poll = PollConnection("127.0.0.1", server.port)
+    try:
+        with pytest.raises(DeviceTimeoutError):
+            await poll.get("/status", timeout_s=0.2, max_bytes=4096)
+        await asyncio.wait_for(written.wait(), 30)  # the late answer went to the connection we dropped
+        assert (await poll.get("/status", timeout_s=10, max_bytes=4096)).body == fresh
+        assert poll.connects == 2
+    finally:
+        poll.close()
+
+
+async def test_unsolicited_bytes_on_an_idle_connection_are_not_an_answer(scripted: Start) -> None:
+    async def answer_then_chatter(w: asyncio.StreamWriter) -> bool:
+        await sized(STATUS)(w)
+        w.write(b'HTTP/1.1 200 OK\r\nContent-Length: 24\r\n\r\n{"meters":[{"total":9}]}')
+        await w.drain()
+        return True
+
+    server = await scripted([answer_then_chatter, sized(STATUS)])
+    poll = PollConnection("127.0.0.1", server.port)
+    try:
+        assert (await poll.get("/status", timeout_s=10, max_bytes=4096)).body == STATUS
+        for _ in range(2):
+            assert (await poll.get("/status", timeout_s=10, max_bytes=4096)).body == STATUS
+    finally:
+        poll.close()
