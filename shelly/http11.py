@@ -300,9 +300,8 @@ class PollConnection:
     ) -> HttpReply:
         """One ``GET``; errors are ``DeviceError`` subclasses (timeout, unreachable, invalid)."""
         path = target.split("?")[0]
-        head = (
-            f"GET {target} HTTP/1.1\r\nHost: {self.where}\r\nUser-Agent: {self.user_agent}\r\nAccept: */*\r\n"
-        )
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        head = f"GET {target} HTTP/1.1\r\nHost: {host}:{self.port}\r\nUser-Agent: {self.user_agent}\r\n"
         if headers:
             head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         request = (head + "\r\n").encode("latin-1")
@@ -341,12 +340,12 @@ class PollConnection:
         return reply
 
     async def _open(self) -> _Answer:
-        from chargectl.shelly.client import connect_failure
-
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_connection(_Answer, self.host, self.port)
         except OSError as exc:
+            from chargectl.shelly.client import connect_failure  # (client imports this module)
+
             raise DeviceUnreachableError(f"{self.where} {connect_failure(exc)}") from None
         except UnicodeError:
             raise DeviceUnreachableError(f"{self.where} is not a valid address") from None
