@@ -3,7 +3,8 @@
 One :class:`ShellyClient` per device. Every request to the device goes through one lock (at most one
 in flight: Gen2 has no keep-alive, few HTTP channels and a fw-2.0 nonce table that punishes parallel
 requests) and one hard per-request timeout. httpx errors become ``DeviceError`` subclasses here and
-nowhere else; RPC error bodies are read even on non-2xx statuses.
+nowhere else; RPC error bodies are read even on non-2xx statuses. The hot poll (:meth:`ShellyClient.read`)
+skips httpx for the lean GET of ``chargectl.shelly.http11`` (same bounds, errors, auth and MAC rules).
 """
 
 from __future__ import annotations
