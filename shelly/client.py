@@ -3,7 +3,8 @@
 One :class:`ShellyClient` per device. Every request to the device goes through one lock (at most one
 in flight: Gen2 has no keep-alive, few HTTP channels and a fw-2.0 nonce table that punishes parallel
 requests) and one hard per-request timeout. httpx errors become ``DeviceError`` subclasses here and
-nowhere else; RPC error bodies are read even on non-2xx statuses.
+nowhere else; RPC error bodies are read even on non-2xx statuses. The hot poll (:meth:`ShellyClient.read`)
+skips httpx for the lean GET of ``chargectl.shelly.http11`` (same bounds, errors, auth and MAC rules).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -32,19 +32,13 @@ from chargectl.common.errors import (
 from chargectl.common.readings import Reading, normalize_mac
 from chargectl.shelly import parse
 from chargectl.shelly.auth import Challenge, DigestState, basic_header, parse_json_challenge
+from chargectl.shelly.http11 import HttpReply, PollConnection
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "ShellyClient", "fetch_info"]
 
 log = logging.getLogger("chargectl.shelly")
 
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024  # a Gen2 full status is a few KiB; anything near this is hostile
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    status: int
-    headers: httpx.Headers
-    body: bytes
 
 
 def _qs(params: Mapping[str, Any]) -> str:
@@ -67,7 +61,7 @@ async def _exchange(
     headers: Mapping[str, str] | None = None,
     body: bytes | None = None,
     max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-) -> _Reply:
+) -> HttpReply:
     """One HTTP exchange; the body is read in chunks and abandoned past ``max_bytes`` (decoded)."""
     where = f"{host}:{port}"
     path = target.split("?")[0]
@@ -94,7 +88,7 @@ async def _exchange(
                 if size > max_bytes:
                     raise InvalidResponse(f"{where}{path} sent more than {max_bytes} bytes; stopped reading")
                 chunks.append(chunk)
-            return _Reply(resp.status_code, resp.headers, b"".join(chunks))
+            return HttpReply(resp.status_code, resp.headers, b"".join(chunks))
     except (TimeoutError, httpx.TimeoutException):
         raise DeviceTimeoutError(
             f"{where} did not answer {target.split('?')[0]} within {timeout_s:g} s"
@@ -187,6 +181,9 @@ class ShellyClient:
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_keepalive_connections=0), transport=transport, trust_env=False
         )
+        # The hot poll (read) skips httpx: one lean connection, kept alive when the device allows.
+        # With an injected httpx transport (tests' mock devices) everything stays on httpx.
+        self._poll = PollConnection(host, port) if transport is None else None
         self._frame_id = 0
         self._src = f"chargectl-{uuid.uuid4().hex[:8]}"
 
@@ -224,6 +221,8 @@ class ShellyClient:
         """The plug got a new address (mDNS said so); the next request goes there, MAC re-checked."""
         self.host = host
         self.port = port
+        if self._poll is not None:
+            self._poll.move(host, port)
 
     @classmethod
     async def connect(
@@ -281,6 +280,8 @@ class ShellyClient:
         return client
 
     async def aclose(self) -> None:
+        if self._poll is not None:
+            self._poll.close()
         await self._http.aclose()
 
     async def __aenter__(self) -> ShellyClient:
@@ -291,8 +292,13 @@ class ShellyClient:
 
     # ---- transport with auth -------------------------------------------------------------------
 
-    async def _send(self, method: str, target: str, body: bytes | None = None) -> _Reply:
-        """One logical request: auth, stale re-challenge, 429 back-off. Caller holds the lock."""
+    async def _send(
+        self, method: str, target: str, body: bytes | None = None, *, lean: bool = False
+    ) -> HttpReply:
+        """One logical request: auth, stale re-challenge, 429 back-off. Caller holds the lock.
+
+        ``lean``: a ``GET`` over the poll connection instead of httpx (same bounds and errors)."""
+        poll = self._poll if lean and method == "GET" and body is None else None
         challenges = 0
         throttled = 0
         backoff = self.throttle_backoff_s
@@ -304,23 +310,28 @@ class ShellyClient:
             if self.gen == 1 and self._password is not None:
                 # Basic auth is the password in clear: send it only to an address whose /shelly
                 # (unauthenticated) says it is still our plug, checked right before.
-                await self._require_own_mac()
+                await self._require_own_mac(poll)
                 headers["Authorization"] = basic_header(self._user, self._password)
                 sent_auth = True
             elif self._digest is not None and self._digest.challenge is not None:
                 headers["Authorization"] = self._digest.header(method, target)
                 sent_auth = True
-            reply = await _exchange(
-                self._http,
-                self.host,
-                self.port,
-                method,
-                target,
-                timeout_s=self.timeout_s,
-                headers=headers,
-                body=body,
-                max_bytes=self.max_response_bytes,
-            )
+            if poll is not None:
+                reply = await poll.get(
+                    target, timeout_s=self.timeout_s, headers=headers, max_bytes=self.max_response_bytes
+                )
+            else:
+                reply = await _exchange(
+                    self._http,
+                    self.host,
+                    self.port,
+                    method,
+                    target,
+                    timeout_s=self.timeout_s,
+                    headers=headers,
+                    body=body,
+                    max_bytes=self.max_response_bytes,
+                )
             if reply.status == 429:
                 if self._digest is not None:
                     self._digest.forget()  # the device may have dropped our nonce
@@ -355,28 +366,34 @@ class ShellyClient:
                 continue
             return reply
 
-    async def _require_own_mac(self) -> None:
-        info = await fetch_info(
-            self.host,
-            self.port,
-            timeout_s=self.timeout_s,
-            http=self._http,
-            max_response_bytes=self.max_response_bytes,
-        )
+    async def _require_own_mac(self, poll: PollConnection | None = None) -> None:
+        if poll is not None:
+            reply = await poll.get("/shelly", timeout_s=self.timeout_s, max_bytes=self.max_response_bytes)
+            if reply.status != 200:
+                raise InvalidResponse(f"{self.where}/shelly answered HTTP {reply.status}")
+            info = parse.parse_device_info(parse.parse_json(reply.body, f"{self.where}/shelly"))
+        else:
+            info = await fetch_info(
+                self.host,
+                self.port,
+                timeout_s=self.timeout_s,
+                http=self._http,
+                max_response_bytes=self.max_response_bytes,
+            )
         if info.mac != self.mac:
             raise DeviceMismatchError(
                 f"{self.where} is now plug {info.mac}, not {self.mac}; not sending it the password"
             )
 
-    def _challenge_from(self, reply: _Reply) -> Challenge | None:
+    def _challenge_from(self, reply: HttpReply) -> Challenge | None:
         header = reply.headers.get("www-authenticate")
         if header and header.lower().startswith("digest"):
             return Challenge.from_header(header)
         return None
 
-    async def _get_json(self, target: str) -> Any:
+    async def _get_json(self, target: str, *, lean: bool = False) -> Any:
         async with self._lock:
-            reply = await self._send("GET", target)
+            reply = await self._send("GET", target, lean=lean)
         if reply.status != 200:
             text = reply.body[:60].decode("utf-8", "replace").strip()
             raise InvalidResponse(f"plug {self.mac}: {target} answered HTTP {reply.status} {text!r}")
@@ -384,6 +401,9 @@ class ShellyClient:
 
     async def rpc(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         """Call a Gen2+ RPC method and return its bare result; errors become ``RpcCallError``."""
+        return await self._rpc(method, params)
+
+    async def _rpc(self, method: str, params: Mapping[str, Any] | None, *, lean: bool = False) -> Any:
         if self.gen < 2:
             raise DeviceError(f"plug {self.mac} is Gen1 and has no RPC API")
         if self.rpc_mode == "frame":
@@ -392,7 +412,7 @@ class ShellyClient:
         if params:
             target += "?" + _qs(params)
         async with self._lock:
-            reply = await self._send("GET", target)
+            reply = await self._send("GET", target, lean=lean)
         what = f"plug {self.mac} {method}"
         if reply.status == 200:
             value = parse.parse_json(reply.body, what)
@@ -479,9 +499,9 @@ class ShellyClient:
     async def read(self) -> Reading:
         """One normalised reading (power W, energy mWh, relay, V, A, °C, error flags, uptime)."""
         if self.gen == 1:
-            status = await self._get_json("/status")
+            status = await self._get_json("/status", lean=True)
             return parse.gen1_reading(status, mac=self.mac, ts_ms=int(self.clock.now() * 1000))
-        status = await self.rpc("Shelly.GetStatus")
+        status = await self._rpc("Shelly.GetStatus", None, lean=True)
         return parse.gen2_reading(status, mac=self.mac, ts_ms=int(self.clock.now() * 1000))
 
     async def relay_state(self) -> parse.RelayState:
