@@ -155,6 +155,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         ("reason",),
     ),
     MetricSpec(
+        "requests_ignored_total",
+        "counter",
+        "Start/stop requests left unanswered for another hub, by reason (other_shard)",
+        ("reason",),
+        {"reason": ("other_shard",)},
+    ),
+    MetricSpec(
         "sessions_needs_review_total",
         "counter",
         "Sessions billed only up to the physical bound and flagged needs_review",

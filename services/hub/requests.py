@@ -4,7 +4,8 @@ The request id is the store's document id. The hub makes every session id (never
 client wrote) and answers each request exactly once: accepted with the session id, or rejected with a
 reason a person can read (:class:`RequestRefusal`, or the machine's own reason such as
 ``insufficient_balance``). A request older than ``request_max_age_s`` is answered ``expired`` however
-long no hub ran; one with no id, an unknown action, no user or a user with no account (``users/{uid}``)
+long no hub ran; one for a plug bound to a site of another shard is left to that shard's hub
+(unanswered here); one with no id, an unknown action, no user or a user with no account (``users/{uid}``)
 is rejected and never re-read. The set of handled ids is bounded by age.
 """
 
@@ -57,6 +58,7 @@ class Requests:
         tariff_for: Callable[[str], Tariff],
         max_age_s: float,
         max_skew_s: float,
+        elsewhere: Callable[[str], bool] = lambda _mac: False,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -67,6 +69,7 @@ class Requests:
         self.tariff_for = tariff_for
         self.max_age_ms = max_age_s * 1000
         self.max_skew_ms = max_skew_s * 1000
+        self.elsewhere = elsewhere  # is this plug another shard's hub's (its site's Site.shard)?
         self.handled: dict[str, float] = {}  # request id -> when handled (monotonic)
         self._created: dict[str, int] = {}  # request id -> created_at_ms, until answered (latency)
 
@@ -127,6 +130,11 @@ class Requests:
             self.answer(rid, False, RequestRefusal.NO_REQUEST_ID, "")
             return
         why = self.refusal(req)
+        if why is RequestRefusal.UNKNOWN_PLUG and self.elsewhere(req.plug_mac):
+            # Another shard's plug: its hub answers; answering unknown_plug here would refuse it.
+            self._created.pop(rid, None)
+            self.metrics.inc("requests_ignored_total", reason="other_shard")
+            return
         if why is not None:
             self.answer(rid, False, why, "")
             return

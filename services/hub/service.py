@@ -80,6 +80,7 @@ log = logging.getLogger("chargectl.hub")
 
 _Plug = HubPlug  # the name older callers used
 BINDINGS_REREAD_S = 3600.0  # plug bindings are re-read at least this often, whatever the sites say
+SHARD_REREAD_MIN_S = 1.0  # a request for a plug this hub does not know re-reads bindings at most this often
 
 
 def tariff_from_document(doc: codec.Tariff) -> Tariff:
@@ -142,6 +143,7 @@ class Hub:
             self.tariff_for,
             settings.request_max_age_s,
             settings.max_clock_skew_s,
+            self._other_shards_plug,
         )
         self.sessions = Sessions(
             ports.store,
@@ -354,6 +356,23 @@ class Hub:
                 log.info("plug %s assigned from site %s to %s", mac, plug.site_id, site_id)
                 plug.site_id = site_id
                 plug.dirty = True
+
+    def _other_shards_plug(self, mac: str) -> bool:
+        """Is ``mac`` (not one of this hub's plugs) bound to a site another shard's hub serves?
+
+                On a miss the bindings and sites are re-read once, so a plug another hub bound a moment ago
+                is not refused here as ``unknown_plug`` (at most once a second: a flood of requests for made-up
+        plugs costs no more). A plug nobody has bound is nobody else's."""
+
+        def owner_shard() -> int | None:
+            site = self.registry.owner(mac)
+            return None if site is None else self.ingest.site_shards.get(site)
+
+        shard = owner_shard()
+        if shard is None and self.clock.monotonic() - self._last_trust >= SHARD_REREAD_MIN_S:
+            self.refresh_trust(force=True)
+            shard = owner_shard()
+        return shard is not None and shard != self.settings.shard
 
     def tariff_for(self, site_id: str) -> Tariff:
         return self._site_tariffs.get(site_id, self._default_tariff)
