@@ -155,6 +155,18 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         ("reason",),
     ),
     MetricSpec(
+        "session_progress_writes_total",
+        "counter",
+        "Live session documents rewritten with their energy and running cost (every progress_interval_s)",
+    ),
+    MetricSpec(
+        "topup_checks_total",
+        "counter",
+        "Auto top-up checks run after a session debit, by outcome (done, error)",
+        ("outcome",),
+        {"outcome": ("done", "error")},
+    ),
+    MetricSpec(
         "requests_ignored_total",
         "counter",
         "Start/stop requests left unanswered for another hub, by reason (other_shard)",

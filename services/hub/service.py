@@ -69,7 +69,7 @@ from chargectl.services.hub.mirror import Mirror, plug_state_doc
 from chargectl.services.hub.params import PlugParams
 from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
 from chargectl.services.hub.requests import Requests
-from chargectl.services.hub.sessions import Balances, Sessions
+from chargectl.services.hub.sessions import Balances, Sessions, TopupCheck
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
 from chargectl.services.trust import TelemetryKeys, telemetry_keyring
@@ -105,6 +105,7 @@ class HubPorts:
     timeseries: TimeSeries
     command_keys: CommandKeys
     telemetry_keys: TelemetryKeys = telemetry_keyring  # the sites' agent keys valid at a time
+    topup: TopupCheck | None = None  # the auto top-up check after a debit (payments), when configured
 
 
 class Hub:
@@ -153,7 +154,10 @@ class Hub:
             self.alerts,
             self.requests.answer,
             self._now_ms,
+            settings.progress_interval_s,
+            self._after_debit,
         )
+        self._topups: set[asyncio.Task[None]] = set()
         self._params_by_class: dict[str, PlugParams] = {}
         self._site_tariffs: dict[str, Tariff] = {}
         self._default_tariff = settings.tariff.tariff()
@@ -203,7 +207,38 @@ class Hub:
             len({user for user, _ in self.balances}),
         )
 
+    def _after_debit(self, user_id: str) -> None:
+        """A session debit was written: run the auto top-up check off the event loop (it may call
+        Stripe). Its failure is logged and counted; the debit stands either way."""
+        check = self.ports.topup
+        if check is None:
+            return
+
+        async def run() -> None:
+            try:
+                outcome = await asyncio.to_thread(check, user_id)
+            except Exception as exc:
+                self.metrics.inc("topup_checks_total", outcome="error")
+                log.warning("auto top-up check of %s failed: %s", user_id, exc)
+                return
+            self.metrics.inc("topup_checks_total", outcome="done")
+            log.info("auto top-up check of %s: %s", user_id, outcome)
+
+        try:
+            task = asyncio.get_running_loop().create_task(run())
+        except RuntimeError:  # no loop (a synchronous caller): the app's periodic sweep catches it
+            log.warning("auto top-up check of %s skipped: no event loop", user_id)
+            return
+        self._topups.add(task)
+        task.add_done_callback(self._topups.discard)
+
+    async def topups_done(self, timeout_s: float = 60.0) -> None:
+        """Wait for the auto top-up checks in flight (stop, tests)."""
+        if self._topups:
+            await asyncio.wait(set(self._topups), timeout=timeout_s)
+
     async def stop(self) -> None:
+        await self.topups_done(timeout_s=30.0)
         if self._subscription is not None:
             await self._subscription.stop()
             self._subscription = None
@@ -635,7 +670,7 @@ class Hub:
                 log.warning("plug %s: %s: %s", fx.mac, fx.kind, fx.message)
                 raise_machine_alert(self.alerts, fx.kind, fx.mac, fx.message, self._now_ms(), plug.site_id)
             elif isinstance(fx, m.SessionUpdated):
-                pass  # live figures are in the machine; documents change on start/finish only
+                self.sessions.progress(plug, fx)  # at most every progress_interval_s
 
     # ------------------------------------------------------------------ requests and balances
 
