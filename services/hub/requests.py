@@ -129,12 +129,13 @@ class Requests:
         if not rid:
             self.answer(rid, False, RequestRefusal.NO_REQUEST_ID, "")
             return
-        why = self.refusal(req)
-        if why is RequestRefusal.UNKNOWN_PLUG and self.elsewhere(req.plug_mac):
-            # Another shard's plug: its hub answers; answering unknown_plug here would refuse it.
+        if self.elsewhere(req.plug_mac):
+            # Another shard's plug: its hub answers (refusing it unknown_plug here, or starting a
+            # session on a plug this hub still remembers from before its site moved, would be wrong).
             self._created.pop(rid, None)
             self.metrics.inc("requests_ignored_total", reason="other_shard")
             return
+        why = self.refusal(req)
         if why is not None:
             self.answer(rid, False, why, "")
             return

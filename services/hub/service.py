@@ -393,14 +393,15 @@ class Hub:
                 plug.dirty = True
 
     def _other_shards_plug(self, mac: str) -> bool:
-        """Is ``mac`` (not one of this hub's plugs) bound to a site another shard's hub serves?
+        """Is ``mac`` bound to a site another shard's hub serves (its ``Site.shard``)?
 
-                On a miss the bindings and sites are re-read once, so a plug another hub bound a moment ago
-                is not refused here as ``unknown_plug`` (at most once a second: a flood of requests for made-up
-        plugs costs no more). A plug nobody has bound is nobody else's."""
+        On a miss the sites and bindings are re-read, at most once a second (a flood of requests for
+        made-up plugs costs no more), so a plug another hub bound a moment ago is not refused here as
+        ``unknown_plug``. A plug nobody has bound is nobody else's."""
 
         def owner_shard() -> int | None:
-            site = self.registry.owner(mac)
+            plug = self.plugs.get(mac)
+            site = plug.site_id if plug is not None else self.registry.owner(mac)
             return None if site is None else self.ingest.site_shards.get(site)
 
         shard = owner_shard()

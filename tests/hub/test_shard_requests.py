@@ -11,6 +11,8 @@ import pytest
 from test_service import MAC, Rig
 
 from chargectl.common import codec
+from chargectl.common.readings import Reading
+from chargectl.services.adapters.bus import BusMessage
 from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.adapters.sqlite_timeseries import SqliteTimeSeries
 from chargectl.services.hub.service import Hub, HubPorts
@@ -80,3 +82,41 @@ async def test_a_plug_no_site_has_bound_is_refused_by_any_hub(rig: Rig) -> None:
     req = rig.store.get_request("r1")
     assert req is not None and req.status == codec.ChargeRequest.STATUS_REJECTED
     assert req.reason == "unknown_plug"
+
+
+async def test_a_hub_still_holding_a_moved_sites_plug_leaves_its_requests_alone(rig: Rig) -> None:
+    """The site moved to shard 1 while shard 0's hub still has its plug in memory: shard 0 must not
+    start a session on it (two hubs would both command the relay); shard 1 answers."""
+    old = await rig.start_hub()
+    Ledger(rig.store).post("evt_topup", "u1", "topup", 1000, "gbp", now_ms=1)
+    await rig.readings(30, 0)
+    assert MAC in old.plugs
+    site = rig.store.get_site("site-a")
+    assert site is not None
+    site.shard = 1
+    rig.store.put_site(site)
+    old.refresh_trust(force=True)
+    new = await _shard_one(rig)
+    rig.request("r1", codec.ChargeRequest.ACTION_START)
+    await old.poll_requests()
+    await rig.settle()
+    req = rig.store.get_request("r1")
+    assert req is not None and req.status == codec.ChargeRequest.STATUS_PENDING
+    assert old.plugs[MAC].state.session is None and not rig.commands
+    assert old.metrics.value("requests_ignored_total", reason="other_shard") == 1
+    # The new shard's hub learns the plug from its next readings, then answers the request.
+    rows = []
+    for _ in range(6):
+        rig.clock.advance(5)
+        rows.append(Reading(MAC, round(rig.clock.now() * 1000), 0.0, rig.counter, False, 230.0))
+    rig.seq += 1
+    data, attrs = codec.pack_telemetry(codec.Batch("site-a", rig.seq, tuple(rows)), rig.agent_key)
+    assert await new.handle_message(BusMessage(data, {**attrs, "shard": "1"}, f"m{rig.seq}"))
+    await new.tick()
+    assert MAC in new.plugs
+    new.credit_arrived("u1")
+    await new.poll_requests()
+    await rig.settle()
+    req = rig.store.get_request("r1")
+    assert req is not None and req.status == codec.ChargeRequest.STATUS_ACCEPTED, req.reason
+    assert new.plugs[MAC].state.session is not None and old.plugs[MAC].state.session is None
