@@ -154,6 +154,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "Start/stop requests rejected, by reason (expired, no_account, unknown_plug, …)",
         ("reason",),
     ),
+    MetricSpec("leases_sent_total", "counter", "Site leases sent (one renews every live plug of a site)"),
+    MetricSpec(
+        "keepalives_covered_total",
+        "counter",
+        "Per-plug keep-alives not sent because a site lease renewed the plug less than half an interval ago",
+    ),
     MetricSpec(
         "session_progress_writes_total",
         "counter",

@@ -59,6 +59,7 @@ class Requests:
         max_age_s: float,
         max_skew_s: float,
         elsewhere: Callable[[str], bool] = lambda _mac: False,
+        track_progress: Callable[[str], None] = lambda _session_id: None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -70,6 +71,8 @@ class Requests:
         self.max_age_ms = max_age_s * 1000
         self.max_skew_ms = max_skew_s * 1000
         self.elsewhere = elsewhere  # is this plug another shard's hub's (its site's Site.shard)?
+        self.track_progress = track_progress  # a session whose running cost its user's top-up watches
+        self._account: codec.UserAccount | None = None  # read by the last refusal check
         self.handled: dict[str, float] = {}  # request id -> when handled (monotonic)
         self._created: dict[str, int] = {}  # request id -> created_at_ms, until answered (latency)
 
@@ -108,7 +111,8 @@ class Requests:
             return RequestRefusal.NO_USER
         if req.plug_mac not in self.plugs:
             return RequestRefusal.UNKNOWN_PLUG
-        if self.store.get_user(req.user_id) is None:
+        self._account = self.store.get_user(req.user_id)
+        if self._account is None:
             return RequestRefusal.NO_ACCOUNT
         return None
 
@@ -150,6 +154,9 @@ class Requests:
             self.balances.read(req.user_id, tariff.currency)
             available = self.balances.available(req.user_id, tariff.currency)
             event: m.Event = m.StartRequest(session_id, req.user_id, tariff, available, rid)
+            account = self._account
+            if account is not None and account.auto_topup_amount.amount_minor > 0:
+                self.track_progress(session_id)  # its running cost can trigger the top-up
         else:
             session_id = live.session_id if live else ""
             event = m.StopRequest(req.user_id, "", rid)

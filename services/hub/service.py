@@ -65,6 +65,7 @@ from chargectl.services.hub.effects import CommandKeys, CommandSender
 from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
 from chargectl.services.hub.intake import RefusalLog, check_reading
+from chargectl.services.hub.leases import Leases
 from chargectl.services.hub.mirror import Mirror, plug_state_doc
 from chargectl.services.hub.params import PlugParams
 from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
@@ -130,6 +131,7 @@ class Hub:
         self.commands = CommandSender(
             ports.bus, ports.command_keys, self.metrics, self.clock, settings.command_lifetime_s
         )
+        self.leases = Leases(self.commands, self.metrics)
         self.mirror = Mirror(
             ports.store, self.metrics, settings.plug_class, settings.plug_state_min_interval_s
         )
@@ -145,6 +147,7 @@ class Hub:
             settings.request_max_age_s,
             settings.max_clock_skew_s,
             self._other_shards_plug,
+            lambda session_id: self.sessions.tracked.add(session_id),
         )
         self.sessions = Sessions(
             ports.store,
@@ -628,6 +631,7 @@ class Hub:
         self._share_balances()
         for plug in list(self.plugs.values()):
             self._apply_safely(plug, m.Tick())
+        self.leases.flush(self.plugs.values(), self._now_ms())
         for mac in list(self._recover):
             self._try_recover(mac)
         self._mirror_dirty()
@@ -648,7 +652,10 @@ class Hub:
     def _execute(self, plug: HubPlug, effects: Iterable[m.Effect]) -> None:
         for fx in effects:
             if isinstance(fx, m.SendRelay):
-                self.commands.send(plug.site_id, fx)
+                if fx.reason == "keepalive" and self.settings.site_leases:
+                    self.leases.keepalive(plug, fx, self._now_ms())  # one lease per site, see .leases
+                else:
+                    self.commands.send(plug.site_id, fx)
             elif isinstance(fx, m.StateChanged):
                 plug.dirty = True
                 if fx.new is m.Status.FINISHING:

@@ -8,9 +8,11 @@ and the one-transaction finish (COMPLETED document + ledger debit) that bills a 
   bound, a counter that went down) or a cost beyond the balance sets the document's ``review_reason``
   and raises a ``needs_review`` alert.
 - A finish the store refused is kept (and checkpointed) and retried every tick until written.
-- A live session's document carries its energy and running cost, rewritten at most every
-  ``progress_interval_s`` (never once it began finishing: the finish owns the document then), so what
-  reads the store (the app, the auto top-up's running-cost trigger) sees a session's cost grow.
+- A live session of a user with automatic top-up on (at its start) has its document carry its energy
+  and running cost, rewritten at most every ``progress_interval_s`` (never once it began finishing:
+  the finish owns the document then), so the auto top-up's running-cost check sees the cost grow.
+  Other sessions' documents are written at start and finish only (each progress write is a billed
+  document write).
 - Once a debit is written, ``on_debit(user)`` is called (the hub's auto top-up port).
 """
 
@@ -148,6 +150,7 @@ class Sessions:
         self.progress_ms = round(progress_interval_s * 1000)
         self.on_debit = on_debit
         self._progress_at: dict[str, int] = {}  # live session id -> when its progress was last written
+        self.tracked: set[str] = set()  # live sessions whose progress is written (auto top-up users)
 
     def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
         existing = self.store.get_session(fx.session_id)
@@ -190,7 +193,8 @@ class Sessions:
         ``progress_interval_s`` old (the first interval counts from the session's first update)."""
         sess = plug.state.session
         if (
-            sess is None
+            fx.session_id not in self.tracked
+            or sess is None
             or sess.session_id != fx.session_id
             or sess.stop_reason
             or fx.status is m.Status.FINISHING
@@ -241,6 +245,7 @@ class Sessions:
     def finished(self, plug: HubPlug, rec: m.SessionRecord) -> None:
         """Bill a finished session (see the module docstring)."""
         self._progress_at.pop(rec.session_id, None)
+        self.tracked.discard(rec.session_id)
         currency = rec.tariff.currency
         cost = rec.cost_minor
         with contextlib.suppress(StoreError):  # if the store is down, the last known balance bounds it

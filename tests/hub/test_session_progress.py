@@ -29,7 +29,13 @@ def _pence(energy_mwh: int) -> int:
     return int((Decimal(energy_mwh) * 30 / Decimal(1_000_000)).quantize(Decimal(1), ROUND_HALF_UP))
 
 
-async def _start(rig: Rig, topup: object = None) -> Hub:
+async def _start(rig: Rig, topup: object = None, auto_topup: bool = True) -> Hub:
+    if auto_topup:  # u1 has automatic top-up on: 1000 below 500
+        account = rig.store.get_user("u1")
+        assert account is not None
+        account.auto_topup_threshold.CopyFrom(codec.Money(amount_minor=500, currency="gbp"))
+        account.auto_topup_amount.CopyFrom(codec.Money(amount_minor=1000, currency="gbp"))
+        rig.store.put_user(account)
     hub = await rig.start_hub()
     hub.ports.topup = topup  # type: ignore[assignment]
     Ledger(rig.store).post("evt_topup", "u1", "topup", 10_000, "gbp", now_ms=1)
@@ -124,3 +130,11 @@ async def test_a_failing_topup_port_leaves_the_debit_standing(rig: Rig) -> None:
     assert done.status == codec.ChargeSession.STATUS_COMPLETED and done.cost.amount_minor > 0
     assert Ledger(rig.store).balance("u1", "gbp") == 10_000 - done.cost.amount_minor
     assert hub.metrics.value("topup_checks_total", outcome="error") == 1
+
+
+async def test_a_user_without_automatic_top_up_costs_no_progress_writes(rig: Rig) -> None:
+    hub = await _start(rig, auto_topup=False)
+    await rig.readings(1800, 1800.0)
+    doc = _doc(rig)
+    assert doc.status == codec.ChargeSession.STATUS_ACTIVE and doc.cost.amount_minor == 0
+    assert hub.metrics.value("session_progress_writes_total") == 0
