@@ -631,7 +631,7 @@ class Hub:
         self._share_balances()
         for plug in list(self.plugs.values()):
             self._apply_safely(plug, m.Tick())
-        self.leases.flush(self.plugs.values(), self._now_ms())
+        self.leases.flush(self.plugs, self._now_ms())
         for mac in list(self._recover):
             self._try_recover(mac)
         self._mirror_dirty()

@@ -96,11 +96,13 @@ async def test_one_lease_per_site_renews_every_live_plug_in_time(rig: Rig) -> No
     # No per-plug keep-alive: every renewal in that hour came by lease.
     assert len(per_plug_on) == starts
     # 8 live plugs x 36 keep-alives an hour (every 100 s) would be 288 messages; leases go at most
-    # every half interval (50 s) per site: at most 72 + 1 in the hour, and here far fewer.
-    assert 0 < len(leases) <= 73
+    # every half interval (50 s) per site, 72 + 1 in the hour, plus one per plug while it joins
+    # (its first keep-alive, before the site's lease names it).
+    assert 0 < len(leases) <= 73 + len(MACS)
     for lease in leases:
-        assert {e.plug_mac for e in lease.leased} == set(MACS)  # every live plug, in every lease
         assert all(e.auto_off_s == 300 and e.session_id.startswith("sess-") for e in lease.leased)
+    # Once every plug's first keep-alive has come due (100 s after its "on"), every lease names all.
+    assert all({e.plug_mac for e in lease.leased} == set(MACS) for lease in leases[len(MACS) :])
     for mac in MACS:  # never longer than auto_off_s / 2 (150 s) plus a tick between two renewals
         gaps = [b - a for a, b in zip(renewed[mac], renewed[mac][1:], strict=False)]
         assert gaps and max(gaps) <= 151, (mac, max(gaps))
