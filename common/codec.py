@@ -44,6 +44,7 @@ __all__ = [
     "CommandOutcome",
     "Encoding",
     "InventoryChange",
+    "LeasedPlug",
     "LedgerEntry",
     "Money",
     "Opened",
@@ -130,8 +131,18 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class LeasedPlug:
+    """One plug a site lease renews: its flip-back timer re-armed for ``auto_off_s``."""
+
+    plug_mac: str
+    session_id: str
+    auto_off_s: int
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
-    """A relay command from the hub to one site's agent."""
+    """A relay command from the hub to one site's agent; with ``leased`` a site lease (no
+    ``plug_mac``, ``on``): every listed plug's flip-back timer is re-armed."""
 
     command_id: str
     site_id: str
@@ -141,6 +152,7 @@ class Command:
     expires_at_ms: int
     session_id: str = ""
     auto_off_s: int = 0
+    leased: tuple[LeasedPlug, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,6 +718,10 @@ def encode_command(cmd: Command) -> bytes:
         issued_at_ms=cmd.issued_at_ms,
         expires_at_ms=cmd.expires_at_ms,
         auto_off_s=cmd.auto_off_s,
+        leased=[
+            commands_pb2.LeasedPlug(plug_mac=p.plug_mac, session_id=p.session_id, auto_off_s=p.auto_off_s)
+            for p in cmd.leased
+        ],
     ).SerializeToString()
 
 
@@ -715,7 +731,15 @@ def decode_command(data: bytes) -> Command:
         msg.ParseFromString(data)
     except DecodeError as exc:
         raise CodecError(f"not a RelayCommand: {exc}") from None
-    if not msg.command_id or not msg.site_id or not MAC_RE.match(msg.plug_mac):
+    if msg.leased:
+        if not msg.command_id or not msg.site_id or msg.plug_mac or not msg.on:
+            raise CodecError("site lease lacks a command_id or site_id, names a plug_mac or is not on")
+        for p in msg.leased:
+            if not MAC_RE.match(p.plug_mac) or p.auto_off_s <= 0:
+                raise CodecError(f"site lease entry {p.plug_mac!r}: needs a valid MAC and auto_off_s > 0")
+        if len({p.plug_mac for p in msg.leased}) != len(msg.leased):
+            raise CodecError("site lease names a plug twice")
+    elif not msg.command_id or not msg.site_id or not MAC_RE.match(msg.plug_mac):
         raise CodecError("relay command lacks a command_id, site_id or valid plug_mac")
     return Command(
         command_id=msg.command_id,
@@ -726,6 +750,7 @@ def decode_command(data: bytes) -> Command:
         expires_at_ms=msg.expires_at_ms,
         session_id=msg.session_id,
         auto_off_s=msg.auto_off_s,
+        leased=tuple(LeasedPlug(p.plug_mac, p.session_id, p.auto_off_s) for p in msg.leased),
     )
 
 

@@ -154,6 +154,31 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "Start/stop requests rejected, by reason (expired, no_account, unknown_plug, …)",
         ("reason",),
     ),
+    MetricSpec("leases_sent_total", "counter", "Site leases sent (one renews every live plug of a site)"),
+    MetricSpec(
+        "keepalives_covered_total",
+        "counter",
+        "Per-plug keep-alives not sent because a site lease renewed the plug less than half an interval ago",
+    ),
+    MetricSpec(
+        "session_progress_writes_total",
+        "counter",
+        "Live session documents rewritten with their energy and running cost (every progress_interval_s)",
+    ),
+    MetricSpec(
+        "topup_checks_total",
+        "counter",
+        "Auto top-up checks run after a session debit, by outcome (done, error)",
+        ("outcome",),
+        {"outcome": ("done", "error")},
+    ),
+    MetricSpec(
+        "requests_ignored_total",
+        "counter",
+        "Start/stop requests left unanswered for another hub, by reason (other_shard)",
+        ("reason",),
+        {"reason": ("other_shard",)},
+    ),
     MetricSpec(
         "sessions_needs_review_total",
         "counter",

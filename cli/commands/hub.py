@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated
 
 import typer
@@ -30,7 +31,8 @@ def register(app: typer.Typer) -> None:
         from chargectl.services.hub.cloud import build_cloud_hub
 
         setup_logging(ctx.obj.verbose)
-        build_cloud_hub(ctx.obj.config()).run()
+        # With a Stripe key the hub runs the auto top-up check after each debit (else the app's sweep).
+        build_cloud_hub(ctx.obj.config(), stripe_api_key=os.environ.get("STRIPE_API_KEY", "")).run()
 
     @group.command("check")
     def check(

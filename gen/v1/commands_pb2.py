@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63hargectl/gen/v1/commands.proto\x12\x0c\x63hargectl.v1\"\xa6\x01\n\x0cRelayCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x10\n\x08plug_mac\x18\x03 \x01(\t\x12\n\n\x02on\x18\x04 \x01(\x08\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x07 \x01(\x03\x12\x12\n\nauto_off_s\x18\x08 \x01(\r\"\xca\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x10\n\x08plug_mac\x18\x03 \x01(\t\x12\n\n\x02ok\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08relay_on\x18\x06 \x01(\x08\x12\x19\n\x11relay_state_known\x18\x07 \x01(\x08\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x16\n\x0e\x65xecuted_at_ms\x18\t \x01(\x03\x12\x12\n\nsession_id\x18\n \x01(\t\"`\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0e\n\x06schema\x18\x04 \x01(\t\x12\x10\n\x08\x65ncoding\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63hargectl/gen/v1/commands.proto\x12\x0c\x63hargectl.v1\"\xd0\x01\n\x0cRelayCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x10\n\x08plug_mac\x18\x03 \x01(\t\x12\n\n\x02on\x18\x04 \x01(\x08\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x07 \x01(\x03\x12\x12\n\nauto_off_s\x18\x08 \x01(\r\x12(\n\x06leased\x18\t \x03(\x0b\x32\x18.chargectl.v1.LeasedPlug\"F\n\nLeasedPlug\x12\x10\n\x08plug_mac\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\nauto_off_s\x18\x03 \x01(\r\"\xca\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07site_id\x18\x02 \x01(\t\x12\x10\n\x08plug_mac\x18\x03 \x01(\t\x12\n\n\x02ok\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08relay_on\x18\x06 \x01(\x08\x12\x19\n\x11relay_state_known\x18\x07 \x01(\x08\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x16\n\x0e\x65xecuted_at_ms\x18\t \x01(\x03\x12\x12\n\nsession_id\x18\n \x01(\t\"`\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0e\n\x06schema\x18\x04 \x01(\t\x12\x10\n\x08\x65ncoding\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chargectl.gen.v1.commands_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RELAYCOMMAND']._serialized_start=50
-  _globals['_RELAYCOMMAND']._serialized_end=216
-  _globals['_COMMANDRESULT']._serialized_start=219
-  _globals['_COMMANDRESULT']._serialized_end=421
-  _globals['_ENVELOPE']._serialized_start=423
-  _globals['_ENVELOPE']._serialized_end=519
+  _globals['_RELAYCOMMAND']._serialized_end=258
+  _globals['_LEASEDPLUG']._serialized_start=260
+  _globals['_LEASEDPLUG']._serialized_end=330
+  _globals['_COMMANDRESULT']._serialized_start=333
+  _globals['_COMMANDRESULT']._serialized_end=535
+  _globals['_ENVELOPE']._serialized_start=537
+  _globals['_ENVELOPE']._serialized_end=633
 # @@protoc_insertion_point(module_scope)

@@ -1,11 +1,13 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RelayCommand(_message.Message):
-    __slots__ = ("command_id", "site_id", "plug_mac", "on", "session_id", "issued_at_ms", "expires_at_ms", "auto_off_s")
+    __slots__ = ("command_id", "site_id", "plug_mac", "on", "session_id", "issued_at_ms", "expires_at_ms", "auto_off_s", "leased")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     PLUG_MAC_FIELD_NUMBER: _ClassVar[int]
@@ -14,6 +16,7 @@ class RelayCommand(_message.Message):
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     AUTO_OFF_S_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     site_id: str
     plug_mac: str
@@ -22,7 +25,18 @@ class RelayCommand(_message.Message):
     issued_at_ms: int
     expires_at_ms: int
     auto_off_s: int
-    def __init__(self, command_id: _Optional[str] = ..., site_id: _Optional[str] = ..., plug_mac: _Optional[str] = ..., on: _Optional[bool] = ..., session_id: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., auto_off_s: _Optional[int] = ...) -> None: ...
+    leased: _containers.RepeatedCompositeFieldContainer[LeasedPlug]
+    def __init__(self, command_id: _Optional[str] = ..., site_id: _Optional[str] = ..., plug_mac: _Optional[str] = ..., on: _Optional[bool] = ..., session_id: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., auto_off_s: _Optional[int] = ..., leased: _Optional[_Iterable[_Union[LeasedPlug, _Mapping]]] = ...) -> None: ...
+
+class LeasedPlug(_message.Message):
+    __slots__ = ("plug_mac", "session_id", "auto_off_s")
+    PLUG_MAC_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTO_OFF_S_FIELD_NUMBER: _ClassVar[int]
+    plug_mac: str
+    session_id: str
+    auto_off_s: int
+    def __init__(self, plug_mac: _Optional[str] = ..., session_id: _Optional[str] = ..., auto_off_s: _Optional[int] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("command_id", "site_id", "plug_mac", "ok", "reason", "relay_on", "relay_state_known", "error", "executed_at_ms", "session_id")

@@ -214,6 +214,8 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
             msg = inbox.pop(0)
             traffic["command"].append(billed_message_bytes(msg.data, dict(msg.attributes)))
             cmd = codec.unpack_command(msg.data, cmd_ring, now_ms)
+            if cmd.leased:  # a site lease re-arms the listed plugs' timers; a full renewal reports nothing
+                continue
             relay[cmd.plug_mac] = cmd.on
             outcome = codec.CommandOutcome(
                 cmd.command_id,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +20,10 @@ from chargectl.services.adapters.store import AutoTopupState, UnmatchedPayment
 __all__ = ["SqliteStore"]
 
 M = TypeVar("M", bound=Message)
+
+log = logging.getLogger("chargectl.sqlite")
+
+WATCH_INTERVAL_S = 0.1  # how often a watcher looks for requests written by another process
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, doc BLOB NOT NULL);
@@ -60,6 +65,8 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._lock = threading.RLock()
+        self._request_added = threading.Condition()  # add_request in this process wakes the watchers
+        self._request_generation = 0
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -137,7 +144,12 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO requests (request_id, status, created_at_ms, doc) VALUES (?, ?, ?, ?)",
                 (request.request_id, request.status, request.created_at_ms, request.SerializeToString()),
             )
-            return cur.rowcount == 1
+            added = cur.rowcount == 1
+        if added:
+            with self._request_added:
+                self._request_generation += 1
+                self._request_added.notify_all()
+        return added
 
     def get_request(self, request_id: str) -> ChargeRequest | None:
         return self._one(ChargeRequest, "SELECT doc FROM requests WHERE request_id = ?", (request_id,))
@@ -148,6 +160,68 @@ class SqliteStore:
             "SELECT doc FROM requests WHERE status IN (?, ?) ORDER BY created_at_ms, request_id",
             (ChargeRequest.STATUS_PENDING, ChargeRequest.STATUS_UNSPECIFIED),
         )
+
+    def watch_requests(
+        self, callback: Callable[[ChargeRequest], None], interval_s: float = WATCH_INTERVAL_S
+    ) -> Callable[[], None]:
+        """Call ``callback`` (on a watcher thread) for each pending request, existing or new.
+
+        A request added through this store object wakes the watcher at once; one written by another
+        process (another connection to the file, e.g. ``chargectl session start``) is noticed within
+        ``interval_s`` by SQLite's ``data_version``, which moves only when another connection commits.
+        Each pending request is delivered once while it stays pending; answering is guarded anyway.
+        Returns a function that stops the watcher (and waits for it).
+        """
+        stopped = threading.Event()
+        delivered: set[str] = set()
+
+        def pending_if_changed(last_version: int | None) -> tuple[int, list[ChargeRequest] | None]:
+            with self._lock:
+                version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            if version == last_version:
+                return version, None
+            return version, self.pending_requests()
+
+        def run() -> None:
+            version: int | None = None
+            generation = -1
+            while not stopped.is_set():
+                with self._request_added:
+                    if generation == self._request_generation:
+                        self._request_added.wait(interval_s)
+                    woken = generation != self._request_generation
+                    generation = self._request_generation
+                if stopped.is_set():
+                    return
+                try:
+                    version, pending = pending_if_changed(None if woken else version)
+                except (sqlite3.Error, StoreError) as exc:  # closed or busy: try again next round
+                    log.debug("request watcher cannot read the store: %s", exc)
+                    continue
+                if pending is None:
+                    continue
+                ids = {req.request_id for req in pending}
+                delivered.intersection_update(ids)  # answered ones are forgotten (bounded)
+                for req in pending:
+                    if req.request_id in delivered:
+                        continue
+                    delivered.add(req.request_id)
+                    try:
+                        callback(req)
+                    except Exception:  # one bad request must not kill the watcher
+                        log.exception("cannot handle charge request %s", req.request_id)
+
+        thread = threading.Thread(target=run, name="sqlite-watch-requests", daemon=True)
+        thread.start()
+
+        def unwatch() -> None:
+            stopped.set()
+            with self._request_added:
+                self._request_added.notify_all()
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+
+        return unwatch
 
     def answer_request(
         self, request_id: str, status: int, reason: str, session_id: str, answered_at_ms: int

@@ -166,6 +166,9 @@ class CommandExecutor:
         self.journal_error = ""  # why the last journal write failed ("" once one succeeds)
         self.timeout_s = timeout_s
         self.max_clock_skew_ms = int(max_clock_skew_s * 1000)
+        # The newest per-plug command executed (issued_at_ms, on): a lease issued before an "off" the
+        # plug has since executed never switches it back on (leases and commands may arrive out of order).
+        self.last_command: dict[str, tuple[int, bool]] = {}
 
     def _refused(self, refusal: Refusal, now_ms: int) -> CommandOutcome:
         cmd = refusal.command
@@ -183,13 +186,46 @@ class CommandExecutor:
             session_id=cmd.session_id if cmd else "",
         )
 
+    async def handle_many(self, data: bytes, now_ms: int) -> list[CommandOutcome]:
+        """Verify and (maybe) execute one command message or site lease; never raises for a bad one.
+
+        A command gives one outcome. A site lease re-arms every listed plug's flip-back timer and
+        gives an outcome only for each plug it could not renew (nothing to report when all renewed)."""
+        checked = self._check(data, now_ms)
+        if isinstance(checked, Refusal):
+            return [self._refused(checked, now_ms)]
+        if checked.leased:
+            return await self._renew(checked, now_ms)
+        return [await self._execute(checked, now_ms)]
+
     async def handle(self, data: bytes, now_ms: int) -> CommandOutcome:
         """Verify and (maybe) execute one command message; never raises for a bad command."""
+        checked = self._check(data, now_ms)
+        if isinstance(checked, Refusal):
+            return self._refused(checked, now_ms)
+        if checked.leased:
+            failed = await self._renew(checked, now_ms)
+            return (
+                failed[0]
+                if failed
+                else CommandOutcome(
+                    command_id=checked.command_id,
+                    site_id=self.site_id,
+                    plug_mac="",
+                    ok=True,
+                    reason=RefusalReason.EXECUTED.value,
+                    executed_at_ms=now_ms,
+                    relay_on=True,
+                )
+            )
+        return await self._execute(checked, now_ms)
+
+    def _check(self, data: bytes, now_ms: int) -> Command | Refusal:
         try:
             self.journal.prune(now_ms)  # continuously: every id is kept only as long as it could replay
         except StoreError as exc:
             log.warning("cannot prune the command journal: %s", exc)
-        checked = verify_command(
+        return verify_command(
             data,
             self.keyring,
             self.site_id,
@@ -198,9 +234,58 @@ class CommandExecutor:
             max_clock_skew_ms=self.max_clock_skew_ms,
             lifetime_ms=self.lifetime_ms,
         )
-        if isinstance(checked, Refusal):
-            return self._refused(checked, now_ms)
-        cmd = checked
+
+    def _journal(self, cmd: Command, now_ms: int) -> str:
+        """Record the id before touching a relay; the error ("" when written)."""
+        keep_until = max(cmd.expires_at_ms, now_ms) + self.lifetime_ms
+        try:
+            self.journal.record(cmd.command_id, keep_until)
+        except StoreError as exc:
+            self.journal_error = str(exc)
+            return str(exc)
+        self.journal_error = ""
+        return ""
+
+    async def _renew(self, lease: Command, now_ms: int) -> list[CommandOutcome]:
+        """Re-arm each leased plug's flip-back timer ("on" with its own auto_off_s), concurrently."""
+        error = self._journal(lease, now_ms)
+        if error:  # a redelivery could switch a plug back on after an "off": refuse, as for "on"
+            return [self._refused(Refusal(RefusalReason.JOURNAL_ERROR, error, lease), now_ms)]
+
+        async def renew(entry: codec.LeasedPlug) -> CommandOutcome | None:
+            def failed(reason: RefusalReason, detail: str) -> CommandOutcome:
+                log.warning("lease %s: %s not renewed: %s", lease.command_id, entry.plug_mac, detail)
+                return CommandOutcome(
+                    command_id=lease.command_id,
+                    site_id=self.site_id,
+                    plug_mac=entry.plug_mac,
+                    ok=False,
+                    reason=reason.value,
+                    executed_at_ms=now_ms,
+                    error=detail,
+                    session_id=entry.session_id,
+                )
+
+            if not self._knows_plug(entry.plug_mac):
+                return failed(RefusalReason.UNKNOWN_PLUG, f"no plug {entry.plug_mac} at this site")
+            issued, on = self.last_command.get(entry.plug_mac, (0, True))
+            if not on and issued >= lease.issued_at_ms:
+                log.info("lease %s: %s was switched off after it; left off", lease.command_id, entry.plug_mac)
+                return None
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    observed = await self._switch(entry.plug_mac, True, int(entry.auto_off_s))
+            except (DeviceError, TimeoutError) as exc:
+                return failed(RefusalReason.DEVICE_ERROR, str(exc) or type(exc).__name__)
+            if not observed:
+                return failed(RefusalReason.DEVICE_ERROR, "relay did not reach the commanded state")
+            return None
+
+        results = await asyncio.gather(*(renew(e) for e in lease.leased))
+        log.debug("lease %s: %d plugs renewed", lease.command_id, sum(r is None for r in results))
+        return [r for r in results if r is not None]
+
+    async def _execute(self, cmd: Command, now_ms: int) -> CommandOutcome:
         if not self._knows_plug(cmd.plug_mac):
             return self._refused(
                 Refusal(RefusalReason.UNKNOWN_PLUG, f"no plug {cmd.plug_mac} at this site", cmd), now_ms
@@ -216,6 +301,9 @@ class CommandExecutor:
             log.warning("command %s: journal unwritable (%s); switching off anyway", cmd.command_id, exc)
         else:
             self.journal_error = ""
+        newest = self.last_command.get(cmd.plug_mac)
+        if newest is None or cmd.issued_at_ms >= newest[0]:
+            self.last_command[cmd.plug_mac] = (cmd.issued_at_ms, cmd.on)
         auto_off = int(cmd.auto_off_s) if cmd.on and cmd.auto_off_s > 0 else None
         try:
             async with asyncio.timeout(self.timeout_s):  # not wait_for: it can swallow a cancellation

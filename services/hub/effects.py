@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from chargectl.common import codec
@@ -40,6 +40,7 @@ class CommandSender:
         self.sites: dict[str, codec.Site] = {}
         self._sent: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lease_seq = 0
 
     def send(self, site_id: str, fx: m.SendRelay) -> None:
         """Sign and publish one relay command to ``site_id`` (the plug's bound site)."""
@@ -76,6 +77,41 @@ class CommandSender:
                 # The machine re-sends until the relay is confirmed, so a lost command is retried.
                 self.metrics.inc("commands_failed_total", reason="publish")
                 log.warning("command %s to %s not published: %s", fx.command_id, fx.mac, exc)
+
+        self._spawn(publish())
+
+    def send_lease(self, site_id: str, leased: Sequence[codec.LeasedPlug]) -> None:
+        """Sign and publish one site lease: every listed plug's flip-back timer is re-armed."""
+        now = self.clock.now()
+        self._lease_seq += 1
+        lease = codec.Command(
+            command_id=f"{site_id}.lease.{self._lease_seq}.{round(now * 1000)}",
+            site_id=site_id,
+            plug_mac="",
+            on=True,
+            issued_at_ms=round(now * 1000),
+            expires_at_ms=round((now + self.lifetime_s) * 1000),
+            leased=tuple(leased),
+        )
+        try:
+            site = self.sites.get(site_id)
+            if site is None:
+                raise StoreError(f"site {site_id} is not provisioned")
+            key = self.keys(site, lease.issued_at_ms)
+        except ChargectlError as exc:
+            self.metrics.inc("commands_failed_total", reason="no_key")
+            log.error("cannot sign a lease for site %s: %s", site_id, exc)
+            return
+        data, attrs = codec.pack_command(lease, key)
+        self.metrics.inc("leases_sent_total")
+
+        async def publish() -> None:
+            try:
+                await self.bus.publish(command_topic(site_id), data, attrs)
+            except TransportError as exc:
+                # The next lease (at most half a keep-alive interval later) renews the same plugs.
+                self.metrics.inc("commands_failed_total", reason="publish")
+                log.warning("lease %s not published: %s", lease.command_id, exc)
 
         self._spawn(publish())
 

@@ -4,7 +4,8 @@ The request id is the store's document id. The hub makes every session id (never
 client wrote) and answers each request exactly once: accepted with the session id, or rejected with a
 reason a person can read (:class:`RequestRefusal`, or the machine's own reason such as
 ``insufficient_balance``). A request older than ``request_max_age_s`` is answered ``expired`` however
-long no hub ran; one with no id, an unknown action, no user or a user with no account (``users/{uid}``)
+long no hub ran; one for a plug bound to a site of another shard is left to that shard's hub
+(unanswered here); one with no id, an unknown action, no user or a user with no account (``users/{uid}``)
 is rejected and never re-read. The set of handled ids is bounded by age.
 """
 
@@ -57,6 +58,8 @@ class Requests:
         tariff_for: Callable[[str], Tariff],
         max_age_s: float,
         max_skew_s: float,
+        elsewhere: Callable[[str], bool] = lambda _mac: False,
+        track_progress: Callable[[str], None] = lambda _session_id: None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -67,6 +70,9 @@ class Requests:
         self.tariff_for = tariff_for
         self.max_age_ms = max_age_s * 1000
         self.max_skew_ms = max_skew_s * 1000
+        self.elsewhere = elsewhere  # is this plug another shard's hub's (its site's Site.shard)?
+        self.track_progress = track_progress  # a session whose running cost its user's top-up watches
+        self._account: codec.UserAccount | None = None  # read by the last refusal check
         self.handled: dict[str, float] = {}  # request id -> when handled (monotonic)
         self._created: dict[str, int] = {}  # request id -> created_at_ms, until answered (latency)
 
@@ -105,7 +111,8 @@ class Requests:
             return RequestRefusal.NO_USER
         if req.plug_mac not in self.plugs:
             return RequestRefusal.UNKNOWN_PLUG
-        if self.store.get_user(req.user_id) is None:
+        self._account = self.store.get_user(req.user_id)
+        if self._account is None:
             return RequestRefusal.NO_ACCOUNT
         return None
 
@@ -126,6 +133,12 @@ class Requests:
         if not rid:
             self.answer(rid, False, RequestRefusal.NO_REQUEST_ID, "")
             return
+        if self.elsewhere(req.plug_mac):
+            # Another shard's plug: its hub answers (refusing it unknown_plug here, or starting a
+            # session on a plug this hub still remembers from before its site moved, would be wrong).
+            self._created.pop(rid, None)
+            self.metrics.inc("requests_ignored_total", reason="other_shard")
+            return
         why = self.refusal(req)
         if why is not None:
             self.answer(rid, False, why, "")
@@ -141,6 +154,9 @@ class Requests:
             self.balances.read(req.user_id, tariff.currency)
             available = self.balances.available(req.user_id, tariff.currency)
             event: m.Event = m.StartRequest(session_id, req.user_id, tariff, available, rid)
+            account = self._account
+            if account is not None and account.auto_topup_amount.amount_minor > 0:
+                self.track_progress(session_id)  # its running cost can trigger the top-up
         else:
             session_id = live.session_id if live else ""
             event = m.StopRequest(req.user_id, "", rid)

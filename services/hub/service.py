@@ -65,11 +65,12 @@ from chargectl.services.hub.effects import CommandKeys, CommandSender
 from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
 from chargectl.services.hub.intake import RefusalLog, check_reading
+from chargectl.services.hub.leases import Leases
 from chargectl.services.hub.mirror import Mirror, plug_state_doc
 from chargectl.services.hub.params import PlugParams
 from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
 from chargectl.services.hub.requests import Requests
-from chargectl.services.hub.sessions import Balances, Sessions
+from chargectl.services.hub.sessions import Balances, Sessions, TopupCheck
 from chargectl.services.hub.settings import HubSettings
 from chargectl.services.payments.ledger import Ledger
 from chargectl.services.trust import TelemetryKeys, telemetry_keyring
@@ -80,6 +81,7 @@ log = logging.getLogger("chargectl.hub")
 
 _Plug = HubPlug  # the name older callers used
 BINDINGS_REREAD_S = 3600.0  # plug bindings are re-read at least this often, whatever the sites say
+SHARD_REREAD_MIN_S = 1.0  # a request for a plug this hub does not know re-reads bindings at most this often
 
 
 def tariff_from_document(doc: codec.Tariff) -> Tariff:
@@ -104,6 +106,7 @@ class HubPorts:
     timeseries: TimeSeries
     command_keys: CommandKeys
     telemetry_keys: TelemetryKeys = telemetry_keyring  # the sites' agent keys valid at a time
+    topup: TopupCheck | None = None  # the auto top-up check after a debit (payments), when configured
 
 
 class Hub:
@@ -128,6 +131,7 @@ class Hub:
         self.commands = CommandSender(
             ports.bus, ports.command_keys, self.metrics, self.clock, settings.command_lifetime_s
         )
+        self.leases = Leases(self.commands, self.metrics)
         self.mirror = Mirror(
             ports.store, self.metrics, settings.plug_class, settings.plug_state_min_interval_s
         )
@@ -142,6 +146,8 @@ class Hub:
             self.tariff_for,
             settings.request_max_age_s,
             settings.max_clock_skew_s,
+            self._other_shards_plug,
+            lambda session_id: self.sessions.tracked.add(session_id),
         )
         self.sessions = Sessions(
             ports.store,
@@ -151,7 +157,10 @@ class Hub:
             self.alerts,
             self.requests.answer,
             self._now_ms,
+            settings.progress_interval_s,
+            self._after_debit,
         )
+        self._topups: set[asyncio.Task[None]] = set()
         self._params_by_class: dict[str, PlugParams] = {}
         self._site_tariffs: dict[str, Tariff] = {}
         self._default_tariff = settings.tariff.tariff()
@@ -201,7 +210,38 @@ class Hub:
             len({user for user, _ in self.balances}),
         )
 
+    def _after_debit(self, user_id: str) -> None:
+        """A session debit was written: run the auto top-up check off the event loop (it may call
+        Stripe). Its failure is logged and counted; the debit stands either way."""
+        check = self.ports.topup
+        if check is None:
+            return
+
+        async def run() -> None:
+            try:
+                outcome = await asyncio.to_thread(check, user_id)
+            except Exception as exc:
+                self.metrics.inc("topup_checks_total", outcome="error")
+                log.warning("auto top-up check of %s failed: %s", user_id, exc)
+                return
+            self.metrics.inc("topup_checks_total", outcome="done")
+            log.info("auto top-up check of %s: %s", user_id, outcome)
+
+        try:
+            task = asyncio.get_running_loop().create_task(run())
+        except RuntimeError:  # no loop (a synchronous caller): the app's periodic sweep catches it
+            log.warning("auto top-up check of %s skipped: no event loop", user_id)
+            return
+        self._topups.add(task)
+        task.add_done_callback(self._topups.discard)
+
+    async def topups_done(self, timeout_s: float = 60.0) -> None:
+        """Wait for the auto top-up checks in flight (stop, tests)."""
+        if self._topups:
+            await asyncio.wait(set(self._topups), timeout=timeout_s)
+
     async def stop(self) -> None:
+        await self.topups_done(timeout_s=30.0)
         if self._subscription is not None:
             await self._subscription.stop()
             self._subscription = None
@@ -354,6 +394,24 @@ class Hub:
                 log.info("plug %s assigned from site %s to %s", mac, plug.site_id, site_id)
                 plug.site_id = site_id
                 plug.dirty = True
+
+    def _other_shards_plug(self, mac: str) -> bool:
+        """Is ``mac`` bound to a site another shard's hub serves (its ``Site.shard``)?
+
+        On a miss the sites and bindings are re-read, at most once a second (a flood of requests for
+        made-up plugs costs no more), so a plug another hub bound a moment ago is not refused here as
+        ``unknown_plug``. A plug nobody has bound is nobody else's."""
+
+        def owner_shard() -> int | None:
+            plug = self.plugs.get(mac)
+            site = plug.site_id if plug is not None else self.registry.owner(mac)
+            return None if site is None else self.ingest.site_shards.get(site)
+
+        shard = owner_shard()
+        if shard is None and self.clock.monotonic() - self._last_trust >= SHARD_REREAD_MIN_S:
+            self.refresh_trust(force=True)
+            shard = owner_shard()
+        return shard is not None and shard != self.settings.shard
 
     def tariff_for(self, site_id: str) -> Tariff:
         return self._site_tariffs.get(site_id, self._default_tariff)
@@ -573,6 +631,7 @@ class Hub:
         self._share_balances()
         for plug in list(self.plugs.values()):
             self._apply_safely(plug, m.Tick())
+        self.leases.flush(self.plugs, self._now_ms())
         for mac in list(self._recover):
             self._try_recover(mac)
         self._mirror_dirty()
@@ -593,7 +652,10 @@ class Hub:
     def _execute(self, plug: HubPlug, effects: Iterable[m.Effect]) -> None:
         for fx in effects:
             if isinstance(fx, m.SendRelay):
-                self.commands.send(plug.site_id, fx)
+                if fx.reason == "keepalive" and self.settings.site_leases:
+                    self.leases.keepalive(plug, fx, self._now_ms())  # one lease per site, see .leases
+                else:
+                    self.commands.send(plug.site_id, fx)
             elif isinstance(fx, m.StateChanged):
                 plug.dirty = True
                 if fx.new is m.Status.FINISHING:
@@ -616,7 +678,7 @@ class Hub:
                 log.warning("plug %s: %s: %s", fx.mac, fx.kind, fx.message)
                 raise_machine_alert(self.alerts, fx.kind, fx.mac, fx.message, self._now_ms(), plug.site_id)
             elif isinstance(fx, m.SessionUpdated):
-                pass  # live figures are in the machine; documents change on start/finish only
+                self.sessions.progress(plug, fx)  # at most every progress_interval_s
 
     # ------------------------------------------------------------------ requests and balances
 

@@ -8,6 +8,12 @@ and the one-transaction finish (COMPLETED document + ledger debit) that bills a 
   bound, a counter that went down) or a cost beyond the balance sets the document's ``review_reason``
   and raises a ``needs_review`` alert.
 - A finish the store refused is kept (and checkpointed) and retried every tick until written.
+- A live session of a user with automatic top-up on (at its start) has its document carry its energy
+  and running cost, rewritten at most every ``progress_interval_s`` (never once it began finishing:
+  the finish owns the document then), so the auto top-up's running-cost check sees the cost grow.
+  Other sessions' documents are written at start and finish only (each progress write is a billed
+  document write).
+- Once a debit is written, ``on_debit(user)`` is called (the hub's auto top-up port).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = ["Balances", "Sessions"]
 log = logging.getLogger("chargectl.hub")
 
 Answer = Callable[[str, bool, str, str], None]  # request id, accepted, reason, session id
+TopupCheck = Callable[[str], str]  # user id -> what happened (AutoTopup.check_user), run off the loop
 
 
 def _cost(plug: HubPlug) -> int:
@@ -129,6 +136,8 @@ class Sessions:
         alerts: AlertBook,
         answer: Answer,
         now_ms: Callable[[], int],
+        progress_interval_s: float = 300.0,
+        on_debit: Callable[[str], None] = lambda _user: None,
     ) -> None:
         self.store = store
         self.timeseries = timeseries
@@ -138,6 +147,10 @@ class Sessions:
         self.answer = answer
         self.now_ms = now_ms
         self.pending: dict[str, Finish] = {}  # finishes the store has not taken yet
+        self.progress_ms = round(progress_interval_s * 1000)
+        self.on_debit = on_debit
+        self._progress_at: dict[str, int] = {}  # live session id -> when its progress was last written
+        self.tracked: set[str] = set()  # live sessions whose progress is written (auto top-up users)
 
     def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
         existing = self.store.get_session(fx.session_id)
@@ -175,6 +188,44 @@ class Sessions:
         self.answer(fx.request_id, True, "", fx.session_id)
         log.info("session %s started on %s for %s", fx.session_id, fx.mac, fx.user_id)
 
+    def progress(self, plug: HubPlug, fx: m.SessionUpdated) -> None:
+        """Write a live session's energy and running cost into its document when the last write is
+        ``progress_interval_s`` old (the first interval counts from the session's first update)."""
+        sess = plug.state.session
+        if (
+            fx.session_id not in self.tracked
+            or sess is None
+            or sess.session_id != fx.session_id
+            or sess.stop_reason
+            or fx.status is m.Status.FINISHING
+        ):
+            return
+        now = self.now_ms()
+        last = self._progress_at.setdefault(fx.session_id, now)
+        if now - last < self.progress_ms:
+            return
+        self._progress_at[fx.session_id] = now  # also when the write fails: retried an interval later
+        doc = codec.ChargeSession(
+            session_id=sess.session_id,
+            user_id=sess.user_id,
+            plug_mac=fx.mac,
+            site_id=plug.site_id,
+            status=codec.ChargeSession.STATUS_ACTIVE,
+            started_at_ms=sess.started_at_ms,
+            start_counter_mwh=sess.start_counter_mwh,
+            energy_mwh=fx.energy_mwh,
+            idle_s=fx.idle_ms // 1000,
+            cost=codec.Money(amount_minor=fx.cost_minor, currency=sess.tariff.currency),
+            tariff_id=sess.tariff.tariff_id,
+            request_id=sess.request_id,
+        )
+        try:
+            self.store.put_session(doc)
+        except StoreError as exc:
+            log.warning("progress of session %s not written (%s); next interval", sess.session_id, exc)
+            return
+        self.metrics.inc("session_progress_writes_total")
+
     def finishing(self, plug: HubPlug) -> None:
         """The machine began finishing the session (relay commanded off): say so in its document, so a
         hub restarted from an older checkpoint closes the session instead of switching the relay on."""
@@ -193,6 +244,8 @@ class Sessions:
 
     def finished(self, plug: HubPlug, rec: m.SessionRecord) -> None:
         """Bill a finished session (see the module docstring)."""
+        self._progress_at.pop(rec.session_id, None)
+        self.tracked.discard(rec.session_id)
         currency = rec.tariff.currency
         cost = rec.cost_minor
         with contextlib.suppress(StoreError):  # if the store is down, the last known balance bounds it
@@ -278,6 +331,8 @@ class Sessions:
             log.info("session %s was already completed and billed; not billing again", session_id)
         elif entry is not None:
             self.balances.debited(entry)
+            if entry.amount.amount_minor:
+                self.on_debit(entry.user_id)
         return written
 
     def retry(self) -> None:

@@ -58,6 +58,8 @@ class HubSettings:
     trust_refresh_s: float = 30.0
     balance_refresh_s: float = 10.0
     plug_state_min_interval_s: float = 30.0
+    site_leases: bool = True  # keep-alives as one lease per site (agents must understand leases)
+    progress_interval_s: float = 300.0  # a live session's document carries its energy and cost this fresh
     command_lifetime_s: float = 120.0
     default_plug_class: str = "ev"
     plug_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -86,6 +88,7 @@ class HubSettings:
             "max_reading_age_s",
             "max_clock_skew_s",
             "request_max_age_s",
+            "progress_interval_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

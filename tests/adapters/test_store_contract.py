@@ -207,3 +207,84 @@ def test_firestore_request_listener_sees_existing_and_new_requests(firestore_env
     finally:
         stop()
         store.close()
+
+
+def _pending(rid: str, status: int = ChargeRequest.STATUS_PENDING) -> ChargeRequest:
+    return ChargeRequest(
+        request_id=rid,
+        user_id="u1",
+        plug_mac="AABBCCDDEEFF",
+        action=ChargeRequest.ACTION_START,
+        status=status,
+        created_at_ms=1,
+    )
+
+
+def _wait(cond: object, what: str, timeout_s: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_sqlite_request_watcher_sees_existing_new_and_other_process_requests(tmp_path: Path) -> None:
+    """The embedded store pushes requests like Firestore's listener: ones pending before the watch,
+    ones added through this object, and ones another connection (another process: the CLI) commits,
+    each delivered once while pending; answered or rejected ones are never delivered."""
+    import threading
+
+    store = SqliteStore(tmp_path / "store.db")
+    other = SqliteStore(tmp_path / "store.db")  # a second connection, as `chargectl session` opens
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def on_request(req: ChargeRequest) -> None:
+        with lock:
+            seen.append(req.request_id)
+
+    store.add_request(_pending("r-old"))
+    store.add_request(_pending("r-done", ChargeRequest.STATUS_REJECTED))
+    # A very slow cross-process interval: an in-process add must not wait for it.
+    stop = store.watch_requests(on_request, interval_s=3600)
+    try:
+        _wait(lambda: "r-old" in seen, "the request pending before the watch")
+        store.add_request(_pending("r-new"))
+        _wait(lambda: "r-new" in seen, "the request added in this process")
+    finally:
+        stop()
+    stop = store.watch_requests(on_request, interval_s=0.05)
+    try:
+        _wait(lambda: seen.count("r-old") == 2, "a new watcher to deliver what is pending")
+        assert store.answer_request("r-old", ChargeRequest.STATUS_ACCEPTED, "", "s1", 2)
+        other.add_request(_pending("r-cli"))
+        _wait(lambda: "r-cli" in seen, "the request another connection committed")
+        other.add_request(_pending("r-cli-2"))
+        _wait(lambda: "r-cli-2" in seen, "a second request from the other connection")
+        with lock:
+            assert "r-done" not in seen
+            assert seen.count("r-cli") == 1 and seen.count("r-new") == 2 and seen.count("r-old") == 2
+    finally:
+        stop()
+        other.close()
+        store.close()
+
+
+def test_sqlite_request_watcher_survives_a_raising_callback(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db")
+    seen: list[str] = []
+
+    def on_request(req: ChargeRequest) -> None:
+        seen.append(req.request_id)
+        if req.request_id == "r-bad":
+            raise RuntimeError("a hostile request")
+
+    stop = store.watch_requests(on_request)
+    try:
+        store.add_request(_pending("r-bad"))
+        store.add_request(_pending("r-good"))
+        _wait(lambda: "r-good" in seen, "the request after the one that raised")
+    finally:
+        stop()
+        store.close()

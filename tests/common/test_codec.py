@@ -519,3 +519,27 @@ def test_frontend_documents_round_trip_with_original_names() -> None:
     assert codec.from_document(codec.Site, codec.to_document(site)) == site
     with pytest.raises(CodecError, match="invalid PlugState document"):
         codec.from_document(codec.PlugState, {"power_w": "lots"})
+
+
+def test_site_lease_round_trips_and_malformed_leases_are_refused() -> None:
+    key = SigningKey.generate()
+    ring = Keyring()
+    ring.add_public(key.public_bytes, "s1")
+    entries = (
+        codec.LeasedPlug("A8032AB12345", "sess-1", 300),
+        codec.LeasedPlug("A8032AB12346", "sess-2", 120),
+    )
+    lease = Command("lease-1", "s1", "", True, 1_000, 121_000, leased=entries)
+    data, _ = codec.pack_command(lease, key)
+    assert codec.unpack_command(data, ring, 2_000) == lease
+    hostile = {
+        "names a plug_mac": replace(lease, plug_mac="A8032AB12345"),
+        "switches off": replace(lease, on=False),
+        "a bad MAC": replace(lease, leased=(codec.LeasedPlug("nope", "s", 300),)),
+        "no timer": replace(lease, leased=(codec.LeasedPlug("A8032AB12345", "s", 0),)),
+        "a plug twice": replace(lease, leased=(entries[0], entries[0])),
+    }
+    for why, bad in hostile.items():
+        with pytest.raises(CodecError):
+            codec.decode_command(codec.encode_command(bad))
+        assert why  # each case is refused by the decoder, before any plug is touched
