@@ -48,6 +48,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -85,6 +86,7 @@ __all__ = [
     "Transition",
     "from_dict",
     "new_state",
+    "next_due_ms",
     "step",
     "to_dict",
 ]
@@ -1058,6 +1060,43 @@ def _timers(s: MachineState, now_ms: int, fx: list[Effect]) -> None:
         return
     if s.status in RELAY_ON_STATES and s.cmd_on and now_ms - s.on_sent_ms >= p.keepalive_s * 1000:
         _send(s, True, now_ms, fx, "keepalive")
+
+
+def next_due_ms(s: MachineState) -> int | None:
+    """The earliest hub time (ms) at which a ``Tick`` could change ``s``; None: no timer until another event.
+
+    Mirrors the rules of ``_timers`` (every ``now - X >= D`` there is an ``X + D`` here) and errs early:
+    a plug stepped before its time is merely re-armed, one stepped late would be a bug. The hub keeps
+    plugs by this time so that ``Hub.tick`` steps only the machines whose timers are due."""
+    p = s.params
+    status = s.status
+    sess = s.session
+    due: list[float] = []
+    if status is _OFF:
+        if sess is not None and not sess.provisional:
+            due.append(s.since_ms + p.offline_abandon_s * 1000)
+    else:
+        seen = s.last_ts_ms if s.last_ts_ms is not None else s.since_ms
+        due.append(seen + p.offline_after_s * 1000)
+        if not s.stale:
+            due.append(seen + p.stale_after_s * 1000)
+        if s.cmd_on is not None and not s.cmd_confirmed:
+            due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
+            due.append(s.cmd_sent_ms + p.relay_retry_s * 1000)
+        if sess is not None:
+            if status is _FIN:
+                if s.cmd_on is False and s.cmd_confirmed:
+                    due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
+            else:
+                if status in LIVE_SESSION_STATES:
+                    due.append(sess.started_at_ms + p.max_session_s * 1000)
+                if status is _SEVSE:
+                    due.append(s.since_ms + p.credit_grace_s * 1000)
+                if status in RELAY_ON_STATES and s.cmd_on:
+                    due.append(s.on_sent_ms + p.keepalive_s * 1000)
+    if not due:
+        return None
+    return math.floor(min(due))  # floor: never later than the rule, whatever the float rounding
 
 
 _Handler = Any

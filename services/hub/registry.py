@@ -21,14 +21,15 @@ from chargectl.services.hub import machine as m
 __all__ = ["Admission", "HubPlug", "PlugRefusal", "PlugRegistry"]
 
 
-@dataclass
+@dataclass(slots=True)
 class HubPlug:
-    """One plug in the hub's memory: its machine and the site it is bound to."""
+    """One plug in the hub's memory: its machine and the site it is bound to (slots: 100k of them)."""
 
     state: m.MachineState
     site_id: str
     dirty: bool = False  # plug state document needs writing
     mirrored_ms: int = 0
+    armed_s: int | None = None  # the timer-wheel second this plug is armed for (services/hub/timers.py)
 
 
 class PlugRefusal(StrEnum):

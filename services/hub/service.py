@@ -71,6 +71,7 @@ from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
 from chargectl.services.hub.requests import Requests
 from chargectl.services.hub.sessions import Balances, Sessions
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.hub.timers import TimerWheel
 from chargectl.services.payments.ledger import Ledger
 from chargectl.services.trust import TelemetryKeys, telemetry_keyring
 
@@ -118,6 +119,7 @@ class Hub:
         self.store = ports.store
         self.ledger = Ledger(ports.store)
         self.plugs: dict[str, HubPlug] = {}
+        self.timers = TimerWheel()  # plugs by the second their next timer is due
         self.ingest = Ingest(Keyring(), shard=settings.shard)
         self.registry = PlugRegistry(
             ports.store, settings.max_new_plugs_per_batch, settings.max_plugs_per_site
@@ -527,6 +529,7 @@ class Hub:
 
     def _apply(self, plug: HubPlug, event: m.Event) -> tuple[m.Effect, ...]:
         plug.state, effects = m.step(plug.state, event, self.now())
+        self.timers.arm(plug, self._now_ms())
         if effects:
             self._execute(plug, effects)
         return effects
@@ -571,7 +574,7 @@ class Hub:
         self.sessions.retry()
         self._refresh_balances()
         self._share_balances()
-        for plug in list(self.plugs.values()):
+        for plug in self.timers.due(self.plugs, self._now_ms()):  # only the machines with a timer due
             self._apply_safely(plug, m.Tick())
         for mac in list(self._recover):
             self._try_recover(mac)
@@ -666,7 +669,8 @@ class Hub:
             return
         snap = ckpt.decode(blob, self._params)
         for mac, (site_id, state) in snap.plugs.items():
-            self.plugs[mac] = HubPlug(state, site_id)
+            plug = self.plugs[mac] = HubPlug(state, site_id)
+            self.timers.arm(plug, snap.saved_at_ms)
         self.ingest.load(snap.ingest)
         self.sessions.pending.update(snap.finishes)
         log.info(
