@@ -120,6 +120,7 @@ class Hub:
         self.ledger = Ledger(ports.store)
         self.plugs: dict[str, HubPlug] = {}
         self.timers = TimerWheel()  # plugs by the second their next timer is due
+        self.checkpoint_parts = ckpt.PartTracker()  # checkpoint parts with a plug changed since the last
         self.ingest = Ingest(Keyring(), shard=settings.shard)
         self.registry = PlugRegistry(
             ports.store, settings.max_new_plugs_per_batch, settings.max_plugs_per_site
@@ -356,6 +357,7 @@ class Hub:
                 log.info("plug %s assigned from site %s to %s", mac, plug.site_id, site_id)
                 plug.site_id = site_id
                 plug.dirty = True
+                self.checkpoint_parts.touch(mac)
 
     def tariff_for(self, site_id: str) -> Tariff:
         return self._site_tariffs.get(site_id, self._default_tariff)
@@ -515,10 +517,12 @@ class Hub:
         if plug is None:
             plug = self.plugs[mac] = HubPlug(m.new_state(mac, self._params(mac), self.now()), site_id)
             plug.dirty = True
+            self.checkpoint_parts.touch(mac)
         elif plug.site_id != site_id:  # released by an operator, then bound by the site reporting it now
             log.info("plug %s now belongs to site %s (was %s)", mac, site_id, plug.site_id)
             plug.site_id = site_id
             plug.dirty = True
+            self.checkpoint_parts.touch(mac)
         return plug
 
     def plug_state(self, plug: HubPlug) -> codec.PlugState:
@@ -591,7 +595,7 @@ class Hub:
         """Write the checkpoint if its interval is over (at most once per tick or message)."""
         if self._checkpoint_due:
             self._checkpoint_due = False
-            self.checkpoint()
+            self.checkpoint(full=False)
 
     def _execute(self, plug: HubPlug, effects: Iterable[m.Effect]) -> None:
         for fx in effects:
@@ -599,17 +603,20 @@ class Hub:
                 self.commands.send(plug.site_id, fx)
             elif isinstance(fx, m.StateChanged):
                 plug.dirty = True
+                self.checkpoint_parts.touch(fx.mac)
                 if fx.new is m.Status.FINISHING:
                     self.sessions.finishing(plug)  # a restart must close it, never switch it back on
                 self.metrics.inc("transitions_total", to=str(fx.new))
                 resolve_on_state(self.alerts, fx.mac, str(fx.new))
                 log.info("plug %s: %s -> %s (%s)", fx.mac, fx.old, fx.new, fx.reason)
             elif isinstance(fx, m.SessionStarted):
+                self.checkpoint_parts.touch(fx.mac)
                 self._recover.pop(fx.mac, None)
                 self.sessions.started(plug, fx)
                 if plug.state.status is m.Status.FINISHING:
                     self.sessions.finishing(plug)  # resumed straight into its finish
             elif isinstance(fx, m.SessionFinished):
+                self.checkpoint_parts.touch(fx.record.mac)
                 self.sessions.finished(plug, fx.record)
             elif isinstance(fx, m.RejectRequest):
                 if fx.request_id:
@@ -652,22 +659,33 @@ class Hub:
 
     # ------------------------------------------------------------------ checkpoint and recovery
 
-    def checkpoint(self) -> None:
-        blob = ckpt.encode(
-            self._now_ms(),
-            {mac: (p.site_id, p.state) for mac, p in self.plugs.items()},
-            self.ingest.to_dict(),
-            self.sessions.pending,
-        )
-        self.store.save_checkpoint(f"{self.CHECKPOINT}-{self.settings.shard}", blob)
+    def checkpoint(self, full: bool = True) -> None:
+        """Write the checkpoint: every part (``full``), or the parts changed since the last and a rotation."""
+        name = f"{self.CHECKPOINT}-{self.settings.shard}"
+        now_ms = self._now_ms()
+        parts = set(range(ckpt.PARTS)) if full else self.checkpoint_parts.take()
+        grouped: dict[int, dict[str, tuple[str, m.MachineState]]] = {k: {} for k in parts}
+        for mac, p in self.plugs.items():
+            group = grouped.get(ckpt.part_of(mac))
+            if group is not None:
+                group[mac] = (p.site_id, p.state)
+        try:
+            for k in sorted(parts):
+                self.store.save_checkpoint(ckpt.part_name(name, k), ckpt.encode_part(now_ms, grouped[k]))
+            head = ckpt.encode_head(now_ms, self.ingest.to_dict(), self.sessions.pending)
+            self.store.save_checkpoint(name, head)
+        except BaseException:
+            self.checkpoint_parts.give_back(parts)
+            raise
         self._last_checkpoint = self.clock.monotonic()
         self.metrics.inc("checkpoints_total")
 
     def _load_checkpoint(self) -> None:
-        blob = self.store.load_checkpoint(f"{self.CHECKPOINT}-{self.settings.shard}")
+        name = f"{self.CHECKPOINT}-{self.settings.shard}"
+        blob = self.store.load_checkpoint(name)
         if blob is None:
             return
-        snap = ckpt.decode(blob, self._params)
+        snap = ckpt.decode(blob, self._params, lambda k: self.store.load_checkpoint(ckpt.part_name(name, k)))
         for mac, (site_id, state) in snap.plugs.items():
             plug = self.plugs[mac] = HubPlug(state, site_id)
             self.timers.arm(plug, snap.saved_at_ms)
