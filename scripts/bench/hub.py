@@ -44,10 +44,10 @@ async def real_hub_run(load: HubLoad, measure_tick: bool) -> dict[str, float]:
         states[str(p.state.status)] = states.get(str(p.state.status), 0) + 1
     out["charging_plugs"] = states.get("CHARGING", 0) + states.get("AUTHORIZED", 0)
     if measure_tick:
-        # The hub checkpoints every checkpoint_interval_s.
+        # A full checkpoint (every part), as on shutdown; the periodic ones are timed in the running window.
         t0 = time.process_time()
         hub.checkpoint()
-        out["checkpoint_ms"] = (time.process_time() - t0) * 1000
+        out["checkpoint_full_ms"] = (time.process_time() - t0) * 1000
         out.update(await _running_hub(load))
     return out
 
@@ -68,6 +68,15 @@ async def _running_hub(load: HubLoad) -> dict[str, float]:
     start_sessions(hub, load)
     await hub.tick()  # the first tick mirrors every plug state the warm-up created and checkpoints
     hub.checkpoint()
+    periodic: list[float] = []
+    full_checkpoint = hub.checkpoint
+
+    def timed_checkpoint(full: bool = True) -> None:
+        t = time.process_time()
+        full_checkpoint(full)
+        periodic.append(time.process_time() - t)
+
+    setattr(hub, "checkpoint", timed_checkpoint)  # noqa: B010 (an instance attribute, for timing)
     interval = hub.settings.tick_interval_s
     begin = clock.now()
     end = max(at for at, _, _ in load.timed)
@@ -98,7 +107,8 @@ async def _running_hub(load: HubLoad) -> dict[str, float]:
         "core_share": cpu / span,
         "span_s": span,
         "ticks": ticks,
-        "checkpoints": hub.metrics.value("checkpoints_total"),
+        "checkpoints": len(periodic),
+        "checkpoint_ms": statistics.mean(periodic) * 1000 if periodic else 0.0,
         "tick_us_per_plug": tick_cpu / max(ticks, 1) / len(hub.plugs) * 1e6,
     }
 
@@ -124,7 +134,9 @@ def bench_hub(plan: Plan, report: Report) -> None:
             "naive_readings_per_s": [r["readings_per_s"] for r in naive_runs],
             "plugs_in_session": real_runs[0]["charging_plugs"],
             "tick_us_per_plug": tick_us,  # mean of the ticks of the running window
-            "checkpoint_ms": real_runs[0]["checkpoint_ms"],
+            "checkpoint_ms": real_runs[0]["checkpoint_ms"],  # mean periodic (incremental) checkpoint
+            "checkpoint_full_ms": real_runs[0]["checkpoint_full_ms"],
+            "checkpoints_in_window": real_runs[0]["checkpoints"],
             "core_share": real_runs[0]["core_share"],
             "core_share_window_s": real_runs[0]["span_s"],
             "core_share_ticks_run": real_runs[0]["ticks"],
@@ -145,7 +157,7 @@ def bench_hub(plan: Plan, report: Report) -> None:
         )
         report.add(
             Figure("hub", f"{n:,} plugs, Hub.tick µs/plug (mean)", tick_us, "µs"),
-            Figure("hub", f"{n:,} plugs, Hub.checkpoint", real_runs[0]["checkpoint_ms"], "ms"),
+            Figure("hub", f"{n:,} plugs, Hub.checkpoint (periodic)", real_runs[0]["checkpoint_ms"], "ms"),
             Figure("hub", f"{n:,} plugs, CPU share of one core", real_runs[0]["core_share"] * 100, "%"),
         )
     report.details["hub"] = details
