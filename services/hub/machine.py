@@ -119,6 +119,7 @@ class StopReason(StrEnum):
 
 # Device flags that mean "stop delivering energy" (undervoltage is a grid condition, not a plug fault).
 FAULT_FLAGS = DeviceFlag.OVERPOWER | DeviceFlag.OVERTEMP | DeviceFlag.OVERVOLTAGE | DeviceFlag.OVERCURRENT
+_FAULT_MASK = int(FAULT_FLAGS)  # the same as a plain int, for the per-reading test
 
 _A, _AU, _CH = Status.AVAILABLE, Status.AUTHORIZED, Status.CHARGING
 _SEV, _SEVSE, _FIN = Status.SUSPENDED_EV, Status.SUSPENDED_EVSE, Status.FINISHING
@@ -666,15 +667,15 @@ def _sample(s: MachineState, r: Reading, now_ms: int, fx: list[Effect]) -> None:
     if sess is not None and status is _AU:
         sess.noload_ms += max(0, min(counted, r.ts_ms - s.since_ms))
 
-    if status is not _FLT:
+    if status is not _FLT and r.errors & _FAULT_MASK:
         flags = DeviceFlag(r.errors) & FAULT_FLAGS
         if flags:
             names = ",".join(f.name.lower() for f in DeviceFlag if f and f in flags and f.name)
             _fault(s, now_ms, f"device_error:{names}", fx)
             return
-        if s.over_ms is not None and s.over_ms >= p.max_power_confirm_s * 1000:
-            _fault(s, now_ms, "overpower", fx)
-            return
+    if status is not _FLT and s.over_ms is not None and s.over_ms >= p.max_power_confirm_s * 1000:
+        _fault(s, now_ms, "overpower", fx)
+        return
     if _check_relay(s, r, now_ms, fx):
         return
 

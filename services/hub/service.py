@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -76,6 +77,8 @@ from chargectl.services.payments.ledger import Ledger
 from chargectl.services.trust import TelemetryKeys, telemetry_keyring
 
 __all__ = ["CommandKeys", "Hub", "HubPorts", "TelemetryKeys", "tariff_from_document"]
+
+_BY_TS = operator.attrgetter("ts_ms")
 
 log = logging.getLogger("chargectl.hub")
 
@@ -452,7 +455,7 @@ class Hub:
         ts = self.ports.timeseries
         for mac in admission.admitted:
             rows = valid[mac]
-            rows.sort(key=lambda r: r.ts_ms)
+            rows.sort(key=_BY_TS)
             plug = self._plug(mac, batch.site_id)
             self._apply_safely(plug, m.Readings(tuple(rows)))
             ts.add_readings(batch.site_id, rows, str(plug.state.status))
