@@ -65,7 +65,7 @@ from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.effects import CommandKeys, CommandSender
 from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
-from chargectl.services.hub.intake import RefusalLog, check_reading
+from chargectl.services.hub.intake import RefusalLog, check_reading, run_in_bounds
 from chargectl.services.hub.mirror import Mirror, plug_state_doc
 from chargectl.services.hub.params import PlugParams
 from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
@@ -419,22 +419,32 @@ class Hub:
         )
         return True
 
-    def process_batch(self, batch: codec.Batch) -> list[str]:
+    def process_batch(self, batch: codec.Batch | codec.BatchRuns) -> list[str]:
         """Feed one verified batch to the machines, per plug in timestamp order; returns foreign plugs.
 
         Each reading is bounded first (refused ones are counted and skipped, the rest go on); plugs
-        bound to another site, or beyond the site's plug limits, are refused and alerted."""
+        bound to another site, or beyond the site's plug limits, are refused and alerted. A decoded run
+        whose columns are all within the bounds goes to its machine whole (``ReadingsRun``: decided per
+        chunk); any other is checked reading by reading."""
         now_ms = self._now_ms()
         max_age_ms = round(self.settings.max_reading_age_s * 1000)
         max_skew_ms = round(self.settings.max_clock_skew_s * 1000)
         by_plug: dict[str, list[Reading]] = {}
-        for r in batch.readings:
-            rows = by_plug.get(r.mac)
-            if rows is None:
-                rows = by_plug[r.mac] = []
-            rows.append(r)
+        valid: dict[str, list[Reading] | codec.PlugRun] = {}
+        if isinstance(batch, codec.BatchRuns):
+            for mac, run in batch.runs.items():
+                rated = self._params(mac).rated_power_w
+                if run_in_bounds(run, now_ms, max_age_ms, max_skew_ms, rated):
+                    valid[mac] = run
+                else:
+                    by_plug[mac] = list(run.readings())
+        else:
+            for r in batch.readings:
+                rows = by_plug.get(r.mac)
+                if rows is None:
+                    rows = by_plug[r.mac] = []
+                rows.append(r)
         # Bounds first, so a reading that cannot be trusted never binds a plug to a site either.
-        valid: dict[str, list[Reading]] = {}
         for mac, rows in by_plug.items():
             rated = self._params(mac).rated_power_w
             ok = []
@@ -445,6 +455,7 @@ class Hub:
                 else:
                     self._refuse_reading(r, batch.site_id, str(why_not))
             if ok:
+                ok.sort(key=_BY_TS)
                 valid[mac] = ok
         admission = self.registry.admit(batch.site_id, valid, now_ms)
         foreign: list[str] = []
@@ -454,10 +465,14 @@ class Hub:
                 foreign.append(mac)
         ts = self.ports.timeseries
         for mac in admission.admitted:
-            rows = valid[mac]
-            rows.sort(key=_BY_TS)
+            chunk = valid[mac]
             plug = self._plug(mac, batch.site_id)
-            self._apply_safely(plug, m.Readings(tuple(rows)))
+            if isinstance(chunk, codec.PlugRun):
+                self._apply_safely(plug, m.ReadingsRun(chunk))
+                rows = list(chunk.readings())
+            else:
+                self._apply_safely(plug, m.Readings(tuple(chunk)))
+                rows = chunk
             ts.add_readings(batch.site_id, rows, str(plug.state.status))
             self.metrics.inc("readings_total", len(rows))
         self.metrics.inc("batches_total")
