@@ -1,12 +1,14 @@
 """The hub's checkpoint, incremental: a small head document (the telemetry sequence windows and the
-session finishes not yet written) and the machines in ``PARTS`` part documents by a hash of the MAC.
+session finishes not yet written), the machines in ``PARTS`` part documents by a hash of the MAC, and
+a delta document with the plugs changed since their part was written.
 
-A periodic checkpoint rewrites only the parts with a plug whose status, session or site changed since
-(``PartTracker``) plus a rotating ``ROTATE_PARTS`` of the others, so every plug's counters are at most
-``PARTS / ROTATE_PARTS`` checkpoints old; a full checkpoint (shutdown, tests) rewrites every part. A
-part older than the head is what restarting from an older checkpoint does for those plugs, which the
-hub already survives: energy comes from the counter delta at the next reading, finished and started
-sessions from the store (``Hub._reconcile``). Parts are written before the head.
+A periodic checkpoint rewrites a rotating ``ROTATE_PARTS`` of the parts (so every plug's counters are
+at most ``PARTS / ROTATE_PARTS`` checkpoints old) and the delta: every plug whose status, session or
+site changed since its part was last written (``PartTracker``), which on load overrides its part. A
+full checkpoint (shutdown, tests) rewrites every part and an empty delta. A plug state older than the
+head is what restarting from an older checkpoint does for that plug, which the hub already survives:
+energy comes from the counter delta at the next reading, finished and started sessions from the
+store (``Hub._reconcile``). Parts and the delta are written before the head.
 
 Version 1 (one blob with every plug) is still read.
 """
@@ -33,6 +35,7 @@ __all__ = [
     "PartTracker",
     "Snapshot",
     "decode",
+    "delta_name",
     "encode",
     "encode_head",
     "encode_part",
@@ -55,25 +58,36 @@ def part_name(head: str, part: int) -> str:
     return f"{head}.p{part:02d}"
 
 
+def delta_name(head: str) -> str:
+    return f"{head}.delta"
+
+
 class PartTracker:
-    """Which parts a periodic checkpoint must write: those touched since the last one, and a rotation."""
+    """Which plugs changed since their part was written (the delta), and which parts rotate in next."""
 
     def __init__(self) -> None:
-        self.dirty: set[int] = set()
+        self.changed: set[str] = set()
+        self.owed: set[int] = set()  # parts of a checkpoint that failed half way
         self._next = 0
 
     def touch(self, mac: str) -> None:
-        self.dirty.add(part_of(mac))
+        self.changed.add(mac)
 
     def take(self) -> set[int]:
-        out = self.dirty | {(self._next + i) % PARTS for i in range(ROTATE_PARTS)}
+        """The parts the next periodic checkpoint rewrites."""
+        out = self.owed | {(self._next + i) % PARTS for i in range(ROTATE_PARTS)}
         self._next = (self._next + ROTATE_PARTS) % PARTS
-        self.dirty = set()
+        self.owed = set()
         return out
+
+    def written(self, parts: Iterable[int]) -> None:
+        """``parts`` are on disk: their plugs leave the delta."""
+        done = set(parts)
+        self.changed = {mac for mac in self.changed if part_of(mac) not in done}
 
     def give_back(self, parts: Iterable[int]) -> None:
         """A checkpoint that failed half way: its parts are written next time."""
-        self.dirty.update(parts)
+        self.owed.update(parts)
 
 
 @dataclass
@@ -137,9 +151,10 @@ def decode(
     blob: bytes,
     params: Callable[[str], PlugParams],
     load_part: Callable[[int], bytes | None] | None = None,
+    load_delta: Callable[[], bytes | None] | None = None,
 ) -> Snapshot:
     """The checkpoint whose head is ``blob``; ``load_part(k)`` reads part ``k`` (version 2), ``params``
-    gives each plug's current parameters. StoreError if unreadable (a missing part is skipped: its plugs
+    gives each plug's current parameters, ``load_delta()`` the delta. StoreError if unreadable (a missing part is skipped: its plugs
     start as new ones and their open sessions are resumed from the store)."""
     try:
         data = json.loads(zlib.decompress(blob))
@@ -152,6 +167,9 @@ def decode(
                 part = load_part(k)
                 if part is not None:
                     entries.update(json.loads(zlib.decompress(part)).get("plugs", {}))
+            delta = load_delta() if load_delta is not None else None
+            if delta is not None:  # newer than the parts: overrides them
+                entries.update(json.loads(zlib.decompress(delta)).get("plugs", {}))
         for mac, entry in entries.items():
             snap.plugs[mac] = (entry["site"], m.from_dict(entry["state"], params(mac)))
         for sid, (doc_hex, entry_hex) in data.get("finishes", {}).items():

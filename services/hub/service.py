@@ -678,10 +678,11 @@ class Hub:
     # ------------------------------------------------------------------ checkpoint and recovery
 
     def checkpoint(self, full: bool = True) -> None:
-        """Write the checkpoint: every part (``full``), or the parts changed since the last and a rotation."""
+        """Write the checkpoint: every part (``full``), or a rotation of parts and the delta of changed plugs."""
         name = f"{self.CHECKPOINT}-{self.settings.shard}"
         now_ms = self._now_ms()
-        parts = set(range(ckpt.PARTS)) if full else self.checkpoint_parts.take()
+        tracker = self.checkpoint_parts
+        parts = set(range(ckpt.PARTS)) if full else tracker.take()
         grouped: dict[int, dict[str, tuple[str, m.MachineState]]] = {k: {} for k in parts}
         for mac, p in self.plugs.items():
             group = grouped.get(ckpt.part_of(mac))
@@ -690,10 +691,17 @@ class Hub:
         try:
             for k in sorted(parts):
                 self.store.save_checkpoint(ckpt.part_name(name, k), ckpt.encode_part(now_ms, grouped[k]))
+            tracker.written(parts)
+            delta = {
+                mac: (self.plugs[mac].site_id, self.plugs[mac].state)
+                for mac in tracker.changed
+                if mac in self.plugs
+            }
+            self.store.save_checkpoint(ckpt.delta_name(name), ckpt.encode_part(now_ms, delta))
             head = ckpt.encode_head(now_ms, self.ingest.to_dict(), self.sessions.pending)
             self.store.save_checkpoint(name, head)
         except BaseException:
-            self.checkpoint_parts.give_back(parts)
+            tracker.give_back(parts)
             raise
         self._last_checkpoint = self.clock.monotonic()
         self.metrics.inc("checkpoints_total")
@@ -703,7 +711,12 @@ class Hub:
         blob = self.store.load_checkpoint(name)
         if blob is None:
             return
-        snap = ckpt.decode(blob, self._params, lambda k: self.store.load_checkpoint(ckpt.part_name(name, k)))
+        snap = ckpt.decode(
+            blob,
+            self._params,
+            lambda k: self.store.load_checkpoint(ckpt.part_name(name, k)),
+            lambda: self.store.load_checkpoint(ckpt.delta_name(name)),
+        )
         for mac, (site_id, state) in snap.plugs.items():
             plug = self.plugs[mac] = HubPlug(state, site_id)
             self.timers.arm(plug, snap.saved_at_ms)

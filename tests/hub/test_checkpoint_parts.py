@@ -1,5 +1,6 @@
-"""Incremental checkpoints: a periodic checkpoint writes the head and only the parts with a changed plug
-(plus a rotation); a restart from parts of different ages bills every mWh exactly once."""
+"""Incremental checkpoints: a periodic checkpoint writes a rotation of parts, a delta with the plugs
+changed since their part was written, and the head; a restart from parts of different ages bills every
+mWh exactly once."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from chargectl.services.payments.ledger import Ledger
 
 HEAD = "hub-0"
 PART = ckpt.part_name(HEAD, ckpt.part_of(MAC))
+DELTA = ckpt.delta_name(HEAD)
 
 
 @pytest.fixture
@@ -47,29 +49,32 @@ async def _start(rig: Rig) -> None:
     rig.obey()
 
 
-async def test_periodic_checkpoint_writes_changed_parts_and_a_rotation_only(rig: Rig) -> None:
+async def test_periodic_checkpoint_writes_a_rotation_and_the_changed_plugs_only(rig: Rig) -> None:
     hub = await rig.start_hub()
     writes = _record_writes(rig)
     await rig.readings(30, 0)
     hub.checkpoint()
-    assert len(writes) == ckpt.PARTS + 1 and writes[-1] == HEAD  # full: every part, then the head
+    assert len(writes) == ckpt.PARTS + 2 and writes[-2:] == [DELTA, HEAD]  # full: every part, delta, head
+    assert hub.checkpoint_parts.changed == set()
     writes.clear()
-    await _start(rig)  # AVAILABLE -> AUTHORIZED: the plug's part is dirty
+    await _start(rig)  # AVAILABLE -> AUTHORIZED: the plug goes into the delta until its part rotates in
+    assert hub.checkpoint_parts.changed == {MAC}
     hub.checkpoint(full=False)
-    assert PART in writes and writes[-1] == HEAD
-    assert len(writes) <= ckpt.ROTATE_PARTS + 2  # its part, a rotation, the head: not all 64
-    # Charging steadily changes no status: the next periodic checkpoints skip the part until it rotates.
+    assert len(writes) == ckpt.ROTATE_PARTS + 2 and writes[-2:] == [DELTA, HEAD]  # not all 64 parts
+    if PART not in writes:
+        assert hub.checkpoint_parts.changed == {MAC}  # still owed: carried by the delta
     await rig.readings(60, 1800.0)
     writes.clear()
     hub.checkpoint(full=False)
-    assert len(writes) <= ckpt.ROTATE_PARTS + 2
+    assert len(writes) == ckpt.ROTATE_PARTS + 2
     # Within PARTS / ROTATE_PARTS periodic checkpoints every part has been rewritten at least once.
     seen: set[str] = set(writes)
     for _ in range(ckpt.PARTS // ckpt.ROTATE_PARTS):
         writes.clear()
         hub.checkpoint(full=False)
         seen.update(writes)
-    assert seen == {HEAD} | {ckpt.part_name(HEAD, k) for k in range(ckpt.PARTS)}
+    assert seen == {HEAD, DELTA} | {ckpt.part_name(HEAD, k) for k in range(ckpt.PARTS)}
+    assert hub.checkpoint_parts.changed == set()  # its part rotated in: the delta no longer carries it
     await hub.stop()
 
 
@@ -78,8 +83,8 @@ async def test_restart_from_an_old_part_and_a_new_head_bills_every_mwh_once(rig:
     await rig.readings(30, 0)
     await _start(rig)
     await rig.readings(300, 1800.0)  # CHARGING
-    hub.checkpoint(full=False)  # the part with the open session is written (it changed status)
-    await rig.readings(600, 1800.0)  # counters move; the part stays as it was unless it rotates in
+    hub.checkpoint(full=False)  # the plug with the open session is in the delta (it changed status)
+    await rig.readings(600, 1800.0)  # counters move; the delta and the part keep older counters
     for _ in range(3):
         hub.checkpoint(full=False)  # heads newer than the plug's part
     await rig.readings(300, 1800.0)  # then a crash: no stop, no final checkpoint
@@ -133,3 +138,24 @@ async def test_an_unreadable_part_is_refused_like_an_unreadable_checkpoint(rig: 
     rig.store.save_checkpoint(PART, b"not zlib")
     with pytest.raises(StoreError, match="unreadable"):
         await rig.start_hub()
+
+
+async def test_the_delta_overrides_an_older_part_on_restart(rig: Rig) -> None:
+    hub = await rig.start_hub()
+    await rig.readings(30, 0)
+    hub.checkpoint()  # the part: AVAILABLE, no session
+    await _start(rig)
+    await rig.readings(60, 1800.0)
+    session_id = hub.plugs[MAC].state.session.session_id  # type: ignore[union-attr]
+    # Rotate parts that are not this plug's: only the delta carries its session.
+    part = ckpt.part_of(MAC)
+    hub.checkpoint_parts._next = (part + 1) % ckpt.PARTS
+    writes = _record_writes(rig)
+    hub.checkpoint(full=False)
+    assert PART not in writes and DELTA in writes
+    rig.hub = None
+    hub2 = await rig.start_hub()
+    restored = hub2.plugs[MAC].state
+    assert restored.session is not None and restored.session.session_id == session_id
+    assert str(restored.status) == "CHARGING"
+    await hub2.stop()
