@@ -79,6 +79,7 @@ from chargectl.services.trust import TelemetryKeys, telemetry_keyring
 __all__ = ["CommandKeys", "Hub", "HubPorts", "TelemetryKeys", "tariff_from_document"]
 
 _BY_TS = operator.attrgetter("ts_ms")
+_IDLE = frozenset({m.Status.AVAILABLE, m.Status.OFFLINE})  # no session, nothing the operator set
 
 log = logging.getLogger("chargectl.hub")
 
@@ -535,7 +536,6 @@ class Hub:
         if plug is None:
             plug = self.plugs[mac] = HubPlug(m.new_state(mac, self._params(mac), self.now()), site_id)
             plug.dirty = True
-            self.checkpoint_parts.touch(mac)
         elif plug.site_id != site_id:  # released by an operator, then bound by the site reporting it now
             log.info("plug %s now belongs to site %s (was %s)", mac, site_id, plug.site_id)
             plug.site_id = site_id
@@ -621,7 +621,10 @@ class Hub:
                 self.commands.send(plug.site_id, fx)
             elif isinstance(fx, m.StateChanged):
                 plug.dirty = True
-                self.checkpoint_parts.touch(fx.mac)
+                if fx.old not in _IDLE or fx.new not in _IDLE:
+                    # Into the checkpoint's delta; an idle plug coming or going is not worth it (restored
+                    # older, it is what a new plug is: OFFLINE until it reports, and its binding is stored).
+                    self.checkpoint_parts.touch(fx.mac)
                 if fx.new is m.Status.FINISHING:
                     self.sessions.finishing(plug)  # a restart must close it, never switch it back on
                 self.metrics.inc("transitions_total", to=str(fx.new))
