@@ -138,7 +138,9 @@ class Hub:
         self.mirror = Mirror(
             ports.store, self.metrics, settings.plug_class, settings.plug_state_min_interval_s
         )
-        self.money = Balances(self.ledger, self.plugs.values)
+        # Plugs with an open session (kept by _apply): balance sharing walks these, not every plug.
+        self.live: dict[str, HubPlug] = {}
+        self.money = Balances(self.ledger, self.live.values)
         self.requests = Requests(
             ports.store,
             self.clock,
@@ -552,6 +554,10 @@ class Hub:
     def _apply(self, plug: HubPlug, event: m.Event) -> tuple[m.Effect, ...]:
         plug.state, effects = m.step(plug.state, event, self.now())
         self.timers.arm(plug, self._now_ms())
+        if plug.state.session is not None:
+            self.live[plug.state.mac] = plug
+        else:
+            self.live.pop(plug.state.mac, None)
         if effects:
             self._execute(plug, effects)
         return effects
@@ -723,6 +729,8 @@ class Hub:
         for mac, (site_id, state) in snap.plugs.items():
             plug = self.plugs[mac] = HubPlug(state, site_id)
             self.timers.arm(plug, snap.saved_at_ms)
+            if state.session is not None:
+                self.live[mac] = plug
         self.ingest.load(snap.ingest)
         self.sessions.pending.update(snap.finishes)
         log.info(
