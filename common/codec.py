@@ -868,8 +868,9 @@ def unpack_telemetry_runs(
     opened = open_envelope(data, keyring, SCHEMA_TELEMETRY, now_ms, max_size)
     runs = decode_runs(opened.payload)
     if runs.site_id != opened.site_id:
-        raise CodecError(
-            f"batch claims site {runs.site_id!r} but is signed by a key of site {opened.site_id!r}"
+        raise SignatureError(  # as unpack_telemetry: a typed refusal, dead-lettered as unverified
+            "wrong_site",
+            f"batch claims site {runs.site_id!r} but is signed by a key of site {opened.site_id!r}",
         )
     return runs
 

@@ -53,7 +53,9 @@ class CountingStore(SqliteStore):
         super().__init__(path)
         self.counting = False
         self.writes: dict[str, int] = {}
-        self.checkpoints: list[int] = []  # bytes of each checkpoint saved
+        self.checkpoints: list[int] = []  # bytes of each checkpoint saved (all its documents)
+        self.checkpoint_docs: list[int] = []  # documents of each checkpoint
+        self._pending_bytes = self._pending_docs = 0
 
     def _count(self, kind: str) -> None:
         if self.counting:
@@ -82,8 +84,14 @@ class CountingStore(SqliteStore):
         return done
 
     def save_checkpoint(self, name: str, data: bytes) -> None:
+        # A checkpoint is its parts and delta ("hub-0.p07", "hub-0.delta") and, last, its head ("hub-0").
         if self.counting:
-            self.checkpoints.append(len(data))
+            self._pending_bytes += len(data)
+            self._pending_docs += 1
+            if "." not in name:
+                self.checkpoints.append(self._pending_bytes)
+                self.checkpoint_docs.append(self._pending_docs)
+                self._pending_bytes = self._pending_docs = 0
         super().save_checkpoint(name, data)
 
 
@@ -243,6 +251,8 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
         "writes_per_plug_hour": {k: v / plug_hours for k, v in sorted(store.writes.items())},
         "checkpoints": len(store.checkpoints),
         "checkpoint_bytes_per_plug": store.checkpoints[-1] / n if store.checkpoints else 0.0,
+        # Documents of a periodic (incremental) checkpoint: a rotation of parts, the delta, the head.
+        "checkpoint_documents": min(store.checkpoint_docs) if store.checkpoint_docs else 1,
         # Checkpoints beyond the periodic ones (the hub no longer checkpoints per session: resumed from
         # the store's session documents instead); measured, so a regression shows up here.
         "event_checkpoints_per_plug_hour": max(0.0, len(store.checkpoints) - periodic) / plug_hours,
@@ -272,7 +282,8 @@ def monthly_cost(sim: dict[str, Any], plugs: int, region: str) -> dict[str, floa
     # event-driven ones); the previous generation's chunks are deleted.
     chunks = math.ceil(sim["checkpoint_bytes_per_plug"] * plugs / FIRESTORE_CHUNK_BYTES) or 1
     per_hour = 3600 / HubSettings().checkpoint_interval_s + sim["event_checkpoints_per_plug_hour"] * plugs
-    checkpoint_writes = per_hour * MONTH_H * (chunks + 1)
+    documents = max(chunks + 1, sim.get("checkpoint_documents", 1))
+    checkpoint_writes = per_hour * MONTH_H * documents
     deletes = per_hour * MONTH_H * chunks
     firestore = (
         max(0.0, writes + checkpoint_writes - free) * FIRESTORE_WRITE_USD[region]

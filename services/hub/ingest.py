@@ -97,7 +97,7 @@ class SeqWindow:
 @dataclass(frozen=True, slots=True)
 class Accepted:
     site_id: str
-    batch: codec.Batch | None = None
+    batch: codec.BatchRuns | None = None  # decoded into per-plug runs (no object per reading)
     outcome: codec.CommandOutcome | None = None
 
 
@@ -141,7 +141,7 @@ class Ingest:
             return Rejected(IngestRefusal.REVOKED, f"site {site_attr} is revoked", site_attr)
         try:
             if schema == codec.SCHEMA_TELEMETRY:
-                batch = codec.unpack_telemetry(data, self.keyring, now_ms, self.max_size)
+                batch = codec.unpack_telemetry_runs(data, self.keyring, now_ms, self.max_size)
                 if batch.site_id in self.revoked_sites:
                     return Rejected(IngestRefusal.REVOKED, f"site {batch.site_id} is revoked", batch.site_id)
                 wrong = self._wrong_shard(batch.site_id)

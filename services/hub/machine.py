@@ -48,9 +48,11 @@ Invariants:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from chargectl.common.readings import DeviceFlag, Reading
 from chargectl.services.hub.billing import Cost, Tariff, can_start, session_cost
@@ -69,7 +71,9 @@ __all__ = [
     "OperatorEnable",
     "PlugFault",
     "Readings",
+    "ReadingsRun",
     "RejectRequest",
+    "RunColumns",
     "SendRelay",
     "Session",
     "SessionFinished",
@@ -85,6 +89,7 @@ __all__ = [
     "Transition",
     "from_dict",
     "new_state",
+    "next_due_ms",
     "step",
     "to_dict",
 ]
@@ -117,6 +122,7 @@ class StopReason(StrEnum):
 
 # Device flags that mean "stop delivering energy" (undervoltage is a grid condition, not a plug fault).
 FAULT_FLAGS = DeviceFlag.OVERPOWER | DeviceFlag.OVERTEMP | DeviceFlag.OVERVOLTAGE | DeviceFlag.OVERCURRENT
+_FAULT_MASK = int(FAULT_FLAGS)  # the same as a plain int, for the per-reading test
 
 _A, _AU, _CH = Status.AVAILABLE, Status.AUTHORIZED, Status.CHARGING
 _SEV, _SEVSE, _FIN = Status.SUSPENDED_EV, Status.SUSPENDED_EVSE, Status.FINISHING
@@ -238,6 +244,41 @@ class Readings:
     readings: tuple[Reading, ...]
 
 
+class RunColumns(Protocol):
+    """One plug's samples as columns, oldest first (``codec.PlugRun``): index i of each is sample i."""
+
+    @property
+    def mac(self) -> str: ...
+    @property
+    def ts_ms(self) -> Sequence[int]: ...
+    @property
+    def power_w(self) -> Sequence[float]: ...
+    @property
+    def energy_mwh(self) -> Sequence[int]: ...
+    @property
+    def relay_on(self) -> Sequence[bool]: ...
+    @property
+    def voltage_v(self) -> Sequence[float | None]: ...
+    @property
+    def current_a(self) -> Sequence[float | None]: ...
+    @property
+    def temperature_c(self) -> Sequence[float | None]: ...
+    @property
+    def errors(self) -> Sequence[int]: ...
+    @property
+    def uptime_s(self) -> Sequence[int | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsRun:
+    """The same as ``Readings`` of the run's samples, decided per chunk: while the samples cannot change the
+    plug's state (AVAILABLE and idle, or CHARGING steadily: relay as commanded, power on one side of the
+    thresholds, no flags, no overpower, a clean counter, credit left for the whole chunk) they only advance
+    its counters, with no object per sample; from the first that might, the per-sample rules take over."""
+
+    run: RunColumns
+
+
 @dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; time-based rules are evaluated."""
@@ -298,6 +339,7 @@ class PlugFault:
 
 Event = (
     Readings
+    | ReadingsRun
     | Tick
     | StartRequest
     | StopRequest
@@ -664,15 +706,15 @@ def _sample(s: MachineState, r: Reading, now_ms: int, fx: list[Effect]) -> None:
     if sess is not None and status is _AU:
         sess.noload_ms += max(0, min(counted, r.ts_ms - s.since_ms))
 
-    if status is not _FLT:
+    if status is not _FLT and r.errors & _FAULT_MASK:
         flags = DeviceFlag(r.errors) & FAULT_FLAGS
         if flags:
             names = ",".join(f.name.lower() for f in DeviceFlag if f and f in flags and f.name)
             _fault(s, now_ms, f"device_error:{names}", fx)
             return
-        if s.over_ms is not None and s.over_ms >= p.max_power_confirm_s * 1000:
-            _fault(s, now_ms, "overpower", fx)
-            return
+    if status is not _FLT and s.over_ms is not None and s.over_ms >= p.max_power_confirm_s * 1000:
+        _fault(s, now_ms, "overpower", fx)
+        return
     if _check_relay(s, r, now_ms, fx):
         return
 
@@ -1060,9 +1102,167 @@ def _timers(s: MachineState, now_ms: int, fx: list[Effect]) -> None:
         _send(s, True, now_ms, fx, "keepalive")
 
 
+def next_due_ms(s: MachineState) -> int | None:
+    """The earliest hub time (ms) at which a ``Tick`` could change ``s``; None: no timer until another event.
+
+    Mirrors the rules of ``_timers`` (every ``now - X >= D`` there is an ``X + D`` here) and errs early:
+    a plug stepped before its time is merely re-armed, one stepped late would be a bug. The hub keeps
+    plugs by this time so that ``Hub.tick`` steps only the machines whose timers are due."""
+    p = s.params
+    status = s.status
+    sess = s.session
+    due: list[float] = []
+    if status is _OFF:
+        if sess is not None and not sess.provisional:
+            due.append(s.since_ms + p.offline_abandon_s * 1000)
+    else:
+        seen = s.last_ts_ms if s.last_ts_ms is not None else s.since_ms
+        due.append(seen + p.offline_after_s * 1000)
+        if not s.stale:
+            due.append(seen + p.stale_after_s * 1000)
+        if s.cmd_on is not None and not s.cmd_confirmed:
+            due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
+            due.append(s.cmd_sent_ms + p.relay_retry_s * 1000)
+        if sess is not None:
+            if status is _FIN:
+                if s.cmd_on is False and s.cmd_confirmed:
+                    due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
+            else:
+                if status in LIVE_SESSION_STATES:
+                    due.append(sess.started_at_ms + p.max_session_s * 1000)
+                if status is _SEVSE:
+                    due.append(s.since_ms + p.credit_grace_s * 1000)
+                if status in RELAY_ON_STATES and s.cmd_on:
+                    due.append(s.on_sent_ms + p.keepalive_s * 1000)
+    if not due:
+        return None
+    return math.floor(min(due))  # floor: never later than the rule, whatever the float rounding
+
+
+def _on_run(s: MachineState, ev: ReadingsRun, now_ms: int, fx: list[Effect]) -> None:
+    run = ev.run
+    if run.mac != s.mac:
+        raise ValueError(f"readings for {run.mac} fed to the machine of {s.mac}")
+    done = _quiet_prefix(s, run)
+    n = len(run.ts_ms)
+    if done < n:
+        mac = s.mac
+        rest = tuple(
+            Reading(
+                mac,
+                run.ts_ms[i],
+                run.power_w[i],
+                run.energy_mwh[i],
+                run.relay_on[i],
+                run.voltage_v[i],
+                run.current_a[i],
+                run.temperature_c[i],
+                run.errors[i],
+                run.uptime_s[i],
+            )
+            for i in range(done, n)
+        )
+        _on_readings(s, Readings(rest), now_ms, fx)
+
+
+def _quiet_prefix(s: MachineState, run: RunColumns) -> int:
+    """Apply the leading samples of ``run`` that cannot change ``s`` beyond its counters (exactly what
+    ``_sample`` would do with them, which would emit nothing); returns how many were applied."""
+    status = s.status
+    sess = s.session
+    cmd_on = s.cmd_on
+    if status is _A:
+        if sess is not None or cmd_on is True:
+            return 0
+    elif status is _CH:
+        if sess is None or cmd_on is not True:
+            return 0
+    else:
+        return 0
+    last_ts = s.last_ts_ms
+    prev = s.counter_mwh
+    if last_ts is None or prev is None:
+        return 0
+    ts_col, pw_col, e_col = run.ts_ms, run.power_w, run.energy_mwh
+    relay_col, err_col, up_col = run.relay_on, run.errors, run.uptime_s
+    n = len(ts_col)
+    if n == 0:
+        return 0
+    if sess is not None:
+        # Credit for the whole chunk: cost only grows with energy (idle time stands still in CHARGING), so
+        # if the most the chunk can bring leaves credit, no sample of it runs out.
+        most = max(e_col) - prev
+        if most < 0:
+            return 0
+        held = sess.energy_mwh
+        sess.energy_mwh = held + most
+        projected = sess.cost().exact_minor
+        sess.energy_mwh = held
+        if projected > 0 and projected >= sess.balance_minor:
+            return 0
+    p = s.params
+    start_w, stop_w, max_w = p.start_w, p.stop_w, p.max_power_w
+    rated = p.rated_power_w
+    stale_ms = p.stale_after_s * 1000
+    charging = status is _CH
+    confirmed, cmd_at = s.cmd_confirmed, s.cmd_at_ms
+    high, low = s.high_ms, s.low_ms
+    up_prev = s.uptime_s
+    added = 0
+    i = 0
+    while i < n:
+        ts = ts_col[i]
+        pw = pw_col[i]
+        e = e_col[i]
+        up = up_col[i]
+        if ts <= last_ts or err_col[i] & _FAULT_MASK or pw > max_w or e < prev:
+            break
+        if up_prev is not None and up is not None and up < up_prev:
+            break  # a reboot: the counter reset is bridged by the per-sample rules
+        gap = ts - last_ts
+        delta = e - prev
+        if delta > int(rated * gap * 1.2 / 3600):  # energy_bound_mwh
+            break
+        on = relay_col[i]
+        is_high = pw >= start_w
+        if cmd_on is None:
+            if on or is_high:
+                break  # unauthorized draw
+        else:
+            observed = on if cmd_on else (on or is_high)
+            if observed != cmd_on:
+                break
+            if not confirmed and ts >= cmd_at:
+                confirmed = True
+        is_low = pw < stop_w
+        if charging and is_low:
+            break  # load stopped
+        counted = gap if gap <= stale_ms else 0
+        high = (0 if high is None else high + counted) if is_high else None
+        low = (0 if low is None else low + counted) if is_low else None
+        added += delta
+        last_ts, prev, up_prev = ts, e, up
+        i += 1
+    if i:
+        j = i - 1
+        s.last_ts_ms = last_ts
+        s.power_w = pw_col[j]
+        s.counter_mwh = prev
+        s.uptime_s = up_prev
+        s.relay_on = relay_col[j]
+        s.errors = err_col[j]
+        s.stale = False
+        s.high_ms, s.low_ms, s.over_ms = high, low, None
+        s.cmd_confirmed = confirmed
+        if sess is not None:
+            sess.energy_mwh += added
+    return i
+
+
 _Handler = Any
 _HANDLERS: dict[type, _Handler] = {
     Readings: _on_readings,
+    ReadingsRun: _on_run,
     Tick: _on_tick,
     StartRequest: _on_start,
     StopRequest: _on_stop,

@@ -10,6 +10,7 @@ cache is re-read with the site list.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,14 +22,15 @@ from chargectl.services.hub import machine as m
 __all__ = ["Admission", "HubPlug", "PlugRefusal", "PlugRegistry"]
 
 
-@dataclass
+@dataclass(slots=True)
 class HubPlug:
-    """One plug in the hub's memory: its machine and the site it is bound to."""
+    """One plug in the hub's memory: its machine and the site it is bound to (slots: 100k of them)."""
 
     state: m.MachineState
     site_id: str
     dirty: bool = False  # plug state document needs writing
     mirrored_ms: int = 0
+    armed_s: int | None = None  # the timer-wheel second this plug is armed for (services/hub/timers.py)
 
 
 class PlugRefusal(StrEnum):
@@ -55,7 +57,7 @@ class PlugRegistry:
 
     def refresh(self) -> dict[str, str]:
         """Re-read the bindings from the store; returns the plugs whose site changed (MAC -> new site)."""
-        fresh = self.store.plug_bindings()
+        fresh = {mac: sys.intern(site) for mac, site in self.store.plug_bindings().items()}
         moved = {mac: site for mac, site in fresh.items() if self.bindings.get(mac, site) != site}
         self.bindings = fresh
         self._per_site = Counter(fresh.values())
@@ -69,7 +71,8 @@ class PlugRegistry:
         owner = self.bindings.get(mac)
         if owner is not None:
             return owner
-        owner = self.store.bind_plug(mac, site_id, now_ms)
+        # Interned: 100k bindings share a few hundred site-id strings instead of one copy per plug.
+        owner = sys.intern(self.store.bind_plug(mac, site_id, now_ms))
         self.bindings[mac] = owner
         self._per_site[owner] += 1
         return owner

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -64,7 +65,7 @@ from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.effects import CommandKeys, CommandSender
 from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
-from chargectl.services.hub.intake import RefusalLog, check_reading
+from chargectl.services.hub.intake import RefusalLog, check_reading, run_in_bounds
 from chargectl.services.hub.leases import Leases
 from chargectl.services.hub.mirror import Mirror, plug_state_doc
 from chargectl.services.hub.params import PlugParams
@@ -72,10 +73,14 @@ from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
 from chargectl.services.hub.requests import Requests
 from chargectl.services.hub.sessions import Balances, Sessions, TopupCheck
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.hub.timers import TimerWheel
 from chargectl.services.payments.ledger import Ledger
 from chargectl.services.trust import TelemetryKeys, telemetry_keyring
 
 __all__ = ["CommandKeys", "Hub", "HubPorts", "TelemetryKeys", "tariff_from_document"]
+
+_BY_TS = operator.attrgetter("ts_ms")
+_IDLE = frozenset({m.Status.AVAILABLE, m.Status.OFFLINE})  # no session, nothing the operator set
 
 log = logging.getLogger("chargectl.hub")
 
@@ -121,6 +126,8 @@ class Hub:
         self.store = ports.store
         self.ledger = Ledger(ports.store)
         self.plugs: dict[str, HubPlug] = {}
+        self.timers = TimerWheel()  # plugs by the second their next timer is due
+        self.checkpoint_parts = ckpt.PartTracker()  # checkpoint parts with a plug changed since the last
         self.ingest = Ingest(Keyring(), shard=settings.shard)
         self.registry = PlugRegistry(
             ports.store, settings.max_new_plugs_per_batch, settings.max_plugs_per_site
@@ -135,7 +142,9 @@ class Hub:
         self.mirror = Mirror(
             ports.store, self.metrics, settings.plug_class, settings.plug_state_min_interval_s
         )
-        self.money = Balances(self.ledger, self.plugs.values)
+        # Plugs with an open session (kept by _apply): balance sharing walks these, not every plug.
+        self.live: dict[str, HubPlug] = {}
+        self.money = Balances(self.ledger, self.live.values)
         self.requests = Requests(
             ports.store,
             self.clock,
@@ -394,6 +403,7 @@ class Hub:
                 log.info("plug %s assigned from site %s to %s", mac, plug.site_id, site_id)
                 plug.site_id = site_id
                 plug.dirty = True
+                self.checkpoint_parts.touch(mac)
 
     def _other_shards_plug(self, mac: str) -> bool:
         """Is ``mac`` bound to a site another shard's hub serves (its ``Site.shard``)?
@@ -470,22 +480,32 @@ class Hub:
         )
         return True
 
-    def process_batch(self, batch: codec.Batch) -> list[str]:
+    def process_batch(self, batch: codec.Batch | codec.BatchRuns) -> list[str]:
         """Feed one verified batch to the machines, per plug in timestamp order; returns foreign plugs.
 
         Each reading is bounded first (refused ones are counted and skipped, the rest go on); plugs
-        bound to another site, or beyond the site's plug limits, are refused and alerted."""
+        bound to another site, or beyond the site's plug limits, are refused and alerted. A decoded run
+        whose columns are all within the bounds goes to its machine whole (``ReadingsRun``: decided per
+        chunk); any other is checked reading by reading."""
         now_ms = self._now_ms()
         max_age_ms = round(self.settings.max_reading_age_s * 1000)
         max_skew_ms = round(self.settings.max_clock_skew_s * 1000)
         by_plug: dict[str, list[Reading]] = {}
-        for r in batch.readings:
-            rows = by_plug.get(r.mac)
-            if rows is None:
-                rows = by_plug[r.mac] = []
-            rows.append(r)
+        valid: dict[str, list[Reading] | codec.PlugRun] = {}
+        if isinstance(batch, codec.BatchRuns):
+            for mac, run in batch.runs.items():
+                rated = self._params(mac).rated_power_w
+                if run_in_bounds(run, now_ms, max_age_ms, max_skew_ms, rated):
+                    valid[mac] = run
+                else:
+                    by_plug[mac] = list(run.readings())
+        else:
+            for r in batch.readings:
+                rows = by_plug.get(r.mac)
+                if rows is None:
+                    rows = by_plug[r.mac] = []
+                rows.append(r)
         # Bounds first, so a reading that cannot be trusted never binds a plug to a site either.
-        valid: dict[str, list[Reading]] = {}
         for mac, rows in by_plug.items():
             rated = self._params(mac).rated_power_w
             ok = []
@@ -496,6 +516,7 @@ class Hub:
                 else:
                     self._refuse_reading(r, batch.site_id, str(why_not))
             if ok:
+                ok.sort(key=_BY_TS)
                 valid[mac] = ok
         admission = self.registry.admit(batch.site_id, valid, now_ms)
         foreign: list[str] = []
@@ -505,10 +526,14 @@ class Hub:
                 foreign.append(mac)
         ts = self.ports.timeseries
         for mac in admission.admitted:
-            rows = valid[mac]
-            rows.sort(key=lambda r: r.ts_ms)
+            chunk = valid[mac]
             plug = self._plug(mac, batch.site_id)
-            self._apply_safely(plug, m.Readings(tuple(rows)))
+            if isinstance(chunk, codec.PlugRun):
+                self._apply_safely(plug, m.ReadingsRun(chunk))
+                rows = list(chunk.readings())
+            else:
+                self._apply_safely(plug, m.Readings(tuple(chunk)))
+                rows = chunk
             ts.add_readings(batch.site_id, rows, str(plug.state.status))
             self.metrics.inc("readings_total", len(rows))
         self.metrics.inc("batches_total")
@@ -575,6 +600,7 @@ class Hub:
             log.info("plug %s now belongs to site %s (was %s)", mac, site_id, plug.site_id)
             plug.site_id = site_id
             plug.dirty = True
+            self.checkpoint_parts.touch(mac)
         return plug
 
     def plug_state(self, plug: HubPlug) -> codec.PlugState:
@@ -585,6 +611,11 @@ class Hub:
 
     def _apply(self, plug: HubPlug, event: m.Event) -> tuple[m.Effect, ...]:
         plug.state, effects = m.step(plug.state, event, self.now())
+        self.timers.arm(plug, self._now_ms())
+        if plug.state.session is not None:
+            self.live[plug.state.mac] = plug
+        else:
+            self.live.pop(plug.state.mac, None)
         if effects:
             self._execute(plug, effects)
         return effects
@@ -629,7 +660,7 @@ class Hub:
         self.sessions.retry()
         self._refresh_balances()
         self._share_balances()
-        for plug in list(self.plugs.values()):
+        for plug in self.timers.due(self.plugs, self._now_ms()):  # only the machines with a timer due
             self._apply_safely(plug, m.Tick())
         self.leases.flush(self.plugs, self._now_ms())
         for mac in list(self._recover):
@@ -647,7 +678,7 @@ class Hub:
         """Write the checkpoint if its interval is over (at most once per tick or message)."""
         if self._checkpoint_due:
             self._checkpoint_due = False
-            self.checkpoint()
+            self.checkpoint(full=False)
 
     def _execute(self, plug: HubPlug, effects: Iterable[m.Effect]) -> None:
         for fx in effects:
@@ -658,17 +689,23 @@ class Hub:
                     self.commands.send(plug.site_id, fx)
             elif isinstance(fx, m.StateChanged):
                 plug.dirty = True
+                if fx.old not in _IDLE or fx.new not in _IDLE:
+                    # Into the checkpoint's delta; an idle plug coming or going is not worth it (restored
+                    # older, it is what a new plug is: OFFLINE until it reports, and its binding is stored).
+                    self.checkpoint_parts.touch(fx.mac)
                 if fx.new is m.Status.FINISHING:
                     self.sessions.finishing(plug)  # a restart must close it, never switch it back on
                 self.metrics.inc("transitions_total", to=str(fx.new))
                 resolve_on_state(self.alerts, fx.mac, str(fx.new))
                 log.info("plug %s: %s -> %s (%s)", fx.mac, fx.old, fx.new, fx.reason)
             elif isinstance(fx, m.SessionStarted):
+                self.checkpoint_parts.touch(fx.mac)
                 self._recover.pop(fx.mac, None)
                 self.sessions.started(plug, fx)
                 if plug.state.status is m.Status.FINISHING:
                     self.sessions.finishing(plug)  # resumed straight into its finish
             elif isinstance(fx, m.SessionFinished):
+                self.checkpoint_parts.touch(fx.record.mac)
                 self.sessions.finished(plug, fx.record)
             elif isinstance(fx, m.RejectRequest):
                 if fx.request_id:
@@ -711,24 +748,51 @@ class Hub:
 
     # ------------------------------------------------------------------ checkpoint and recovery
 
-    def checkpoint(self) -> None:
-        blob = ckpt.encode(
-            self._now_ms(),
-            {mac: (p.site_id, p.state) for mac, p in self.plugs.items()},
-            self.ingest.to_dict(),
-            self.sessions.pending,
-        )
-        self.store.save_checkpoint(f"{self.CHECKPOINT}-{self.settings.shard}", blob)
+    def checkpoint(self, full: bool = True) -> None:
+        """Write the checkpoint: every part (``full``), or a rotation of parts and the delta of changed plugs."""
+        name = f"{self.CHECKPOINT}-{self.settings.shard}"
+        now_ms = self._now_ms()
+        tracker = self.checkpoint_parts
+        parts = set(range(ckpt.PARTS)) if full else tracker.take()
+        grouped: dict[int, dict[str, tuple[str, m.MachineState]]] = {k: {} for k in parts}
+        for mac, p in self.plugs.items():
+            group = grouped.get(ckpt.part_of(mac))
+            if group is not None:
+                group[mac] = (p.site_id, p.state)
+        try:
+            for k in sorted(parts):
+                self.store.save_checkpoint(ckpt.part_name(name, k), ckpt.encode_part(now_ms, grouped[k]))
+            tracker.written(parts)
+            delta = {
+                mac: (self.plugs[mac].site_id, self.plugs[mac].state)
+                for mac in tracker.changed
+                if mac in self.plugs
+            }
+            self.store.save_checkpoint(ckpt.delta_name(name), ckpt.encode_part(now_ms, delta))
+            head = ckpt.encode_head(now_ms, self.ingest.to_dict(), self.sessions.pending)
+            self.store.save_checkpoint(name, head)
+        except BaseException:
+            tracker.give_back(parts)
+            raise
         self._last_checkpoint = self.clock.monotonic()
         self.metrics.inc("checkpoints_total")
 
     def _load_checkpoint(self) -> None:
-        blob = self.store.load_checkpoint(f"{self.CHECKPOINT}-{self.settings.shard}")
+        name = f"{self.CHECKPOINT}-{self.settings.shard}"
+        blob = self.store.load_checkpoint(name)
         if blob is None:
             return
-        snap = ckpt.decode(blob, self._params)
+        snap = ckpt.decode(
+            blob,
+            self._params,
+            lambda k: self.store.load_checkpoint(ckpt.part_name(name, k)),
+            lambda: self.store.load_checkpoint(ckpt.delta_name(name)),
+        )
         for mac, (site_id, state) in snap.plugs.items():
-            self.plugs[mac] = HubPlug(state, site_id)
+            plug = self.plugs[mac] = HubPlug(state, site_id)
+            self.timers.arm(plug, snap.saved_at_ms)
+            if state.session is not None:
+                self.live[mac] = plug
         self.ingest.load(snap.ingest)
         self.sessions.pending.update(snap.finishes)
         log.info(

@@ -659,7 +659,7 @@ async def test_an_exception_in_one_plug_faults_that_plug_only(
     real_step = m.step
 
     def broken(state: m.MachineState, event: m.Event, now: float) -> Any:
-        if state.mac == MAC2 and isinstance(event, m.Readings):
+        if state.mac == MAC2 and isinstance(event, (m.Readings, m.ReadingsRun)):
             raise ValueError("injected bug")
         return real_step(state, event, now)
 

@@ -1025,6 +1025,7 @@ _block = st.tuples(
     st.integers(min_value=0, max_value=20_000),
 ).map(lambda b: [_settle, ("start", b[0]), *b[1], ("stop", b[2]), ("read", 0.0, 10, b[3], False), _settle])
 _ops = st.lists(_block, min_size=1, max_size=4).map(lambda blocks: [op for b in blocks for op in b])
+_OPS_FOR_TIMERS = _ops  # test_timers.py drives the same traffic through the timer wheel's rule
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,0 +1,183 @@
+"""The per-chunk fast path (``ReadingsRun``) against the per-sample path (``Readings``): random traffic —
+charging curves, gaps, counter resets and reboots, relay flips, device flags, overpower, requests, acks,
+top-ups, time passing — fed to two machines, one chunk at a time, must leave identical states, effects,
+sessions and bills."""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import event as note_event
+from hypothesis import strategies as st
+from test_machine import MAC, T0, P
+
+from chargectl.common.codec import PlugRun
+from chargectl.common.readings import Reading
+from chargectl.services.hub.billing import Tariff
+from chargectl.services.hub.machine import (
+    BalanceUpdate,
+    CommandResult,
+    Effect,
+    Event,
+    Readings,
+    ReadingsRun,
+    SendRelay,
+    SessionFinished,
+    StartRequest,
+    Status,
+    StopRequest,
+    Tick,
+    new_state,
+    step,
+    to_dict,
+)
+
+PARAMS = dataclasses.replace(P, max_power_w=2800.0, rated_power_w=3680.0, max_power_confirm_s=10.0)
+TARIFF = Tariff(price_per_kwh_minor=Decimal(30), session_fee_minor=10, min_start_balance_minor=20)
+
+_sample = st.tuples(
+    st.one_of(
+        st.sampled_from([0.0, 3.0, 14.9, 15.0, 34.9, 35.0, 1800.0, 2800.0, 2800.1, 4000.0]),
+        st.floats(min_value=0.0, max_value=3000.0),
+    ),
+    st.one_of(st.just(5), st.integers(min_value=-3, max_value=200)),  # seconds since the previous one
+    st.sampled_from(["ok", "ok", "ok", "ok", "reset", "reboot", "jump", "down", "flag", "flip", "dup"]),
+)
+_op = st.one_of(
+    st.tuples(st.just("chunk"), st.lists(_sample, min_size=1, max_size=12)),
+    st.tuples(st.just("chunk"), st.lists(_sample, min_size=1, max_size=12)),
+    # Steady chunks (what most traffic is): the fast path's own ground.
+    st.tuples(
+        st.just("steady"), st.sampled_from([0.0, 20.0, 1800.0]), st.integers(min_value=1, max_value=12)
+    ),
+    st.tuples(st.just("steady"), st.sampled_from([0.0, 1800.0]), st.integers(min_value=1, max_value=12)),
+    st.tuples(st.just("start"), st.integers(min_value=0, max_value=3000)),
+    st.tuples(st.just("start"), st.just(100_000)),
+    st.tuples(st.just("stop"), st.booleans()),
+    st.tuples(st.just("ack"), st.booleans()),
+    st.tuples(st.just("tick"), st.integers(min_value=0, max_value=700)),
+    st.tuples(st.just("balance"), st.integers(min_value=0, max_value=3000)),
+)
+
+
+def _run(rows: list[Reading]) -> PlugRun:
+    return PlugRun(
+        MAC,
+        [r.ts_ms for r in rows],
+        [r.power_w for r in rows],
+        [r.energy_mwh for r in rows],
+        [r.relay_on for r in rows],
+        [r.voltage_v for r in rows],
+        [r.current_a for r in rows],
+        [r.temperature_c for r in rows],
+        [r.errors for r in rows],
+        [r.uptime_s for r in rows],
+    )
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_op, min_size=1, max_size=40))
+def test_fast_path_equals_per_sample_path(ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    t = T0
+    slow = new_state(MAC, PARAMS, t)
+    fast = new_state(MAC, PARAMS, t)
+    relay = False
+    counter, uptime = 1_000_000, 5_000
+    ts_ms = round(t * 1000)
+    log: list[Effect] = []
+    sessions = 0
+    quiet = 0
+    # A first reading so that requests can start sessions.
+    first = Readings((Reading(MAC, ts_ms, 0.0, counter, relay, 230.0, 0.0, 20.0, 0, uptime),))
+    slow, _ = step(slow, first, t)
+    fast, _ = step(fast, first, t)
+    for op in ops:
+        kind = op[0]
+        event_slow: Event
+        event_fast: Event
+        if kind in ("chunk", "steady"):
+            rows: list[Reading] = []
+            samples = op[1] if kind == "chunk" else [(op[1], 5, "ok")] * op[2]
+            for power, dt, what in samples:
+                ts_ms += dt * 1000
+                if what == "dup" and rows:
+                    rows.append(rows[-1])
+                    continue
+                drawn = power if relay else (power if what == "flip" else 0.0)
+                on = (not relay) if what == "flip" else relay
+                uptime += max(dt, 0)
+                if what == "reboot":
+                    uptime, counter = 1, round(drawn * max(dt, 0) / 3.6) % 1000
+                elif what == "reset":
+                    counter = 0
+                elif what == "jump":
+                    counter += 10**7
+                elif what == "down":
+                    counter = max(0, counter - 500)
+                else:
+                    counter += round(drawn * max(dt, 0) / 3.6)
+                flags = 1 if what == "flag" else 0
+                rows.append(
+                    Reading(MAC, ts_ms, drawn, counter, on, 230.0, drawn / 230.0, 30.0, flags, uptime)
+                )
+            t = max(t, ts_ms / 1000)
+            event_slow, event_fast = Readings(tuple(rows)), ReadingsRun(_run(rows))
+        elif kind == "start":
+            sessions += 1
+            event_slow = event_fast = StartRequest(f"s{sessions}", "u1", TARIFF, op[1])
+        elif kind == "stop":
+            event_slow = event_fast = StopRequest(user_id="u1", remote=op[1])
+        elif kind == "ack":
+            cmds = [e for e in log if isinstance(e, SendRelay)]
+            if not cmds:
+                continue
+            event_slow = event_fast = CommandResult(cmds[-1].command_id, ok=op[1], relay_on=relay)
+        elif kind == "tick":
+            t += op[1]
+            ts_ms = max(ts_ms, round(t * 1000))
+            event_slow = event_fast = Tick()
+        else:
+            event_slow = event_fast = BalanceUpdate("u1", op[1])
+        if isinstance(event_fast, ReadingsRun) and fast.status in (Status.AVAILABLE, Status.CHARGING):
+            quiet += fast.status is Status.CHARGING
+        slow, fx_slow = step(slow, event_slow, t)
+        fast, fx_fast = step(fast, event_fast, t)
+        assert fx_fast == fx_slow
+        assert to_dict(fast) == to_dict(slow)
+        log.extend(fx_slow)
+        for e in fx_slow:
+            if isinstance(e, SendRelay):
+                relay = e.on  # the agent obeys
+    note_event(f"chunks fed while CHARGING: {min(quiet, 3)}+")
+    bills = [
+        (e.record.session_id, e.record.energy_mwh, e.record.cost_minor)
+        for e in log
+        if isinstance(e, SessionFinished)
+    ]
+    assert len({b[0] for b in bills}) == len(bills)
+
+
+def test_a_steady_charging_chunk_takes_the_fast_path_and_bills_every_mwh() -> None:
+    t = T0
+    s = new_state(MAC, PARAMS, t)
+    ts = round(t * 1000)
+    s, _ = step(s, Readings((Reading(MAC, ts, 0.0, 1000, False, uptime_s=10),)), t)
+    s, fx = step(s, StartRequest("s1", "u1", TARIFF, 100_000), t)
+    cmd = next(e for e in fx if isinstance(e, SendRelay))
+    s, _ = step(s, CommandResult(cmd.command_id, True, True), t)
+    rows = [
+        Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k) for k in range(1, 8)
+    ]
+    s, _ = step(s, Readings(tuple(rows)), t + 35)
+    assert s.status is Status.CHARGING
+    # 40 more samples as one run: every one is quiet, every mWh lands in the session.
+    more = [
+        Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k) for k in range(8, 48)
+    ]
+    s2, fx = step(s, ReadingsRun(_run(more)), t + 240)
+    assert s2.status is Status.CHARGING and s2.session is not None
+    assert s2.session.energy_mwh == 2500 * 47
+    assert s2.counter_mwh == 1000 + 2500 * 47 and s2.last_ts_ms == ts + 5000 * 47
+    assert not [e for e in fx if isinstance(e, SendRelay) and e.reason != "keepalive"]
