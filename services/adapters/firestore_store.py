@@ -12,6 +12,8 @@ Collections (under an optional ``prefix``): ``users``, ``ledger``, ``charge_requ
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -264,14 +266,27 @@ class FirestoreStore:
 
     # ------------------------------------------------------------ payments (issue 14)
 
-    def _transaction(self, what: str, body: Callable[[Any], Any]) -> Any:
-        """Run ``body(transaction)`` in a Firestore transaction (retried on contention)."""
+    def _transaction(self, what: str, body: Callable[[Any], Any], attempts: int = 8) -> Any:
+        """Run ``body(transaction)`` in a Firestore transaction (retried on contention).
+
+        The client retries a commit that aborts, but not a read inside the transaction that aborts
+        because another transaction holds the document (the emulator's "Transaction lock timeout"):
+        those are retried here, with jittered back-off, as a fresh transaction.
+        """
+        from google.api_core import exceptions as gexc
+
         run = self._firestore.transactional(body)
         with self._errors(what):
-            try:
-                return run(self._db.transaction(max_attempts=20))
-            except ValueError as exc:  # the library's "failed to commit in N attempts"
-                raise StoreError(f"Firestore {what} failed: {exc}") from exc
+            for attempt in range(attempts):
+                try:
+                    return run(self._db.transaction(max_attempts=20))
+                except ValueError as exc:  # the library's "failed to commit in N attempts"
+                    raise StoreError(f"Firestore {what} failed: {exc}") from exc
+                except gexc.Aborted:
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def record_event(
         self,
