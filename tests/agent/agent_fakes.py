@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chargectl.common.clock import Clock
+from chargectl.common.codec import SCHEMA_TELEMETRY, Batch, unpack_telemetry
 from chargectl.common.errors import DeviceMismatchError, DeviceTimeoutError, DeviceUnreachableError
+from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import Reading
+from chargectl.common.topics import TELEMETRY_TOPIC
+from chargectl.services.adapters.bus import BusMessage
+from chargectl.services.adapters.memory_bus import MemoryBus
 
 
 @dataclass
@@ -71,3 +76,37 @@ class FakeSite:
         if mac is not None and plug.mac != mac:
             raise DeviceMismatchError(f"{host}:{port} is plug {plug.mac}, not {mac}")
         return plug
+
+
+class TelemetryTap:
+    """What a hub subscribed to the memory bus receives from an agent: its messages, batches, readings.
+
+    A test site sets ``bus``, ``agent_key``, ``received`` and ``site_id``.
+    """
+
+    bus: MemoryBus
+    agent_key: SigningKey
+    received: list[BusMessage]
+    site_id: str
+
+    async def listen(self) -> None:
+        await self.bus.ensure_topic(TELEMETRY_TOPIC)
+        await self.bus.ensure_subscription("hub-0", TELEMETRY_TOPIC)
+
+        async def handler(msg: BusMessage) -> bool:
+            self.received.append(msg)
+            return True
+
+        await self.bus.subscribe("hub-0", handler)
+
+    def batches(self) -> list[Batch]:
+        ring = Keyring()
+        ring.add_public(self.agent_key.public_bytes, self.site_id)
+        return [
+            unpack_telemetry(m.data, ring)
+            for m in self.received
+            if m.attributes["schema"] == SCHEMA_TELEMETRY
+        ]
+
+    def readings(self, mac: str) -> list[Reading]:
+        return [r for b in self.batches() for r in b.readings if r.mac == mac]

@@ -15,12 +15,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from agent_fakes import TelemetryTap
 
 from chargectl.common.clock import ManualClock, SystemClock
-from chargectl.common.codec import SCHEMA_TELEMETRY, Batch, unpack_telemetry
 from chargectl.common.keys import Keyring, SigningKey
-from chargectl.common.readings import Reading
-from chargectl.common.topics import TELEMETRY_TOPIC
 from chargectl.services.adapters.bus import BusMessage
 from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent import Agent, AgentSettings, PlugAddress
@@ -42,12 +40,13 @@ async def wait_until(cond: Callable[[], bool], what: str, limit_s: float = 90.0)
         await asyncio.sleep(0.02)
 
 
-class Site:
+class Site(TelemetryTap):
     def __init__(self, fleet: SimFleet, tmp: Path) -> None:
         self.fleet = fleet
         self.bus = MemoryBus()
         self.agent_key = SigningKey.generate()
         self.received: list[BusMessage] = []
+        self.site_id = SITE
         clock = SystemClock()
         s = AgentSettings(
             site_id=SITE,
@@ -68,28 +67,6 @@ class Site:
             max_response_bytes=s.max_response_bytes,
         )
         self.agent = Agent(s, self.bus, self.agent_key, Keyring(), connector, clock=clock)
-
-    async def listen(self) -> None:
-        await self.bus.ensure_topic(TELEMETRY_TOPIC)
-        await self.bus.ensure_subscription("hub-0", TELEMETRY_TOPIC)
-
-        async def handler(msg: BusMessage) -> bool:
-            self.received.append(msg)
-            return True
-
-        await self.bus.subscribe("hub-0", handler)
-
-    def batches(self) -> list[Batch]:
-        ring = Keyring()
-        ring.add_public(self.agent_key.public_bytes, SITE)
-        return [
-            unpack_telemetry(m.data, ring)
-            for m in self.received
-            if m.attributes["schema"] == SCHEMA_TELEMETRY
-        ]
-
-    def readings(self, mac: str) -> list[Reading]:
-        return [r for b in self.batches() for r in b.readings if r.mac == mac]
 
 
 @pytest.fixture

@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from agent_fakes import FakePlug, FakeSite
+from agent_fakes import FakePlug, FakeSite, TelemetryTap
 
 from chargectl.common.clock import SystemClock
-from chargectl.common.codec import SCHEMA_TELEMETRY, Batch, unpack_telemetry
 from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import Reading
-from chargectl.common.topics import TELEMETRY_TOPIC
 from chargectl.services.adapters.bus import BusMessage
 from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent import Agent, AgentSettings, PlugAddress
@@ -60,7 +58,7 @@ class HostilePlug(FakePlug):
         return reading
 
 
-class Site:
+class Site(TelemetryTap):
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.clock = SystemClock()
@@ -73,6 +71,7 @@ class Site:
             self.plugs.append(plug)
         self.agent_key = SigningKey.generate()
         self.received: list[BusMessage] = []
+        self.site_id = SITE
 
     def agent(self, **kw: object) -> Agent:
         base: dict[str, object] = {
@@ -95,28 +94,6 @@ class Site:
             self.fakes.connect,
             clock=self.clock,
         )
-
-    async def listen(self) -> None:
-        await self.bus.ensure_topic(TELEMETRY_TOPIC)
-        await self.bus.ensure_subscription("hub-0", TELEMETRY_TOPIC)
-
-        async def handler(msg: BusMessage) -> bool:
-            self.received.append(msg)
-            return True
-
-        await self.bus.subscribe("hub-0", handler)
-
-    def batches(self) -> list[Batch]:
-        ring = Keyring()
-        ring.add_public(self.agent_key.public_bytes, SITE)
-        return [
-            unpack_telemetry(m.data, ring)
-            for m in self.received
-            if m.attributes["schema"] == SCHEMA_TELEMETRY
-        ]
-
-    def readings(self, mac: str) -> list[Reading]:
-        return [r for b in self.batches() for r in b.readings if r.mac == mac]
 
 
 @pytest.fixture
