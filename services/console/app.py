@@ -307,14 +307,7 @@ class ConsoleApp:
         live = live_pair[1] if live_pair else None
         doc = views.session_doc(s, live)
         cost = views.cost_breakdown(s, self.source.tariff_for(s.site_id), live)
-        breakdown = None
-        if cost is not None:
-            cur = doc["currency"]
-            breakdown = {
-                "energy": f"{views.money(round(cost.energy_minor), cur)} ({cost.energy_wh / 1000:.3f} kWh billed)",
-                "fee": views.money(round(cost.fee_minor), cur),
-                "idle": f"{views.money(round(cost.idle_minor), cur)} ({cost.idle_s} s billed)",
-            }
+        breakdown = views.cost_lines(cost, doc["currency"]) if cost is not None else None
         start = s.started_at_ms
         end = (s.ended_at_ms or self.source.now_ms()) + 1
         step = max(1000, ((end - start) // 300 // 1000) * 1000)

@@ -10,13 +10,14 @@ from typing import Any
 from chargectl.common import codec
 from chargectl.common.alerts import Alert
 from chargectl.services.console.source import LiveSession, PlugRow
-from chargectl.services.hub.billing import Cost, Tariff, session_cost
+from chargectl.services.hub.billing import Cost, Tariff, round_minor, session_cost
 from chargectl.services.payments.money import ZERO_DECIMAL
 
 __all__ = [
     "STATE_COLOURS",
     "alert_doc",
     "cost_breakdown",
+    "cost_lines",
     "day_start_ms",
     "money",
     "plug_doc",
@@ -146,6 +147,16 @@ def cost_breakdown(s: codec.ChargeSession, tariff: Tariff, live: LiveSession | N
         return None
     cost = session_cost(tariff, s.energy_mwh, s.idle_s * 1000, include_fee=s.stop_reason != "Timeout")
     return cost if cost.total_minor == s.cost.amount_minor else None
+
+
+def cost_lines(cost: Cost, currency: str) -> dict[str, str]:
+    """A cost's components as the session page prints them, each rounded by the tariff's one rule
+    (half up, like the billed total), not Python's half-to-even ``round``."""
+    return {
+        "energy": f"{money(round_minor(cost.energy_minor), currency)} ({cost.energy_wh / 1000:.3f} kWh billed)",
+        "fee": money(round_minor(cost.fee_minor), currency),
+        "idle": f"{money(round_minor(cost.idle_minor), currency)} ({cost.idle_s} s billed)",
+    }
 
 
 def alert_doc(alert: Alert, now_ms: int) -> dict[str, Any]:

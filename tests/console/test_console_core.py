@@ -25,7 +25,7 @@ from chargectl.services.console.auth import COOKIE_NAME, ConsoleAuth
 from chargectl.services.console.charts import nice_ceiling, power_chart
 from chargectl.services.console.settings import ConsoleSettings, is_loopback, require_token_off_loopback
 from chargectl.services.console.source import HubSource, LiveSession, PlugRow
-from chargectl.services.console.views import cost_breakdown, money, today_totals
+from chargectl.services.console.views import cost_breakdown, cost_lines, money, today_totals
 from chargectl.services.hub.billing import Tariff, session_cost
 from chargectl.services.hub.health import HttpRequest
 from chargectl.services.hub.service import Hub, HubPorts
@@ -414,3 +414,15 @@ def test_the_cloud_hub_mounts_the_console(pubsub_env: Any, firestore_env: Any, t
     finally:
         hub.ports.timeseries.close()
         hub.store.close()
+
+
+def test_session_page_rounds_each_component_half_up_like_the_bill() -> None:
+    # 2.150 kWh at 30p/kWh is exactly 64.5p: the bill rounds half up to 65p (plus the 25p fee = 90p).
+    # Python's round() would print 0.64, and the page's parts would not add up to what was debited.
+    tariff = Tariff(price_per_kwh_minor=Decimal(30), session_fee_minor=25)
+    cost = session_cost(tariff, 2_150_000)
+    assert cost.total_minor == 90
+    lines = cost_lines(cost, "gbp")
+    assert lines["energy"] == "0.65 GBP (2.150 kWh billed)"
+    assert lines["fee"] == "0.25 GBP"
+    assert lines["idle"] == "0.00 GBP (0 s billed)"
