@@ -12,11 +12,13 @@ import dataclasses
 import json
 import zlib
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from chargectl.common.errors import StoreError
 from chargectl.common.readings import Reading
+from chargectl.services.adapters.sqlite_store import SqliteStore
 from chargectl.services.hub import checkpoint as ckpt
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.machine import (
@@ -34,6 +36,7 @@ from chargectl.services.hub.machine import (
     to_dict,
 )
 from chargectl.services.hub.params import DEFAULTS
+from chargectl.services.hub.registry import PlugRefusal, PlugRegistry
 
 P = DEFAULTS["generic"]  # auto_off_s 300: "on" renewed every 100 s
 T0 = 1_700_000_000.0
@@ -143,3 +146,39 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
     assert len(MachineState.__slots__) == 25
     assert "on_sent_ms" not in MachineState.__slots__
     assert dataclasses.fields(MachineState)[0].name == "mac"
+
+
+def _own_copy(text: str) -> str:
+    return "".join(list(text))  # equal, but another object
+
+
+def test_re_read_bindings_key_on_the_hubs_own_mac_strings(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "hub.db")
+    try:
+        store.bind_plug("AABBCCDDEE10", "site-a", 1)
+        store.bind_plug("AABBCCDDEE11", "site-a", 1)
+        store.bind_plug("AABBCCDDEE12", "site-b", 1)
+        reg = PlugRegistry(store, max_new_per_batch=10, max_per_site=10)
+        assert reg.refresh() == {}
+        hub_macs = {_own_copy(mac): None for mac in ("AABBCCDDEE10", "AABBCCDDEE11")}  # the hub's plug map
+        # An operator moves a plug meanwhile: the move is reported as before, and nothing else is.
+        store.bind_plug("AABBCCDDEE11", "site-b", 2, replace=True)
+        assert reg.refresh(hub_macs) == {"AABBCCDDEE11": "site-b"}
+        assert reg.bindings == {"AABBCCDDEE10": "site-a", "AABBCCDDEE11": "site-b", "AABBCCDDEE12": "site-b"}
+        keys = {k: k for k in reg.bindings}
+        for mac in hub_macs:
+            assert keys[mac] is mac  # one string per MAC in the hub, not the store's fresh copy
+        earlier = keys["AABBCCDDEE12"]
+        reg.refresh(hub_macs)
+        assert next(k for k in reg.bindings if k == "AABBCCDDEE12") is earlier  # nor a new one per re-read
+        # The bindings still decide whose readings count: a released plug is nobody's until re-bound.
+        assert store.release_plug("AABBCCDDEE10")
+        assert reg.refresh(hub_macs) == {}
+        assert reg.owner("AABBCCDDEE10") is None
+        assert reg.admit("site-b", ["AABBCCDDEE10"], 3).admitted == {"AABBCCDDEE10"}
+        assert reg.admit("site-a", ["AABBCCDDEE10", "AABBCCDDEE11"], 4).refused == {
+            "AABBCCDDEE10": PlugRefusal.FOREIGN_PLUG,
+            "AABBCCDDEE11": PlugRefusal.FOREIGN_PLUG,
+        }
+    finally:
+        store.close()
