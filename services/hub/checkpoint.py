@@ -170,8 +170,16 @@ def decode(
             delta = load_delta() if load_delta is not None else None
             if delta is not None:  # newer than the parts: overrides them
                 entries.update(json.loads(zlib.decompress(delta)).get("plugs", {}))
+        sites: dict[str, str] = {}
         for mac, entry in entries.items():
-            snap.plugs[mac] = (entry["site"], m.from_dict(entry["state"], params(mac)))
+            # One string object per MAC (the map's key is the state's mac) and per site, as in a hub
+            # that learnt its plugs from traffic: 100k restored plugs need not hold 100k copies of each.
+            state = dict(entry["state"])
+            if state.get("mac") != mac:
+                raise ValueError(f"the state filed under plug {mac} is of plug {state.get('mac')!r}")
+            state["mac"] = mac
+            site = sites.setdefault(entry["site"], entry["site"])
+            snap.plugs[mac] = (site, m.from_dict(state, params(mac)))
         for sid, (doc_hex, entry_hex) in data.get("finishes", {}).items():
             doc = codec.ChargeSession.FromString(bytes.fromhex(doc_hex))
             entry = codec.LedgerEntry.FromString(bytes.fromhex(entry_hex)) if entry_hex else None

@@ -397,7 +397,7 @@ class Hub:
             self._reread_bindings()
 
     def _reread_bindings(self) -> None:
-        for mac, site_id in self.registry.refresh().items():  # an operator moved a plug
+        for mac, site_id in self.registry.refresh(self.plugs).items():  # an operator moved a plug
             plug = self.plugs.get(mac)
             if plug is not None and plug.site_id != site_id:
                 log.info("plug %s assigned from site %s to %s", mac, plug.site_id, site_id)

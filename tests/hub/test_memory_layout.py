@@ -1,0 +1,184 @@
+"""What keeps a plug's hub state small (README "Performance", memory): shared objects, not fewer rules.
+
+The hub keeps 100k machine states; each int, string or slot it need not hold per plug is memory it
+does not pay for. These tests pin the sharing, and that the state machine's money and relay rules are
+the same with it: a restored or folded state bills and renews the plug's flip-back timer exactly as
+before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from chargectl.common.errors import StoreError
+from chargectl.common.readings import Reading
+from chargectl.services.adapters.sqlite_store import SqliteStore
+from chargectl.services.hub import checkpoint as ckpt
+from chargectl.services.hub.billing import Tariff
+from chargectl.services.hub.machine import (
+    MachineState,
+    Readings,
+    SendRelay,
+    SessionFinished,
+    StartRequest,
+    Status,
+    StopRequest,
+    Tick,
+    from_dict,
+    new_state,
+    step,
+    to_dict,
+)
+from chargectl.services.hub.params import DEFAULTS
+from chargectl.services.hub.registry import PlugRefusal, PlugRegistry
+
+P = DEFAULTS["generic"]  # auto_off_s 300: "on" renewed every 100 s
+T0 = 1_700_000_000.0
+TARIFF = Tariff(
+    tariff_id="t1", price_per_kwh_minor=Decimal(30), session_fee_minor=50, min_start_balance_minor=100
+)
+
+
+def _reading(mac: str, t: float, power: float, mwh: int, relay: bool) -> Readings:
+    return Readings((Reading(mac, round(t * 1000), power, mwh, relay, uptime_s=int(t - T0) + 1000),))
+
+
+def _online(mac: str, t: float) -> MachineState:
+    # As the hub does: a plug it first hears of in a batch is created and stepped at the batch's time.
+    state, _ = step(new_state(mac, P, t), _reading(mac, t, 0.0, 5_000_000, False), t)
+    assert state.status is Status.AVAILABLE
+    return state
+
+
+def test_plugs_stepped_at_one_hub_time_share_its_milliseconds() -> None:
+    # A site's batch steps its plugs at one `now`: they hold one int for when they came online.
+    t = T0 + 12.3456
+    a, b = _online("AABBCCDDEE01", t), _online("AABBCCDDEE02", t)
+    assert a.since_ms == 1_700_000_012_346  # by hand: 12.3456 s rounds to 12,346 ms
+    assert a.since_ms is b.since_ms
+    c = _online("AABBCCDDEE03", t + 0.001)  # another time, its own value
+    assert c.since_ms == 1_700_000_012_347
+
+
+def _charging(mac: str) -> tuple[MachineState, float, int]:
+    """A plug drawing 2 kW since T0 + 10 with the relay on (session s1, balance 10,000)."""
+    state = _online(mac, T0 + 5)
+    state, fx = step(state, StartRequest("s1", "u1", TARIFF, 10_000, request_id="r1"), T0 + 10)
+    (on,) = [e for e in fx if isinstance(e, SendRelay)]
+    assert on.on and on.auto_off_s == 300
+    mwh = 5_000_000
+    t = T0 + 10
+    for _ in range(4):  # 40 s of 2 kW: confirmed load
+        t += 10
+        mwh += 5_556  # 2000 W x 10 s = 5.556 Wh
+        state, _ = step(state, _reading(mac, t, 2000.0, mwh, True), t)
+    assert state.status is Status.CHARGING
+    return state, t, mwh
+
+
+@pytest.mark.parametrize(("after_s", "fires"), [(99.999, False), (100.0, True)])
+def test_a_checkpoint_with_the_old_on_sent_slot_renews_the_flip_back_timer_on_time(
+    after_s: float, fires: bool
+) -> None:
+    # The last "on" is the last send of the command in force; a checkpoint written while it had a slot
+    # of its own still loads, and "on" is re-sent 100 s (auto_off_s / 3) after the last one, not later:
+    # later and the plug's own timer would cut a paying user's charge.
+    state, t, mwh = _charging("AABBCCDDEE04")
+    old = to_dict(state)
+    assert "on_sent_ms" not in old
+    old["on_sent_ms"] = old["cmd_sent_ms"]
+    restored = from_dict(json.loads(json.dumps(old)), P)
+    assert to_dict(restored) == to_dict(state)
+    sent_s = state.cmd_sent_ms / 1000
+    assert sent_s == T0 + 10  # the start's "on"; readings never re-send it
+    new, fx = step(restored, Tick(), sent_s + after_s)
+    keepalives = [e for e in fx if isinstance(e, SendRelay)]
+    assert bool(keepalives) is fires
+    if fires:
+        (k,) = keepalives
+        assert (k.on, k.auto_off_s, k.reason, k.session_id) == (True, 300, "keepalive", "s1")
+        assert new.cmd_sent_ms == round((sent_s + after_s) * 1000)
+    # The money is untouched by the restore: the user stops, the relay goes off, the bill is the meter's.
+    stop_t = t + 10
+    new, fx = step(new, StopRequest(user_id="u1"), stop_t)
+    assert [e.on for e in fx if isinstance(e, SendRelay)] == [False]
+    new, fx = step(new, _reading("AABBCCDDEE04", stop_t + 5, 0.0, mwh + 100, False), stop_t + 5)
+    (done,) = [e.record for e in fx if isinstance(e, SessionFinished)]
+    assert done.energy_mwh == mwh + 100 - 5_000_000
+
+
+def test_a_restored_checkpoint_shares_each_mac_and_site_string() -> None:
+    states = {mac: _online(mac, T0 + 5) for mac in ("AABBCCDDEE05", "AABBCCDDEE06", "AABBCCDDEE07")}
+    plugs = {mac: ("site-a" if mac[-1] != "7" else "site-b", s) for mac, s in states.items()}
+    snap = ckpt.decode(ckpt.encode_part(1, plugs), lambda mac: P)
+    assert set(snap.plugs) == set(plugs)
+    for mac, (_, state) in snap.plugs.items():
+        key = next(k for k in snap.plugs if k == mac)
+        assert state.mac is key  # one string for the map and the machine
+        assert to_dict(state) == to_dict(states[mac])
+    sites = [site for site, _ in snap.plugs.values()]
+    assert sorted(sites) == ["site-a", "site-a", "site-b"]
+    assert sites[0] is sites[1]
+    reasons = [state.reason for _, state in snap.plugs.values()]
+    assert reasons[0] is reasons[1] is reasons[2]
+
+
+def test_a_state_filed_under_another_plug_is_refused_not_given_that_plugs_session() -> None:
+    # A damaged (or hand-edited) checkpoint files plug A's state, with its open session, under plug B.
+    # Loading it would bill A's energy to B's meter: the checkpoint is refused like an unreadable one.
+    a, _, _ = _charging("AABBCCDDEE08")
+    b = _online("AABBCCDDEE09", T0 + 5)
+    data = json.loads(zlib.decompress(ckpt.encode_part(1, {"AABBCCDDEE09": ("site-a", b)})))
+    data["plugs"]["AABBCCDDEE09"]["state"] = to_dict(a)
+    with pytest.raises(StoreError, match="AABBCCDDEE08"):
+        ckpt.decode(zlib.compress(json.dumps(data).encode()), lambda mac: P)
+
+
+def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
+    # A guard for the figure in README "Performance": each slot is 8 B x 100k plugs. Adding one is fine
+    # when a rule needs it; update this list and the memory figure together.
+    assert len(MachineState.__slots__) == 25
+    assert "on_sent_ms" not in MachineState.__slots__
+    assert dataclasses.fields(MachineState)[0].name == "mac"
+
+
+def _own_copy(text: str) -> str:
+    return "".join(list(text))  # equal, but another object
+
+
+def test_re_read_bindings_key_on_the_hubs_own_mac_strings(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "hub.db")
+    try:
+        store.bind_plug("AABBCCDDEE10", "site-a", 1)
+        store.bind_plug("AABBCCDDEE11", "site-a", 1)
+        store.bind_plug("AABBCCDDEE12", "site-b", 1)
+        reg = PlugRegistry(store, max_new_per_batch=10, max_per_site=10)
+        assert reg.refresh() == {}
+        hub_macs = {_own_copy(mac): None for mac in ("AABBCCDDEE10", "AABBCCDDEE11")}  # the hub's plug map
+        # An operator moves a plug meanwhile: the move is reported as before, and nothing else is.
+        store.bind_plug("AABBCCDDEE11", "site-b", 2, replace=True)
+        assert reg.refresh(hub_macs) == {"AABBCCDDEE11": "site-b"}
+        assert reg.bindings == {"AABBCCDDEE10": "site-a", "AABBCCDDEE11": "site-b", "AABBCCDDEE12": "site-b"}
+        keys = {k: k for k in reg.bindings}
+        for mac in hub_macs:
+            assert keys[mac] is mac  # one string per MAC in the hub, not the store's fresh copy
+        earlier = keys["AABBCCDDEE12"]
+        reg.refresh(hub_macs)
+        assert next(k for k in reg.bindings if k == "AABBCCDDEE12") is earlier  # nor a new one per re-read
+        # The bindings still decide whose readings count: a released plug is nobody's until re-bound.
+        assert store.release_plug("AABBCCDDEE10")
+        assert reg.refresh(hub_macs) == {}
+        assert reg.owner("AABBCCDDEE10") is None
+        assert reg.admit("site-b", ["AABBCCDDEE10"], 3).admitted == {"AABBCCDDEE10"}
+        assert reg.admit("site-a", ["AABBCCDDEE10", "AABBCCDDEE11"], 4).refused == {
+            "AABBCCDDEE10": PlugRefusal.FOREIGN_PLUG,
+            "AABBCCDDEE11": PlugRefusal.FOREIGN_PLUG,
+        }
+    finally:
+        store.close()
