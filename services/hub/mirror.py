@@ -6,12 +6,15 @@ plug. When a marked plug is written:
 
 - A status a user or an operator must see at once is written on the next flush: FAULTED, UNAVAILABLE
   (an operator took the plug out of service) and SUSPENDED_EVSE (out of credit: the user tops up).
-- Any other change is written once it has held for ``plug_state_settle_s``: the short transitional
-  states fold into the one that follows (AUTHORIZED into CHARGING: the user's answer is in the request
-  document already; FINISHING into AVAILABLE). A plug that is back where its document says before the
-  settle time is over writes nothing. A plug that keeps changing is still written once it has been
-  waiting ``max(plug_state_min_interval_s, 3 × plug_state_settle_s)``. ``plug_state_settle_s = 0``
-  writes every change on the next flush.
+- The transitional states fold into the one that follows: AUTHORIZED into CHARGING (the user's
+  answer is in the request document already), FINISHING into AVAILABLE. Each lasts until the plug's
+  next telemetry (the agent flushes every 30 s), so it is written only if it has held for
+  ``plug_state_transitional_s`` (60 s: a car that does not draw, a relay that does not answer).
+- Any other change is written once it has held for ``plug_state_settle_s``. A plug that is back where
+  its document says before then writes nothing. A plug that keeps changing is still written once it
+  has been waiting ``max(plug_state_min_interval_s, 3 × plug_state_settle_s,
+  plug_state_transitional_s)``. ``plug_state_settle_s = 0`` writes every change (transitional ones
+  too) on the next flush.
 - Whatever the reason, a plug's document is written at most once per ``plug_state_min_interval_s``
   (later changes are coalesced into the next write).
 
@@ -44,6 +47,7 @@ PLUG_CLASS_DOC: dict[str, int] = {
 }
 # Written on the next flush, never folded: a fault, a plug out of service, a session out of credit.
 IMMEDIATE = frozenset({m.Status.FAULTED, m.Status.UNAVAILABLE, m.Status.SUSPENDED_EVSE})
+TRANSITIONAL = frozenset({m.Status.AUTHORIZED, m.Status.FINISHING})  # folded into the next status
 _WITH_SESSION = frozenset(
     {
         m.Status.AUTHORIZED,
@@ -97,13 +101,15 @@ class Mirror:
         plug_class: Callable[[str], str],
         min_gap_s: float,
         settle_s: float = 0.0,
+        transitional_s: float = 0.0,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.plug_class = plug_class
         self.min_gap_ms = min_gap_s * 1000
         self.settle_ms = settle_s * 1000
-        self.bound_ms = max(self.min_gap_ms, SETTLE_BOUND_FACTOR * self.settle_ms)
+        self.transitional_ms = max(self.settle_ms, transitional_s * 1000) if settle_s else 0.0
+        self.bound_ms = max(self.min_gap_ms, SETTLE_BOUND_FACTOR * self.settle_ms, self.transitional_ms)
         self.pending: dict[str, _Pending] = {}  # MAC -> a plug whose document may need writing
 
     def mark(self, plug: HubPlug, now_ms: int, was: m.Status | None = None) -> None:
@@ -137,7 +143,8 @@ class Mirror:
                 continue
             status = plug.state.status
             if status not in IMMEDIATE and self.settle_ms:
-                held = now_ms - entry.changed_ms >= self.settle_ms
+                wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
+                held = now_ms - entry.changed_ms >= wait
                 if not held and now_ms - entry.first_ms < self.bound_ms:
                     continue
                 if held and entry.written is not None and entry.written == _shown(plug):

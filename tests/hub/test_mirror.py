@@ -31,9 +31,10 @@ class Written:
         return [(d.plug_mac, d.status) for d in self.docs]
 
 
-def mirror(settle_s: float, min_gap_s: float = 0.0) -> tuple[Mirror, Written]:
+def mirror(settle_s: float, min_gap_s: float = 0.0, transitional_s: float = 0.0) -> tuple[Mirror, Written]:
     store = Written()
-    return Mirror(store, Metrics(), lambda _mac: "ev", min_gap_s, settle_s), store  # type: ignore[arg-type]
+    mir = Mirror(store, Metrics(), lambda _mac: "ev", min_gap_s, settle_s, transitional_s)  # type: ignore[arg-type]
+    return mir, store
 
 
 def plug(mac: str, status: m.Status = S.AVAILABLE) -> HubPlug:
@@ -85,17 +86,19 @@ def test_a_new_plug_or_a_moved_plug_is_written_whatever_it_shows() -> None:
 
 
 def test_authorized_folds_into_charging_and_finishing_into_available() -> None:
-    mir, store = mirror(settle_s=5)
+    mir, store = mirror(settle_s=5, transitional_s=60)
     p = plug("AA0001")
     change(mir, p, S.AUTHORIZED, T0_MS)
-    change(mir, p, S.CHARGING, T0_MS + 2000)
-    assert mir.flush(T0_MS + 4000) == 0
-    assert mir.flush(T0_MS + 6999) == 0  # CHARGING has held 4.999 s
-    assert mir.flush(T0_MS + 7000) == 1
+    assert mir.flush(T0_MS + 30_000) == 0  # AUTHORIZED until the next telemetry flush, 30 s on
+    change(mir, p, S.CHARGING, T0_MS + 32_000)
+    assert mir.flush(T0_MS + 34_000) == 0
+    assert mir.flush(T0_MS + 36_999) == 0  # CHARGING has held 4.999 s
+    assert mir.flush(T0_MS + 37_000) == 1
     assert store.docs[-1].status == STATUS_DOC[S.CHARGING] and store.docs[-1].session_id == "s1"
     change(mir, p, S.FINISHING, T0_MS + 3_600_000)
-    change(mir, p, S.AVAILABLE, T0_MS + 3_601_000)
-    mir.flush(T0_MS + 3_606_000)
+    mir.flush(T0_MS + 3_620_000)
+    change(mir, p, S.AVAILABLE, T0_MS + 3_630_000)  # the relay's "off" confirmed in the next batch
+    mir.flush(T0_MS + 3_635_000)
     assert [d.status for d in store.docs] == [STATUS_DOC[S.CHARGING], STATUS_DOC[S.AVAILABLE]]
     assert store.docs[-1].session_id == ""
 
@@ -162,3 +165,12 @@ def test_settle_zero_writes_every_change_on_the_next_flush() -> None:
     assert [d.status for d in store.docs] == [
         STATUS_DOC[s] for s in (S.AUTHORIZED, S.CHARGING, S.FINISHING, S.AVAILABLE)
     ]
+
+
+def test_a_transitional_state_that_lasts_is_written() -> None:
+    mir, store = mirror(settle_s=5, transitional_s=60)
+    p = plug("AA0001")
+    change(mir, p, S.AUTHORIZED, T0_MS)  # the car does not draw
+    assert mir.flush(T0_MS + 59_999) == 0
+    assert mir.flush(T0_MS + 60_000) == 1
+    assert store.docs[-1].status == STATUS_DOC[S.AUTHORIZED]
