@@ -5,7 +5,8 @@ where the hub applies a machine's status change, binds a plug or moves it to ano
 plug. When a marked plug is written:
 
 - A status a user or an operator must see at once is written on the next flush: FAULTED, UNAVAILABLE
-  (an operator took the plug out of service) and SUSPENDED_EVSE (out of credit: the user tops up).
+  (an operator took the plug out of service) and SUSPENDED_EVSE (out of credit: the user tops up);
+  so is a plug's first document (a new plug shows up at once).
 - The transitional states fold into the one that follows: AUTHORIZED into CHARGING (the user's
   answer is in the request document already), FINISHING into AVAILABLE. Each lasts until the plug's
   next telemetry (the agent flushes every 30 s), so it is written only if it has held for
@@ -24,6 +25,7 @@ to the contract enums lives here, derived from the proto enum names.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -91,9 +93,12 @@ class _Pending:
     first_ms: int  # marked first since its last write
     changed_ms: int  # marked last
     written: Shown | None  # what its document says (None: unknown, e.g. a new plug or a new site)
+    due_ms: int = 0  # when the flush looks at it next (its entry in the heap)
 
 
 class Mirror:
+    """The marked plugs wait in a heap by the time they may be written, so a flush costs O(plugs due)."""
+
     def __init__(
         self,
         store: Store,
@@ -106,16 +111,18 @@ class Mirror:
         self.store = store
         self.metrics = metrics
         self.plug_class = plug_class
-        self.min_gap_ms = min_gap_s * 1000
-        self.settle_ms = settle_s * 1000
-        self.transitional_ms = max(self.settle_ms, transitional_s * 1000) if settle_s else 0.0
+        self.min_gap_ms = round(min_gap_s * 1000)
+        self.settle_ms = round(settle_s * 1000)
+        self.transitional_ms = max(self.settle_ms, round(transitional_s * 1000)) if settle_s else 0
         self.bound_ms = max(self.min_gap_ms, SETTLE_BOUND_FACTOR * self.settle_ms, self.transitional_ms)
         self.pending: dict[str, _Pending] = {}  # MAC -> a plug whose document may need writing
+        self._heap: list[tuple[int, str]] = []  # (due, MAC); stale when the entry's due_ms differs
 
     def mark(self, plug: HubPlug, now_ms: int, was: m.Status | None = None) -> None:
         """``plug`` changed (its status from ``was``, or its site or binding when ``was`` is None)."""
         plug.dirty = True
-        entry = self.pending.get(plug.state.mac)
+        mac = plug.state.mac
+        entry = self.pending.get(mac)
         if entry is None:
             # Not pending: its document says the old status, and the session that status had (none
             # when it was AVAILABLE; the same one when it had a session and still has). Otherwise
@@ -127,32 +134,56 @@ class Mirror:
                     written = (was, plug.site_id, "")
                 elif was in _WITH_SESSION and sess is not None:
                     written = (was, plug.site_id, sess.session_id)
-            self.pending[plug.state.mac] = _Pending(plug, now_ms, now_ms, written)
+            entry = self.pending[mac] = _Pending(plug, now_ms, now_ms, written)
         else:
             entry.plug = plug
             entry.changed_ms = now_ms
             if was is None:
                 entry.written = None  # the site or binding changed: write whatever it shows
+            ready = self._ready(entry)
+            if ready >= entry.due_ms:
+                return  # its heap entry comes first; the flush then finds it not ready and re-queues it
+        entry.due_ms = self._ready(entry)
+        heapq.heappush(self._heap, (entry.due_ms, mac))
+
+    def _ready(self, entry: _Pending) -> int:
+        """When ``entry`` may be written (or folded)."""
+        plug = entry.plug
+        gap_ready = plug.mirrored_ms + self.min_gap_ms
+        status = plug.state.status
+        if status in IMMEDIATE or not self.settle_ms or not plug.mirrored_ms:
+            return gap_ready  # at once: nothing to fold into (or a plug's first document)
+        wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
+        return max(gap_ready, min(entry.changed_ms + wait, entry.first_ms + self.bound_ms))
 
     def flush(self, now_ms: int) -> int:
         """Write the marked plugs that are due (see the module docstring); returns how many were written."""
         written = 0
-        for mac, entry in list(self.pending.items()):
-            plug = entry.plug
-            if now_ms - plug.mirrored_ms < self.min_gap_ms:
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms:
+            due, mac = heapq.heappop(heap)
+            entry = self.pending.get(mac)
+            if entry is None or entry.due_ms != due:
+                continue  # written, or queued again for another time
+            ready = self._ready(entry)
+            if ready > now_ms:  # changed since it was queued: not yet
+                entry.due_ms = ready
+                heapq.heappush(heap, (ready, mac))
                 continue
+            plug = entry.plug
             status = plug.state.status
-            if status not in IMMEDIATE and self.settle_ms:
+            if status not in IMMEDIATE and self.settle_ms and entry.written is not None:
                 wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
-                held = now_ms - entry.changed_ms >= wait
-                if not held and now_ms - entry.first_ms < self.bound_ms:
-                    continue
-                if held and entry.written is not None and entry.written == _shown(plug):
+                if now_ms - entry.changed_ms >= wait and entry.written == _shown(plug):
                     del self.pending[mac]  # back to what its document says: nothing to write
                     plug.dirty = False
                     self.metrics.inc("plug_state_folded_total")
                     continue
-            self.store.put_plug_state(plug_state_doc(plug, self.plug_class(plug.state.mac), now_ms))
+            try:
+                self.store.put_plug_state(plug_state_doc(plug, self.plug_class(mac), now_ms))
+            except BaseException:
+                heapq.heappush(heap, (due, mac))  # the store failed: still pending, tried next flush
+                raise
             del self.pending[mac]
             plug.dirty = False
             plug.mirrored_ms = now_ms

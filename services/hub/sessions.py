@@ -89,6 +89,7 @@ class Balances:
         self._checked: dict[tuple[str, str], tuple[int, int]] = {}  # live users: (when, spent then)
         self._due: list[tuple[int, tuple[str, str]]] = []  # heap of (next check, user key)
         self._due_at: dict[tuple[str, str], int] = {}
+        self._last_read: tuple[tuple[str, str], int] | None = None  # the latest read: (user key, when)
 
     def load(self) -> None:
         self.known = self.ledger.balances_by_currency()
@@ -105,8 +106,10 @@ class Balances:
         if self.known.get(key) != balance:
             self._touched.add(key)
         self.known[key] = balance
+        now = self.now_ms()
+        self._last_read = (key, now)
         if key in self.live:
-            self._read_ms[key] = self.now_ms()
+            self._read_ms[key] = now
 
     def others_cost(self, user_id: str, currency: str, except_session: str = "") -> int:
         """What the user's other live sessions in ``currency`` have used so far (minor units)."""
@@ -140,7 +143,10 @@ class Balances:
         plugs = self.live.get(key)
         if plugs is None:
             plugs = self.live[key] = {}
-            self._schedule(key, self.now_ms() + self.refresh_ms)
+            now = self.now_ms()
+            if self._last_read == (key, now):  # read for this start a moment ago (the request path)
+                self._read_ms[key] = now
+            self._schedule(key, now + self.refresh_ms)
         plugs[mac] = plug
         if len(plugs) > 1:
             self._multi.add(key)

@@ -77,11 +77,11 @@ def test_a_new_plug_or_a_moved_plug_is_written_whatever_it_shows() -> None:
     p = plug("AA0001")
     p.mirrored_ms = 0  # never written
     mir.mark(p, T0_MS)  # bound: no status change to compare with
-    assert mir.flush(T0_MS + 1000) == 0  # settling
-    assert mir.flush(T0_MS + 5000) == 1
+    assert mir.flush(T0_MS) == 1  # its first document: at once
     p.site_id = "site-b"
-    mir.mark(p, T0_MS + 6000)  # moved to another site, same status: still written
-    mir.flush(T0_MS + 11_000)
+    mir.mark(p, T0_MS + 6000)  # moved to another site, same status: still written, once settled
+    assert mir.flush(T0_MS + 10_999) == 0
+    assert mir.flush(T0_MS + 11_000) == 1
     assert [d.site_id for d in store.docs] == ["site-a", "site-b"]
 
 
