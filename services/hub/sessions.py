@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,7 @@ class Balances:
         self.live: dict[tuple[str, str], dict[str, HubPlug]] = {}  # user's live sessions, MAC -> plug
         self.reads = 0  # ledger reads of one user (counted for the benchmark and the tests)
         self._key_of: dict[str, tuple[tuple[str, str], str]] = {}  # MAC -> (user key, session id)
+        self._live_users: Counter[str] = Counter()  # user -> currencies with a live session
         self._multi: set[tuple[str, str]] = set()  # users with several live sessions: shares move
         self._touched: set[tuple[str, str]] = set()  # users whose shares must be recomputed
         self._read_ms: dict[tuple[str, str], int] = {}  # live users: when their balance was read
@@ -143,6 +145,7 @@ class Balances:
         plugs = self.live.get(key)
         if plugs is None:
             plugs = self.live[key] = {}
+            self._live_users[key[0]] += 1
             now = self.now_ms()
             if self._last_read == (key, now):  # read for this start a moment ago (the request path)
                 self._read_ms[key] = now
@@ -164,6 +167,9 @@ class Balances:
             self._touched.add(key)
         else:
             del self.live[key]
+            self._live_users[key[0]] -= 1
+            if not self._live_users[key[0]]:
+                del self._live_users[key[0]]
             for book in (self._read_ms, self._checked, self._due_at):
                 book.pop(key, None)
 
@@ -213,9 +219,9 @@ class Balances:
 
     def changed(self, user_ids: Iterable[str]) -> None:
         """The store says these users' ledgers changed: re-read the live ones now."""
-        live_users = {user for user, _ in self.live}
-        for user_id in set(user_ids) & live_users:
-            self.refresh_user(user_id)
+        for user_id in set(user_ids):
+            if user_id in self._live_users:
+                self.refresh_user(user_id)
 
     def refresh_user(self, user_id: str) -> None:
         """Re-read all of one user's balances (the ledger is append-only: a currency never vanishes)."""
