@@ -736,7 +736,11 @@ class Hub:
     def _refresh_balances(self) -> None:
         """Re-read the balances the store says changed, and those of the live users that are due."""
         reads = self.money.reads
-        changed = self._ledger_changes()
+        try:
+            changed = self._ledger_changes()
+        except StoreError as exc:  # the staleness bound still holds; the tick's other work goes on
+            log.warning("cannot read the ledger's changes (%s); next tick", exc)
+            changed = set()
         if changed:
             self.money.changed(changed)
         self.money.due()

@@ -221,7 +221,8 @@ class Balances:
         """The store says these users' ledgers changed: re-read the live ones now."""
         for user_id in set(user_ids):
             if user_id in self._live_users:
-                self.refresh_user(user_id)
+                with contextlib.suppress(StoreError):  # its staleness bound still holds
+                    self.refresh_user(user_id)
 
     def refresh_user(self, user_id: str) -> None:
         """Re-read all of one user's balances (the ledger is append-only: a currency never vanishes)."""
