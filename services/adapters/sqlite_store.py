@@ -123,6 +123,21 @@ class SqliteStore:
             )
             return cur.rowcount == 1
 
+    def ledger_changes(self, after: int | None) -> tuple[int, set[str]]:
+        """The ledger's position now and the users with an entry posted (by any process) since
+        position ``after`` (``None``: only the position). Rows are never deleted, so the rowid grows."""
+        with self._lock:
+            try:
+                if after is None:
+                    row = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM ledger").fetchone()
+                    return int(row[0]), set()
+                rows = self._db.execute(
+                    "SELECT rowid, user_id FROM ledger WHERE rowid > ?", (after,)
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+        return max((int(r[0]) for r in rows), default=after), {str(r[1]) for r in rows}
+
     def get_ledger_entry(self, entry_id: str) -> LedgerEntry | None:
         return self._one(LedgerEntry, "SELECT doc FROM ledger WHERE entry_id = ?", (entry_id,))
 

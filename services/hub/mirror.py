@@ -1,5 +1,23 @@
-"""The plug-state documents the hub mirrors to the store: on transitions only, at most once per plug per
-``plug_state_min_interval_s`` (later changes are coalesced), never per reading.
+"""The plug-state documents the hub mirrors to the store: on status changes only, never per reading.
+
+Which plugs a flush looks at: only those marked since their last write (:meth:`Mirror.mark`, called
+where the hub applies a machine's status change, binds a plug or moves it to another site), never every
+plug. When a marked plug is written:
+
+- A status a user or an operator must see at once is written on the next flush: FAULTED, UNAVAILABLE
+  (an operator took the plug out of service) and SUSPENDED_EVSE (out of credit: the user tops up);
+  so is a plug's first document (a new plug shows up at once).
+- The transitional states fold into the one that follows: AUTHORIZED into CHARGING (the user's
+  answer is in the request document already), FINISHING into AVAILABLE. Each lasts until the plug's
+  next telemetry (the agent flushes every 30 s), so it is written only if it has held for
+  ``plug_state_transitional_s`` (60 s: a car that does not draw, a relay that does not answer).
+- Any other change is written once it has held for ``plug_state_settle_s``. A plug that is back where
+  its document says before then writes nothing. A plug that keeps changing is still written once it
+  has been waiting ``max(plug_state_min_interval_s, 3 × plug_state_settle_s,
+  plug_state_transitional_s)``. ``plug_state_settle_s = 0`` writes every change (transitional ones
+  too) on the next flush.
+- Whatever the reason, a plug's document is written at most once per ``plug_state_min_interval_s``
+  (later changes are coalesced into the next write).
 
 The one mapping from the machine's :class:`~chargectl.services.hub.machine.Status` and the plug classes
 to the contract enums lives here, derived from the proto enum names.
@@ -7,7 +25,9 @@ to the contract enums lives here, derived from the proto enum names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chargectl.common import codec
@@ -19,7 +39,7 @@ from chargectl.services.hub.health import Metrics
 if TYPE_CHECKING:
     from chargectl.services.hub.registry import HubPlug
 
-__all__ = ["PLUG_CLASS_DOC", "STATUS_DOC", "Mirror", "plug_state_doc"]
+__all__ = ["IMMEDIATE", "PLUG_CLASS_DOC", "STATUS_DOC", "Mirror", "plug_state_doc"]
 
 STATUS_DOC: dict[m.Status, int] = {s: codec.PlugStatus.Value(f"PLUG_STATUS_{s.name}") for s in m.Status}
 PLUG_CLASS_DOC: dict[str, int] = {
@@ -27,6 +47,19 @@ PLUG_CLASS_DOC: dict[str, int] = {
     for name, value in common_pb2.PlugClass.items()
     if name != "PLUG_CLASS_UNSPECIFIED"
 }
+# Written on the next flush, never folded: a fault, a plug out of service, a session out of credit.
+IMMEDIATE = frozenset({m.Status.FAULTED, m.Status.UNAVAILABLE, m.Status.SUSPENDED_EVSE})
+TRANSITIONAL = frozenset({m.Status.AUTHORIZED, m.Status.FINISHING})  # folded into the next status
+_WITH_SESSION = frozenset(
+    {
+        m.Status.AUTHORIZED,
+        m.Status.CHARGING,
+        m.Status.SUSPENDED_EV,
+        m.Status.SUSPENDED_EVSE,
+        m.Status.FINISHING,
+    }
+)
+SETTLE_BOUND_FACTOR = 3  # a plug that keeps changing waits at most this many settle times
 
 
 def plug_state_doc(plug: HubPlug, plug_class: str, now_ms: int) -> codec.PlugState:
@@ -46,20 +79,114 @@ def plug_state_doc(plug: HubPlug, plug_class: str, now_ms: int) -> codec.PlugSta
     )
 
 
+Shown = tuple[m.Status, str, str]  # what a plug-state document says that matters: status, site, session
+
+
+def _shown(plug: HubPlug) -> Shown:
+    s = plug.state
+    return (s.status, plug.site_id, s.session.session_id if s.session else "")
+
+
+@dataclass(slots=True)
+class _Pending:
+    plug: HubPlug
+    first_ms: int  # marked first since its last write
+    changed_ms: int  # marked last
+    written: Shown | None  # what its document says (None: unknown, e.g. a new plug or a new site)
+    due_ms: int = 0  # when the flush looks at it next (its entry in the heap)
+
+
 class Mirror:
+    """The marked plugs wait in a heap by the time they may be written, so a flush costs O(plugs due)."""
+
     def __init__(
-        self, store: Store, metrics: Metrics, plug_class: Callable[[str], str], min_gap_s: float
+        self,
+        store: Store,
+        metrics: Metrics,
+        plug_class: Callable[[str], str],
+        min_gap_s: float,
+        settle_s: float = 0.0,
+        transitional_s: float = 0.0,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.plug_class = plug_class
-        self.min_gap_ms = min_gap_s * 1000
+        self.min_gap_ms = round(min_gap_s * 1000)
+        self.settle_ms = round(settle_s * 1000)
+        self.transitional_ms = max(self.settle_ms, round(transitional_s * 1000)) if settle_s else 0
+        self.bound_ms = max(self.min_gap_ms, SETTLE_BOUND_FACTOR * self.settle_ms, self.transitional_ms)
+        self.pending: dict[str, _Pending] = {}  # MAC -> a plug whose document may need writing
+        self._heap: list[tuple[int, str]] = []  # (due, MAC); stale when the entry's due_ms differs
 
-    def flush(self, plugs: Iterable[HubPlug], now_ms: int) -> None:
-        """Write every changed plug whose last write is old enough."""
-        for plug in plugs:
-            if plug.dirty and now_ms - plug.mirrored_ms >= self.min_gap_ms:
-                self.store.put_plug_state(plug_state_doc(plug, self.plug_class(plug.state.mac), now_ms))
-                plug.dirty = False
-                plug.mirrored_ms = now_ms
-                self.metrics.inc("plug_state_writes_total")
+    def mark(self, plug: HubPlug, now_ms: int, was: m.Status | None = None) -> None:
+        """``plug`` changed (its status from ``was``, or its site or binding when ``was`` is None)."""
+        plug.dirty = True
+        mac = plug.state.mac
+        entry = self.pending.get(mac)
+        if entry is None:
+            # Not pending: its document says the old status, and the session that status had (none
+            # when it was AVAILABLE; the same one when it had a session and still has). Otherwise
+            # unknown, and whatever it shows is written.
+            written: Shown | None = None
+            sess = plug.state.session
+            if was is not None and plug.mirrored_ms:
+                if was is m.Status.AVAILABLE:
+                    written = (was, plug.site_id, "")
+                elif was in _WITH_SESSION and sess is not None:
+                    written = (was, plug.site_id, sess.session_id)
+            entry = self.pending[mac] = _Pending(plug, now_ms, now_ms, written)
+        else:
+            entry.plug = plug
+            entry.changed_ms = now_ms
+            if was is None:
+                entry.written = None  # the site or binding changed: write whatever it shows
+            ready = self._ready(entry)
+            if ready >= entry.due_ms:
+                return  # its heap entry comes first; the flush then finds it not ready and re-queues it
+        entry.due_ms = self._ready(entry)
+        heapq.heappush(self._heap, (entry.due_ms, mac))
+
+    def _ready(self, entry: _Pending) -> int:
+        """When ``entry`` may be written (or folded)."""
+        plug = entry.plug
+        gap_ready = plug.mirrored_ms + self.min_gap_ms
+        status = plug.state.status
+        if status in IMMEDIATE or not self.settle_ms or not plug.mirrored_ms:
+            return gap_ready  # at once: nothing to fold into (or a plug's first document)
+        wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
+        return max(gap_ready, min(entry.changed_ms + wait, entry.first_ms + self.bound_ms))
+
+    def flush(self, now_ms: int) -> int:
+        """Write the marked plugs that are due (see the module docstring); returns how many were written."""
+        written = 0
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms:
+            due, mac = heapq.heappop(heap)
+            entry = self.pending.get(mac)
+            if entry is None or entry.due_ms != due:
+                continue  # written, or queued again for another time
+            ready = self._ready(entry)
+            if ready > now_ms:  # changed since it was queued: not yet
+                entry.due_ms = ready
+                heapq.heappush(heap, (ready, mac))
+                continue
+            plug = entry.plug
+            status = plug.state.status
+            if status not in IMMEDIATE and self.settle_ms and entry.written is not None:
+                wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
+                if now_ms - entry.changed_ms >= wait and entry.written == _shown(plug):
+                    del self.pending[mac]  # back to what its document says: nothing to write
+                    plug.dirty = False
+                    self.metrics.inc("plug_state_folded_total")
+                    continue
+            try:
+                self.store.put_plug_state(plug_state_doc(plug, self.plug_class(mac), now_ms))
+            except BaseException:
+                heapq.heappush(heap, (due, mac))  # the store failed: still pending, tried next flush
+                raise
+            del self.pending[mac]
+            plug.dirty = False
+            plug.mirrored_ms = now_ms
+            self.metrics.inc("plug_state_writes_total")
+            written += 1
+        return written

@@ -140,11 +140,18 @@ class Hub:
         )
         self.leases = Leases(self.commands, self.metrics)
         self.mirror = Mirror(
-            ports.store, self.metrics, settings.plug_class, settings.plug_state_min_interval_s
+            ports.store,
+            self.metrics,
+            settings.plug_class,
+            settings.plug_state_min_interval_s,
+            settings.plug_state_settle_s,
+            settings.plug_state_transitional_s,
         )
-        # Plugs with an open session (kept by _apply): balance sharing walks these, not every plug.
-        self.live: dict[str, HubPlug] = {}
-        self.money = Balances(self.ledger, self.live.values)
+        # Users with a live session (kept by _apply): balance sharing walks these, not every plug.
+        self.money = Balances(
+            self.ledger, self._now_ms, settings.balance_refresh_s, settings.balance_max_stale_s
+        )
+        self._ledger_cursor: int | None = None  # the store's ledger position, when it can tell changes
         self.requests = Requests(
             ports.store,
             self.clock,
@@ -184,7 +191,6 @@ class Hub:
         self._last_trust = 0.0
         self._bindings_seen: tuple[int, int] | None = None  # (sites, newest Site.updated_at_ms) last read
         self._last_bindings = 0.0
-        self._last_balance = 0.0
         self._started = False
         self._init_metrics()
 
@@ -198,6 +204,7 @@ class Hub:
     async def start(self) -> None:
         """Load the checkpoint and the ledger, reconcile with the store, subscribe to telemetry."""
         self.refresh_trust(force=True)
+        self._ledger_changes()  # the position now: what came before is in the balances loaded next
         self.money.load()
         self._load_checkpoint()
         for mac, plug in self.plugs.items():  # plugs known from before bindings existed keep their site
@@ -402,7 +409,7 @@ class Hub:
             if plug is not None and plug.site_id != site_id:
                 log.info("plug %s assigned from site %s to %s", mac, plug.site_id, site_id)
                 plug.site_id = site_id
-                plug.dirty = True
+                self.mirror.mark(plug, self._now_ms())
                 self.checkpoint_parts.touch(mac)
 
     def _other_shards_plug(self, mac: str) -> bool:
@@ -595,11 +602,11 @@ class Hub:
         plug = self.plugs.get(mac)
         if plug is None:
             plug = self.plugs[mac] = HubPlug(m.new_state(mac, self._params(mac), self.now()), site_id)
-            plug.dirty = True
+            self.mirror.mark(plug, self._now_ms())
         elif plug.site_id != site_id:  # released by an operator, then bound by the site reporting it now
             log.info("plug %s now belongs to site %s (was %s)", mac, site_id, plug.site_id)
             plug.site_id = site_id
-            plug.dirty = True
+            self.mirror.mark(plug, self._now_ms())
             self.checkpoint_parts.touch(mac)
         return plug
 
@@ -612,10 +619,7 @@ class Hub:
     def _apply(self, plug: HubPlug, event: m.Event) -> tuple[m.Effect, ...]:
         plug.state, effects = m.step(plug.state, event, self.now())
         self.timers.arm(plug, self._now_ms())
-        if plug.state.session is not None:
-            self.live[plug.state.mac] = plug
-        else:
-            self.live.pop(plug.state.mac, None)
+        self.money.track(plug)
         if effects:
             self._execute(plug, effects)
         return effects
@@ -652,7 +656,7 @@ class Hub:
             self.commands.send(
                 plug.site_id, m.SendRelay(mac, False, 0, "", f"{mac}.fault.{self._now_ms()}", "fault")
             )
-        plug.dirty = True
+        self.mirror.mark(plug, self._now_ms())
 
     async def tick(self) -> None:
         """Time passes for every machine; flush mirrors; refresh trust/balances; checkpoint when due."""
@@ -672,7 +676,7 @@ class Hub:
         self._checkpoint_if_due()
 
     def _mirror_dirty(self) -> None:
-        self.mirror.flush(self.plugs.values(), self._now_ms())
+        self.mirror.flush(self._now_ms())  # the plugs marked since their last write, not every plug
 
     def _checkpoint_if_due(self) -> None:
         """Write the checkpoint if its interval is over (at most once per tick or message)."""
@@ -688,7 +692,7 @@ class Hub:
                 else:
                     self.commands.send(plug.site_id, fx)
             elif isinstance(fx, m.StateChanged):
-                plug.dirty = True
+                self.mirror.mark(plug, self._now_ms(), fx.old)
                 if fx.old not in _IDLE or fx.new not in _IDLE:
                     # Into the checkpoint's delta; an idle plug coming or going is not worth it (restored
                     # older, it is what a new plug is: OFFLINE until it reports, and its binding is stored).
@@ -730,11 +734,27 @@ class Hub:
         self._checkpoint_if_due()
 
     def _refresh_balances(self) -> None:
-        mono = self.clock.monotonic()
-        if mono - self._last_balance < self.settings.balance_refresh_s:
-            return
-        self._last_balance = mono
-        self.money.refresh_live()
+        """Re-read the balances the store says changed, and those of the live users that are due."""
+        reads = self.money.reads
+        try:
+            changed = self._ledger_changes()
+        except StoreError as exc:  # the staleness bound still holds; the tick's other work goes on
+            log.warning("cannot read the ledger's changes (%s); next tick", exc)
+            changed = set()
+        if changed:
+            self.money.changed(changed)
+        self.money.due()
+        if self.money.reads > reads:
+            self.metrics.inc("balance_reads_total", self.money.reads - reads)
+
+    def _ledger_changes(self) -> set[str]:
+        """The users whose ledger changed since the last call, when the store can tell (SQLite)."""
+        since = getattr(self.store, "ledger_changes", None)
+        if since is None:
+            return set()
+        cursor, users = since(self._ledger_cursor)
+        self._ledger_cursor = int(cursor)
+        return set(users)
 
     def _share_balances(self) -> None:
         """A user's live sessions share one balance: each sees the balance less what the others used."""
@@ -791,8 +811,7 @@ class Hub:
         for mac, (site_id, state) in snap.plugs.items():
             plug = self.plugs[mac] = HubPlug(state, site_id)
             self.timers.arm(plug, snap.saved_at_ms)
-            if state.session is not None:
-                self.live[mac] = plug
+            self.money.track(plug)
         self.ingest.load(snap.ingest)
         self.sessions.pending.update(snap.finishes)
         log.info(

@@ -19,7 +19,9 @@ and the one-transaction finish (COMPLETED document + ledger debit) that bills a 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -50,66 +52,200 @@ def _cost(plug: HubPlug) -> int:
 
 
 class Balances:
-    """Ledger balances per ``(user, currency)``, and what each live session may still spend."""
+    """Ledger balances per ``(user, currency)``, and what each live session may still spend.
 
-    def __init__(self, ledger: Ledger, plugs: Callable[[], Iterable[HubPlug]]) -> None:
+    The hub tells it which plugs hold a live session (:meth:`track`, after every event a machine
+    handles), so a user's sessions are found without walking the plugs. A live user's balance is
+    re-read from the ledger (:meth:`due`, every tick, O(users due)) when:
+
+    - it is ``max_stale_s`` old: a refund or a dispute the payments process posted reaches the
+      machines within that bound, even from a store that cannot say its ledger changed;
+    - what the user's sessions spend could use up what is left of it before the check after next
+      (spend rate from the cost's growth since the last check): a top-up is seen before the machine
+      stops for lack of credit, and a session already out of credit is re-read every ``refresh_s``;
+    - the store says the user's ledger changed (:meth:`changed`; SQLite, cheaply).
+
+    Between reads a user is only checked (costs added up, no store access), at most every
+    ``refresh_s`` and at least before half of the remaining headroom could be spent.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        now_ms: Callable[[], int] = lambda: 0,
+        refresh_s: float = 10.0,
+        max_stale_s: float = 300.0,
+    ) -> None:
         self.ledger = ledger
-        self._plugs = plugs
+        self.now_ms = now_ms
+        self.refresh_ms = max(1, round(refresh_s * 1000))
+        self.max_stale_ms = max(self.refresh_ms, round(max_stale_s * 1000))
         self.known: dict[tuple[str, str], int] = {}
+        self.live: dict[tuple[str, str], dict[str, HubPlug]] = {}  # user's live sessions, MAC -> plug
+        self.reads = 0  # ledger reads of one user (counted for the benchmark and the tests)
+        self._key_of: dict[str, tuple[tuple[str, str], str]] = {}  # MAC -> (user key, session id)
+        self._live_users: Counter[str] = Counter()  # user -> currencies with a live session
+        self._multi: set[tuple[str, str]] = set()  # users with several live sessions: shares move
+        self._touched: set[tuple[str, str]] = set()  # users whose shares must be recomputed
+        self._read_ms: dict[tuple[str, str], int] = {}  # live users: when their balance was read
+        self._checked: dict[tuple[str, str], tuple[int, int]] = {}  # live users: (when, spent then)
+        self._due: list[tuple[int, tuple[str, str]]] = []  # heap of (next check, user key)
+        self._due_at: dict[tuple[str, str], int] = {}
+        self._last_read: tuple[tuple[str, str], int] | None = None  # the latest read: (user key, when)
 
     def load(self) -> None:
         self.known = self.ledger.balances_by_currency()
 
     def read(self, user_id: str, currency: str) -> int:
         """The ledger balance now (top-ups land from other processes); remembered."""
-        balance = self.known[(user_id, currency)] = self.ledger.balance(user_id, currency)
+        key = (user_id, currency)
+        balance = self.ledger.balance(user_id, currency)
+        self._remember(key, balance)
+        self.reads += 1
         return balance
+
+    def _remember(self, key: tuple[str, str], balance: int) -> None:
+        if self.known.get(key) != balance:
+            self._touched.add(key)
+        self.known[key] = balance
+        now = self.now_ms()
+        self._last_read = (key, now)
+        if key in self.live:
+            self._read_ms[key] = now
 
     def others_cost(self, user_id: str, currency: str, except_session: str = "") -> int:
         """What the user's other live sessions in ``currency`` have used so far (minor units)."""
         total = 0
-        for p in self._plugs():
+        for p in self.live.get((user_id, currency), {}).values():
             sess = p.state.session
-            if (
-                sess is not None
-                and sess.user_id == user_id
-                and sess.session_id != except_session
-                and sess.tariff.currency == currency
-            ):
+            if sess is not None and sess.session_id != except_session:
                 total += sess.cost().total_minor
         return total
 
     def available(self, user_id: str, currency: str, except_session: str = "") -> int:
         return self.known.get((user_id, currency), 0) - self.others_cost(user_id, currency, except_session)
 
-    def refresh_live(self) -> None:
-        """Re-read the balance of every user with a live session."""
-        keys = {
-            (p.state.session.user_id, p.state.session.tariff.currency)
-            for p in self._plugs()
-            if p.state.session
-        }
-        for user_id, currency in keys:
-            self.read(user_id, currency)
+    # ------------------------------------------------------------------ which sessions are live
+
+    def track(self, plug: HubPlug) -> None:
+        """Follow ``plug``'s session (or its end) after its machine handled an event."""
+        sess = plug.state.session
+        mac = plug.state.mac
+        had = self._key_of.get(mac)
+        if sess is None:
+            if had is not None:
+                self._leave(mac, had[0])
+            return
+        if had is not None:
+            if had[1] == sess.session_id:
+                return
+            self._leave(mac, had[0])
+        key = (sess.user_id, sess.tariff.currency)
+        self._key_of[mac] = (key, sess.session_id)
+        plugs = self.live.get(key)
+        if plugs is None:
+            plugs = self.live[key] = {}
+            self._live_users[key[0]] += 1
+            now = self.now_ms()
+            if self._last_read == (key, now):  # read for this start a moment ago (the request path)
+                self._read_ms[key] = now
+            self._schedule(key, now + self.refresh_ms)
+        plugs[mac] = plug
+        if len(plugs) > 1:
+            self._multi.add(key)
+        self._touched.add(key)
+
+    def _leave(self, mac: str, key: tuple[str, str]) -> None:
+        del self._key_of[mac]
+        plugs = self.live.get(key)
+        if plugs is None:
+            return
+        plugs.pop(mac, None)
+        if len(plugs) < 2:
+            self._multi.discard(key)
+        if plugs:
+            self._touched.add(key)
+        else:
+            del self.live[key]
+            self._live_users[key[0]] -= 1
+            if not self._live_users[key[0]]:
+                del self._live_users[key[0]]
+            for book in (self._read_ms, self._checked, self._due_at):
+                book.pop(key, None)
+
+    def _schedule(self, key: tuple[str, str], at_ms: int) -> None:
+        self._due_at[key] = at_ms
+        heapq.heappush(self._due, (at_ms, key))
+
+    # ------------------------------------------------------------------ refreshing
+
+    def due(self) -> int:
+        """Check the live users whose check is due (see the class docstring); returns the ledger reads."""
+        now = self.now_ms()
+        reads = self.reads
+        heap = self._due
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            if self._due_at.get(key) != at:
+                continue  # rescheduled, or no longer live
+            del self._due_at[key]
+            self._check(key, now)
+        return self.reads - reads
+
+    def _check(self, key: tuple[str, str], now: int) -> None:
+        plugs = self.live.get(key)
+        if not plugs:
+            return
+        spent = sum(_cost(p) for p in plugs.values())
+        rate = 0.0  # minor units per ms, over the time since the last check
+        last = self._checked.get(key)
+        if last is not None and now > last[0]:
+            rate = max(0, spent - last[1]) / (now - last[0])
+        headroom = self.known.get(key, 0) - spent
+        read_ms = self._read_ms.get(key)
+        if read_ms is None or now - read_ms >= self.max_stale_ms or headroom <= rate * 2 * self.refresh_ms:
+            with contextlib.suppress(StoreError):  # the store is down: the next check tries again
+                self.read(*key)
+            headroom = self.known.get(key, 0) - spent
+        self._checked[key] = (now, spent)
+        if headroom <= 0:
+            wait = self.refresh_ms  # out of credit: look for a top-up every refresh
+        elif rate > 0:
+            wait = min(self.max_stale_ms, max(self.refresh_ms, round(headroom / rate / 2)))
+        else:
+            wait = self.max_stale_ms
+        read_ms = self._read_ms.get(key, now)
+        self._schedule(key, max(now + 1, min(now + wait, read_ms + self.max_stale_ms)))
+
+    def changed(self, user_ids: Iterable[str]) -> None:
+        """The store says these users' ledgers changed: re-read the live ones now."""
+        for user_id in set(user_ids):
+            if user_id in self._live_users:
+                with contextlib.suppress(StoreError):  # its staleness bound still holds
+                    self.refresh_user(user_id)
 
     def refresh_user(self, user_id: str) -> None:
-        for currency, amount in self.ledger.balances_of(user_id).items():
-            self.known[(user_id, currency)] = amount
+        """Re-read all of one user's balances (the ledger is append-only: a currency never vanishes)."""
+        balances = self.ledger.balances_of(user_id)
+        self.reads += 1
+        for currency, amount in balances.items():
+            self._remember((user_id, currency), amount)
 
     def updates(self) -> list[tuple[HubPlug, m.BalanceUpdate]]:
         """The live sessions whose share of their user's balance changed, with the update to apply.
 
-        One pass over the plugs; costs are computed only for users with more than one live session."""
-        by_user: dict[tuple[str, str], list[HubPlug]] = {}
-        for plug in self._plugs():
-            sess = plug.state.session
-            if sess is not None:
-                by_user.setdefault((sess.user_id, sess.tariff.currency), []).append(plug)
+        Only users whose balance was re-read, whose sessions came or went, or who have several live
+        sessions (each one's cost moves the others' shares) are looked at; costs are computed only for
+        users with more than one live session."""
+        keys = self._touched | self._multi
+        self._touched = set()
         out = []
-        for key, plugs in by_user.items():
+        for key in keys:
+            plugs_of = self.live.get(key)
             balance = self.known.get(key)
-            if balance is None:
+            if not plugs_of or balance is None:
                 continue
+            plugs = list(plugs_of.values())
             # A user's only session needs no cost figure: its share is the whole balance.
             costs = [0] if len(plugs) == 1 else [_cost(p) for p in plugs]
             total = sum(costs)
@@ -124,6 +260,7 @@ class Balances:
     def debited(self, entry: codec.LedgerEntry) -> None:
         key = (entry.user_id, entry.amount.currency)
         self.known[key] = self.known.get(key, 0) + entry.amount.amount_minor
+        self._touched.add(key)
 
 
 class Sessions:

@@ -56,8 +56,11 @@ class HubSettings:
     request_watch: bool = True  # listen to the store for new requests when it can push them (Firestore)
     request_watch_poll_s: float = 60.0  # with a listener, poll only as a safety net
     trust_refresh_s: float = 30.0
-    balance_refresh_s: float = 10.0
+    balance_refresh_s: float = 10.0  # a live user near (or out of) credit is re-read this often
+    balance_max_stale_s: float = 300.0  # any live user's balance is re-read at least this often
     plug_state_min_interval_s: float = 30.0
+    plug_state_settle_s: float = 5.0  # a status is mirrored once it held this long (0: every change)
+    plug_state_transitional_s: float = 60.0  # AUTHORIZED, FINISHING: mirrored only if they held this long
     site_leases: bool = True  # keep-alives as one lease per site (agents must understand leases)
     progress_interval_s: float = 300.0  # a live session's document carries its energy and cost this fresh
     command_lifetime_s: float = 120.0
@@ -89,9 +92,14 @@ class HubSettings:
             "max_clock_skew_s",
             "request_max_age_s",
             "progress_interval_s",
+            "balance_refresh_s",
+            "balance_max_stale_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("plug_state_min_interval_s", "plug_state_settle_s", "plug_state_transitional_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
         if self.default_plug_class not in PLUG_CLASSES:
             raise ValueError(f"default_plug_class must be one of {', '.join(PLUG_CLASSES)}")
         for mac, cls in self.plugs.items():

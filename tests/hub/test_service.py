@@ -58,7 +58,7 @@ class Rig:
         self.cmd_keyring.add_public(self.command_key.public_bytes, SITE)
         self.hub: Hub | None = None
 
-    async def start_hub(self) -> Hub:
+    async def start_hub(self, **settings_overrides: float) -> Hub:
         self.bus = MemoryBus()
         await self.bus.ensure_topic(command_topic(SITE))
         await self.bus.ensure_subscription("cmds", command_topic(SITE))
@@ -76,7 +76,14 @@ class Rig:
 
         await self.bus.subscribe("cmds", on_command)
         await self.bus.subscribe("dead", on_dead)
-        settings = HubSettings(plug_state_min_interval_s=0, checkpoint_interval_s=3600, balance_refresh_s=5)
+        settings = HubSettings(
+            **{
+                "plug_state_min_interval_s": 0,
+                "checkpoint_interval_s": 3600,
+                "balance_refresh_s": 5,
+                **settings_overrides,
+            }
+        )
         ts = SqliteTimeSeries(self.tmp / "ts.db")
         self.hub = Hub(
             settings, HubPorts(self.bus, self.store, ts, lambda site, now_ms: self.command_key), self.clock

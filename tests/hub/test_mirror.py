@@ -1,0 +1,176 @@
+"""The plug-state mirror: only marked plugs are looked at, every marked plug is written, and short
+transitional states fold into the one that follows (``plug_state_settle_s``). Pure: a recording store,
+hub time in milliseconds."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from chargectl.common import codec
+from chargectl.services.hub import machine as m
+from chargectl.services.hub.billing import Tariff
+from chargectl.services.hub.health import Metrics
+from chargectl.services.hub.mirror import STATUS_DOC, Mirror
+from chargectl.services.hub.params import DEFAULTS
+from chargectl.services.hub.registry import HubPlug
+
+T0_MS = 1_700_000_000_000
+S = m.Status
+
+
+class Written:
+    """The one store method the mirror uses, recording each document."""
+
+    def __init__(self) -> None:
+        self.docs: list[codec.PlugState] = []
+
+    def put_plug_state(self, state: codec.PlugState) -> None:
+        self.docs.append(state)
+
+    def statuses(self) -> list[tuple[str, int]]:
+        return [(d.plug_mac, d.status) for d in self.docs]
+
+
+def mirror(settle_s: float, min_gap_s: float = 0.0, transitional_s: float = 0.0) -> tuple[Mirror, Written]:
+    store = Written()
+    mir = Mirror(store, Metrics(), lambda _mac: "ev", min_gap_s, settle_s, transitional_s)  # type: ignore[arg-type]
+    return mir, store
+
+
+def plug(mac: str, status: m.Status = S.AVAILABLE) -> HubPlug:
+    p = HubPlug(m.new_state(mac, DEFAULTS["ev"], T0_MS / 1000), "site-a")
+    p.state.status = status
+    p.mirrored_ms = T0_MS - 60_000  # its document (status ``status``) was written a minute ago
+    return p
+
+
+def change(mir: Mirror, p: HubPlug, to: m.Status, now_ms: int) -> None:
+    """What the hub does on a machine's ``StateChanged``."""
+    was = p.state.status
+    p.state.status = to
+    if to is S.AVAILABLE:
+        p.state.session = None
+    elif p.state.session is None:
+        tariff = Tariff(price_per_kwh_minor=Decimal(30))
+        p.state.session = m.Session("s1", "u1", "r1", tariff, 1000, now_ms, 0)
+    mir.mark(p, now_ms, was)
+
+
+def test_every_marked_plug_and_only_those_is_written() -> None:
+    mir, store = mirror(settle_s=0)
+    plugs = {f"AA{i:04d}": plug(f"AA{i:04d}") for i in range(1000)}
+    changed = ["AA0003", "AA0500", "AA0999"]
+    for mac in changed:
+        change(mir, plugs[mac], S.FAULTED, T0_MS)
+    assert mir.flush(T0_MS + 1000) == 3
+    assert sorted(store.statuses()) == [(mac, STATUS_DOC[S.FAULTED]) for mac in changed]
+    assert mir.flush(T0_MS + 2000) == 0  # written: nothing pending
+    change(mir, plugs["AA0042"], S.OFFLINE, T0_MS + 2500)
+    mir.flush(T0_MS + 3000)
+    assert store.statuses()[-1] == ("AA0042", STATUS_DOC[S.OFFLINE])
+    assert len(store.docs) == 4
+    assert not mir.pending
+
+
+def test_a_new_plug_or_a_moved_plug_is_written_whatever_it_shows() -> None:
+    mir, store = mirror(settle_s=5)
+    p = plug("AA0001")
+    p.mirrored_ms = 0  # never written
+    mir.mark(p, T0_MS)  # bound: no status change to compare with
+    assert mir.flush(T0_MS) == 1  # its first document: at once
+    p.site_id = "site-b"
+    mir.mark(p, T0_MS + 6000)  # moved to another site, same status: still written, once settled
+    assert mir.flush(T0_MS + 10_999) == 0
+    assert mir.flush(T0_MS + 11_000) == 1
+    assert [d.site_id for d in store.docs] == ["site-a", "site-b"]
+
+
+def test_authorized_folds_into_charging_and_finishing_into_available() -> None:
+    mir, store = mirror(settle_s=5, transitional_s=60)
+    p = plug("AA0001")
+    change(mir, p, S.AUTHORIZED, T0_MS)
+    assert mir.flush(T0_MS + 30_000) == 0  # AUTHORIZED until the next telemetry flush, 30 s on
+    change(mir, p, S.CHARGING, T0_MS + 32_000)
+    assert mir.flush(T0_MS + 34_000) == 0
+    assert mir.flush(T0_MS + 36_999) == 0  # CHARGING has held 4.999 s
+    assert mir.flush(T0_MS + 37_000) == 1
+    assert store.docs[-1].status == STATUS_DOC[S.CHARGING] and store.docs[-1].session_id == "s1"
+    change(mir, p, S.FINISHING, T0_MS + 3_600_000)
+    mir.flush(T0_MS + 3_620_000)
+    change(mir, p, S.AVAILABLE, T0_MS + 3_630_000)  # the relay's "off" confirmed in the next batch
+    mir.flush(T0_MS + 3_635_000)
+    assert [d.status for d in store.docs] == [STATUS_DOC[S.CHARGING], STATUS_DOC[S.AVAILABLE]]
+    assert store.docs[-1].session_id == ""
+
+
+def test_a_state_that_reverts_within_the_settle_time_writes_nothing() -> None:
+    mir, store = mirror(settle_s=5)
+    p = plug("AA0001", S.CHARGING)
+    tariff = Tariff(price_per_kwh_minor=Decimal(30))
+    p.state.session = m.Session("s1", "u1", "r1", tariff, 1000, T0_MS, 0)
+    change(mir, p, S.SUSPENDED_EV, T0_MS)  # the car paused for two seconds
+    change(mir, p, S.CHARGING, T0_MS + 2000)
+    for t in range(0, 20_000, 1000):
+        mir.flush(T0_MS + t)
+    assert store.docs == []
+    assert not mir.pending
+    # but a plug that went OFFLINE and came back AVAILABLE (its document said AVAILABLE) also writes nothing
+    q = plug("AA0002")
+    change(mir, q, S.OFFLINE, T0_MS)
+    change(mir, q, S.AVAILABLE, T0_MS + 3000)
+    mir.flush(T0_MS + 9000)
+    assert store.docs == []
+
+
+def test_a_fault_an_operator_disable_and_out_of_credit_are_written_at_once() -> None:
+    mir, store = mirror(settle_s=30)
+    for i, status in enumerate((S.FAULTED, S.UNAVAILABLE, S.SUSPENDED_EVSE)):
+        p = plug(f"AA000{i}", S.CHARGING)
+        change(mir, p, status, T0_MS)
+    assert mir.flush(T0_MS + 1) == 3
+    assert [d.status for d in store.docs] == [
+        STATUS_DOC[s] for s in (S.FAULTED, S.UNAVAILABLE, S.SUSPENDED_EVSE)
+    ]
+
+
+def test_a_plug_that_keeps_changing_is_still_written_within_three_settle_times() -> None:
+    mir, _store = mirror(settle_s=5)
+    p = plug("AA0001")
+    statuses = [S.OFFLINE, S.AVAILABLE]
+    written_at = None
+    for t in range(0, 60_000, 2000):
+        change(mir, p, statuses[t // 2000 % 2], T0_MS + t)  # flaps every 2 s, never holds 5 s
+        if mir.flush(T0_MS + t):
+            written_at = t
+            break
+    assert written_at == 16_000  # the first flush once it had waited 3 x 5 s (15 s), not before
+
+
+def test_the_minimum_interval_still_coalesces_later_changes() -> None:
+    mir, store = mirror(settle_s=0, min_gap_s=30)
+    p = plug("AA0001", S.CHARGING)
+    p.mirrored_ms = T0_MS
+    change(mir, p, S.FAULTED, T0_MS + 1000)
+    assert mir.flush(T0_MS + 29_999) == 0
+    assert mir.flush(T0_MS + 30_000) == 1
+    assert store.docs[-1].status == STATUS_DOC[S.FAULTED]
+
+
+def test_settle_zero_writes_every_change_on_the_next_flush() -> None:
+    mir, store = mirror(settle_s=0)
+    p = plug("AA0001")
+    for i, status in enumerate((S.AUTHORIZED, S.CHARGING, S.FINISHING, S.AVAILABLE)):
+        change(mir, p, status, T0_MS + i * 1000)
+        mir.flush(T0_MS + i * 1000)
+    assert [d.status for d in store.docs] == [
+        STATUS_DOC[s] for s in (S.AUTHORIZED, S.CHARGING, S.FINISHING, S.AVAILABLE)
+    ]
+
+
+def test_a_transitional_state_that_lasts_is_written() -> None:
+    mir, store = mirror(settle_s=5, transitional_s=60)
+    p = plug("AA0001")
+    change(mir, p, S.AUTHORIZED, T0_MS)  # the car does not draw
+    assert mir.flush(T0_MS + 59_999) == 0
+    assert mir.flush(T0_MS + 60_000) == 1
+    assert store.docs[-1].status == STATUS_DOC[S.AUTHORIZED]
