@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,7 @@ class Requests:
         self._account: codec.UserAccount | None = None  # read by the last refusal check
         self.handled: dict[str, float] = {}  # request id -> when handled (monotonic)
         self._created: dict[str, int] = {}  # request id -> created_at_ms, until answered (latency)
+        self._created_lock = threading.Lock()  # answers are also written from the request threads
         self.sessions: Sessions | None = None  # set by the hub: starts of pushed requests are deferred
         self._in_flight: set[str] = set()  # pushed requests being handled (a redelivery waits for them)
         self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # user -> (lock, [requests waiting])
@@ -102,7 +104,7 @@ class Requests:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)  # the hub waited for its requests
             self._pool = None
 
     def _now_ms(self) -> int:
@@ -110,7 +112,8 @@ class Requests:
 
     def answer(self, request_id: str, accepted: bool, reason: str, session_id: str) -> None:
         status = codec.ChargeRequest.STATUS_ACCEPTED if accepted else codec.ChargeRequest.STATUS_REJECTED
-        created_ms = self._created.pop(request_id, 0)
+        with self._created_lock:
+            created_ms = self._created.pop(request_id, 0)
         if self.store.answer_request(request_id, status, str(reason), session_id, self._now_ms()):
             outcome = "accepted" if accepted else "rejected"
             self.metrics.inc("requests_answered_total", outcome=outcome)
@@ -120,6 +123,12 @@ class Requests:
                 self.metrics.observe("request_latency_seconds", max(0, self._now_ms() - created_ms) / 1000)
             if not accepted:
                 log.debug("request %r rejected: %s", request_id, reason)
+
+    def _remember_created(self, rid: str, created_at_ms: int) -> None:
+        with self._created_lock:
+            self._created[rid] = created_at_ms
+            if len(self._created) > 10_000:
+                self._created.pop(next(iter(self._created)))
 
     def prune(self) -> None:
         """Forget handled ids once they are too old to be executed anyway (bounded memory)."""
@@ -193,11 +202,10 @@ class Requests:
         if not rid:
             await self.io(self.answer, rid, False, RequestRefusal.NO_REQUEST_ID, "")
             return
-        self._created[rid] = req.created_at_ms
-        if len(self._created) > 10_000:
-            self._created.pop(next(iter(self._created)))
+        self._remember_created(rid, req.created_at_ms)
         if self.elsewhere(req.plug_mac):
-            self._created.pop(rid, None)
+            with self._created_lock:
+                self._created.pop(rid, None)
             self.metrics.inc("requests_ignored_total", reason="other_shard")
             return
         why = self._quick_refusal(req)
@@ -271,16 +279,15 @@ class Requests:
                 return
         self.handled[rid] = self.clock.monotonic()
         if rid:
-            self._created[rid] = req.created_at_ms
-            if len(self._created) > 10_000:
-                self._created.pop(next(iter(self._created)))
+            self._remember_created(rid, req.created_at_ms)
         if not rid:
             self.answer(rid, False, RequestRefusal.NO_REQUEST_ID, "")
             return
         if self.elsewhere(req.plug_mac):
             # Another shard's plug: its hub answers (refusing it unknown_plug here, or starting a
             # session on a plug this hub still remembers from before its site moved, would be wrong).
-            self._created.pop(rid, None)
+            with self._created_lock:
+                self._created.pop(rid, None)
             self.metrics.inc("requests_ignored_total", reason="other_shard")
             return
         why = self.refusal(req)
