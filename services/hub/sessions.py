@@ -17,7 +17,8 @@ and the one-transaction finish (COMPLETED document + ledger debit) that bills a 
 - A start decided for a pushed request (``defer_starts``) has its ACTIVE document created (never
   overwriting one: a finish that landed first wins) off the event loop, retried while the store is
   down; its relay "on" is held (``unstored``, read by the command sender) until the document is stored,
-  so a crash never leaves a relay on with no session document. The request is answered after that.
+  so a crash never leaves a relay on with no session document. A finish begun before then has its stop
+  reason written into that document (a restart closes the session). The request is answered last.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ class Sessions:
         self.unstored: dict[str, asyncio.Future[bool]] = {}
         self.io: Io = _to_thread
         self._start_writes: set[asyncio.Task[None]] = set()
+        self._stopping: dict[str, str] = {}  # unstored session -> stop reason, for its document
 
     def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
         if self.defer_starts and fx.request_id:
@@ -229,20 +231,29 @@ class Sessions:
     async def _store_start(
         self, doc: codec.ChargeSession, request_id: str, held: asyncio.Future[bool]
     ) -> None:
+        sid = doc.session_id
         delay_s = 0.2
         while not held.done():
+            # A finish begun meanwhile goes into the document, so a restart closes the session.
+            doc.stop_reason = self._stopping.get(sid, "")
             try:
                 stored = await self.io(self._create_start, doc)
             except StoreError as exc:
                 # The relay stays off meanwhile; the session's finish (if it comes first) releases it.
-                log.warning("session %s not stored yet (%s); retrying", doc.session_id, exc)
+                log.warning("session %s not stored yet (%s); retrying", sid, exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
                 continue
             if not held.done():
                 held.set_result(stored)
-        self.unstored.pop(doc.session_id, None)
-        await self.io(self.answer, request_id, True, "", doc.session_id)
+        self.unstored.pop(sid, None)
+        late = self._stopping.pop(sid, "")
+        if held.result() and late and late != doc.stop_reason:  # begun while the document was written
+            try:
+                await self.io(self._note_stop, sid, late)
+            except StoreError as exc:
+                log.warning("session %s: its stop reason not written (%s)", sid, exc)
+        await self.io(self.answer, request_id, True, "", sid)
         log.info("session %s started on %s for %s", doc.session_id, doc.plug_mac, doc.user_id)
 
     def _create_start(self, doc: codec.ChargeSession) -> bool:
@@ -256,6 +267,12 @@ class Sessions:
             log.error("session %s already has a document; not overwriting it", doc.session_id)
             return False
         return True
+
+    def _note_stop(self, session_id: str, reason: str) -> None:
+        doc = self.store.get_session(session_id)
+        if doc is not None and doc.status == codec.ChargeSession.STATUS_ACTIVE and doc.stop_reason != reason:
+            doc.stop_reason = reason
+            self.store.put_session(doc)
 
     async def starts_done(self, timeout_s: float = 30.0) -> None:
         """Wait for the start documents in flight (stop, tests)."""
@@ -305,6 +322,9 @@ class Sessions:
         hub restarted from an older checkpoint closes the session instead of switching the relay on."""
         sess = plug.state.session
         if sess is None or not sess.stop_reason:
+            return
+        if sess.session_id in self.unstored:  # its start document is being written: it carries this
+            self._stopping[sess.session_id] = str(sess.stop_reason)
             return
         doc = self.store.get_session(sess.session_id)
         if (

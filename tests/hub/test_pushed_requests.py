@@ -185,6 +185,31 @@ async def test_a_session_stopped_before_it_was_stored_never_switches_on(world: W
     assert answer is not None and answer.status == ACCEPTED and answer.session_id == sess.session_id
 
 
+async def test_a_stop_before_the_start_is_stored_goes_into_its_document(world: World) -> None:
+    # The agent is silent (the "off" is never confirmed), so the session stays FINISHING: the document
+    # stored late must say it was stopped, or a hub restarted from an older checkpoint would resume it
+    # and switch the relay on for a user who asked to stop.
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.user("u1", 1000)
+    hub = await world.start_hub()
+    await world.run(30)
+    flaky = FlakyCreates(world)
+    start = asyncio.create_task(push(world, pending(world, "r1", START, MAC)))
+    await until(lambda: flaky.attempts >= 1, "the session document to be tried")
+    sess = hub.plugs[MAC].state.session
+    assert sess is not None
+    await hub.requests.handle_async(pending(world, "s1", STOP, MAC))
+    assert hub.plugs[MAC].state.status is m.Status.FINISHING
+    flaky.down = False
+    await asyncio.wait_for(start, 60)
+    doc = world.store.get_session(sess.session_id)
+    assert doc is not None and doc.status == codec.ChargeSession.STATUS_ACTIVE
+    assert doc.stop_reason == str(m.StopReason.LOCAL)
+    assert ons(world, MAC) == [] and world.plugs[MAC].relay is False
+    assert world.balance("u1") == 1000 and world.debits("u1") == []
+
+
 async def test_a_request_delivered_twice_at_once_starts_one_session(world: World) -> None:
     world.add_site(A)
     world.add_plug(MAC, A)
