@@ -207,6 +207,11 @@ class FirestoreStore:
     def put_session(self, session: ChargeSession) -> None:
         self._put("sessions", session.session_id, session)
 
+    def create_session(self, session: ChargeSession) -> bool:
+        if not session.session_id:
+            raise StoreError("a ChargeSession needs an id to be stored")
+        return self._create("sessions", session.session_id, to_document(session))
+
     def get_session(self, session_id: str) -> ChargeSession | None:
         return self._get(ChargeSession, "sessions", session_id)
 

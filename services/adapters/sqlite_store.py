@@ -274,6 +274,24 @@ class SqliteStore:
                 ),
             )
 
+    def create_session(self, session: ChargeSession) -> bool:
+        if not session.session_id:
+            raise StoreError("a ChargeSession needs an id to be stored")
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO sessions (session_id, user_id, plug_mac, status, started_at_ms, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session.session_id,
+                    session.user_id,
+                    session.plug_mac,
+                    session.status,
+                    session.started_at_ms,
+                    session.SerializeToString(),
+                ),
+            )
+            return cur.rowcount == 1
+
     def get_session(self, session_id: str) -> ChargeSession | None:
         return self._one(ChargeSession, "SELECT doc FROM sessions WHERE session_id = ?", (session_id,))
 

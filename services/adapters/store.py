@@ -123,6 +123,10 @@ class Store(Protocol):
     # sessions
     def put_session(self, session: ChargeSession) -> None: ...
 
+    def create_session(self, session: ChargeSession) -> bool:
+        """Store ``session`` unless a document with its id exists; True if it was new."""
+        ...
+
     def get_session(self, session_id: str) -> ChargeSession | None: ...
 
     def list_sessions(

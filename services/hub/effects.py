@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from chargectl.common import codec
@@ -41,6 +41,11 @@ class CommandSender:
         self._sent: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._lease_seq = 0
+        # session id -> may its relay "on" go out (the hub shares Sessions.unstored); an "on" held there is
+        # published only if it is still its plug's newest command once released
+        self.holds: Mapping[str, asyncio.Future[bool]] = {}
+        self._newest: dict[str, str] = {}  # plug with a held "on" -> id of its newest command
+        self._held: dict[str, int] = {}  # plug -> its held commands not yet released
 
     def send(self, site_id: str, fx: m.SendRelay) -> None:
         """Sign and publish one relay command to ``site_id`` (the plug's bound site)."""
@@ -69,8 +74,18 @@ class CommandSender:
         if len(self._sent) > MAX_IN_FLIGHT:
             self._sent.pop(next(iter(self._sent)))
         self.metrics.inc("commands_sent_total")
+        hold = self.holds.get(fx.session_id) if fx.on and fx.session_id else None
+        if hold is not None:
+            self._held[fx.mac] = self._held.get(fx.mac, 0) + 1
+        if fx.mac in self._held:
+            self._newest[fx.mac] = fx.command_id
 
         async def publish() -> None:
+            if hold is not None and not await self._released(fx, hold):
+                log.info(
+                    "command %s to %s not sent: session not stored, or superseded", fx.command_id, fx.mac
+                )
+                return
             try:
                 await self.bus.publish(command_topic(site_id), data, attrs)
             except TransportError as exc:
@@ -79,6 +94,18 @@ class CommandSender:
                 log.warning("command %s to %s not published: %s", fx.command_id, fx.mac, exc)
 
         self._spawn(publish())
+
+    async def _released(self, fx: m.SendRelay, hold: asyncio.Future[bool]) -> bool:
+        """Wait for a held "on": True if its session is stored and it is still its plug's newest command."""
+        try:
+            stored = await asyncio.shield(hold)
+        finally:
+            newest = self._newest.get(fx.mac)
+            left = self._held[fx.mac] = self._held[fx.mac] - 1
+            if left <= 0:
+                del self._held[fx.mac]
+                self._newest.pop(fx.mac, None)
+        return stored and newest == fx.command_id
 
     def send_lease(self, site_id: str, leased: Sequence[codec.LeasedPlug]) -> None:
         """Sign and publish one site lease: every listed plug's flip-back timer is re-armed."""

@@ -7,15 +7,28 @@ reason a person can read (:class:`RequestRefusal`, or the machine's own reason s
 long no hub ran; one for a plug bound to a site of another shard is left to that shard's hub
 (unanswered here); one with no id, an unknown action, no user or a user with no account (``users/{uid}``)
 is rejected and never re-read. The set of handled ids is bounded by age.
+
+Pushed requests (the store's listener) go through :meth:`Requests.handle_async`: the same checks and
+answers, with the store's round trips on a small thread pool so a burst is handled concurrently and the
+event loop stays free to publish commands. What is decided stays on the loop: a user's requests take
+turns (one balance per user: the second start sees the first session), the account and the ledger
+balance are read together, and the machine decides on the loop with the plug's state as it is then. A
+start's ACTIVE document is then stored before its relay "on" goes out, and answered after that (see
+``sessions``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chargectl.common import codec
 from chargectl.common.clock import Clock
@@ -23,7 +36,7 @@ from chargectl.services.adapters.store import Store
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.health import Metrics
-from chargectl.services.hub.sessions import Balances
+from chargectl.services.hub.sessions import Balances, Sessions
 
 if TYPE_CHECKING:
     from chargectl.services.hub.registry import HubPlug
@@ -33,6 +46,8 @@ __all__ = ["RequestRefusal", "Requests"]
 log = logging.getLogger("chargectl.hub")
 
 _PENDING = (codec.ChargeRequest.STATUS_PENDING, codec.ChargeRequest.STATUS_UNSPECIFIED)
+IO_THREADS = 16  # store round trips of pushed requests in flight at once (gRPC/SQLite calls, not CPU)
+T = TypeVar("T")
 
 
 class RequestRefusal(StrEnum):
@@ -75,13 +90,30 @@ class Requests:
         self._account: codec.UserAccount | None = None  # read by the last refusal check
         self.handled: dict[str, float] = {}  # request id -> when handled (monotonic)
         self._created: dict[str, int] = {}  # request id -> created_at_ms, until answered (latency)
+        self._created_lock = threading.Lock()  # answers are also written from the request threads
+        self.sessions: Sessions | None = None  # set by the hub: starts of pushed requests are deferred
+        self._in_flight: set[str] = set()  # pushed requests being handled (a redelivery waits for them)
+        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # user -> (lock, [requests waiting])
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call on the request threads."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="chargectl-requests")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # the hub waited for its requests
+            self._pool = None
 
     def _now_ms(self) -> int:
         return round(self.clock.now() * 1000)
 
     def answer(self, request_id: str, accepted: bool, reason: str, session_id: str) -> None:
         status = codec.ChargeRequest.STATUS_ACCEPTED if accepted else codec.ChargeRequest.STATUS_REJECTED
-        created_ms = self._created.pop(request_id, 0)
+        with self._created_lock:
+            created_ms = self._created.pop(request_id, 0)
         if self.store.answer_request(request_id, status, str(reason), session_id, self._now_ms()):
             outcome = "accepted" if accepted else "rejected"
             self.metrics.inc("requests_answered_total", outcome=outcome)
@@ -92,6 +124,12 @@ class Requests:
             if not accepted:
                 log.debug("request %r rejected: %s", request_id, reason)
 
+    def _remember_created(self, rid: str, created_at_ms: int) -> None:
+        with self._created_lock:
+            self._created[rid] = created_at_ms
+            if len(self._created) > 10_000:
+                self._created.pop(next(iter(self._created)))
+
     def prune(self) -> None:
         """Forget handled ids once they are too old to be executed anyway (bounded memory)."""
         horizon = self.clock.monotonic() - 2 * self.max_age_ms / 1000
@@ -100,6 +138,16 @@ class Requests:
 
     def refusal(self, req: codec.ChargeRequest) -> RequestRefusal | None:
         """Why a pending request is refused before it reaches a machine, or None if it may go on."""
+        why = self._quick_refusal(req)
+        if why is not None:
+            return why
+        self._account = self.store.get_user(req.user_id)
+        if self._account is None:
+            return RequestRefusal.NO_ACCOUNT
+        return None
+
+    def _quick_refusal(self, req: codec.ChargeRequest) -> RequestRefusal | None:
+        """:meth:`refusal` without the account read (no store call)."""
         now_ms = self._now_ms()
         if req.created_at_ms <= 0 or now_ms - req.created_at_ms > self.max_age_ms:
             return RequestRefusal.EXPIRED
@@ -111,10 +159,114 @@ class Requests:
             return RequestRefusal.NO_USER
         if req.plug_mac not in self.plugs:
             return RequestRefusal.UNKNOWN_PLUG
-        self._account = self.store.get_user(req.user_id)
-        if self._account is None:
-            return RequestRefusal.NO_ACCOUNT
         return None
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, user_id: str) -> AsyncIterator[None]:
+        """One decision at a time per user (the lock is dropped once nobody waits for it)."""
+        lock, waiting = self._turns.setdefault(user_id, (asyncio.Lock(), [0]))
+        waiting[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                del self._turns[user_id]
+
+    def _learn_balance(self, key: tuple[str, str], before: int | None, read: int) -> None:
+        """Keep a balance read off the loop unless the hub changed it meanwhile (a debit or a re-read is
+        at least as new as the read's start: a debit must never be undone by a stale read)."""
+        if self.balances.known.get(key) == before:
+            self.balances.learned(key, read)
+
+    async def handle_async(self, req: codec.ChargeRequest) -> None:
+        """:meth:`handle` for a pushed request, with the store's round trips off the loop (module doc)."""
+        if req.status not in _PENDING:
+            return
+        rid = req.request_id
+        if rid in self._in_flight:
+            return  # being handled: that one answers it
+        self._in_flight.add(rid)
+        try:
+            await self._handle_async(req, rid)
+        finally:
+            self._in_flight.discard(rid)
+
+    async def _handle_async(self, req: codec.ChargeRequest, rid: str) -> None:
+        if rid in self.handled:
+            current = await self.io(self.store.get_request, rid)
+            if current is None or current.status not in _PENDING:
+                return
+        self.handled[rid] = self.clock.monotonic()
+        if not rid:
+            await self.io(self.answer, rid, False, RequestRefusal.NO_REQUEST_ID, "")
+            return
+        self._remember_created(rid, req.created_at_ms)
+        if self.elsewhere(req.plug_mac):
+            with self._created_lock:
+                self._created.pop(rid, None)
+            self.metrics.inc("requests_ignored_total", reason="other_shard")
+            return
+        why = self._quick_refusal(req)
+        if why is not None:
+            await self.io(self.answer, rid, False, why, "")
+            return
+        start = req.action == codec.ChargeRequest.ACTION_START
+        async with self._turn(req.user_id):
+            plug = self.plugs[req.plug_mac]
+            currency = self.tariff_for(plug.site_id).currency
+            key = (req.user_id, currency)
+            before = self.balances.known.get(key)
+            user = self.io(self.store.get_user, req.user_id)
+            if start:
+                account, balance = await asyncio.gather(
+                    user, self.io(self.balances.ledger.balance, req.user_id, currency)
+                )
+                self._learn_balance(key, before, balance)
+            else:
+                account = await user
+            if account is None:
+                await self.io(self.answer, rid, False, RequestRefusal.NO_ACCOUNT, "")
+                return
+            # The decision: on the loop, no await from here to the machine's step.
+            self._account = account
+            effects, session_id = self._decide(req, plug, deferred=True)
+        if effects is None:
+            await self.io(self.answer, rid, True, "", session_id)  # started before; the answer was lost
+        elif not start and not any(isinstance(f, m.RejectRequest) for f in effects):
+            await self.io(self.answer, rid, True, "", session_id)
+        elif not effects:
+            await self.io(self.answer, rid, False, RequestRefusal.DUPLICATE_REQUEST, session_id)
+
+    def _decide(
+        self, req: codec.ChargeRequest, plug: HubPlug, deferred: bool
+    ) -> tuple[tuple[m.Effect, ...] | None, str]:
+        """The machine event of an accepted request, applied; (None, session id) if this start already
+        runs (its answer was lost). Starts read ``balances.known`` as it is now."""
+        rid = req.request_id
+        live = plug.state.session
+        if req.action == codec.ChargeRequest.ACTION_START:
+            if live is not None and live.request_id == rid:
+                return None, live.session_id
+            session_id = f"sess-{uuid.uuid4().hex}"
+            tariff = self.tariff_for(plug.site_id)
+            available = self.balances.available(req.user_id, tariff.currency)
+            event: m.Event = m.StartRequest(session_id, req.user_id, tariff, available, rid)
+            account = self._account
+            if account is not None and account.auto_topup_amount.amount_minor > 0:
+                self.track_progress(session_id)  # its running cost can trigger the top-up
+        else:
+            session_id = live.session_id if live else ""
+            event = m.StopRequest(req.user_id, "", rid)
+        sessions = self.sessions
+        if not deferred or sessions is None:
+            return self.apply(plug, event), session_id
+        sessions.defer_starts = True
+        try:
+            return self.apply(plug, event), session_id
+        finally:
+            sessions.defer_starts = False
 
     def handle(self, req: codec.ChargeRequest) -> None:
         """Turn one pending request into a machine event; answered exactly once (guarded)."""
@@ -127,16 +279,15 @@ class Requests:
                 return
         self.handled[rid] = self.clock.monotonic()
         if rid:
-            self._created[rid] = req.created_at_ms
-            if len(self._created) > 10_000:
-                self._created.pop(next(iter(self._created)))
+            self._remember_created(rid, req.created_at_ms)
         if not rid:
             self.answer(rid, False, RequestRefusal.NO_REQUEST_ID, "")
             return
         if self.elsewhere(req.plug_mac):
             # Another shard's plug: its hub answers (refusing it unknown_plug here, or starting a
             # session on a plug this hub still remembers from before its site moved, would be wrong).
-            self._created.pop(rid, None)
+            with self._created_lock:
+                self._created.pop(rid, None)
             self.metrics.inc("requests_ignored_total", reason="other_shard")
             return
         why = self.refusal(req)
@@ -144,24 +295,12 @@ class Requests:
             self.answer(rid, False, why, "")
             return
         plug = self.plugs[req.plug_mac]
-        live = plug.state.session
         if req.action == codec.ChargeRequest.ACTION_START:
-            if live is not None and live.request_id == rid:
-                self.answer(rid, True, "", live.session_id)  # started before; the answer was lost
-                return
-            session_id = f"sess-{uuid.uuid4().hex}"
-            tariff = self.tariff_for(plug.site_id)
-            self.balances.read(req.user_id, tariff.currency)
-            available = self.balances.available(req.user_id, tariff.currency)
-            event: m.Event = m.StartRequest(session_id, req.user_id, tariff, available, rid)
-            account = self._account
-            if account is not None and account.auto_topup_amount.amount_minor > 0:
-                self.track_progress(session_id)  # its running cost can trigger the top-up
-        else:
-            session_id = live.session_id if live else ""
-            event = m.StopRequest(req.user_id, "", rid)
-        effects = self.apply(plug, event)
-        if req.action == codec.ChargeRequest.ACTION_STOP and not any(
+            self.balances.read(req.user_id, self.tariff_for(plug.site_id).currency)
+        effects, session_id = self._decide(req, plug, deferred=False)
+        if effects is None:
+            self.answer(rid, True, "", session_id)  # started before; the answer was lost
+        elif req.action == codec.ChargeRequest.ACTION_STOP and not any(
             isinstance(f, m.RejectRequest) for f in effects
         ):
             self.answer(rid, True, "", session_id)

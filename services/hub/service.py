@@ -176,6 +176,10 @@ class Hub:
             settings.progress_interval_s,
             self._after_debit,
         )
+        self.requests.sessions = self.sessions  # pushed requests' starts: stored off the loop, then "on"
+        self.sessions.io = self.requests.io
+        self.commands.holds = self.sessions.unstored
+        self._pushed: set[asyncio.Task[None]] = set()  # pushed requests being handled
         self._topups: set[asyncio.Task[None]] = set()
         self._params_by_class: dict[str, PlugParams] = {}
         self._site_tariffs: dict[str, Tariff] = {}
@@ -258,6 +262,10 @@ class Hub:
 
     async def stop(self) -> None:
         await self.topups_done(timeout_s=30.0)
+        if self._pushed:
+            await asyncio.wait(set(self._pushed), timeout=30.0)
+        await self.sessions.starts_done(timeout_s=30.0)
+        self.requests.close()
         if self._subscription is not None:
             await self._subscription.stop()
             self._subscription = None
@@ -308,14 +316,21 @@ class Hub:
         loop = asyncio.get_running_loop()
 
         def on_request(req: codec.ChargeRequest) -> None:  # the listener's thread
-            loop.call_soon_threadsafe(self._handle_request_safely, req)
+            loop.call_soon_threadsafe(self._handle_pushed, req)
 
         unwatch: Callable[[], None] = watch(on_request)
         return unwatch
 
-    def _handle_request_safely(self, req: codec.ChargeRequest) -> None:
+    def _handle_pushed(self, req: codec.ChargeRequest) -> None:
+        """A pushed request is handled concurrently with the others (store calls off the loop)."""
+        task = asyncio.get_running_loop().create_task(self._handle_pushed_safely(req))
+        self._pushed.add(task)
+        task.add_done_callback(self._pushed.discard)
+
+    async def _handle_pushed_safely(self, req: codec.ChargeRequest) -> None:
         try:
-            self.handle_request(req)
+            await self.requests.handle_async(req)
+            self._checkpoint_if_due()
         except ChargectlError as exc:
             log.warning("request %s not handled yet (%s); it stays pending", req.request_id, exc)
         except Exception:

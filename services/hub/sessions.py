@@ -14,16 +14,22 @@ and the one-transaction finish (COMPLETED document + ledger debit) that bills a 
   Other sessions' documents are written at start and finish only (each progress write is a billed
   document write).
 - Once a debit is written, ``on_debit(user)`` is called (the hub's auto top-up port).
+- A start decided for a pushed request (``defer_starts``) has its ACTIVE document created (never
+  overwriting one: a finish that landed first wins) off the event loop, retried while the store is
+  down; its relay "on" is held (``unstored``, read by the command sender) until the document is stored,
+  so a crash never leaves a relay on with no session document. A finish begun before then has its stop
+  reason written into that document (a restart closes the session). The request is answered last.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from chargectl.common import codec
 from chargectl.common.alerts import AlertBook, AlertKind
@@ -44,6 +50,28 @@ log = logging.getLogger("chargectl.hub")
 
 Answer = Callable[[str, bool, str, str], None]  # request id, accepted, reason, session id
 TopupCheck = Callable[[str], str]  # user id -> what happened (AutoTopup.check_user), run off the loop
+Io = Callable[..., Awaitable[Any]]  # run a blocking store call off the event loop: io(fn, *args)
+
+
+async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+def _start_document(
+    plug: HubPlug, fx: m.SessionStarted, existing: codec.ChargeSession | None
+) -> codec.ChargeSession:
+    return codec.ChargeSession(
+        session_id=fx.session_id,
+        user_id=fx.user_id,
+        plug_mac=fx.mac,
+        site_id=plug.site_id,
+        status=codec.ChargeSession.STATUS_ACTIVE,
+        started_at_ms=existing.started_at_ms if existing else fx.started_at_ms,
+        start_counter_mwh=fx.start_counter_mwh,
+        tariff_id=fx.tariff.tariff_id,
+        request_id=fx.request_id,
+        cost=codec.Money(amount_minor=0, currency=fx.tariff.currency),
+    )
 
 
 def _cost(plug: HubPlug) -> int:
@@ -103,6 +131,11 @@ class Balances:
         self._remember(key, balance)
         self.reads += 1
         return balance
+
+    def learned(self, key: tuple[str, str], balance: int) -> None:
+        """A balance read elsewhere (a request's read off the loop): counts as a read of ``key``."""
+        self._remember(key, balance)
+        self.reads += 1
 
     def _remember(self, key: tuple[str, str], balance: int) -> None:
         if self.known.get(key) != balance:
@@ -288,8 +321,18 @@ class Sessions:
         self.on_debit = on_debit
         self._progress_at: dict[str, int] = {}  # live session id -> when its progress was last written
         self.tracked: set[str] = set()  # live sessions whose progress is written (auto top-up users)
+        # Starts of pushed requests (Requests.handle_async sets defer_starts around its decision): the
+        # ACTIVE document is written off the loop; unstored holds each one's relay "on" until it is.
+        self.defer_starts = False
+        self.unstored: dict[str, asyncio.Future[bool]] = {}
+        self.io: Io = _to_thread
+        self._start_writes: set[asyncio.Task[None]] = set()
+        self._stopping: dict[str, str] = {}  # unstored session -> stop reason, for its document
 
     def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
+        if self.defer_starts and fx.request_id:
+            self._defer_start(plug, fx)
+            return
         existing = self.store.get_session(fx.session_id)
         if existing is not None and (
             existing.status == codec.ChargeSession.STATUS_COMPLETED or existing.user_id != fx.user_id
@@ -298,19 +341,12 @@ class Sessions:
             log.error("session %s already has a document; not overwriting it", fx.session_id)
             self.answer(fx.request_id, True, "", fx.session_id)
             return
-        doc = codec.ChargeSession(
-            session_id=fx.session_id,
-            user_id=fx.user_id,
-            plug_mac=fx.mac,
-            site_id=plug.site_id,
-            status=codec.ChargeSession.STATUS_ACTIVE,
-            started_at_ms=existing.started_at_ms if existing else fx.started_at_ms,
-            start_counter_mwh=fx.start_counter_mwh,
-            tariff_id=fx.tariff.tariff_id,
-            request_id=fx.request_id,
-            cost=codec.Money(amount_minor=0, currency=fx.tariff.currency),
-        )
-        self.store.put_session(doc)
+        self.store.put_session(_start_document(plug, fx, existing))
+        self._started_event(plug, fx)
+        self.answer(fx.request_id, True, "", fx.session_id)
+        log.info("session %s started on %s for %s", fx.session_id, fx.mac, fx.user_id)
+
+    def _started_event(self, plug: HubPlug, fx: m.SessionStarted) -> None:
         self.timeseries().add_session_event(
             SessionEvent(
                 fx.started_at_ms,
@@ -322,8 +358,68 @@ class Sessions:
                 currency=fx.tariff.currency,
             )
         )
-        self.answer(fx.request_id, True, "", fx.session_id)
-        log.info("session %s started on %s for %s", fx.session_id, fx.mac, fx.user_id)
+
+    def _defer_start(self, plug: HubPlug, fx: m.SessionStarted) -> None:
+        """A pushed request's start (see the module docstring): the decision is made, the store work goes
+        off the loop, and the relay "on" is held until the ACTIVE document is stored."""
+        loop = asyncio.get_running_loop()
+        held: asyncio.Future[bool] = loop.create_future()
+        self.unstored[fx.session_id] = held
+        self._started_event(plug, fx)
+        task = loop.create_task(self._store_start(_start_document(plug, fx, None), fx.request_id, held))
+        self._start_writes.add(task)
+        task.add_done_callback(self._start_writes.discard)
+
+    async def _store_start(
+        self, doc: codec.ChargeSession, request_id: str, held: asyncio.Future[bool]
+    ) -> None:
+        sid = doc.session_id
+        delay_s = 0.2
+        while not held.done():
+            # A finish begun meanwhile goes into the document, so a restart closes the session.
+            doc.stop_reason = self._stopping.get(sid, "")
+            try:
+                stored = await self.io(self._create_start, doc)
+            except StoreError as exc:
+                # The relay stays off meanwhile; the session's finish (if it comes first) releases it.
+                log.warning("session %s not stored yet (%s); retrying", sid, exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+                continue
+            if not held.done():
+                held.set_result(stored)
+        self.unstored.pop(sid, None)
+        late = self._stopping.pop(sid, "")
+        if held.result() and late and late != doc.stop_reason:  # begun while the document was written
+            try:
+                await self.io(self._note_stop, sid, late)
+            except StoreError as exc:
+                log.warning("session %s: its stop reason not written (%s)", sid, exc)
+        await self.io(self.answer, request_id, True, "", sid)
+        log.info("session %s started on %s for %s", doc.session_id, doc.plug_mac, doc.user_id)
+
+    def _create_start(self, doc: codec.ChargeSession) -> bool:
+        """Create the ACTIVE document (blocking; off the loop). False if the relay must stay off."""
+        if self.store.create_session(doc):
+            return True
+        existing = self.store.get_session(doc.session_id)
+        if existing is not None and existing.status == codec.ChargeSession.STATUS_COMPLETED:
+            return False  # finished (and billed) before its start was stored: never switch it on
+        if existing is None or existing.user_id != doc.user_id:
+            log.error("session %s already has a document; not overwriting it", doc.session_id)
+            return False
+        return True
+
+    def _note_stop(self, session_id: str, reason: str) -> None:
+        doc = self.store.get_session(session_id)
+        if doc is not None and doc.status == codec.ChargeSession.STATUS_ACTIVE and doc.stop_reason != reason:
+            doc.stop_reason = reason
+            self.store.put_session(doc)
+
+    async def starts_done(self, timeout_s: float = 30.0) -> None:
+        """Wait for the start documents in flight (stop, tests)."""
+        if self._start_writes:
+            await asyncio.wait(set(self._start_writes), timeout=timeout_s)
 
     def progress(self, plug: HubPlug, fx: m.SessionUpdated) -> None:
         """Write a live session's energy and running cost into its document when the last write is
@@ -368,6 +464,9 @@ class Sessions:
         hub restarted from an older checkpoint closes the session instead of switching the relay on."""
         sess = plug.state.session
         if sess is None or not sess.stop_reason:
+            return
+        if sess.session_id in self.unstored:  # its start document is being written: it carries this
+            self._stopping[sess.session_id] = str(sess.stop_reason)
             return
         doc = self.store.get_session(sess.session_id)
         if (

@@ -96,6 +96,23 @@ def test_sessions_filter_and_order(store: Store, tmp_path: Path) -> None:
     assert [s.session_id for s in store.list_sessions(limit=1)] == ["s2"]
 
 
+def test_a_session_document_is_created_once_and_never_overwritten(store: Store) -> None:
+    """The hub writes a new session's ACTIVE document with create-if-absent: if the finish (COMPLETED,
+    with its debit's cost) landed first, the late ACTIVE document must not replace it."""
+    active = ChargeSession(
+        session_id="sess-1", user_id="u1", plug_mac="AABBCCDDEEFF", status=1, started_at_ms=100
+    )
+    assert store.create_session(active) is True
+    done = ChargeSession()
+    done.CopyFrom(active)
+    done.status, done.cost.amount_minor, done.cost.currency = 2, 512, "gbp"
+    store.put_session(done)
+    assert store.create_session(active) is False
+    assert store.get_session("sess-1") == done
+    with pytest.raises(StoreError):
+        store.create_session(ChargeSession(user_id="u1"))
+
+
 def test_plug_state_reads_back_equal(store: Store) -> None:
     state = PlugState(
         plug_mac="AABBCCDDEEFF",

@@ -1,0 +1,251 @@
+"""Pushed requests (the store's listener): handled concurrently, their store round trips off the event
+loop. Each test plays the hostile case (a burst for one user, a store that fails at the wrong moment, a
+request delivered twice) and asserts what happens to the money and to the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hostile import World
+
+from chargectl.common import codec
+from chargectl.common.errors import StoreError
+from chargectl.services.hub import machine as m
+
+A = "site-a"
+MAC = "AABBCCDDEEFF"
+MAC2 = "AABBCCDDEE00"
+START = codec.ChargeRequest.ACTION_START
+STOP = codec.ChargeRequest.ACTION_STOP
+ACCEPTED = codec.ChargeRequest.STATUS_ACCEPTED
+PENDING = codec.ChargeRequest.STATUS_PENDING
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    if w.hub is not None:
+        w.hub.requests.close()
+    w.close()
+
+
+async def until(cond: Callable[[], bool], what: str, limit_s: float = 60.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def pending(w: World, rid: str, action: int, mac: str, user: str = "u1") -> codec.ChargeRequest:
+    """Write a request to the store and return it as the listener delivers it."""
+    w.request(rid, action, mac, user)
+    req = w.store.get_request(rid)
+    assert req is not None
+    return req
+
+
+async def push(w: World, *reqs: codec.ChargeRequest) -> None:
+    """Deliver ``reqs`` at once as the listener does, wait until every start is stored and answered."""
+    assert w.hub is not None
+    await asyncio.gather(*(w.hub.requests.handle_async(r) for r in reqs))
+    await w.hub.sessions.starts_done()
+    await w.settle()
+    w.obey()
+
+
+def ons(w: World, mac: str) -> list[codec.Command]:
+    return [c for c in w.all_commands() if c.plug_mac == mac and c.on]
+
+
+class FlakyCreates:
+    """Fault injection on the store seam: creating a session document fails while ``down``."""
+
+    def __init__(self, w: World) -> None:
+        self.down = True
+        self.attempts = 0
+        self._create = w.store.create_session
+        w.store.create_session = self  # type: ignore[method-assign]
+
+    def __call__(self, doc: codec.ChargeSession) -> bool:
+        self.attempts += 1
+        if self.down:
+            raise StoreError("Firestore create of sessions failed: unavailable")
+        return self._create(doc)
+
+
+async def test_a_burst_for_one_user_shares_one_balance(world: World) -> None:
+    # test_two_plugs_at_once_share_one_balance, with both starts delivered at once: the user's requests
+    # take turns, so the money comes out exactly as when they are handled one after the other.
+    world = world
+    world.add_site(A, price_per_kwh_minor=3000)
+    world.add_plug(MAC, A)
+    world.add_plug(MAC2, A)
+    world.user("u1", 1000)
+    hub = await world.start_hub()
+    await world.run(30)
+    for mac in (MAC, MAC2):
+        world.plugs[mac].power_w = 1800.0
+    await push(world, pending(world, "r1", START, MAC), pending(world, "r2", START, MAC2))
+    answers = [world.store.get_request(r) for r in ("r1", "r2")]
+    assert all(a is not None and a.status == ACCEPTED for a in answers)
+    assert world.plugs[MAC].relay and world.plugs[MAC2].relay
+    await world.run(1200)
+    assert not any(p.relay for p in world.plugs.values())  # out of credit judged across both
+    await world.run(700)
+    assert all(p.state.session is None for p in hub.plugs.values())
+    # Hand-checked (as in the sequential test): 167.5 Wh each at 30.00/kWh = 502.5 each, 1,005 together;
+    # the debits stop at the 10.00 balance.
+    docs = world.store.list_sessions(user_id="u1")
+    assert sorted(d.energy_mwh for d in docs) == [167_500, 167_500]
+    assert sum(-e.amount.amount_minor for e in world.debits("u1")) == 1000 and world.balance("u1") == 0
+    assert sorted(d.cost.amount_minor for d in docs) == [497, 503]
+
+
+async def test_a_second_start_waits_for_the_first_and_sees_its_cost(world: World) -> None:
+    # test_a_start_needs_the_balance_left_by_the_users_other_sessions, pushed: 960 of 1000 used, so the
+    # second start (needs 100) is refused and its plug never switches on.
+    world.add_site(A, price_per_kwh_minor=3000)
+    world.add_plug(MAC, A)
+    world.add_plug(MAC2, A)
+    world.user("u1", 1000)
+    hub = await world.start_hub()
+    await world.run(30)
+    world.plugs[MAC].power_w = 1800.0
+    await push(world, pending(world, "r1", START, MAC))
+    await world.run(640, macs=[MAC])  # 128 samples x 2.5 Wh = 0.32 kWh x 3000 = 960 used of 1000
+    await world.run(30, macs=[MAC2])
+    await push(world, pending(world, "r2", START, MAC2))
+    second = world.store.get_request("r2")
+    assert second is not None and second.reason == "insufficient_balance"
+    assert world.plugs[MAC2].relay is False and hub.plugs[MAC2].state.session is None
+    assert ons(world, MAC2) == []
+
+
+async def test_the_relay_stays_off_until_the_session_document_is_stored(world: World) -> None:
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.user("u1", 100_000)
+    hub = await world.start_hub()
+    await world.run(30)
+    world.plugs[MAC].power_w = 1800.0
+    flaky = FlakyCreates(world)
+    task = asyncio.create_task(push(world, pending(world, "r1", START, MAC)))
+    await until(lambda: flaky.attempts >= 2, "the session document to be retried")
+    world.obey()
+    # Decided (the plug is reserved for the session) but not stored: no "on", no answer, no money.
+    sess = hub.plugs[MAC].state.session
+    assert sess is not None and hub.plugs[MAC].state.status is m.Status.AUTHORIZED
+    assert ons(world, MAC) == [] and world.plugs[MAC].relay is False
+    assert world.store.get_session(sess.session_id) is None
+    answer = world.store.get_request("r1")
+    assert answer is not None and answer.status == PENDING
+    flaky.down = False
+    await asyncio.wait_for(task, 60)
+    doc = world.store.get_session(sess.session_id)
+    assert doc is not None and doc.status == codec.ChargeSession.STATUS_ACTIVE
+    assert [c.session_id for c in ons(world, MAC)] == [sess.session_id] and world.plugs[MAC].relay
+    answer = world.store.get_request("r1")
+    assert answer is not None and answer.status == ACCEPTED and answer.session_id == sess.session_id
+    assert world.balance("u1") == 100_000
+
+
+async def test_a_session_stopped_before_it_was_stored_never_switches_on(world: World) -> None:
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.user("u1", 1000)
+    hub = await world.start_hub()
+    await world.run(30)
+    world.plugs[MAC].power_w = 1800.0
+    flaky = FlakyCreates(world)
+    start = asyncio.create_task(push(world, pending(world, "r1", START, MAC)))
+    await until(lambda: flaky.attempts >= 1, "the session document to be tried")
+    sess = hub.plugs[MAC].state.session
+    assert sess is not None
+    await world.hub.requests.handle_async(pending(world, "s1", STOP, MAC))  # type: ignore[union-attr]
+    await world.settle()
+    world.obey()  # the agent switches it off (it was never on) and reports
+    await world.run(10)
+    assert hub.plugs[MAC].state.session is None
+    flaky.down = False
+    await asyncio.wait_for(start, 60)
+    await world.run(10)
+    # The finish wrote the COMPLETED document first; the late ACTIVE one never replaced it, and the held
+    # "on" was dropped: the relay never switched on, nothing was drawn, nothing billed.
+    doc = world.store.get_session(sess.session_id)
+    assert doc is not None and doc.status == codec.ChargeSession.STATUS_COMPLETED
+    assert doc.energy_mwh == 0 and doc.cost.amount_minor == 0
+    assert ons(world, MAC) == [] and world.plugs[MAC].relay is False
+    assert world.balance("u1") == 1000 and sum(-e.amount.amount_minor for e in world.debits("u1")) == 0
+    answer = world.store.get_request("r1")
+    assert answer is not None and answer.status == ACCEPTED and answer.session_id == sess.session_id
+
+
+async def test_a_stop_before_the_start_is_stored_goes_into_its_document(world: World) -> None:
+    # The agent is silent (the "off" is never confirmed), so the session stays FINISHING: the document
+    # stored late must say it was stopped, or a hub restarted from an older checkpoint would resume it
+    # and switch the relay on for a user who asked to stop.
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.user("u1", 1000)
+    hub = await world.start_hub()
+    await world.run(30)
+    flaky = FlakyCreates(world)
+    start = asyncio.create_task(push(world, pending(world, "r1", START, MAC)))
+    await until(lambda: flaky.attempts >= 1, "the session document to be tried")
+    sess = hub.plugs[MAC].state.session
+    assert sess is not None
+    await hub.requests.handle_async(pending(world, "s1", STOP, MAC))
+    assert hub.plugs[MAC].state.status is m.Status.FINISHING
+    flaky.down = False
+    await asyncio.wait_for(start, 60)
+    doc = world.store.get_session(sess.session_id)
+    assert doc is not None and doc.status == codec.ChargeSession.STATUS_ACTIVE
+    assert doc.stop_reason == str(m.StopReason.LOCAL)
+    assert ons(world, MAC) == [] and world.plugs[MAC].relay is False
+    assert world.balance("u1") == 1000 and world.debits("u1") == []
+
+
+async def test_a_request_delivered_twice_at_once_starts_one_session(world: World) -> None:
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.user("u1", 100_000)
+    hub = await world.start_hub()
+    await world.run(30)
+    req = pending(world, "r1", START, MAC)
+    await push(world, req, req)
+    await push(world, req)  # redelivered once answered (a reconnect): already handled
+    sess = hub.plugs[MAC].state.session
+    assert sess is not None
+    assert [c.session_id for c in ons(world, MAC)] == [sess.session_id]
+    assert [s.session_id for s in world.store.list_sessions()] == [sess.session_id]
+    answer = world.store.get_request("r1")
+    assert answer is not None and answer.status == ACCEPTED and answer.session_id == sess.session_id
+
+
+async def test_pushed_refusals_are_answered_as_before(world: World) -> None:
+    # expired, unknown plug, no account: the same answers as the polled path, and nothing switches on
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.user("u1", 1000)
+    world.user("ghost", 1000, account=False)
+    hub = await world.start_hub()
+    await world.run(30)
+    world.request("old", START, MAC, age_s=hub.settings.request_max_age_s + 1)
+    old = world.store.get_request("old")
+    assert old is not None
+    await push(
+        world, old, pending(world, "nowhere", START, "001122334455"), pending(world, "g", START, MAC, "ghost")
+    )
+    reasons = {rid: world.store.get_request(rid) for rid in ("old", "nowhere", "g")}
+    assert {rid: (a.reason if a else None) for rid, a in reasons.items()} == {
+        "old": "expired",
+        "nowhere": "unknown_plug",
+        "g": "no_account",
+    }
+    assert ons(world, MAC) == [] and hub.plugs[MAC].state.session is None
+    assert world.balance("u1") == 1000 and world.balance("ghost") == 1000
