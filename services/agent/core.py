@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-from chargectl.common.codec import InventoryChange
+from chargectl.common.codec import CommandOutcome, InventoryChange
 from chargectl.common.readings import Reading
 
 __all__ = ["BatchBuffer", "PlugHealth", "next_poll_delay"]
@@ -53,13 +53,20 @@ class PlugHealth:
 
 @dataclass
 class BatchBuffer:
-    """Readings and inventory changes since the last flush; due by time or by size."""
+    """Readings, inventory changes and command results since the last flush; due by time or by size.
+
+    A command result makes the buffer due ``result_flush_s`` after it arrived (if the flush interval
+    does not come first): someone may be waiting for that relay, and the results that arrive within
+    that window ride in the same batch."""
 
     max_readings: int
     flush_interval_s: float
     started_at: float
     readings: list[Reading] = field(default_factory=list)
     inventory: list[InventoryChange] = field(default_factory=list)
+    result_flush_s: float = 0.5
+    results: list[CommandOutcome] = field(default_factory=list)
+    results_since: float | None = None  # when the oldest pending result arrived
 
     def add(self, reading: Reading) -> bool:
         """Buffer ``reading``; True when the buffer has reached its size bound."""
@@ -69,23 +76,35 @@ class BatchBuffer:
     def add_change(self, change: InventoryChange) -> None:
         self.inventory.append(change)
 
+    def add_result(self, result: CommandOutcome, now: float) -> None:
+        """Buffer ``result``; the buffer is due by ``now + result_flush_s`` at the latest."""
+        self.results.append(result)
+        if self.results_since is None:
+            self.results_since = now
+
     def __len__(self) -> int:
         return len(self.readings)
 
     @property
     def empty(self) -> bool:
-        return not self.readings and not self.inventory
+        return not self.readings and not self.inventory and not self.results
 
     def flush_at(self) -> float:
-        return self.started_at + self.flush_interval_s
+        at = self.started_at + self.flush_interval_s
+        if self.results_since is not None:
+            at = min(at, self.results_since + self.result_flush_s)
+        return at
 
     def due(self, now: float) -> bool:
         return len(self.readings) >= self.max_readings or (not self.empty and now >= self.flush_at())
 
-    def take(self, now: float) -> tuple[list[Reading], list[InventoryChange]]:
-        """Up to ``max_readings`` readings (oldest first) and every inventory change; restarts the timer."""
+    def take(self, now: float) -> tuple[list[Reading], list[InventoryChange], list[CommandOutcome]]:
+        """Up to ``max_readings`` readings (oldest first), every inventory change and every command
+        result; restarts the timer."""
         readings = self.readings[: self.max_readings]
         self.readings = self.readings[self.max_readings :]
         inventory, self.inventory = self.inventory, []
+        results, self.results = self.results, []
+        self.results_since = None
         self.started_at = now
-        return readings, inventory
+        return readings, inventory, results
