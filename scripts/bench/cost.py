@@ -441,7 +441,7 @@ def monthly_cost(sim: dict[str, Any], plugs: int, region: str) -> dict[str, floa
     # The floor: the writes no session can do without as the hub works today (the user's request, its
     # answer, the session document at the start, the finish transaction's session document and
     # debit), at the simulation's sessions per plug-hour, priced alone.
-    floor_writes = SESSION_FLOOR_WRITES * sim["sessions_per_plug_hour"] * plug_months
+    floor_writes = SESSION_FLOOR_WRITES * sim.get("sessions_per_plug_hour", 0.0) * plug_months
     floor = max(0.0, floor_writes - free) * FIRESTORE_WRITE_USD[region]
     return {
         "floor_usd": floor,
