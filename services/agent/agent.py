@@ -14,10 +14,10 @@ Theory of operation:
   has it; so the bus sees batches in ``batch_seq`` order and nothing is lost to a failed publish or a
   stop mid-publish. A failed publish marks the link down (logged once; its return is logged once).
 - Command messages are verified and executed by :class:`CommandExecutor`; each yields a
-  ``CommandResult`` that rides in the next telemetry batch (spooled with it like the readings). A
-  pending result brings the flush forward to at most ``result_flush_ms`` after it, so the hub hears
-  of a switched relay within that bound, not a flush interval later. The command subscription is
-  re-established if it fails.
+  ``CommandResult`` that rides in the next telemetry batch (spooled like the readings). A result
+  waits at most ``result_flush_ms``: then the pending results go in a batch of their own, so the hub
+  hears of a switched relay within that bound, not a flush interval later. The command subscription
+  is re-established if it fails.
 """
 
 from __future__ import annotations
@@ -621,14 +621,18 @@ class Agent:
     def _unshipped(self) -> int:
         return len(self.spool) + len(self._memory)
 
-    async def flush(self, *, final: bool = False) -> int:
-        """Pack what is buffered into batches and ship them (spool first when anything is spooled)."""
+    async def flush(self, *, final: bool = False, results_only: bool = False) -> int:
+        """Pack what is buffered into batches and ship them (spool first when anything is spooled);
+        ``results_only``: just the pending command results, in one batch."""
         shipped = 0
         async with self._ship_lock:
             # Write-ahead: a batch is on disk before its publish starts, so neither a failed publish
             # nor a stop in the middle of one can lose it (a replay after an ambiguous publish is a
             # duplicate batch_seq, which the hub drops).
-            while not self._buffer.empty:
+            if results_only and self._buffer.results:
+                self._store(self._pack([], [], self._buffer.take_results()))
+                shipped += 1
+            while not results_only and not self._buffer.empty:
                 readings, inventory, results = self._buffer.take(self.clock.monotonic())
                 self._store(self._pack(readings, inventory, results))
                 shipped += 1
@@ -661,6 +665,8 @@ class Agent:
             now = self.clock.monotonic()
             if self._buffer.due(now):
                 await self.flush()
+            elif self._buffer.results_due(now):
+                await self.flush(results_only=True)
             elif self._buffer.empty:
                 self._buffer.started_at = now
                 if self._unshipped:
@@ -672,7 +678,7 @@ class Agent:
     async def handle_command(self, msg: BusMessage) -> bool:
         """Bus handler for the command subscription: execute or refuse, then report; always acks.
 
-        Each outcome rides in the next telemetry batch, flushed at most ``result_flush_ms`` from now.
+        Each outcome rides in the next telemetry batch, or alone ``result_flush_ms`` from now.
         A site lease that renewed every plug reports nothing."""
         outcomes = await self.executor.handle_many(msg.data, self._now_ms())
         for outcome in outcomes:

@@ -55,9 +55,11 @@ class PlugHealth:
 class BatchBuffer:
     """Readings, inventory changes and command results since the last flush; due by time or by size.
 
-    A command result makes the buffer due ``result_flush_s`` after it arrived (if the flush interval
-    does not come first): someone may be waiting for that relay, and the results that arrive within
-    that window ride in the same batch."""
+    Command results ride in the next flush, but wait at most ``result_flush_s`` (someone may be
+    waiting for that relay): then they go alone (:meth:`take_results`), the results that arrived
+    within that window together, and the readings keep their own flush interval. A results-only batch
+    costs what one result message did; splitting the readings' batch would cost the per-batch
+    overhead (every plug's MAC) once more."""
 
     max_readings: int
     flush_interval_s: float
@@ -90,13 +92,27 @@ class BatchBuffer:
         return not self.readings and not self.inventory and not self.results
 
     def flush_at(self) -> float:
+        """When the next flush of either kind is due."""
         at = self.started_at + self.flush_interval_s
         if self.results_since is not None:
             at = min(at, self.results_since + self.result_flush_s)
         return at
 
     def due(self, now: float) -> bool:
-        return len(self.readings) >= self.max_readings or (not self.empty and now >= self.flush_at())
+        """Is a whole flush due (size bound, or the flush interval with anything buffered)?"""
+        return len(self.readings) >= self.max_readings or (
+            not self.empty and now >= self.started_at + self.flush_interval_s
+        )
+
+    def results_due(self, now: float) -> bool:
+        """Have the pending results waited ``result_flush_s``?"""
+        return self.results_since is not None and now >= self.results_since + self.result_flush_s
+
+    def take_results(self) -> list[CommandOutcome]:
+        """Every pending command result, alone; the readings' flush interval runs on."""
+        results, self.results = self.results, []
+        self.results_since = None
+        return results
 
     def take(self, now: float) -> tuple[list[Reading], list[InventoryChange], list[CommandOutcome]]:
         """Up to ``max_readings`` readings (oldest first), every inventory change and every command

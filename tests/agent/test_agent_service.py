@@ -282,7 +282,7 @@ async def test_live_view_table_shows_every_plug_and_the_link(h: Harness) -> None
 
 async def test_a_result_is_flushed_within_result_flush_ms_not_the_flush_interval(h: Harness) -> None:
     """A served agent with an hour's flush interval: the command's result still reaches the bus, in a
-    batch of its own flush (with the readings so far), because a pending result brings the flush forward."""
+    batch of its own (the readings wait for their interval), once it has waited result_flush_ms."""
     import asyncio
 
     from chargectl.common.clock import SystemClock
@@ -307,6 +307,7 @@ async def test_a_result_is_flushed_within_result_flush_ms_not_the_flush_interval
             await asyncio.sleep(0.01)
         carrying = [b for b in h.batches() if b.results]
         assert len(carrying) == 1 and [(o.command_id, o.ok) for o in carrying[0].results] == [("c9", True)]
+        assert carrying[0].readings == ()
         assert h.plugs[1].relay_on
     finally:
         agent.stop()
