@@ -232,6 +232,7 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
         result_flush_s=agent_defaults.result_flush_ms / 1000,
     )
     seq = 0
+    in_window = True
     requests = 0
     results = 0
     early_flushes = 0
@@ -239,25 +240,29 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
     polls = int(hours * 3600 / POLL_INTERVAL_S)
     mono0 = clock.monotonic()
 
-    async def deliver(data: bytes, attrs: dict[str, str], kind: str) -> None:
-        traffic[kind].append(billed_message_bytes(data, attrs))
-        if not await hub.handle_message(BusMessage(data, attrs, f"{kind}-{len(traffic[kind])}")):
+    async def deliver(data: bytes, attrs: dict[str, str], kind: str, counted: bool = True) -> None:
+        if counted:
+            traffic[kind].append(billed_message_bytes(data, attrs))
+        if not await hub.handle_message(BusMessage(data, attrs, f"{kind}-{seq}-{len(traffic[kind])}")):
             raise AssertionError(f"the hub refused a {kind} message")
 
     async def flush() -> None:
         nonlocal seq, early_flushes
         now = clock.monotonic()
+        # After the window only the sessions' own traffic counts: their results, not the readings.
+        counted = in_window
         if buf.due(now):
             rows, _, outcomes = buf.take(now)
         else:  # results that waited result_flush_ms go alone, as the agent's flusher sends them
             rows, outcomes = [], buf.take_results()
             early_flushes += 1
+            counted = True
         seq += 1
         batch = codec.Batch(
             site, seq, tuple(rows), created_at_ms=round(clock.now() * 1000), results=tuple(outcomes)
         )
         data, attrs = telemetry_attributes(batch, agent_key)
-        await deliver(data, attrs, "telemetry")
+        await deliver(data, attrs, "telemetry", counted)
 
     async def flush_until(mono: float) -> None:
         """Every flush the agent's flusher makes up to ``mono``, each at its own moment."""
@@ -361,14 +366,13 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
     # Carry every session started in the window to its bill (no new users): its finish, debit, "off"
     # and plug states are counted as the window's, as they would be in a month's steady state; the
     # telemetry of these extra hours is not (the window's plug-hours already paid for theirs).
-    counted_telemetry = len(traffic["telemetry"])
+    in_window = False
     counted_checkpoints = len(store.checkpoints)
     k = polls
     while any(p.state.session is not None for p in hub.plugs.values()) and k < polls + DRAIN_MAX_POLLS:
         await step(k, users=False)
         k += 1
     drained_s = (k - polls) * POLL_INTERVAL_S
-    del traffic["telemetry"][counted_telemetry:]
     del store.checkpoints[counted_checkpoints:], store.checkpoint_docs[counted_checkpoints:]
 
     store.counting = False
