@@ -2,7 +2,8 @@
 
 - Telemetry: domain :class:`Batch` of :class:`Reading` ⇄ columnar ``TelemetryBatch`` bytes; or the
   bytes → :class:`BatchRuns` (per-plug columns, no object per reading) for a hub working per chunk.
-- Commands: :class:`Command` ⇄ ``RelayCommand``; :class:`CommandOutcome` ⇄ ``CommandResult``.
+- Commands: :class:`Command` ⇄ ``RelayCommand``; :class:`CommandOutcome` ⇄ ``CommandResult``, on its
+  own (agents before results rode in batches) or in a batch's ``results``.
 - Compression (``zstd`` default, ``zlib``, ``identity``) with a hard cap on decompressed size.
 - Signed envelopes: compress → sign → ``Envelope``; verify → decompress → parse (a forged message is
   rejected before it is decompressed).
@@ -128,6 +129,7 @@ class Batch:
     created_at_ms: int = 0
     agent_version: str = ""
     epoch: int = 0  # the agent instance (see TelemetryBatch.epoch); 0 from agents that predate it
+    results: tuple[CommandOutcome, ...] = ()  # command results since the last flush (site: the batch's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +389,7 @@ def encode_batch(batch: Batch) -> bytes:
             )
     except (ValueError, TypeError) as exc:  # protobuf's range checks (a value beyond 64 bits)
         raise CodecError(f"telemetry batch does not fit the wire format: {exc}") from None
+    _put_results(msg, batch.site_id, batch.results)
     return msg.SerializeToString()
 
 
@@ -450,6 +453,7 @@ class BatchRuns:
     created_at_ms: int = 0
     agent_version: str = ""
     epoch: int = 0
+    results: tuple[CommandOutcome, ...] = ()
 
     @property
     def sample_count(self) -> int:
@@ -465,6 +469,7 @@ class BatchRuns:
             created_at_ms=self.created_at_ms,
             agent_version=self.agent_version,
             epoch=self.epoch,
+            results=self.results,
         )
 
 
@@ -697,6 +702,7 @@ def decode_runs(data: bytes) -> BatchRuns:
         created_at_ms=msg.created_at_ms,
         agent_version=msg.agent_version,
         epoch=msg.epoch,
+        results=_results_of(msg),
     )
 
 
@@ -754,10 +760,10 @@ def decode_command(data: bytes) -> Command:
     )
 
 
-def encode_outcome(res: CommandOutcome) -> bytes:
+def _result_message(res: CommandOutcome, site_id: str) -> commands_pb2.CommandResult:
     return commands_pb2.CommandResult(
         command_id=res.command_id,
-        site_id=res.site_id,
+        site_id=site_id,
         plug_mac=res.plug_mac,
         ok=res.ok,
         reason=res.reason,
@@ -766,20 +772,15 @@ def encode_outcome(res: CommandOutcome) -> bytes:
         error=res.error,
         executed_at_ms=res.executed_at_ms,
         session_id=res.session_id,
-    ).SerializeToString()
+    )
 
 
-def decode_outcome(data: bytes) -> CommandOutcome:
-    msg = commands_pb2.CommandResult()
-    try:
-        msg.ParseFromString(data)
-    except DecodeError as exc:
-        raise CodecError(f"not a CommandResult: {exc}") from None
-    if not msg.site_id or not msg.reason:
+def _outcome_of(msg: commands_pb2.CommandResult, site_id: str) -> CommandOutcome:
+    if not site_id or not msg.reason:
         raise CodecError("command result lacks a site_id or reason")
     return CommandOutcome(
         command_id=msg.command_id,
-        site_id=msg.site_id,
+        site_id=site_id,
         plug_mac=msg.plug_mac,
         ok=msg.ok,
         reason=msg.reason,
@@ -788,6 +789,38 @@ def decode_outcome(data: bytes) -> CommandOutcome:
         error=msg.error,
         session_id=msg.session_id,
     )
+
+
+def encode_outcome(res: CommandOutcome) -> bytes:
+    return _result_message(res, res.site_id).SerializeToString()
+
+
+def decode_outcome(data: bytes) -> CommandOutcome:
+    msg = commands_pb2.CommandResult()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError as exc:
+        raise CodecError(f"not a CommandResult: {exc}") from None
+    return _outcome_of(msg, msg.site_id)
+
+
+def _put_results(msg: telemetry_pb2.TelemetryBatch, site_id: str, results: Sequence[CommandOutcome]) -> None:
+    """Command results into a telemetry batch: their site is the batch's, so ``site_id`` stays empty."""
+    for res in results:
+        if res.site_id != site_id:
+            raise CodecError(f"a batch of site {site_id!r} cannot carry a result of site {res.site_id!r}")
+        msg.results.append(_result_message(res, ""))
+
+
+def _results_of(msg: telemetry_pb2.TelemetryBatch) -> tuple[CommandOutcome, ...]:
+    """A telemetry batch's command results, each of the batch's (signed) site; one that names another
+    site makes the batch malformed (an agent never sends that)."""
+    out = []
+    for res in msg.results:
+        if res.site_id and res.site_id != msg.site_id:
+            raise CodecError(f"batch of site {msg.site_id!r} carries a result of site {res.site_id!r}")
+        out.append(_outcome_of(res, msg.site_id))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- envelopes

@@ -1,3 +1,4 @@
+from chargectl.gen.v1 import commands_pb2 as _commands_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -72,7 +73,7 @@ class PlugInventoryChange(_message.Message):
     def __init__(self, mac: _Optional[str] = ..., kind: _Optional[_Union[PlugInventoryChange.Kind, str]] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., gen: _Optional[int] = ..., model: _Optional[str] = ..., firmware: _Optional[str] = ..., switchable: _Optional[bool] = ..., at_ms: _Optional[int] = ...) -> None: ...
 
 class TelemetryBatch(_message.Message):
-    __slots__ = ("site_id", "batch_seq", "base_time_ms", "plug_macs", "series", "inventory", "created_at_ms", "agent_version", "epoch", "sample_counts", "time_step_ms", "time_ms", "power_dw", "energy_mwh", "voltage_dv", "current_ma", "temperature_dc", "uptime_s", "relay_on_bits", "error_flags", "voltage_missing", "current_missing", "temperature_missing", "uptime_missing")
+    __slots__ = ("site_id", "batch_seq", "base_time_ms", "plug_macs", "series", "inventory", "created_at_ms", "agent_version", "epoch", "sample_counts", "time_step_ms", "time_ms", "power_dw", "energy_mwh", "voltage_dv", "current_ma", "temperature_dc", "uptime_s", "relay_on_bits", "error_flags", "voltage_missing", "current_missing", "temperature_missing", "uptime_missing", "results")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     BASE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +98,7 @@ class TelemetryBatch(_message.Message):
     CURRENT_MISSING_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_MISSING_FIELD_NUMBER: _ClassVar[int]
     UPTIME_MISSING_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     batch_seq: int
     base_time_ms: int
@@ -121,4 +123,5 @@ class TelemetryBatch(_message.Message):
     current_missing: bytes
     temperature_missing: bytes
     uptime_missing: bytes
-    def __init__(self, site_id: _Optional[str] = ..., batch_seq: _Optional[int] = ..., base_time_ms: _Optional[int] = ..., plug_macs: _Optional[_Iterable[str]] = ..., series: _Optional[_Iterable[_Union[PlugSeries, _Mapping]]] = ..., inventory: _Optional[_Iterable[_Union[PlugInventoryChange, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., epoch: _Optional[int] = ..., sample_counts: _Optional[_Iterable[int]] = ..., time_step_ms: _Optional[int] = ..., time_ms: _Optional[_Iterable[int]] = ..., power_dw: _Optional[_Iterable[int]] = ..., energy_mwh: _Optional[_Iterable[int]] = ..., voltage_dv: _Optional[_Iterable[int]] = ..., current_ma: _Optional[_Iterable[int]] = ..., temperature_dc: _Optional[_Iterable[int]] = ..., uptime_s: _Optional[_Iterable[int]] = ..., relay_on_bits: _Optional[bytes] = ..., error_flags: _Optional[_Iterable[int]] = ..., voltage_missing: _Optional[bytes] = ..., current_missing: _Optional[bytes] = ..., temperature_missing: _Optional[bytes] = ..., uptime_missing: _Optional[bytes] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[_commands_pb2.CommandResult]
+    def __init__(self, site_id: _Optional[str] = ..., batch_seq: _Optional[int] = ..., base_time_ms: _Optional[int] = ..., plug_macs: _Optional[_Iterable[str]] = ..., series: _Optional[_Iterable[_Union[PlugSeries, _Mapping]]] = ..., inventory: _Optional[_Iterable[_Union[PlugInventoryChange, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., epoch: _Optional[int] = ..., sample_counts: _Optional[_Iterable[int]] = ..., time_step_ms: _Optional[int] = ..., time_ms: _Optional[_Iterable[int]] = ..., power_dw: _Optional[_Iterable[int]] = ..., energy_mwh: _Optional[_Iterable[int]] = ..., voltage_dv: _Optional[_Iterable[int]] = ..., current_ma: _Optional[_Iterable[int]] = ..., temperature_dc: _Optional[_Iterable[int]] = ..., uptime_s: _Optional[_Iterable[int]] = ..., relay_on_bits: _Optional[bytes] = ..., error_flags: _Optional[_Iterable[int]] = ..., voltage_missing: _Optional[bytes] = ..., current_missing: _Optional[bytes] = ..., temperature_missing: _Optional[bytes] = ..., uptime_missing: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[_commands_pb2.CommandResult, _Mapping]]] = ...) -> None: ...

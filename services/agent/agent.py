@@ -14,7 +14,10 @@ Theory of operation:
   has it; so the bus sees batches in ``batch_seq`` order and nothing is lost to a failed publish or a
   stop mid-publish. A failed publish marks the link down (logged once; its return is logged once).
 - Command messages are verified and executed by :class:`CommandExecutor`; each yields a
-  ``CommandResult`` on the telemetry topic. The command subscription is re-established if it fails.
+  ``CommandResult`` that rides in the next telemetry batch (spooled like the readings). A result
+  waits at most ``result_flush_ms``: then the pending results go in a batch of their own, so the hub
+  hears of a switched relay within that bound, not a flush interval later. The command subscription
+  is re-established if it fails.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any, Literal
 from chargectl import __version__
 from chargectl.common import sdnotify
 from chargectl.common.clock import Clock, SystemClock
-from chargectl.common.codec import Batch, CommandOutcome, InventoryChange, pack_outcome, pack_telemetry
+from chargectl.common.codec import Batch, CommandOutcome, InventoryChange, pack_telemetry
 from chargectl.common.errors import (
     ChargectlError,
     DeviceError,
@@ -192,7 +195,10 @@ class Agent:
         )
         self._plugs: dict[str, _PlugEntry] = {}
         self._buffer = BatchBuffer(
-            settings.max_batch_readings, settings.flush_interval_s, self.clock.monotonic()
+            settings.max_batch_readings,
+            settings.flush_interval_s,
+            self.clock.monotonic(),
+            result_flush_s=settings.result_flush_ms / 1000,
         )
         self._flush_wanted = asyncio.Event()
         self._ship_lock = asyncio.Lock()
@@ -548,7 +554,9 @@ class Agent:
             self._memory.popleft()
             self._disk_ok()
 
-    def _pack(self, readings: list[Reading], inventory: list[InventoryChange]) -> SpooledBatch:
+    def _pack(
+        self, readings: list[Reading], inventory: list[InventoryChange], results: list[CommandOutcome]
+    ) -> SpooledBatch:
         seq = self._next_seq()
         batch = Batch(
             site_id=self.settings.site_id,
@@ -558,6 +566,7 @@ class Agent:
             created_at_ms=self._now_ms(),
             agent_version=__version__,
             epoch=self.epoch,
+            results=tuple(results),
         )
         data, attrs = pack_telemetry(batch, self.agent_key, self.settings.encoding)
         return SpooledBatch(seq, data, self._attributes(attrs), len(readings))
@@ -612,16 +621,20 @@ class Agent:
     def _unshipped(self) -> int:
         return len(self.spool) + len(self._memory)
 
-    async def flush(self, *, final: bool = False) -> int:
-        """Pack what is buffered into batches and ship them (spool first when anything is spooled)."""
+    async def flush(self, *, final: bool = False, results_only: bool = False) -> int:
+        """Pack what is buffered into batches and ship them (spool first when anything is spooled);
+        ``results_only``: just the pending command results, in one batch."""
         shipped = 0
         async with self._ship_lock:
             # Write-ahead: a batch is on disk before its publish starts, so neither a failed publish
             # nor a stop in the middle of one can lose it (a replay after an ambiguous publish is a
             # duplicate batch_seq, which the hub drops).
-            while not self._buffer.empty:
-                readings, inventory = self._buffer.take(self.clock.monotonic())
-                self._store(self._pack(readings, inventory))
+            if results_only and self._buffer.results:
+                self._store(self._pack([], [], self._buffer.take_results()))
+                shipped += 1
+            while not results_only and not self._buffer.empty:
+                readings, inventory, results = self._buffer.take(self.clock.monotonic())
+                self._store(self._pack(readings, inventory, results))
                 shipped += 1
             if self._unshipped and not (final and not self._link_up):  # a dead link must not stall a stop
                 await self._drain()
@@ -652,6 +665,8 @@ class Agent:
             now = self.clock.monotonic()
             if self._buffer.due(now):
                 await self.flush()
+            elif self._buffer.results_due(now):
+                await self.flush(results_only=True)
             elif self._buffer.empty:
                 self._buffer.started_at = now
                 if self._unshipped:
@@ -663,14 +678,14 @@ class Agent:
     async def handle_command(self, msg: BusMessage) -> bool:
         """Bus handler for the command subscription: execute or refuse, then report; always acks.
 
-        A site lease that renewed every plug reports nothing (one message fewer per renewal)."""
-        for outcome in await self.executor.handle_many(msg.data, self._now_ms()):
+        Each outcome rides in the next telemetry batch, or alone ``result_flush_ms`` from now.
+        A site lease that renewed every plug reports nothing."""
+        outcomes = await self.executor.handle_many(msg.data, self._now_ms())
+        for outcome in outcomes:
             self.outcomes = [*self.outcomes[-99:], outcome]
-            data, attrs = pack_outcome(outcome, self.agent_key)
-            try:
-                await self.bus.publish(TELEMETRY_TOPIC, data, self._attributes(attrs))
-            except TransportError as exc:
-                log.warning("could not report the outcome of command %s: %s", outcome.command_id or "?", exc)
+            self._buffer.add_result(outcome, self.clock.monotonic())
+        if outcomes:
+            self._flush_wanted.set()  # the flusher re-reads its deadline
         return True
 
     async def _ensure_resources(self) -> None:

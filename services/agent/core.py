@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-from chargectl.common.codec import InventoryChange
+from chargectl.common.codec import CommandOutcome, InventoryChange
 from chargectl.common.readings import Reading
 
 __all__ = ["BatchBuffer", "PlugHealth", "next_poll_delay"]
@@ -53,13 +53,22 @@ class PlugHealth:
 
 @dataclass
 class BatchBuffer:
-    """Readings and inventory changes since the last flush; due by time or by size."""
+    """Readings, inventory changes and command results since the last flush; due by time or by size.
+
+    Command results ride in the next flush, but wait at most ``result_flush_s`` (someone may be
+    waiting for that relay): then they go alone (:meth:`take_results`), the results that arrived
+    within that window together, and the readings keep their own flush interval. A results-only batch
+    costs what one result message did; splitting the readings' batch would cost the per-batch
+    overhead (every plug's MAC) once more."""
 
     max_readings: int
     flush_interval_s: float
     started_at: float
     readings: list[Reading] = field(default_factory=list)
     inventory: list[InventoryChange] = field(default_factory=list)
+    result_flush_s: float = 0.5
+    results: list[CommandOutcome] = field(default_factory=list)
+    results_since: float | None = None  # when the oldest pending result arrived
 
     def add(self, reading: Reading) -> bool:
         """Buffer ``reading``; True when the buffer has reached its size bound."""
@@ -69,23 +78,49 @@ class BatchBuffer:
     def add_change(self, change: InventoryChange) -> None:
         self.inventory.append(change)
 
+    def add_result(self, result: CommandOutcome, now: float) -> None:
+        """Buffer ``result``; the buffer is due by ``now + result_flush_s`` at the latest."""
+        self.results.append(result)
+        if self.results_since is None:
+            self.results_since = now
+
     def __len__(self) -> int:
         return len(self.readings)
 
     @property
     def empty(self) -> bool:
-        return not self.readings and not self.inventory
+        return not self.readings and not self.inventory and not self.results
 
     def flush_at(self) -> float:
-        return self.started_at + self.flush_interval_s
+        """When the next flush of either kind is due."""
+        at = self.started_at + self.flush_interval_s
+        if self.results_since is not None:
+            at = min(at, self.results_since + self.result_flush_s)
+        return at
 
     def due(self, now: float) -> bool:
-        return len(self.readings) >= self.max_readings or (not self.empty and now >= self.flush_at())
+        """Is a whole flush due (size bound, or the flush interval with anything buffered)?"""
+        return len(self.readings) >= self.max_readings or (
+            not self.empty and now >= self.started_at + self.flush_interval_s
+        )
 
-    def take(self, now: float) -> tuple[list[Reading], list[InventoryChange]]:
-        """Up to ``max_readings`` readings (oldest first) and every inventory change; restarts the timer."""
+    def results_due(self, now: float) -> bool:
+        """Have the pending results waited ``result_flush_s``?"""
+        return self.results_since is not None and now >= self.results_since + self.result_flush_s
+
+    def take_results(self) -> list[CommandOutcome]:
+        """Every pending command result, alone; the readings' flush interval runs on."""
+        results, self.results = self.results, []
+        self.results_since = None
+        return results
+
+    def take(self, now: float) -> tuple[list[Reading], list[InventoryChange], list[CommandOutcome]]:
+        """Up to ``max_readings`` readings (oldest first), every inventory change and every command
+        result; restarts the timer."""
         readings = self.readings[: self.max_readings]
         self.readings = self.readings[self.max_readings :]
         inventory, self.inventory = self.inventory, []
+        results, self.results = self.results, []
+        self.results_since = None
         self.started_at = now
-        return readings, inventory
+        return readings, inventory, results

@@ -62,6 +62,9 @@ class AgentSettings:
     max_response_bytes: int = 64 * 1024  # a plug answer past this is abandoned as garbage
     max_clock_skew_s: float = 120.0  # a command issued further than this in our future is refused
     memory_buffer_max_bytes: int = 8 * 1024 * 1024  # batches held in memory while the disk refuses them
+    # A command result is flushed (with the readings so far) at most this long after it arrived,
+    # instead of waiting for the flush interval; the results of a burst of commands share one batch.
+    result_flush_ms: int = 500
     # Networks discovery may probe (CIDR). Empty: the directly connected IPv4 subnets of the
     # interfaces in use; loopback, link-local and public addresses only if listed here.
     allowed_networks: list[str] = field(default_factory=list)
@@ -85,6 +88,7 @@ class AgentSettings:
             "max_response_bytes": self.max_response_bytes,
             "max_clock_skew_s": self.max_clock_skew_s,
             "memory_buffer_max_bytes": self.memory_buffer_max_bytes,
+            "result_flush_ms": self.result_flush_ms,
         }
         for key, value in positive.items():
             if value <= 0:

@@ -469,6 +469,9 @@ class Hub:
         try:
             if verdict.batch is not None:
                 foreign = self.process_batch(verdict.batch)
+                # Results after the readings: a sample taken before the relay switched must not
+                # contradict a result the hub has just taken as confirmation.
+                foreign += [o.plug_mac for o in verdict.batch.results if not self.process_outcome(o)]
             elif verdict.outcome is not None and not self.process_outcome(verdict.outcome):
                 foreign = [verdict.outcome.plug_mac]
         except StoreError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from chargectl.common.codec import CommandOutcome
 from chargectl.common.readings import Reading
 from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay
 
@@ -42,6 +43,37 @@ def test_buffer_due_by_time_or_size_and_take_splits() -> None:
     buf.add(reading(2))
     assert buf.add(reading(3)) is True and buf.due(101.0)
     buf.add(reading(4))
-    first, inv = buf.take(now=105.0)
-    assert [r.ts_ms for r in first] == [1, 2, 3] and inv == []
+    first, inv, results = buf.take(now=105.0)
+    assert [r.ts_ms for r in first] == [1, 2, 3] and inv == [] and results == []
     assert [r.ts_ms for r in buf.readings] == [4] and buf.flush_at() == 135.0
+
+
+def outcome(n: int) -> CommandOutcome:
+    return CommandOutcome(f"A8032AB12345.{n}.0", "site-a", "A8032AB12345", True, "executed", n, True)
+
+
+def test_results_wait_at_most_result_flush_s_then_go_alone_and_a_burst_shares_a_batch() -> None:
+    buf = BatchBuffer(max_readings=100, flush_interval_s=30.0, started_at=100.0, result_flush_s=0.5)
+    buf.add(reading(1))
+    assert buf.flush_at() == 130.0
+    buf.add_result(outcome(1), now=110.0)
+    assert buf.flush_at() == 110.5 and not buf.results_due(110.4) and buf.results_due(110.5)
+    assert not buf.due(110.5)  # the readings keep their interval
+    buf.add_result(outcome(2), now=110.3)  # within the window: same deadline, same batch
+    assert buf.flush_at() == 110.5
+    assert buf.take_results() == [outcome(1), outcome(2)]
+    assert not buf.results_due(1000.0) and buf.flush_at() == 130.0  # the readings' timer ran on
+    assert [r.ts_ms for r in buf.readings] == [1] and buf.due(130.0)
+
+
+def test_a_whole_flush_carries_the_pending_results() -> None:
+    buf = BatchBuffer(max_readings=100, flush_interval_s=30.0, started_at=100.0, result_flush_s=5.0)
+    assert not buf.due(1000.0)
+    buf.add(reading(1))
+    buf.add_result(outcome(1), now=128.0)
+    assert buf.flush_at() == 130.0 and buf.due(130.0)  # the interval comes first
+    readings, _, results = buf.take(now=130.0)
+    assert [r.ts_ms for r in readings] == [1] and results == [outcome(1)]
+    assert buf.empty and not buf.due(1000.0) and not buf.results_due(1000.0)
+    buf.add_result(outcome(2), now=140.0)  # a result alone: not empty, due alone before the interval
+    assert not buf.empty and not buf.due(144.9) and not buf.results_due(144.9) and buf.results_due(145.0)

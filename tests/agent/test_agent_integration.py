@@ -15,14 +15,12 @@ import pytest
 from chargectl.common.clock import ManualClock, SystemClock
 from chargectl.common.codec import (
     SCHEMA_COMMAND,
-    SCHEMA_RESULT,
     SCHEMA_TELEMETRY,
     Batch,
     Command,
     CommandOutcome,
     encode_command,
     pack_command,
-    unpack_outcome,
     unpack_telemetry,
 )
 from chargectl.common.errors import TransportError
@@ -88,11 +86,8 @@ class Collector:
         ]
 
     def outcomes(self) -> list[CommandOutcome]:
-        return [
-            unpack_outcome(m.data, self.keyring)
-            for m in self.messages
-            if m.attributes.get("schema") == SCHEMA_RESULT
-        ]
+        """Command results in arrival order: they ride in the telemetry batches."""
+        return [o for b in self.batches() for o in b.results]
 
 
 def settings(tmp: Path, fleet: SimFleet, **kw: object) -> AgentSettings:

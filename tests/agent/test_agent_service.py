@@ -13,7 +13,6 @@ from chargectl.common.codec import (
     Command,
     CommandOutcome,
     pack_command,
-    unpack_outcome,
     unpack_telemetry,
 )
 from chargectl.common.keys import Keyring, SigningKey
@@ -212,14 +211,15 @@ async def test_commands_execute_and_every_outcome_is_published(h: Harness) -> No
     assert await agent.handle_command(BusMessage(data, attrs, "m1"))
     assert await agent.handle_command(BusMessage(data, attrs, "m2"))  # redelivery
     await settle()
-    outcomes: list[CommandOutcome] = [
-        unpack_outcome(m.data, h.keyring())
-        for m in h.received
-        if m.attributes["schema"] == "chargectl.v1.CommandResult"
-    ]
-    assert [(o.reason, o.ok, o.relay_on) for o in outcomes] == [
-        ("executed", True, True),
-        ("duplicate", False, None),
+    published = len(h.received)  # the results wait for the next flush: no message of their own
+    assert all(m.attributes["schema"] == "chargectl.v1.TelemetryBatch" for m in h.received)
+    await agent.flush()
+    await settle()
+    assert len(h.received) == published + 1
+    outcomes: list[CommandOutcome] = list(h.batches()[-1].results)
+    assert [(o.reason, o.ok, o.relay_on, o.site_id) for o in outcomes] == [
+        ("executed", True, True, SITE),
+        ("duplicate", False, None, SITE),
     ]
     assert h.plugs[0].relay_on and h.plugs[0].auto_off_s == 120
     assert h.plugs[0].calls.count("set_relay(True, 120)") == 1
@@ -278,3 +278,37 @@ async def test_live_view_table_shows_every_plug_and_the_link(h: Harness) -> None
     assert "offline" in rows[MACS[2]] and "did not answer" in rows[MACS[2]]
     assert "online" in rows[MACS[0]] and "10.0.0.1:80" in rows[MACS[0]]
     await agent.aclose()
+
+
+async def test_a_result_is_flushed_within_result_flush_ms_not_the_flush_interval(h: Harness) -> None:
+    """A served agent with an hour's flush interval: the command's result still reaches the bus, in a
+    batch of its own (the readings wait for their interval), once it has waited result_flush_ms."""
+    import asyncio
+
+    from chargectl.common.clock import SystemClock
+
+    keyring = Keyring()
+    keyring.add_public(h.hub_key.public_bytes, SITE)
+    settings = h.settings(flush_interval_s=3600.0, poll_interval_s=3600.0, result_flush_ms=50)
+    agent = Agent(settings, h.bus, h.agent_key, keyring, h.site.connect, clock=SystemClock())
+    task = asyncio.create_task(agent.serve())
+    try:
+        for _ in range(2000):
+            if len(agent.plugs) == len(MACS):
+                break
+            await asyncio.sleep(0.01)
+        now = int(SystemClock().now() * 1000)
+        cmd = Command("c9", SITE, MACS[1], True, now, now + 60_000, "s9", 120)
+        data, attrs = pack_command(cmd, h.hub_key)
+        assert await agent.handle_command(BusMessage(data, attrs, "m9"))
+        for _ in range(3000):  # up to 30 s on a loaded machine; the flush interval is an hour
+            if any(b.results for b in h.batches()):
+                break
+            await asyncio.sleep(0.01)
+        carrying = [b for b in h.batches() if b.results]
+        assert len(carrying) == 1 and [(o.command_id, o.ok) for o in carrying[0].results] == [("c9", True)]
+        assert carrying[0].readings == ()
+        assert h.plugs[1].relay_on
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 30)

@@ -20,14 +20,12 @@ import pytest
 from provision_helpers import Cloud
 
 from chargectl.common.codec import (
-    SCHEMA_RESULT,
     SCHEMA_TELEMETRY,
     Batch,
     Command,
     CommandOutcome,
     open_envelope,
     pack_command,
-    unpack_outcome,
     unpack_telemetry,
 )
 from chargectl.common.errors import CodecError
@@ -97,11 +95,10 @@ class Hub:
         data, attrs = pack_command(cmd, command_signing_key(self.cloud.secrets, site, now))
         topic = self.publisher.topic_path(self.cloud.project, command_topic(SITE))
         self.publisher.publish(topic, data, **attrs).result(timeout=30)
-        while True:
-            raw = self.pull(SCHEMA_RESULT)
-            outcome = unpack_outcome(raw, telemetry_keyring(self.cloud.store.list_sites(), now), now)
-            if outcome.command_id == command_id:
-                return outcome
+        while True:  # results ride in the telemetry batches (a batch per flush, or sooner with a result)
+            for outcome in self.telemetry(now).results:
+                if outcome.command_id == command_id:
+                    return outcome
 
     def close(self) -> None:
         self.subscriber.close()
