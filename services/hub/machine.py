@@ -380,14 +380,24 @@ class SessionStarted:
 
 @dataclass(frozen=True, slots=True)
 class SessionUpdated:
+    """A live session's progress. Its cost is priced when something reads ``cost_minor`` (the hub writes
+    progress at most every ``progress_interval_s``), not on every step: ``tariff`` and ``include_fee``
+    are what pricing needs, exactly as ``Session.cost`` prices it."""
+
     mac: str
     session_id: str
     user_id: str
     status: Status
     energy_mwh: int
     idle_ms: int
-    cost_minor: int  # projected cost so far
     provisional: bool
+    tariff: Tariff
+    include_fee: bool = True
+
+    @property
+    def cost_minor(self) -> int:
+        """The projected cost so far (``Session.cost().total_minor`` at this update)."""
+        return session_cost(self.tariff, self.energy_mwh, self.idle_ms, include_fee=self.include_fee).total_minor
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,8 +575,9 @@ def step(state: MachineState, event: Event, now: float) -> tuple[MachineState, t
                 status=s.status,
                 energy_mwh=sess.energy_mwh,
                 idle_ms=sess.idle_ms,
-                cost_minor=sess.cost().total_minor,
                 provisional=sess.provisional,
+                tariff=sess.tariff,
+                include_fee=sess.stop_reason != StopReason.NO_LOAD,
             )
         )
     return s, tuple(fx)

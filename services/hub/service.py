@@ -530,12 +530,11 @@ class Hub:
             plug = self._plug(mac, batch.site_id)
             if isinstance(chunk, codec.PlugRun):
                 self._apply_safely(plug, m.ReadingsRun(chunk))
-                rows = list(chunk.readings())
+                ts.add_run(batch.site_id, chunk, str(plug.state.status))
             else:
                 self._apply_safely(plug, m.Readings(tuple(chunk)))
-                rows = chunk
-            ts.add_readings(batch.site_id, rows, str(plug.state.status))
-            self.metrics.inc("readings_total", len(rows))
+                ts.add_readings(batch.site_id, chunk, str(plug.state.status))
+            self.metrics.inc("readings_total", len(chunk))
         self.metrics.inc("batches_total")
         for mac in list(self._recover):
             self._try_recover(mac)

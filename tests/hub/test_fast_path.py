@@ -15,6 +15,7 @@ from test_machine import MAC, T0, P
 
 from chargectl.common.codec import PlugRun
 from chargectl.common.readings import Reading
+from chargectl.services.adapters.timeseries import reading_lines, run_lines
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.machine import (
     BalanceUpdate,
@@ -146,6 +147,10 @@ def test_fast_path_equals_per_sample_path(ops: list[tuple]) -> None:  # type: ig
         fast, fx_fast = step(fast, event_fast, t)
         assert fx_fast == fx_slow
         assert to_dict(fast) == to_dict(slow)
+        if isinstance(event_fast, ReadingsRun) and isinstance(event_slow, Readings):
+            # The same time-series lines: from the run's columns, and from a Reading per sample.
+            lines = reading_lines("site-1", event_slow.readings, str(slow.status))
+            assert run_lines("site-1", _run(list(event_slow.readings)), str(fast.status)) == lines
         log.extend(fx_slow)
         for e in fx_slow:
             if isinstance(e, SendRelay):
