@@ -91,6 +91,7 @@ __all__ = [
     "new_state",
     "next_due_ms",
     "step",
+    "step_run",
     "to_dict",
 ]
 
@@ -397,7 +398,9 @@ class SessionUpdated:
     @property
     def cost_minor(self) -> int:
         """The projected cost so far (``Session.cost().total_minor`` at this update)."""
-        return session_cost(self.tariff, self.energy_mwh, self.idle_ms, include_fee=self.include_fee).total_minor
+        return session_cost(
+            self.tariff, self.energy_mwh, self.idle_ms, include_fee=self.include_fee
+        ).total_minor
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,9 +567,14 @@ def step(state: MachineState, event: Event, now: float) -> tuple[MachineState, t
         raise TypeError(f"not a machine event: {event!r}")
     handler(s, event, now_ms, fx)
     _timers(s, now_ms, fx)
-    after = _session_view(s)
-    if s.session is not None and after != before:
-        sess = s.session
+    _session_updated(s, before, fx)
+    return s, tuple(fx)
+
+
+def _session_updated(s: MachineState, before: tuple[object, ...] | None, fx: list[Effect]) -> None:
+    """Say ``SessionUpdated`` if the open session's view changed since ``before``."""
+    sess = s.session
+    if sess is not None and _session_view(s) != before:
         fx.append(
             SessionUpdated(
                 mac=s.mac,
@@ -580,6 +588,28 @@ def step(state: MachineState, event: Event, now: float) -> tuple[MachineState, t
                 include_fee=sess.stop_reason != StopReason.NO_LOAD,
             )
         )
+
+
+def step_run(state: MachineState, run: RunColumns, now: float) -> tuple[MachineState, tuple[Effect, ...]]:
+    """``step(state, ReadingsRun(run), now)``, the same new state and effects, without the copy when
+    every sample of ``run`` is quiet: then ``state`` itself is advanced (and returned), so the caller
+    must drop any other use of it, as the hub does when it replaces a plug's state with the result.
+    Otherwise (a sample that may change the state) ``state`` is left as it was and ``step`` decides.
+    A timer due now is run on a copy, as ``step`` would after the samples."""
+    n = len(run.ts_ms)
+    if not n or run.mac != state.mac:
+        return step(state, ReadingsRun(run), now)
+    before = _session_view(state)
+    if _quiet_prefix(state, run, whole=True) != n:
+        return step(state, ReadingsRun(run), now)
+    now_ms = _ms(now)
+    fx: list[Effect] = []
+    s = state
+    due = next_due_ms(s)
+    if due is not None and due <= now_ms:
+        s = state.copy()
+        _timers(s, now_ms, fx)
+    _session_updated(s, before, fx)
     return s, tuple(fx)
 
 
@@ -1176,9 +1206,10 @@ def _on_run(s: MachineState, ev: ReadingsRun, now_ms: int, fx: list[Effect]) -> 
         _on_readings(s, Readings(rest), now_ms, fx)
 
 
-def _quiet_prefix(s: MachineState, run: RunColumns) -> int:
+def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
     """Apply the leading samples of ``run`` that cannot change ``s`` beyond its counters (exactly what
-    ``_sample`` would do with them, which would emit nothing); returns how many were applied."""
+    ``_sample`` would do with them, which would emit nothing); returns how many were applied.
+    ``whole``: all of them or none (``s`` is untouched unless every sample is quiet)."""
     status = s.status
     sess = s.session
     cmd_on = s.cmd_on
@@ -1254,6 +1285,8 @@ def _quiet_prefix(s: MachineState, run: RunColumns) -> int:
         added += delta
         last_ts, prev, up_prev = ts, e, up
         i += 1
+    if whole and i < n:
+        return 0
     if i:
         j = i - 1
         s.last_ts_ms = last_ts

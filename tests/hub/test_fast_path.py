@@ -26,12 +26,14 @@ from chargectl.services.hub.machine import (
     ReadingsRun,
     SendRelay,
     SessionFinished,
+    SessionUpdated,
     StartRequest,
     Status,
     StopRequest,
     Tick,
     new_state,
     step,
+    step_run,
     to_dict,
 )
 
@@ -144,7 +146,21 @@ def test_fast_path_equals_per_sample_path(ops: list[tuple]) -> None:  # type: ig
         if isinstance(event_fast, ReadingsRun) and fast.status in (Status.AVAILABLE, Status.CHARGING):
             quiet += fast.status is Status.CHARGING
         slow, fx_slow = step(slow, event_slow, t)
-        fast, fx_fast = step(fast, event_fast, t)
+        if isinstance(event_fast, ReadingsRun):
+            given = fast.copy()
+            snapshot = to_dict(given)
+            inplace, fx_inplace = step_run(given, event_fast.run, t)
+            if not fx_inplace or inplace is not given:
+                note_event(f"step_run in place: {inplace is given}")
+            if any(not isinstance(e, SessionUpdated) for e in fx_inplace) and inplace is given:
+                raise AssertionError("step_run advanced the state in place through a transition")
+            fast, fx_fast = step(fast, event_fast, t)
+            assert fx_inplace == fx_fast  # step_run (in place when quiet) is step: effects and state
+            if to_dict(given) != snapshot:  # all or nothing: advanced in place only through the whole run
+                assert given.last_ts_ms == event_fast.run.ts_ms[-1]
+            assert to_dict(inplace) == to_dict(fast)
+        else:
+            fast, fx_fast = step(fast, event_fast, t)
         assert fx_fast == fx_slow
         assert to_dict(fast) == to_dict(slow)
         if isinstance(event_fast, ReadingsRun) and isinstance(event_slow, Readings):
@@ -186,3 +202,43 @@ def test_a_steady_charging_chunk_takes_the_fast_path_and_bills_every_mwh() -> No
     assert s2.session.energy_mwh == 2500 * 47
     assert s2.counter_mwh == 1000 + 2500 * 47 and s2.last_ts_ms == ts + 5000 * 47
     assert not [e for e in fx if isinstance(e, SendRelay) and e.reason != "keepalive"]
+
+
+def test_step_run_bills_a_quiet_charging_run_in_place_exactly_as_step() -> None:
+    t = T0
+    s = new_state(MAC, PARAMS, t)
+    ts = round(t * 1000)
+    s, _ = step(s, Readings((Reading(MAC, ts, 0.0, 1000, False, uptime_s=10),)), t)
+    s, fx = step(s, StartRequest("s1", "u1", TARIFF, 100_000), t)
+    cmd = next(e for e in fx if isinstance(e, SendRelay))
+    s, _ = step(s, CommandResult(cmd.command_id, True, True), t)
+    rows = [
+        Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k) for k in range(1, 8)
+    ]
+    s, _ = step(s, Readings(tuple(rows)), t + 35)
+    assert s.status is Status.CHARGING
+    more = _run(
+        [
+            Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k)
+            for k in range(8, 14)
+        ]
+    )
+    by_step, fx_step = step(s, ReadingsRun(more), t + 70)
+    given = s.copy()
+    by_run, fx_run = step_run(given, more, t + 70)
+    assert by_run is given  # quiet, no timer due: advanced in place, no copy
+    assert to_dict(by_run) == to_dict(by_step) and fx_run == fx_step
+    (update,) = fx_run
+    assert isinstance(update, SessionUpdated) and update.energy_mwh == 2500 * 13
+    # 32.5 Wh at 30p/kWh = 0.975p, plus the 10p fee: 10.975 rounds half up to 11, priced when read.
+    assert update.cost_minor == 11
+    # Out of credit at the first sample: the run is not quiet, the state is untouched, step decides.
+    poor = s.copy()
+    assert poor.session is not None
+    poor.session.balance_minor = 10  # 10.525p used already
+    snapshot = to_dict(poor)
+    by_step, fx_step = step(poor, ReadingsRun(more), t + 70)
+    by_run, fx_run = step_run(poor, more, t + 70)
+    assert by_run is not poor and to_dict(poor) == snapshot
+    assert to_dict(by_run) == to_dict(by_step) and fx_run == fx_step
+    assert by_run.status is Status.SUSPENDED_EVSE
