@@ -49,10 +49,11 @@ Invariants:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from chargectl.common.readings import DeviceFlag, Reading
 from chargectl.services.hub.billing import Cost, Tariff, can_start, session_cost
@@ -1242,6 +1243,8 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
         sess.energy_mwh = held
         if projected > 0 and projected >= sess.balance_minor:
             return 0
+    if _quiet_columns(s, run, last_ts, prev):
+        return n
     p = s.params
     start_w, stop_w, max_w = p.start_w, p.stop_w, p.max_power_w
     rated = p.rated_power_w
@@ -1301,6 +1304,73 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
         if sess is not None:
             sess.energy_mwh += added
     return i
+
+
+def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) -> bool:
+    """The loop of ``_quiet_prefix`` decided a column at a time (in C) for a run it would apply whole
+    (the caller checked the status, command and credit): True, and ``s`` advanced exactly as the loop
+    would advance it, if every sample is quiet and each debounce run either holds on every sample or on
+    none; False, and ``s`` untouched, otherwise (the loop decides, sample by sample)."""
+    ts_col, pw_col, e_col = run.ts_ms, run.power_w, run.energy_mwh
+    relay_col, up_col = run.relay_on, run.uptime_s
+    p = s.params
+    cmd_on = s.cmd_on
+    gaps = list(map(operator.sub, ts_col, [last_ts, *ts_col[:-1]]))
+    min_gap, max_gap = min(gaps), max(gaps)
+    if min_gap <= 0 or max_gap > p.stale_after_s * 1000 or any(run.errors):
+        return False  # out of order, a gap that freezes the timers, device flags: sample by sample
+    total_pw = sum(pw_col)
+    if total_pw != total_pw:
+        return False  # NaN: min and max would not see it
+    min_pw, max_pw = min(pw_col), max(pw_col)
+    if max_pw > p.max_power_w:
+        return False
+    last_e = e_col[-1]
+    if min(e_col) != prev or max(e_col) != prev:  # energy flowed: never down, within the plug's bound
+        steps = list(map(operator.sub, e_col, [prev, *e_col[:-1]]))
+        if min(steps) < 0 or max(steps) > int(p.rated_power_w * min_gap * 1.2 / 3600):
+            return False
+    if None in up_col:
+        return False
+    ups = cast("Sequence[int]", up_col)
+    up_prev = s.uptime_s
+    if (up_prev is not None and ups[0] < up_prev) or not all(map(operator.le, ups, ups[1:])):
+        return False  # a reboot: bridged by the per-sample rules
+    if cmd_on:
+        if False in relay_col:
+            return False
+    elif True in relay_col or max_pw >= p.start_w:
+        return False  # unauthorized draw, or a relay that disobeys "off"
+    charging = s.status is _CH
+    all_low, none_low = max_pw < p.stop_w, min_pw >= p.stop_w
+    if charging and not none_low:
+        return False  # load stopped
+    all_high, none_high = min_pw >= p.start_w, max_pw < p.start_w
+    if not (all_low or none_low) or not (all_high or none_high):
+        return False  # a debounce run that starts or breaks inside the chunk
+    total = ts_col[-1] - last_ts  # every gap counts (none is stale): they add up to this
+
+    def held(run_ms: int | None, holds: bool) -> int | None:
+        if not holds:
+            return None
+        return total - gaps[0] if run_ms is None else run_ms + total
+
+    j = len(ts_col) - 1
+    s.last_ts_ms = ts_col[j]
+    s.power_w = pw_col[j]
+    s.counter_mwh = last_e
+    s.uptime_s = up_col[j]
+    s.relay_on = relay_col[j]
+    s.errors = 0
+    s.stale = False
+    s.high_ms = held(s.high_ms, all_high)
+    s.low_ms = held(s.low_ms, all_low)
+    s.over_ms = None
+    if cmd_on is not None and not s.cmd_confirmed and ts_col[j] >= s.cmd_at_ms:
+        s.cmd_confirmed = True
+    if s.session is not None:
+        s.session.energy_mwh += last_e - prev
+    return True
 
 
 _Handler = Any

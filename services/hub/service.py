@@ -525,6 +525,7 @@ class Hub:
             if why is PlugRefusal.FOREIGN_PLUG:
                 foreign.append(mac)
         ts = self.ports.timeseries
+        readings = 0
         for mac in admission.admitted:
             chunk = valid[mac]
             plug = self._plug(mac, batch.site_id)
@@ -534,7 +535,9 @@ class Hub:
             else:
                 self._apply_safely(plug, m.Readings(tuple(chunk)))
                 ts.add_readings(batch.site_id, chunk, str(plug.state.status))
-            self.metrics.inc("readings_total", len(chunk))
+            readings += len(chunk)
+        if readings:
+            self.metrics.inc("readings_total", readings)
         self.metrics.inc("batches_total")
         for mac in list(self._recover):
             self._try_recover(mac)

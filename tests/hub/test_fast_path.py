@@ -242,3 +242,71 @@ def test_step_run_bills_a_quiet_charging_run_in_place_exactly_as_step() -> None:
     assert by_run is not poor and to_dict(poor) == snapshot
     assert to_dict(by_run) == to_dict(by_step) and fx_run == fx_step
     assert by_run.status is Status.SUSPENDED_EVSE
+
+
+_charging_sample = st.tuples(
+    st.sampled_from([10.0, 15.0, 20.0, 34.9, 35.0, 1800.0, 2200.0, 2800.0, 2800.1]),
+    st.sampled_from([1, 5, 5, 5, 5, 30, 90, 91]),  # seconds since the previous sample (90 s: stale edge)
+    st.one_of(
+        st.just("physics"),
+        st.sampled_from(["physics", "none", "bound", "over", "down", "flag", "open"]),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.lists(_charging_sample, min_size=1, max_size=8), min_size=1, max_size=6),
+    st.integers(min_value=11, max_value=200),
+)
+def test_charging_runs_decided_by_columns_equal_the_per_sample_path(
+    chunks: list[list[tuple[float, int, str]]], balance: int
+) -> None:
+    """A CHARGING session (the quiet path's money case) fed steady, edgy and hostile chunks: energy at,
+    within and beyond the plug's bound, a counter going down, device flags, an opened relay, power around
+    every threshold, gaps at the stale edge, credit running out. ``step`` with the run, ``step_run`` and
+    the per-sample path must agree on states, effects and what the session bills."""
+    t = T0
+    s = new_state(MAC, PARAMS, t)
+    ts = round(t * 1000)
+    counter, uptime = 1000, 10
+    s, _ = step(s, Readings((Reading(MAC, ts, 0.0, counter, False, uptime_s=uptime),)), t)
+    s, fx = step(s, StartRequest("s1", "u1", TARIFF, 100_000), t)
+    cmd = next(e for e in fx if isinstance(e, SendRelay))
+    s, _ = step(s, CommandResult(cmd.command_id, True, True), t)
+    warm = []
+    for _ in range(6):
+        ts, counter, uptime = ts + 5000, counter + 2500, uptime + 5
+        warm.append(Reading(MAC, ts, 1800.0, counter, True, 230.0, 7.8, 30.0, 0, uptime))
+    t = ts / 1000
+    s, _ = step(s, Readings(tuple(warm)), t)
+    assert s.status is Status.CHARGING and s.session is not None
+    s.session.balance_minor = balance  # 10.525p used: credit runs out somewhere for small balances
+    slow, fast = s, s.copy()
+    for chunk in chunks:
+        rows = []
+        for power, dt, what in chunk:
+            ts += dt * 1000
+            uptime += dt
+            bound = int(PARAMS.rated_power_w * dt * 1000 * 1.2 / 3600)
+            counter += {
+                "physics": round(power * dt / 3.6),
+                "none": 0,
+                "bound": bound,
+                "over": bound + 1,
+                "down": -1,
+                "flag": round(power * dt / 3.6),
+                "open": 0,
+            }[what]
+            flags = 1 if what == "flag" else 0
+            rows.append(
+                Reading(MAC, ts, power, counter, what != "open", 230.0, power / 230, 30.0, flags, uptime)
+            )
+        t = ts / 1000
+        run = _run(rows)
+        in_place, fx_in_place = step_run(fast.copy(), run, t)
+        fast, fx_fast = step(fast, ReadingsRun(run), t)
+        slow, fx_slow = step(slow, Readings(tuple(rows)), t)
+        assert fx_fast == fx_slow and fx_in_place == fx_slow
+        assert to_dict(fast) == to_dict(slow) == to_dict(in_place)
+        note_event(f"after a chunk: {slow.status}")
