@@ -821,12 +821,31 @@ def _check_relay(s: MachineState, r: Reading, now_ms: int, fx: list[Effect]) -> 
     return False
 
 
+def _out_of_credit(sess: Session, energy_mwh: int) -> bool:
+    """Whether ``sess`` with ``energy_mwh`` delivered has a projected cost above zero and at least its
+    balance (``Session.cost``, exact). Most calls are far from the balance: a float bound on the cost
+    from above (every billing step rounded up a whole step, a relative margin far beyond float error)
+    settles those without the Decimal pricing, which decides the rest."""
+    t = sess.tariff
+    balance = sess.balance_minor
+    idle_s = sess.idle_ms / 1000 - t.idle_grace_s
+    most = (
+        (energy_mwh / 1000 + t.energy_step_wh) / 1000 * float(t.price_per_kwh_minor)
+        + (max(idle_s, 0.0) + t.time_step_s) / 60 * float(t.idle_price_per_minute_minor)
+        + t.session_fee_minor
+    )
+    if most * (1 + 1e-9) + 1e-9 < balance and energy_mwh >= 0 and sess.idle_ms >= 0:
+        return False
+    include_fee = sess.stop_reason != StopReason.NO_LOAD
+    projected = session_cost(t, energy_mwh, sess.idle_ms, include_fee=include_fee).exact_minor
+    return projected > 0 and projected >= balance
+
+
 def _check_credit(s: MachineState, now_ms: int, fx: list[Effect]) -> None:
     sess = s.session
     if sess is None or s.status not in RELAY_ON_STATES:
         return
-    projected = sess.cost().exact_minor
-    if projected > 0 and projected >= sess.balance_minor:
+    if _out_of_credit(sess, sess.energy_mwh):
         _go(s, _SEVSE, "out_of_credit", now_ms, fx)
         fx.append(
             Alert(
@@ -1235,13 +1254,7 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
         # Credit for the whole chunk: cost only grows with energy (idle time stands still in CHARGING), so
         # if the most the chunk can bring leaves credit, no sample of it runs out.
         most = max(e_col) - prev
-        if most < 0:
-            return 0
-        held = sess.energy_mwh
-        sess.energy_mwh = held + most
-        projected = sess.cost().exact_minor
-        sess.energy_mwh = held
-        if projected > 0 and projected >= sess.balance_minor:
+        if most < 0 or _out_of_credit(sess, sess.energy_mwh + most):
             return 0
     if _quiet_columns(s, run, last_ts, prev):
         return n

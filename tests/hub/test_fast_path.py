@@ -25,12 +25,14 @@ from chargectl.services.hub.machine import (
     Readings,
     ReadingsRun,
     SendRelay,
+    Session,
     SessionFinished,
     SessionUpdated,
     StartRequest,
     Status,
     StopRequest,
     Tick,
+    _out_of_credit,
     new_state,
     step,
     step_run,
@@ -310,3 +312,45 @@ def test_charging_runs_decided_by_columns_equal_the_per_sample_path(
         assert fx_fast == fx_slow and fx_in_place == fx_slow
         assert to_dict(fast) == to_dict(slow) == to_dict(in_place)
         note_event(f"after a chunk: {slow.status}")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.decimals(min_value=0, max_value=10_000, places=4, allow_nan=False, allow_infinity=False),
+    st.decimals(min_value=0, max_value=500, places=3, allow_nan=False, allow_infinity=False),
+    st.integers(min_value=0, max_value=500),
+    st.sampled_from([0, 0, 1, 7, 1000]),
+    st.sampled_from([0, 0, 1, 60, 900]),
+    st.sampled_from([0, 30, 600]),
+    st.one_of(st.integers(min_value=0, max_value=10**9), st.integers(min_value=0, max_value=10**15)),
+    st.integers(min_value=0, max_value=10**8),
+    st.sampled_from(["", "NoLoad", "Local"]),
+    st.integers(min_value=-2, max_value=2),
+)
+def test_the_credit_check_decides_exactly_as_the_decimal_price(
+    price: Decimal,
+    idle_price: Decimal,
+    fee: int,
+    energy_step: int,
+    time_step: int,
+    grace: int,
+    energy: int,
+    idle_ms: int,
+    stop_reason: str,
+    nudge: int,
+) -> None:
+    """The float shortcut of the credit check never says "credit left" where the exact Decimal cost has
+    reached the balance: balances at, just below and just above the exact cost, whole and rounded."""
+    tariff = Tariff(
+        price_per_kwh_minor=price,
+        idle_price_per_minute_minor=idle_price,
+        session_fee_minor=fee,
+        energy_step_wh=energy_step,
+        time_step_s=time_step,
+        idle_grace_s=grace,
+    )
+    sess = Session("s1", "u1", "", tariff, 0, 0, 0, energy, idle_ms, stop_reason=stop_reason)
+    exact = sess.cost().exact_minor
+    for balance in {int(exact) + nudge, int(exact) + 1 + nudge, round(exact) + nudge, 0, 1}:
+        sess.balance_minor = balance
+        assert _out_of_credit(sess, energy) == (exact > 0 and exact >= balance)
