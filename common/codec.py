@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, pairwise, repeat
-from operator import add, truediv
+from operator import add, sub, truediv
 from typing import Any, Literal, TypeVar
 
 import zstandard
@@ -596,16 +596,13 @@ def _in_int64(name: str, values: list[int]) -> list[int]:
 def _undelta_restarting(col: list[int], starts: Sequence[int], n: int) -> list[int]:
     """Undo first differences that restart against zero at each of ``starts`` (ascending, from 0).
 
-    One pass: each restart is rewritten as a difference against the previous run's last value, then
-    the whole column is accumulated at once. ``col`` is consumed.
+    In C loops: the whole column is accumulated once, and each value less the running sum just before
+    its run begins (repeated over the run) is its run's own sum.
     """
     cum = list(accumulate(col))
-    prev_last = 0
-    for k, end in zip(starts, [*starts[1:], n], strict=True):
-        first = col[k]
-        col[k] = first - prev_last
-        prev_last = first + cum[end - 1] - cum[k]
-    return list(accumulate(col))
+    before = [0, *map(cum.__getitem__, map(sub, starts[1:], repeat(1)))]
+    lengths = map(sub, [*starts[1:], n], starts)
+    return list(map(sub, cum, chain.from_iterable(map(repeat, before, lengths))))
 
 
 def _unsecond_restarting(col: list[int], starts: Sequence[int], n: int) -> list[int]:

@@ -28,6 +28,7 @@ from chargectl.services.adapters.timeseries import (
     SessionEvent,
     TimeSeriesStats,
     reading_lines,
+    run_lines,
     session_line,
 )
 from chargectl.services.hub import machine as m
@@ -49,6 +50,11 @@ class LineSink:
 
     def add_readings(self, site_id: str, readings: Sequence[Reading], state: str) -> None:
         lines = reading_lines(site_id, readings, state)
+        self.lines += len(lines)
+        self.bytes += sum(map(len, lines))
+
+    def add_run(self, site_id: str, run: codec.PlugRun, state: str) -> None:
+        lines = run_lines(site_id, run, state)
         self.lines += len(lines)
         self.bytes += sum(map(len, lines))
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from chargectl.common.codec import PlugRun
 from chargectl.common.errors import StoreError
 from chargectl.common.readings import Reading
 from chargectl.services.adapters.timeseries import (
@@ -36,6 +37,7 @@ from chargectl.services.adapters.timeseries import (
     TimeSeriesStats,
     check_window,
     reading_lines,
+    run_lines,
     session_line,
 )
 
@@ -127,6 +129,9 @@ class InfluxSink:
 
     def add_readings(self, site_id: str, readings: Sequence[Reading], state: str) -> None:
         self.add_lines(reading_lines(site_id, readings, state))
+
+    def add_run(self, site_id: str, run: PlugRun, state: str) -> None:
+        self.add_lines(run_lines(site_id, run, state))
 
     def add_session_event(self, event: SessionEvent) -> None:
         self.add_lines([session_line(event)])

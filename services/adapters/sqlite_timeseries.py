@@ -5,8 +5,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
+from itertools import repeat
 from pathlib import Path
 
+from chargectl.common.codec import PlugRun
 from chargectl.common.errors import StoreError
 from chargectl.common.readings import Reading
 from chargectl.services.adapters.timeseries import (
@@ -66,6 +68,30 @@ class SqliteTimeSeries:
             )
             for r in readings
         ]
+        self._insert(rows)
+
+    def add_run(self, site_id: str, run: PlugRun, state: str) -> None:
+        """The rows :meth:`add_readings` writes for ``run.readings()``, zipped from the run's columns."""
+        n = len(run.ts_ms)
+        rows = list(
+            zip(
+                run.ts_ms,
+                repeat(site_id, n),
+                repeat(run.mac, n),
+                run.power_w,
+                run.energy_mwh,
+                map(int, run.relay_on),
+                run.voltage_v,
+                run.current_a,
+                run.temperature_c,
+                run.errors,
+                repeat(STATE_CODES.get(state, 0), n),
+                strict=True,
+            )
+        )
+        self._insert(rows)
+
+    def _insert(self, rows: Sequence[tuple[object, ...]]) -> None:
         with self._lock:
             try:
                 self._db.executemany("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from chargectl.common.codec import PlugStatus
+from chargectl.common.codec import PlugRun, PlugStatus
 from chargectl.common.readings import Reading
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "check_window",
     "escape_tag",
     "reading_lines",
+    "run_lines",
     "session_line",
 ]
 
@@ -81,6 +82,11 @@ class TimeSeries(Protocol):
         """Queue points for one plug's chunk of readings; never blocks on the backend."""
         ...
 
+    def add_run(self, site_id: str, run: PlugRun, state: str) -> None:
+        """:meth:`add_readings` for one plug's decoded run (columns, no object per sample): exactly the
+        points ``add_readings`` writes for ``run.readings()``."""
+        ...
+
     def add_session_event(self, event: SessionEvent) -> None: ...
 
     def flush(self, timeout_s: float = 10.0) -> bool:
@@ -130,6 +136,53 @@ def reading_lines(site_id: str, readings: Sequence[Reading], state: str) -> list
         if r.errors:
             fields += f",errors={r.errors}i"
         out.append(tags + fields + tail + str(r.ts_ms))
+    return out
+
+
+def run_lines(site_id: str, run: PlugRun, state: str) -> list[str]:
+    """:func:`reading_lines` of ``run.readings()``, read straight from the run's columns (same lines, in
+    the same order, without a ``Reading`` per sample). The common run (voltage, current and
+    temperature on every sample, no error flags) takes one f-string per line; any other run takes
+    :func:`reading_lines`'s per-field rules."""
+    if not run.ts_ms:
+        return []
+    head = f"plug,site_id={escape_tag(site_id)},mac={run.mac} "
+    tail = f",state={_str_field(state)},state_code={STATE_CODES.get(state, 0)}i "
+    volts, amps, temps = run.voltage_v, run.current_a, run.temperature_c
+    if None in volts or None in amps or None in temps or any(run.errors):
+        return _run_lines_each(head, tail, run)
+    return [
+        f"{head}power_w={p},energy_wh={e / 1000},relay={1 if on else 0}i,voltage_v={v},current_a={a},"
+        f"temperature_c={t}{tail}{ts}"
+        for ts, p, e, on, v, a, t in zip(
+            run.ts_ms, run.power_w, run.energy_mwh, run.relay_on, volts, amps, temps, strict=True
+        )
+    ]
+
+
+def _run_lines_each(head: str, tail: str, run: PlugRun) -> list[str]:
+    out = []
+    for ts, power, energy, on, volts, amps, temp, errors in zip(
+        run.ts_ms,
+        run.power_w,
+        run.energy_mwh,
+        run.relay_on,
+        run.voltage_v,
+        run.current_a,
+        run.temperature_c,
+        run.errors,
+        strict=True,
+    ):
+        fields = f"power_w={power},energy_wh={energy / 1000},relay={1 if on else 0}i"
+        if volts is not None:
+            fields += f",voltage_v={volts}"
+        if amps is not None:
+            fields += f",current_a={amps}"
+        if temp is not None:
+            fields += f",temperature_c={temp}"
+        if errors:
+            fields += f",errors={errors}i"
+        out.append(head + fields + tail + str(ts))
     return out
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 from enum import StrEnum
+from typing import cast
 
 from chargectl.common.readings import Reading
 from chargectl.services.hub.machine import RunColumns
@@ -135,12 +137,14 @@ def run_in_bounds(
     total = sum(power)
     if not math.isfinite(total):
         return False
-    for col in (run.voltage_v, run.current_a, run.uptime_s):
-        present = [v for v in col if v is not None]
-        if present and (min(present) < 0 or not math.isfinite(sum(present))):
+    for col in (run.voltage_v, run.current_a, run.uptime_s, run.temperature_c):
+        # Whole columns in C when every sample has its value (the common case); else the present ones.
+        present = cast("Sequence[float]", col if None not in col else [v for v in col if v is not None])
+        if present and (
+            (col is not run.temperature_c and min(present) < 0) or not math.isfinite(sum(present))
+        ):
             return False
-    temps = [v for v in run.temperature_c if v is not None]
-    return not temps or math.isfinite(sum(temps))
+    return True
 
 
 class RefusalLog:

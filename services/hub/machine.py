@@ -49,11 +49,12 @@ Invariants:
 from __future__ import annotations
 
 import math
+import operator
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from chargectl.common.readings import DeviceFlag, Reading
 from chargectl.services.hub.billing import Cost, Tariff, can_start, session_cost
@@ -92,6 +93,7 @@ __all__ = [
     "new_state",
     "next_due_ms",
     "step",
+    "step_run",
     "to_dict",
 ]
 
@@ -381,14 +383,26 @@ class SessionStarted:
 
 @dataclass(frozen=True, slots=True)
 class SessionUpdated:
+    """A live session's progress. Its cost is priced when something reads ``cost_minor`` (the hub writes
+    progress at most every ``progress_interval_s``), not on every step: ``tariff`` and ``include_fee``
+    are what pricing needs, exactly as ``Session.cost`` prices it."""
+
     mac: str
     session_id: str
     user_id: str
     status: Status
     energy_mwh: int
     idle_ms: int
-    cost_minor: int  # projected cost so far
     provisional: bool
+    tariff: Tariff
+    include_fee: bool = True
+
+    @property
+    def cost_minor(self) -> int:
+        """The projected cost so far (``Session.cost().total_minor`` at this update)."""
+        return session_cost(
+            self.tariff, self.energy_mwh, self.idle_ms, include_fee=self.include_fee
+        ).total_minor
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,9 +582,14 @@ def step(state: MachineState, event: Event, now: float) -> tuple[MachineState, t
         raise TypeError(f"not a machine event: {event!r}")
     handler(s, event, now_ms, fx)
     _timers(s, now_ms, fx)
-    after = _session_view(s)
-    if s.session is not None and after != before:
-        sess = s.session
+    _session_updated(s, before, fx)
+    return s, tuple(fx)
+
+
+def _session_updated(s: MachineState, before: tuple[object, ...] | None, fx: list[Effect]) -> None:
+    """Say ``SessionUpdated`` if the open session's view changed since ``before``."""
+    sess = s.session
+    if sess is not None and _session_view(s) != before:
         fx.append(
             SessionUpdated(
                 mac=s.mac,
@@ -579,10 +598,33 @@ def step(state: MachineState, event: Event, now: float) -> tuple[MachineState, t
                 status=s.status,
                 energy_mwh=sess.energy_mwh,
                 idle_ms=sess.idle_ms,
-                cost_minor=sess.cost().total_minor,
                 provisional=sess.provisional,
+                tariff=sess.tariff,
+                include_fee=sess.stop_reason != StopReason.NO_LOAD,
             )
         )
+
+
+def step_run(state: MachineState, run: RunColumns, now: float) -> tuple[MachineState, tuple[Effect, ...]]:
+    """``step(state, ReadingsRun(run), now)``, the same new state and effects, without the copy when
+    every sample of ``run`` is quiet: then ``state`` itself is advanced (and returned), so the caller
+    must drop any other use of it, as the hub does when it replaces a plug's state with the result.
+    Otherwise (a sample that may change the state) ``state`` is left as it was and ``step`` decides.
+    A timer due now is run on a copy, as ``step`` would after the samples."""
+    n = len(run.ts_ms)
+    if not n or run.mac != state.mac:
+        return step(state, ReadingsRun(run), now)
+    before = _session_view(state)
+    if _quiet_prefix(state, run, whole=True) != n:
+        return step(state, ReadingsRun(run), now)
+    now_ms = _ms(now)
+    fx: list[Effect] = []
+    s = state
+    due = next_due_ms(s)
+    if due is not None and due <= now_ms:
+        s = state.copy()
+        _timers(s, now_ms, fx)
+    _session_updated(s, before, fx)
     return s, tuple(fx)
 
 
@@ -791,12 +833,31 @@ def _check_relay(s: MachineState, r: Reading, now_ms: int, fx: list[Effect]) -> 
     return False
 
 
+def _out_of_credit(sess: Session, energy_mwh: int) -> bool:
+    """Whether ``sess`` with ``energy_mwh`` delivered has a projected cost above zero and at least its
+    balance (``Session.cost``, exact). Most calls are far from the balance: a float bound on the cost
+    from above (every billing step rounded up a whole step, a relative margin far beyond float error)
+    settles those without the Decimal pricing, which decides the rest."""
+    t = sess.tariff
+    balance = sess.balance_minor
+    idle_s = sess.idle_ms / 1000 - t.idle_grace_s
+    most = (
+        (energy_mwh / 1000 + t.energy_step_wh) / 1000 * float(t.price_per_kwh_minor)
+        + (max(idle_s, 0.0) + t.time_step_s) / 60 * float(t.idle_price_per_minute_minor)
+        + t.session_fee_minor
+    )
+    if most * (1 + 1e-9) + 1e-9 < balance and energy_mwh >= 0 and sess.idle_ms >= 0:
+        return False
+    include_fee = sess.stop_reason != StopReason.NO_LOAD
+    projected = session_cost(t, energy_mwh, sess.idle_ms, include_fee=include_fee).exact_minor
+    return projected > 0 and projected >= balance
+
+
 def _check_credit(s: MachineState, now_ms: int, fx: list[Effect]) -> None:
     sess = s.session
     if sess is None or s.status not in RELAY_ON_STATES:
         return
-    projected = sess.cost().exact_minor
-    if projected > 0 and projected >= sess.balance_minor:
+    if _out_of_credit(sess, sess.energy_mwh):
         _go(s, _SEVSE, "out_of_credit", now_ms, fx)
         fx.append(
             Alert(
@@ -1177,9 +1238,10 @@ def _on_run(s: MachineState, ev: ReadingsRun, now_ms: int, fx: list[Effect]) -> 
         _on_readings(s, Readings(rest), now_ms, fx)
 
 
-def _quiet_prefix(s: MachineState, run: RunColumns) -> int:
+def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
     """Apply the leading samples of ``run`` that cannot change ``s`` beyond its counters (exactly what
-    ``_sample`` would do with them, which would emit nothing); returns how many were applied."""
+    ``_sample`` would do with them, which would emit nothing); returns how many were applied.
+    ``whole``: all of them or none (``s`` is untouched unless every sample is quiet)."""
     status = s.status
     sess = s.session
     cmd_on = s.cmd_on
@@ -1204,14 +1266,10 @@ def _quiet_prefix(s: MachineState, run: RunColumns) -> int:
         # Credit for the whole chunk: cost only grows with energy (idle time stands still in CHARGING), so
         # if the most the chunk can bring leaves credit, no sample of it runs out.
         most = max(e_col) - prev
-        if most < 0:
+        if most < 0 or _out_of_credit(sess, sess.energy_mwh + most):
             return 0
-        held = sess.energy_mwh
-        sess.energy_mwh = held + most
-        projected = sess.cost().exact_minor
-        sess.energy_mwh = held
-        if projected > 0 and projected >= sess.balance_minor:
-            return 0
+    if _quiet_columns(s, run, last_ts, prev):
+        return n
     p = s.params
     start_w, stop_w, max_w = p.start_w, p.stop_w, p.max_power_w
     rated = p.rated_power_w
@@ -1255,6 +1313,8 @@ def _quiet_prefix(s: MachineState, run: RunColumns) -> int:
         added += delta
         last_ts, prev, up_prev = ts, e, up
         i += 1
+    if whole and i < n:
+        return 0
     if i:
         j = i - 1
         s.last_ts_ms = last_ts
@@ -1269,6 +1329,73 @@ def _quiet_prefix(s: MachineState, run: RunColumns) -> int:
         if sess is not None:
             sess.energy_mwh += added
     return i
+
+
+def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) -> bool:
+    """The loop of ``_quiet_prefix`` decided a column at a time (in C) for a run it would apply whole
+    (the caller checked the status, command and credit): True, and ``s`` advanced exactly as the loop
+    would advance it, if every sample is quiet and each debounce run either holds on every sample or on
+    none; False, and ``s`` untouched, otherwise (the loop decides, sample by sample)."""
+    ts_col, pw_col, e_col = run.ts_ms, run.power_w, run.energy_mwh
+    relay_col, up_col = run.relay_on, run.uptime_s
+    p = s.params
+    cmd_on = s.cmd_on
+    gaps = list(map(operator.sub, ts_col, [last_ts, *ts_col[:-1]]))
+    min_gap, max_gap = min(gaps), max(gaps)
+    if min_gap <= 0 or max_gap > p.stale_after_s * 1000 or any(run.errors):
+        return False  # out of order, a gap that freezes the timers, device flags: sample by sample
+    total_pw = sum(pw_col)
+    if total_pw != total_pw:
+        return False  # NaN: min and max would not see it
+    min_pw, max_pw = min(pw_col), max(pw_col)
+    if max_pw > p.max_power_w:
+        return False
+    last_e = e_col[-1]
+    if min(e_col) != prev or max(e_col) != prev:  # energy flowed: never down, within the plug's bound
+        steps = list(map(operator.sub, e_col, [prev, *e_col[:-1]]))
+        if min(steps) < 0 or max(steps) > int(p.rated_power_w * min_gap * 1.2 / 3600):
+            return False
+    if None in up_col:
+        return False
+    ups = cast("Sequence[int]", up_col)
+    up_prev = s.uptime_s
+    if (up_prev is not None and ups[0] < up_prev) or not all(map(operator.le, ups, ups[1:])):
+        return False  # a reboot: bridged by the per-sample rules
+    if cmd_on:
+        if False in relay_col:
+            return False
+    elif True in relay_col or max_pw >= p.start_w:
+        return False  # unauthorized draw, or a relay that disobeys "off"
+    charging = s.status is _CH
+    all_low, none_low = max_pw < p.stop_w, min_pw >= p.stop_w
+    if charging and not none_low:
+        return False  # load stopped
+    all_high, none_high = min_pw >= p.start_w, max_pw < p.start_w
+    if not (all_low or none_low) or not (all_high or none_high):
+        return False  # a debounce run that starts or breaks inside the chunk
+    total = ts_col[-1] - last_ts  # every gap counts (none is stale): they add up to this
+
+    def held(run_ms: int | None, holds: bool) -> int | None:
+        if not holds:
+            return None
+        return total - gaps[0] if run_ms is None else run_ms + total
+
+    j = len(ts_col) - 1
+    s.last_ts_ms = ts_col[j]
+    s.power_w = pw_col[j]
+    s.counter_mwh = last_e
+    s.uptime_s = up_col[j]
+    s.relay_on = relay_col[j]
+    s.errors = 0
+    s.stale = False
+    s.high_ms = held(s.high_ms, all_high)
+    s.low_ms = held(s.low_ms, all_low)
+    s.over_ms = None
+    if cmd_on is not None and not s.cmd_confirmed and ts_col[j] >= s.cmd_at_ms:
+        s.cmd_confirmed = True
+    if s.session is not None:
+        s.session.energy_mwh += last_e - prev
+    return True
 
 
 _Handler = Any

@@ -9,14 +9,18 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import backends
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from chargectl.common.codec import PlugRun
 from chargectl.common.readings import Reading
 from chargectl.services.adapters.influx_sink import InfluxSettings, InfluxSink
 from chargectl.services.adapters.sqlite_timeseries import SqliteTimeSeries
-from chargectl.services.adapters.timeseries import SessionEvent, reading_lines, session_line
+from chargectl.services.adapters.timeseries import SessionEvent, reading_lines, run_lines, session_line
 
 R1 = Reading("AABBCCDDEEFF", 1_767_225_600_000, 2301.5, 1_234_567, True, 239.9, 9.61, 41.2, 0, 300)
 R2 = Reading("AABBCCDDEEFF", 1_767_225_605_000, 0.0, 1_234_570, False)
@@ -179,3 +183,64 @@ def test_sink_survives_a_victoriametrics_outage(tmp_path: Path, api: str) -> Non
     finally:
         sink.close(timeout_s=2)
         server.stop()
+
+
+_optional_float = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=64))
+_sample = st.tuples(
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.floats(allow_nan=False, min_value=0.0, max_value=5000.0),
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.booleans(),
+    _optional_float,
+    _optional_float,
+    _optional_float,
+    st.sampled_from([0, 0, 0, 1, 2**40]),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=2**40)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.lists(_sample, max_size=8), st.lists(_sample, min_size=1, max_size=1).map(lambda s: s * 5)),
+    st.sampled_from(["site-a", "car park 1", "a,b=c", "we{ird}"]),
+    st.sampled_from(["CHARGING", "AVAILABLE", 'odd"state', "NOT_A_STATE"]),
+)
+def test_run_lines_and_rows_equal_the_per_reading_ones(
+    samples: list[tuple[Any, ...]], site: str, state: str
+) -> None:
+    """A decoded run writes exactly the lines (Influx, VictoriaMetrics) and rows (SQLite) its readings
+    would: same values, same absent fields, same order, whatever the mix of present and absent values."""
+    rows = [Reading("AABBCCDDEEFF", *s) for s in samples]
+    run = PlugRun("AABBCCDDEEFF", *(list(col) for col in zip(*samples, strict=True))) if samples else None
+    if run is None:
+        run = PlugRun("AABBCCDDEEFF", [], [], [], [], [], [], [], [], [])
+    assert run_lines(site, run, state) == reading_lines(site, rows, state)
+    by_readings, by_run = SqliteTimeSeries(":memory:"), SqliteTimeSeries(":memory:")
+    by_readings.add_readings(site, rows, state)
+    by_run.add_run(site, run, state)
+    query = "SELECT * FROM readings ORDER BY rowid"
+    assert by_run._db.execute(query).fetchall() == by_readings._db.execute(query).fetchall()
+    assert by_run.stats() == by_readings.stats()
+
+
+def test_influx_sink_queues_a_runs_lines() -> None:
+    writer = FlakyWriter(0)
+    sink = InfluxSink(InfluxSettings(url="http://unused", flush_interval_s=0.05), writer=writer)
+    try:
+        run = PlugRun(
+            "AABBCCDDEEFF",
+            [5, 10],
+            [1.5, 0.0],
+            [1000, 1001],
+            [True, False],
+            [230.0, None],
+            [1.0, None],
+            [20.0, None],
+            [0, 4],
+            [7, None],
+        )
+        sink.add_run("s", run, "CHARGING")
+        assert sink.flush(30)
+        assert writer.lines == reading_lines("s", list(run.readings()), "CHARGING")
+    finally:
+        sink.close()

@@ -15,6 +15,7 @@ from test_machine import MAC, T0, P
 
 from chargectl.common.codec import PlugRun
 from chargectl.common.readings import Reading
+from chargectl.services.adapters.timeseries import reading_lines, run_lines
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.machine import (
     BalanceUpdate,
@@ -24,13 +25,17 @@ from chargectl.services.hub.machine import (
     Readings,
     ReadingsRun,
     SendRelay,
+    Session,
     SessionFinished,
+    SessionUpdated,
     StartRequest,
     Status,
     StopRequest,
     Tick,
+    _out_of_credit,
     new_state,
     step,
+    step_run,
     to_dict,
 )
 
@@ -143,9 +148,27 @@ def test_fast_path_equals_per_sample_path(ops: list[tuple]) -> None:  # type: ig
         if isinstance(event_fast, ReadingsRun) and fast.status in (Status.AVAILABLE, Status.CHARGING):
             quiet += fast.status is Status.CHARGING
         slow, fx_slow = step(slow, event_slow, t)
-        fast, fx_fast = step(fast, event_fast, t)
+        if isinstance(event_fast, ReadingsRun):
+            given = fast.copy()
+            snapshot = to_dict(given)
+            inplace, fx_inplace = step_run(given, event_fast.run, t)
+            if not fx_inplace or inplace is not given:
+                note_event(f"step_run in place: {inplace is given}")
+            if any(not isinstance(e, SessionUpdated) for e in fx_inplace) and inplace is given:
+                raise AssertionError("step_run advanced the state in place through a transition")
+            fast, fx_fast = step(fast, event_fast, t)
+            assert fx_inplace == fx_fast  # step_run (in place when quiet) is step: effects and state
+            if to_dict(given) != snapshot:  # all or nothing: advanced in place only through the whole run
+                assert given.last_ts_ms == event_fast.run.ts_ms[-1]
+            assert to_dict(inplace) == to_dict(fast)
+        else:
+            fast, fx_fast = step(fast, event_fast, t)
         assert fx_fast == fx_slow
         assert to_dict(fast) == to_dict(slow)
+        if isinstance(event_fast, ReadingsRun) and isinstance(event_slow, Readings):
+            # The same time-series lines: from the run's columns, and from a Reading per sample.
+            lines = reading_lines("site-1", event_slow.readings, str(slow.status))
+            assert run_lines("site-1", _run(list(event_slow.readings)), str(fast.status)) == lines
         log.extend(fx_slow)
         for e in fx_slow:
             if isinstance(e, SendRelay):
@@ -181,3 +204,153 @@ def test_a_steady_charging_chunk_takes_the_fast_path_and_bills_every_mwh() -> No
     assert s2.session.energy_mwh == 2500 * 47
     assert s2.counter_mwh == 1000 + 2500 * 47 and s2.last_ts_ms == ts + 5000 * 47
     assert not [e for e in fx if isinstance(e, SendRelay) and e.reason != "keepalive"]
+
+
+def test_step_run_bills_a_quiet_charging_run_in_place_exactly_as_step() -> None:
+    t = T0
+    s = new_state(MAC, PARAMS, t)
+    ts = round(t * 1000)
+    s, _ = step(s, Readings((Reading(MAC, ts, 0.0, 1000, False, uptime_s=10),)), t)
+    s, fx = step(s, StartRequest("s1", "u1", TARIFF, 100_000), t)
+    cmd = next(e for e in fx if isinstance(e, SendRelay))
+    s, _ = step(s, CommandResult(cmd.command_id, True, True), t)
+    rows = [
+        Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k) for k in range(1, 8)
+    ]
+    s, _ = step(s, Readings(tuple(rows)), t + 35)
+    assert s.status is Status.CHARGING
+    more = _run(
+        [
+            Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k)
+            for k in range(8, 14)
+        ]
+    )
+    by_step, fx_step = step(s, ReadingsRun(more), t + 70)
+    given = s.copy()
+    by_run, fx_run = step_run(given, more, t + 70)
+    assert by_run is given  # quiet, no timer due: advanced in place, no copy
+    assert to_dict(by_run) == to_dict(by_step) and fx_run == fx_step
+    (update,) = fx_run
+    assert isinstance(update, SessionUpdated) and update.energy_mwh == 2500 * 13
+    # 32.5 Wh at 30p/kWh = 0.975p, plus the 10p fee: 10.975 rounds half up to 11, priced when read.
+    assert update.cost_minor == 11
+    # Out of credit at the first sample: the run is not quiet, the state is untouched, step decides.
+    poor = s.copy()
+    assert poor.session is not None
+    poor.session.balance_minor = 10  # 10.525p used already
+    snapshot = to_dict(poor)
+    by_step, fx_step = step(poor, ReadingsRun(more), t + 70)
+    by_run, fx_run = step_run(poor, more, t + 70)
+    assert by_run is not poor and to_dict(poor) == snapshot
+    assert to_dict(by_run) == to_dict(by_step) and fx_run == fx_step
+    assert by_run.status is Status.SUSPENDED_EVSE
+
+
+_charging_sample = st.tuples(
+    st.sampled_from([10.0, 15.0, 20.0, 34.9, 35.0, 1800.0, 2200.0, 2800.0, 2800.1]),
+    st.sampled_from([1, 5, 5, 5, 5, 30, 90, 91]),  # seconds since the previous sample (90 s: stale edge)
+    st.one_of(
+        st.just("physics"),
+        st.sampled_from(["physics", "none", "bound", "over", "down", "flag", "open"]),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.lists(_charging_sample, min_size=1, max_size=8), min_size=1, max_size=6),
+    st.integers(min_value=11, max_value=200),
+)
+def test_charging_runs_decided_by_columns_equal_the_per_sample_path(
+    chunks: list[list[tuple[float, int, str]]], balance: int
+) -> None:
+    """A CHARGING session (the quiet path's money case) fed steady, edgy and hostile chunks: energy at,
+    within and beyond the plug's bound, a counter going down, device flags, an opened relay, power around
+    every threshold, gaps at the stale edge, credit running out. ``step`` with the run, ``step_run`` and
+    the per-sample path must agree on states, effects and what the session bills."""
+    t = T0
+    s = new_state(MAC, PARAMS, t)
+    ts = round(t * 1000)
+    counter, uptime = 1000, 10
+    s, _ = step(s, Readings((Reading(MAC, ts, 0.0, counter, False, uptime_s=uptime),)), t)
+    s, fx = step(s, StartRequest("s1", "u1", TARIFF, 100_000), t)
+    cmd = next(e for e in fx if isinstance(e, SendRelay))
+    s, _ = step(s, CommandResult(cmd.command_id, True, True), t)
+    warm = []
+    for _ in range(6):
+        ts, counter, uptime = ts + 5000, counter + 2500, uptime + 5
+        warm.append(Reading(MAC, ts, 1800.0, counter, True, 230.0, 7.8, 30.0, 0, uptime))
+    t = ts / 1000
+    s, _ = step(s, Readings(tuple(warm)), t)
+    assert s.status is Status.CHARGING and s.session is not None
+    s.session.balance_minor = balance  # 10.525p used: credit runs out somewhere for small balances
+    slow, fast = s, s.copy()
+    for chunk in chunks:
+        rows = []
+        for power, dt, what in chunk:
+            ts += dt * 1000
+            uptime += dt
+            bound = int(PARAMS.rated_power_w * dt * 1000 * 1.2 / 3600)
+            counter += {
+                "physics": round(power * dt / 3.6),
+                "none": 0,
+                "bound": bound,
+                "over": bound + 1,
+                "down": -1,
+                "flag": round(power * dt / 3.6),
+                "open": 0,
+            }[what]
+            flags = 1 if what == "flag" else 0
+            rows.append(
+                Reading(MAC, ts, power, counter, what != "open", 230.0, power / 230, 30.0, flags, uptime)
+            )
+        t = ts / 1000
+        run = _run(rows)
+        in_place, fx_in_place = step_run(fast.copy(), run, t)
+        fast, fx_fast = step(fast, ReadingsRun(run), t)
+        slow, fx_slow = step(slow, Readings(tuple(rows)), t)
+        assert fx_fast == fx_slow and fx_in_place == fx_slow
+        assert to_dict(fast) == to_dict(slow) == to_dict(in_place)
+        note_event(f"after a chunk: {slow.status}")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.decimals(min_value=0, max_value=10_000, places=4, allow_nan=False, allow_infinity=False),
+    st.decimals(min_value=0, max_value=500, places=3, allow_nan=False, allow_infinity=False),
+    st.integers(min_value=0, max_value=500),
+    st.sampled_from([0, 0, 1, 7, 1000]),
+    st.sampled_from([0, 0, 1, 60, 900]),
+    st.sampled_from([0, 30, 600]),
+    st.one_of(st.integers(min_value=0, max_value=10**9), st.integers(min_value=0, max_value=10**15)),
+    st.integers(min_value=0, max_value=10**8),
+    st.sampled_from(["", "NoLoad", "Local"]),
+    st.integers(min_value=-2, max_value=2),
+)
+def test_the_credit_check_decides_exactly_as_the_decimal_price(
+    price: Decimal,
+    idle_price: Decimal,
+    fee: int,
+    energy_step: int,
+    time_step: int,
+    grace: int,
+    energy: int,
+    idle_ms: int,
+    stop_reason: str,
+    nudge: int,
+) -> None:
+    """The float shortcut of the credit check never says "credit left" where the exact Decimal cost has
+    reached the balance: balances at, just below and just above the exact cost, whole and rounded."""
+    tariff = Tariff(
+        price_per_kwh_minor=price,
+        idle_price_per_minute_minor=idle_price,
+        session_fee_minor=fee,
+        energy_step_wh=energy_step,
+        time_step_s=time_step,
+        idle_grace_s=grace,
+    )
+    sess = Session("s1", "u1", "", tariff, 0, 0, 0, energy, idle_ms, stop_reason=stop_reason)
+    exact = sess.cost().exact_minor
+    for balance in {int(exact) + nudge, int(exact) + 1 + nudge, round(exact) + nudge, 0, 1}:
+        sess.balance_minor = balance
+        assert _out_of_credit(sess, energy) == (exact > 0 and exact >= balance)
