@@ -89,6 +89,7 @@ _WRITES: dict[str, Callable[[dict[str, Any], Any], dict[str, int]]] = {
     "append_ledger": lambda a, r: {"ledger": 1} if r else {},
     "add_request": lambda a, r: {"charge_request": 1} if r else {},
     "mark_event": lambda a, r: {"event": 1} if r else {},
+    "create_session": lambda a, r: {"session": 1} if r else {},  # a start's ACTIVE document
     # a guarded update of the request document
     "answer_request": lambda a, r: {"request_answer": 1} if r else {},
     # one transaction: the COMPLETED session document and, if any, its debit

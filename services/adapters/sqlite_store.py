@@ -264,14 +264,7 @@ class SqliteStore:
             db.execute(
                 "INSERT OR REPLACE INTO sessions (session_id, user_id, plug_mac, status, started_at_ms, doc)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    session.session_id,
-                    session.user_id,
-                    session.plug_mac,
-                    session.status,
-                    session.started_at_ms,
-                    session.SerializeToString(),
-                ),
+                _session_row(session),
             )
 
     def create_session(self, session: ChargeSession) -> bool:
@@ -281,14 +274,7 @@ class SqliteStore:
             cur = db.execute(
                 "INSERT OR IGNORE INTO sessions (session_id, user_id, plug_mac, status, started_at_ms, doc)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    session.session_id,
-                    session.user_id,
-                    session.plug_mac,
-                    session.status,
-                    session.started_at_ms,
-                    session.SerializeToString(),
-                ),
+                _session_row(session),
             )
             return cur.rowcount == 1
 
@@ -511,14 +497,7 @@ class SqliteStore:
             db.execute(
                 "INSERT OR REPLACE INTO sessions (session_id, user_id, plug_mac, status, started_at_ms, doc)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    session.session_id,
-                    session.user_id,
-                    session.plug_mac,
-                    session.status,
-                    session.started_at_ms,
-                    session.SerializeToString(),
-                ),
+                _session_row(session),
             )
         return True
 
@@ -531,3 +510,15 @@ def _parse(cls: type[M], data: bytes) -> M:
     msg = cls()
     msg.ParseFromString(data)
     return msg
+
+
+def _session_row(session: ChargeSession) -> tuple[str, str, str, int, int, bytes]:
+    """A session's columns (those the store queries by) and its document, in table order."""
+    return (
+        session.session_id,
+        session.user_id,
+        session.plug_mac,
+        session.status,
+        session.started_at_ms,
+        session.SerializeToString(),
+    )
