@@ -123,6 +123,7 @@ class Hub:
         self.settings = settings
         self.ports = ports
         self.clock = clock or SystemClock()
+        self._now_memo: tuple[float, int] = (float("nan"), 0)  # the last hub time and its ms (_now_ms)
         self.store = ports.store
         self.ledger = Ledger(ports.store)
         self.plugs: dict[str, HubPlug] = {}
@@ -392,7 +393,12 @@ class Hub:
         return self.clock.now()
 
     def _now_ms(self) -> int:
-        return round(self.clock.now() * 1000)
+        # One int per hub time, not one per call: the plugs marked at one time (a site's batch, a tick)
+        # share it in what they keep (the mirror's pending marks), as the machines share theirs.
+        now = self.clock.now()
+        if now != self._now_memo[0]:
+            self._now_memo = (now, round(now * 1000))
+        return self._now_memo[1]
 
     # ------------------------------------------------------------------ trust and tariffs
 
