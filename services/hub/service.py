@@ -67,7 +67,7 @@ from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
 from chargectl.services.hub.intake import RefusalLog, check_reading, run_in_bounds
 from chargectl.services.hub.leases import Leases
-from chargectl.services.hub.mirror import Mirror, plug_state_doc
+from chargectl.services.hub.mirror import Mirror, Writer, plug_state_doc
 from chargectl.services.hub.params import PlugParams
 from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
 from chargectl.services.hub.requests import Requests
@@ -87,6 +87,7 @@ log = logging.getLogger("chargectl.hub")
 _Plug = HubPlug  # the name older callers used
 BINDINGS_REREAD_S = 3600.0  # plug bindings are re-read at least this often, whatever the sites say
 SHARD_REREAD_MIN_S = 1.0  # a request for a plug this hub does not know re-reads bindings at most this often
+MIRROR_DRAIN_S = 10.0  # a stopping hub waits at most this long for the plug-state writer's queue
 
 
 def tariff_from_document(doc: codec.Tariff) -> Tariff:
@@ -260,11 +261,39 @@ class Hub:
         if self._topups:
             await asyncio.wait(set(self._topups), timeout=timeout_s)
 
+    def start_writer(self) -> None:
+        """Write plug-state documents on a background thread from now on (the serving hub; tests)."""
+        if self.mirror.writer is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def failed(mac: str) -> None:  # the writer's thread: mark the plug again on the loop
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the hub has stopped
+                loop.call_soon_threadsafe(self._mirror_failed, mac)
+
+        writer = Writer(self.store.put_plug_state, self.metrics, failed)
+        writer.start()
+        self.mirror.writer = writer
+
+    def _mirror_failed(self, mac: str) -> None:
+        plug = self.plugs.get(mac)
+        if plug is not None:
+            self.mirror.retry(plug, self._now_ms())
+
+    async def drain_writer(self, timeout_s: float = MIRROR_DRAIN_S) -> int:
+        """Write the plug-state documents queued for the writer (at most ``timeout_s``), stop it; returns
+        the documents left unwritten. The plugs marked meanwhile are written inline from now on."""
+        writer, self.mirror.writer = self.mirror.writer, None
+        if writer is None:
+            return 0
+        return await asyncio.to_thread(writer.drain, timeout_s)
+
     async def stop(self) -> None:
         await self.topups_done(timeout_s=30.0)
         if self._pushed:
             await asyncio.wait(set(self._pushed), timeout=30.0)
         await self.sessions.starts_done(timeout_s=30.0)
+        await self.drain_writer()
         self.requests.close()
         if self._subscription is not None:
             await self._subscription.stop()
@@ -286,6 +315,7 @@ class Hub:
             for prefix, route in self.http_routes.items():
                 self._health.mount(prefix, route)
             await self._health.start()
+        self.start_writer()
         sdnotify.ready()
         poll_s = self.settings.request_poll_s
         unwatch = self._watch_requests()
