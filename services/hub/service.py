@@ -182,6 +182,8 @@ class Hub:
         self.commands.holds = self.sessions.unstored
         self._pushed: set[asyncio.Task[None]] = set()  # pushed requests being handled
         self._topups: set[asyncio.Task[None]] = set()
+        self._balance_reads: set[asyncio.Task[None]] = set()  # due balance reads on the request threads
+        self.balance_reads_off_loop = False  # set by serve(): the tick's balance reads run off the loop
         self._params_by_class: dict[str, PlugParams] = {}
         self._site_tariffs: dict[str, Tariff] = {}
         self._default_tariff = settings.tariff.tariff()
@@ -293,6 +295,7 @@ class Hub:
         if self._pushed:
             await asyncio.wait(set(self._pushed), timeout=30.0)
         await self.sessions.starts_done(timeout_s=30.0)
+        await self.balance_reads_done(timeout_s=30.0)
         await self.drain_writer()
         self.requests.close()
         if self._subscription is not None:
@@ -316,6 +319,7 @@ class Hub:
                 self._health.mount(prefix, route)
             await self._health.start()
         self.start_writer()
+        self.balance_reads_off_loop = True
         sdnotify.ready()
         poll_s = self.settings.request_poll_s
         unwatch = self._watch_requests()
@@ -782,7 +786,11 @@ class Hub:
         self._checkpoint_if_due()
 
     def _refresh_balances(self) -> None:
-        """Re-read the balances the store says changed, and those of the live users that are due."""
+        """Re-read the balances the store says changed, and those of the live users that are due.
+
+        The serving hub reads the due ones on the request threads: the tick decides who, the reads run
+        off the loop, and each result is applied on the loop by :meth:`Balances.read_back` (a debit posted
+        while a read was in flight is never undone), then shared out to the user's sessions."""
         reads = self.money.reads
         try:
             changed = self._ledger_changes()
@@ -791,9 +799,33 @@ class Hub:
             changed = set()
         if changed:
             self.money.changed(changed)
-        self.money.due()
+        if self.balance_reads_off_loop:
+            for key in self.money.due_reads():
+                task = asyncio.get_running_loop().create_task(self._read_balance(key))
+                self._balance_reads.add(task)
+                task.add_done_callback(self._balance_reads.discard)
+        else:
+            self.money.due()
         if self.money.reads > reads:
             self.metrics.inc("balance_reads_total", self.money.reads - reads)
+
+    async def _read_balance(self, key: tuple[str, str]) -> None:
+        """One due balance read on a request thread; applied and shared out on the loop."""
+        balance: int | None = None
+        try:
+            balance = await self.requests.io(self.money.ledger.balance, *key)
+        except StoreError as exc:  # the staleness bound still holds: the next check reads again
+            log.warning("cannot read the balance of %s (%s); next check", key[0], exc)
+        finally:
+            self.money.read_back(key, balance)
+        if balance is not None:
+            self.metrics.inc("balance_reads_total")
+        self._share_balances()
+
+    async def balance_reads_done(self, timeout_s: float = 60.0) -> None:
+        """Wait for the balance reads in flight (stop, tests)."""
+        if self._balance_reads:
+            await asyncio.wait(set(self._balance_reads), timeout=timeout_s)
 
     def _ledger_changes(self) -> set[str]:
         """The users whose ledger changed since the last call, when the store can tell (SQLite)."""
