@@ -49,7 +49,7 @@ from chargectl.services.hub.health import Metrics
 if TYPE_CHECKING:
     from chargectl.services.hub.registry import HubPlug
 
-__all__ = ["IMMEDIATE", "PLUG_CLASS_DOC", "STATUS_DOC", "Mirror", "Writer", "plug_state_doc"]
+__all__ = ["IMMEDIATE", "PLUG_CLASS_DOC", "STATUS_DOC", "Job", "Mirror", "Writer", "plug_state_doc"]
 
 log = logging.getLogger("chargectl.hub.mirror")
 WRITER_MAX_QUEUED = 20_000  # plugs with a document waiting for the writer thread
@@ -217,8 +217,19 @@ class Mirror:
         self.mark(plug, now_ms)
 
 
+@dataclass(slots=True)
+class Job:
+    """Other store writes the hub hands to the writer thread (the checkpoint's, encoded on the loop):
+    ``run`` on the writer thread, then ``done`` there with the exception it raised (None: written)."""
+
+    run: Callable[[], None]
+    done: Callable[[BaseException | None], None]
+
+
 class Writer:
-    """The one thread that writes plug-state documents handed over by :meth:`Mirror.flush` (module doc).
+    """The one thread that writes plug-state documents handed over by :meth:`Mirror.flush` (module doc),
+    and the hub's other :class:`Job` writes, in the order handed over (a plug's newer document replaces
+    its older one in the queue).
 
     ``on_failed(mac)`` is called on the writer thread after a failed write: the hub marks the plug again
     from its event loop. :meth:`drain` writes what is queued, within a deadline, and stops the thread."""
@@ -234,7 +245,7 @@ class Writer:
         self.metrics = metrics
         self.on_failed = on_failed
         self.max_queued = max_queued
-        self._queued: dict[str, codec.PlugState] = {}  # MAC -> its newest document, oldest MAC first
+        self._queued: dict[str, codec.PlugState | Job] = {}  # MAC -> its newest document (or key -> job)
         self._cond = threading.Condition()
         self._busy = False  # a document is being written
         self._closing = False
@@ -265,6 +276,15 @@ class Writer:
             self._cond.notify_all()
         return True
 
+    def submit_job(self, key: str, job: Job) -> bool:
+        """Queue ``job`` under ``key`` (never a MAC); False when a job of that key is still queued."""
+        with self._cond:
+            if key in self._queued:
+                return False
+            self._queued[key] = job
+            self._cond.notify_all()
+        return True
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -275,6 +295,9 @@ class Writer:
                 mac = next(iter(self._queued))
                 doc = self._queued.pop(mac)
                 self._busy = True
+            if isinstance(doc, Job):
+                self._run_job(doc)
+                continue
             try:
                 self._write(doc)
             except Exception as exc:
@@ -293,6 +316,21 @@ class Writer:
                     self._busy = False
                     self._cond.notify_all()
 
+    def _run_job(self, job: Job) -> None:
+        error: BaseException | None = None
+        try:
+            job.run()
+        except Exception as exc:
+            error = exc
+        finally:
+            try:
+                job.done(error)
+            except Exception:
+                log.exception("a store write's completion raised")
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
     def drain(self, timeout_s: float) -> int:
         """Write what is queued (at most ``timeout_s``), then stop the thread; returns documents not written."""
         deadline = time.monotonic() + timeout_s
@@ -306,10 +344,14 @@ class Writer:
                 self._cond.wait(left)
             thread, self._thread = self._thread, None
             left_over = len(self._queued) + self._busy
+            dropped = list(self._queued.values())
             self._queued.clear()  # past the deadline: the stopping hub's checkpoint still has the states
+        for item in dropped:
+            if isinstance(item, Job):
+                item.done(TimeoutError("not written before the stop deadline"))
         if thread is not None and not left_over:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if left_over:
-            log.warning("%d plug-state document(s) not written before the stop deadline", left_over)
+            log.warning("%d store write(s) not done before the stop deadline", left_over)
             self.metrics.inc("plug_state_dropped_total", left_over)
         return left_over

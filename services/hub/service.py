@@ -67,7 +67,7 @@ from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
 from chargectl.services.hub.intake import RefusalLog, check_reading, run_in_bounds
 from chargectl.services.hub.leases import Leases
-from chargectl.services.hub.mirror import Mirror, Writer, plug_state_doc
+from chargectl.services.hub.mirror import Job, Mirror, Writer, plug_state_doc
 from chargectl.services.hub.params import PlugParams
 from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
 from chargectl.services.hub.requests import Requests
@@ -194,6 +194,7 @@ class Hub:
         self._loop_errors: dict[str, str] = {}  # loop name -> the exception of its last failed pass
         self._refusals = RefusalLog()
         self._checkpoint_due = False
+        self._checkpoint_in_flight = False  # a periodic checkpoint handed to the writer thread
         self._last_checkpoint = 0.0
         self._last_trust = 0.0
         self._bindings_seen: tuple[int, int] | None = None  # (sites, newest Site.updated_at_ms) last read
@@ -731,8 +732,9 @@ class Hub:
         self.mirror.flush(self._now_ms())  # the plugs marked since their last write, not every plug
 
     def _checkpoint_if_due(self) -> None:
-        """Write the checkpoint if its interval is over (at most once per tick or message)."""
-        if self._checkpoint_due:
+        """Write the checkpoint if its interval is over (at most once per tick or message, and not while
+        the writer thread is still writing the last one)."""
+        if self._checkpoint_due and not self._checkpoint_in_flight:
             self._checkpoint_due = False
             self.checkpoint(full=False)
 
@@ -849,7 +851,11 @@ class Hub:
     # ------------------------------------------------------------------ checkpoint and recovery
 
     def checkpoint(self, full: bool = True) -> None:
-        """Write the checkpoint: every part (``full``), or a rotation of parts and the delta of changed plugs."""
+        """Write the checkpoint: every part (``full``), or a rotation of parts and the delta of changed plugs.
+
+        Encoded here, from the state now. Written here too, unless the hub has a store writer (serving)
+        and this is a periodic checkpoint: then the encoded documents go to the writer thread, and the
+        next periodic checkpoint waits until they are written (a failure is counted, its parts owed)."""
         name = f"{self.CHECKPOINT}-{self.settings.shard}"
         now_ms = self._now_ms()
         tracker = self.checkpoint_parts
@@ -859,21 +865,57 @@ class Hub:
             group = grouped.get(ckpt.part_of(mac))
             if group is not None:
                 group[mac] = (p.site_id, p.state)
+        writer = None if full else self.mirror.writer
+        if writer is not None:
+            blobs = [(ckpt.part_name(name, k), ckpt.encode_part(now_ms, grouped[k])) for k in sorted(parts)]
+            tracker.written(parts)
+            blobs.append((ckpt.delta_name(name), ckpt.encode_part(now_ms, self._checkpoint_delta())))
+            blobs.append((name, ckpt.encode_head(now_ms, self.ingest.to_dict(), self.sessions.pending)))
+            self._checkpoint_in_flight = True
+            loop = asyncio.get_running_loop()
+
+            def write() -> None:  # the writer thread
+                for doc_name, blob in blobs:
+                    self.store.save_checkpoint(doc_name, blob)
+
+            def done(exc: BaseException | None) -> None:  # the writer thread
+                with contextlib.suppress(RuntimeError):  # the loop is closed: the hub has stopped
+                    loop.call_soon_threadsafe(self._checkpoint_written, parts, exc)
+
+            if not writer.submit_job("checkpoint", Job(write, done)):
+                self._checkpoint_written(parts, RuntimeError("the last checkpoint is still queued"))
+            return
         try:
             for k in sorted(parts):
                 self.store.save_checkpoint(ckpt.part_name(name, k), ckpt.encode_part(now_ms, grouped[k]))
             tracker.written(parts)
-            delta = {
-                mac: (self.plugs[mac].site_id, self.plugs[mac].state)
-                for mac in tracker.changed
-                if mac in self.plugs
-            }
-            self.store.save_checkpoint(ckpt.delta_name(name), ckpt.encode_part(now_ms, delta))
+            self.store.save_checkpoint(
+                ckpt.delta_name(name), ckpt.encode_part(now_ms, self._checkpoint_delta())
+            )
             head = ckpt.encode_head(now_ms, self.ingest.to_dict(), self.sessions.pending)
             self.store.save_checkpoint(name, head)
         except BaseException:
             tracker.give_back(parts)
             raise
+        self._last_checkpoint = self.clock.monotonic()
+        self.metrics.inc("checkpoints_total")
+
+    def _checkpoint_delta(self) -> dict[str, tuple[str, m.MachineState]]:
+        """The plugs changed since their part was written (their state now)."""
+        return {
+            mac: (self.plugs[mac].site_id, self.plugs[mac].state)
+            for mac in self.checkpoint_parts.changed
+            if mac in self.plugs
+        }
+
+    def _checkpoint_written(self, parts: set[int], exc: BaseException | None) -> None:
+        """The writer thread wrote a periodic checkpoint (``exc`` None) or failed to: its parts are owed."""
+        self._checkpoint_in_flight = False
+        if exc is not None:
+            self.checkpoint_parts.give_back(parts)
+            log.warning("writing the checkpoint failed (%s); its parts are written next time", exc)
+            self.metrics.inc("loop_errors_total", loop="checkpoint", kind="expected")
+            return
         self._last_checkpoint = self.clock.monotonic()
         self.metrics.inc("checkpoints_total")
 
