@@ -204,7 +204,9 @@ class Mirror:
                 self.metrics.inc("plug_state_writes_total")
             elif not writer.submit(doc):
                 heapq.heappush(heap, (due, mac))  # the writer is full: still pending, tried next flush
-                self.metrics.inc("plug_state_queue_full_total")
+                self.metrics.inc(
+                    "plug_state_queue_full_total", help_text="Plug states left pending: writer full"
+                )
                 break
             del self.pending[mac]
             plug.dirty = False
@@ -269,7 +271,9 @@ class Writer:
         with self._cond:
             if mac in self._queued:
                 del self._queued[mac]  # the newer document takes its place, at the end
-                self.metrics.inc("plug_state_coalesced_total")
+                self.metrics.inc(
+                    "plug_state_coalesced_total", help_text="Queued plug states replaced by newer"
+                )
             elif len(self._queued) >= self.max_queued:
                 return False
             self._queued[mac] = doc
@@ -304,7 +308,9 @@ class Writer:
                 log.warning(
                     "writing the plug-state document of %s failed (%s); written again later", mac, exc
                 )
-                self.metrics.inc("plug_state_write_errors_total")
+                self.metrics.inc(
+                    "plug_state_write_errors_total", help_text="Plug state writes failed (retried)"
+                )
                 try:
                     self.on_failed(mac)
                 except Exception:
@@ -353,5 +359,7 @@ class Writer:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if left_over:
             log.warning("%d store write(s) not done before the stop deadline", left_over)
-            self.metrics.inc("plug_state_dropped_total", left_over)
+            self.metrics.inc(
+                "plug_state_dropped_total", left_over, help_text="Store writes not done by the stop deadline"
+            )
         return left_over
