@@ -87,7 +87,8 @@ log = logging.getLogger("chargectl.hub")
 _Plug = HubPlug  # the name older callers used
 BINDINGS_REREAD_S = 3600.0  # plug bindings are re-read at least this often, whatever the sites say
 SHARD_REREAD_MIN_S = 1.0  # a request for a plug this hub does not know re-reads bindings at most this often
-MIRROR_DRAIN_S = 10.0  # a stopping hub waits at most this long for the plug-state writer's queue
+WRITER_DRAIN_S = 10.0  # a stopping hub waits at most this long for its store writer's queue
+BALANCE_READS_IN_FLIGHT = 8  # due balance reads on the request threads at once (half of them: requests)
 
 
 def tariff_from_document(doc: codec.Tariff) -> Tariff:
@@ -265,7 +266,8 @@ class Hub:
             await asyncio.wait(set(self._topups), timeout=timeout_s)
 
     def start_writer(self) -> None:
-        """Write plug-state documents on a background thread from now on (the serving hub; tests)."""
+        """Write plug-state documents and periodic checkpoints on a background thread from now on (the
+        serving hub; tests)."""
         if self.mirror.writer is not None:
             return
         loop = asyncio.get_running_loop()
@@ -283,9 +285,9 @@ class Hub:
         if plug is not None:
             self.mirror.retry(plug, self._now_ms())
 
-    async def drain_writer(self, timeout_s: float = MIRROR_DRAIN_S) -> int:
-        """Write the plug-state documents queued for the writer (at most ``timeout_s``), stop it; returns
-        the documents left unwritten. The plugs marked meanwhile are written inline from now on."""
+    async def drain_writer(self, timeout_s: float = WRITER_DRAIN_S) -> int:
+        """Write what is queued for the store writer (at most ``timeout_s``), stop it; returns the writes
+        left undone. Plug states and checkpoints are written inline from now on."""
         writer, self.mirror.writer = self.mirror.writer, None
         if writer is None:
             return 0
@@ -802,7 +804,7 @@ class Hub:
         if changed:
             self.money.changed(changed)
         if self.balance_reads_off_loop:
-            for key in self.money.due_reads():
+            for key in self.money.due_reads(limit=BALANCE_READS_IN_FLIGHT):
                 task = asyncio.get_running_loop().create_task(self._read_balance(key))
                 self._balance_reads.add(task)
                 task.add_done_callback(self._balance_reads.discard)

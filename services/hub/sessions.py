@@ -225,14 +225,15 @@ class Balances:
             self.read_back(key, balance)
         return self.reads - reads
 
-    def due_reads(self) -> list[tuple[str, str]]:
+    def due_reads(self, limit: int | None = None) -> list[tuple[str, str]]:
         """Check the live users whose check is due; returns those whose balance must be read. The caller
         reads them (off the event loop) and hands each result to :meth:`read_back`; until then the user
-        is not checked again."""
+        is not checked again. With ``limit``, checks stop while that many reads are in flight (the
+        users still due are checked on a later call)."""
         now = self.now_ms()
         heap = self._due
         out: list[tuple[str, str]] = []
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and (limit is None or len(self._reading) < limit):
             at, key = heapq.heappop(heap)
             if self._due_at.get(key) != at:
                 continue  # rescheduled, or no longer live

@@ -48,6 +48,30 @@ def test_a_read_back_after_a_debit_is_dropped_and_one_without_is_kept() -> None:
     assert TARIFF.currency == "gbp"
 
 
+def test_reads_in_flight_are_capped_and_the_users_still_due_are_read_later() -> None:
+    now = [1_700_000_000_000]
+    ledger = CountingLedger({f"u{i}": 1000 for i in range(20)})
+    money = Balances(ledger, lambda: now[0], refresh_s=10, max_stale_s=300)  # type: ignore[arg-type]
+    money.load()
+    for i in range(20):
+        money.track(_live_plug(i, 1000, now[0]))
+    now[0] += 10_000
+    first = money.due_reads(limit=8)
+    assert len(first) == 8 and money.due_reads(limit=8) == []  # 8 in flight: nobody else checked yet
+    for key in first[:5]:
+        money.read_back(key, 1000)
+    second = money.due_reads(limit=8)
+    assert len(second) == 5 and not set(second) & set(first)
+    for key in first[5:] + second:
+        money.read_back(key, 1000)
+    third = money.due_reads(limit=8)
+    assert len(third) == 7  # the last of the 20
+    for key in third:
+        money.read_back(key, 1000)
+    assert {k for k, _ in money.known} >= {f"u{i}" for i in range(20)}
+    assert money.reads == 20 and money.due_reads(limit=8) == []  # each read once; next in 300 s
+
+
 class Site:
     """Two plugs of one site, each with the relay its last command set."""
 
