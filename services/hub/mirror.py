@@ -19,6 +19,13 @@ plug. When a marked plug is written:
 - Whatever the reason, a plug's document is written at most once per ``plug_state_min_interval_s``
   (later changes are coalesced into the next write).
 
+Where a document is written: inline by :meth:`Mirror.flush` (tests, synchronous callers), or, once the
+serving hub gives the mirror a :class:`Writer`, on that one background thread. The flush still decides
+and builds each document on the event loop, from the machine state at that moment; the writer holds at
+most one document per plug (a newer one replaces an older one still queued) and a bounded number of
+plugs (a full queue leaves the plug pending for the next flush). A failed write is logged, counted and
+handed back (``on_failed``) so the plug is marked again and written by a later flush: nothing is lost.
+
 The one mapping from the machine's :class:`~chargectl.services.hub.machine.Status` and the plug classes
 to the contract enums lives here, derived from the proto enum names.
 """
@@ -26,6 +33,9 @@ to the contract enums lives here, derived from the proto enum names.
 from __future__ import annotations
 
 import heapq
+import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,7 +49,10 @@ from chargectl.services.hub.health import Metrics
 if TYPE_CHECKING:
     from chargectl.services.hub.registry import HubPlug
 
-__all__ = ["IMMEDIATE", "PLUG_CLASS_DOC", "STATUS_DOC", "Mirror", "plug_state_doc"]
+__all__ = ["IMMEDIATE", "PLUG_CLASS_DOC", "STATUS_DOC", "Job", "Mirror", "Writer", "plug_state_doc"]
+
+log = logging.getLogger("chargectl.hub.mirror")
+WRITER_MAX_QUEUED = 20_000  # plugs with a document waiting for the writer thread
 
 STATUS_DOC: dict[m.Status, int] = {s: codec.PlugStatus.Value(f"PLUG_STATUS_{s.name}") for s in m.Status}
 PLUG_CLASS_DOC: dict[str, int] = {
@@ -116,6 +129,7 @@ class Mirror:
         self.transitional_ms = max(self.settle_ms, round(transitional_s * 1000)) if settle_s else 0
         self.bound_ms = max(self.min_gap_ms, SETTLE_BOUND_FACTOR * self.settle_ms, self.transitional_ms)
         self.pending: dict[str, _Pending] = {}  # MAC -> a plug whose document may need writing
+        self.writer: Writer | None = None  # set by the serving hub: documents are written off the loop
         self._heap: list[tuple[int, str]] = []  # (due, MAC); stale when the entry's due_ms differs
 
     def mark(self, plug: HubPlug, now_ms: int, was: m.Status | None = None) -> None:
@@ -179,14 +193,173 @@ class Mirror:
                     plug.dirty = False
                     self.metrics.inc("plug_state_folded_total")
                     continue
-            try:
-                self.store.put_plug_state(plug_state_doc(plug, self.plug_class(mac), now_ms))
-            except BaseException:
-                heapq.heappush(heap, (due, mac))  # the store failed: still pending, tried next flush
-                raise
+            doc = plug_state_doc(plug, self.plug_class(mac), now_ms)
+            writer = self.writer
+            if writer is None:
+                try:
+                    self.store.put_plug_state(doc)
+                except BaseException:
+                    heapq.heappush(heap, (due, mac))  # the store failed: still pending, tried next flush
+                    raise
+                self.metrics.inc("plug_state_writes_total")
+            elif not writer.submit(doc):
+                heapq.heappush(heap, (due, mac))  # the writer is full: still pending, tried next flush
+                self.metrics.inc(
+                    "plug_state_queue_full_total", help_text="Plug states left pending: writer full"
+                )
+                break
             del self.pending[mac]
             plug.dirty = False
             plug.mirrored_ms = now_ms
-            self.metrics.inc("plug_state_writes_total")
             written += 1
         return written
+
+    def retry(self, plug: HubPlug, now_ms: int) -> None:
+        """The writer could not store ``plug``'s document: mark it again (written by a later flush)."""
+        self.mark(plug, now_ms)
+
+
+@dataclass(slots=True)
+class Job:
+    """Other store writes the hub hands to the writer thread (the checkpoint's, encoded on the loop):
+    ``run`` on the writer thread, then ``done`` there with the exception it raised (None: written)."""
+
+    run: Callable[[], None]
+    done: Callable[[BaseException | None], None]
+
+
+class Writer:
+    """The one thread that writes plug-state documents handed over by :meth:`Mirror.flush` (module doc),
+    and the hub's other :class:`Job` writes, in the order handed over (a plug's newer document replaces
+    its older one in the queue).
+
+    ``on_failed(mac)`` is called on the writer thread after a failed write: the hub marks the plug again
+    from its event loop. :meth:`drain` writes what is queued, within a deadline, and stops the thread."""
+
+    def __init__(
+        self,
+        write: Callable[[codec.PlugState], None],
+        metrics: Metrics,
+        on_failed: Callable[[str], None],
+        max_queued: int = WRITER_MAX_QUEUED,
+    ) -> None:
+        self._write = write
+        self.metrics = metrics
+        self.on_failed = on_failed
+        self.max_queued = max_queued
+        self._queued: dict[str, codec.PlugState | Job] = {}  # MAC -> its newest document (or key -> job)
+        self._cond = threading.Condition()
+        self._busy = False  # a document is being written
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._closing = False
+            self._thread = threading.Thread(target=self._run, name="chargectl-plug-state", daemon=True)
+        self._thread.start()
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queued) + self._busy
+
+    def submit(self, doc: codec.PlugState) -> bool:
+        """Queue ``doc`` (replacing an older document of its plug); False when the queue is full."""
+        mac = doc.plug_mac
+        with self._cond:
+            if mac in self._queued:
+                del self._queued[mac]  # the newer document takes its place, at the end
+                self.metrics.inc(
+                    "plug_state_coalesced_total", help_text="Queued plug states replaced by newer"
+                )
+            elif len(self._queued) >= self.max_queued:
+                return False
+            self._queued[mac] = doc
+            self._cond.notify_all()
+        return True
+
+    def submit_job(self, key: str, job: Job) -> bool:
+        """Queue ``job`` under ``key`` (never a MAC); False when a job of that key is still queued."""
+        with self._cond:
+            if key in self._queued:
+                return False
+            self._queued[key] = job
+            self._cond.notify_all()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queued and not self._closing:
+                    self._cond.wait()
+                if not self._queued:
+                    return  # closing, and nothing left
+                mac = next(iter(self._queued))
+                doc = self._queued.pop(mac)
+                self._busy = True
+            if isinstance(doc, Job):
+                self._run_job(doc)
+                continue
+            try:
+                self._write(doc)
+            except Exception as exc:
+                log.warning(
+                    "writing the plug-state document of %s failed (%s); written again later", mac, exc
+                )
+                self.metrics.inc(
+                    "plug_state_write_errors_total", help_text="Plug state writes failed (retried)"
+                )
+                try:
+                    self.on_failed(mac)
+                except Exception:
+                    log.exception("cannot mark plug %s for another write", mac)
+            else:
+                self.metrics.inc("plug_state_writes_total")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _run_job(self, job: Job) -> None:
+        error: BaseException | None = None
+        try:
+            job.run()
+        except Exception as exc:
+            error = exc
+        finally:
+            try:
+                job.done(error)
+            except Exception:
+                log.exception("a store write's completion raised")
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def drain(self, timeout_s: float) -> int:
+        """Write what is queued (at most ``timeout_s``), then stop the thread; returns documents not written."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while (self._queued or self._busy) and self._thread is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            thread, self._thread = self._thread, None
+            left_over = len(self._queued) + self._busy
+            dropped = list(self._queued.values())
+            self._queued.clear()  # past the deadline: the stopping hub's checkpoint still has the states
+        for item in dropped:
+            if isinstance(item, Job):
+                item.done(TimeoutError("not written before the stop deadline"))
+        if thread is not None and not left_over:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if left_over:
+            log.warning("%d store write(s) not done before the stop deadline", left_over)
+            self.metrics.inc(
+                "plug_state_dropped_total", left_over, help_text="Store writes not done by the stop deadline"
+            )
+        return left_over

@@ -67,7 +67,7 @@ from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
 from chargectl.services.hub.intake import RefusalLog, check_reading, run_in_bounds
 from chargectl.services.hub.leases import Leases
-from chargectl.services.hub.mirror import Mirror, plug_state_doc
+from chargectl.services.hub.mirror import Job, Mirror, Writer, plug_state_doc
 from chargectl.services.hub.params import PlugParams
 from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
 from chargectl.services.hub.requests import Requests
@@ -87,6 +87,8 @@ log = logging.getLogger("chargectl.hub")
 _Plug = HubPlug  # the name older callers used
 BINDINGS_REREAD_S = 3600.0  # plug bindings are re-read at least this often, whatever the sites say
 SHARD_REREAD_MIN_S = 1.0  # a request for a plug this hub does not know re-reads bindings at most this often
+WRITER_DRAIN_S = 10.0  # a stopping hub waits at most this long for its store writer's queue
+BALANCE_READS_IN_FLIGHT = 8  # due balance reads on the request threads at once (half of them: requests)
 
 
 def tariff_from_document(doc: codec.Tariff) -> Tariff:
@@ -182,6 +184,8 @@ class Hub:
         self.commands.holds = self.sessions.unstored
         self._pushed: set[asyncio.Task[None]] = set()  # pushed requests being handled
         self._topups: set[asyncio.Task[None]] = set()
+        self._balance_reads: set[asyncio.Task[None]] = set()  # due balance reads on the request threads
+        self.balance_reads_off_loop = False  # set by serve(): the tick's balance reads run off the loop
         self._params_by_class: dict[str, PlugParams] = {}
         self._site_tariffs: dict[str, Tariff] = {}
         self._default_tariff = settings.tariff.tariff()
@@ -192,6 +196,7 @@ class Hub:
         self._loop_errors: dict[str, str] = {}  # loop name -> the exception of its last failed pass
         self._refusals = RefusalLog()
         self._checkpoint_due = False
+        self._checkpoint_in_flight = False  # a periodic checkpoint handed to the writer thread
         self._last_checkpoint = 0.0
         self._last_trust = 0.0
         self._bindings_seen: tuple[int, int] | None = None  # (sites, newest Site.updated_at_ms) last read
@@ -261,11 +266,41 @@ class Hub:
         if self._topups:
             await asyncio.wait(set(self._topups), timeout=timeout_s)
 
+    def start_writer(self) -> None:
+        """Write plug-state documents and periodic checkpoints on a background thread from now on (the
+        serving hub; tests)."""
+        if self.mirror.writer is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def failed(mac: str) -> None:  # the writer's thread: mark the plug again on the loop
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the hub has stopped
+                loop.call_soon_threadsafe(self._mirror_failed, mac)
+
+        writer = Writer(self.store.put_plug_state, self.metrics, failed)
+        writer.start()
+        self.mirror.writer = writer
+
+    def _mirror_failed(self, mac: str) -> None:
+        plug = self.plugs.get(mac)
+        if plug is not None:
+            self.mirror.retry(plug, self._now_ms())
+
+    async def drain_writer(self, timeout_s: float = WRITER_DRAIN_S) -> int:
+        """Write what is queued for the store writer (at most ``timeout_s``), stop it; returns the writes
+        left undone. Plug states and checkpoints are written inline from now on."""
+        writer, self.mirror.writer = self.mirror.writer, None
+        if writer is None:
+            return 0
+        return await asyncio.to_thread(writer.drain, timeout_s)
+
     async def stop(self) -> None:
         await self.topups_done(timeout_s=30.0)
         if self._pushed:
             await asyncio.wait(set(self._pushed), timeout=30.0)
         await self.sessions.starts_done(timeout_s=30.0)
+        await self.balance_reads_done(timeout_s=30.0)
+        await self.drain_writer()
         self.requests.close()
         if self._subscription is not None:
             await self._subscription.stop()
@@ -287,6 +322,8 @@ class Hub:
             for prefix, route in self.http_routes.items():
                 self._health.mount(prefix, route)
             await self._health.start()
+        self.start_writer()
+        self.balance_reads_off_loop = True
         sdnotify.ready()
         poll_s = self.settings.request_poll_s
         unwatch = self._watch_requests()
@@ -708,8 +745,9 @@ class Hub:
         self.mirror.flush(self._now_ms())  # the plugs marked since their last write, not every plug
 
     def _checkpoint_if_due(self) -> None:
-        """Write the checkpoint if its interval is over (at most once per tick or message)."""
-        if self._checkpoint_due:
+        """Write the checkpoint if its interval is over (at most once per tick or message, and not while
+        the writer thread is still writing the last one)."""
+        if self._checkpoint_due and not self._checkpoint_in_flight:
             self._checkpoint_due = False
             self.checkpoint(full=False)
 
@@ -763,7 +801,11 @@ class Hub:
         self._checkpoint_if_due()
 
     def _refresh_balances(self) -> None:
-        """Re-read the balances the store says changed, and those of the live users that are due."""
+        """Re-read the balances the store says changed, and those of the live users that are due.
+
+        The serving hub reads the due ones on the request threads: the tick decides who, the reads run
+        off the loop, and each result is applied on the loop by :meth:`Balances.read_back` (a debit posted
+        while a read was in flight is never undone), then shared out to the user's sessions."""
         reads = self.money.reads
         try:
             changed = self._ledger_changes()
@@ -772,9 +814,33 @@ class Hub:
             changed = set()
         if changed:
             self.money.changed(changed)
-        self.money.due()
+        if self.balance_reads_off_loop:
+            for key in self.money.due_reads(limit=BALANCE_READS_IN_FLIGHT):
+                task = asyncio.get_running_loop().create_task(self._read_balance(key))
+                self._balance_reads.add(task)
+                task.add_done_callback(self._balance_reads.discard)
+        else:
+            self.money.due()
         if self.money.reads > reads:
             self.metrics.inc("balance_reads_total", self.money.reads - reads)
+
+    async def _read_balance(self, key: tuple[str, str]) -> None:
+        """One due balance read on a request thread; applied and shared out on the loop."""
+        balance: int | None = None
+        try:
+            balance = await self.requests.io(self.money.ledger.balance, *key)
+        except StoreError as exc:  # the staleness bound still holds: the next check reads again
+            log.warning("cannot read the balance of %s (%s); next check", key[0], exc)
+        finally:
+            self.money.read_back(key, balance)
+        if balance is not None:
+            self.metrics.inc("balance_reads_total")
+        self._share_balances()
+
+    async def balance_reads_done(self, timeout_s: float = 60.0) -> None:
+        """Wait for the balance reads in flight (stop, tests)."""
+        if self._balance_reads:
+            await asyncio.wait(set(self._balance_reads), timeout=timeout_s)
 
     def _ledger_changes(self) -> set[str]:
         """The users whose ledger changed since the last call, when the store can tell (SQLite)."""
@@ -798,7 +864,11 @@ class Hub:
     # ------------------------------------------------------------------ checkpoint and recovery
 
     def checkpoint(self, full: bool = True) -> None:
-        """Write the checkpoint: every part (``full``), or a rotation of parts and the delta of changed plugs."""
+        """Write the checkpoint: every part (``full``), or a rotation of parts and the delta of changed plugs.
+
+        Encoded here, from the state now. Written here too, unless the hub has a store writer (serving)
+        and this is a periodic checkpoint: then the encoded documents go to the writer thread, and the
+        next periodic checkpoint waits until they are written (a failure is counted, its parts owed)."""
         name = f"{self.CHECKPOINT}-{self.settings.shard}"
         now_ms = self._now_ms()
         tracker = self.checkpoint_parts
@@ -808,21 +878,57 @@ class Hub:
             group = grouped.get(ckpt.part_of(mac))
             if group is not None:
                 group[mac] = (p.site_id, p.state)
+        writer = None if full else self.mirror.writer
+        if writer is not None:
+            blobs = [(ckpt.part_name(name, k), ckpt.encode_part(now_ms, grouped[k])) for k in sorted(parts)]
+            tracker.written(parts)
+            blobs.append((ckpt.delta_name(name), ckpt.encode_part(now_ms, self._checkpoint_delta())))
+            blobs.append((name, ckpt.encode_head(now_ms, self.ingest.to_dict(), self.sessions.pending)))
+            self._checkpoint_in_flight = True
+            loop = asyncio.get_running_loop()
+
+            def write() -> None:  # the writer thread
+                for doc_name, blob in blobs:
+                    self.store.save_checkpoint(doc_name, blob)
+
+            def done(exc: BaseException | None) -> None:  # the writer thread
+                with contextlib.suppress(RuntimeError):  # the loop is closed: the hub has stopped
+                    loop.call_soon_threadsafe(self._checkpoint_written, parts, exc)
+
+            if not writer.submit_job("checkpoint", Job(write, done)):
+                self._checkpoint_written(parts, RuntimeError("the last checkpoint is still queued"))
+            return
         try:
             for k in sorted(parts):
                 self.store.save_checkpoint(ckpt.part_name(name, k), ckpt.encode_part(now_ms, grouped[k]))
             tracker.written(parts)
-            delta = {
-                mac: (self.plugs[mac].site_id, self.plugs[mac].state)
-                for mac in tracker.changed
-                if mac in self.plugs
-            }
-            self.store.save_checkpoint(ckpt.delta_name(name), ckpt.encode_part(now_ms, delta))
+            self.store.save_checkpoint(
+                ckpt.delta_name(name), ckpt.encode_part(now_ms, self._checkpoint_delta())
+            )
             head = ckpt.encode_head(now_ms, self.ingest.to_dict(), self.sessions.pending)
             self.store.save_checkpoint(name, head)
         except BaseException:
             tracker.give_back(parts)
             raise
+        self._last_checkpoint = self.clock.monotonic()
+        self.metrics.inc("checkpoints_total")
+
+    def _checkpoint_delta(self) -> dict[str, tuple[str, m.MachineState]]:
+        """The plugs changed since their part was written (their state now)."""
+        return {
+            mac: (self.plugs[mac].site_id, self.plugs[mac].state)
+            for mac in self.checkpoint_parts.changed
+            if mac in self.plugs
+        }
+
+    def _checkpoint_written(self, parts: set[int], exc: BaseException | None) -> None:
+        """The writer thread wrote a periodic checkpoint (``exc`` None) or failed to: its parts are owed."""
+        self._checkpoint_in_flight = False
+        if exc is not None:
+            self.checkpoint_parts.give_back(parts)
+            log.warning("writing the checkpoint failed (%s); its parts are written next time", exc)
+            self.metrics.inc("loop_errors_total", loop="checkpoint", kind="expected")
+            return
         self._last_checkpoint = self.clock.monotonic()
         self.metrics.inc("checkpoints_total")
 

@@ -120,6 +120,8 @@ class Balances:
         self._due: list[tuple[int, tuple[str, str]]] = []  # heap of (next check, user key)
         self._due_at: dict[tuple[str, str], int] = {}
         self._last_read: tuple[tuple[str, str], int] | None = None  # the latest read: (user key, when)
+        self._reading: dict[tuple[str, str], int | None] = {}  # reads in flight: user key -> figure then
+        self._rates: dict[tuple[str, str], float] = {}  # live users: spend rate at their last check
 
     def load(self) -> None:
         self.known = self.ledger.balances_by_currency()
@@ -203,7 +205,7 @@ class Balances:
             self._live_users[key[0]] -= 1
             if not self._live_users[key[0]]:
                 del self._live_users[key[0]]
-            for book in (self._read_ms, self._checked, self._due_at):
+            for book in (self._read_ms, self._checked, self._due_at, self._rates):
                 book.pop(key, None)
 
     def _schedule(self, key: tuple[str, str], at_ms: int) -> None:
@@ -213,34 +215,75 @@ class Balances:
     # ------------------------------------------------------------------ refreshing
 
     def due(self) -> int:
-        """Check the live users whose check is due (see the class docstring); returns the ledger reads."""
-        now = self.now_ms()
+        """Check the live users whose check is due (see the class docstring), reading their balances
+        here and now; returns the ledger reads. The serving hub uses :meth:`due_reads` instead."""
         reads = self.reads
+        for key in self.due_reads():
+            balance: int | None = None
+            with contextlib.suppress(StoreError):  # the store is down: the next check tries again
+                balance = self.ledger.balance(*key)
+            self.read_back(key, balance)
+        return self.reads - reads
+
+    def due_reads(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """Check the live users whose check is due; returns those whose balance must be read. The caller
+        reads them (off the event loop) and hands each result to :meth:`read_back`; until then the user
+        is not checked again. With ``limit``, checks stop while that many reads are in flight (the
+        users still due are checked on a later call)."""
+        now = self.now_ms()
         heap = self._due
-        while heap and heap[0][0] <= now:
+        out: list[tuple[str, str]] = []
+        while heap and heap[0][0] <= now and (limit is None or len(self._reading) < limit):
             at, key = heapq.heappop(heap)
             if self._due_at.get(key) != at:
                 continue  # rescheduled, or no longer live
             del self._due_at[key]
-            self._check(key, now)
-        return self.reads - reads
+            if self._check(key, now):
+                self._reading[key] = self.known.get(key)
+                out.append(key)
+        return out
 
-    def _check(self, key: tuple[str, str], now: int) -> None:
+    def read_back(self, key: tuple[str, str], balance: int | None) -> None:
+        """The ledger balance of ``key`` read for :meth:`due_reads` (None: the read failed). Kept unless
+        the hub changed the figure since the read was decided (a debit posted meanwhile is at least as
+        new as the read: it must never be undone); the user's next check is scheduled from it."""
+        before = self._reading.pop(key, None)
+        if balance is not None:
+            if self.known.get(key) == before:
+                self._remember(key, balance)
+            self.reads += 1
+        if key not in self.live or key in self._due_at:
+            return  # no longer live, or scheduled since
+        now = self.now_ms()
+        spent = sum(_cost(p) for p in self.live[key].values())
+        self._plan(key, now, self.known.get(key, 0) - spent, self._rates.get(key, 0.0))
+
+    def reading(self, key: tuple[str, str]) -> bool:
+        """A read of ``key`` decided by :meth:`due_reads` has not come back yet."""
+        return key in self._reading
+
+    def _check(self, key: tuple[str, str], now: int) -> bool:
+        """Check ``key`` now; True when its balance must be read (its next check is then scheduled by
+        :meth:`read_back`), else its next check is scheduled here."""
         plugs = self.live.get(key)
         if not plugs:
-            return
+            return False
         spent = sum(_cost(p) for p in plugs.values())
         rate = 0.0  # minor units per ms, over the time since the last check
         last = self._checked.get(key)
         if last is not None and now > last[0]:
             rate = max(0, spent - last[1]) / (now - last[0])
+        self._rates[key] = rate
+        self._checked[key] = (now, spent)
         headroom = self.known.get(key, 0) - spent
         read_ms = self._read_ms.get(key)
         if read_ms is None or now - read_ms >= self.max_stale_ms or headroom <= rate * 2 * self.refresh_ms:
-            with contextlib.suppress(StoreError):  # the store is down: the next check tries again
-                self.read(*key)
-            headroom = self.known.get(key, 0) - spent
-        self._checked[key] = (now, spent)
+            return True
+        self._plan(key, now, headroom, rate)
+        return False
+
+    def _plan(self, key: tuple[str, str], now: int, headroom: int, rate: float) -> None:
+        """Schedule ``key``'s next check from its headroom and spend rate."""
         if headroom <= 0:
             wait = self.refresh_ms  # out of credit: look for a top-up every refresh
         elif rate > 0:

@@ -4,13 +4,17 @@ hub time in milliseconds."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from decimal import Decimal
 
 from chargectl.common import codec
+from chargectl.common.errors import StoreError
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.health import Metrics
-from chargectl.services.hub.mirror import STATUS_DOC, Mirror
+from chargectl.services.hub.mirror import STATUS_DOC, Mirror, Writer
 from chargectl.services.hub.params import DEFAULTS
 from chargectl.services.hub.registry import HubPlug
 
@@ -174,3 +178,118 @@ def test_a_transitional_state_that_lasts_is_written() -> None:
     assert mir.flush(T0_MS + 59_999) == 0
     assert mir.flush(T0_MS + 60_000) == 1
     assert store.docs[-1].status == STATUS_DOC[S.AUTHORIZED]
+
+
+# ---------------------------------------------------------------------- the writer thread
+
+
+class Gated(Written):
+    """A store whose writes wait for ``gate`` and fail while ``failures`` last (fault injection)."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.failures = failures
+        self.attempts = 0
+
+    def put_plug_state(self, state: codec.PlugState) -> None:
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        self.attempts += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreError("injected: the store is down")
+        super().put_plug_state(state)
+
+
+def with_writer(store: Gated, settle_s: float = 0) -> tuple[Mirror, Writer, list[str]]:
+    failed: list[str] = []
+    mir = Mirror(store, Metrics(), lambda _mac: "ev", 0.0, settle_s)  # type: ignore[arg-type]
+    writer = Writer(store.put_plug_state, mir.metrics, failed.append)
+    writer.start()
+    mir.writer = writer
+    return mir, writer, failed
+
+
+def wait_until(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_hung_store_does_not_hold_the_flush_and_the_last_state_of_each_plug_is_stored() -> None:
+    store = Gated()
+    mir, writer, failed = with_writer(store)
+    plugs = {mac: plug(mac) for mac in ("AA0001", "AA0002")}
+    change(mir, plugs["AA0001"], S.FAULTED, T0_MS)
+    change(mir, plugs["AA0002"], S.UNAVAILABLE, T0_MS)
+    # The store hangs on the first write: flushes go on returning (a blocking write would never return).
+    assert mir.flush(T0_MS + 1000) == 2
+    assert store.entered.wait(60)
+    for step, status in enumerate((S.AVAILABLE, S.FAULTED, S.OFFLINE), start=2):
+        change(mir, plugs["AA0001"], status, T0_MS + step * 1000)
+        change(mir, plugs["AA0002"], status, T0_MS + step * 1000)
+        assert mir.flush(T0_MS + step * 1000) == 2
+    assert writer.queued() <= 3  # one being written, then at most one document per plug
+    store.gate.set()
+    assert writer.drain(timeout_s=60) == 0
+    last = {mac: status for mac, status in store.statuses()}
+    assert last == {"AA0001": STATUS_DOC[S.OFFLINE], "AA0002": STATUS_DOC[S.OFFLINE]}
+    assert len(store.docs) <= 3  # the queued older documents were replaced, never written after
+    assert not failed and not mir.pending
+
+
+def test_a_failed_write_is_counted_and_the_plug_written_again_nothing_lost() -> None:
+    store = Gated(failures=2)
+    store.gate.set()
+    mir, writer, failed = with_writer(store)
+    p = plug("AA0001")
+    change(mir, p, S.FAULTED, T0_MS)
+    now = T0_MS
+    while not store.docs:  # what the hub does: each failure marks the plug again on its loop
+        now += 1000
+        mir.flush(now)
+        wait_until(lambda: writer.queued() == 0, "the writer to finish")
+        if failed:
+            assert failed == ["AA0001"]
+            mir.retry(p, now)
+        failed.clear()
+        assert now < T0_MS + 60_000
+    assert store.statuses() == [("AA0001", STATUS_DOC[S.FAULTED])]
+    assert store.attempts == 3
+    text = mir.metrics.render()
+    assert "plug_state_write_errors_total 2" in text
+    assert writer.drain(timeout_s=60) == 0
+
+
+def test_a_full_writer_leaves_the_plug_pending_for_the_next_flush() -> None:
+    store = Gated()
+    mir, writer, _failed = with_writer(store)
+    writer.max_queued = 1
+    plugs = [plug(f"AA{i:04d}") for i in range(4)]
+    for p in plugs:
+        change(mir, p, S.FAULTED, T0_MS)
+    handed = mir.flush(T0_MS + 1000)
+    assert 1 <= handed < 4  # the rest stay pending, not dropped
+    assert len(mir.pending) == 4 - handed
+    store.gate.set()
+    now = T0_MS + 1000
+    while mir.pending:
+        wait_until(lambda: writer.queued() == 0, "the writer to finish")
+        now += 1000
+        mir.flush(now)
+    assert writer.drain(timeout_s=60) == 0
+    assert sorted(mac for mac, _ in store.statuses()) == sorted(p.state.mac for p in plugs)
+
+
+def test_drain_past_its_deadline_reports_what_was_not_written() -> None:
+    store = Gated()
+    mir, writer, _failed = with_writer(store)
+    for i in range(3):
+        change(mir, plug(f"AA{i:04d}"), S.FAULTED, T0_MS)
+    mir.flush(T0_MS + 1000)
+    assert store.entered.wait(60)
+    assert writer.drain(timeout_s=0.05) == 3  # one hung in the store, two queued
+    store.gate.set()
