@@ -274,9 +274,12 @@ class FirestoreStore:
     def _transaction(self, what: str, body: Callable[[Any], Any], attempts: int = 8) -> Any:
         """Run ``body(transaction)`` in a Firestore transaction (retried on contention).
 
-        The client retries a commit that aborts, but not a read inside the transaction that aborts
-        because another transaction holds the document (the emulator's "Transaction lock timeout"):
-        those are retried here, with jittered back-off, as a fresh transaction.
+        The client retries a commit that aborts, at once and a few times, but not a read inside the
+        transaction that aborts because another transaction holds the document (the emulator's
+        "Transaction lock timeout"). Both are retried here, with jittered back-off, as a fresh
+        transaction: transactions racing on the same documents that only ever retry at once can keep
+        aborting each other (seen on the emulator with three refunds of one charge at once). The
+        body is the whole read-check-write, so a retry never applies anything twice.
         """
         from google.api_core import exceptions as gexc
 
@@ -284,13 +287,14 @@ class FirestoreStore:
         with self._errors(what):
             for attempt in range(attempts):
                 try:
-                    return run(self._db.transaction(max_attempts=20))
+                    return run(self._db.transaction(max_attempts=5))
                 except ValueError as exc:  # the library's "failed to commit in N attempts"
-                    raise StoreError(f"Firestore {what} failed: {exc}") from exc
+                    if not isinstance(exc.__cause__, gexc.Aborted) or attempt == attempts - 1:
+                        raise StoreError(f"Firestore {what} failed: {exc}") from exc
                 except gexc.Aborted:
                     if attempt == attempts - 1:
                         raise
-                    time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+                time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def record_event(
