@@ -16,7 +16,7 @@ CHARGECTL = str(Path(sys.executable).parent / "chargectl")
 @pytest.mark.timeout(150)
 def test_demo_sessions_complete_and_are_billed_exactly() -> None:
     out = subprocess.run(
-        [CHARGECTL, "demo", "--plugs", "3", "--speed", "600", "--duration", "35", "--json", "--seed", "5"],
+        [CHARGECTL, "demo", "--plugs", "3", "--speed", "900", "--duration", "22", "--json", "--seed", "5"],
         capture_output=True,
         text=True,
         timeout=120,
