@@ -22,6 +22,7 @@ from chargectl.services.hub.machine import (
     CommandResult,
     Effect,
     Event,
+    MachineState,
     Readings,
     ReadingsRun,
     SendRelay,
@@ -182,7 +183,13 @@ def test_fast_path_equals_per_sample_path(ops: list[tuple]) -> None:  # type: ig
     assert len({b[0] for b in bills}) == len(bills)
 
 
-def test_a_steady_charging_chunk_takes_the_fast_path_and_bills_every_mwh() -> None:
+def _charging(k: int, ts: int) -> Reading:
+    """Sample ``k`` of a steady 1.8 kW charge: 2,500 mWh every 5 s from a counter at 1,000 mWh."""
+    return Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k)
+
+
+def _charging_at_1800_w() -> MachineState:
+    """A plug in a session for ``u1``, its relay confirmed on, CHARGING after samples 1-7 (35 s)."""
     t = T0
     s = new_state(MAC, PARAMS, t)
     ts = round(t * 1000)
@@ -190,15 +197,16 @@ def test_a_steady_charging_chunk_takes_the_fast_path_and_bills_every_mwh() -> No
     s, fx = step(s, StartRequest("s1", "u1", TARIFF, 100_000), t)
     cmd = next(e for e in fx if isinstance(e, SendRelay))
     s, _ = step(s, CommandResult(cmd.command_id, True, True), t)
-    rows = [
-        Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k) for k in range(1, 8)
-    ]
-    s, _ = step(s, Readings(tuple(rows)), t + 35)
+    s, _ = step(s, Readings(tuple(_charging(k, ts) for k in range(1, 8))), t + 35)
     assert s.status is Status.CHARGING
+    return s
+
+
+def test_a_steady_charging_chunk_takes_the_fast_path_and_bills_every_mwh() -> None:
+    t, ts = T0, round(T0 * 1000)
+    s = _charging_at_1800_w()
     # 40 more samples as one run: every one is quiet, every mWh lands in the session.
-    more = [
-        Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k) for k in range(8, 48)
-    ]
+    more = [_charging(k, ts) for k in range(8, 48)]
     s2, fx = step(s, ReadingsRun(_run(more)), t + 240)
     assert s2.status is Status.CHARGING and s2.session is not None
     assert s2.session.energy_mwh == 2500 * 47
@@ -207,24 +215,9 @@ def test_a_steady_charging_chunk_takes_the_fast_path_and_bills_every_mwh() -> No
 
 
 def test_step_run_bills_a_quiet_charging_run_in_place_exactly_as_step() -> None:
-    t = T0
-    s = new_state(MAC, PARAMS, t)
-    ts = round(t * 1000)
-    s, _ = step(s, Readings((Reading(MAC, ts, 0.0, 1000, False, uptime_s=10),)), t)
-    s, fx = step(s, StartRequest("s1", "u1", TARIFF, 100_000), t)
-    cmd = next(e for e in fx if isinstance(e, SendRelay))
-    s, _ = step(s, CommandResult(cmd.command_id, True, True), t)
-    rows = [
-        Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k) for k in range(1, 8)
-    ]
-    s, _ = step(s, Readings(tuple(rows)), t + 35)
-    assert s.status is Status.CHARGING
-    more = _run(
-        [
-            Reading(MAC, ts + 5000 * k, 1800.0, 1000 + 2500 * k, True, uptime_s=10 + 5 * k)
-            for k in range(8, 14)
-        ]
-    )
+    t, ts = T0, round(T0 * 1000)
+    s = _charging_at_1800_w()
+    more = _run([_charging(k, ts) for k in range(8, 14)])
     by_step, fx_step = step(s, ReadingsRun(more), t + 70)
     given = s.copy()
     by_run, fx_run = step_run(given, more, t + 70)
