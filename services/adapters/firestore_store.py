@@ -31,7 +31,7 @@ from chargectl.common.codec import (
     to_document,
 )
 from chargectl.common.errors import StoreError
-from chargectl.services.adapters.store import AutoTopupState, UnmatchedPayment
+from chargectl.services.adapters.store import AutoTopupState, UnmatchedPayment, check_event
 
 __all__ = ["FirestoreStore"]
 
@@ -305,10 +305,7 @@ class FirestoreStore:
         entries: Sequence[LedgerEntry] = (),
         unmatched: UnmatchedPayment | None = None,
     ) -> tuple[bool, int]:
-        if not event_id:
-            raise StoreError("an event needs an id")
-        if any(not e.entry_id or not e.user_id for e in entries):
-            raise StoreError("a ledger entry needs an entry_id and a user_id")
+        check_event(event_id, entries)
         event_ref = self._col("processed_events").document(event_id)
         entry_refs = [(self._col("ledger").document(e.entry_id), e) for e in entries]
         unmatched_ref = (

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from chargectl.common.codec import ChargeRequest, ChargeSession, LedgerEntry, PlugState, Site, UserAccount
 from chargectl.common.errors import StoreError
-from chargectl.services.adapters.store import AutoTopupState, UnmatchedPayment
+from chargectl.services.adapters.store import AutoTopupState, UnmatchedPayment, check_event
 
 __all__ = ["SqliteStore"]
 
@@ -358,10 +358,7 @@ class SqliteStore:
         entries: Sequence[LedgerEntry] = (),
         unmatched: UnmatchedPayment | None = None,
     ) -> tuple[bool, int]:
-        if not event_id:
-            raise StoreError("an event needs an id")
-        if any(not e.entry_id or not e.user_id for e in entries):
-            raise StoreError("a ledger entry needs an entry_id and a user_id")
+        check_event(event_id, entries)
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO events (event_id, kind, at_ms) VALUES (?, ?, ?)",

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 from chargectl.common.codec import ChargeRequest, ChargeSession, LedgerEntry, PlugState, Site, UserAccount
+from chargectl.common.errors import StoreError
 
-__all__ = ["AutoTopupState", "Store", "UnmatchedPayment"]
+__all__ = ["AutoTopupState", "Store", "UnmatchedPayment", "check_event"]
 
 
 # ---------------------------------------------------------------- payments records (issue 14)
@@ -84,6 +85,14 @@ class AutoTopupState:
     def from_dict(cls, doc: dict[str, Any]) -> AutoTopupState:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in doc.items() if k in names})
+
+
+def check_event(event_id: str, entries: Sequence[LedgerEntry]) -> None:
+    """What every store requires of :meth:`Store.record_event`'s arguments, before any write."""
+    if not event_id:
+        raise StoreError("an event needs an id")
+    if any(not e.entry_id or not e.user_id for e in entries):
+        raise StoreError("a ledger entry needs an entry_id and a user_id")
 
 
 class Store(Protocol):

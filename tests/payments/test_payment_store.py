@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from chargectl.common.codec import LedgerEntry, Money
+from chargectl.common.errors import StoreError
 from chargectl.services.adapters.sqlite_store import SqliteStore
 from chargectl.services.adapters.store import AutoTopupState, Store, UnmatchedPayment
 
@@ -50,6 +51,16 @@ def test_record_event_writes_the_event_and_its_entries_once(any_store: Store) ->
         ("e2", 50),
     ]
     assert not any_store.mark_event("evt_2", "x", 4)
+
+
+def test_record_event_refuses_an_event_without_id_or_an_entry_without_owner(any_store: Store) -> None:
+    with pytest.raises(StoreError, match="an event needs an id"):
+        any_store.record_event("", "x", 1, [entry("e1", 100)])
+    with pytest.raises(StoreError, match="needs an entry_id and a user_id"):
+        any_store.record_event("evt_9", "x", 1, [entry("e1", 100), entry("e2", 50, user="")])
+    # Nothing was written: neither the event nor the well-formed entry beside the bad one.
+    assert any_store.ledger_entries("u1") == []
+    assert any_store.record_event("evt_9", "x", 2, [entry("e1", 100)]) == (True, 1)
 
 
 def test_unmatched_payments_are_kept_and_assigned_once(any_store: Store) -> None:
