@@ -247,4 +247,6 @@ class World:
         return [c for s in self.sites.values() for c in s.executed + s.commands]
 
     def close(self) -> None:
+        if self.hub is not None:
+            self.hub.requests.close()  # the request threads of a hub that handled pushed requests
         self.store.close()

@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from hostile import World
 
 from chargectl.common import codec
@@ -20,13 +16,6 @@ VICTIM = "AABBCCDDEEFF"  # site B's plug
 OWN = "AABBCCDDEE00"  # site A's plug
 START_ = codec.ChargeRequest.ACTION_START
 STOP = codec.ChargeRequest.ACTION_STOP
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 def batch_message(

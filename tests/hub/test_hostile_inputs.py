@@ -5,7 +5,6 @@ the ledger, commands and alerts out) and asserts what happens to the money and t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,6 @@ START_ = codec.ChargeRequest.ACTION_START
 STOP = codec.ChargeRequest.ACTION_STOP
 ACCEPTED = codec.ChargeRequest.STATUS_ACCEPTED
 REJECTED = codec.ChargeRequest.STATUS_REJECTED
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 def alerts(w: World, kind: AlertKind) -> list[Any]:

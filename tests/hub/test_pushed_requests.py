@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 from hostile import World
 
 from chargectl.common import codec
@@ -23,15 +21,6 @@ START = codec.ChargeRequest.ACTION_START
 STOP = codec.ChargeRequest.ACTION_STOP
 ACCEPTED = codec.ChargeRequest.STATUS_ACCEPTED
 PENDING = codec.ChargeRequest.STATUS_PENDING
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    if w.hub is not None:
-        w.hub.requests.close()
-    w.close()
 
 
 async def until(cond: Callable[[], bool], what: str, limit_s: float = 60.0) -> None:
