@@ -12,7 +12,7 @@ import backends
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
-from e2e_helpers import CHARGECTL, PRICE_PER_KWH, _kill, _spawn, wait_for
+from e2e_helpers import CHARGECTL, PRICE_PER_KWH, _kill, _spawn, wait_for, write_run_config
 
 __all__ = [
     "CHARGECTL",
@@ -53,50 +53,15 @@ class RunningSystem:
 def write_config(
     tmp: Path, plugs: list[dict[str, Any]], port: int, host: str = "127.0.0.1", token: str = ""
 ) -> Path:
-    addresses = ", ".join(f'{{ host = "{p["host"]}", port = {p["port"]} }}' for p in plugs)
-    cfg = tmp / "chargectl.toml"
-    cfg.write_text(f"""
-backend = "local"
-state_dir = "{tmp / "state"}"
-config_dir = "{tmp / "config"}"
-
-[run]
-site_id = "console-site"
-site_name = "Console test car park"
-tariff = "price_per_kwh_minor={PRICE_PER_KWH},session_fee_minor=25,min_start_balance_minor=100,currency=gbp"
-
-[console]
-token = "{token}"
-chart_step_s = 1
-chart_window_s = 120
-refresh_s = 1.0
-
-[agent]
-discovery = false
-plugs = [{addresses}]
-poll_interval_s = 0.25
-flush_interval_s = 0.5
-poll_jitter = 0.0
-
-[hub]
-health_host = "{host}"
-health_port = {port}
-tick_interval_s = 0.2
-request_poll_s = 0.2
-checkpoint_interval_s = 5
-plug_state_min_interval_s = 0
-default_plug_class = "generic"
-
-[hub.plug_classes.generic]
-start_confirm_s = 0.5
-complete_after_s = 2.0
-no_load_timeout_s = 60
-stale_after_s = 5
-offline_after_s = 10
-relay_confirm_s = 5
-relay_retry_s = 2
-""")
-    return cfg
+    return write_run_config(
+        tmp,
+        plugs,
+        'site_id = "console-site"\nsite_name = "Console test car park"\n'
+        f'tariff = "price_per_kwh_minor={PRICE_PER_KWH},session_fee_minor=25,min_start_balance_minor=100,'
+        'currency=gbp"\n',
+        extra=f'\n[console]\ntoken = "{token}"\nchart_step_s = 1\nchart_window_s = 120\nrefresh_s = 1.0\n',
+        hub=f'health_host = "{host}"\nhealth_port = {port}\n',
+    )
 
 
 def start_run(

@@ -13,45 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_helpers import CHARGECTL, PRICE_PER_KWH, _kill, _spawn, expected_cost, wait_for
+from e2e_helpers import CHARGECTL, PRICE_PER_KWH, _kill, _spawn, expected_cost, wait_for, write_run_config
 
 
 def _config(tmp: Path, plug: dict[str, Any]) -> Path:
-    cfg = tmp / "chargectl.toml"
-    cfg.write_text(f"""
-backend = "local"
-state_dir = "{tmp / "state"}"
-config_dir = "{tmp / "config"}"
-
-[run]
-site_id = "test-site"
-tariff = "price_per_kwh_minor={PRICE_PER_KWH},min_start_balance_minor=100,currency=gbp"
-health = false
-
-[agent]
-discovery = false
-plugs = [{{ host = "{plug["host"]}", port = {plug["port"]} }}]
-poll_interval_s = 0.25
-flush_interval_s = 0.5
-poll_jitter = 0.0
-
-[hub]
-tick_interval_s = 0.2
-request_poll_s = 0.2
-checkpoint_interval_s = 5
-plug_state_min_interval_s = 0
-default_plug_class = "generic"
-
-[hub.plug_classes.generic]
-start_confirm_s = 0.5
-complete_after_s = 2.0
-no_load_timeout_s = 60
-stale_after_s = 5
-offline_after_s = 10
-relay_confirm_s = 5
-relay_retry_s = 2
-""")
-    return cfg
+    return write_run_config(
+        tmp,
+        [plug],
+        'site_id = "test-site"\n'
+        f'tariff = "price_per_kwh_minor={PRICE_PER_KWH},min_start_balance_minor=100,currency=gbp"\n'
+        "health = false\n",
+    )
 
 
 def cli(cfg: Path, *args: str) -> Any:
