@@ -113,28 +113,33 @@ def assert_refunds_debited_once(store: Store, results: list[str]) -> None:
     assert results.count("debited") >= 1
 
 
+def race_refunds(
+    stores: list[Store], clock: ManualClock, redelivered: tuple[str, ...]
+) -> list[WebhookHandler]:
+    """Two instances on one store: a top-up, then Stripe's two partial-refund events (the second lists
+    both refunds), each event in ``redelivered`` delivered a second time, all at once. Each refund must
+    be debited once, and every delivery after the first of an event is a duplicate."""
+    seed(stores[0])
+    handlers = [WebhookHandler(s, SECRET, clock) for s in stores]
+    assert deliver(handlers[0], "evt_top", "payment_intent.succeeded", topup("pi_c", 2000)) == "credited"
+    events = {
+        "evt_ref1": refunded(("re_c1", 200)),
+        "evt_ref2": refunded(("re_c2", 200), ("re_c1", 200)),
+    }
+    deliveries = [*events, *redelivered]
+    results = race(handlers, [(e, "charge.refunded", events[e]) for e in deliveries])
+    assert_refunds_debited_once(stores[0], results)
+    assert results.count("duplicate") == len(redelivered)
+    return handlers
+
+
 def test_two_instances_racing_on_sqlite_debit_each_refund_once(
     tmp_path: Path, manual_clock: ManualClock
 ) -> None:
     path = tmp_path / "shared.db"
     stores = [SqliteStore(path), SqliteStore(path)]
     try:
-        seed(stores[0])
-        handlers = [WebhookHandler(s, SECRET, manual_clock) for s in stores]
-        assert deliver(handlers[0], "evt_top", "payment_intent.succeeded", topup("pi_c", 2000)) == "credited"
-        # Stripe sent one event per partial refund (the second lists both) and each was delivered twice.
-        first, second = refunded(("re_c1", 200)), refunded(("re_c2", 200), ("re_c1", 200))
-        results = race(
-            handlers,
-            [
-                ("evt_ref1", "charge.refunded", first),
-                ("evt_ref2", "charge.refunded", second),
-                ("evt_ref1", "charge.refunded", first),
-                ("evt_ref2", "charge.refunded", second),
-            ],
-        )
-        assert_refunds_debited_once(stores[0], results)
-        assert results.count("duplicate") == 2
+        race_refunds(stores, manual_clock, ("evt_ref1", "evt_ref2"))
     finally:
         for s in stores:
             s.close()
@@ -149,20 +154,7 @@ def test_two_instances_racing_on_firestore_debit_each_refund_once(
     project = f"refund-race-{uuid.uuid4().hex[:8]}"
     stores = [FirestoreStore(project), FirestoreStore(project)]
     try:
-        seed(stores[0])
-        handlers = [WebhookHandler(s, SECRET, manual_clock) for s in stores]
-        assert deliver(handlers[0], "evt_top", "payment_intent.succeeded", topup("pi_c", 2000)) == "credited"
-        first, second = refunded(("re_c1", 200)), refunded(("re_c2", 200), ("re_c1", 200))
-        results = race(
-            handlers,
-            [
-                ("evt_ref1", "charge.refunded", first),
-                ("evt_ref2", "charge.refunded", second),
-                ("evt_ref2", "charge.refunded", second),
-            ],
-        )
-        assert_refunds_debited_once(stores[0], results)
-        assert results.count("duplicate") == 1
+        handlers = race_refunds(stores, manual_clock, ("evt_ref2",))
         # An unmatched payment is durable in Firestore too, and assignable once.
         assert (
             deliver(
