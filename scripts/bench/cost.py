@@ -82,6 +82,7 @@ _READS = frozenset(
 )
 _WRITES: dict[str, Callable[[dict[str, Any], Any], dict[str, int]]] = {
     "put_user": lambda a, r: {"user": 1},
+    "update_user": lambda a, r: {"user": 1} if r is not None else {},  # a transaction: one write, if any
     "put_site": lambda a, r: {"site": 1},
     "put_plug_state": lambda a, r: {"plug_state": 1},
     "put_session": lambda a, r: {"session": 1},

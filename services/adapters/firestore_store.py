@@ -113,6 +113,26 @@ class FirestoreStore:
     def put_user(self, user: UserAccount) -> None:
         self._put("users", user.user_id, user)
 
+    def update_user(
+        self, user_id: str, change: Callable[[UserAccount | None], UserAccount | None]
+    ) -> UserAccount | None:
+        if not user_id:
+            raise StoreError("a UserAccount needs an id to be stored")
+        ref = self._col("users").document(user_id)
+
+        def body(tx: Any) -> UserAccount | None:
+            snap = ref.get(transaction=tx)
+            new = change(from_document(UserAccount, snap.to_dict()) if snap.exists else None)
+            if new is None:
+                return None
+            if new.user_id != user_id:
+                raise StoreError(f"an update of user {user_id!r} returned the account of {new.user_id!r}")
+            tx.set(ref, to_document(new))
+            return new
+
+        result: UserAccount | None = self._transaction(f"update of users/{user_id}", body)
+        return result
+
     def list_users(self) -> list[UserAccount]:
         return sorted(self._query(UserAccount, lambda c: c, "users"), key=lambda u: u.user_id)
 

@@ -109,6 +109,22 @@ class SqliteStore:
                 (user.user_id, user.SerializeToString()),
             )
 
+    def update_user(
+        self, user_id: str, change: Callable[[UserAccount | None], UserAccount | None]
+    ) -> UserAccount | None:
+        with self._tx() as db:  # BEGIN IMMEDIATE: no other process writes between the read and the write
+            row = db.execute("SELECT doc FROM users WHERE user_id = ?", (user_id,)).fetchone()
+            new = change(None if row is None else _parse(UserAccount, row[0]))
+            if new is None:
+                return None
+            if new.user_id != user_id:
+                raise StoreError(f"an update of user {user_id!r} returned the account of {new.user_id!r}")
+            db.execute(
+                "INSERT OR REPLACE INTO users (user_id, doc) VALUES (?, ?)",
+                (user_id, new.SerializeToString()),
+            )
+            return new
+
     def list_users(self) -> list[UserAccount]:
         return self._many(UserAccount, "SELECT doc FROM users ORDER BY user_id")
 
