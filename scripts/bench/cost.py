@@ -69,6 +69,7 @@ _READS = frozenset(
         "get_topup_state",
         "get_unmatched_payment",
         "get_user",
+        "ledger_by_reference",
         "ledger_entries",
         "list_plug_states",
         "list_sessions",
@@ -78,6 +79,7 @@ _READS = frozenset(
         "load_checkpoint",
         "pending_requests",
         "plug_bindings",
+        "user_by_customer",
     }
 )
 _WRITES: dict[str, Callable[[dict[str, Any], Any], dict[str, int]]] = {

@@ -136,6 +136,16 @@ class FirestoreStore:
     def list_users(self) -> list[UserAccount]:
         return sorted(self._query(UserAccount, lambda c: c, "users"), key=lambda u: u.user_id)
 
+    def user_by_customer(self, customer_id: str) -> UserAccount | None:
+        if not customer_id:
+            return None
+        found = self._query(
+            UserAccount,
+            lambda c: c.where(filter=self._where("stripe_customer_id", "==", customer_id)).limit(1),
+            "users",
+        )
+        return found[0] if found else None
+
     # ledger
     def append_ledger(self, entry: LedgerEntry) -> bool:
         if not entry.entry_id or not entry.user_id:
@@ -152,6 +162,17 @@ class FirestoreStore:
             rows = self._query(
                 LedgerEntry, lambda c: c.where(filter=self._where("user_id", "==", user_id)), "ledger"
             )
+        return sorted(rows, key=lambda e: (e.created_at_ms, e.entry_id))
+
+    def ledger_by_reference(self, references: Sequence[str]) -> list[LedgerEntry]:
+        refs = sorted({r for r in references if r})
+        if not refs:
+            return []
+        if len(refs) > 30:  # Firestore's limit for an "in" filter
+            raise StoreError(f"at most 30 references per ledger query, got {len(refs)}")
+        rows = self._query(
+            LedgerEntry, lambda c: c.where(filter=self._where("reference", "in", refs)), "ledger"
+        )
         return sorted(rows, key=lambda e: (e.created_at_ms, e.entry_id))
 
     # requests

@@ -117,6 +117,11 @@ class Store(Protocol):
 
     def list_users(self) -> list[UserAccount]: ...
 
+    def user_by_customer(self, customer_id: str) -> UserAccount | None:
+        """The account linked to a Stripe customer (a query, not a read of every account: each
+        webhook event asks it); None if none."""
+        ...
+
     # ledger: append-only, create-if-absent by entry_id
     def append_ledger(self, entry: LedgerEntry) -> bool:
         """Store ``entry`` unless its ``entry_id`` exists; True if it was new."""
@@ -126,6 +131,11 @@ class Store(Protocol):
 
     def ledger_entries(self, user_id: str | None = None) -> list[LedgerEntry]:
         """Entries oldest first (by created_at_ms, then entry_id)."""
+        ...
+
+    def ledger_by_reference(self, references: Sequence[str]) -> list[LedgerEntry]:
+        """The entries whose ``reference`` is one of ``references`` (at most 30), oldest first: a
+        query, not a read of the whole ledger (a refund asks which user a payment credited)."""
         ...
 
     # charge requests

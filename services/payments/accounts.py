@@ -65,7 +65,5 @@ def set_default_card(store: Store, uid: str, payment_method_id: str, now_ms: int
 
 
 def user_by_customer(store: Store, customer_id: str) -> UserAccount | None:
-    """The account linked to a Stripe customer id (a scan: the store has no index on it)."""
-    if not customer_id:
-        return None
-    return next((u for u in store.list_users() if u.stripe_customer_id == customer_id), None)
+    """The account linked to a Stripe customer id (a store query)."""
+    return store.user_by_customer(customer_id) if customer_id else None

@@ -173,3 +173,29 @@ def test_update_user_stores_nothing_when_the_change_declines(any_store: Store) -
     with pytest.raises(StoreError, match="returned the account of 'u3'"):
         any_store.update_user("u2", lambda account: UserAccount(user_id="u3"))
     assert any_store.get_user("u2") == made and any_store.get_user("u3") is None
+
+
+def test_lookups_by_customer_and_by_reference_are_queries(any_store: Store) -> None:
+    any_store.put_user(UserAccount(user_id="u1", currency="gbp", stripe_customer_id="cus_1"))
+    any_store.put_user(UserAccount(user_id="u2", currency="gbp", stripe_customer_id="cus_2"))
+    found = any_store.user_by_customer("cus_2")
+    assert found is not None and found.user_id == "u2"
+    assert any_store.user_by_customer("cus_9") is None and any_store.user_by_customer("") is None
+    for eid, user, amount, ref, at in [
+        ("e1", "u1", 500, "pi_a", 3),
+        ("e2", "u2", 700, "pi_b", 1),
+        ("e3", "u1", -100, "pi_a", 2),
+        ("e4", "u2", 50, "", 4),
+    ]:
+        e = entry(eid, amount, user)
+        e.reference = ref
+        e.created_at_ms = at
+        assert any_store.append_ledger(e)
+    assert [e.entry_id for e in any_store.ledger_by_reference(["pi_a", "cs_x"])] == [
+        "e3",
+        "e1",
+    ]  # oldest first
+    assert [e.entry_id for e in any_store.ledger_by_reference(["pi_b"])] == ["e2"]
+    assert any_store.ledger_by_reference(["", "pi_z"]) == [] and any_store.ledger_by_reference([]) == []
+    with pytest.raises(StoreError, match="at most 30 references"):
+        any_store.ledger_by_reference([f"pi_{i}" for i in range(31)])
