@@ -84,7 +84,9 @@ def register(app: typer.Typer) -> None:
                 from chargectl.common.codec import UserAccount
 
                 now_ms = int(time.time() * 1000)
-                store.put_user(UserAccount(user_id=user, currency=currency, created_at_ms=now_ms))
+                new_account = UserAccount(user_id=user, currency=currency, created_at_ms=now_ms)
+                # Created only if still absent: the app may have opened it since we looked.
+                store.update_user(user, lambda account: new_account if account is None else None)
             posted = ledger.post(
                 eid,
                 user,

@@ -69,6 +69,7 @@ _READS = frozenset(
         "get_topup_state",
         "get_unmatched_payment",
         "get_user",
+        "ledger_by_reference",
         "ledger_entries",
         "list_plug_states",
         "list_sessions",
@@ -78,10 +79,12 @@ _READS = frozenset(
         "load_checkpoint",
         "pending_requests",
         "plug_bindings",
+        "user_by_customer",
     }
 )
 _WRITES: dict[str, Callable[[dict[str, Any], Any], dict[str, int]]] = {
     "put_user": lambda a, r: {"user": 1},
+    "update_user": lambda a, r: {"user": 1} if r is not None else {},  # a transaction: one write, if any
     "put_site": lambda a, r: {"site": 1},
     "put_plug_state": lambda a, r: {"plug_state": 1},
     "put_session": lambda a, r: {"session": 1},

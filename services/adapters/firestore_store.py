@@ -113,8 +113,38 @@ class FirestoreStore:
     def put_user(self, user: UserAccount) -> None:
         self._put("users", user.user_id, user)
 
+    def update_user(
+        self, user_id: str, change: Callable[[UserAccount | None], UserAccount | None]
+    ) -> UserAccount | None:
+        if not user_id:
+            raise StoreError("a UserAccount needs an id to be stored")
+        ref = self._col("users").document(user_id)
+
+        def body(tx: Any) -> UserAccount | None:
+            snap = ref.get(transaction=tx)
+            new = change(from_document(UserAccount, snap.to_dict()) if snap.exists else None)
+            if new is None:
+                return None
+            if new.user_id != user_id:
+                raise StoreError(f"an update of user {user_id!r} returned the account of {new.user_id!r}")
+            tx.set(ref, to_document(new))
+            return new
+
+        result: UserAccount | None = self._transaction(f"update of users/{user_id}", body)
+        return result
+
     def list_users(self) -> list[UserAccount]:
         return sorted(self._query(UserAccount, lambda c: c, "users"), key=lambda u: u.user_id)
+
+    def user_by_customer(self, customer_id: str) -> UserAccount | None:
+        if not customer_id:
+            return None
+        found = self._query(
+            UserAccount,
+            lambda c: c.where(filter=self._where("stripe_customer_id", "==", customer_id)).limit(1),
+            "users",
+        )
+        return found[0] if found else None
 
     # ledger
     def append_ledger(self, entry: LedgerEntry) -> bool:
@@ -132,6 +162,17 @@ class FirestoreStore:
             rows = self._query(
                 LedgerEntry, lambda c: c.where(filter=self._where("user_id", "==", user_id)), "ledger"
             )
+        return sorted(rows, key=lambda e: (e.created_at_ms, e.entry_id))
+
+    def ledger_by_reference(self, references: Sequence[str]) -> list[LedgerEntry]:
+        refs = sorted({r for r in references if r})
+        if not refs:
+            return []
+        if len(refs) > 30:  # Firestore's limit for an "in" filter
+            raise StoreError(f"at most 30 references per ledger query, got {len(refs)}")
+        rows = self._query(
+            LedgerEntry, lambda c: c.where(filter=self._where("reference", "in", refs)), "ledger"
+        )
         return sorted(rows, key=lambda e: (e.created_at_ms, e.entry_id))
 
     # requests

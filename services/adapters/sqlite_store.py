@@ -109,8 +109,30 @@ class SqliteStore:
                 (user.user_id, user.SerializeToString()),
             )
 
+    def update_user(
+        self, user_id: str, change: Callable[[UserAccount | None], UserAccount | None]
+    ) -> UserAccount | None:
+        with self._tx() as db:  # BEGIN IMMEDIATE: no other process writes between the read and the write
+            row = db.execute("SELECT doc FROM users WHERE user_id = ?", (user_id,)).fetchone()
+            new = change(None if row is None else _parse(UserAccount, row[0]))
+            if new is None:
+                return None
+            if new.user_id != user_id:
+                raise StoreError(f"an update of user {user_id!r} returned the account of {new.user_id!r}")
+            db.execute(
+                "INSERT OR REPLACE INTO users (user_id, doc) VALUES (?, ?)",
+                (user_id, new.SerializeToString()),
+            )
+            return new
+
     def list_users(self) -> list[UserAccount]:
         return self._many(UserAccount, "SELECT doc FROM users ORDER BY user_id")
+
+    def user_by_customer(self, customer_id: str) -> UserAccount | None:
+        # The embedded store is one site's users: a scan of the documents is what an index would buy.
+        if not customer_id:
+            return None
+        return next((u for u in self.list_users() if u.stripe_customer_id == customer_id), None)
 
     # ledger
     def append_ledger(self, entry: LedgerEntry) -> bool:
@@ -149,6 +171,10 @@ class SqliteStore:
             "SELECT doc FROM ledger WHERE user_id = ? ORDER BY created_at_ms, entry_id",
             (user_id,),
         )
+
+    def ledger_by_reference(self, references: Sequence[str]) -> list[LedgerEntry]:
+        refs = _references(references)
+        return [e for e in self.ledger_entries() if e.reference in refs]
 
     # requests
     def add_request(self, request: ChargeRequest) -> bool:
@@ -519,3 +545,10 @@ def _session_row(session: ChargeSession) -> tuple[str, str, str, int, int, bytes
         session.started_at_ms,
         session.SerializeToString(),
     )
+
+
+def _references(references: Sequence[str]) -> set[str]:
+    refs = {r for r in references if r}
+    if len(refs) > 30:
+        raise StoreError(f"at most 30 references per ledger query, got {len(refs)}")
+    return refs

@@ -8,7 +8,7 @@ conditional, so replays are no-ops and no document is contended.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
@@ -99,9 +99,28 @@ class Store(Protocol):
     # users
     def get_user(self, user_id: str) -> UserAccount | None: ...
 
-    def put_user(self, user: UserAccount) -> None: ...
+    def put_user(self, user: UserAccount) -> None:
+        """Store the whole account document. Only for a document nobody else can be writing (a new
+        account in a test or a demo); a change to an account that exists goes through :meth:`update_user`."""
+        ...
+
+    def update_user(
+        self, user_id: str, change: Callable[[UserAccount | None], UserAccount | None]
+    ) -> UserAccount | None:
+        """Read-modify-write one account in a transaction, so two writers (the webhook saving a card,
+        the app setting auto top-up, on two instances) never overwrite each other's fields.
+
+        ``change`` gets a copy of the stored account (None if there is none) and returns the account
+        to store, or None to store nothing. It may run more than once (a transaction retried on
+        contention), so it must do nothing but compute. Returns the account stored, or None."""
+        ...
 
     def list_users(self) -> list[UserAccount]: ...
+
+    def user_by_customer(self, customer_id: str) -> UserAccount | None:
+        """The account linked to a Stripe customer (a query, not a read of every account: each
+        webhook event asks it); None if none."""
+        ...
 
     # ledger: append-only, create-if-absent by entry_id
     def append_ledger(self, entry: LedgerEntry) -> bool:
@@ -112,6 +131,11 @@ class Store(Protocol):
 
     def ledger_entries(self, user_id: str | None = None) -> list[LedgerEntry]:
         """Entries oldest first (by created_at_ms, then entry_id)."""
+        ...
+
+    def ledger_by_reference(self, references: Sequence[str]) -> list[LedgerEntry]:
+        """The entries whose ``reference`` is one of ``references`` (at most 30), oldest first: a
+        query, not a read of the whole ledger (a refund asks which user a payment credited)."""
         ...
 
     # charge requests

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from chargectl.common.clock import Clock
@@ -120,6 +121,15 @@ class AppApi:
             raise ApiError(404, "no account yet: POST /v1/account first")
         return user
 
+    def _update(self, uid: str, change: Callable[[UserAccount | None], UserAccount | None]) -> UserAccount:
+        """``change`` applied to the stored account in one store transaction (another instance, or the
+        webhook saving a card, may be writing the same account); 404 if there is none."""
+        self._user(uid)
+        stored = self.store.update_user(uid, change)
+        if stored is None:
+            raise ApiError(404, "no account yet: POST /v1/account first")
+        return stored
+
     # ------------------------------------------------------------------ Stripe pages
 
     def _return_url(self, body: dict[str, Any]) -> str:
@@ -181,22 +191,32 @@ class AppApi:
             raise ApiError(400, str(exc)) from exc
         if not user.default_payment_method:
             raise ApiError(409, "no saved card: save one with POST /v1/setup first")
-        with self._lock(uid):
-            account = UserAccount()
-            account.CopyFrom(self._user(uid))
+        now_ms = self._now_ms()
+
+        def change(account: UserAccount | None) -> UserAccount | None:
+            if account is None:
+                return None
             account.auto_topup_threshold.CopyFrom(Money(amount_minor=threshold, currency=currency))
             account.auto_topup_amount.CopyFrom(Money(amount_minor=amount, currency=currency))
-            account.updated_at_ms = self._now_ms()
-            self.store.put_user(account)
-            reset_state(self.store, uid, self._now_ms())
-        return self.account_view(account)
+            account.updated_at_ms = now_ms
+            return account
+
+        with self._lock(uid):
+            stored = self._update(uid, change)
+            reset_state(self.store, uid, now_ms)
+        return self.account_view(stored)
 
     def clear_auto_topup(self, uid: str) -> dict[str, Any]:
-        with self._lock(uid):
-            account = UserAccount()
-            account.CopyFrom(self._user(uid))
+        now_ms = self._now_ms()
+
+        def change(account: UserAccount | None) -> UserAccount | None:
+            if account is None:
+                return None
             account.ClearField("auto_topup_threshold")
             account.ClearField("auto_topup_amount")
-            account.updated_at_ms = self._now_ms()
-            self.store.put_user(account)
-        return self.account_view(account)
+            account.updated_at_ms = now_ms
+            return account
+
+        with self._lock(uid):
+            stored = self._update(uid, change)
+        return self.account_view(stored)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from chargectl.common.codec import UserAccount
 from chargectl.services.adapters.store import Store
 
@@ -22,45 +24,46 @@ OFFSESSION_TOPUP = "offsession_topup"
 SAVE_CARD = "save_card"
 
 
-def _updated(store: Store, uid: str, now_ms: int) -> UserAccount | None:
-    user = store.get_user(uid)
-    if user is None:
-        return None
-    account = UserAccount()
-    account.CopyFrom(user)
-    account.updated_at_ms = now_ms
-    return account
+def _update(store: Store, uid: str, now_ms: int, edit: Callable[[UserAccount], bool]) -> bool:
+    """Apply ``edit`` to the stored account in one transaction (``edit`` returns False to change
+    nothing); False if there is no account or nothing changed."""
+
+    def change(account: UserAccount | None) -> UserAccount | None:
+        if account is None or not edit(account):
+            return None
+        account.updated_at_ms = now_ms
+        return account
+
+    return store.update_user(uid, change) is not None
 
 
 def flag_payment_action(store: Store, uid: str, payment_intent_id: str, now_ms: int, on: bool = True) -> bool:
     """Set (or, with ``on=False``, clear if it names ``payment_intent_id``) the come-back-and-confirm flag."""
-    account = _updated(store, uid, now_ms)
-    if account is None:
-        return False
-    if on:
-        account.needs_payment_action = True
-        account.payment_action_intent_id = payment_intent_id
-    elif account.payment_action_intent_id == payment_intent_id:
+
+    def edit(account: UserAccount) -> bool:
+        if on:
+            account.needs_payment_action = True
+            account.payment_action_intent_id = payment_intent_id
+            return True
+        if account.payment_action_intent_id != payment_intent_id:
+            return False  # another payment's flag: not ours to clear
         account.needs_payment_action = False
         account.payment_action_intent_id = ""
-    else:
-        return False
-    store.put_user(account)
-    return True
+        return True
+
+    return _update(store, uid, now_ms, edit)
 
 
 def set_default_card(store: Store, uid: str, payment_method_id: str, now_ms: int) -> bool:
     """Remember the card off-session charges use."""
-    account = _updated(store, uid, now_ms)
-    if account is None:
-        return False
-    account.default_payment_method = payment_method_id
-    store.put_user(account)
-    return True
+
+    def edit(account: UserAccount) -> bool:
+        account.default_payment_method = payment_method_id
+        return True
+
+    return _update(store, uid, now_ms, edit)
 
 
 def user_by_customer(store: Store, customer_id: str) -> UserAccount | None:
-    """The account linked to a Stripe customer id (a scan: the store has no index on it)."""
-    if not customer_id:
-        return None
-    return next((u for u in store.list_users() if u.stripe_customer_id == customer_id), None)
+    """The account linked to a Stripe customer id (a store query)."""
+    return store.user_by_customer(customer_id) if customer_id else None

@@ -196,19 +196,20 @@ class StripeOps:
                 ),
             )
             existing = customer.id
-        account = UserAccount()
-        if user is not None:
-            account.CopyFrom(user)
-        else:
-            account.user_id = uid
-            account.currency = self.settings.currency
-            account.created_at_ms = now_ms
-        account.email = email
-        if name:
-            account.name = name
-        account.stripe_customer_id = existing
-        account.updated_at_ms = now_ms
-        self.store.put_user(account)
+        customer_id = existing
+
+        def change(account: UserAccount | None) -> UserAccount:
+            # The account as stored now (the webhook or the app may have changed it since we read it).
+            if account is None:
+                account = UserAccount(user_id=uid, currency=self.settings.currency, created_at_ms=now_ms)
+            account.email = email
+            if name:
+                account.name = name
+            account.stripe_customer_id = customer_id
+            account.updated_at_ms = now_ms
+            return account
+
+        self.store.update_user(uid, change)
         log.info("user %s: Stripe customer %s %s", uid, existing, "created" if created else "linked")
         return CustomerResult(uid, existing, created=created)
 

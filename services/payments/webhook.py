@@ -306,11 +306,8 @@ class WebhookHandler:
 
     def _user_by_reference(self, *references: str) -> str:
         """The user we credited for a payment (PaymentIntent, charge or Checkout id); "" if none."""
-        refs = {r for r in references if r}
-        if not refs:
-            return ""
-        for entry in self.store.ledger_entries():
-            if entry.reference in refs and entry.amount.amount_minor > 0:
+        for entry in self.store.ledger_by_reference(references):
+            if entry.amount.amount_minor > 0:
                 return entry.user_id
         return ""
 

@@ -113,6 +113,42 @@ def assert_refunds_debited_once(store: Store, results: list[str]) -> None:
     assert results.count("debited") >= 1
 
 
+class NoWholeCollections:
+    """The store as a webhook instance sees it, refusing the reads of every account or the whole
+    ledger: at a few hundred thousand accounts each would be a read bill and seconds per event."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def list_users(self) -> list[UserAccount]:
+        raise AssertionError("a webhook event read every account")
+
+    def ledger_entries(self, user_id: str | None = None) -> list[Any]:
+        if user_id is None:
+            raise AssertionError("a webhook event read the whole ledger")
+        return self.inner.ledger_entries(user_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_payment_known_by_its_customer_and_its_refund_read_no_whole_collection(
+    tmp_path: Path, manual_clock: ManualClock
+) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+        seed(store)
+        handler = WebhookHandler(NoWholeCollections(store), SECRET, manual_clock)  # type: ignore[arg-type]
+        # A payment made outside our pages: no uid in its metadata, only its customer says whose it is.
+        paid = {**topup("pi_c", 2000), "metadata": {"chargectl_purpose": "offsession_topup"}}
+        assert deliver(handler, "evt_top", "payment_intent.succeeded", paid) == "credited"
+        assert deliver(handler, "evt_ref1", "charge.refunded", refunded(("re_c1", 200))) == "debited"
+        assert Ledger(store).balance("u1") == 2000 - 200
+        assert Ledger(store).balance("u3", "usd") == 0  # the other customer's account is untouched
+    finally:
+        store.close()
+
+
 def race_refunds(
     stores: list[Store], clock: ManualClock, redelivered: tuple[str, ...]
 ) -> list[WebhookHandler]:
