@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from bench import baselines, cli, fleet  # scripts/ is on sys.path (tests/conftest.py)
 from bench.core import Plan, Report
-from bench.cost import monthly_cost
+from bench.cost import ONE_TIME_WRITES, CountingStore, monthly_cost
 from bench.wire import bench_wire
 
 from chargectl.common import codec
@@ -55,6 +55,19 @@ def test_monthly_cost_applies_free_tiers_and_the_request_minimum() -> None:
     assert math.isclose(cost["firestore_usd"], (892_800 - 600_000) * 0.18 / 100_000 + 0)
     # One document per reading: 1,000 × 518,400 writes, minus the free tier.
     assert math.isclose(cost["firestore_per_reading_usd"], (518_400_000 - 600_000) * 0.18 / 100_000)
+
+
+def test_a_plugs_first_document_is_counted_once_in_its_life_every_later_one_per_plug_hour() -> None:
+    store = CountingStore(":memory:")
+    store.counting = True
+    doc = codec.PlugState(
+        plug_mac="AA0001", site_id="s", status=codec.PlugStatus.Value("PLUG_STATUS_AVAILABLE")
+    )
+    store.put_plug_state(doc)  # the hub's first sight of the plug
+    store.put_plug_state(doc)  # a status change, or a restarted hub writing it again
+    store.put_plug_state(codec.PlugState(plug_mac="AA0002", site_id="s"))
+    assert store.writes == {"plug_state_first": 2, "plug_state": 1}
+    assert "plug_state_first" in ONE_TIME_WRITES  # priced per plug, not in the monthly rate
 
 
 def test_row_protobuf_baseline_holds_the_readings() -> None:

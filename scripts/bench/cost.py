@@ -83,7 +83,6 @@ _READS = frozenset(
 _WRITES: dict[str, Callable[[dict[str, Any], Any], dict[str, int]]] = {
     "put_user": lambda a, r: {"user": 1},
     "put_site": lambda a, r: {"site": 1},
-    "put_plug_state": lambda a, r: {"plug_state": 1},
     "put_session": lambda a, r: {"session": 1},
     # create-if-absent: a create that finds the document writes nothing
     "append_ledger": lambda a, r: {"ledger": 1} if r else {},
@@ -107,6 +106,7 @@ _WRITES: dict[str, Callable[[dict[str, Any], Any], dict[str, int]]] = {
     "release_plug": lambda a, r: {"plug_binding_delete": 1} if r else {},
     # counted by the wrapper's own methods below (they need the store's state or sizes)
     "bind_plug": _one,
+    "put_plug_state": _one,
     "save_checkpoint": _one,
 }
 
@@ -161,6 +161,14 @@ class CountingStore:
         bound = self.inner.bind_plug(plug_mac, site_id, at_ms, replace)
         self._count({"plug_binding": 1 if replace or before is None else 0})
         return bound
+
+    def put_plug_state(self, state: codec.PlugState) -> None:
+        # A plug's first document (the store has none: the hub sees the plug for the first time) is
+        # written once in its life, like its binding: counted, and priced per plug, not per plug-hour.
+        # Any later write of it (a status change, a restarted hub writing it again) is per plug-hour.
+        first = self.inner.get_plug_state(state.plug_mac) is None
+        self.inner.put_plug_state(state)
+        self._count({"plug_state_first" if first else "plug_state": 1})
 
     def save_checkpoint(self, name: str, data: bytes) -> None:
         # A checkpoint is its parts and delta ("hub-0.p07", "hub-0.delta") and, last, its head ("hub-0");
@@ -418,7 +426,7 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
     }
 
 
-ONE_TIME_WRITES = ("plug_binding",)
+ONE_TIME_WRITES = ("plug_binding", "plug_state_first")
 DRAIN_MAX_POLLS = round(24 * 3600 / POLL_INTERVAL_S)  # a session lasts at most 16 h (max_session_s)
 SESSION_FLOOR_WRITES = 5  # charge_request, request_answer, session (start), session_finish, debit
 
@@ -486,6 +494,13 @@ def bench_cost(plan: Plan, report: Report) -> None:
         if sim["sessions_per_plug_hour"]
         else "no session started"
     )
+    once = sim["one_time_writes_per_plug"]
+    if once:
+        report.notes.append(
+            "written once per plug in its life, not in the monthly figures: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in once.items())
+            + f" per plug (${sum(once.values()) * FIRESTORE_WRITE_USD['us-multi']:.6f} a plug, US multi-region)"
+        )
     for n in plan.cost_sizes:
         c = costs[str(n)]["us-multi"]
         report.notes.append(
