@@ -470,6 +470,30 @@ def monthly_cost(sim: dict[str, Any], plugs: int, region: str) -> dict[str, floa
     }
 
 
+COST_GOAL_USD = 7.0  # issue 16: per 10,000 plugs a month, US multi-region
+COST_GOAL_PLUGS = 10_000
+
+
+def writes_per_session_within(sim: dict[str, Any], plugs: int, region: str, budget_usd: float) -> float:
+    """The Firestore writes per session (at the simulation's session rate, with its Pub/Sub traffic and
+    checkpoints unchanged) within which ``plugs`` plugs cost at most ``budget_usd`` a month; 0 if the
+    rest of the bill alone is over it. Solved on :func:`monthly_cost` itself (it is monotonic)."""
+    rate = sim.get("sessions_per_plug_hour", 0.0)
+
+    def total(k: float) -> float:
+        return monthly_cost({**sim, "writes_per_plug_hour": {"w": k * rate}}, plugs, region)["total_usd"]
+
+    if total(0.0) > budget_usd or rate <= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while total(hi) <= budget_usd:
+        lo, hi = hi, hi * 2
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if total(mid) <= budget_usd else (lo, mid)
+    return lo
+
+
 def bench_cost(plan: Plan, report: Report) -> None:
     sim = asyncio.run(cost_sim(plan))
     costs: dict[str, Any] = {}
@@ -486,7 +510,21 @@ def bench_cost(plan: Plan, report: Report) -> None:
                 "Firestore document per reading",
             )
         )
-    report.details["cost"] = {"simulation": sim, "monthly": costs}
+    rate = sim["sessions_per_plug_hour"]
+    within = {
+        region: writes_per_session_within(sim, COST_GOAL_PLUGS, region, COST_GOAL_USD)
+        for region in FIRESTORE_WRITE_USD
+    }
+    report.details["cost"] = {"simulation": sim, "monthly": costs, "goal_writes_per_session": within}
+    if rate:
+        now = sum(sim["writes_per_plug_hour"].values()) / rate
+        rest = monthly_cost({**sim, "writes_per_plug_hour": {}}, COST_GOAL_PLUGS, "us-multi")
+        report.notes.append(
+            f"${COST_GOAL_USD:.0f} a month at {COST_GOAL_PLUGS:,} plugs and {rate:.3f} sessions per plug-hour "
+            f"needs at most {within['us-multi']:.2f} Firestore writes per session (US multi-region; "
+            f"{within['regional']:.2f} regional), today {now:.2f}; Pub/Sub and checkpoints alone are "
+            f"${rest['total_usd']:.2f}"
+        )
     per_session = (
         ", ".join(
             f"{k} {v / sim['sessions_per_plug_hour']:.2f}" for k, v in sim["writes_per_plug_hour"].items()
