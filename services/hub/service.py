@@ -29,8 +29,7 @@ Reliability:
 - The checkpoint is written periodically (its size grows with the plugs, so not per session); at start
   the hub reconciles it with the store: sessions started after the last checkpoint are resumed, and
   sessions finished, already debited or whose finish had begun (the document's ``stop_reason`` is set
-  when the relay is commanded off) are closed, never resumed with the relay on. A stop the car made
-  (complete, no-load) sets no ``stop_reason``: the resumed session makes that stop again.
+  when the relay is commanded off) are closed, never resumed with the relay on.
 - An exception while handling one plug's event faults that plug (relay off, alert); one escaping a loop
   pass is counted and shown by /healthz until a pass succeeds. Neither stops the hub.
 """

@@ -48,14 +48,6 @@ __all__ = ["Balances", "Sessions"]
 
 log = logging.getLogger("chargectl.hub")
 
-# Stops the car made (it stopped drawing for the class's complete_after_s or no_load_timeout_s) write no
-# stop_reason marker: a hub restarted from a checkpoint older than the stop resumes the session with
-# the timers the checkpoint holds and the counter the plug reports, sees the car still not drawing and
-# makes the same stop (the relay on again at most until then, for a car that draws nothing); the finish
-# is billed once (its debit is keyed by the session). Stops a person or the money decided (a stop
-# request, out of credit, a fault, the time limit) keep the marker: a restart must not switch those on.
-_REPLAYED_STOPS = frozenset({m.StopReason.COMPLETE, m.StopReason.NO_LOAD})
-
 Answer = Callable[[str, bool, str, str], None]  # request id, accepted, reason, session id
 TopupCheck = Callable[[str], str]  # user id -> what happened (AutoTopup.check_user), run off the loop
 Io = Callable[..., Awaitable[Any]]  # run a blocking store call off the event loop: io(fn, *args)
@@ -512,16 +504,13 @@ class Sessions:
 
     def finishing(self, plug: HubPlug) -> None:
         """The machine began finishing the session (relay commanded off): say so in its document, so a
-        hub restarted from an older checkpoint closes the session instead of switching the relay on
-        (except a stop the car made, which a restart makes again: :data:`_REPLAYED_STOPS`)."""
+        hub restarted from an older checkpoint closes the session instead of switching the relay on."""
         sess = plug.state.session
         if sess is None or not sess.stop_reason:
             return
         if sess.session_id in self.unstored:  # its start document is being written: it carries this
             self._stopping[sess.session_id] = str(sess.stop_reason)
             return
-        if sess.stop_reason in _REPLAYED_STOPS:
-            return  # no marker (a billed write): a restart replays this stop (see _REPLAYED_STOPS)
         doc = self.store.get_session(sess.session_id)
         if (
             doc is None
