@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from bench import baselines, cli, fleet  # scripts/ is on sys.path (tests/conftest.py)
 from bench.core import Plan, Report
-from bench.cost import monthly_cost
+from bench.cost import ONE_TIME_WRITES, CountingStore, monthly_cost, writes_per_session_within
 from bench.wire import bench_wire
 
 from chargectl.common import codec
@@ -55,6 +55,39 @@ def test_monthly_cost_applies_free_tiers_and_the_request_minimum() -> None:
     assert math.isclose(cost["firestore_usd"], (892_800 - 600_000) * 0.18 / 100_000 + 0)
     # One document per reading: 1,000 × 518,400 writes, minus the free tier.
     assert math.isclose(cost["firestore_per_reading_usd"], (518_400_000 - 600_000) * 0.18 / 100_000)
+
+
+def test_a_plugs_first_document_is_counted_once_in_its_life_every_later_one_per_plug_hour() -> None:
+    store = CountingStore(":memory:")
+    store.counting = True
+    doc = codec.PlugState(
+        plug_mac="AA0001", site_id="s", status=codec.PlugStatus.Value("PLUG_STATUS_AVAILABLE")
+    )
+    store.put_plug_state(doc)  # the hub's first sight of the plug
+    store.put_plug_state(doc)  # a status change, or a restarted hub writing it again
+    store.put_plug_state(codec.PlugState(plug_mac="AA0002", site_id="s"))
+    assert store.writes == {"plug_state_first": 2, "plug_state": 1}
+    assert "plug_state_first" in ONE_TIME_WRITES  # priced per plug, not in the monthly rate
+
+
+def test_writes_per_session_within_the_goal_solves_the_bill_for_the_writes() -> None:
+    sim = {
+        "messages_per_plug_hour": {},
+        "billed_request_bytes": {},
+        "writes_per_plug_hour": {"session": 99.0},  # replaced by the solver
+        "checkpoint_bytes_per_plug": 0.0,
+        "event_checkpoints_per_plug_hour": 0.0,
+        "sessions_per_plug_hour": 0.2,
+    }
+    # By hand: 10,000 plugs x 720 h x 0.2 sessions = 1.44 M sessions; checkpoints 120/h x 720 h x 2
+    # documents = 172,800 writes; 600,000 free. $7 at $0.18 per 100k = 3,888,889 writes, so
+    # k = (3,888,889 + 600,000 - 172,800) / 1,440,000 = 2.9973 writes per session.
+    k = writes_per_session_within(sim, 10_000, "us-multi", 7.0)
+    assert math.isclose(k, (7.0 / (0.18 / 100_000) + 600_000 - 172_800) / 1_440_000, rel_tol=1e-6)
+    assert math.isclose(k, 2.9973, rel_tol=1e-4)
+    # $0: what the free tier leaves after the checkpoints, (600,000 - 172,800) / 1,440,000 = 0.2967.
+    assert math.isclose(writes_per_session_within(sim, 10_000, "us-multi", 0.0), 0.29667, rel_tol=1e-4)
+    assert writes_per_session_within({**sim, "sessions_per_plug_hour": 0.0}, 10_000, "us-multi", 7.0) == 0.0
 
 
 def test_row_protobuf_baseline_holds_the_readings() -> None:

@@ -86,7 +86,6 @@ _WRITES: dict[str, Callable[[dict[str, Any], Any], dict[str, int]]] = {
     "put_user": lambda a, r: {"user": 1},
     "update_user": lambda a, r: {"user": 1} if r is not None else {},  # a transaction: one write, if any
     "put_site": lambda a, r: {"site": 1},
-    "put_plug_state": lambda a, r: {"plug_state": 1},
     "put_session": lambda a, r: {"session": 1},
     # create-if-absent: a create that finds the document writes nothing
     "append_ledger": lambda a, r: {"ledger": 1} if r else {},
@@ -110,6 +109,7 @@ _WRITES: dict[str, Callable[[dict[str, Any], Any], dict[str, int]]] = {
     "release_plug": lambda a, r: {"plug_binding_delete": 1} if r else {},
     # counted by the wrapper's own methods below (they need the store's state or sizes)
     "bind_plug": _one,
+    "put_plug_state": _one,
     "save_checkpoint": _one,
 }
 
@@ -164,6 +164,14 @@ class CountingStore:
         bound = self.inner.bind_plug(plug_mac, site_id, at_ms, replace)
         self._count({"plug_binding": 1 if replace or before is None else 0})
         return bound
+
+    def put_plug_state(self, state: codec.PlugState) -> None:
+        # A plug's first document (the store has none: the hub sees the plug for the first time) is
+        # written once in its life, like its binding: counted, and priced per plug, not per plug-hour.
+        # Any later write of it (a status change, a restarted hub writing it again) is per plug-hour.
+        first = self.inner.get_plug_state(state.plug_mac) is None
+        self.inner.put_plug_state(state)
+        self._count({"plug_state_first" if first else "plug_state": 1})
 
     def save_checkpoint(self, name: str, data: bytes) -> None:
         # A checkpoint is its parts and delta ("hub-0.p07", "hub-0.delta") and, last, its head ("hub-0");
@@ -421,7 +429,7 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
     }
 
 
-ONE_TIME_WRITES = ("plug_binding",)
+ONE_TIME_WRITES = ("plug_binding", "plug_state_first")
 DRAIN_MAX_POLLS = round(24 * 3600 / POLL_INTERVAL_S)  # a session lasts at most 16 h (max_session_s)
 SESSION_FLOOR_WRITES = 5  # charge_request, request_answer, session (start), session_finish, debit
 
@@ -465,6 +473,30 @@ def monthly_cost(sim: dict[str, Any], plugs: int, region: str) -> dict[str, floa
     }
 
 
+COST_GOAL_USD = 7.0  # issue 16: per 10,000 plugs a month, US multi-region
+COST_GOAL_PLUGS = 10_000
+
+
+def writes_per_session_within(sim: dict[str, Any], plugs: int, region: str, budget_usd: float) -> float:
+    """The Firestore writes per session (at the simulation's session rate, with its Pub/Sub traffic and
+    checkpoints unchanged) within which ``plugs`` plugs cost at most ``budget_usd`` a month; 0 if the
+    rest of the bill alone is over it. Solved on :func:`monthly_cost` itself (it is monotonic)."""
+    rate = sim.get("sessions_per_plug_hour", 0.0)
+
+    def total(k: float) -> float:
+        return monthly_cost({**sim, "writes_per_plug_hour": {"w": k * rate}}, plugs, region)["total_usd"]
+
+    if total(0.0) > budget_usd or rate <= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while total(hi) <= budget_usd:
+        lo, hi = hi, hi * 2
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if total(mid) <= budget_usd else (lo, mid)
+    return lo
+
+
 def bench_cost(plan: Plan, report: Report) -> None:
     sim = asyncio.run(cost_sim(plan))
     costs: dict[str, Any] = {}
@@ -481,7 +513,21 @@ def bench_cost(plan: Plan, report: Report) -> None:
                 "Firestore document per reading",
             )
         )
-    report.details["cost"] = {"simulation": sim, "monthly": costs}
+    rate = sim["sessions_per_plug_hour"]
+    within = {
+        region: writes_per_session_within(sim, COST_GOAL_PLUGS, region, COST_GOAL_USD)
+        for region in FIRESTORE_WRITE_USD
+    }
+    report.details["cost"] = {"simulation": sim, "monthly": costs, "goal_writes_per_session": within}
+    if rate:
+        now = sum(sim["writes_per_plug_hour"].values()) / rate
+        rest = monthly_cost({**sim, "writes_per_plug_hour": {}}, COST_GOAL_PLUGS, "us-multi")
+        report.notes.append(
+            f"${COST_GOAL_USD:.0f} a month at {COST_GOAL_PLUGS:,} plugs and {rate:.3f} sessions per plug-hour "
+            f"needs at most {within['us-multi']:.2f} Firestore writes per session (US multi-region; "
+            f"{within['regional']:.2f} regional), today {now:.2f}; Pub/Sub and checkpoints alone are "
+            f"${rest['total_usd']:.2f}"
+        )
     per_session = (
         ", ".join(
             f"{k} {v / sim['sessions_per_plug_hour']:.2f}" for k, v in sim["writes_per_plug_hour"].items()
@@ -489,6 +535,13 @@ def bench_cost(plan: Plan, report: Report) -> None:
         if sim["sessions_per_plug_hour"]
         else "no session started"
     )
+    once = sim["one_time_writes_per_plug"]
+    if once:
+        report.notes.append(
+            "written once per plug in its life, not in the monthly figures: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in once.items())
+            + f" per plug (${sum(once.values()) * FIRESTORE_WRITE_USD['us-multi']:.6f} a plug, US multi-region)"
+        )
     for n in plan.cost_sizes:
         c = costs[str(n)]["us-multi"]
         report.notes.append(

@@ -11,11 +11,18 @@ plug. When a marked plug is written:
   answer is in the request document already), FINISHING into AVAILABLE. Each lasts until the plug's
   next telemetry (the agent flushes every 30 s), so it is written only if it has held for
   ``plug_state_transitional_s`` (60 s: a car that does not draw, a relay that does not answer).
+- A change the app does not need: a session's plug moving among CHARGING, SUSPENDED_EV and FINISHING
+  (occupied before and after, same session), e.g. a car that tapers off and stops drawing. It is
+  written only if the plug still differs from its document ``plug_state_detail_s`` (900 s) after it
+  first did: longer than any plug class's ``complete_after_s``, so a car that is full finishes (and
+  its plug is written free) without its SUSPENDED_EV ever being written, and a car that flaps between
+  drawing and resting costs at most one write per ``plug_state_detail_s``.
 - Any other change is written once it has held for ``plug_state_settle_s``. A plug that is back where
   its document says before then writes nothing. A plug that keeps changing is still written once it
   has been waiting ``max(plug_state_min_interval_s, 3 × plug_state_settle_s,
-  plug_state_transitional_s)``. ``plug_state_settle_s = 0`` writes every change (transitional ones
-  too) on the next flush.
+  plug_state_transitional_s)`` (:meth:`Mirror.shown_within_ms`: the bound in which the app sees a plug
+  free, occupied or out of service). ``plug_state_settle_s = 0`` writes every change (transitional
+  and detail ones too) on the next flush.
 - Whatever the reason, a plug's document is written at most once per ``plug_state_min_interval_s``
   (later changes are coalesced into the next write).
 
@@ -72,6 +79,10 @@ _WITH_SESSION = frozenset(
         m.Status.FINISHING,
     }
 )
+# A session's plug moving among these (same session) changes nothing the app needs: free, occupied or out
+# of service, and whose session. SUSPENDED_EVSE is not among them: out of credit is shown at once, and
+# so is its end (the user topped up and watches the plug resume).
+DETAIL = frozenset({m.Status.CHARGING, m.Status.SUSPENDED_EV, m.Status.FINISHING})
 SETTLE_BOUND_FACTOR = 3  # a plug that keeps changing waits at most this many settle times
 
 
@@ -120,6 +131,7 @@ class Mirror:
         min_gap_s: float,
         settle_s: float = 0.0,
         transitional_s: float = 0.0,
+        detail_s: float = 0.0,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -128,6 +140,7 @@ class Mirror:
         self.settle_ms = round(settle_s * 1000)
         self.transitional_ms = max(self.settle_ms, round(transitional_s * 1000)) if settle_s else 0
         self.bound_ms = max(self.min_gap_ms, SETTLE_BOUND_FACTOR * self.settle_ms, self.transitional_ms)
+        self.detail_ms = max(self.bound_ms, round(detail_s * 1000)) if settle_s and detail_s else 0
         self.pending: dict[str, _Pending] = {}  # MAC -> a plug whose document may need writing
         self.writer: Writer | None = None  # set by the serving hub: documents are written off the loop
         self._heap: list[tuple[int, str]] = []  # (due, MAC); stale when the entry's due_ms differs
@@ -160,6 +173,25 @@ class Mirror:
         entry.due_ms = self._ready(entry)
         heapq.heappush(self._heap, (entry.due_ms, mac))
 
+    def shown_within_ms(self) -> int:
+        """The bound after a plug's change of class (free, occupied, out of service) or of session within
+        which its document shows it, once the plug keeps it (and ``plug_state_min_interval_s`` after
+        its previous write); a fault, a plug taken out of service and out of credit: the next flush."""
+        return max(self.bound_ms, self.min_gap_ms)
+
+    def _detail_only(self, entry: _Pending) -> bool:
+        """Does ``entry``'s plug differ from its document only in what the app does not need?"""
+        written = entry.written
+        if not self.detail_ms or written is None or written[0] not in DETAIL:
+            return False
+        s = entry.plug.state
+        return (
+            s.status in DETAIL
+            and s.session is not None
+            and written[2] == s.session.session_id
+            and written[1] == entry.plug.site_id
+        )
+
     def _ready(self, entry: _Pending) -> int:
         """When ``entry`` may be written (or folded)."""
         plug = entry.plug
@@ -167,6 +199,8 @@ class Mirror:
         status = plug.state.status
         if status in IMMEDIATE or not self.settle_ms or not plug.mirrored_ms:
             return gap_ready  # at once: nothing to fold into (or a plug's first document)
+        if self._detail_only(entry):
+            return max(gap_ready, entry.first_ms + self.detail_ms)
         wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
         return max(gap_ready, min(entry.changed_ms + wait, entry.first_ms + self.bound_ms))
 

@@ -149,6 +149,7 @@ class Hub:
             settings.plug_state_min_interval_s,
             settings.plug_state_settle_s,
             settings.plug_state_transitional_s,
+            settings.plug_state_detail_s,
         )
         # Users with a live session (kept by _apply): balance sharing walks these, not every plug.
         self.money = Balances(

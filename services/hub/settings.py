@@ -61,6 +61,7 @@ class HubSettings:
     plug_state_min_interval_s: float = 30.0
     plug_state_settle_s: float = 5.0  # a status is mirrored once it held this long (0: every change)
     plug_state_transitional_s: float = 60.0  # AUTHORIZED, FINISHING: mirrored only if they held this long
+    plug_state_detail_s: float = 900.0  # CHARGING/SUSPENDED_EV/FINISHING of one session: the app needn't see
     site_leases: bool = True  # keep-alives as one lease per site (agents must understand leases)
     progress_interval_s: float = 300.0  # a live session's document carries its energy and cost this fresh
     command_lifetime_s: float = 120.0
@@ -97,7 +98,12 @@ class HubSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("plug_state_min_interval_s", "plug_state_settle_s", "plug_state_transitional_s"):
+        for name in (
+            "plug_state_min_interval_s",
+            "plug_state_settle_s",
+            "plug_state_transitional_s",
+            "plug_state_detail_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.default_plug_class not in PLUG_CLASSES:

@@ -17,6 +17,7 @@ from chargectl.services.hub.health import Metrics
 from chargectl.services.hub.mirror import STATUS_DOC, Mirror, Writer
 from chargectl.services.hub.params import DEFAULTS
 from chargectl.services.hub.registry import HubPlug
+from chargectl.services.hub.settings import HubSettings
 
 T0_MS = 1_700_000_000_000
 S = m.Status
@@ -35,10 +36,23 @@ class Written:
         return [(d.plug_mac, d.status) for d in self.docs]
 
 
-def mirror(settle_s: float, min_gap_s: float = 0.0, transitional_s: float = 0.0) -> tuple[Mirror, Written]:
+def mirror(
+    settle_s: float, min_gap_s: float = 0.0, transitional_s: float = 0.0, detail_s: float = 0.0
+) -> tuple[Mirror, Written]:
     store = Written()
-    mir = Mirror(store, Metrics(), lambda _mac: "ev", min_gap_s, settle_s, transitional_s)  # type: ignore[arg-type]
+    mir = Mirror(store, Metrics(), lambda _mac: "ev", min_gap_s, settle_s, transitional_s, detail_s)  # type: ignore[arg-type]
     return mir, store
+
+
+def hub_mirror() -> tuple[Mirror, Written]:
+    """A mirror with the hub's default settings."""
+    d = HubSettings()
+    return mirror(
+        d.plug_state_settle_s,
+        d.plug_state_min_interval_s,
+        d.plug_state_transitional_s,
+        d.plug_state_detail_s,
+    )
 
 
 def plug(mac: str, status: m.Status = S.AVAILABLE) -> HubPlug:
@@ -178,6 +192,135 @@ def test_a_transitional_state_that_lasts_is_written() -> None:
     assert mir.flush(T0_MS + 59_999) == 0
     assert mir.flush(T0_MS + 60_000) == 1
     assert store.docs[-1].status == STATUS_DOC[S.AUTHORIZED]
+
+
+# ------------------------------------------------- what the app needs: free, occupied, out of service
+
+FREE, OCCUPIED, OUT = "free", "occupied", "out of service"
+
+
+def app_view(status: m.Status) -> str:
+    if status is S.AVAILABLE:
+        return FREE
+    if status in (S.FAULTED, S.UNAVAILABLE, S.OFFLINE):
+        return OUT
+    return OCCUPIED
+
+
+DOC_STATUS = {v: k for k, v in STATUS_DOC.items()}
+
+
+def test_a_car_that_tapers_off_and_finishes_writes_occupied_then_free_and_nothing_between() -> None:
+    mir, store = hub_mirror()
+    p = plug("AA0001")
+    t = T0_MS
+    change(mir, p, S.AUTHORIZED, t)
+    change(mir, p, S.CHARGING, t + 31_000)  # the agent's next flush shows the load
+    for dt in range(0, 3 * 3600_000, 1000):  # three hours of charging, then the car is full
+        mir.flush(t + dt)
+    change(mir, p, S.SUSPENDED_EV, t + 3 * 3600_000)
+    change(mir, p, S.CHARGING, t + 3 * 3600_000 + 40_000)  # it tapers: draws again, rests again
+    change(mir, p, S.SUSPENDED_EV, t + 3 * 3600_000 + 100_000)
+    change(mir, p, S.FINISHING, t + 3 * 3600_000 + 700_000)  # complete_after_s (600 s) of rest
+    change(mir, p, S.AVAILABLE, t + 3 * 3600_000 + 730_000)  # the final counter reading: billed
+    for dt in range(3 * 3600_000, 4 * 3600_000, 1000):
+        mir.flush(t + dt)
+    assert [(d.status, d.session_id) for d in store.docs] == [
+        (STATUS_DOC[S.CHARGING], "s1"),
+        (STATUS_DOC[S.AVAILABLE], ""),
+    ]
+    assert store.docs[1].updated_at_ms <= t + 3 * 3600_000 + 730_000 + mir.shown_within_ms()
+    assert not mir.pending
+
+
+def test_a_car_that_rests_longer_than_the_detail_time_is_written_once_per_detail_time() -> None:
+    mir, store = hub_mirror()
+    p = plug("AA0001", S.CHARGING)
+    tariff = Tariff(price_per_kwh_minor=Decimal(30))
+    p.state.session = m.Session("s1", "u1", "r1", tariff, 1000, T0_MS, 0)
+    detail_ms = mir.detail_ms
+    assert detail_ms >= max(c.complete_after_s for c in DEFAULTS.values()) * 1000
+    # Flaps between drawing and resting every 50 s for an hour: at most one write per detail time.
+    for k in range(72):
+        change(mir, p, (S.SUSPENDED_EV, S.CHARGING)[k % 2], T0_MS + k * 50_000)
+        for dt in range(0, 50_000, 1000):
+            mir.flush(T0_MS + k * 50_000 + dt)
+    assert 1 <= len(store.docs) <= 3600_000 // detail_ms
+    assert {d.session_id for d in store.docs} == {"s1"}
+
+
+def test_out_of_credit_and_its_end_are_not_detail() -> None:
+    mir, store = hub_mirror()
+    p = plug("AA0001", S.CHARGING)
+    tariff = Tariff(price_per_kwh_minor=Decimal(30))
+    p.state.session = m.Session("s1", "u1", "r1", tariff, 1000, T0_MS, 0)
+    change(mir, p, S.SUSPENDED_EVSE, T0_MS)
+    assert mir.flush(T0_MS + 30_000) == 1  # at once (after the minimum interval since the last write)
+    change(mir, p, S.CHARGING, T0_MS + 100_000)  # the user topped up: shown once it held the settle time
+    assert mir.flush(T0_MS + 100_000 + mir.settle_ms) == 1
+    assert [DOC_STATUS[d.status] for d in store.docs] == [S.SUSPENDED_EVSE, S.CHARGING]
+
+
+def test_hostile_status_walk_the_app_sees_free_occupied_out_and_the_session_within_the_bound() -> None:
+    """Random walks through the statuses a plug can take (sessions coming and going, faults, outages,
+    flapping loads, out of credit), flushed every second: whenever what the app needs (free, occupied
+    or out of service, and whose session) has held for the documented bound, the document says it; an
+    out-of-credit or faulted plug within the minimum interval; and no more than one write per change
+    of what the app needs plus one per detail time."""
+    import random
+
+    rng = random.Random(16)
+    tariff = Tariff(price_per_kwh_minor=Decimal(30))
+    moves: dict[m.Status, tuple[m.Status, ...]] = {
+        S.AVAILABLE: (S.AUTHORIZED, S.OFFLINE, S.FAULTED, S.UNAVAILABLE),
+        S.AUTHORIZED: (S.CHARGING, S.FINISHING, S.FAULTED),
+        S.CHARGING: (S.SUSPENDED_EV, S.SUSPENDED_EVSE, S.FINISHING, S.FAULTED, S.OFFLINE),
+        S.SUSPENDED_EV: (S.CHARGING, S.FINISHING, S.FAULTED),
+        S.SUSPENDED_EVSE: (S.CHARGING, S.FINISHING),
+        S.FINISHING: (S.AVAILABLE, S.FAULTED),
+        S.FAULTED: (S.AVAILABLE,),
+        S.OFFLINE: (S.AVAILABLE, S.CHARGING),
+        S.UNAVAILABLE: (S.AVAILABLE,),
+    }
+    for walk in range(20):
+        mir, store = hub_mirror()
+        bound = mir.shown_within_ms()
+        p = plug(f"AA{walk:04d}")
+        sessions = 0
+        since = status_since = T0_MS  # when what the app needs, and the status, last changed
+        need = (FREE, "")
+        changes = 0
+        t = T0_MS
+        end = T0_MS + 6 * 3600_000
+        next_change = t + rng.choice((2_000, 20_000, 90_000, 700_000, 1_500_000))
+        while t < end:
+            if t >= next_change:
+                to = rng.choice(moves[p.state.status])
+                if to is S.OFFLINE and p.state.session is not None:
+                    to = S.FINISHING  # keep the walk simple: an outage only from idle
+                was = p.state.status
+                p.state.status = to
+                if to in (S.AVAILABLE, S.FAULTED, S.UNAVAILABLE, S.OFFLINE):
+                    p.state.session = None
+                elif p.state.session is None:
+                    sessions += 1
+                    p.state.session = m.Session(f"s{sessions}", "u1", "r1", tariff, 1000, t, 0)
+                mir.mark(p, t, was)
+                status_since = t
+                now_need = (app_view(to), p.state.session.session_id if p.state.session else "")
+                if now_need != need:
+                    need, since = now_need, t
+                    changes += 1
+                next_change = t + rng.choice((2_000, 20_000, 90_000, 700_000, 1_500_000))
+            mir.flush(t)
+            doc = store.docs[-1] if store.docs else None
+            shown = (app_view(DOC_STATUS[doc.status]), doc.session_id) if doc else (FREE, "")
+            if t - since >= bound:
+                assert shown == need, (walk, t - T0_MS, p.state.status, shown, need)
+            if p.state.status in (S.FAULTED, S.SUSPENDED_EVSE) and t - status_since >= mir.min_gap_ms:
+                assert DOC_STATUS[store.docs[-1].status] is p.state.status, (walk, t - T0_MS)
+            t += 1000
+        assert len(store.docs) <= changes + (end - T0_MS) // mir.detail_ms + 1, walk
 
 
 # ---------------------------------------------------------------------- the writer thread
