@@ -28,9 +28,20 @@ class HubPlug:
 
     state: m.MachineState
     site_id: str
-    dirty: bool = False  # plug state document needs writing
-    mirrored_ms: int = 0
+    mirrored_ms: int = 0  # when its plug-state document was last written (0: never)
     armed_s: int | None = None  # the timer-wheel second this plug is armed for (services/hub/timers.py)
+    # Its plug-state document's mark (services/hub/mirror.py), held here rather than in an object of its
+    # own: when the mirror looks at it next (None: not marked), when it was marked first and last since
+    # its last write, and what its document says (None: unknown, written whatever it shows).
+    mirror_due_ms: int | None = None
+    marked_ms: int = 0
+    changed_ms: int = 0
+    shown: tuple[m.Status, str, str] | None = None
+
+    @property
+    def dirty(self) -> bool:
+        """Its plug-state document needs writing (it is marked)."""
+        return self.mirror_due_ms is not None
 
 
 class PlugRefusal(StrEnum):
