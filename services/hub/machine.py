@@ -539,10 +539,23 @@ class MachineState:
     last_session_id: str = ""
 
     def copy(self) -> MachineState:
-        new: MachineState = _clone(self)
+        """A plain ``MachineState`` with the same values (also of a subclass's state: the hub's plug
+        entry is one; its own slots are not the machine's and are not copied)."""
+        new = object.__new__(MachineState)
+        for name in _STATE_SLOTS:
+            object.__setattr__(new, name, getattr(self, name))
         if self.session is not None:
             new.session = _clone(self.session)
         return new
+
+    def assign(self, other: MachineState) -> None:
+        """Take ``other``'s machine values in place (the hub's plug entry taking a step's new state)."""
+        if other is not self:
+            for name in _STATE_SLOTS:
+                object.__setattr__(self, name, getattr(other, name))
+
+
+_STATE_SLOTS: tuple[str, ...] = MachineState.__slots__
 
 
 def new_state(mac: str, params: PlugParams, now: float) -> MachineState:

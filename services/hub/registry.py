@@ -22,12 +22,15 @@ from chargectl.services.hub import machine as m
 __all__ = ["Admission", "HubPlug", "PlugRefusal", "PlugRegistry"]
 
 
-@dataclass(slots=True)
-class HubPlug:
-    """One plug in the hub's memory: its machine and the site it is bound to (slots: 100k of them)."""
+@dataclass(slots=True, eq=False)
+class HubPlug(m.MachineState):
+    """One plug in the hub's memory: its machine state itself (one object per plug, not a wrapper and
+    a state: 100k of them) and the hub's own slots for it, starting with the site it is bound to.
 
-    state: m.MachineState
-    site_id: str
+    ``plug.state`` is the plug itself; ``plug.state = new`` takes a step's new state in place (the
+    machine's functions still return a new ``MachineState`` and never see the hub's slots)."""
+
+    site_id: str = ""
     mirrored_ms: int = 0  # when its plug-state document was last written (0: never)
     armed_s: int | None = None  # the timer-wheel second this plug is armed for (services/hub/timers.py)
     # Its plug-state document's mark (services/hub/mirror.py), held here rather than in an object of its
@@ -37,6 +40,21 @@ class HubPlug:
     marked_ms: int = 0
     changed_ms: int = 0
     shown: tuple[m.Status, str, str] | None = None
+
+    @classmethod
+    def of(cls, state: m.MachineState, site_id: str) -> HubPlug:
+        """The hub's entry for a plug whose machine is in ``state``, bound to ``site_id``."""
+        plug = cls(state.mac, state.params, state.status, state.since_ms, site_id=site_id)
+        plug.assign(state)
+        return plug
+
+    @property
+    def state(self) -> m.MachineState:
+        return self
+
+    @state.setter
+    def state(self, new: m.MachineState) -> None:
+        self.assign(new)
 
     @property
     def dirty(self) -> bool:

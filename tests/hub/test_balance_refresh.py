@@ -129,7 +129,7 @@ class CountingLedger:
 
 
 def _live_plug(i: int, balance: int, now_ms: int) -> HubPlug:
-    p = HubPlug(m.new_state(f"AA{i:06d}", DEFAULTS["ev"], now_ms / 1000), "site-a")
+    p = HubPlug.of(m.new_state(f"AA{i:06d}", DEFAULTS["ev"], now_ms / 1000), "site-a")
     p.state.status = m.Status.CHARGING
     p.state.session = m.Session(f"s{i}", f"u{i}", f"r{i}", TARIFF, balance, now_ms, 0)
     return p

@@ -42,7 +42,7 @@ def mirror(settle_s: float, min_gap_s: float = 0.0, transitional_s: float = 0.0)
 
 
 def plug(mac: str, status: m.Status = S.AVAILABLE) -> HubPlug:
-    p = HubPlug(m.new_state(mac, DEFAULTS["ev"], T0_MS / 1000), "site-a")
+    p = HubPlug.of(m.new_state(mac, DEFAULTS["ev"], T0_MS / 1000), "site-a")
     p.state.status = status
     p.mirrored_ms = T0_MS - 60_000  # its document (status ``status``) was written a minute ago
     return p
