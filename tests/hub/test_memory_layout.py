@@ -36,7 +36,7 @@ from chargectl.services.hub.machine import (
     to_dict,
 )
 from chargectl.services.hub.params import DEFAULTS
-from chargectl.services.hub.registry import PlugRefusal, PlugRegistry
+from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
 
 P = DEFAULTS["generic"]  # auto_off_s 300: "on" renewed every 100 s
 T0 = 1_700_000_000.0
@@ -182,3 +182,30 @@ def test_re_read_bindings_key_on_the_hubs_own_mac_strings(tmp_path: Path) -> Non
         }
     finally:
         store.close()
+
+
+def test_copy_and_assign_carry_every_machine_slot_and_only_those() -> None:
+    # copy() and assign() are spelled out slot by slot (speed): a slot they missed would silently reset
+    # a plug's session or command on every step. Every slot gets a value of its own here.
+    state, _t, _mwh = _charging("AABBCCDDEE08")
+    state.reason, state.resume, state.disabled, state.stale = "r", Status.AVAILABLE, True, True
+    state.uptime_s, state.errors, state.cmd_first_seq, state.cmd_seq = 77, 3, 11, 12
+    state.cmd_at_ms, state.high_ms, state.low_ms, state.over_ms = 5, 6, 7, 8
+    state.last_session_id = "s0"
+    for name in MachineState.__slots__:
+        assert getattr(state, name) not in (None, 0, ""), name
+    copied = state.copy()
+    assert type(copied) is MachineState and copied is not state
+    assert to_dict(copied) == to_dict(state)
+    assert copied.session is not None and state.session is not None
+    assert copied.session is not state.session and copied.session == state.session
+    copied.session.energy_mwh += 1  # a step on the copy never moves the original's session
+    assert copied.session.energy_mwh == state.session.energy_mwh + 1
+
+    plug = HubPlug.of(new_state("AABBCCDDEE08", P, T0), "site-a")
+    plug.mirrored_ms, plug.armed_s = 123, 456
+    plug.state = state  # what the hub does with a step's result
+    assert to_dict(plug) == to_dict(state) and plug.state is plug
+    assert (plug.site_id, plug.mirrored_ms, plug.armed_s) == ("site-a", 123, 456)  # the hub's own slots
+    again = plug.copy()  # a step on the hub's entry works on a plain state, without the hub's slots
+    assert type(again) is MachineState and to_dict(again) == to_dict(state)
