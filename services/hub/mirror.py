@@ -140,13 +140,13 @@ class Mirror:
                     written = (was, plug.site_id, "")
                 elif was in _WITH_SESSION and sess is not None:
                     written = (was, plug.site_id, sess.session_id)
-            plug.marked_ms = plug.changed_ms = now_ms
-            plug.shown = written
+            # A plug never written needs no times: its first document is written at once.
+            plug.mark = (now_ms, now_ms, written) if plug.mirrored_ms else None
             self.pending += 1
         else:
-            plug.changed_ms = now_ms
-            if was is None:
-                plug.shown = None  # the site or binding changed: write whatever it shows
+            mark = plug.mark
+            if mark is not None:  # the site or binding changed (was None): write whatever it shows
+                plug.mark = (mark[0], now_ms, mark[2] if was is not None else None)
             if self._ready(plug) >= plug.mirror_due_ms:
                 return  # its bucket comes first; the flush then finds it not ready and re-queues it
         self._queue(plug, self._ready(plug))
@@ -163,14 +163,15 @@ class Mirror:
         """When marked ``plug`` may be written (or folded)."""
         gap_ready = plug.mirrored_ms + self.min_gap_ms
         status = plug.state.status
-        if status in IMMEDIATE or not self.settle_ms or not plug.mirrored_ms:
+        mark = plug.mark
+        if status in IMMEDIATE or not self.settle_ms or mark is None:
             return gap_ready  # at once: nothing to fold into (or a plug's first document)
         wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
-        return max(gap_ready, min(plug.changed_ms + wait, plug.marked_ms + self.bound_ms))
+        return max(gap_ready, min(mark[1] + wait, mark[0] + self.bound_ms))
 
     def _done(self, plug: HubPlug) -> None:
         plug.mirror_due_ms = None
-        plug.shown = None
+        plug.mark = None
         self.pending -= 1
 
     def flush(self, now_ms: int) -> int:
@@ -206,9 +207,10 @@ class Mirror:
             self._queue(plug, ready)
             return 0
         status = plug.state.status
-        if status not in IMMEDIATE and self.settle_ms and plug.shown is not None:
+        mark = plug.mark
+        if status not in IMMEDIATE and self.settle_ms and mark is not None and mark[2] is not None:
             wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
-            if now_ms - plug.changed_ms >= wait and plug.shown == _shown(plug):
+            if now_ms - mark[1] >= wait and mark[2] == _shown(plug):
                 self._done(plug)  # back to what its document says: nothing to write
                 self.metrics.inc("plug_state_folded_total")
                 return 0

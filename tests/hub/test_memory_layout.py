@@ -36,7 +36,7 @@ from chargectl.services.hub.machine import (
     to_dict,
 )
 from chargectl.services.hub.params import DEFAULTS
-from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
+from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry, Samples
 
 P = DEFAULTS["generic"]  # auto_off_s 300: "on" renewed every 100 s
 T0 = 1_700_000_000.0
@@ -209,3 +209,25 @@ def test_copy_and_assign_carry_every_machine_slot_and_only_those() -> None:
     assert (plug.site_id, plug.mirrored_ms, plug.armed_s) == ("site-a", 123, 456)  # the hub's own slots
     again = plug.copy()  # a step on the hub's entry works on a plain state, without the hub's slots
     assert type(again) is MachineState and to_dict(again) == to_dict(state)
+
+
+def test_the_latest_sample_lives_in_columns_and_an_entry_gives_its_row_back() -> None:
+    # The hub's entry keeps time, counter, uptime and power in its registry's columns (no int or float
+    # object per plug); "no value yet" stays None, a value round-trips exactly, and a dropped entry's
+    # row is reused rather than growing the columns.
+    samples = Samples()
+    fresh = HubPlug(new_state("AABBCCDDEE09", P, T0), "site-a", samples)
+    assert (fresh.last_ts_ms, fresh.counter_mwh, fresh.uptime_s, fresh.power_w) == (None, None, None, 0.0)
+    state, _t, mwh = _charging("AABBCCDDEE10")
+    plug = HubPlug(state, "site-a", samples)
+    assert (plug.counter_mwh, plug.power_w) == (mwh, 2000.0)
+    assert plug.last_ts_ms == state.last_ts_ms and plug.uptime_s == state.uptime_s
+    with pytest.raises(AttributeError):  # the machine's own slot stays empty: no int object per plug
+        MachineState.last_ts_ms.__get__(plug)  # type: ignore[attr-defined]
+    assert samples.ts_ms[plug.row] == state.last_ts_ms and len(samples) == 2
+    plug.counter_mwh = 2**63 - 1  # the largest counter the bounds let through
+    assert to_dict(plug)["counter_mwh"] == 2**63 - 1
+    rows = len(samples.ts_ms)
+    del fresh
+    again = HubPlug(new_state("AABBCCDDEE11", P, T0), "site-b", samples)
+    assert len(samples.ts_ms) == rows and again.last_ts_ms is None  # the row came back, cleared
