@@ -231,3 +231,19 @@ def test_the_latest_sample_lives_in_columns_and_an_entry_gives_its_row_back() ->
     del fresh
     again = HubPlug(new_state("AABBCCDDEE11", P, T0), "site-b", samples)
     assert len(samples.ts_ms) == rows and again.last_ts_ms is None  # the row came back, cleared
+
+
+def test_a_checkpoint_is_the_same_bytes_whichever_layout_wrote_it_and_loads_into_an_entry() -> None:
+    # Before this layout the hub checkpointed plain MachineStates; now its entries are the states. The
+    # bytes are the same (an old checkpoint is a new one), and a restored entry bills the same session.
+    state, _t, mwh = _charging("AABBCCDDEE12")
+    samples = Samples()
+    plug = HubPlug(state, "site-a", samples)
+    old = ckpt.encode_part(1, {state.mac: ("site-a", state)})
+    assert ckpt.encode_part(1, {plug.mac: ("site-a", plug)}) == old
+    snap = ckpt.decode(old, lambda mac: P)
+    site, restored = snap.plugs[state.mac]
+    entry = HubPlug(restored, site, samples)
+    assert site == "site-a" and to_dict(entry) == to_dict(state)
+    assert entry.session is not None and entry.session.session_id == "s1"
+    assert entry.counter_mwh == mwh  # the meter reading the bill continues from
