@@ -68,7 +68,7 @@ async def _real_memory(load: HubLoad) -> tuple[float, list[dict[str, Any]]]:
         raise AssertionError(f"the hub knows {len(hub.plugs)} plugs, expected {load.n}")
     by_line = [
         {
-            "line": f"{stat.traceback[0].filename.rsplit('/', 3)[-1]}:{stat.traceback[0].lineno}",
+            "line": "/".join(stat.traceback[0].filename.split("/")[-2:]) + f":{stat.traceback[0].lineno}",
             "bytes_per_plug": round(stat.size_diff / load.n, 1),
             "blocks_per_plug": round(stat.count_diff / load.n, 3),
         }
