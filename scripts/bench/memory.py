@@ -21,9 +21,13 @@ def bench_memory(plan: Plan, report: Report) -> None:
     for n in plan.memory_plugs:
         # State after a few samples is all the memory figure needs: one-poll flushes keep set-up short.
         load = build_load(n, 1, plan.seed + 1000 + n, polls_per_cycle=1)
-        real = asyncio.run(_real_memory(load))
+        real, by_line = asyncio.run(_real_memory(load))
         naive = naive_memory(load)
-        details[str(n)] = {"real_bytes_per_plug": real, "naive_bytes_per_plug": naive}
+        details[str(n)] = {
+            "real_bytes_per_plug": real,
+            "naive_bytes_per_plug": naive,
+            "by_line": by_line,  # where the hub's bytes per plug were allocated (largest first)
+        }
         report.add(
             Figure(
                 "memory",
@@ -37,7 +41,11 @@ def bench_memory(plan: Plan, report: Report) -> None:
     report.details["memory"] = details
 
 
-async def _real_memory(load: HubLoad) -> float:
+BY_LINE_TOP = 25  # source lines listed in the JSON details, largest first
+
+
+async def _real_memory(load: HubLoad) -> tuple[float, list[dict[str, Any]]]:
+    """The hub's bytes per plug after real traffic, and the source lines that allocated them."""
     clock = ManualClock(START_S)
     hub, _ = make_hub(load.keys, SigningKey.generate(), clock)
     for site in load.keys:
@@ -45,6 +53,7 @@ async def _real_memory(load: HubLoad) -> float:
     gc.collect()
     tracemalloc.start()
     try:
+        first = tracemalloc.take_snapshot()  # before ``before``: the figure does not count the snapshot
         before = tracemalloc.get_traced_memory()[0]
         await feed(hub, clock, load.warmup)
         start_sessions(hub, load)
@@ -52,8 +61,17 @@ async def _real_memory(load: HubLoad) -> float:
         await asyncio.sleep(0)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
+        diff = tracemalloc.take_snapshot().compare_to(first, "lineno")
     finally:
         tracemalloc.stop()
     if len(hub.plugs) != load.n:
         raise AssertionError(f"the hub knows {len(hub.plugs)} plugs, expected {load.n}")
-    return (after - before) / load.n
+    by_line = [
+        {
+            "line": "/".join(stat.traceback[0].filename.split("/")[-2:]) + f":{stat.traceback[0].lineno}",
+            "bytes_per_plug": round(stat.size_diff / load.n, 1),
+            "blocks_per_plug": round(stat.count_diff / load.n, 3),
+        }
+        for stat in diff[:BY_LINE_TOP]
+    ]
+    return (after - before) / load.n, by_line

@@ -472,13 +472,6 @@ Effect = SendRelay | SessionStarted | SessionUpdated | SessionFinished | StateCh
 # ---------------------------------------------------------------------------------------------
 
 
-def _clone(obj: Any) -> Any:
-    new = object.__new__(type(obj))
-    for name in type(obj).__slots__:
-        object.__setattr__(new, name, getattr(obj, name))
-    return new
-
-
 @dataclass(slots=True)
 class Session:
     """The open session of a plug (mutable inside ``step`` only, on a copy)."""
@@ -497,6 +490,25 @@ class Session:
     stop_reason: str = ""
     provisional: bool = False
     review: str = ""  # why this session needs an operator's look (energy held back); empty: clean
+
+    def copy(self) -> Session:
+        """The same values in a new object (slot by slot: it runs on every event of a plug in a session)."""
+        new: Session = object.__new__(Session)
+        new.session_id = self.session_id
+        new.user_id = self.user_id
+        new.request_id = self.request_id
+        new.tariff = self.tariff
+        new.balance_minor = self.balance_minor
+        new.started_at_ms = self.started_at_ms
+        new.start_counter_mwh = self.start_counter_mwh
+        new.energy_mwh = self.energy_mwh
+        new.idle_ms = self.idle_ms
+        new.noload_ms = self.noload_ms
+        new.counter_resets = self.counter_resets
+        new.stop_reason = self.stop_reason
+        new.provisional = self.provisional
+        new.review = self.review
+        return new
 
     def cost(self) -> Cost:
         include_fee = self.stop_reason != StopReason.NO_LOAD
@@ -539,10 +551,67 @@ class MachineState:
     last_session_id: str = ""
 
     def copy(self) -> MachineState:
-        new: MachineState = _clone(self)
-        if self.session is not None:
-            new.session = _clone(self.session)
+        """A plain ``MachineState`` with the same values (also of a subclass's state: the hub's plug
+        entry is one; its own slots are not the machine's and are not copied). Slot by slot, spelled
+        out: this runs on every event a machine handles (``test_memory_layout`` checks it is complete)."""
+        new: MachineState = object.__new__(MachineState)
+        new.mac = self.mac
+        new.params = self.params
+        new.status = self.status
+        new.since_ms = self.since_ms
+        new.reason = self.reason
+        new.resume = self.resume
+        new.disabled = self.disabled
+        new.stale = self.stale
+        new.last_ts_ms = self.last_ts_ms
+        new.power_w = self.power_w
+        new.counter_mwh = self.counter_mwh
+        new.uptime_s = self.uptime_s
+        new.relay_on = self.relay_on
+        new.errors = self.errors
+        new.cmd_on = self.cmd_on
+        new.cmd_at_ms = self.cmd_at_ms
+        new.cmd_sent_ms = self.cmd_sent_ms
+        new.cmd_first_seq = self.cmd_first_seq
+        new.cmd_confirmed = self.cmd_confirmed
+        new.cmd_seq = self.cmd_seq
+        new.high_ms = self.high_ms
+        new.low_ms = self.low_ms
+        new.over_ms = self.over_ms
+        new.last_session_id = self.last_session_id
+        sess = self.session
+        new.session = None if sess is None else sess.copy()
         return new
+
+    def assign(self, other: MachineState) -> None:
+        """Take ``other``'s machine values in place (the hub's plug entry taking a step's new state)."""
+        if other is self:
+            return
+        self.mac = other.mac
+        self.params = other.params
+        self.status = other.status
+        self.since_ms = other.since_ms
+        self.reason = other.reason
+        self.resume = other.resume
+        self.disabled = other.disabled
+        self.stale = other.stale
+        self.last_ts_ms = other.last_ts_ms
+        self.power_w = other.power_w
+        self.counter_mwh = other.counter_mwh
+        self.uptime_s = other.uptime_s
+        self.relay_on = other.relay_on
+        self.errors = other.errors
+        self.cmd_on = other.cmd_on
+        self.cmd_at_ms = other.cmd_at_ms
+        self.cmd_sent_ms = other.cmd_sent_ms
+        self.cmd_first_seq = other.cmd_first_seq
+        self.cmd_confirmed = other.cmd_confirmed
+        self.cmd_seq = other.cmd_seq
+        self.high_ms = other.high_ms
+        self.low_ms = other.low_ms
+        self.over_ms = other.over_ms
+        self.session = other.session
+        self.last_session_id = other.last_session_id
 
 
 def new_state(mac: str, params: PlugParams, now: float) -> MachineState:

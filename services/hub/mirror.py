@@ -111,17 +111,11 @@ def _shown(plug: HubPlug) -> Shown:
     return (s.status, plug.site_id, s.session.session_id if s.session else "")
 
 
-@dataclass(slots=True)
-class _Pending:
-    plug: HubPlug
-    first_ms: int  # marked first since its last write
-    changed_ms: int  # marked last
-    written: Shown | None  # what its document says (None: unknown, e.g. a new plug or a new site)
-    due_ms: int = 0  # when the flush looks at it next (its entry in the heap)
-
-
 class Mirror:
-    """The marked plugs wait in a heap by the time they may be written, so a flush costs O(plugs due)."""
+    """The marked plugs wait in buckets by the time they may be written (a heap of those times), so a
+    flush costs O(plugs due). A plug's mark lives in its own slots (:class:`HubPlug`): a bucket holds
+    the plug, and an entry the plug has since left (marked again for an earlier time, or written) is
+    recognised as stale by its ``mirror_due_ms``. Plugs marked at one hub time share the bucket's int."""
 
     def __init__(
         self,
@@ -141,16 +135,14 @@ class Mirror:
         self.transitional_ms = max(self.settle_ms, round(transitional_s * 1000)) if settle_s else 0
         self.bound_ms = max(self.min_gap_ms, SETTLE_BOUND_FACTOR * self.settle_ms, self.transitional_ms)
         self.detail_ms = max(self.bound_ms, round(detail_s * 1000)) if settle_s and detail_s else 0
-        self.pending: dict[str, _Pending] = {}  # MAC -> a plug whose document may need writing
+        self.pending = 0  # plugs marked and not yet written (or folded)
         self.writer: Writer | None = None  # set by the serving hub: documents are written off the loop
-        self._heap: list[tuple[int, str]] = []  # (due, MAC); stale when the entry's due_ms differs
+        self._buckets: dict[int, tuple[int, list[HubPlug]]] = {}  # due -> (the same int, its plugs)
+        self._times: list[int] = []  # heap of the due times that have a bucket
 
     def mark(self, plug: HubPlug, now_ms: int, was: m.Status | None = None) -> None:
         """``plug`` changed (its status from ``was``, or its site or binding when ``was`` is None)."""
-        plug.dirty = True
-        mac = plug.state.mac
-        entry = self.pending.get(mac)
-        if entry is None:
+        if plug.mirror_due_ms is None:
             # Not pending: its document says the old status, and the session that status had (none
             # when it was AVAILABLE; the same one when it had a session and still has). Otherwise
             # unknown, and whatever it shows is written.
@@ -161,17 +153,16 @@ class Mirror:
                     written = (was, plug.site_id, "")
                 elif was in _WITH_SESSION and sess is not None:
                     written = (was, plug.site_id, sess.session_id)
-            entry = self.pending[mac] = _Pending(plug, now_ms, now_ms, written)
+            # A plug never written needs no times: its first document is written at once.
+            plug.mark = (now_ms, now_ms, written) if plug.mirrored_ms else None
+            self.pending += 1
         else:
-            entry.plug = plug
-            entry.changed_ms = now_ms
-            if was is None:
-                entry.written = None  # the site or binding changed: write whatever it shows
-            ready = self._ready(entry)
-            if ready >= entry.due_ms:
-                return  # its heap entry comes first; the flush then finds it not ready and re-queues it
-        entry.due_ms = self._ready(entry)
-        heapq.heappush(self._heap, (entry.due_ms, mac))
+            mark = plug.mark
+            if mark is not None:  # the site or binding changed (was None): write whatever it shows
+                plug.mark = (mark[0], now_ms, mark[2] if was is not None else None)
+            if self._ready(plug) >= plug.mirror_due_ms:
+                return  # its bucket comes first; the flush then finds it not ready and re-queues it
+        self._queue(plug, self._ready(plug))
 
     def shown_within_ms(self) -> int:
         """The bound after a plug's change of class (free, occupied, out of service) or of session within
@@ -179,74 +170,95 @@ class Mirror:
         its previous write); a fault, a plug taken out of service and out of credit: the next flush."""
         return max(self.bound_ms, self.min_gap_ms)
 
-    def _detail_only(self, entry: _Pending) -> bool:
-        """Does ``entry``'s plug differ from its document only in what the app does not need?"""
-        written = entry.written
+    def _detail_only(self, plug: HubPlug, written: tuple[m.Status, str, str] | None) -> bool:
+        """Does marked ``plug`` differ from its document (``written``) only in what the app does not need?"""
         if not self.detail_ms or written is None or written[0] not in DETAIL:
             return False
-        s = entry.plug.state
+        s = plug.state
         return (
             s.status in DETAIL
             and s.session is not None
             and written[2] == s.session.session_id
-            and written[1] == entry.plug.site_id
+            and written[1] == plug.site_id
         )
 
-    def _ready(self, entry: _Pending) -> int:
-        """When ``entry`` may be written (or folded)."""
-        plug = entry.plug
+    def _queue(self, plug: HubPlug, due: int) -> None:
+        entry = self._buckets.get(due)
+        if entry is None:
+            entry = self._buckets[due] = (due, [])
+            heapq.heappush(self._times, due)
+        entry[1].append(plug)
+        plug.mirror_due_ms = entry[0]
+
+    def _ready(self, plug: HubPlug) -> int:
+        """When marked ``plug`` may be written (or folded)."""
         gap_ready = plug.mirrored_ms + self.min_gap_ms
         status = plug.state.status
-        if status in IMMEDIATE or not self.settle_ms or not plug.mirrored_ms:
+        mark = plug.mark
+        if status in IMMEDIATE or not self.settle_ms or mark is None:
             return gap_ready  # at once: nothing to fold into (or a plug's first document)
-        if self._detail_only(entry):
-            return max(gap_ready, entry.first_ms + self.detail_ms)
+        if self._detail_only(plug, mark[2]):
+            return max(gap_ready, mark[0] + self.detail_ms)
         wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
-        return max(gap_ready, min(entry.changed_ms + wait, entry.first_ms + self.bound_ms))
+        return max(gap_ready, min(mark[1] + wait, mark[0] + self.bound_ms))
+
+    def _done(self, plug: HubPlug) -> None:
+        plug.mirror_due_ms = None
+        plug.mark = None
+        self.pending -= 1
 
     def flush(self, now_ms: int) -> int:
         """Write the marked plugs that are due (see the module docstring); returns how many were written."""
         written = 0
-        heap = self._heap
-        while heap and heap[0][0] <= now_ms:
-            due, mac = heapq.heappop(heap)
-            entry = self.pending.get(mac)
-            if entry is None or entry.due_ms != due:
-                continue  # written, or queued again for another time
-            ready = self._ready(entry)
-            if ready > now_ms:  # changed since it was queued: not yet
-                entry.due_ms = ready
-                heapq.heappush(heap, (ready, mac))
-                continue
-            plug = entry.plug
-            status = plug.state.status
-            if status not in IMMEDIATE and self.settle_ms and entry.written is not None:
-                wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
-                if now_ms - entry.changed_ms >= wait and entry.written == _shown(plug):
-                    del self.pending[mac]  # back to what its document says: nothing to write
-                    plug.dirty = False
-                    self.metrics.inc("plug_state_folded_total")
-                    continue
-            doc = plug_state_doc(plug, self.plug_class(mac), now_ms)
-            writer = self.writer
-            if writer is None:
+        times = self._times
+        while times and times[0] <= now_ms:
+            due = heapq.heappop(times)
+            bucket = self._buckets.pop(due)[1]
+            for i, plug in enumerate(bucket):
                 try:
-                    self.store.put_plug_state(doc)
+                    outcome = self._flush_one(plug, due, now_ms)
                 except BaseException:
-                    heapq.heappush(heap, (due, mac))  # the store failed: still pending, tried next flush
+                    self._requeue(due, bucket[i:])  # the store failed: still pending, tried next flush
                     raise
-                self.metrics.inc("plug_state_writes_total")
-            elif not writer.submit(doc):
-                heapq.heappush(heap, (due, mac))  # the writer is full: still pending, tried next flush
-                self.metrics.inc(
-                    "plug_state_queue_full_total", help_text="Plug states left pending: writer full"
-                )
-                break
-            del self.pending[mac]
-            plug.dirty = False
-            plug.mirrored_ms = now_ms
-            written += 1
+                if outcome is None:
+                    self._requeue(due, bucket[i:])  # the writer is full: still pending, next flush
+                    return written
+                written += outcome
         return written
+
+    def _requeue(self, due: int, plugs: list[HubPlug]) -> None:
+        for plug in plugs:
+            if plug.mirror_due_ms == due:
+                self._queue(plug, due)
+
+    def _flush_one(self, plug: HubPlug, due: int, now_ms: int) -> int | None:
+        """Look at one plug of a due bucket: 1 written, 0 not (stale, not ready, folded), None writer full."""
+        if plug.mirror_due_ms != due:
+            return 0  # written, or queued again for another time
+        ready = self._ready(plug)
+        if ready > now_ms:  # changed since it was queued: not yet
+            self._queue(plug, ready)
+            return 0
+        status = plug.state.status
+        mark = plug.mark
+        if status not in IMMEDIATE and self.settle_ms and mark is not None and mark[2] is not None:
+            wait = self.transitional_ms if status in TRANSITIONAL else self.settle_ms
+            if now_ms - mark[1] >= wait and mark[2] == _shown(plug):
+                self._done(plug)  # back to what its document says: nothing to write
+                self.metrics.inc("plug_state_folded_total")
+                return 0
+        mac = plug.state.mac
+        doc = plug_state_doc(plug, self.plug_class(mac), now_ms)
+        writer = self.writer
+        if writer is None:
+            self.store.put_plug_state(doc)
+            self.metrics.inc("plug_state_writes_total")
+        elif not writer.submit(doc):
+            self.metrics.inc("plug_state_queue_full_total", help_text="Plug states left pending: writer full")
+            return None
+        self._done(plug)
+        plug.mirrored_ms = now_ms
+        return 1
 
     def retry(self, plug: HubPlug, now_ms: int) -> None:
         """The writer could not store ``plug``'s document: mark it again (written by a later flush)."""

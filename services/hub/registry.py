@@ -11,6 +11,7 @@ cache is re-read with the site list.
 from __future__ import annotations
 
 import sys
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,18 +20,132 @@ from enum import StrEnum
 from chargectl.services.adapters.store import Store
 from chargectl.services.hub import machine as m
 
-__all__ = ["Admission", "HubPlug", "PlugRefusal", "PlugRegistry"]
+__all__ = ["Admission", "HubPlug", "PlugRefusal", "PlugRegistry", "Samples"]
 
 
-@dataclass(slots=True)
-class HubPlug:
-    """One plug in the hub's memory: its machine and the site it is bound to (slots: 100k of them)."""
+_NONE = -(1 << 63)  # a column's "no value yet" (the bounds let no reading carry a negative value)
 
-    state: m.MachineState
+
+class Samples:
+    """The values of each plug's latest sample (time, counter, uptime, power) in columns, one row per
+    plug: 8 bytes each instead of an int or float object of 24-32 bytes per value per plug. Rows are
+    handed out to the hub's plug entries and given back when an entry goes."""
+
+    __slots__ = ("_free", "counter_mwh", "power_w", "ts_ms", "uptime_s")
+
+    def __init__(self) -> None:
+        self.ts_ms = array("q")
+        self.counter_mwh = array("q")
+        self.uptime_s = array("q")
+        self.power_w = array("d")
+        self._free: list[int] = []
+
+    def take(self) -> int:
+        if self._free:
+            return self._free.pop()
+        self.ts_ms.append(_NONE)
+        self.counter_mwh.append(_NONE)
+        self.uptime_s.append(_NONE)
+        self.power_w.append(0.0)
+        return len(self.ts_ms) - 1
+
+    def give_back(self, row: int) -> None:
+        self._free.append(row)
+
+    def __len__(self) -> int:
+        return len(self.ts_ms) - len(self._free)
+
+
+STANDALONE = Samples()  # the rows of plug entries made outside a hub's registry (tests, tools)
+
+
+class HubPlug(m.MachineState):
+    """One plug in the hub's memory: its machine state itself (one object per plug, not a wrapper and
+    a state: 100k of them) and the hub's own slots for it, starting with the site it is bound to.
+
+    ``plug.state`` is the plug itself; ``plug.state = new`` takes a step's new state in place (the
+    machine's functions still return a new ``MachineState`` and never see the hub's slots). The latest
+    sample's time, counter, uptime and power live in a row of the registry's :class:`Samples`, read and
+    written through properties of the same names."""
+
+    __slots__ = ("armed_s", "mark", "mirror_due_ms", "mirrored_ms", "row", "samples", "site_id")
+
     site_id: str
-    dirty: bool = False  # plug state document needs writing
-    mirrored_ms: int = 0
-    armed_s: int | None = None  # the timer-wheel second this plug is armed for (services/hub/timers.py)
+    mirrored_ms: int  # when its plug-state document was last written (0: never)
+    armed_s: int | None  # the timer-wheel second this plug is armed for (services/hub/timers.py)
+    # Its plug-state document's mark (services/hub/mirror.py), held here rather than in an object of its
+    # own: when the mirror looks at it next (None: not marked), and for a plug whose document was written
+    # before, when it was marked first and last since then and what its document says (None: unknown).
+    mirror_due_ms: int | None
+    mark: tuple[int, int, tuple[m.Status, str, str] | None] | None
+    samples: Samples
+    row: int  # its row in ``samples``
+
+    def __init__(self, state: m.MachineState, site_id: str, samples: Samples = STANDALONE) -> None:
+        self.samples = samples
+        self.row = samples.take()
+        self.site_id = site_id
+        self.mirrored_ms = 0
+        self.armed_s = None
+        self.mirror_due_ms = None
+        self.mark = None
+        self.assign(state)
+
+    def __del__(self) -> None:
+        self.samples.give_back(self.row)
+
+    @classmethod
+    def of(cls, state: m.MachineState, site_id: str, samples: Samples = STANDALONE) -> HubPlug:
+        """The hub's entry for a plug whose machine is in ``state``, bound to ``site_id``."""
+        return cls(state, site_id, samples)
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def last_ts_ms(self) -> int | None:
+        v = self.samples.ts_ms[self.row]
+        return None if v == _NONE else v
+
+    @last_ts_ms.setter
+    def last_ts_ms(self, value: int | None) -> None:
+        self.samples.ts_ms[self.row] = _NONE if value is None else value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def counter_mwh(self) -> int | None:
+        v = self.samples.counter_mwh[self.row]
+        return None if v == _NONE else v
+
+    @counter_mwh.setter
+    def counter_mwh(self, value: int | None) -> None:
+        self.samples.counter_mwh[self.row] = _NONE if value is None else value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def uptime_s(self) -> int | None:
+        v = self.samples.uptime_s[self.row]
+        return None if v == _NONE else v
+
+    @uptime_s.setter
+    def uptime_s(self, value: int | None) -> None:
+        self.samples.uptime_s[self.row] = _NONE if value is None else value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def power_w(self) -> float:
+        return self.samples.power_w[self.row]
+
+    @power_w.setter
+    def power_w(self, value: float) -> None:
+        self.samples.power_w[self.row] = value
+
+    @property
+    def state(self) -> m.MachineState:
+        return self
+
+    @state.setter
+    def state(self, new: m.MachineState) -> None:
+        self.assign(new)
+
+    @property
+    def dirty(self) -> bool:
+        """Its plug-state document needs writing (it is marked)."""
+        return self.mirror_due_ms is not None
 
 
 class PlugRefusal(StrEnum):
@@ -53,6 +168,7 @@ class PlugRegistry:
         self.max_new_per_batch = max_new_per_batch
         self.max_per_site = max_per_site
         self.bindings: dict[str, str] = {}
+        self.samples = Samples()  # the latest-sample columns of the hub's plug entries
         self._per_site: Counter[str] = Counter()
 
     def refresh(self, known: Iterable[str] = ()) -> dict[str, str]:

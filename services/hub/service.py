@@ -665,7 +665,9 @@ class Hub:
         """The machine of a plug bound to ``site_id`` (the caller checked the binding)."""
         plug = self.plugs.get(mac)
         if plug is None:
-            plug = self.plugs[mac] = HubPlug(m.new_state(mac, self._params(mac), self.now()), site_id)
+            plug = self.plugs[mac] = HubPlug(
+                m.new_state(mac, self._params(mac), self.now()), site_id, self.registry.samples
+            )
             self.mirror.mark(plug, self._now_ms())
         elif plug.site_id != site_id:  # released by an operator, then bound by the site reporting it now
             log.info("plug %s now belongs to site %s (was %s)", mac, site_id, plug.site_id)
@@ -945,7 +947,7 @@ class Hub:
             lambda: self.store.load_checkpoint(ckpt.delta_name(name)),
         )
         for mac, (site_id, state) in snap.plugs.items():
-            plug = self.plugs[mac] = HubPlug(state, site_id)
+            plug = self.plugs[mac] = HubPlug(state, site_id, self.registry.samples)
             self.timers.arm(plug, snap.saved_at_ms)
             self.money.track(plug)
         self.ingest.load(snap.ingest)

@@ -109,7 +109,9 @@ class Balances:
         self.refresh_ms = max(1, round(refresh_s * 1000))
         self.max_stale_ms = max(self.refresh_ms, round(max_stale_s * 1000))
         self.known: dict[tuple[str, str], int] = {}
-        self.live: dict[tuple[str, str], dict[str, HubPlug]] = {}  # user's live sessions, MAC -> plug
+        # A user's live sessions: the plug itself while it is the only one (most users), MAC -> plug
+        # once there are several.
+        self.live: dict[tuple[str, str], HubPlug | dict[str, HubPlug]] = {}
         self.reads = 0  # ledger reads of one user (counted for the benchmark and the tests)
         self._key_of: dict[str, tuple[tuple[str, str], str]] = {}  # MAC -> (user key, session id)
         self._live_users: Counter[str] = Counter()  # user -> currencies with a live session
@@ -117,7 +119,10 @@ class Balances:
         self._touched: set[tuple[str, str]] = set()  # users whose shares must be recomputed
         self._read_ms: dict[tuple[str, str], int] = {}  # live users: when their balance was read
         self._checked: dict[tuple[str, str], tuple[int, int]] = {}  # live users: (when, spent then)
-        self._due: list[tuple[int, tuple[str, str]]] = []  # heap of (next check, user key)
+        # When each live user is checked next: users in buckets by that time (a heap of the times), not
+        # a heap entry each; a user's entry is stale when ``_due_at`` says another time.
+        self._buckets: dict[int, tuple[int, list[tuple[str, str]]]] = {}  # time -> (the same int, users)
+        self._times: list[int] = []
         self._due_at: dict[tuple[str, str], int] = {}
         self._last_read: tuple[tuple[str, str], int] | None = None  # the latest read: (user key, when)
         self._reading: dict[tuple[str, str], int | None] = {}  # reads in flight: user key -> figure then
@@ -148,10 +153,19 @@ class Balances:
         if key in self.live:
             self._read_ms[key] = now
 
+    def plugs_of(self, key: tuple[str, str]) -> list[HubPlug]:
+        """The plugs of ``key``'s live sessions (none when it has none)."""
+        plugs = self.live.get(key)
+        if plugs is None:
+            return []
+        if isinstance(plugs, dict):
+            return list(plugs.values())
+        return [plugs]
+
     def others_cost(self, user_id: str, currency: str, except_session: str = "") -> int:
         """What the user's other live sessions in ``currency`` have used so far (minor units)."""
         total = 0
-        for p in self.live.get((user_id, currency), {}).values():
+        for p in self.plugs_of((user_id, currency)):
             sess = p.state.session
             if sess is not None and sess.session_id != except_session:
                 total += sess.cost().total_minor
@@ -179,15 +193,18 @@ class Balances:
         self._key_of[mac] = (key, sess.session_id)
         plugs = self.live.get(key)
         if plugs is None:
-            plugs = self.live[key] = {}
+            self.live[key] = plug  # its only session: no container
             self._live_users[key[0]] += 1
             now = self.now_ms()
             if self._last_read == (key, now):  # read for this start a moment ago (the request path)
                 self._read_ms[key] = now
             self._schedule(key, now + self.refresh_ms)
-        plugs[mac] = plug
-        if len(plugs) > 1:
-            self._multi.add(key)
+        else:
+            if not isinstance(plugs, dict):
+                plugs = self.live[key] = {plugs.state.mac: plugs}
+            plugs[mac] = plug
+            if len(plugs) > 1:
+                self._multi.add(key)
         self._touched.add(key)
 
     def _leave(self, mac: str, key: tuple[str, str]) -> None:
@@ -195,10 +212,16 @@ class Balances:
         plugs = self.live.get(key)
         if plugs is None:
             return
-        plugs.pop(mac, None)
-        if len(plugs) < 2:
-            self._multi.discard(key)
-        if plugs:
+        if isinstance(plugs, dict):
+            plugs.pop(mac, None)
+            if len(plugs) == 1:
+                (self.live[key],) = plugs.values()  # one left: held directly again
+            if len(plugs) < 2:
+                self._multi.discard(key)
+            left = bool(plugs)
+        else:
+            left = plugs.state.mac != mac
+        if left:
             self._touched.add(key)
         else:
             del self.live[key]
@@ -209,8 +232,12 @@ class Balances:
                 book.pop(key, None)
 
     def _schedule(self, key: tuple[str, str], at_ms: int) -> None:
-        self._due_at[key] = at_ms
-        heapq.heappush(self._due, (at_ms, key))
+        entry = self._buckets.get(at_ms)
+        if entry is None:
+            entry = self._buckets[at_ms] = (at_ms, [])
+            heapq.heappush(self._times, at_ms)
+        entry[1].append(key)
+        self._due_at[key] = entry[0]  # users checked at one time share its int
 
     # ------------------------------------------------------------------ refreshing
 
@@ -231,16 +258,24 @@ class Balances:
         is not checked again. With ``limit``, checks stop while that many reads are in flight (the
         users still due are checked on a later call)."""
         now = self.now_ms()
-        heap = self._due
+        times = self._times
         out: list[tuple[str, str]] = []
-        while heap and heap[0][0] <= now and (limit is None or len(self._reading) < limit):
-            at, key = heapq.heappop(heap)
-            if self._due_at.get(key) != at:
-                continue  # rescheduled, or no longer live
-            del self._due_at[key]
-            if self._check(key, now):
-                self._reading[key] = self.known.get(key)
-                out.append(key)
+        while times and times[0] <= now and (limit is None or len(self._reading) < limit):
+            at = times[0]
+            keys = self._buckets[at][1]
+            keys.sort(reverse=True)  # popped from the end: in key order, as a heap of (time, key) gave
+            while keys and (limit is None or len(self._reading) < limit):
+                key = keys.pop()
+                if self._due_at.get(key) != at:
+                    continue  # rescheduled, or no longer live
+                del self._due_at[key]
+                if self._check(key, now):
+                    self._reading[key] = self.known.get(key)
+                    out.append(key)
+            if keys:
+                break  # the limit: the rest of this time's users are checked on a later call
+            heapq.heappop(times)
+            del self._buckets[at]
         return out
 
     def read_back(self, key: tuple[str, str], balance: int | None) -> None:
@@ -255,7 +290,7 @@ class Balances:
         if key not in self.live or key in self._due_at:
             return  # no longer live, or scheduled since
         now = self.now_ms()
-        spent = sum(_cost(p) for p in self.live[key].values())
+        spent = sum(_cost(p) for p in self.plugs_of(key))
         self._plan(key, now, self.known.get(key, 0) - spent, self._rates.get(key, 0.0))
 
     def reading(self, key: tuple[str, str]) -> bool:
@@ -265,10 +300,10 @@ class Balances:
     def _check(self, key: tuple[str, str], now: int) -> bool:
         """Check ``key`` now; True when its balance must be read (its next check is then scheduled by
         :meth:`read_back`), else its next check is scheduled here."""
-        plugs = self.live.get(key)
+        plugs = self.plugs_of(key)
         if not plugs:
             return False
-        spent = sum(_cost(p) for p in plugs.values())
+        spent = sum(_cost(p) for p in plugs)
         rate = 0.0  # minor units per ms, over the time since the last check
         last = self._checked.get(key)
         if last is not None and now > last[0]:
@@ -317,11 +352,10 @@ class Balances:
         self._touched = set()
         out = []
         for key in keys:
-            plugs_of = self.live.get(key)
+            plugs = self.plugs_of(key)
             balance = self.known.get(key)
-            if not plugs_of or balance is None:
+            if not plugs or balance is None:
                 continue
-            plugs = list(plugs_of.values())
             # A user's only session needs no cost figure: its share is the whole balance.
             costs = [0] if len(plugs) == 1 else [_cost(p) for p in plugs]
             total = sum(costs)

@@ -129,7 +129,7 @@ class CountingLedger:
 
 
 def _live_plug(i: int, balance: int, now_ms: int) -> HubPlug:
-    p = HubPlug(m.new_state(f"AA{i:06d}", DEFAULTS["ev"], now_ms / 1000), "site-a")
+    p = HubPlug.of(m.new_state(f"AA{i:06d}", DEFAULTS["ev"], now_ms / 1000), "site-a")
     p.state.status = m.Status.CHARGING
     p.state.session = m.Session(f"s{i}", f"u{i}", f"r{i}", TARIFF, balance, now_ms, 0)
     return p
@@ -186,3 +186,40 @@ def test_a_top_up_reaches_a_session_near_its_end_before_it_runs_out() -> None:
             sess.balance_minor = update.balance_minor
         assert sess.cost().total_minor < sess.balance_minor, f"out of credit at {t} s with a top-up"
     assert sess.balance_minor == 1040
+
+
+def test_a_users_sessions_share_its_balance_as_they_come_and_go() -> None:
+    """One user, 1,000p: a second session takes a share (each may spend the balance less what the other
+    has used), its end gives the first the whole balance back, and a new one shares again. The only
+    session is held without a container (memory), the money is the same."""
+    now = [1_700_000_000_000]
+    money = Balances(CountingLedger({"u1": 1000}), lambda: now[0])  # type: ignore[arg-type]
+    money.load()
+    a, b = _live_plug(1, 1000, now[0]), _live_plug(2, 1000, now[0])
+    for p, sid in ((a, "sa"), (b, "sb")):
+        p.state.session = m.Session(sid, "u1", "r", TARIFF, 1000, now[0], 0)
+    money.track(a)
+    assert money.live[("u1", "gbp")] is a
+    money.track(b)
+    assert a.state.session is not None and b.state.session is not None
+    a.state.session.energy_mwh = 10_000_000  # 10 kWh at 30p: 300p
+    b.state.session.energy_mwh = 5_000_000  # 5 kWh: 150p
+    shares = {p.state.mac: u.balance_minor for p, u in money.updates()}
+    assert shares == {a.state.mac: 1000 - 150, b.state.mac: 1000 - 300}
+    a.state.session.balance_minor, b.state.session.balance_minor = 850, 700  # as the machines take them
+    assert money.available("u1", "gbp", except_session="sa") == 1000 - 150
+    b.state.session = None  # b's session ended (billed elsewhere): a may spend all of it again
+    money.track(b)
+    assert money.live[("u1", "gbp")] is a
+    assert {p.state.mac: u.balance_minor for p, u in money.updates()} == {a.state.mac: 1000}
+    a.state.session.balance_minor = 1000
+    b.state.session = m.Session("sb2", "u1", "r2", TARIFF, 1000, now[0], 0)
+    money.track(b)
+    assert {p.state.mac: u.balance_minor for p, u in money.updates()} == {b.state.mac: 1000 - 300}
+    a.state.session = None
+    b.state.session = None
+    money.track(a)
+    money.track(b)
+    assert not money.live and money.others_cost("u1", "gbp") == 0
+    now[0] += 3_600_000
+    assert money.due_reads() == []  # no schedule left behind for a user with no live session

@@ -36,7 +36,7 @@ from chargectl.services.hub.machine import (
     to_dict,
 )
 from chargectl.services.hub.params import DEFAULTS
-from chargectl.services.hub.registry import PlugRefusal, PlugRegistry
+from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry, Samples
 
 P = DEFAULTS["generic"]  # auto_off_s 300: "on" renewed every 100 s
 T0 = 1_700_000_000.0
@@ -182,3 +182,68 @@ def test_re_read_bindings_key_on_the_hubs_own_mac_strings(tmp_path: Path) -> Non
         }
     finally:
         store.close()
+
+
+def test_copy_and_assign_carry_every_machine_slot_and_only_those() -> None:
+    # copy() and assign() are spelled out slot by slot (speed): a slot they missed would silently reset
+    # a plug's session or command on every step. Every slot gets a value of its own here.
+    state, _t, _mwh = _charging("AABBCCDDEE08")
+    state.reason, state.resume, state.disabled, state.stale = "r", Status.AVAILABLE, True, True
+    state.uptime_s, state.errors, state.cmd_first_seq, state.cmd_seq = 77, 3, 11, 12
+    state.cmd_at_ms, state.high_ms, state.low_ms, state.over_ms = 5, 6, 7, 8
+    state.last_session_id = "s0"
+    for name in MachineState.__slots__:
+        assert getattr(state, name) not in (None, 0, ""), name
+    copied = state.copy()
+    assert type(copied) is MachineState and copied is not state
+    assert to_dict(copied) == to_dict(state)
+    assert copied.session is not None and state.session is not None
+    assert copied.session is not state.session and copied.session == state.session
+    copied.session.energy_mwh += 1  # a step on the copy never moves the original's session
+    assert copied.session.energy_mwh == state.session.energy_mwh + 1
+
+    plug = HubPlug.of(new_state("AABBCCDDEE08", P, T0), "site-a")
+    plug.mirrored_ms, plug.armed_s = 123, 456
+    plug.state = state  # what the hub does with a step's result
+    assert to_dict(plug) == to_dict(state) and plug.state is plug
+    assert (plug.site_id, plug.mirrored_ms, plug.armed_s) == ("site-a", 123, 456)  # the hub's own slots
+    again = plug.copy()  # a step on the hub's entry works on a plain state, without the hub's slots
+    assert type(again) is MachineState and to_dict(again) == to_dict(state)
+
+
+def test_the_latest_sample_lives_in_columns_and_an_entry_gives_its_row_back() -> None:
+    # The hub's entry keeps time, counter, uptime and power in its registry's columns (no int or float
+    # object per plug); "no value yet" stays None, a value round-trips exactly, and a dropped entry's
+    # row is reused rather than growing the columns.
+    samples = Samples()
+    fresh = HubPlug(new_state("AABBCCDDEE09", P, T0), "site-a", samples)
+    assert (fresh.last_ts_ms, fresh.counter_mwh, fresh.uptime_s, fresh.power_w) == (None, None, None, 0.0)
+    state, _t, mwh = _charging("AABBCCDDEE10")
+    plug = HubPlug(state, "site-a", samples)
+    assert (plug.counter_mwh, plug.power_w) == (mwh, 2000.0)
+    assert plug.last_ts_ms == state.last_ts_ms and plug.uptime_s == state.uptime_s
+    with pytest.raises(AttributeError):  # the machine's own slot stays empty: no int object per plug
+        MachineState.last_ts_ms.__get__(plug)  # type: ignore[attr-defined]
+    assert samples.ts_ms[plug.row] == state.last_ts_ms and len(samples) == 2
+    plug.counter_mwh = 2**63 - 1  # the largest counter the bounds let through
+    assert to_dict(plug)["counter_mwh"] == 2**63 - 1
+    rows = len(samples.ts_ms)
+    del fresh
+    again = HubPlug(new_state("AABBCCDDEE11", P, T0), "site-b", samples)
+    assert len(samples.ts_ms) == rows and again.last_ts_ms is None  # the row came back, cleared
+
+
+def test_a_checkpoint_is_the_same_bytes_whichever_layout_wrote_it_and_loads_into_an_entry() -> None:
+    # Before this layout the hub checkpointed plain MachineStates; now its entries are the states. The
+    # bytes are the same (an old checkpoint is a new one), and a restored entry bills the same session.
+    state, _t, mwh = _charging("AABBCCDDEE12")
+    samples = Samples()
+    plug = HubPlug(state, "site-a", samples)
+    old = ckpt.encode_part(1, {state.mac: ("site-a", state)})
+    assert ckpt.encode_part(1, {plug.mac: ("site-a", plug)}) == old
+    snap = ckpt.decode(old, lambda mac: P)
+    site, restored = snap.plugs[state.mac]
+    entry = HubPlug(restored, site, samples)
+    assert site == "site-a" and to_dict(entry) == to_dict(state)
+    assert entry.session is not None and entry.session.session_id == "s1"
+    assert entry.counter_mwh == mwh  # the meter reading the bill continues from

@@ -56,7 +56,7 @@ def hub_mirror() -> tuple[Mirror, Written]:
 
 
 def plug(mac: str, status: m.Status = S.AVAILABLE) -> HubPlug:
-    p = HubPlug(m.new_state(mac, DEFAULTS["ev"], T0_MS / 1000), "site-a")
+    p = HubPlug.of(m.new_state(mac, DEFAULTS["ev"], T0_MS / 1000), "site-a")
     p.state.status = status
     p.mirrored_ms = T0_MS - 60_000  # its document (status ``status``) was written a minute ago
     return p
@@ -416,7 +416,7 @@ def test_a_full_writer_leaves_the_plug_pending_for_the_next_flush() -> None:
         change(mir, p, S.FAULTED, T0_MS)
     handed = mir.flush(T0_MS + 1000)
     assert 1 <= handed < 4  # the rest stay pending, not dropped
-    assert len(mir.pending) == 4 - handed
+    assert mir.pending == 4 - handed
     store.gate.set()
     now = T0_MS + 1000
     while mir.pending:

@@ -130,7 +130,7 @@ def test_wheel_returns_each_due_plug_once_and_skips_stale_entries() -> None:
     for i in range(3):
         mac = f"AABBCCDDEE{i:02d}"
         state, _ = step(new_state(mac, P, T0), Readings((Reading(mac, round(T0 * 1000), 0.0, 1, False),)), T0)
-        plugs[mac] = HubPlug(state, "site-a")
+        plugs[mac] = HubPlug.of(state, "site-a")
         wheel.arm(plugs[mac], round(T0 * 1000))
     stale_due = next_due_ms(plugs["AABBCCDDEE00"].state)
     assert stale_due == round(T0 * 1000) + P.stale_after_s * 1000
