@@ -24,8 +24,8 @@ and the one-transaction finish (COMPLETED document + ledger debit) that bills a 
   on the request threads (``io``), and each result is applied on the loop. A finish enters ``pending``
   (and so the checkpoint) the moment the machine ends the session, billed from the balance known then;
   the balance read refines it before anything is written. A user's finishes take turns (one balance:
-  the next debit sees the one before), a session's finish waits for its own stop-reason note (which
-  must never land over the COMPLETED document), and a finish the store refused stays pending for the
+  the next debit sees the one before), a session's finish waits for its own start document and
+  stop-reason note (neither may land over the COMPLETED document), and a finish the store refused stays pending for the
   tick's retry sweep (one write at a time, stopping at the first failure).
 """
 
@@ -387,6 +387,7 @@ class Sessions:
         self._owned: set[str] = set()  # pending finishes a task is deciding or writing (retry skips them)
         self._turns: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}  # user key -> turn
         self._sweep: asyncio.Task[None] | None = None
+        self._start_of: dict[str, asyncio.Task[None]] = {}  # session -> its start document being written
 
     def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
         if self.defer_starts and fx.request_id:
@@ -428,6 +429,12 @@ class Sessions:
         task = loop.create_task(self._store_start(_start_document(plug, fx, None), fx.request_id, held))
         self._start_writes.add(task)
         task.add_done_callback(self._start_writes.discard)
+        self._start_of[fx.session_id] = task  # its finish waits for it (the late stop-reason note)
+        task.add_done_callback(functools.partial(self._start_done, fx.session_id))
+
+    def _start_done(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._start_of.get(session_id) is task:
+            del self._start_of[session_id]
 
     async def _store_start(
         self, doc: codec.ChargeSession, request_id: str, held: asyncio.Future[bool]
@@ -736,9 +743,9 @@ class Sessions:
     async def _write_async(self, session_id: str) -> bool:
         """:meth:`write` with the transaction on the request threads, after the session's own stop-reason
         note (an ACTIVE document written over the COMPLETED one would reopen it at a restart)."""
-        note = self._notes.get(session_id)
-        if note is not None:
-            await asyncio.wait([note])
+        for writing in (self._start_of.get(session_id), self._notes.get(session_id)):
+            if writing is not None:  # its start document (and the stop reason written after it)
+                await asyncio.wait([writing])
         if session_id not in self.pending:
             return True
         doc, entry = self.pending[session_id]

@@ -219,3 +219,50 @@ async def test_two_finishes_of_one_user_never_debit_more_than_the_ledger_holds(w
     docs = world.store.list_sessions(user_id="u1")
     assert any("above the available balance" in d.review_reason for d in docs)
     assert not world.plugs[MAC].relay and not world.plugs[MAC2].relay
+
+
+async def test_a_session_stopped_before_its_start_was_stored_is_closed_and_never_switched_on(
+    world: World,
+) -> None:
+    # The start document's create fails while the user stops: the finish (off the loop) waits for the
+    # start document, then closes it; the held "on" is superseded by the "off" and never goes out.
+    world.add_site(A, price_per_kwh_minor=PRICE)
+    world.add_plug(MAC, A)
+    world.user("u1", 1000)
+    hub = await serving_hub(world)
+    await world.run(30)
+    world.plugs[MAC].power_w = 1800.0
+    real, attempts, down = world.store.create_session, [0], [True]
+
+    def flaky(doc: codec.ChargeSession) -> bool:
+        attempts[0] += 1
+        if down[0]:
+            raise StoreError("Firestore create of sessions failed: unavailable")
+        return real(doc)
+
+    world.store.create_session = flaky  # type: ignore[method-assign]
+    world.request("r1", START, MAC)
+    req = world.store.get_request("r1")
+    assert req is not None
+    start = asyncio.create_task(hub.requests.handle_async(req))
+    await until(lambda: attempts[0] >= 1, "the session document to be tried")
+    sess = hub.plugs[MAC].state.session
+    assert sess is not None
+    world.request("s1", STOP, MAC)
+    stop = world.store.get_request("s1")
+    assert stop is not None
+    await hub.requests.handle_async(stop)
+    await world.settle()
+    world.obey()
+    await world.run(10)
+    assert hub.plugs[MAC].state.session is None and sess.session_id in hub.sessions.pending
+    down[0] = False
+    await asyncio.wait_for(start, 60)
+    await until(lambda: not hub.sessions.pending, "the finish to be written")
+    await world.run(10)
+    doc = world.store.get_session(sess.session_id)
+    assert doc is not None and doc.status == codec.ChargeSession.STATUS_COMPLETED
+    assert doc.energy_mwh == 0 and doc.cost.amount_minor == 0 and doc.stop_reason
+    assert [c for c in world.all_commands() if c.plug_mac == MAC and c.on] == []
+    assert world.plugs[MAC].relay is False
+    assert world.balance("u1") == 1000 and debits(world) == [0]
