@@ -192,6 +192,7 @@ class Agent:
             lambda mac: mac in self._plugs,
             timeout_s=settings.request_timeout_s * 3,
             max_clock_skew_s=settings.max_clock_skew_s,
+            now_ms=self._now_ms,  # an outcome's executed_at_ms: when the plug answered the switch
         )
         self._plugs: dict[str, _PlugEntry] = {}
         self._buffer = BatchBuffer(
