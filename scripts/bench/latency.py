@@ -311,10 +311,15 @@ async def _latency(
                     f"{rnd}-{mac}-stop",
                 ),
             )
+            # Billed: every session over and its finish (document and debit) written, which the serving
+            # hub does off its loop once the session is over.
             await wait_for(
-                lambda: all(
-                    p.state.status is m.Status.AVAILABLE and p.state.session is None
-                    for p in hub.plugs.values()
+                lambda: (
+                    not hub.sessions.pending
+                    and all(
+                        p.state.status is m.Status.AVAILABLE and p.state.session is None
+                        for p in hub.plugs.values()
+                    )
                 ),
                 "every session to be billed",
             )
