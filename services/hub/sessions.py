@@ -25,8 +25,8 @@ and the one-transaction finish (COMPLETED document + ledger debit) that bills a 
   (and so the checkpoint) the moment the machine ends the session, billed from the balance known then;
   the balance read refines it before anything is written. A user's finishes take turns (one balance:
   the next debit sees the one before), a session's finish waits for its own start document and
-  stop-reason note (neither may land over the COMPLETED document), and a finish the store refused stays pending for the
-  tick's retry sweep (one write at a time, stopping at the first failure).
+  stop-reason note (neither may land over the COMPLETED document), and a finish the store refused
+  stays pending for the tick's retry sweep (one write at a time, stopping at the first failure).
 """
 
 from __future__ import annotations
