@@ -5,6 +5,7 @@ SQLite + the memory bus, the plug simulator in its own process and the real site
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -288,3 +289,60 @@ async def wait_for(cond: Callable[[], bool], what: str, limit_s: float = 120.0) 
         if time.monotonic() > deadline:
             raise RuntimeError(f"benchmark gave up waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+class AgentThread:
+    """The real site agent on its own thread and event loop, with its own bus client: in production it
+    is a separate process on the site's Pi, so it must not share (and hold up, or be held up by) the
+    event loop of the hub it is measured against. ``make(bus)`` builds the agent on that thread;
+    ``make_bus()`` its bus client there."""
+
+    def __init__(
+        self, make_bus: Callable[[], Any], make: Callable[[Any], Any], limit_s: float = 60.0
+    ) -> None:
+        import threading
+
+        self._make_bus, self._make = make_bus, make
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+        self.agent: Any = None
+        self._thread = threading.Thread(target=self._run, name="bench-agent", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(limit_s) or self.agent is None:
+            raise RuntimeError(f"the agent's thread did not start: {self._error}")
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by stop() or the constructor
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        bus = self._make_bus()
+        try:
+            self.agent = self._make(bus)
+            self._ready.set()
+            await self.agent.serve()
+        finally:
+            close = getattr(bus, "close", None)
+            if close is not None:
+                await close()
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def stop(self, limit_s: float = 60.0) -> None:
+        """Stop the agent on its own loop and wait for its thread (a failure in it is raised here)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and self.agent is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has finished already
+                loop.call_soon_threadsafe(self.agent.stop)
+        self._thread.join(limit_s)
+        if self._thread.is_alive():
+            raise RuntimeError(f"the agent's thread did not stop within {limit_s:.0f} s")
+        if self._error is not None:
+            raise RuntimeError(f"the agent's thread failed: {self._error}") from self._error

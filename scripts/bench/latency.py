@@ -26,15 +26,155 @@ from chargectl.services.requests import submit_request
 
 from .baselines import direct_switch
 from .core import Figure, Plan, Report
-from .harness import LineSink, SimProcess, command_keys, make_agent, site_document, wait_for
+from .harness import (
+    AgentThread,
+    LineSink,
+    SimProcess,
+    command_keys,
+    make_agent,
+    site_document,
+    wait_for,
+)
 
 
-async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> list[float]:
+class Trace:
+    """Where a request's time goes, stage by stage (wall clock, ms), recorded by wrapping the hub's and
+    the agent's own seams in this process (the code paths are unchanged): the hub hears the request
+    (the store's listener), the start is decided (account and balance read), its document is stored
+    (the relay "on" is held until then), the command is published, the agent's command handler gets
+    it, the plug has switched. Also the event loop's lag (a 5 ms sleeper's overshoot), split into the
+    measured windows and the rest (stopping and billing between rounds)."""
+
+    STAGES = ("heard", "decided", "stored", "published", "received", "executed")
+
+    def __init__(self) -> None:
+        self.heard: dict[str, float] = {}  # request id -> ms
+        self.decided: dict[str, float] = {}  # session id -> ms
+        self.stored: dict[str, float] = {}  # session id -> ms
+        self.published: dict[bytes, float] = {}  # command message -> ms
+        self.received: dict[bytes, float] = {}  # command message -> ms
+        self.message_of: dict[str, bytes] = {}  # command id -> its message
+        self.measuring = False
+        self.lag_in: list[float] = []  # loop lag samples (s) over 20 ms, inside the measured windows
+        self.lag_out: list[float] = []  # ... between them
+        self.report: dict[str, Any] = {}
+
+    @staticmethod
+    def now_ms() -> float:
+        return time.time() * 1000
+
+    def attach(self, hub: Hub) -> None:
+        sessions = hub.sessions
+        pushed, defer, create = hub._handle_pushed, sessions._defer_start, sessions._create_start
+
+        def handle_pushed(req: codec.ChargeRequest) -> None:
+            self.heard.setdefault(req.request_id, self.now_ms())
+            pushed(req)
+
+        def defer_start(plug: Any, fx: m.SessionStarted) -> None:
+            self.decided[fx.session_id] = self.now_ms()
+            defer(plug, fx)
+
+        def create_start(doc: codec.ChargeSession) -> bool:
+            try:
+                return create(doc)
+            finally:
+                self.stored[doc.session_id] = self.now_ms()
+
+        hub._handle_pushed = handle_pushed  # type: ignore[method-assign]
+        sessions._defer_start = defer_start  # type: ignore[method-assign]
+        sessions._create_start = create_start  # type: ignore[method-assign]
+        bus = hub.commands.bus
+        trace = self
+
+        class Publishing:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(bus, name)
+
+            async def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
+                out = await bus.publish(topic, data, attributes)
+                trace.published[data] = trace.now_ms()
+                return out
+
+        hub.commands.bus = Publishing()  # type: ignore[assignment]
+
+    def attach_agent(self, agent: Any) -> None:
+        """Wrap the agent's command executor (looked up on every command message)."""
+        executor = agent.executor
+        handle_many = executor.handle_many
+
+        async def handle(data: bytes, now_ms: int) -> Any:
+            self.received[data] = self.now_ms()
+            outcomes = await handle_many(data, now_ms)
+            for o in outcomes:
+                self.message_of.setdefault(o.command_id, data)
+            return outcomes
+
+        executor.handle_many = handle
+
+    async def watch_loop(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lag = time.perf_counter() - t - 0.005
+            if lag > 0.02:
+                (self.lag_in if self.measuring else self.lag_out).append(lag)
+
+    def sample(self, rid: str, sid: str, created: float, outcome: codec.CommandOutcome) -> dict[str, float]:
+        """One request's stage times (s since it was written; absent: not seen)."""
+        data = self.message_of.get(outcome.command_id, b"")
+        at = {
+            "heard": self.heard.get(rid),
+            "decided": self.decided.get(sid),
+            "stored": self.stored.get(sid),
+            "published": self.published.get(data),
+            "received": self.received.get(data),
+            "executed": float(outcome.executed_at_ms),
+        }
+        return {k: round((v - created) / 1000, 3) for k, v in at.items() if v is not None}
+
+    def summary(self, samples: list[dict[str, float]]) -> dict[str, Any]:
+        """Per stage, the p50/p99 of the time spent in it (from the previous stage seen)."""
+        spans: dict[str, list[float]] = {k: [] for k in self.STAGES}
+        for s in samples:
+            last = 0.0
+            for k in self.STAGES:
+                if k in s:
+                    spans[k].append(s[k] - last)
+                    last = s[k]
+        out: dict[str, Any] = {
+            f"{k}_s": {"p50": statistics.median(v), "p99": _percentile(v, 0.99), "max": max(v)}
+            for k, v in spans.items()
+            if v
+        }
+        received = [s["received"] for s in samples if "received" in s]
+        if received:
+            # Where the clock stopped before the agent stamped its outcomes once the plug had answered
+            # (executed_at_ms was the time the command was handed in): for before/after comparisons.
+            out["to_command_received_s"] = {
+                "p50": statistics.median(received),
+                "p99": _percentile(received, 0.99),
+            }
+        out["slowest"] = sorted(samples, key=lambda s: -s.get("executed", 0))[:3]
+        for name, lags in (("measured", self.lag_in), ("between_rounds", self.lag_out)):
+            out[f"loop_lag_{name}"] = {
+                "over_20ms": len(lags),
+                "total_s": round(sum(lags), 3),
+                "max_s": round(max(lags, default=0.0), 3),
+            }
+        return out
+
+
+async def _latency(
+    backend: str, plan: Plan, tmp: Path, ports: list[int], trace: Trace | None = None
+) -> list[float]:
     """Embedded: ``AllInOne`` (``chargectl run``). Emulators: the hub on Pub/Sub + Firestore and the
-    agent on Pub/Sub, in this process. The plugs are in the simulator process either way.
+    agent on Pub/Sub, in this process, the agent on its own thread, event loop and bus client (it is
+    its own process in production). The plugs are in the simulator process either way.
 
     Each round puts a start request for every plug in the store at once; a sample is the time from
-    the request's ``created_at_ms`` to the agent's confirmed "on" (``executed_at_ms``). Then every
+    the request's ``created_at_ms`` to the agent's confirmed "on" (``executed_at_ms``: when the plug
+    answered the switch, the relay on). Then every
     session is stopped and billed before the next round.
     """
     from chargectl.common.clock import SystemClock
@@ -45,6 +185,7 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
     # (store → hub → bus → agent → plug) does not depend on these settings.
     fast = {"poll_interval_s": 1.0, "flush_interval_s": 2.0}
     tasks: list[asyncio.Task[None]] = []
+    agent_thread: AgentThread | None = None
     if backend == "embedded":
         # What `chargectl run` runs: the site provisioned on first start, SQLite store and series.
         from chargectl.common.config import Config
@@ -87,14 +228,28 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
         hub = Hub(HubSettings(), HubPorts(bus, store, LineSink(), command_keys(command_key)), SystemClock())
         tasks.append(asyncio.create_task(hub.serve(health=False)))
         await wait_for(lambda: hub.problems() == [], "the hub to start")
-        agent = make_agent(tmp / "agent", site, ports, bus, agent_key, command_key, **fast)
-        tasks.append(asyncio.create_task(agent.serve()))
 
-        def stop() -> None:
-            agent.stop()
-            hub.request_stop()
+        def make(agent_bus: Any) -> Any:
+            made = make_agent(tmp / "agent", site, ports, agent_bus, agent_key, command_key, **fast)
+            if trace is not None:
+                trace.attach_agent(made)
+            return made
+
+        # The agent runs in its own process on the site's Pi: here on its own thread, event loop and bus
+        # client, so it neither holds up the hub's loop nor waits on it (as it did sharing one loop).
+        agent_thread = await asyncio.to_thread(
+            AgentThread, lambda: PubSubBus(site, publish_timeout_s=10), make
+        )
+        agent = agent_thread.agent
+        stop = hub.request_stop
 
     samples: list[float] = []
+    traced: list[dict[str, float]] = []
+    if trace is not None:
+        trace.attach(hub)
+        if agent_thread is None:
+            trace.attach_agent(agent)
+        tasks.append(asyncio.create_task(trace.watch_loop()))
     try:
         await wait_for(
             lambda: (
@@ -110,6 +265,8 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
             # every store call of the harness runs off the event loop the hub and the agent share, so
             # the measurement never holds up what it measures.
             created = round(time.time() * 1000)
+            if trace is not None:
+                trace.measuring = True
             await _each(
                 macs,
                 lambda mac, rnd=rnd, created=created: submit_request(
@@ -136,6 +293,13 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
                 if len(done) < len(macs):
                     await asyncio.sleep(0.02)
             samples.extend((at - created) / 1000 for at in done.values())
+            if trace is not None:
+                trace.measuring = False
+                confirmed = {
+                    o.plug_mac: o for o in agent.outcomes if o.ok and o.relay_on and o.session_id in wanted
+                }
+                for mac in macs:
+                    traced.append(trace.sample(f"{rnd}-{mac}", sessions[mac], created, confirmed[mac]))
             await _each(
                 macs,
                 lambda mac, rnd=rnd: submit_request(
@@ -147,20 +311,31 @@ async def _latency(backend: str, plan: Plan, tmp: Path, ports: list[int]) -> lis
                     f"{rnd}-{mac}-stop",
                 ),
             )
+            # Billed: every session over and its finish (document and debit) written, which the serving
+            # hub does off its loop once the session is over.
             await wait_for(
-                lambda: all(
-                    p.state.status is m.Status.AVAILABLE and p.state.session is None
-                    for p in hub.plugs.values()
+                lambda: (
+                    not hub.sessions.pending
+                    and all(
+                        p.state.status is m.Status.AVAILABLE and p.state.session is None
+                        for p in hub.plugs.values()
+                    )
                 ),
                 "every session to be billed",
             )
     finally:
+        if agent_thread is not None:
+            await asyncio.to_thread(agent_thread.stop)
         stop()
+        if trace is not None:
+            tasks.pop().cancel()
         for task in tasks:
             await asyncio.wait_for(task, 60)
         if backend != "embedded":
             await bus.close()
             store.close()
+    if trace is not None:
+        trace.report = trace.summary(traced)
     return samples
 
 
@@ -217,13 +392,15 @@ def bench_latency(plan: Plan, report: Report) -> None:
                         continue
                     for name, future in starting.items():
                         os.environ[emulators[name]] = future.result().host
-                samples = asyncio.run(_latency(backend, plan, Path(tmp) / backend, sim.ports))
+                trace = Trace()
+                samples = asyncio.run(_latency(backend, plan, Path(tmp) / backend, sim.ports, trace))
                 p50, p99 = statistics.median(samples), _percentile(samples, 0.99)
                 details[backend] = {
                     "samples": len(samples),
                     "p50_s": p50,
                     "p99_s": p99,
                     "max_s": max(samples),
+                    "stages": trace.report,
                 }
                 base = "set_relay straight to the plug"
                 report.add(

@@ -24,6 +24,7 @@ __all__ = ["PubSubBus"]
 
 log = logging.getLogger("chargectl.bus.pubsub")
 T = TypeVar("T")
+MAX_CALLBACK_THREADS = 64  # per subscription: message handlers in flight at once (see subscribe)
 
 # gRPC's default reconnect back-off grows to 120 s; a site link that comes back should be used soon.
 _CHANNEL_OPTIONS = [
@@ -240,9 +241,19 @@ class PubSubBus:
                 message.nack()
 
         flow = pubsub_v1.types.FlowControl(max_messages=max_messages, max_bytes=max_bytes)
+        # A callback holds its thread until the handler is done on the loop: as many threads as the flow
+        # control lets messages in (up to 64), or the client's default 10 would cap handlers in flight.
+        scheduler = pubsub_v1.subscriber.scheduler.ThreadScheduler(
+            concurrent.futures.ThreadPoolExecutor(
+                min(max_messages, MAX_CALLBACK_THREADS), thread_name_prefix=f"pubsub-{subscription}"
+            )
+        )
         try:
             future = self._subscriber.subscribe(
-                self.subscription_path(subscription), callback=callback, flow_control=flow
+                self.subscription_path(subscription),
+                callback=callback,
+                flow_control=flow,
+                scheduler=scheduler,
             )
         except Exception as exc:
             raise TransportError(f"subscribing to {subscription!r} failed: {_describe(exc)}") from exc

@@ -156,8 +156,12 @@ class CommandExecutor:
         knows_plug: Callable[[str], bool],
         timeout_s: float = 10.0,
         max_clock_skew_s: float = 120.0,
+        now_ms: Callable[[], int] | None = None,
     ) -> None:
         self.site_id = site_id
+        # The clock an executed command's ``executed_at_ms`` is read from once the plug has answered
+        # (None: the time the command was handed in, as for a refusal).
+        self._done_ms = now_ms
         self.keyring = keyring
         self.journal = journal
         self.lifetime_ms = int(lifetime_s * 1000)
@@ -309,6 +313,8 @@ class CommandExecutor:
             async with asyncio.timeout(self.timeout_s):  # not wait_for: it can swallow a cancellation
                 observed = await self._switch(cmd.plug_mac, cmd.on, auto_off)
         except (DeviceError, TimeoutError) as exc:
+            if self._done_ms is not None:
+                now_ms = self._done_ms()  # when the plug failed it
             detail = str(exc) or type(exc).__name__
             log.warning("command %s on %s failed: %s", cmd.command_id, cmd.plug_mac, detail)
             return CommandOutcome(
@@ -321,6 +327,8 @@ class CommandExecutor:
                 error=detail,
                 session_id=cmd.session_id,
             )
+        if self._done_ms is not None:
+            now_ms = self._done_ms()  # executed: the plug has answered with its relay's state
         log.info(
             "command %s: %s %s%s -> relay %s",
             cmd.command_id,

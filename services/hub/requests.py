@@ -46,7 +46,8 @@ __all__ = ["RequestRefusal", "Requests"]
 log = logging.getLogger("chargectl.hub")
 
 _PENDING = (codec.ChargeRequest.STATUS_PENDING, codec.ChargeRequest.STATUS_UNSPECIFIED)
-IO_THREADS = 16  # store round trips of pushed requests in flight at once (gRPC/SQLite calls, not CPU)
+IO_THREADS = 48  # store round trips in flight at once (gRPC/SQLite calls waiting, not CPU): a burst of
+# 20 requests is 40 reads, then 20 creates and 20 answers, and the stop path shares the threads
 T = TypeVar("T")
 
 

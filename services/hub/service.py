@@ -300,6 +300,8 @@ class Hub:
         if self._pushed:
             await asyncio.wait(set(self._pushed), timeout=30.0)
         await self.sessions.starts_done(timeout_s=30.0)
+        await self.sessions.finishes_done(timeout_s=30.0)
+        self.sessions.defer_finishes = False  # a finish still pending is in the last checkpoint
         await self.balance_reads_done(timeout_s=30.0)
         await self.drain_writer()
         self.requests.close()
@@ -325,6 +327,7 @@ class Hub:
             await self._health.start()
         self.start_writer()
         self.balance_reads_off_loop = True
+        self.sessions.defer_finishes = True  # the stop path's store calls on the request threads
         sdnotify.ready()
         poll_s = self.settings.request_poll_s
         unwatch = self._watch_requests()

@@ -19,16 +19,25 @@ and the one-transaction finish (COMPLETED document + ledger debit) that bills a 
   down; its relay "on" is held (``unstored``, read by the command sender) until the document is stored,
   so a crash never leaves a relay on with no session document. A finish begun before then has its stop
   reason written into that document (a restart closes the session). The request is answered last.
+- The serving hub's stop path (``defer_finishes``) keeps the store off the event loop too: the decision
+  is the machine's, on the loop; the stop-reason note, the balance read and the finish transaction run
+  on the request threads (``io``), and each result is applied on the loop. A finish enters ``pending``
+  (and so the checkpoint) the moment the machine ends the session, billed from the balance known then;
+  the balance read refines it before anything is written. A user's finishes take turns (one balance:
+  the next debit sees the one before), a session's finish waits for its own start document and
+  stop-reason note (neither may land over the COMPLETED document), and a finish the store refused
+  stays pending for the tick's retry sweep (one write at a time, stopping at the first failure).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from chargectl.common import codec
@@ -405,6 +414,14 @@ class Sessions:
         self.io: Io = _to_thread
         self._start_writes: set[asyncio.Task[None]] = set()
         self._stopping: dict[str, str] = {}  # unstored session -> stop reason, for its document
+        # The stop path off the loop (the serving hub sets defer_finishes; see the module docstring).
+        self.defer_finishes = False
+        self._notes: dict[str, asyncio.Task[None]] = {}  # session -> its stop-reason note in flight
+        self._finishes: set[asyncio.Task[Any]] = set()  # finish decisions, writes and retry sweeps
+        self._owned: set[str] = set()  # pending finishes a task is deciding or writing (retry skips them)
+        self._turns: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}  # user key -> turn
+        self._sweep: asyncio.Task[None] | None = None
+        self._start_of: dict[str, asyncio.Task[None]] = {}  # session -> its start document being written
 
     def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
         if self.defer_starts and fx.request_id:
@@ -446,6 +463,12 @@ class Sessions:
         task = loop.create_task(self._store_start(_start_document(plug, fx, None), fx.request_id, held))
         self._start_writes.add(task)
         task.add_done_callback(self._start_writes.discard)
+        self._start_of[fx.session_id] = task  # its finish waits for it (the late stop-reason note)
+        task.add_done_callback(functools.partial(self._start_done, fx.session_id))
+
+    def _start_done(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._start_of.get(session_id) is task:
+            del self._start_of[session_id]
 
     async def _store_start(
         self, doc: codec.ChargeSession, request_id: str, held: asyncio.Future[bool]
@@ -545,24 +568,55 @@ class Sessions:
         if sess.session_id in self.unstored:  # its start document is being written: it carries this
             self._stopping[sess.session_id] = str(sess.stop_reason)
             return
-        doc = self.store.get_session(sess.session_id)
-        if (
-            doc is None
-            or doc.status != codec.ChargeSession.STATUS_ACTIVE
-            or doc.stop_reason == sess.stop_reason
-        ):
+        if self.defer_finishes:
+            sid = sess.session_id
+            task = self._spawn(self._note_async(sid, str(sess.stop_reason)))
+            self._notes[sid] = task
+            task.add_done_callback(functools.partial(self._note_done, sid))
             return
-        doc.stop_reason = str(sess.stop_reason)
-        self.store.put_session(doc)
+        self._note_stop(sess.session_id, str(sess.stop_reason))
+
+    def _note_done(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._notes.get(session_id) is task:
+            del self._notes[session_id]
+
+    async def _note_async(self, session_id: str, reason: str) -> None:
+        """:meth:`_note_stop` on the request threads, retried while the store fails, until it is written
+        or the session's finish is decided (its COMPLETED document then says more than the note)."""
+        delay_s = 0.2
+        while True:
+            try:
+                await self.io(self._note_stop, session_id, reason)
+                return
+            except StoreError as exc:
+                if session_id in self.pending:
+                    return
+                log.warning("session %s: its stop reason not written yet (%s); retrying", session_id, exc)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
+            if session_id in self.pending:
+                return
 
     def finished(self, plug: HubPlug, rec: m.SessionRecord) -> None:
         """Bill a finished session (see the module docstring)."""
         self._progress_at.pop(rec.session_id, None)
         self.tracked.discard(rec.session_id)
+        if self.defer_finishes:
+            # Pending (so checkpointed) now, from the balance known now; decided and written off the loop.
+            self.pending[rec.session_id] = self._bill(plug.site_id, rec)
+            self._owned.add(rec.session_id)
+            self._spawn(self._finish_async(plug.site_id, rec))
+            return
+        with contextlib.suppress(StoreError):  # if the store is down, the last known balance bounds it
+            self.balances.read(rec.user_id, rec.tariff.currency)
+        finish = self.pending[rec.session_id] = self._bill(plug.site_id, rec)
+        self._announce(plug.site_id, rec, finish[0])
+        self.write(rec.session_id)
+
+    def _bill(self, site_id: str, rec: m.SessionRecord) -> Finish:
+        """The COMPLETED document and the debit of a finished session, from the balance known now."""
         currency = rec.tariff.currency
         cost = rec.cost_minor
-        with contextlib.suppress(StoreError):  # if the store is down, the last known balance bounds it
-            self.balances.read(rec.user_id, currency)
         available = max(0, self.balances.available(rec.user_id, currency, rec.session_id))
         debit = min(cost, available)
         reviews = [rec.review] if rec.review else []
@@ -572,7 +626,7 @@ class Sessions:
             session_id=rec.session_id,
             user_id=rec.user_id,
             plug_mac=rec.mac,
-            site_id=plug.site_id,
+            site_id=site_id,
             status=codec.ChargeSession.STATUS_COMPLETED,
             started_at_ms=rec.started_at_ms,
             ended_at_ms=rec.ended_at_ms,
@@ -595,17 +649,21 @@ class Sessions:
             description=f"{rec.energy_mwh / 1e6:.3f} kWh on {rec.mac}",
             created_at_ms=rec.ended_at_ms,
         )
+        return doc, entry
+
+    def _announce(self, site_id: str, rec: m.SessionRecord, doc: codec.ChargeSession) -> None:
+        """The review alert, the time-series event, the metric and the log line of a decided finish."""
+        currency = rec.tariff.currency
+        debit = doc.cost.amount_minor
         if doc.review_reason:
             self.metrics.inc("sessions_needs_review_total")
             self.alerts.raise_alert(
-                AlertKind.NEEDS_REVIEW, rec.session_id, doc.review_reason, self.now_ms(), site_id=plug.site_id
+                AlertKind.NEEDS_REVIEW, rec.session_id, doc.review_reason, self.now_ms(), site_id=site_id
             )
-        self.pending[rec.session_id] = (doc, entry)
-        self.write(rec.session_id)
         self.timeseries().add_session_event(
             SessionEvent(
                 rec.ended_at_ms,
-                plug.site_id,
+                site_id,
                 rec.mac,
                 rec.session_id,
                 rec.user_id,
@@ -630,28 +688,130 @@ class Sessions:
         """Write one pending finish (document + debit, one transaction); False if the store failed."""
         doc, entry = self.pending[session_id]
         try:
-            existing = self.store.get_session(session_id)
-            if existing is not None and existing.started_at_ms:
-                doc.started_at_ms = existing.started_at_ms
-                doc.start_counter_mwh = existing.start_counter_mwh
-            written = self.store.finish_session(doc, entry)
+            written = self._commit(session_id, doc, entry)
         except StoreError as exc:
-            self.metrics.inc("finish_retries_total")
-            log.warning("session %s not written yet (%s); retrying every tick", session_id, exc)
+            self._refused(session_id, exc)
             return False
-        del self.pending[session_id]
+        self._written(session_id, entry, written)
+        return written
+
+    def _commit(self, session_id: str, doc: codec.ChargeSession, entry: codec.LedgerEntry | None) -> bool:
+        """The finish transaction (blocking). ``doc`` is copied, never changed: off the loop it is the
+        pending finish the loop may be checkpointing meanwhile."""
+        final = codec.ChargeSession()
+        final.CopyFrom(doc)
+        existing = self.store.get_session(session_id)
+        if existing is not None and existing.started_at_ms:
+            final.started_at_ms = existing.started_at_ms
+            final.start_counter_mwh = existing.start_counter_mwh
+        return self.store.finish_session(final, entry)
+
+    def _refused(self, session_id: str, exc: StoreError) -> None:
+        self.metrics.inc("finish_retries_total")
+        log.warning("session %s not written yet (%s); retrying every tick", session_id, exc)
+
+    def _written(self, session_id: str, entry: codec.LedgerEntry | None, written: bool) -> None:
+        """A finish transaction came back (on the loop): the finish is no longer pending."""
+        self.pending.pop(session_id, None)
         if not written:
             log.info("session %s was already completed and billed; not billing again", session_id)
         elif entry is not None:
             self.balances.debited(entry)
             if entry.amount.amount_minor:
                 self.on_debit(entry.user_id)
-        return written
 
     def retry(self) -> None:
+        if self.defer_finishes:
+            if self._sweep is None or self._sweep.done():
+                todo = [sid for sid in self.pending if sid not in self._owned]
+                if todo:
+                    self._sweep = self._spawn(self._retry_async(todo))
+            return
         for session_id in list(self.pending):
             if not self.write(session_id):
                 return  # the store is still down: try again next tick
+
+    # ------------------------------------------------------------------ the stop path off the loop
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._finishes.add(task)
+        task.add_done_callback(self._finishes.discard)
+        return task
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """One finish at a time per user balance (the lock is dropped once nobody waits for it)."""
+        lock, waiting = self._turns.setdefault(key, (asyncio.Lock(), [0]))
+        waiting[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                del self._turns[key]
+
+    async def _finish_async(self, site_id: str, rec: m.SessionRecord) -> None:
+        """A finished session, billed off the loop: the balance read on the request threads, the bill
+        decided on the loop from it (never from a read older than a debit the hub applied meanwhile),
+        then the finish transaction; a refused write stays pending for the tick's retry sweep."""
+        sid = rec.session_id
+        key = (rec.user_id, rec.tariff.currency)
+        try:
+            async with self._turn(key):
+                before = self.balances.known.get(key)
+                balance: int | None = None
+                with contextlib.suppress(StoreError):  # the store is down: the last known balance bounds it
+                    balance = await self.io(self.balances.ledger.balance, *key)
+                if balance is not None and self.balances.known.get(key) == before:
+                    self.balances.learned(key, balance)
+                if sid not in self.pending:
+                    return
+                finish = self.pending[sid] = self._bill(site_id, rec)
+                self._announce(site_id, rec, finish[0])
+                await self._write_async(sid)
+        finally:
+            self._owned.discard(sid)
+
+    async def _write_async(self, session_id: str) -> bool:
+        """:meth:`write` with the transaction on the request threads, after the session's own stop-reason
+        note (an ACTIVE document written over the COMPLETED one would reopen it at a restart)."""
+        for writing in (self._start_of.get(session_id), self._notes.get(session_id)):
+            if writing is not None:  # its start document (and the stop reason written after it)
+                await asyncio.wait([writing])
+        if session_id not in self.pending:
+            return True
+        doc, entry = self.pending[session_id]
+        try:
+            written = await self.io(self._commit, session_id, doc, entry)
+        except StoreError as exc:
+            self._refused(session_id, exc)
+            return False
+        self._written(session_id, entry, written)
+        return True
+
+    async def _retry_async(self, todo: list[str]) -> None:
+        """The tick's retry sweep: the refused finishes one after the other, stopping at the first
+        failure (the store is still down: the next tick sweeps again)."""
+        for sid in todo:
+            if sid not in self.pending or sid in self._owned:
+                continue
+            self._owned.add(sid)
+            try:
+                ok = await self._write_async(sid)
+            finally:
+                self._owned.discard(sid)
+            if not ok:
+                return
+
+    async def finishes_done(self, timeout_s: float = 30.0) -> None:
+        """Wait for the stop path's store work in flight (stop, tests); stop-reason notes still retrying
+        after that are cancelled (their finishes are pending, and checkpointed)."""
+        if self._finishes:
+            await asyncio.wait(set(self._finishes), timeout=timeout_s)
+        for task in list(self._notes.values()):
+            task.cancel()
 
     def close_debited(self, doc: codec.ChargeSession, debit: codec.LedgerEntry) -> None:
         """An ACTIVE document whose debit is already in the ledger: close it, never resume it."""

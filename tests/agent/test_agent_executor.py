@@ -235,3 +235,41 @@ async def test_an_unwritable_journal_refuses_on_but_still_switches_off(
     assert (off.reason, off.ok, off.relay_on) == ("executed", True, False)
     assert switches.calls == [(MAC, False, None)]
     assert "No space left" in executor.journal_error
+
+
+async def test_executed_at_is_when_the_plug_answered_not_when_the_command_arrived(
+    tmp_path: Path, hub_key: SigningKey
+) -> None:
+    # A slow plug (2.5 s to answer the "on", then a timeout on the next command): the outcome says when
+    # the relay was switched (or failed), which is what a user waiting for the plug sees and what the
+    # request → relay latency is measured to; a refusal still says when the command was refused.
+    clock = [NOW]
+
+    class SlowPlug(Switches):
+        async def __call__(self, mac: str, on: bool, auto_off_s: int | None) -> bool:
+            clock[0] += 2_500
+            return await super().__call__(mac, on, auto_off_s)
+
+    keyring = Keyring()
+    keyring.add_public(hub_key.public_bytes, SITE)
+    switches = SlowPlug()
+    executor = CommandExecutor(
+        SITE,
+        keyring,
+        CommandJournal(tmp_path / "journal"),
+        600,
+        switches,
+        lambda mac: mac == MAC,
+        now_ms=lambda: clock[0],
+    )
+    data, _ = pack_command(command(), hub_key)
+    outcome = await executor.handle(data, clock[0])
+    assert outcome.ok and outcome.relay_on is True and outcome.executed_at_ms == NOW + 2_500
+    switches.fail = True
+    data, _ = pack_command(command("c2", on=False), hub_key)
+    failed = await executor.handle(data, clock[0])
+    assert not failed.ok and failed.reason == "device_error" and failed.executed_at_ms == NOW + 5_000
+    stale, _ = pack_command(command("c3", expires_at_ms=NOW - 1), hub_key)
+    refused = await executor.handle(stale, clock[0])
+    assert refused.reason == "expired" and refused.executed_at_ms == NOW + 5_000
+    assert switches.calls == [(MAC, True, 90), (MAC, False, None)]

@@ -173,8 +173,11 @@ async def _two_shards(tmp: Path, plugs: list[dict[str, Any]]) -> None:
         now = round(time.time() * 1000)
         submit_request(store, "u0", macs[0], codec.ChargeRequest.ACTION_STOP, now, "stop-0")
         submit_request(store, "u1", macs[1], codec.ChargeRequest.ACTION_STOP, now, "stop-1")
-        await _until(
-            lambda: all(h.plugs[mac].state.session is None for h, mac in zip(hubs, macs, strict=True)),
+        await _until(  # over, and the finish written (a serving hub writes it off its event loop)
+            lambda: all(
+                h.plugs[mac].state.session is None and not h.sessions.pending
+                for h, mac in zip(hubs, macs, strict=True)
+            ),
             "both sessions to be billed",
         )
         for rid, user in (("start-0", "u0"), ("start-1", "u1")):
