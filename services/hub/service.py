@@ -63,6 +63,7 @@ from chargectl.services.hub import checkpoint as ckpt
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.effects import CommandKeys, CommandSender
+from chargectl.services.hub.gc_tuning import GcTuning
 from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
 from chargectl.services.hub.intake import RefusalLog, check_reading, run_in_bounds
@@ -202,6 +203,7 @@ class Hub:
         self._bindings_seen: tuple[int, int] | None = None  # (sites, newest Site.updated_at_ms) last read
         self._last_bindings = 0.0
         self._started = False
+        self.gc = GcTuning(settings.gc_freeze_interval_s)  # applied by serve(), see .gc_tuning
         self._init_metrics()
 
     @property
@@ -311,6 +313,7 @@ class Hub:
         if self._health is not None:
             await self._health.stop()
         self._started = False
+        self.gc.restore()
 
     async def serve(self, health: bool = True) -> None:
         """Run until :meth:`request_stop` (or cancellation)."""
@@ -324,6 +327,7 @@ class Hub:
             await self._health.start()
         self.start_writer()
         self.balance_reads_off_loop = True
+        self.gc.apply(self.clock.monotonic())  # the plug map and checkpoint are loaded: freeze them
         sdnotify.ready()
         poll_s = self.settings.request_poll_s
         unwatch = self._watch_requests()
@@ -737,6 +741,8 @@ class Hub:
             self._try_recover(mac)
         self._mirror_dirty()
         self.requests.prune()
+        if self.gc.maybe_refresh(self.clock.monotonic()):
+            log.debug("collected and froze the long-lived objects in %.3f s CPU", self.gc.last_refresh_s)
         if self.clock.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
             self._checkpoint_due = True
         self._checkpoint_if_due()

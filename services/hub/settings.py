@@ -77,6 +77,9 @@ class HubSettings:
     max_reading_age_s: float = 7 * 86400.0  # older readings are refused (a spool replay is younger)
     max_clock_skew_s: float = 120.0  # readings stamped further in the future are refused
     request_max_age_s: float = 120.0  # older pending requests are answered "expired"
+    # While serving: collect once and gc.freeze() the survivors (the plug map) after start-up and every
+    # this often, so the collector's automatic passes skip the long-lived state (0: Python's defaults).
+    gc_freeze_interval_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.shard < 0:
@@ -97,7 +100,12 @@ class HubSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("plug_state_min_interval_s", "plug_state_settle_s", "plug_state_transitional_s"):
+        for name in (
+            "plug_state_min_interval_s",
+            "plug_state_settle_s",
+            "plug_state_transitional_s",
+            "gc_freeze_interval_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.default_plug_class not in PLUG_CLASSES:
