@@ -103,7 +103,14 @@ def _pack(data: Mapping[str, Any]) -> bytes:
 
 
 def _plugs(plugs: Mapping[str, tuple[str, m.MachineState]]) -> dict[str, Any]:
-    return {mac: {"site": site, "state": m.to_dict(state)} for mac, (site, state) in plugs.items()}
+    out: dict[str, Any] = {}
+    for mac, (site, state) in plugs.items():
+        values = m.to_dict(state)
+        # Not written: a plug's parameters come from the hub's configuration when it loads (``decode``
+        # takes them), so the sixteen numbers per plug were a third of every part and never read.
+        values.pop("params", None)
+        out[mac] = {"site": site, "state": values}
+    return out
 
 
 def _finishes(finishes: Mapping[str, Finish]) -> dict[str, list[str]]:
