@@ -66,7 +66,7 @@ from chargectl.services.hub.effects import CommandKeys, CommandSender
 from chargectl.services.hub.gc_tuning import GcTuning
 from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
-from chargectl.services.hub.intake import RefusalLog, check_reading, run_in_bounds
+from chargectl.services.hub.intake import RefusalLog, batch_in_bounds, check_reading, run_in_bounds
 from chargectl.services.hub.leases import Leases
 from chargectl.services.hub.mirror import Job, Mirror, Writer, plug_state_doc
 from chargectl.services.hub.params import PlugParams
@@ -564,7 +564,11 @@ class Hub:
         max_skew_ms = round(self.settings.max_clock_skew_s * 1000)
         by_plug: dict[str, list[Reading]] = {}
         valid: dict[str, list[Reading] | codec.PlugRun] = {}
-        if isinstance(batch, codec.BatchRuns):
+        if isinstance(batch, codec.BatchRuns) and batch_in_bounds(
+            batch.extent, now_ms, max_age_ms, max_skew_ms, self.settings.rated_floor_w
+        ):
+            valid.update(batch.runs)  # every run within the bounds, decided once for the batch
+        elif isinstance(batch, codec.BatchRuns):
             for mac, run in batch.runs.items():
                 rated = self._params(mac).rated_power_w
                 if run_in_bounds(run, now_ms, max_age_ms, max_skew_ms, rated):

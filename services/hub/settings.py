@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -120,6 +121,12 @@ class HubSettings:
     def params(self, mac: str) -> PlugParams:
         cls = self.plugs.get(mac, self.default_plug_class)
         return params_for(cls, self.plug_classes.get(cls), prefix=f"hub.plug_classes.{cls}")
+
+    @functools.cached_property
+    def rated_floor_w(self) -> float:
+        """The lowest rating any plug has under these settings (a bound that holds for every plug)."""
+        classes = {self.default_plug_class, *self.plugs.values()}
+        return min(params_for(c, self.plug_classes.get(c)).rated_power_w for c in classes)
 
     def plug_class(self, mac: str) -> str:
         return self.plugs.get(mac, self.default_plug_class)

@@ -4,9 +4,12 @@ parameters configured now, and parts written before (with parameters) still load
 
 from __future__ import annotations
 
+import gc
 import json
 import zlib
 from decimal import Decimal
+
+import pytest
 
 from chargectl.common.readings import Reading
 from chargectl.services.hub import checkpoint as ckpt
@@ -83,3 +86,36 @@ def test_a_part_written_with_parameters_still_loads_with_the_configured_ones() -
     assert restored.params == DEFAULTS["generic"]
     assert restored.session == state.session and restored.counter_mwh == state.counter_mwh
     assert from_dict(to_dict(state)).params == DEFAULTS["ev"]  # to_dict itself still carries them
+
+
+def test_encoding_pauses_the_cycle_collector_and_always_gives_it_back() -> None:
+    state, _, _ = _charging()
+    seen: list[bool] = []
+    real_to_dict = ckpt.m.to_dict
+
+    def watching(s: MachineState) -> dict[str, object]:
+        seen.append(gc.isenabled())
+        return real_to_dict(s)
+
+    assert gc.isenabled()
+    ckpt.m.to_dict = watching  # type: ignore[assignment]
+    try:
+        ckpt.encode_part(1, {MAC: ("site-a", state)})
+        assert seen == [False] and gc.isenabled()
+
+        def broken(s: MachineState) -> dict[str, object]:
+            raise ValueError("a state that cannot be encoded")
+
+        ckpt.m.to_dict = broken  # type: ignore[assignment]
+        with pytest.raises(ValueError, match="cannot be encoded"):
+            ckpt.encode_part(1, {MAC: ("site-a", state)})
+        assert gc.isenabled()  # a failed checkpoint does not leave the collector off
+        gc.disable()
+        try:
+            ckpt.m.to_dict = real_to_dict
+            ckpt.encode_part(1, {MAC: ("site-a", state)})
+            assert not gc.isenabled()  # nor turns on a collector someone else turned off
+        finally:
+            gc.enable()
+    finally:
+        ckpt.m.to_dict = real_to_dict
