@@ -203,7 +203,7 @@ class Hub:
         self._bindings_seen: tuple[int, int] | None = None  # (sites, newest Site.updated_at_ms) last read
         self._last_bindings = 0.0
         self._started = False
-        self.gc = GcTuning(settings.gc_freeze_interval_s)  # applied by serve(), see .gc_tuning
+        self.gc = GcTuning(settings.gc_freeze_interval_s, settings.gc_gen0_threshold)  # serve() applies it
         self._init_metrics()
 
     @property

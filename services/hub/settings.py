@@ -81,6 +81,7 @@ class HubSettings:
     # While serving: collect once and gc.freeze() the survivors (the plug map) after start-up and every
     # this often, so the collector's automatic passes skip the long-lived state (0: Python's defaults).
     gc_freeze_interval_s: float = 600.0
+    gc_gen0_threshold: int = 10_000  # while serving (Python's is 700): see services/hub/gc_tuning.py
 
     def __post_init__(self) -> None:
         if self.shard < 0:
@@ -98,6 +99,7 @@ class HubSettings:
             "progress_interval_s",
             "balance_refresh_s",
             "balance_max_stale_s",
+            "gc_gen0_threshold",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

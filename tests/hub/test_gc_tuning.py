@@ -25,9 +25,12 @@ from chargectl.services.hub.settings import HubSettings
 @pytest.fixture(autouse=True)
 def _unfrozen() -> Iterator[None]:
     gc.unfreeze()
+    threshold = gc.get_threshold()
     yield
     assert gc_tuning._holders == 0, "a test left the collector tuned"
+    assert gc.get_threshold() == threshold, "a test left the thresholds changed"
     gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 class _Node:
@@ -61,16 +64,19 @@ async def test_serve_freezes_what_start_up_loaded_and_stop_unfreezes(tmp_path: P
         await asyncio.sleep(0.01)
     frozen = gc.get_freeze_count()
     assert frozen > 1000 and gc.isenabled()  # the process's long-lived objects, the hub among them
-    assert gc.get_threshold()[0] > 0  # the young generations are still collected automatically
+    before = gc.get_threshold()
+    assert gc.get_threshold()[0] == 10_000  # the young generations are still collected automatically
     hub.request_stop()
     await asyncio.wait_for(task, 60)
     assert gc.get_freeze_count() == 0 and not hub.gc.applied
+    assert gc.get_threshold()[0] != 10_000 and gc.get_threshold()[1:] == before[1:]
 
 
 async def test_interval_zero_leaves_pythons_collector_alone(tmp_path: Path) -> None:
     hub = _hub(tmp_path, gc_freeze_interval_s=0)
+    threshold = gc.get_threshold()
     hub.gc.apply(0.0)
-    assert gc.get_freeze_count() == 0 and not hub.gc.applied
+    assert gc.get_freeze_count() == 0 and not hub.gc.applied and gc.get_threshold() == threshold
     await hub.tick()
     assert gc.get_freeze_count() == 0
 
@@ -80,6 +86,8 @@ def test_a_negative_interval_is_refused() -> None:
         HubSettings(gc_freeze_interval_s=-1)
     with pytest.raises(ValueError, match="gc_freeze_interval_s"):
         GcTuning(-1)
+    with pytest.raises(ValueError, match="gc_gen0_threshold"):
+        HubSettings(gc_gen0_threshold=0)
 
 
 def test_cycles_made_after_the_freeze_are_collected_without_an_explicit_collect() -> None:
@@ -91,6 +99,7 @@ def test_cycles_made_after_the_freeze_are_collected_without_an_explicit_collect(
         # Keep allocating tracked objects (the young generation's count is allocations minus frees)
         # until its automatic pass has run: bounded at a hundred thresholds, never calling gc.collect.
         keep: list[list[int]] = []
+        assert gc.get_threshold()[0] == 10_000
         for i in range(gc.get_threshold()[0] * 100):
             keep.append([i])
             if freed:
@@ -122,12 +131,13 @@ async def test_a_frozen_cycle_dropped_later_is_reclaimed_by_the_tick_at_the_inte
 
 
 def test_the_freeze_is_undone_only_when_the_last_hub_of_the_process_stops() -> None:
-    a, b = GcTuning(600), GcTuning(600)
+    python_s = gc.get_threshold()
+    a, b = GcTuning(600, 5_000), GcTuning(600, 20_000)
     a.apply(0.0)
     b.apply(0.0)
     a.restore()
-    assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == 20_000
     a.restore()  # twice: no effect on b's tuning
     assert gc.get_freeze_count() > 0
     b.restore()
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == python_s
