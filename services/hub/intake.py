@@ -13,11 +13,13 @@ import math
 import operator
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from chargectl.common.codec import RunsExtent
 from chargectl.common.readings import Reading
 from chargectl.services.hub.machine import RunColumns
+
+if TYPE_CHECKING:  # the codec (protobuf) stays out of this pure module at run time
+    from chargectl.common.codec import RunsExtent
 
 __all__ = [
     "INT64_MAX",
