@@ -101,7 +101,8 @@ class Snapshot:
 
 
 def _pack(data: Mapping[str, Any]) -> bytes:
-    return zlib.compress(json.dumps(data, separators=(",", ":")).encode(), 6)
+    # Level 3: half the time of level 6 for about a sixth more bytes (a part stays far under a chunk).
+    return zlib.compress(json.dumps(data, separators=(",", ":")).encode(), 3)
 
 
 @contextlib.contextmanager
