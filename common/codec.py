@@ -18,9 +18,10 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, pairwise, repeat
-from operator import add, sub, truediv
-from typing import Any, Literal, TypeVar
+from itertools import accumulate, chain, islice, pairwise, repeat
+from itertools import compress as select
+from operator import add, ge, sub, truediv
+from typing import Any, Literal, TypeVar, cast
 
 import zstandard
 from google.protobuf import json_format
@@ -53,6 +54,7 @@ __all__ = [
     "PlugState",
     "PlugStatus",
     "PublicKey",
+    "RunsExtent",
     "Site",
     "Tariff",
     "UserAccount",
@@ -442,6 +444,19 @@ class PlugRun:
             yield Reading(mac, ts, p, e, on, v, a, t, err, up)
 
 
+@dataclass(frozen=True, slots=True)
+class RunsExtent:
+    """Bounds of every sample of a batch's runs, taken once over the decoded whole columns (so a hub
+    can bound a batch without looking at each run)."""
+
+    min_ts_ms: int
+    max_ts_ms: int
+    max_power_w: float
+    ordered: bool  # every run's times strictly increase
+    clean: bool  # optional columns all present or all absent; no negative power, energy, flags,
+    # voltage, current or uptime (values decoded from integers: all finite)
+
+
 @dataclass(frozen=True)
 class BatchRuns:
     """A decoded batch as per-plug runs (plug order of the batch), for a hub that works per chunk."""
@@ -454,6 +469,7 @@ class BatchRuns:
     agent_version: str = ""
     epoch: int = 0
     results: tuple[CommandOutcome, ...] = ()
+    extent: RunsExtent | None = None  # the batch-column layout's; None: bound each run
 
     @property
     def sample_count(self) -> int:
@@ -519,12 +535,12 @@ _BATCH_COLUMNS = (
 )
 
 
-def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
+def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> tuple[dict[str, PlugRun], RunsExtent | None]:
     counts = list(msg.sample_counts)
     if msg.series:
         if counts or any(len(getattr(msg, c)) for c in _BATCH_COLUMNS) or msg.relay_on_bits:
             raise CodecError("telemetry batch mixes per-plug series and batch columns")
-        return _runs_from_series(msg)
+        return _runs_from_series(msg), None
     if counts and len(counts) != len(msg.plug_macs):
         raise CodecError(f"telemetry batch has {len(counts)} sample counts for {len(msg.plug_macs)} plugs")
     n = sum(counts)
@@ -537,7 +553,7 @@ def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
     for name in ("voltage_missing", "current_missing", "temperature_missing", "uptime_missing"):
         _check_mask(name, getattr(msg, name), n)
     if n == 0:
-        return {}
+        return {}, None
     macs: list[str] = []  # plugs with samples, in batch order
     starts: list[int] = []  # where each one's samples begin
     k = 0
@@ -583,7 +599,20 @@ def _runs_from_columns(msg: telemetry_pb2.TelemetryBatch) -> dict[str, PlugRun]:
             errors[k:end],
             ups[k:end],
         )
-    return runs
+    # Only a run's first sample may not be later than the one before it in the batch.
+    firsts = set(starts)
+    ordered = all(map(firsts.__contains__, select(range(1, n), map(ge, ts, islice(ts, 1, None)))))
+    partial = msg.voltage_missing or msg.current_missing or msg.temperature_missing or msg.uptime_missing
+    clean = (
+        not partial
+        and min(power) >= 0
+        and min(energy) >= 0
+        and min(errors) >= 0
+        and (not msg.voltage_dv or min(cast("list[float]", volts)) >= 0)
+        and (not msg.current_ma or min(cast("list[float]", amps)) >= 0)
+        and (not msg.uptime_s or min(cast("list[int]", ups)) >= 0)
+    )
+    return runs, RunsExtent(min(ts), max(ts), max(power), ordered, clean)
 
 
 def _in_int64(name: str, values: list[int]) -> list[int]:
@@ -676,7 +705,7 @@ def decode_runs(data: bytes) -> BatchRuns:
     for mac in msg.plug_macs:
         if not MAC_RE.match(mac):
             raise CodecError(f"telemetry batch names an invalid plug MAC {mac!r}")
-    runs = _runs_from_columns(msg)
+    runs, extent = _runs_from_columns(msg)
     inventory = tuple(
         InventoryChange(
             mac=c.mac,
@@ -700,6 +729,7 @@ def decode_runs(data: bytes) -> BatchRuns:
         agent_version=msg.agent_version,
         epoch=msg.epoch,
         results=_results_of(msg),
+        extent=extent,
     )
 
 

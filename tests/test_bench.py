@@ -142,8 +142,12 @@ def test_quick_benchmark_code_on_tiny_sizes(tmp_path: Path) -> None:
     assert len(by_section["wire"]) == 2 * 3  # two site sizes × (two size baselines + decode runs vs objects)
     assert [f["name"] for f in by_section["hub"] if f["baseline"] is not None] == [
         "40 plugs, readings/s",
+        "40 plugs, line formatting alone µs/reading",
         "200 plugs, readings/s",
+        "200 plugs, line formatting alone µs/reading",
     ]
+    # The hub ran as the service configures it: tuned collector, its periodic refresh timed and counted.
+    assert data["details"]["hub"]["200"]["gc_refresh_ms"] > 0
     assert len(by_section["memory"]) == 2
     assert len(by_section["cost"]) == 3
     assert [f["name"] for f in by_section["agent"]] == [

@@ -13,15 +13,19 @@ import math
 import operator
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from chargectl.common.readings import Reading
 from chargectl.services.hub.machine import RunColumns
+
+if TYPE_CHECKING:  # the codec (protobuf) stays out of this pure module at run time
+    from chargectl.common.codec import RunsExtent
 
 __all__ = [
     "INT64_MAX",
     "ReadingRefusal",
     "RefusalLog",
+    "batch_in_bounds",
     "check_reading",
     "check_reading_rules",
     "run_in_bounds",
@@ -145,6 +149,22 @@ def run_in_bounds(
         ):
             return False
     return True
+
+
+def batch_in_bounds(
+    extent: RunsExtent | None, now_ms: int, max_age_ms: int, max_skew_ms: int, rated_floor_w: float
+) -> bool:
+    """True if :func:`run_in_bounds` holds for every run of the batch ``extent`` was taken from, for plugs
+    rated at least ``rated_floor_w`` each: one check per batch instead of one per run. False: check
+    each run (it says nothing about which run is out)."""
+    return (
+        extent is not None
+        and extent.clean
+        and extent.ordered
+        and extent.min_ts_ms >= max(0, now_ms - max_age_ms)
+        and extent.max_ts_ms <= now_ms + max_skew_ms
+        and extent.max_power_w <= rated_floor_w * POWER_MARGIN
+    )
 
 
 class RefusalLog:

@@ -81,7 +81,10 @@ class PlugParams:
         return self.auto_off_s / 3
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _PARAM_NAMES}
+
+
+_PARAM_NAMES = tuple(f.name for f in dataclasses.fields(PlugParams))  # to_dict runs per plug per checkpoint
 
 
 # start_w = max(2 × stop_w, stop_w + 20 W) (rec.); t_complete 10 min for EVs, 5 min for e-bikes and

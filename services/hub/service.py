@@ -63,9 +63,10 @@ from chargectl.services.hub import checkpoint as ckpt
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.effects import CommandKeys, CommandSender
+from chargectl.services.hub.gc_tuning import GcTuning
 from chargectl.services.hub.health import HealthServer, Metrics, Route
 from chargectl.services.hub.ingest import Ingest, Rejected, Skipped
-from chargectl.services.hub.intake import RefusalLog, check_reading, run_in_bounds
+from chargectl.services.hub.intake import RefusalLog, batch_in_bounds, check_reading, run_in_bounds
 from chargectl.services.hub.leases import Leases
 from chargectl.services.hub.mirror import Job, Mirror, Writer, plug_state_doc
 from chargectl.services.hub.params import PlugParams
@@ -203,6 +204,7 @@ class Hub:
         self._bindings_seen: tuple[int, int] | None = None  # (sites, newest Site.updated_at_ms) last read
         self._last_bindings = 0.0
         self._started = False
+        self.gc = GcTuning(settings.gc_freeze_interval_s, settings.gc_gen0_threshold)  # serve() applies it
         self._init_metrics()
 
     @property
@@ -314,6 +316,7 @@ class Hub:
         if self._health is not None:
             await self._health.stop()
         self._started = False
+        self.gc.restore()
 
     async def serve(self, health: bool = True) -> None:
         """Run until :meth:`request_stop` (or cancellation)."""
@@ -328,6 +331,7 @@ class Hub:
         self.start_writer()
         self.balance_reads_off_loop = True
         self.sessions.defer_finishes = True  # the stop path's store calls on the request threads
+        self.gc.apply(self.clock.monotonic())  # the plug map and checkpoint are loaded: freeze them
         sdnotify.ready()
         poll_s = self.settings.request_poll_s
         unwatch = self._watch_requests()
@@ -564,7 +568,11 @@ class Hub:
         max_skew_ms = round(self.settings.max_clock_skew_s * 1000)
         by_plug: dict[str, list[Reading]] = {}
         valid: dict[str, list[Reading] | codec.PlugRun] = {}
-        if isinstance(batch, codec.BatchRuns):
+        if isinstance(batch, codec.BatchRuns) and batch_in_bounds(
+            batch.extent, now_ms, max_age_ms, max_skew_ms, self.settings.rated_floor_w
+        ):
+            valid.update(batch.runs)  # every run within the bounds, decided once for the batch
+        elif isinstance(batch, codec.BatchRuns):
             for mac, run in batch.runs.items():
                 rated = self._params(mac).rated_power_w
                 if run_in_bounds(run, now_ms, max_age_ms, max_skew_ms, rated):
@@ -743,6 +751,8 @@ class Hub:
             self._try_recover(mac)
         self._mirror_dirty()
         self.requests.prune()
+        if self.gc.maybe_refresh(self.clock.monotonic()):
+            log.debug("collected and froze the long-lived objects in %.3f s CPU", self.gc.last_refresh_s)
         if self.clock.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
             self._checkpoint_due = True
         self._checkpoint_if_due()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -78,6 +79,10 @@ class HubSettings:
     max_reading_age_s: float = 7 * 86400.0  # older readings are refused (a spool replay is younger)
     max_clock_skew_s: float = 120.0  # readings stamped further in the future are refused
     request_max_age_s: float = 120.0  # older pending requests are answered "expired"
+    # While serving: collect once and gc.freeze() the survivors (the plug map) after start-up and every
+    # this often, so the collector's automatic passes skip the long-lived state (0: Python's defaults).
+    gc_freeze_interval_s: float = 600.0
+    gc_gen0_threshold: int = 10_000  # while serving (Python's is 700): see services/hub/gc_tuning.py
 
     def __post_init__(self) -> None:
         if self.shard < 0:
@@ -95,6 +100,7 @@ class HubSettings:
             "progress_interval_s",
             "balance_refresh_s",
             "balance_max_stale_s",
+            "gc_gen0_threshold",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -103,6 +109,7 @@ class HubSettings:
             "plug_state_settle_s",
             "plug_state_transitional_s",
             "plug_state_detail_s",
+            "gc_freeze_interval_s",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -118,6 +125,12 @@ class HubSettings:
     def params(self, mac: str) -> PlugParams:
         cls = self.plugs.get(mac, self.default_plug_class)
         return params_for(cls, self.plug_classes.get(cls), prefix=f"hub.plug_classes.{cls}")
+
+    @functools.cached_property
+    def rated_floor_w(self) -> float:
+        """The lowest rating any plug has under these settings (a bound that holds for every plug)."""
+        classes = {self.default_plug_class, *self.plugs.values()}
+        return min(params_for(c, self.plug_classes.get(c)).rated_power_w for c in classes)
 
     def plug_class(self, mac: str) -> str:
         return self.plugs.get(mac, self.default_plug_class)
