@@ -114,16 +114,18 @@ def test_two_instances_updating_one_account_lose_neither_change(two_instances: l
     read would put back the old card, or drop the auto top-up, and the next off-session charge with it)."""
     a, b = two_instances
     a.put_user(UserAccount(user_id="u1", currency="gbp", stripe_customer_id="cus_1"))
-    rounds = 12
-    barrier = threading.Barrier(3)
+    # Two writers at once, round after round. The Firestore emulator resolves two transactions on one
+    # document by waiting out a lock (seconds per round), so it plays fewer rounds than SQLite.
+    rounds = 12 if isinstance(a, SqliteStore) else 2
+    barrier = threading.Barrier(2)
     errors: list[BaseException] = []
 
-    def cards() -> None:
+    def cards() -> None:  # the webhook, on one instance
         for i in range(rounds):
             barrier.wait(timeout=60)
             assert set_default_card(a, "u1", f"pm_{i}", 1000 + i)
 
-    def topups() -> None:
+    def app() -> None:  # the app, on the other: auto top-up, then the payment-action flag
         for i in range(rounds):
             barrier.wait(timeout=60)
 
@@ -133,10 +135,6 @@ def test_two_instances_updating_one_account_lose_neither_change(two_instances: l
                 return account
 
             assert b.update_user("u1", change) is not None
-
-    def flags() -> None:
-        for i in range(rounds):
-            barrier.wait(timeout=60)
             assert flag_payment_action(b, "u1", f"pi_{i}", 2000 + i)
 
     def guarded(fn: Callable[[], None]) -> Callable[[], None]:
@@ -149,7 +147,7 @@ def test_two_instances_updating_one_account_lose_neither_change(two_instances: l
 
         return run
 
-    threads = [threading.Thread(target=guarded(fn)) for fn in (cards, topups, flags)]
+    threads = [threading.Thread(target=guarded(fn)) for fn in (cards, app)]
     for t in threads:
         t.start()
     for t in threads:
