@@ -20,12 +20,11 @@ start's ACTIVE document is then stored before its relay "on" goes out, and answe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,6 +36,7 @@ from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.health import Metrics
 from chargectl.services.hub.sessions import Balances, Sessions
+from chargectl.services.hub.turns import Turns
 
 if TYPE_CHECKING:
     from chargectl.services.hub.registry import HubPlug
@@ -94,7 +94,7 @@ class Requests:
         self._created_lock = threading.Lock()  # answers are also written from the request threads
         self.sessions: Sessions | None = None  # set by the hub: starts of pushed requests are deferred
         self._in_flight: set[str] = set()  # pushed requests being handled (a redelivery waits for them)
-        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # user -> (lock, [requests waiting])
+        self._turns: Turns[str] = Turns()  # a user's requests take turns
         self._pool: ThreadPoolExecutor | None = None
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
@@ -162,19 +162,6 @@ class Requests:
             return RequestRefusal.UNKNOWN_PLUG
         return None
 
-    @contextlib.asynccontextmanager
-    async def _turn(self, user_id: str) -> AsyncIterator[None]:
-        """One decision at a time per user (the lock is dropped once nobody waits for it)."""
-        lock, waiting = self._turns.setdefault(user_id, (asyncio.Lock(), [0]))
-        waiting[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            waiting[0] -= 1
-            if waiting[0] == 0:
-                del self._turns[user_id]
-
     def _learn_balance(self, key: tuple[str, str], before: int | None, read: int) -> None:
         """Keep a balance read off the loop unless the hub changed it meanwhile (a debit or a re-read is
         at least as new as the read's start: a debit must never be undone by a stale read)."""
@@ -214,7 +201,7 @@ class Requests:
             await self.io(self.answer, rid, False, why, "")
             return
         start = req.action == codec.ChargeRequest.ACTION_START
-        async with self._turn(req.user_id):
+        async with self._turns.turn(req.user_id):
             plug = self.plugs[req.plug_mac]
             currency = self.tariff_for(plug.site_id).currency
             key = (req.user_id, currency)

@@ -37,7 +37,7 @@ import functools
 import heapq
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from chargectl.common import codec
@@ -48,6 +48,7 @@ from chargectl.services.adapters.timeseries import SessionEvent, TimeSeries
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.checkpoint import Finish
 from chargectl.services.hub.health import Metrics
+from chargectl.services.hub.turns import Turns
 from chargectl.services.payments.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -419,7 +420,7 @@ class Sessions:
         self._notes: dict[str, asyncio.Task[None]] = {}  # session -> its stop-reason note in flight
         self._finishes: set[asyncio.Task[Any]] = set()  # finish decisions, writes and retry sweeps
         self._owned: set[str] = set()  # pending finishes a task is deciding or writing (retry skips them)
-        self._turns: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}  # user key -> turn
+        self._turns: Turns[tuple[str, str]] = Turns()  # a user balance's finishes take turns
         self._sweep: asyncio.Task[None] | None = None
         self._start_of: dict[str, asyncio.Task[None]] = {}  # session -> its start document being written
 
@@ -739,19 +740,6 @@ class Sessions:
         task.add_done_callback(self._finishes.discard)
         return task
 
-    @contextlib.asynccontextmanager
-    async def _turn(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        """One finish at a time per user balance (the lock is dropped once nobody waits for it)."""
-        lock, waiting = self._turns.setdefault(key, (asyncio.Lock(), [0]))
-        waiting[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            waiting[0] -= 1
-            if waiting[0] == 0:
-                del self._turns[key]
-
     async def _finish_async(self, site_id: str, rec: m.SessionRecord) -> None:
         """A finished session, billed off the loop: the balance read on the request threads, the bill
         decided on the loop from it (never from a read older than a debit the hub applied meanwhile),
@@ -759,7 +747,7 @@ class Sessions:
         sid = rec.session_id
         key = (rec.user_id, rec.tariff.currency)
         try:
-            async with self._turn(key):
+            async with self._turns.turn(key):  # one balance: the next debit sees the one before
                 before = self.balances.known.get(key)
                 balance: int | None = None
                 with contextlib.suppress(StoreError):  # the store is down: the last known balance bounds it
