@@ -60,6 +60,17 @@ async def charge(w: World, mac: str, rid: str, user: str = "u1", seconds: float 
     return metered
 
 
+async def one_plug_charging(w: World) -> tuple[Hub, int]:
+    """Site A with one plug, u1 with 1,000.00, a serving hub, and a session charging on ``MAC`` for
+    10 minutes: the hub and the plug's meter at the start."""
+    w.add_site(A, price_per_kwh_minor=PRICE)
+    w.add_plug(MAC, A)
+    w.user("u1", 100_000)
+    hub = await serving_hub(w)
+    await w.run(30)
+    return hub, await charge(w, MAC, "r1")
+
+
 def drawn_cost(w: World, mac: str, metered: int) -> int:
     """What the plug's own meter says was drawn since ``metered``, at PRICE (3 per Wh, whole Wh here)."""
     mwh = w.plugs[mac].counter - metered
@@ -127,12 +138,7 @@ async def test_a_hung_finish_holds_neither_the_loop_nor_the_money(world: World) 
 
 
 async def test_a_refused_finish_is_retried_by_the_tick_and_billed_once(world: World) -> None:
-    world.add_site(A, price_per_kwh_minor=PRICE)
-    world.add_plug(MAC, A)
-    world.user("u1", 100_000)
-    hub = await serving_hub(world)
-    await world.run(30)
-    metered = await charge(world, MAC, "r1")
+    hub, metered = await one_plug_charging(world)
     real = world.store.finish_session
     calls = [0]
 
@@ -159,12 +165,7 @@ async def test_a_refused_finish_is_retried_by_the_tick_and_billed_once(world: Wo
 
 
 async def test_a_crash_while_the_finish_is_refused_bills_it_once_after_the_restart(world: World) -> None:
-    world.add_site(A, price_per_kwh_minor=PRICE)
-    world.add_plug(MAC, A)
-    world.user("u1", 100_000)
-    hub = await serving_hub(world)
-    await world.run(30)
-    metered = await charge(world, MAC, "r1")
+    hub, metered = await one_plug_charging(world)
     real = world.store.finish_session
 
     def down(doc: codec.ChargeSession, entry: codec.LedgerEntry | None) -> bool:
