@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from chargectl.common.errors import ConfigError
 
-__all__ = ["local_interfaces", "resolve_interfaces"]
+__all__ = ["interface_networks", "local_interfaces", "resolve_interfaces"]
 
 
 def local_interfaces() -> dict[str, list[str]]:
@@ -59,4 +59,24 @@ def resolve_interfaces(items: Iterable[str], interfaces: dict[str, list[str]] | 
         else:
             raise ConfigError(f"no interface named {text!r}; interfaces: {_describe(known)}")
         out.extend(a for a in addresses if a not in out)
+    return out
+
+
+def interface_networks(addresses: Iterable[str]) -> list[str]:
+    """The IPv4 networks (``address/prefix``) of this machine's interfaces holding ``addresses``: what
+    discovery listening on those addresses may probe (``127.0.0.0/8`` for the loopback)."""
+    try:
+        import ifaddr
+    except ImportError as exc:  # the [agent] extra brings it
+        raise ConfigError(
+            "listing interfaces needs the [agent] extra: pip install 'chargectl[agent]'"
+        ) from exc
+    wanted = set(addresses)
+    out: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and ip.ip in wanted:
+                net = str(ipaddress.ip_network(f"{ip.ip}/{ip.network_prefix}", strict=False))
+                if net not in out:
+                    out.append(net)
     return out

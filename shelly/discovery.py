@@ -8,6 +8,8 @@ the MAC from ``/shelly`` is. Some devices answer PTR only, so every name is reso
 Trust: anyone on the LAN can announce anything over mDNS. An :class:`AddressPolicy` decides which
 addresses may be probed at all (the site's own networks; never loopback, link-local or public ones
 unless configured), and a device whose ``/shelly`` MAC contradicts the MAC in its mDNS name is refused.
+The operator's ``chargectl discover`` and ``relay MAC`` use the same rule (:meth:`AddressPolicy.for_cli`):
+the networks of the interfaces named, else the connected private subnets; ``--any-address`` lifts it.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ __all__ = [
     "DiscoveredPlug",
     "PlugEvent",
     "PlugWatcher",
+    "Survey",
     "connected_networks",
     "discover_once",
     "name_matches_mac",
+    "survey",
 ]
 
 log = logging.getLogger("chargectl.shelly.discovery")
@@ -127,6 +131,24 @@ class AddressPolicy:
         except OSError:
             table = ""
         return cls((), connected_networks(table, interfaces))
+
+    @classmethod
+    def for_cli(
+        cls,
+        networks: Sequence[str] = (),
+        interface_addresses: Sequence[str] = (),
+        route_file: Path = Path("/proc/net/route"),
+    ) -> AddressPolicy:
+        """The policy for the operator's commands: ``networks`` if given; else the networks of the
+        interfaces discovery listens on (``--interface``: the loopback's for a simulator on this
+        machine); else, like an agent, the directly connected private subnets."""
+        if networks:
+            return cls(networks)
+        if interface_addresses:
+            from chargectl.common.netif import interface_networks
+
+            return cls(interface_networks(interface_addresses))
+        return cls.for_site((), (), route_file)
 
     def permits(self, host: str) -> bool:
         try:
@@ -322,7 +344,7 @@ class PlugWatcher:
         for host in addresses:
             if self.policy is not None and not self.policy.permits(host):
                 self._refuse(
-                    name, host, info.port, f"{host} is outside the site's networks ({self.policy.describe()})"
+                    name, host, info.port, f"{host} is outside the networks probed ({self.policy.describe()})"
                 )
                 continue
             try:
@@ -374,11 +396,23 @@ class PlugWatcher:
             self._emit(PlugEvent("gone", plug))
 
 
-async def discover_once(
-    timeout_s: float = 5.0, interfaces: Sequence[str] | None = None
-) -> list[DiscoveredPlug]:
-    """Listen for ``timeout_s`` seconds and return every confirmed plug, one per MAC, sorted by MAC."""
-    watcher = PlugWatcher(interfaces=interfaces, resolve_timeout_s=min(3.0, timeout_s))
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What one listening window found: the confirmed plugs (one per MAC, sorted by MAC) and the
+    announcements not adopted (``"host:port name"`` → why: outside the networks probed, or a name that
+    contradicts the device's MAC)."""
+
+    plugs: list[DiscoveredPlug]
+    refused: dict[str, str]
+
+
+async def survey(
+    timeout_s: float = 5.0,
+    interfaces: Sequence[str] | None = None,
+    policy: AddressPolicy | None = None,
+) -> Survey:
+    """Listen for ``timeout_s`` seconds; probe only what ``policy`` permits (``None``: any address)."""
+    watcher = PlugWatcher(interfaces=interfaces, resolve_timeout_s=min(3.0, timeout_s), policy=policy)
     await watcher.start()
     try:
         await asyncio.sleep(timeout_s)
@@ -386,6 +420,15 @@ async def discover_once(
         pending = list(watcher._tasks)
         if pending:
             await asyncio.wait(pending, timeout=min(2.0, timeout_s))
-        return sorted(watcher.plugs.values(), key=lambda p: p.mac)
+        return Survey(sorted(watcher.plugs.values(), key=lambda p: p.mac), dict(watcher.refused))
     finally:
         await watcher.stop()
+
+
+async def discover_once(
+    timeout_s: float = 5.0,
+    interfaces: Sequence[str] | None = None,
+    policy: AddressPolicy | None = None,
+) -> list[DiscoveredPlug]:
+    """Listen for ``timeout_s`` seconds and return every confirmed plug, one per MAC, sorted by MAC."""
+    return (await survey(timeout_s, interfaces, policy)).plugs

@@ -7,9 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from chargectl.cli.commands.discover import AnyAddress, Network, probe_policy
+
 if TYPE_CHECKING:
     from chargectl.common.readings import Reading
     from chargectl.shelly.client import ShellyClient
+    from chargectl.shelly.discovery import AddressPolicy
 
 __all__ = ["register"]
 
@@ -48,17 +51,32 @@ def parse_target(target: str) -> tuple[str | None, str | None, int]:
 
 
 async def _open(
-    target: str, password: str | None, user: str | None, timeout: float, interface: list[str] | None
+    target: str,
+    password: str | None,
+    user: str | None,
+    timeout: float,
+    interface: list[str] | None,
+    policy: AddressPolicy | None = None,
 ) -> ShellyClient:
     from chargectl.common.errors import DeviceUnreachableError
     from chargectl.shelly.client import ShellyClient
-    from chargectl.shelly.discovery import discover_once
+    from chargectl.shelly.discovery import survey
 
     mac, host, port = parse_target(target)
     if mac is not None:
-        found = [p for p in await discover_once(timeout, interface or None) if p.mac == mac]
+        result = await survey(timeout, interface or None, policy)
+        found = [p for p in result.plugs if p.mac == mac]
         if not found:
-            raise DeviceUnreachableError(f"plug {mac} was not found by mDNS within {timeout:g} s")
+            refused = {
+                where.split(" ", 1)[0]: why
+                for where, why in result.refused.items()
+                if mac[-6:].lower() in where.lower()
+            }
+            hint = "".join(
+                f"; announced at {where}, not adopted: {why}" for where, why in sorted(refused.items())
+            )
+            hint += " (give its address as host:port)" if refused else ""
+            raise DeviceUnreachableError(f"plug {mac} was not found by mDNS within {timeout:g} s{hint}")
         host, port = found[0].host, found[0].port
     assert host is not None
     return await ShellyClient.connect(host, port, password=password, user=user, timeout_s=timeout, mac=mac)
@@ -108,11 +126,15 @@ def _run(
     password: str | None,
     timeout: float,
     interface: list[str] | None,
+    network: list[str] | None = None,
+    any_address: bool = False,
 ) -> None:
     import asyncio
 
+    policy = probe_policy(network, interface, any_address) if parse_target(target)[0] is not None else None
+
     async def go() -> tuple[dict[str, Any], str]:
-        client = await _open(target, password, user, timeout, interface)
+        client = await _open(target, password, user, timeout, interface, policy)
         async with client:
             note = ""
             if action in ("on", "off"):
@@ -142,9 +164,11 @@ def register(app: typer.Typer) -> None:
         password: Password = None,
         timeout: Timeout = 5.0,
         interface: Interface = None,
+        network: Network = None,
+        any_address: AnyAddress = False,
     ) -> None:
         """Switch the relay on (optionally arming the plug's own flip-back timer)."""
-        _run("on", target, auto_off, as_json, user, password, timeout, interface)
+        _run("on", target, auto_off, as_json, user, password, timeout, interface, network, any_address)
 
     @group.command("off")
     def off(
@@ -158,9 +182,11 @@ def register(app: typer.Typer) -> None:
         password: Password = None,
         timeout: Timeout = 5.0,
         interface: Interface = None,
+        network: Network = None,
+        any_address: AnyAddress = False,
     ) -> None:
         """Switch the relay off."""
-        _run("off", target, auto_off, as_json, user, password, timeout, interface)
+        _run("off", target, auto_off, as_json, user, password, timeout, interface, network, any_address)
 
     @group.command("toggle")
     def toggle(
@@ -170,9 +196,11 @@ def register(app: typer.Typer) -> None:
         password: Password = None,
         timeout: Timeout = 5.0,
         interface: Interface = None,
+        network: Network = None,
+        any_address: AnyAddress = False,
     ) -> None:
         """Flip the relay."""
-        _run("toggle", target, None, as_json, user, password, timeout, interface)
+        _run("toggle", target, None, as_json, user, password, timeout, interface, network, any_address)
 
     @group.command("status")
     def status(
@@ -182,8 +210,10 @@ def register(app: typer.Typer) -> None:
         password: Password = None,
         timeout: Timeout = 5.0,
         interface: Interface = None,
+        network: Network = None,
+        any_address: AnyAddress = False,
     ) -> None:
         """Show relay state, power, energy counter, voltage, temperature and protection errors."""
-        _run("status", target, None, as_json, user, password, timeout, interface)
+        _run("status", target, None, as_json, user, password, timeout, interface, network, any_address)
 
     app.add_typer(group, name="relay")
