@@ -35,6 +35,7 @@ from chargectl.services.console.app import mount_console
 from chargectl.services.console.settings import ConsoleSettings, require_token_off_loopback
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.hub.stops import StopJournal, stop_journal_path
 from chargectl.services.trust import CommandSigner, command_keyring
 from chargectl.services.wiring import open_store, open_timeseries
 
@@ -124,8 +125,11 @@ class AllInOne:
         local = self.provision()
         now_ms = int(self.clock.now() * 1000)
         signer = CommandSigner(local.secrets)
+        stops = StopJournal(stop_journal_path(self.config.state_dir, self.hub_settings.shard))
         self.hub = Hub(
-            self.hub_settings, HubPorts(self.bus, self.store, self.timeseries, signer.key_for), self.clock
+            self.hub_settings,
+            HubPorts(self.bus, self.store, self.timeseries, signer.key_for, stops=stops),
+            self.clock,
         )
         if self.settings.health:
             mount_console(self.hub, self.console_settings, self.hub_settings.health_host)

@@ -14,6 +14,7 @@ from chargectl.services.console.settings import ConsoleSettings, require_token_o
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.sessions import TopupCheck
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.hub.stops import StopJournal, stop_journal_path
 from chargectl.services.trust import CommandSigner
 from chargectl.services.wiring import open_store, open_timeseries
 
@@ -57,6 +58,7 @@ def build_cloud_hub(config: Config, clock: Clock | None = None, stripe_api_key: 
         store=open_store(config),
         timeseries=open_timeseries(config),
         command_keys=signer.key_for,
+        stops=StopJournal(stop_journal_path(config.state_dir, settings.shard)),
     )
     hub = Hub(settings, ports, clock)
     hub.ports.topup = autotopup_port(config, ports.store, hub.clock, hub.alerts, stripe_api_key)

@@ -74,6 +74,7 @@ from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry
 from chargectl.services.hub.requests import Requests
 from chargectl.services.hub.sessions import Balances, Sessions, TopupCheck
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.hub.stops import StopJournal
 from chargectl.services.hub.timers import TimerWheel
 from chargectl.services.payments.ledger import Ledger
 from chargectl.services.trust import TelemetryKeys, telemetry_keyring
@@ -115,6 +116,7 @@ class HubPorts:
     command_keys: CommandKeys
     telemetry_keys: TelemetryKeys = telemetry_keyring  # the sites' agent keys valid at a time
     topup: TopupCheck | None = None  # the auto top-up check after a debit (payments), when configured
+    stops: StopJournal | None = None  # the local stop journal (services/hub/stops.py), when given a disk
 
 
 class Hub:
@@ -183,6 +185,7 @@ class Hub:
         )
         self.requests.sessions = self.sessions  # pushed requests' starts: stored off the loop, then "on"
         self.sessions.io = self.requests.io
+        self.sessions.stops = ports.stops
         self.commands.holds = self.sessions.unstored
         self._pushed: set[asyncio.Task[None]] = set()  # pushed requests being handled
         self._topups: set[asyncio.Task[None]] = set()
@@ -313,6 +316,8 @@ class Hub:
         if self._started:
             self.checkpoint()
         self.ports.timeseries.flush(timeout_s=5)
+        if self.ports.stops is not None:
+            self.ports.stops.close()
         if self._health is not None:
             await self._health.stop()
         self._started = False
@@ -742,6 +747,8 @@ class Hub:
         """Time passes for every machine; flush mirrors; refresh trust/balances; checkpoint when due."""
         self.refresh_trust()
         self.sessions.retry()
+        if self.ports.stops is not None:
+            self.ports.stops.sync()  # the stops journalled since the last tick survive a power cut
         self._refresh_balances()
         self._share_balances()
         for plug in self.timers.due(self.plugs, self._now_ms()):  # only the machines with a timer due
@@ -974,17 +981,19 @@ class Hub:
     def _reconcile(self) -> None:
         """Align the checkpoint with sessions the store knows (started, finished or debited after it)."""
         active = {s.session_id: s for s in self.store.list_sessions(active_only=True, limit=100_000)}
+        journal = self.ports.stops
         for plug in self.plugs.values():
             sess = plug.state.session
             if sess is None:
                 continue
             doc = self.store.get_session(sess.session_id)
-            if doc is not None and (
-                doc.status == codec.ChargeSession.STATUS_COMPLETED
-                or (doc.stop_reason and plug.state.status is not m.Status.FINISHING)
+            stopped = (doc is not None and doc.stop_reason) or (journal and journal.reason(sess.session_id))
+            if (doc is not None and doc.status == codec.ChargeSession.STATUS_COMPLETED) or (
+                stopped and plug.state.status is not m.Status.FINISHING
             ):
-                # Finished (and billed), or its finish had begun, after the checkpoint: close it (no second
-                # debit) and switch off; never resume it.
+                # Finished (and billed), or its finish had begun, after the checkpoint (the store's note,
+                # or this hub's own journal when the store was down then): close it (no second debit)
+                # and switch off; never resume it.
                 self._apply(plug, m.StopRequest(sess.user_id, sess.session_id, "", remote=True))
             active.pop(sess.session_id, None)
         for doc in list(active.values()):
@@ -1003,6 +1012,11 @@ class Hub:
             log.info("resuming %d session(s) started after the last checkpoint", len(self._recover))
             for mac in list(self._recover):
                 self._try_recover(mac)
+        if journal is not None:  # entries of sessions closed meanwhile (e.g. finished just before a kill)
+            live = {p.state.session.session_id for p in self.plugs.values() if p.state.session is not None}
+            journal.keep_only(
+                live | set(self.sessions.pending) | {d.session_id for d in self._recover.values()}
+            )
 
     def _try_recover(self, mac: str) -> None:
         """Resume a session the store has ACTIVE but the checkpoint predates (billed from its start counter)."""
@@ -1026,7 +1040,9 @@ class Hub:
             doc.request_id,
             start_counter_mwh=doc.start_counter_mwh,
             started_at_ms=doc.started_at_ms,
-            stop_reason=doc.stop_reason,  # its finish had begun: resumed into FINISHING, relay off
+            # its finish had begun (the store's note, or this hub's journal): resumed into FINISHING, relay off
+            stop_reason=doc.stop_reason
+            or (self.ports.stops.reason(doc.session_id) if self.ports.stops else ""),
         )
         effects = self._apply(plug, event)
         if any(isinstance(fx, m.SessionStarted) for fx in effects):
@@ -1059,6 +1075,13 @@ class Hub:
             lambda: {(): float(self.ports.timeseries.stats().pending)},
             "Time-series points waiting to be written",
         )
+        stops = self.ports.stops
+        if stops is not None:
+            self.metrics.gauge_probe(
+                "stop_journal_errors",
+                lambda: {(): float(stops.errors)},
+                "Stop-journal appends or syncs the local disk refused",
+            )
         instrument_hub(self.metrics, self.alerts, self.clock.monotonic, lambda: self._last_checkpoint)
 
     # ------------------------------------------------------------------ operator helpers

@@ -48,6 +48,7 @@ from chargectl.services.adapters.timeseries import SessionEvent, TimeSeries
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.checkpoint import Finish
 from chargectl.services.hub.health import Metrics
+from chargectl.services.hub.stops import StopJournal
 from chargectl.services.hub.turns import Turns
 from chargectl.services.payments.ledger import Ledger
 
@@ -423,6 +424,7 @@ class Sessions:
         self._turns: Turns[tuple[str, str]] = Turns()  # a user balance's finishes take turns
         self._sweep: asyncio.Task[None] | None = None
         self._start_of: dict[str, asyncio.Task[None]] = {}  # session -> its start document being written
+        self.stops: StopJournal | None = None  # the hub's local stop journal (services/hub/stops.py)
 
     def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
         if self.defer_starts and fx.request_id:
@@ -566,6 +568,8 @@ class Sessions:
         sess = plug.state.session
         if sess is None or not sess.stop_reason:
             return
+        if self.stops is not None:  # on local disk first: the store may be down, and the hub killed next
+            self.stops.record(sess.session_id, str(sess.stop_reason))
         if sess.session_id in self.unstored:  # its start document is being written: it carries this
             self._stopping[sess.session_id] = str(sess.stop_reason)
             return
@@ -714,6 +718,8 @@ class Sessions:
     def _written(self, session_id: str, entry: codec.LedgerEntry | None, written: bool) -> None:
         """A finish transaction came back (on the loop): the finish is no longer pending."""
         self.pending.pop(session_id, None)
+        if self.stops is not None:
+            self.stops.done(session_id)
         if not written:
             log.info("session %s was already completed and billed; not billing again", session_id)
         elif entry is not None:

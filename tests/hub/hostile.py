@@ -19,6 +19,7 @@ from chargectl.services.adapters.sqlite_store import SqliteStore
 from chargectl.services.adapters.sqlite_timeseries import SqliteTimeSeries
 from chargectl.services.hub.service import Hub, HubPorts
 from chargectl.services.hub.settings import HubSettings
+from chargectl.services.hub.stops import StopJournal
 from chargectl.services.payments.ledger import Ledger
 
 START = 1_767_225_600.0
@@ -64,6 +65,7 @@ class World:
         self.hub: Hub | None = None
         self.dead: list[BusMessage] = []
         self.ts_path = tmp / "ts.db"
+        self.stops_path = tmp / "hub-stops.log"  # the hub's local stop journal, as the services wire it
 
     # ---------------------------------------------------------------- set-up
 
@@ -114,7 +116,13 @@ class World:
         ts = SqliteTimeSeries(self.ts_path)
         self.hub = Hub(
             self.settings,
-            HubPorts(self.bus, self.store, ts, lambda site, now_ms: keys[site.site_id]),
+            HubPorts(
+                self.bus,
+                self.store,
+                ts,
+                lambda site, now_ms: keys[site.site_id],
+                stops=StopJournal(self.stops_path),
+            ),
             self.clock,
         )
         await self.hub.start()
