@@ -457,6 +457,8 @@ class Sessions:
         # The stop path off the loop (the serving hub sets defer_finishes; see the module docstring).
         self.defer_finishes = False
         self._notes: dict[str, asyncio.Task[None]] = {}  # session -> its stop-reason note in flight
+        self._note_backoff: set[str] = set()  # notes waiting to retry after the store refused them
+        self._closing = False  # the hub is stopping: refused notes are not retried (stop_notes)
         self._finishes: set[asyncio.Task[Any]] = set()  # finish decisions, writes and retry sweeps
         self._owned: set[str] = set()  # pending finishes a task is deciding or writing (retry skips them)
         self._turns: Turns[tuple[str, str]] = Turns()  # a user balance's finishes take turns
@@ -632,13 +634,28 @@ class Sessions:
                 await self.io(self._note_stop, session_id, reason)
                 return
             except StoreError as exc:
-                if session_id in self.pending:
+                if session_id in self.pending or self._closing:
                     return
                 log.warning("session %s: its stop reason not written yet (%s); retrying", session_id, exc)
-            await asyncio.sleep(delay_s)
+            self._note_backoff.add(session_id)
+            try:
+                await asyncio.sleep(delay_s)
+            finally:
+                self._note_backoff.discard(session_id)
             delay_s = min(delay_s * 2, 5.0)
-            if session_id in self.pending:
+            if session_id in self.pending or self._closing:
                 return
+
+    def stop_notes(self) -> None:
+        """The hub is stopping: a stop-reason note the store keeps refusing is not retried any more (the
+        stop could otherwise wait the whole ``finishes_done`` bound for it). The session's stop reason is
+        in the machine's state, which the stopping hub's last checkpoint holds; the note only speaks to a
+        restart from an older checkpoint. A note whose write is in flight still completes."""
+        self._closing = True
+        for sid in list(self._note_backoff):
+            task = self._notes.get(sid)
+            if task is not None:
+                task.cancel()
 
     def finished(self, plug: HubPlug, rec: m.SessionRecord) -> None:
         """Bill a finished session (see the module docstring)."""
