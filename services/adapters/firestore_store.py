@@ -8,6 +8,11 @@ contended on one document. ``FIRESTORE_EMULATOR_HOST`` is honoured by the client
 Collections (under an optional ``prefix``): ``users``, ``ledger``, ``charge_requests``, ``sessions``,
 ``plug_states``, ``sites``, ``processed_events``, ``checkpoints`` (chunked: a document is at most 1 MiB),
 ``unmatched_payments`` and ``topup_states`` (payments; written in transactions where money moves).
+
+Calls made at once from several threads (a burst of starts on the hub's request threads) are grouped
+(:class:`~chargectl.services.adapters.group_commit.GroupCommit`): session creates into one batched commit,
+account reads into one ``get_all``, per-user ledger queries into one ``in`` query. The first calls go at
+once; those that arrive while four groups are in flight go together in the next.
 """
 
 from __future__ import annotations
@@ -118,7 +123,7 @@ class FirestoreStore:
 
     # users
     def get_user(self, user_id: str) -> UserAccount | None:
-        """Grouped: the reads other threads make while one is in flight go as one ``get_all``."""
+        """Grouped (module docstring): reads made at once go as one ``get_all``."""
         if not user_id:
             return None
         return self._user_reads.call(user_id)
@@ -187,8 +192,8 @@ class FirestoreStore:
         return self._get(LedgerEntry, "ledger", entry_id)
 
     def ledger_entries(self, user_id: str | None = None) -> list[LedgerEntry]:
-        """One user's entries are grouped: the queries other threads make while one is in flight go as
-        one query with an "in" filter on the users (a balance read per start, a burst of starts)."""
+        """One user's entries are grouped (module docstring): queries made at once go as one query with
+        an "in" filter on their users (a balance read per start, a burst of starts)."""
         if user_id is None:
             rows = self._query(LedgerEntry, lambda c: c, "ledger")
             return sorted(rows, key=lambda e: (e.created_at_ms, e.entry_id))
@@ -295,9 +300,8 @@ class FirestoreStore:
         self._put("sessions", session.session_id, session)
 
     def create_session(self, session: ChargeSession) -> bool:
-        """Create-if-absent, grouped: the creates other threads make while one is in flight go together
-        as one batched commit (one round trip, not one each: the emulator answers a burst of single
-        creates one after another). A batch is all-or-nothing, so one that fails because a document
+        """Create-if-absent, grouped (module docstring): creates made at once go as one batched commit
+        (one round trip, not one each: the emulator answers a burst of single creates one after another). A batch is all-or-nothing, so one that fails because a document
         exists is redone one create at a time (each its own answer); any other failure is each
         caller's error, as a single create's would be."""
         if not session.session_id:

@@ -56,7 +56,7 @@ def burst(group: GroupCommit[str, str], store: Store, items: list[str]) -> dict[
 
 def test_callers_during_a_group_in_flight_go_together_each_with_its_own_answer() -> None:
     store = Store()
-    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=100)
+    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=100, lanes=1)
     items = [f"s{i}" for i in range(12)]
     futures = burst(group, store, items)
     assert {i: f.result(WAIT_S) for i, f in futures.items()} == {i: f"stored {i}" for i in items}
@@ -68,7 +68,7 @@ def test_callers_during_a_group_in_flight_go_together_each_with_its_own_answer()
 def test_a_refused_item_fails_only_its_own_caller() -> None:
     store = Store()
     store.down = {"s3"}
-    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=100)
+    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=100, lanes=1)
     futures = burst(group, store, [f"s{i}" for i in range(6)])
     with pytest.raises(StoreError, match="s3 refused"):
         futures["s3"].result(WAIT_S)
@@ -79,7 +79,7 @@ def test_a_refused_item_fails_only_its_own_caller() -> None:
 
 def test_a_group_that_raises_fails_every_caller_in_it_and_hangs_none() -> None:
     store = Store()
-    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=100)
+    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=100, lanes=1)
     store.bug = True
     futures = burst(group, store, [f"s{i}" for i in range(5)])
     for f in futures.values():
@@ -91,7 +91,7 @@ def test_a_group_that_raises_fails_every_caller_in_it_and_hangs_none() -> None:
 
 def test_a_group_never_holds_more_than_max_items() -> None:
     store = Store()
-    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=4)
+    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=4, lanes=1)
     items = [f"s{i}" for i in range(11)]
     futures = burst(group, store, items)
     assert {i: f.result(WAIT_S) for i, f in futures.items()} == {i: f"stored {i}" for i in items}
@@ -107,3 +107,25 @@ def test_a_wrong_count_of_answers_fails_the_group_instead_of_misattributing() ->
         bad.call("a")
     with pytest.raises(ValueError):
         GroupCommit(lambda items: [], max_items=0)
+    with pytest.raises(ValueError):
+        GroupCommit(lambda items: [], max_items=1, lanes=0)
+
+
+def test_a_hung_call_holds_up_no_caller_while_a_lane_is_free() -> None:
+    # The store hangs on the first call: with two lanes, the calls after it still go (together, on the
+    # other lane) and are answered while it hangs; it is answered once the store lets go.
+    store = Store()
+    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=100, lanes=2)
+    pool = ThreadPoolExecutor(8)
+    hung = pool.submit(group.call, "hung")
+    assert store.first_in.wait(WAIT_S)
+    assert group.call("next") == "stored next"  # the free lane, at once
+    later = [pool.submit(group.call, f"s{i}") for i in range(5)]
+    assert [f.result(WAIT_S) for f in later] == [f"stored s{i}" for i in range(5)]
+    assert not hung.done()
+    store.release.set()
+    assert hung.result(WAIT_S) == "stored hung"
+    assert sorted(i for g in store.groups for i in g) == sorted(
+        ["hung", "next", *(f"s{i}" for i in range(5))]
+    )
+    pool.shutdown()
