@@ -301,9 +301,10 @@ class FirestoreStore:
 
     def create_session(self, session: ChargeSession) -> bool:
         """Create-if-absent, grouped (module docstring): creates made at once go as one batched commit
-        (one round trip, not one each: the emulator answers a burst of single creates one after another). A batch is all-or-nothing, so one that fails because a document
-        exists is redone one create at a time (each its own answer); any other failure is each
-        caller's error, as a single create's would be."""
+        (one round trip, not one each: the emulator answers a burst of single creates one after
+        another). A batch is all-or-nothing, so one that fails because a document exists is redone one
+        create at a time (each its own answer); any other failure is each caller's error, as a single
+        create's would be."""
         if not session.session_id:
             raise StoreError("a ChargeSession needs an id to be stored")
         return self._session_creates.call(session)
