@@ -424,3 +424,41 @@ def test_firestore_burst_of_creates_whose_commit_fails_stores_nothing_and_fails_
         assert store._create_sessions(late) == [False, True]
     finally:
         store.close()
+
+
+@pytest.mark.integration
+def test_firestore_grouped_commit_applied_but_its_answer_lost_reads_as_stored_on_the_retry(
+    firestore_env: object,
+) -> None:
+    """The store commits the burst's documents, then the answer is lost (deadline). Each caller gets a
+    StoreError (its relay stays off); the retry finds its document: ``create_session`` says False and the
+    document is the one the hub wrote, so the hub's check (same user, ACTIVE) lets its relay go on once,
+    never a second session."""
+    from google.api_core import exceptions as gexc
+
+    from chargectl.services.adapters.firestore_store import FirestoreStore
+
+    store = FirestoreStore(project=f"test-{uuid.uuid4().hex[:10]}")
+    real_batch = store.client.batch
+
+    class LosingBatch:
+        def __init__(self) -> None:
+            self._batch = real_batch()
+
+        def create(self, ref: object, data: object) -> None:
+            self._batch.create(ref, data)
+
+        def commit(self) -> object:
+            self._batch.commit()
+            raise gexc.DeadlineExceeded("the answer was lost")
+
+    store.client.batch = LosingBatch  # type: ignore[method-assign]
+    try:
+        docs = [_session(f"sess-{i}", user=f"u{i}") for i in range(4)]
+        assert [type(r) for r in store._create_sessions(docs)] == [StoreError] * 4
+        for doc in docs:
+            assert store.create_session(doc) is False
+            assert store.get_session(doc.session_id) == doc
+        assert len(store.list_sessions(limit=10)) == 4
+    finally:
+        store.close()
