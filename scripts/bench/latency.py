@@ -147,6 +147,11 @@ class Trace:
             for k, v in spans.items()
             if v
         }
+        for stage in ("stored", "published"):
+            # The hub's own part, from the request's writing: its document stored, its "on" published.
+            upto = [s[stage] for s in samples if stage in s]
+            if upto:
+                out[f"to_{stage}_s"] = {"p50": statistics.median(upto), "p99": _percentile(upto, 0.99)}
         received = [s["received"] for s in samples if "received" in s]
         if received:
             # Where the clock stopped before the agent stamped its outcomes once the plug had answered

@@ -8,6 +8,11 @@ contended on one document. ``FIRESTORE_EMULATOR_HOST`` is honoured by the client
 Collections (under an optional ``prefix``): ``users``, ``ledger``, ``charge_requests``, ``sessions``,
 ``plug_states``, ``sites``, ``processed_events``, ``checkpoints`` (chunked: a document is at most 1 MiB),
 ``unmatched_payments`` and ``topup_states`` (payments; written in transactions where money moves).
+
+Calls made at once from several threads (a burst of starts on the hub's request threads) are grouped
+(:class:`~chargectl.services.adapters.group_commit.GroupCommit`): session creates into one batched commit,
+account reads into one ``get_all``, per-user ledger queries into one ``in`` query. The first calls go at
+once; those that arrive while four groups are in flight go together in the next.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from chargectl.common.codec import (
     to_document,
 )
 from chargectl.common.errors import StoreError
+from chargectl.services.adapters.group_commit import GroupCommit
 from chargectl.services.adapters.store import AutoTopupState, UnmatchedPayment, check_event
 
 __all__ = ["FirestoreStore"]
@@ -38,6 +44,8 @@ __all__ = ["FirestoreStore"]
 M = TypeVar("M", bound=Message)
 _CHUNK = 900_000  # bytes of checkpoint per document, under Firestore's 1 MiB document limit
 _PENDING = ("STATUS_PENDING", "STATUS_UNSPECIFIED")
+_GROUP_MAX = 200  # session creates per commit (Firestore takes at most 500 writes in one), reads per get_all
+_IN_MAX = 30  # values in one "in" filter (Firestore's limit)
 
 
 class FirestoreStore:
@@ -54,6 +62,13 @@ class FirestoreStore:
         except Exception as exc:
             raise StoreError(f"cannot open Firestore project {project!r}: {exc}") from exc
         self._prefix = prefix
+        # Session creates made at once (a burst of starts) share one commit: see create_session.
+        self._session_creates: GroupCommit[ChargeSession, bool] = GroupCommit(
+            self._create_sessions, _GROUP_MAX
+        )
+        # Likewise the account reads (one get_all) and the per-user ledger queries (one "in" query).
+        self._user_reads: GroupCommit[str, UserAccount | None] = GroupCommit(self._get_users, _GROUP_MAX)
+        self._ledger_reads: GroupCommit[str, list[LedgerEntry]] = GroupCommit(self._ledgers_of, _IN_MAX)
 
     @property
     def client(self) -> Any:
@@ -108,7 +123,28 @@ class FirestoreStore:
 
     # users
     def get_user(self, user_id: str) -> UserAccount | None:
-        return self._get(UserAccount, "users", user_id)
+        """Grouped (module docstring): reads made at once go as one ``get_all``."""
+        if not user_id:
+            return None
+        return self._user_reads.call(user_id)
+
+    def _get_users(self, user_ids: Sequence[str]) -> list[UserAccount | BaseException | None]:
+        if len(user_ids) == 1:
+            try:
+                return [self._get(UserAccount, "users", user_ids[0])]
+            except StoreError as exc:
+                return [exc]
+        refs = [self._col("users").document(uid) for uid in dict.fromkeys(user_ids)]
+        try:
+            with self._errors(f"read of {len(refs)} users"):
+                found = {
+                    snap.id: from_document(UserAccount, snap.to_dict() or {})
+                    for snap in self._db.get_all(refs)
+                    if snap.exists
+                }
+        except StoreError as exc:
+            return [StoreError(str(exc)) for _ in user_ids]  # each caller raises its own
+        return [found.get(uid) for uid in user_ids]
 
     def put_user(self, user: UserAccount) -> None:
         self._put("users", user.user_id, user)
@@ -156,13 +192,28 @@ class FirestoreStore:
         return self._get(LedgerEntry, "ledger", entry_id)
 
     def ledger_entries(self, user_id: str | None = None) -> list[LedgerEntry]:
+        """One user's entries are grouped (module docstring): queries made at once go as one query with
+        an "in" filter on their users (a balance read per start, a burst of starts)."""
         if user_id is None:
             rows = self._query(LedgerEntry, lambda c: c, "ledger")
-        else:
+            return sorted(rows, key=lambda e: (e.created_at_ms, e.entry_id))
+        return self._ledger_reads.call(user_id)
+
+    def _ledgers_of(self, user_ids: Sequence[str]) -> list[list[LedgerEntry] | BaseException]:
+        users = list(dict.fromkeys(user_ids))
+        op, value = ("==", users[0]) if len(users) == 1 else ("in", users)
+        try:
             rows = self._query(
-                LedgerEntry, lambda c: c.where(filter=self._where("user_id", "==", user_id)), "ledger"
+                LedgerEntry, lambda c: c.where(filter=self._where("user_id", op, value)), "ledger"
             )
-        return sorted(rows, key=lambda e: (e.created_at_ms, e.entry_id))
+        except StoreError as exc:
+            return [StoreError(str(exc)) for _ in user_ids]  # each caller raises its own
+        rows.sort(key=lambda e: (e.created_at_ms, e.entry_id))
+        by_user: dict[str, list[LedgerEntry]] = {u: [] for u in users}
+        for row in rows:
+            if row.user_id in by_user:
+                by_user[row.user_id].append(row)
+        return [list(by_user[u]) for u in user_ids]
 
     def ledger_by_reference(self, references: Sequence[str]) -> list[LedgerEntry]:
         refs = sorted({r for r in references if r})
@@ -249,9 +300,40 @@ class FirestoreStore:
         self._put("sessions", session.session_id, session)
 
     def create_session(self, session: ChargeSession) -> bool:
+        """Create-if-absent, grouped (module docstring): creates made at once go as one batched commit
+        (one round trip, not one each: the emulator answers a burst of single creates one after
+        another). A batch is all-or-nothing, so one that fails because a document exists is redone one
+        create at a time (each its own answer); any other failure is each caller's error, as a single
+        create's would be."""
         if not session.session_id:
             raise StoreError("a ChargeSession needs an id to be stored")
-        return self._create("sessions", session.session_id, to_document(session))
+        return self._session_creates.call(session)
+
+    def _create_sessions(self, docs: Sequence[ChargeSession]) -> list[bool | BaseException]:
+        from google.api_core import exceptions as gexc
+
+        ids = [d.session_id for d in docs]
+        if len(docs) > 1 and len(set(ids)) == len(ids):
+            batch = self._db.batch()
+            for doc in docs:
+                batch.create(self._col("sessions").document(doc.session_id), to_document(doc))
+            try:
+                with self._errors(f"create of {len(docs)} sessions"):
+                    try:
+                        batch.commit()
+                    except gexc.AlreadyExists:
+                        pass  # one of them exists: nothing was written; each on its own below
+                    else:
+                        return [True] * len(docs)
+            except StoreError as exc:
+                return [StoreError(str(exc)) for _ in docs]  # each caller raises its own
+        out: list[bool | BaseException] = []
+        for doc in docs:
+            try:
+                out.append(self._create("sessions", doc.session_id, to_document(doc)))
+            except StoreError as exc:
+                out.append(exc)
+        return out
 
     def get_session(self, session_id: str) -> ChargeSession | None:
         return self._get(ChargeSession, "sessions", session_id)

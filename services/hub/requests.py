@@ -20,6 +20,7 @@ start's ACTIVE document is then stored before its relay "on" goes out, and answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -208,9 +209,10 @@ class Requests:
             before = self.balances.known.get(key)
             user = self.io(self.store.get_user, req.user_id)
             if start:
-                account, balance = await asyncio.gather(
-                    user, self.io(self.balances.ledger.balance, req.user_id, currency)
-                )
+                with self._urgent():
+                    account, balance = await asyncio.gather(
+                        user, self.io(self.balances.ledger.balance, req.user_id, currency)
+                    )
                 self._learn_balance(key, before, balance)
             else:
                 account = await user
@@ -226,6 +228,10 @@ class Requests:
             await self.io(self.answer, rid, True, "", session_id)
         elif not effects:
             await self.io(self.answer, rid, False, RequestRefusal.DUPLICATE_REQUEST, session_id)
+
+    def _urgent(self) -> contextlib.AbstractContextManager[None]:
+        """A start's reads are on the way to its relay "on" (answers wait for them: ``Sessions.urgent``)."""
+        return self.sessions.urgent.busy() if self.sessions is not None else contextlib.nullcontext()
 
     def _decide(
         self, req: codec.ChargeRequest, plug: HubPlug, deferred: bool

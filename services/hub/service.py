@@ -305,6 +305,7 @@ class Hub:
         if self._pushed:
             await asyncio.wait(set(self._pushed), timeout=30.0)
         await self.sessions.starts_done(timeout_s=30.0)
+        self.sessions.stop_notes()  # a refused stop-reason note must not hold the stop (see there)
         await self.sessions.finishes_done(timeout_s=30.0)
         self.sessions.defer_finishes = False  # a finish still pending is in the last checkpoint
         await self.balance_reads_done(timeout_s=30.0)

@@ -37,7 +37,7 @@ import functools
 import heapq
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from chargectl.common import codec
@@ -62,6 +62,7 @@ log = logging.getLogger("chargectl.hub")
 Answer = Callable[[str, bool, str, str], None]  # request id, accepted, reason, session id
 TopupCheck = Callable[[str], str]  # user id -> what happened (AutoTopup.check_user), run off the loop
 Io = Callable[..., Awaitable[Any]]  # run a blocking store call off the event loop: io(fn, *args)
+ANSWER_WAIT_S = 1.0  # how long a started request's answer waits for the burst's starts to be stored
 
 
 async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -384,6 +385,44 @@ class Balances:
         self._touched.add(key)
 
 
+class Urgent:
+    """The store calls on the way to a relay "on" in flight (a pushed start's account and balance reads,
+    its ACTIVE document). The answers of started requests are written once none is, or after
+    ``max_wait_s`` at the latest: a burst's reads and creates must not queue at the store behind the
+    answers of its first starts (the Firestore emulator, with the request listener on, answers writes one
+    after another). Used on the event loop only."""
+
+    def __init__(self, max_wait_s: float = ANSWER_WAIT_S) -> None:
+        self.max_wait_s = max_wait_s
+        self.count = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                waiters, self._waiters = self._waiters, []
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+
+    async def quiet(self) -> None:
+        """Return once nothing urgent is in flight, or after ``max_wait_s``."""
+        if self.count == 0:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self.max_wait_s)
+        except TimeoutError:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+
 class Sessions:
     def __init__(
         self,
@@ -419,12 +458,15 @@ class Sessions:
         # The stop path off the loop (the serving hub sets defer_finishes; see the module docstring).
         self.defer_finishes = False
         self._notes: dict[str, asyncio.Task[None]] = {}  # session -> its stop-reason note in flight
+        self._note_backoff: set[str] = set()  # notes waiting to retry after the store refused them
+        self._closing = False  # the hub is stopping: refused notes are not retried (stop_notes)
         self._finishes: set[asyncio.Task[Any]] = set()  # finish decisions, writes and retry sweeps
         self._owned: set[str] = set()  # pending finishes a task is deciding or writing (retry skips them)
         self._turns: Turns[tuple[str, str]] = Turns()  # a user balance's finishes take turns
         self._sweep: asyncio.Task[None] | None = None
         self._start_of: dict[str, asyncio.Task[None]] = {}  # session -> its start document being written
         self.stops: StopJournal | None = None  # the hub's local stop journal (services/hub/stops.py)
+        self.urgent = Urgent()  # store calls on the way to a relay "on" (Requests counts its reads here)
 
     def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
         if self.defer_starts and fx.request_id:
@@ -482,7 +524,8 @@ class Sessions:
             # A finish begun meanwhile goes into the document, so a restart closes the session.
             doc.stop_reason = self._stopping.get(sid, "")
             try:
-                stored = await self.io(self._create_start, doc)
+                with self.urgent.busy():
+                    stored = await self.io(self._create_start, doc)
             except StoreError as exc:
                 # The relay stays off meanwhile; the session's finish (if it comes first) releases it.
                 log.warning("session %s not stored yet (%s); retrying", sid, exc)
@@ -498,6 +541,7 @@ class Sessions:
                 await self.io(self._note_stop, sid, late)
             except StoreError as exc:
                 log.warning("session %s: its stop reason not written (%s)", sid, exc)
+        await self.urgent.quiet()  # the answer is not on the way to any relay: after the burst's starts
         await self.io(self.answer, request_id, True, "", sid)
         log.info("session %s started on %s for %s", doc.session_id, doc.plug_mac, doc.user_id)
 
@@ -594,13 +638,28 @@ class Sessions:
                 await self.io(self._note_stop, session_id, reason)
                 return
             except StoreError as exc:
-                if session_id in self.pending:
+                if session_id in self.pending or self._closing:
                     return
                 log.warning("session %s: its stop reason not written yet (%s); retrying", session_id, exc)
-            await asyncio.sleep(delay_s)
+            self._note_backoff.add(session_id)
+            try:
+                await asyncio.sleep(delay_s)
+            finally:
+                self._note_backoff.discard(session_id)
             delay_s = min(delay_s * 2, 5.0)
-            if session_id in self.pending:
+            if session_id in self.pending or self._closing:
                 return
+
+    def stop_notes(self) -> None:
+        """The hub is stopping: a stop-reason note the store keeps refusing is not retried any more (the
+        stop could otherwise wait the whole ``finishes_done`` bound for it). The session's stop reason is
+        in the machine's state, which the stopping hub's last checkpoint holds; the note only speaks to a
+        restart from an older checkpoint. A note whose write is in flight still completes."""
+        self._closing = True
+        for sid in list(self._note_backoff):
+            task = self._notes.get(sid)
+            if task is not None:
+                task.cancel()
 
     def finished(self, plug: HubPlug, rec: m.SessionRecord) -> None:
         """Bill a finished session (see the module docstring)."""

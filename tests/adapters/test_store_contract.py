@@ -305,3 +305,160 @@ def test_sqlite_request_watcher_survives_a_raising_callback(tmp_path: Path) -> N
     finally:
         stop()
         store.close()
+
+
+def _at_once(calls: list[object]) -> list[object]:
+    """Run every call at the same moment on its own thread (a burst of starts on the request threads);
+    their results in order, or the exception each raised."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = threading.Barrier(len(calls))
+
+    def run(call: object) -> object:
+        gate.wait(timeout=60)
+        try:
+            return call()  # type: ignore[operator]
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def _session(sid: str, user: str = "u1", status: int = ChargeSession.STATUS_ACTIVE) -> ChargeSession:
+    return ChargeSession(
+        session_id=sid, user_id=user, plug_mac="AABBCCDDEEFF", status=status, started_at_ms=100
+    )
+
+
+def test_a_burst_of_session_creates_stores_each_new_one_and_never_overwrites_a_finished_one(
+    store: Store,
+) -> None:
+    """Creates made at once (the Firestore store groups them into one commit): each new document is
+    stored and answered True; the one whose finish (COMPLETED, with its cost) landed first is answered
+    False and keeps the billed document, and its neighbours in the burst are stored all the same."""
+    done = _session("sess-done", status=ChargeSession.STATUS_COMPLETED)
+    done.cost.amount_minor, done.cost.currency = 512, "gbp"
+    store.put_session(done)
+    ids = [f"sess-{i}" for i in range(12)] + ["sess-done"]
+    results = _at_once([lambda sid=sid: store.create_session(_session(sid, user=f"u-{sid}")) for sid in ids])
+    assert dict(zip(ids, results, strict=True)) == {**{sid: True for sid in ids[:-1]}, "sess-done": False}
+    assert store.get_session("sess-done") == done  # the billed document, untouched
+    for sid in ids[:-1]:
+        got = store.get_session(sid)
+        assert got is not None and got.user_id == f"u-{sid}" and got.status == ChargeSession.STATUS_ACTIVE
+    # A burst that repeats an id stores it once: one True, one False.
+    again = _at_once([lambda: store.create_session(_session("sess-twice"))] * 2)
+    assert sorted(again) == [False, True]  # type: ignore[type-var]
+
+
+def test_reads_made_at_once_each_get_their_own_users_account_and_ledger(store: Store) -> None:
+    """Account reads and balance queries made at once (grouped into one round trip on Firestore): each
+    caller gets its own user's account (None for a user with none) and exactly its own entries, so a
+    balance is never another user's money."""
+    users = [f"u{i}" for i in range(8)]
+    for n, uid in enumerate(users):
+        store.put_user(UserAccount(user_id=uid, email=f"{uid}@example.com", currency="gbp"))
+        for k in range(n + 1):
+            store.append_ledger(
+                LedgerEntry(
+                    entry_id=f"{uid}-e{k}",
+                    user_id=uid,
+                    kind=LedgerEntry.KIND_TOPUP,
+                    amount=Money(amount_minor=100 * (n + 1), currency="gbp"),
+                    created_at_ms=1000 - k,  # newest first as written: the store orders them
+                )
+            )
+    asked = [*users, "nobody", users[3]]
+    accounts = _at_once([lambda uid=uid: store.get_user(uid) for uid in asked])
+    assert [a.user_id if isinstance(a, UserAccount) else a for a in accounts] == [*users, None, users[3]]
+    ledgers = _at_once([lambda uid=uid: store.ledger_entries(uid) for uid in asked])
+    for uid, entries in zip(asked, ledgers, strict=True):
+        assert isinstance(entries, list)
+        assert {e.user_id for e in entries} <= {uid}
+        n = users.index(uid) + 1 if uid in users else 0
+        assert [e.entry_id for e in entries] == [f"{uid}-e{k}" for k in reversed(range(n))]
+        assert sum(e.amount.amount_minor for e in entries) == 100 * n * n
+
+
+@pytest.mark.integration
+def test_firestore_burst_of_creates_whose_commit_fails_stores_nothing_and_fails_each_caller(
+    firestore_env: object,
+) -> None:
+    """Fault injection on the grouped commit: the store refuses it (unavailable). Every caller of the
+    group gets its own StoreError (the hub then keeps each relay off and retries); nothing is half
+    written, and once the store is back each create succeeds."""
+    from google.api_core import exceptions as gexc
+
+    from chargectl.services.adapters.firestore_store import FirestoreStore
+
+    store = FirestoreStore(project=f"test-{uuid.uuid4().hex[:10]}")
+    real_batch = store.client.batch
+    down = True
+
+    class RefusingBatch:
+        def __init__(self) -> None:
+            self._batch = real_batch()
+
+        def create(self, ref: object, data: object) -> None:
+            self._batch.create(ref, data)
+
+        def commit(self) -> object:
+            if down:
+                raise gexc.ServiceUnavailable("the store is down")
+            return self._batch.commit()
+
+    store.client.batch = RefusingBatch  # type: ignore[method-assign]
+    try:
+        docs = [_session(f"sess-{i}") for i in range(6)]
+        results = store._create_sessions(docs)  # one group, as a burst's creates reach it
+        assert [type(r) for r in results] == [StoreError] * 6
+        assert len({id(r) for r in results}) == 6  # each caller raises its own
+        assert all(store.get_session(d.session_id) is None for d in docs)  # nothing half written
+        down = False
+        assert store._create_sessions(docs) == [True] * 6
+        assert all(store.get_session(d.session_id) == d for d in docs)
+        # A group in which one document exists is redone one create at a time: the rest are stored.
+        late = [_session("sess-0"), _session("sess-new")]
+        assert store._create_sessions(late) == [False, True]
+    finally:
+        store.close()
+
+
+@pytest.mark.integration
+def test_firestore_grouped_commit_applied_but_its_answer_lost_reads_as_stored_on_the_retry(
+    firestore_env: object,
+) -> None:
+    """The store commits the burst's documents, then the answer is lost (deadline). Each caller gets a
+    StoreError (its relay stays off); the retry finds its document: ``create_session`` says False and the
+    document is the one the hub wrote, so the hub's check (same user, ACTIVE) lets its relay go on once,
+    never a second session."""
+    from google.api_core import exceptions as gexc
+
+    from chargectl.services.adapters.firestore_store import FirestoreStore
+
+    store = FirestoreStore(project=f"test-{uuid.uuid4().hex[:10]}")
+    real_batch = store.client.batch
+
+    class LosingBatch:
+        def __init__(self) -> None:
+            self._batch = real_batch()
+
+        def create(self, ref: object, data: object) -> None:
+            self._batch.create(ref, data)
+
+        def commit(self) -> object:
+            self._batch.commit()
+            raise gexc.DeadlineExceeded("the answer was lost")
+
+    store.client.batch = LosingBatch  # type: ignore[method-assign]
+    try:
+        docs = [_session(f"sess-{i}", user=f"u{i}") for i in range(4)]
+        assert [type(r) for r in store._create_sessions(docs)] == [StoreError] * 4
+        for doc in docs:
+            assert store.create_session(doc) is False
+            assert store.get_session(doc.session_id) == doc
+        assert len(store.list_sessions(limit=10)) == 4
+    finally:
+        store.close()

@@ -5,6 +5,7 @@ request delivered twice) and asserts what happens to the money and to the relay.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 
@@ -238,3 +239,57 @@ async def test_pushed_refusals_are_answered_as_before(world: World) -> None:
     }
     assert ons(world, MAC) == [] and hub.plugs[MAC].state.session is None
     assert world.balance("u1") == 1000 and world.balance("ghost") == 1000
+
+
+async def test_a_start_stuck_at_the_store_holds_back_no_other_relay_and_no_answer_for_long(
+    world: World,
+) -> None:
+    # A burst of two users' starts; one user's session document cannot be stored (the store refuses it,
+    # again and again). A started request's answer waits while another start is still on its way to the
+    # store (Sessions.urgent), but only for a bound: the stored one is switched on and answered all the
+    # same, and the stuck one keeps its relay off, its request pending and its money untouched.
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.add_plug(MAC2, A)
+    world.user("u1", 1000)
+    world.user("u2", 2000)
+    hub = await world.start_hub()
+    await world.run(30)
+    create = world.store.create_session
+    release = threading.Event()
+    tries: list[str] = []
+
+    def hanging(doc: codec.ChargeSession) -> bool:
+        tries.append(doc.user_id)
+        if doc.user_id == "u2":
+            assert release.wait(120), "the test never released the store"
+        return create(doc)
+
+    world.store.create_session = hanging  # type: ignore[method-assign]
+    burst = asyncio.gather(
+        hub.requests.handle_async(pending(world, "r1", START, MAC, "u1")),
+        hub.requests.handle_async(pending(world, "r2", START, MAC2, "u2")),
+    )
+    await until(
+        lambda: (a := world.store.get_request("r1")) is not None and a.status == ACCEPTED, "r1's answer"
+    )
+    assert tries.count("u2") >= 1 and hub.sessions.urgent.count >= 1  # u2's start is still on its way
+    await world.settle()
+    world.obey()
+    first, second = hub.plugs[MAC].state.session, hub.plugs[MAC2].state.session
+    assert first is not None and second is not None
+    assert world.plugs[MAC].relay and [c.session_id for c in ons(world, MAC)] == [first.session_id]
+    assert world.plugs[MAC2].relay is False and ons(world, MAC2) == []
+    assert world.store.get_session(second.session_id) is None
+    r2 = world.store.get_request("r2")
+    assert r2 is not None and r2.status == PENDING
+    assert (world.balance("u1"), world.balance("u2")) == (1000, 2000) and world.debits("u2") == []
+    release.set()
+    await asyncio.wait_for(burst, 60)
+    await hub.sessions.starts_done()
+    await world.settle()
+    world.obey()
+    r2 = world.store.get_request("r2")
+    assert r2 is not None and r2.status == ACCEPTED and r2.session_id == second.session_id
+    assert world.plugs[MAC2].relay and [c.session_id for c in ons(world, MAC2)] == [second.session_id]
+    assert (world.balance("u1"), world.balance("u2")) == (1000, 2000)

@@ -267,3 +267,41 @@ async def test_a_session_stopped_before_its_start_was_stored_is_closed_and_never
     assert [c for c in world.all_commands() if c.plug_mac == MAC and c.on] == []
     assert world.plugs[MAC].relay is False
     assert world.balance("u1") == 1000 and debits(world) == [0]
+
+
+async def test_a_stop_reason_note_the_store_refuses_does_not_hold_the_stopping_hub(world: World) -> None:
+    # The user stops; the agent is silent (the "off" is not confirmed, so the session stays FINISHING)
+    # and the store refuses the stop-reason note, again and again. Stopping the hub must not wait out
+    # the stop path's 30 s bound for that note: the session's stop reason is in the last checkpoint.
+    # The hub restarted from it closes the session: the relay off, one debit of what the meter drew.
+    hub, metered = await one_plug_charging(world)
+    put_session = world.store.put_session
+    refused: list[str] = []
+
+    def down(doc: codec.ChargeSession) -> None:
+        refused.append(doc.session_id)
+        raise StoreError("Firestore write of sessions failed: unavailable")
+
+    world.store.put_session = down  # type: ignore[method-assign]
+    world.request("s1", STOP, MAC)
+    stop = world.store.get_request("s1")
+    assert stop is not None
+    await hub.requests.handle_async(stop)
+    assert hub.plugs[MAC].state.status is m.Status.FINISHING
+    await until(lambda: len(refused) >= 2, "the note to be refused and retried")
+    # Far inside the 30 s the stop used to wait for the note: only a hang reaches this bound.
+    await asyncio.wait_for(hub.stop(), 20)
+    assert debits(world) == [] and world.plugs[MAC].relay  # nothing billed yet; the off is unconfirmed
+    world.store.put_session = put_session  # type: ignore[method-assign]
+    world.sites[A].commands.clear()  # the old hub's "off" was never delivered
+    again = await serving_hub(world)
+    assert again.plugs[MAC].state.status is m.Status.FINISHING
+    for _ in range(12):
+        await world.run(30)
+        if not again.sessions.pending and again.plugs[MAC].state.session is None:
+            break
+    await until(lambda: not again.sessions.pending, "the restarted hub to write the finish")
+    mwh = world.plugs[MAC].counter - metered  # the meter, relay on until the restarted hub's "off"
+    expected = (mwh * 3 + 500) // 1000  # 3 per Wh, rounded half up once (an odd count of 2.5 Wh here)
+    assert mwh > 300_000 and debits(world) == [expected] and world.balance("u1") == 100_000 - expected
+    assert world.plugs[MAC].relay is False and again.plugs[MAC].state.session is None
