@@ -158,28 +158,95 @@ def test_re_read_bindings_key_on_the_hubs_own_mac_strings(tmp_path: Path) -> Non
         store.bind_plug("AABBCCDDEE10", "site-a", 1)
         store.bind_plug("AABBCCDDEE11", "site-a", 1)
         store.bind_plug("AABBCCDDEE12", "site-b", 1)
-        reg = PlugRegistry(store, max_new_per_batch=10, max_per_site=10)
+        plugs: dict[str, HubPlug] = {}  # the hub's plug map
+        reg = PlugRegistry(store, max_new_per_batch=10, max_per_site=10, plugs=plugs)
         assert reg.refresh() == {}
-        hub_macs = {_own_copy(mac): None for mac in ("AABBCCDDEE10", "AABBCCDDEE11")}  # the hub's plug map
+        for mac in ("AABBCCDDEE10", "AABBCCDDEE11"):
+            own = _own_copy(mac)
+            plugs[own] = HubPlug(new_state(own, P, T0), "site-a")
+            reg.entered(plugs[own])
         # An operator moves a plug meanwhile: the move is reported as before, and nothing else is.
         store.bind_plug("AABBCCDDEE11", "site-b", 2, replace=True)
-        assert reg.refresh(hub_macs) == {"AABBCCDDEE11": "site-b"}
+        assert reg.refresh() == {"AABBCCDDEE11": "site-b"}
         assert reg.bindings == {"AABBCCDDEE10": "site-a", "AABBCCDDEE11": "site-b", "AABBCCDDEE12": "site-b"}
-        keys = {k: k for k in reg.bindings}
-        for mac in hub_macs:
-            assert keys[mac] is mac  # one string per MAC in the hub, not the store's fresh copy
+        keys = {k: k for k in reg._away}
+        assert set(keys) == {"AABBCCDDEE11", "AABBCCDDEE12"}  # site-a's AABBCCDDEE10: its entry holds it
+        assert keys["AABBCCDDEE11"] is next(k for k in plugs if k == "AABBCCDDEE11")  # the hub's string
         earlier = keys["AABBCCDDEE12"]
-        reg.refresh(hub_macs)
-        assert next(k for k in reg.bindings if k == "AABBCCDDEE12") is earlier  # nor a new one per re-read
+        reg.refresh()
+        assert next(k for k in reg._away if k == "AABBCCDDEE12") is earlier  # nor a new one per re-read
         # The bindings still decide whose readings count: a released plug is nobody's until re-bound.
         assert store.release_plug("AABBCCDDEE10")
-        assert reg.refresh(hub_macs) == {}
+        assert reg.refresh() == {}
         assert reg.owner("AABBCCDDEE10") is None
         assert reg.admit("site-b", ["AABBCCDDEE10"], 3).admitted == {"AABBCCDDEE10"}
         assert reg.admit("site-a", ["AABBCCDDEE10", "AABBCCDDEE11"], 4).refused == {
             "AABBCCDDEE10": PlugRefusal.FOREIGN_PLUG,
             "AABBCCDDEE11": PlugRefusal.FOREIGN_PLUG,
         }
+        assert store.plug_bindings()["AABBCCDDEE10"] == "site-b"  # the store says so too
+    finally:
+        store.close()
+
+
+def test_an_entry_holds_its_plugs_binding_and_the_hostile_rules_still_hold(tmp_path: Path) -> None:
+    # The bindings of plugs the hub has entries for live in the entries (no map of their own), and what
+    # decides whose readings count is unchanged: a foreign site is refused, a released plug belongs to the
+    # next site that reports it, an operator's assignment wins over the entry, and a restarted registry
+    # (the store's bindings, the checkpoint's entries) agrees.
+    store = SqliteStore(tmp_path / "hub.db")
+    try:
+        plugs: dict[str, HubPlug] = {}
+        reg = PlugRegistry(store, max_new_per_batch=10, max_per_site=10, plugs=plugs)
+        reg.refresh()
+        macs = [f"AABBCCDDEE2{i}" for i in range(4)]
+        assert reg.admit("site-a", macs, 1).admitted == set(macs)
+        for mac in macs:  # as the hub does for the plugs a batch admitted
+            plugs[mac] = HubPlug(new_state(mac, P, T0), "site-a")
+            reg.entered(plugs[mac])
+        assert reg._away == {} and reg._unbound == set()  # nothing kept apart from the entries
+        assert reg.bindings == dict.fromkeys(macs, "site-a") == store.plug_bindings()
+        # A foreign site reporting them is refused, every one, and does not bind or move them.
+        foreign = reg.admit("site-b", macs, 2)
+        assert foreign.admitted == set() and set(foreign.refused.values()) == {PlugRefusal.FOREIGN_PLUG}
+        assert {plugs[mac].site_id for mac in macs} == {"site-a"}
+        # Released: nobody's; the next site reporting it owns it (in the store too).
+        assert store.release_plug(macs[0])
+        reg.refresh()
+        assert reg.owner(macs[0]) is None and reg.owner(macs[1]) == "site-a"
+        assert reg.admit("site-b", [macs[0]], 3).admitted == {macs[0]}
+        assert reg.owner(macs[0]) == "site-b" and store.plug_bindings()[macs[0]] == "site-b"
+        assert reg.admit("site-a", [macs[0]], 3).refused == {macs[0]: PlugRefusal.FOREIGN_PLUG}
+        plugs[macs[0]].site_id = "site-b"  # the hub moves the entry when site-b's readings arrive
+        reg.settle(plugs[macs[0]])
+        assert macs[0] not in reg._away
+        # An operator's assignment wins, before and after the hub moves the entry.
+        store.bind_plug(macs[1], "site-c", 4, replace=True)
+        assert reg.refresh() == {macs[1]: "site-c"}
+        assert reg.owner(macs[1]) == "site-c" and plugs[macs[1]].site_id == "site-a"
+        assert reg.admit("site-a", [macs[1]], 5).refused == {macs[1]: PlugRefusal.FOREIGN_PLUG}
+        assert reg.admit("site-c", [macs[1]], 5).admitted == {macs[1]}
+        # A restart: a new registry over the store's bindings and the checkpoint's entries (one of them
+        # saved before the move, one the store never heard of).
+        plugs[macs[3]] = HubPlug(new_state(macs[3], P, T0), "site-a")
+        store.release_plug(macs[3])
+        again: dict[str, HubPlug] = {}
+        reg2 = PlugRegistry(store, max_new_per_batch=10, max_per_site=10, plugs=again)
+        reg2.refresh()
+        for mac, plug in plugs.items():
+            again[mac] = HubPlug(plug, "site-a")  # the checkpoint's site for all
+            reg2.entered(again[mac])
+        for mac, plug in again.items():  # what Hub.start does
+            plug.site_id = reg2.bind(mac, plug.site_id, 6)
+            reg2.settle(plug)
+        assert {mac: p.site_id for mac, p in again.items()} == {
+            macs[0]: "site-b",
+            macs[1]: "site-c",
+            macs[2]: "site-a",
+            macs[3]: "site-a",  # unbound in the store: bound again to the checkpoint's site
+        }
+        assert reg2.bindings == store.plug_bindings() == {mac: p.site_id for mac, p in again.items()}
+        assert reg2._away == {} and reg2._unbound == set()
     finally:
         store.close()
 
