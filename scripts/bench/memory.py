@@ -10,6 +10,7 @@ from typing import Any
 from chargectl.common.clock import ManualClock
 from chargectl.common.keys import SigningKey
 from chargectl.common.topics import command_topic
+from chargectl.services.hub.registry import SAMPLES
 
 from .baselines import naive_memory
 from .core import START_S, Figure, Plan, Report
@@ -51,6 +52,10 @@ async def _real_memory(load: HubLoad) -> tuple[float, list[dict[str, Any]]]:
     for site in load.keys:
         await hub.ports.bus.ensure_topic(command_topic(site))
     gc.collect()
+    if len(SAMPLES.ts_ms):  # rows left by another hub would be reused here and not counted
+        raise AssertionError(
+            f"{len(SAMPLES)} plug entries outlive their hub; the figure would omit their rows"
+        )
     tracemalloc.start()
     try:
         first = tracemalloc.take_snapshot()  # before ``before``: the figure does not count the snapshot

@@ -48,6 +48,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import sys
@@ -515,40 +516,58 @@ class Session:
         return session_cost(self.tariff, self.energy_mwh, self.idle_ms, include_fee=include_fee)
 
 
-@dataclass(slots=True)
-class MachineState:
-    """One plug's machine state; small (slots, ints) because the hub keeps 100k of them."""
+class StateSlots:
+    """The slots a plug's state keeps in its own object, in :class:`MachineState` and in the hub's plug
+    entry alike. The latest sample and the debounce runs are :class:`MachineState`'s own slots: the
+    hub's entry (services/hub/registry.py ``HubPlug``, a subclass of this, not of ``MachineState``)
+    keeps those in columns instead, with no slot (nor int object) of its own for them."""
+
+    __slots__ = (
+        "cmd_at_ms",
+        "cmd_confirmed",
+        "cmd_first_seq",
+        "cmd_on",
+        "cmd_sent_ms",
+        "cmd_seq",
+        "disabled",
+        "errors",
+        "last_session_id",
+        "mac",
+        "params",
+        "reason",
+        "relay_on",
+        "resume",
+        "session",
+        "since_ms",
+        "stale",
+        "status",
+    )
 
     mac: str
     params: PlugParams
     status: Status
-    since_ms: int  # when the current status was entered (hub time)
-    reason: str = ""
-    resume: Status | None = None  # the state to return to when an OFFLINE plug reports again
-    disabled: bool = False
-    stale: bool = False
-    # The latest sample (device time).
-    last_ts_ms: int | None = None
-    power_w: float = 0.0
-    counter_mwh: int | None = None
-    uptime_s: int | None = None
-    relay_on: bool | None = None
-    errors: int = 0
-    # The relay command in force: state, first issued, last (re)sent, first seq, confirmed. Only the
-    # command in force is ever sent ("on" only while it is on), so while it is on the last send is also
-    # the last "on" the keepalive of the plug's flip-back timer counts from (no slot of its own).
-    cmd_on: bool | None = None
-    cmd_at_ms: int = 0
-    cmd_sent_ms: int = 0
-    cmd_first_seq: int = 0
-    cmd_confirmed: bool = False
-    cmd_seq: int = 0
-    # Time-debounce runs (ms of fresh data the condition has held; None = not holding).
-    high_ms: int | None = None
-    low_ms: int | None = None
-    over_ms: int | None = None
-    session: Session | None = None
-    last_session_id: str = ""
+    since_ms: int
+    reason: str
+    resume: Status | None
+    disabled: bool
+    stale: bool
+    last_ts_ms: int | None
+    power_w: float
+    counter_mwh: int | None
+    uptime_s: int | None
+    relay_on: bool | None
+    errors: int
+    cmd_on: bool | None
+    cmd_at_ms: int
+    cmd_sent_ms: int
+    cmd_first_seq: int
+    cmd_confirmed: bool
+    cmd_seq: int
+    high_ms: int | None
+    low_ms: int | None
+    over_ms: int | None
+    session: Session | None
+    last_session_id: str
 
     def copy(self) -> MachineState:
         """A plain ``MachineState`` with the same values (also of a subclass's state: the hub's plug
@@ -583,35 +602,46 @@ class MachineState:
         new.session = None if sess is None else sess.copy()
         return new
 
-    def assign(self, other: MachineState) -> None:
-        """Take ``other``'s machine values in place (the hub's plug entry taking a step's new state)."""
-        if other is self:
-            return
-        self.mac = other.mac
-        self.params = other.params
-        self.status = other.status
-        self.since_ms = other.since_ms
-        self.reason = other.reason
-        self.resume = other.resume
-        self.disabled = other.disabled
-        self.stale = other.stale
-        self.last_ts_ms = other.last_ts_ms
-        self.power_w = other.power_w
-        self.counter_mwh = other.counter_mwh
-        self.uptime_s = other.uptime_s
-        self.relay_on = other.relay_on
-        self.errors = other.errors
-        self.cmd_on = other.cmd_on
-        self.cmd_at_ms = other.cmd_at_ms
-        self.cmd_sent_ms = other.cmd_sent_ms
-        self.cmd_first_seq = other.cmd_first_seq
-        self.cmd_confirmed = other.cmd_confirmed
-        self.cmd_seq = other.cmd_seq
-        self.high_ms = other.high_ms
-        self.low_ms = other.low_ms
-        self.over_ms = other.over_ms
-        self.session = other.session
-        self.last_session_id = other.last_session_id
+
+@dataclass(slots=True)
+class MachineState(StateSlots):
+    """One plug's machine state; small (slots, ints) because the hub keeps 100k of them. Its own slots
+    are the latest sample and the debounce runs; the rest are :class:`StateSlots`'."""
+
+    mac: str
+    params: PlugParams
+    status: Status
+    since_ms: int  # when the current status was entered (hub time)
+    reason: str = ""
+    resume: Status | None = None  # the state to return to when an OFFLINE plug reports again
+    disabled: bool = False
+    stale: bool = False
+    # The latest sample (device time).
+    last_ts_ms: int | None = None
+    power_w: float = 0.0
+    counter_mwh: int | None = None
+    uptime_s: int | None = None
+    relay_on: bool | None = None
+    errors: int = 0
+    # The relay command in force: state, first issued, last (re)sent, first seq, confirmed. Only the
+    # command in force is ever sent ("on" only while it is on), so while it is on the last send is also
+    # the last "on" the keepalive of the plug's flip-back timer counts from (no slot of its own).
+    cmd_on: bool | None = None
+    cmd_at_ms: int = 0
+    cmd_sent_ms: int = 0
+    cmd_first_seq: int = 0
+    cmd_confirmed: bool = False
+    cmd_seq: int = 0
+    # Time-debounce runs (ms of fresh data the condition has held; None = not holding).
+    high_ms: int | None = None
+    low_ms: int | None = None
+    over_ms: int | None = None
+    session: Session | None = None
+    last_session_id: str = ""
+
+
+# The state's fields in their order (a checkpoint's keys): the slots of StateSlots and MachineState's own.
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MachineState))
 
 
 def new_state(mac: str, params: PlugParams, now: float) -> MachineState:
@@ -1490,7 +1520,7 @@ _HANDLERS: dict[type, _Handler] = {
 def to_dict(state: MachineState) -> dict[str, Any]:
     """The state as plain JSON-able values (for the hub's checkpoint)."""
     out: dict[str, Any] = {}
-    for name in MachineState.__slots__:
+    for name in FIELDS:
         value = getattr(state, name)
         if name == "params":
             value = value.to_dict()

@@ -16,59 +16,83 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from chargectl.services.adapters.store import Store
 from chargectl.services.hub import machine as m
 
-__all__ = ["Admission", "HubPlug", "PlugRefusal", "PlugRegistry", "Samples"]
+__all__ = ["SAMPLES", "Admission", "HubPlug", "PlugRefusal", "PlugRegistry", "Samples"]
 
 
 _NONE = -(1 << 63)  # a column's "no value yet" (the bounds let no reading carry a negative value)
 
 
 class Samples:
-    """The values of each plug's latest sample (time, counter, uptime, power) in columns, one row per
-    plug: 8 bytes each instead of an int or float object of 24-32 bytes per value per plug. Rows are
-    handed out to the hub's plug entries and given back when an entry goes."""
+    """Per plug entry, the values that would otherwise be an int or float object each (24-32 B per value
+    per plug): its latest sample's time, counter, uptime and power, and its debounce runs (ms the high,
+    low and over-power conditions have held), in columns of 8 bytes, one row per entry. Rows are handed
+    out to the entries and given back when an entry goes."""
 
-    __slots__ = ("_free", "counter_mwh", "power_w", "ts_ms", "uptime_s")
+    __slots__ = ("_free", "counter_mwh", "high_ms", "low_ms", "over_ms", "power_w", "ts_ms", "uptime_s")
 
     def __init__(self) -> None:
         self.ts_ms = array("q")
         self.counter_mwh = array("q")
         self.uptime_s = array("q")
         self.power_w = array("d")
+        self.high_ms = array("q")
+        self.low_ms = array("q")
+        self.over_ms = array("q")
         self._free: list[int] = []
 
     def take(self) -> int:
         if self._free:
-            return self._free.pop()
-        self.ts_ms.append(_NONE)
-        self.counter_mwh.append(_NONE)
-        self.uptime_s.append(_NONE)
+            row = self._free.pop()
+            self.power_w[row] = 0.0
+            self.ts_ms[row] = self.counter_mwh[row] = self.uptime_s[row] = _NONE
+            self.high_ms[row] = self.low_ms[row] = self.over_ms[row] = _NONE
+            return row
+        for col in (self.ts_ms, self.counter_mwh, self.uptime_s, self.high_ms, self.low_ms, self.over_ms):
+            col.append(_NONE)
         self.power_w.append(0.0)
         return len(self.ts_ms) - 1
 
     def give_back(self, row: int) -> None:
-        self._free.append(row)
+        free = self._free
+        free.append(row)
+        if len(free) == len(self.ts_ms):  # every entry gone (a hub torn down): the columns go too
+            free.clear()
+            for col in (self.ts_ms, self.counter_mwh, self.uptime_s, self.power_w):
+                del col[:]
+            for col in (self.high_ms, self.low_ms, self.over_ms):
+                del col[:]
 
     def __len__(self) -> int:
         return len(self.ts_ms) - len(self._free)
 
 
-STANDALONE = Samples()  # the rows of plug entries made outside a hub's registry (tests, tools)
+# The rows of every plug entry in the process (one set of columns: no reference to them per entry).
+SAMPLES = Samples()
+_TS, _COUNTER, _UPTIME, _POWER = SAMPLES.ts_ms, SAMPLES.counter_mwh, SAMPLES.uptime_s, SAMPLES.power_w
+_HIGH, _LOW, _OVER = SAMPLES.high_ms, SAMPLES.low_ms, SAMPLES.over_ms
+
+if TYPE_CHECKING:
+    _Entry = m.MachineState  # what the machine's functions see: a state
+else:
+    _Entry = m.StateSlots  # what it is: the state's slots, without MachineState's own (in columns here)
 
 
-class HubPlug(m.MachineState):
+class HubPlug(_Entry):
     """One plug in the hub's memory: its machine state itself (one object per plug, not a wrapper and
     a state: 100k of them) and the hub's own slots for it, starting with the site it is bound to.
 
     ``plug.state`` is the plug itself; ``plug.state = new`` takes a step's new state in place (the
-    machine's functions still return a new ``MachineState`` and never see the hub's slots). The latest
-    sample's time, counter, uptime and power live in a row of the registry's :class:`Samples`, read and
-    written through properties of the same names."""
+    machine's functions still return a new ``MachineState`` and never see the hub's slots). It is a
+    :class:`~chargectl.services.hub.machine.StateSlots`, not a ``MachineState``: the latest sample's time,
+    counter, uptime and power and the debounce runs live in a row of :data:`SAMPLES`, read and written
+    through properties of the same names, and take no slot of the entry."""
 
-    __slots__ = ("armed_s", "mark", "mirror_due_ms", "mirrored_ms", "row", "samples", "site_id")
+    __slots__ = ("armed_s", "mark", "mirror_due_ms", "mirrored_ms", "row", "site_id")
 
     site_id: str
     mirrored_ms: int  # when its plug-state document was last written (0: never)
@@ -78,12 +102,10 @@ class HubPlug(m.MachineState):
     # before, when it was marked first and last since then and what its document says (None: unknown).
     mirror_due_ms: int | None
     mark: tuple[int, int, tuple[m.Status, str, str] | None] | None
-    samples: Samples
-    row: int  # its row in ``samples``
+    row: int  # its row in ``SAMPLES``
 
-    def __init__(self, state: m.MachineState, site_id: str, samples: Samples = STANDALONE) -> None:
-        self.samples = samples
-        self.row = samples.take()
+    def __init__(self, state: m.MachineState, site_id: str) -> None:
+        self.row = SAMPLES.take()
         self.site_id = site_id
         self.mirrored_ms = 0
         self.armed_s = None
@@ -92,47 +114,112 @@ class HubPlug(m.MachineState):
         self.assign(state)
 
     def __del__(self) -> None:
-        self.samples.give_back(self.row)
+        SAMPLES.give_back(self.row)
 
     @classmethod
-    def of(cls, state: m.MachineState, site_id: str, samples: Samples = STANDALONE) -> HubPlug:
+    def of(cls, state: m.MachineState, site_id: str) -> HubPlug:
         """The hub's entry for a plug whose machine is in ``state``, bound to ``site_id``."""
-        return cls(state, site_id, samples)
+        return cls(state, site_id)
+
+    def assign(self, other: m.MachineState) -> None:
+        """Take ``other``'s machine values in place (the entry taking a step's new state): slot by slot
+        and column by column, spelled out (``test_memory_layout`` checks it is complete)."""
+        if other is self:
+            return
+        self.mac = other.mac
+        self.params = other.params
+        self.status = other.status
+        self.since_ms = other.since_ms
+        self.reason = other.reason
+        self.resume = other.resume
+        self.disabled = other.disabled
+        self.stale = other.stale
+        self.relay_on = other.relay_on
+        self.errors = other.errors
+        self.cmd_on = other.cmd_on
+        self.cmd_at_ms = other.cmd_at_ms
+        self.cmd_sent_ms = other.cmd_sent_ms
+        self.cmd_first_seq = other.cmd_first_seq
+        self.cmd_confirmed = other.cmd_confirmed
+        self.cmd_seq = other.cmd_seq
+        self.session = other.session
+        self.last_session_id = other.last_session_id
+        row = self.row
+        v = other.last_ts_ms
+        _TS[row] = _NONE if v is None else v
+        v = other.counter_mwh
+        _COUNTER[row] = _NONE if v is None else v
+        v = other.uptime_s
+        _UPTIME[row] = _NONE if v is None else v
+        _POWER[row] = other.power_w
+        v = other.high_ms
+        _HIGH[row] = _NONE if v is None else v
+        v = other.low_ms
+        _LOW[row] = _NONE if v is None else v
+        v = other.over_ms
+        _OVER[row] = _NONE if v is None else v
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def last_ts_ms(self) -> int | None:
-        v = self.samples.ts_ms[self.row]
+        v = _TS[self.row]
         return None if v == _NONE else v
 
     @last_ts_ms.setter
     def last_ts_ms(self, value: int | None) -> None:
-        self.samples.ts_ms[self.row] = _NONE if value is None else value
+        _TS[self.row] = _NONE if value is None else value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def counter_mwh(self) -> int | None:
-        v = self.samples.counter_mwh[self.row]
+        v = _COUNTER[self.row]
         return None if v == _NONE else v
 
     @counter_mwh.setter
     def counter_mwh(self, value: int | None) -> None:
-        self.samples.counter_mwh[self.row] = _NONE if value is None else value
+        _COUNTER[self.row] = _NONE if value is None else value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def uptime_s(self) -> int | None:
-        v = self.samples.uptime_s[self.row]
+        v = _UPTIME[self.row]
         return None if v == _NONE else v
 
     @uptime_s.setter
     def uptime_s(self, value: int | None) -> None:
-        self.samples.uptime_s[self.row] = _NONE if value is None else value
+        _UPTIME[self.row] = _NONE if value is None else value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def power_w(self) -> float:
-        return self.samples.power_w[self.row]
+        return _POWER[self.row]
 
     @power_w.setter
     def power_w(self, value: float) -> None:
-        self.samples.power_w[self.row] = value
+        _POWER[self.row] = value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def high_ms(self) -> int | None:
+        v = _HIGH[self.row]
+        return None if v == _NONE else v
+
+    @high_ms.setter
+    def high_ms(self, value: int | None) -> None:
+        _HIGH[self.row] = _NONE if value is None else value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def low_ms(self) -> int | None:
+        v = _LOW[self.row]
+        return None if v == _NONE else v
+
+    @low_ms.setter
+    def low_ms(self, value: int | None) -> None:
+        _LOW[self.row] = _NONE if value is None else value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def over_ms(self) -> int | None:
+        v = _OVER[self.row]
+        return None if v == _NONE else v
+
+    @over_ms.setter
+    def over_ms(self, value: int | None) -> None:
+        _OVER[self.row] = _NONE if value is None else value
 
     @property
     def state(self) -> m.MachineState:
@@ -182,7 +269,6 @@ class PlugRegistry:
         self.max_new_per_batch = max_new_per_batch
         self.max_per_site = max_per_site
         self.plugs: Mapping[str, HubPlug] = {} if plugs is None else plugs  # the hub's plug map
-        self.samples = Samples()  # the latest-sample columns of the hub's plug entries
         self._away: dict[str, str] = {}
         self._unbound: set[str] = set()
         self._per_site: Counter[str] = Counter()

@@ -678,9 +678,7 @@ class Hub:
         """The machine of a plug bound to ``site_id`` (the caller checked the binding)."""
         plug = self.plugs.get(mac)
         if plug is None:
-            plug = self.plugs[mac] = HubPlug(
-                m.new_state(mac, self._params(mac), self.now()), site_id, self.registry.samples
-            )
+            plug = self.plugs[mac] = HubPlug(m.new_state(mac, self._params(mac), self.now()), site_id)
             self.registry.entered(plug)
             self.mirror.mark(plug, self._now_ms())
         elif plug.site_id != site_id:  # released by an operator, then bound by the site reporting it now
@@ -964,7 +962,7 @@ class Hub:
             lambda: self.store.load_checkpoint(ckpt.delta_name(name)),
         )
         for mac, (site_id, state) in snap.plugs.items():
-            plug = self.plugs[mac] = HubPlug(state, site_id, self.registry.samples)
+            plug = self.plugs[mac] = HubPlug(state, site_id)
             self.registry.entered(plug)
             self.timers.arm(plug, snap.saved_at_ms)
             self.money.track(plug)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import zlib
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +23,7 @@ from chargectl.services.adapters.sqlite_store import SqliteStore
 from chargectl.services.hub import checkpoint as ckpt
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.machine import (
+    FIELDS,
     MachineState,
     Readings,
     SendRelay,
@@ -36,7 +38,7 @@ from chargectl.services.hub.machine import (
     to_dict,
 )
 from chargectl.services.hub.params import DEFAULTS
-from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry, Samples
+from chargectl.services.hub.registry import SAMPLES, HubPlug, PlugRefusal, PlugRegistry
 
 P = DEFAULTS["generic"]  # auto_off_s 300: "on" renewed every 100 s
 T0 = 1_700_000_000.0
@@ -143,9 +145,24 @@ def test_a_state_filed_under_another_plug_is_refused_not_given_that_plugs_sessio
 def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
     # A guard for the figure in README "Performance": each slot is 8 B x 100k plugs. Adding one is fine
     # when a rule needs it; update this list and the memory figure together.
-    assert len(MachineState.__slots__) == 25
-    assert "on_sent_ms" not in MachineState.__slots__
+    assert len(FIELDS) == 25
+    assert "on_sent_ms" not in FIELDS
     assert dataclasses.fields(MachineState)[0].name == "mac"
+    # The hub's entry: the state's slots less the 7 it keeps in columns, and its own 6 (site, row,
+    # timer-wheel second, mirror times and mark): 24 slots, 224 B with the headers (288 B before).
+    slots = [name for cls in HubPlug.__mro__ for name in getattr(cls, "__slots__", ())]
+    assert len(slots) == len(set(slots)) == 24
+    assert MachineState not in HubPlug.__mro__
+    assert set(FIELDS) - set(slots) == {
+        "last_ts_ms",
+        "power_w",
+        "counter_mwh",
+        "uptime_s",
+        "high_ms",
+        "low_ms",
+        "over_ms",
+    }
+    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 24 * 8
 
 
 def _own_copy(text: str) -> str:
@@ -259,7 +276,7 @@ def test_copy_and_assign_carry_every_machine_slot_and_only_those() -> None:
     state.uptime_s, state.errors, state.cmd_first_seq, state.cmd_seq = 77, 3, 11, 12
     state.cmd_at_ms, state.high_ms, state.low_ms, state.over_ms = 5, 6, 7, 8
     state.last_session_id = "s0"
-    for name in MachineState.__slots__:
+    for name in FIELDS:
         assert getattr(state, name) not in (None, 0, ""), name
     copied = state.copy()
     assert type(copied) is MachineState and copied is not state
@@ -273,44 +290,50 @@ def test_copy_and_assign_carry_every_machine_slot_and_only_those() -> None:
     plug.mirrored_ms, plug.armed_s = 123, 456
     plug.state = state  # what the hub does with a step's result
     assert to_dict(plug) == to_dict(state) and plug.state is plug
+    for name in FIELDS:  # each slot and column of the entry, one by one (to_dict says them all)
+        assert getattr(plug, name) == getattr(state, name), name
     assert (plug.site_id, plug.mirrored_ms, plug.armed_s) == ("site-a", 123, 456)  # the hub's own slots
     again = plug.copy()  # a step on the hub's entry works on a plain state, without the hub's slots
     assert type(again) is MachineState and to_dict(again) == to_dict(state)
 
 
-def test_the_latest_sample_lives_in_columns_and_an_entry_gives_its_row_back() -> None:
-    # The hub's entry keeps time, counter, uptime and power in its registry's columns (no int or float
-    # object per plug); "no value yet" stays None, a value round-trips exactly, and a dropped entry's
-    # row is reused rather than growing the columns.
-    samples = Samples()
-    fresh = HubPlug(new_state("AABBCCDDEE09", P, T0), "site-a", samples)
+def test_the_latest_sample_and_the_runs_live_in_columns_and_an_entry_gives_its_row_back() -> None:
+    # The hub's entry keeps time, counter, uptime, power and the debounce runs in columns (no int or
+    # float object per plug, no slot); "no value yet" stays None, a value round-trips exactly, and a
+    # dropped entry's row is reused rather than growing the columns.
+    fresh = HubPlug(new_state("AABBCCDDEE09", P, T0), "site-a")
     assert (fresh.last_ts_ms, fresh.counter_mwh, fresh.uptime_s, fresh.power_w) == (None, None, None, 0.0)
+    assert (fresh.high_ms, fresh.low_ms, fresh.over_ms) == (None, None, None)
     state, _t, mwh = _charging("AABBCCDDEE10")
-    plug = HubPlug(state, "site-a", samples)
-    assert (plug.counter_mwh, plug.power_w) == (mwh, 2000.0)
+    assert state.high_ms == 30_000 and state.low_ms is None  # by hand: 3 gaps of 10 s at 2 kW
+    used = len(SAMPLES)
+    plug = HubPlug(state, "site-a")
+    assert len(SAMPLES) == used + 1
+    assert (plug.counter_mwh, plug.power_w, plug.high_ms, plug.low_ms) == (mwh, 2000.0, 30_000, None)
     assert plug.last_ts_ms == state.last_ts_ms and plug.uptime_s == state.uptime_s
-    with pytest.raises(AttributeError):  # the machine's own slot stays empty: no int object per plug
-        MachineState.last_ts_ms.__get__(plug)  # type: ignore[attr-defined]
-    assert samples.ts_ms[plug.row] == state.last_ts_ms and len(samples) == 2
+    assert not any("last_ts_ms" in getattr(cls, "__slots__", ()) for cls in HubPlug.__mro__)
+    assert SAMPLES.ts_ms[plug.row] == state.last_ts_ms and SAMPLES.high_ms[plug.row] == 30_000
     plug.counter_mwh = 2**63 - 1  # the largest counter the bounds let through
-    assert to_dict(plug)["counter_mwh"] == 2**63 - 1
-    rows = len(samples.ts_ms)
+    plug.over_ms = 0  # a run just begun is 0, not "not holding"
+    assert to_dict(plug)["counter_mwh"] == 2**63 - 1 and to_dict(plug)["over_ms"] == 0
+    rows = len(SAMPLES.ts_ms)
+    row = fresh.row
     del fresh
-    again = HubPlug(new_state("AABBCCDDEE11", P, T0), "site-b", samples)
-    assert len(samples.ts_ms) == rows and again.last_ts_ms is None  # the row came back, cleared
+    again = HubPlug(new_state("AABBCCDDEE11", P, T0), "site-b")
+    assert len(SAMPLES.ts_ms) == rows and again.row == row  # the row came back
+    assert again.last_ts_ms is None and again.high_ms is None and again.power_w == 0.0  # cleared
 
 
 def test_a_checkpoint_is_the_same_bytes_whichever_layout_wrote_it_and_loads_into_an_entry() -> None:
     # Before this layout the hub checkpointed plain MachineStates; now its entries are the states. The
     # bytes are the same (an old checkpoint is a new one), and a restored entry bills the same session.
     state, _t, mwh = _charging("AABBCCDDEE12")
-    samples = Samples()
-    plug = HubPlug(state, "site-a", samples)
+    plug = HubPlug(state, "site-a")
     old = ckpt.encode_part(1, {state.mac: ("site-a", state)})
     assert ckpt.encode_part(1, {plug.mac: ("site-a", plug)}) == old
     snap = ckpt.decode(old, lambda mac: P)
     site, restored = snap.plugs[state.mac]
-    entry = HubPlug(restored, site, samples)
+    entry = HubPlug(restored, site)
     assert site == "site-a" and to_dict(entry) == to_dict(state)
     assert entry.session is not None and entry.session.session_id == "s1"
     assert entry.counter_mwh == mwh  # the meter reading the bill continues from
