@@ -520,26 +520,22 @@ class StateSlots:
     """The slots a plug's state keeps in its own object, in :class:`MachineState` and in the hub's plug
     entry alike. The latest sample and the debounce runs are :class:`MachineState`'s own slots: the
     hub's entry (services/hub/registry.py ``HubPlug``, a subclass of this, not of ``MachineState``)
-    keeps those in columns instead, with no slot (nor int object) of its own for them."""
+    keeps those in columns instead, with no slot (nor int object) of its own for them; and so are the
+    flags (disabled, stale, relay, command on and confirmed) and the status to resume, a byte each in
+    the entry's columns."""
 
     __slots__ = (
         "cmd_at_ms",
-        "cmd_confirmed",
         "cmd_first_seq",
-        "cmd_on",
         "cmd_sent_ms",
         "cmd_seq",
-        "disabled",
         "errors",
         "last_session_id",
         "mac",
         "params",
         "reason",
-        "relay_on",
-        "resume",
         "session",
         "since_ms",
-        "stale",
         "status",
     )
 
@@ -606,7 +602,8 @@ class StateSlots:
 @dataclass(slots=True)
 class MachineState(StateSlots):
     """One plug's machine state; small (slots, ints) because the hub keeps 100k of them. Its own slots
-    are the latest sample and the debounce runs; the rest are :class:`StateSlots`'."""
+    are the latest sample, the debounce runs, the flags and the status to resume; the rest are
+    :class:`StateSlots`'."""
 
     mac: str
     params: PlugParams

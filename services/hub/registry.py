@@ -30,10 +30,27 @@ _NONE = -(1 << 63)  # a column's "no value yet" (the bounds let no reading carry
 class Samples:
     """Per plug entry, the values that would otherwise be an int or float object each (24-32 B per value
     per plug): its latest sample's time, counter, uptime and power, and its debounce runs (ms the high,
-    low and over-power conditions have held), in columns of 8 bytes, one row per entry. Rows are handed
-    out to the entries and given back when an entry goes."""
+    low and over-power conditions have held), in columns of 8 bytes; and what would be a slot each (8 B)
+    for a few values: its flags (disabled, stale, relay, command on, command confirmed; -1 for None)
+    and the status to resume (an index into ``Status``, -1 for None), in columns of one byte. One row
+    per entry; rows are handed out to the entries and given back when an entry goes."""
 
-    __slots__ = ("_free", "counter_mwh", "high_ms", "low_ms", "over_ms", "power_w", "ts_ms", "uptime_s")
+    __slots__ = (
+        "_free",
+        "cmd_confirmed",
+        "cmd_on",
+        "counter_mwh",
+        "disabled",
+        "high_ms",
+        "low_ms",
+        "over_ms",
+        "power_w",
+        "relay_on",
+        "resume",
+        "stale",
+        "ts_ms",
+        "uptime_s",
+    )
 
     def __init__(self) -> None:
         self.ts_ms = array("q")
@@ -43,17 +60,40 @@ class Samples:
         self.high_ms = array("q")
         self.low_ms = array("q")
         self.over_ms = array("q")
+        self.disabled = array("b")
+        self.stale = array("b")
+        self.relay_on = array("b")
+        self.cmd_on = array("b")
+        self.cmd_confirmed = array("b")
+        self.resume = array("b")
         self._free: list[int] = []
+
+    def _columns(self) -> tuple[array[int], ...]:
+        """The integer columns (``power_w`` apart), each with its "no value yet"."""
+        return (
+            self.ts_ms,
+            self.counter_mwh,
+            self.uptime_s,
+            self.high_ms,
+            self.low_ms,
+            self.over_ms,
+            self.disabled,
+            self.stale,
+            self.relay_on,
+            self.cmd_on,
+            self.cmd_confirmed,
+            self.resume,
+        )
 
     def take(self) -> int:
         if self._free:
             row = self._free.pop()
             self.power_w[row] = 0.0
-            self.ts_ms[row] = self.counter_mwh[row] = self.uptime_s[row] = _NONE
-            self.high_ms[row] = self.low_ms[row] = self.over_ms[row] = _NONE
+            for col in self._columns():
+                col[row] = _NONE if col.typecode == "q" else -1
             return row
-        for col in (self.ts_ms, self.counter_mwh, self.uptime_s, self.high_ms, self.low_ms, self.over_ms):
-            col.append(_NONE)
+        for col in self._columns():
+            col.append(_NONE if col.typecode == "q" else -1)
         self.power_w.append(0.0)
         return len(self.ts_ms) - 1
 
@@ -62,9 +102,8 @@ class Samples:
         free.append(row)
         if len(free) == len(self.ts_ms):  # every entry gone (a hub torn down): the columns go too
             free.clear()
-            for col in (self.ts_ms, self.counter_mwh, self.uptime_s, self.power_w):
-                del col[:]
-            for col in (self.high_ms, self.low_ms, self.over_ms):
+            del self.power_w[:]
+            for col in self._columns():
                 del col[:]
 
     def __len__(self) -> int:
@@ -75,6 +114,11 @@ class Samples:
 SAMPLES = Samples()
 _TS, _COUNTER, _UPTIME, _POWER = SAMPLES.ts_ms, SAMPLES.counter_mwh, SAMPLES.uptime_s, SAMPLES.power_w
 _HIGH, _LOW, _OVER = SAMPLES.high_ms, SAMPLES.low_ms, SAMPLES.over_ms
+_DISABLED, _STALE, _RELAY, _CMD_ON = SAMPLES.disabled, SAMPLES.stale, SAMPLES.relay_on, SAMPLES.cmd_on
+_CONFIRMED, _RESUME = SAMPLES.cmd_confirmed, SAMPLES.resume
+_STATUSES: tuple[m.Status, ...] = tuple(m.Status)
+_STATUS_INDEX: dict[m.Status | None, int] = {None: -1} | {s: i for i, s in enumerate(_STATUSES)}
+_TRI: dict[bool | None, int] = {None: -1, False: 0, True: 1}
 
 if TYPE_CHECKING:
     _Entry = m.MachineState  # what the machine's functions see: a state
@@ -131,16 +175,10 @@ class HubPlug(_Entry):
         self.status = other.status
         self.since_ms = other.since_ms
         self.reason = other.reason
-        self.resume = other.resume
-        self.disabled = other.disabled
-        self.stale = other.stale
-        self.relay_on = other.relay_on
         self.errors = other.errors
-        self.cmd_on = other.cmd_on
         self.cmd_at_ms = other.cmd_at_ms
         self.cmd_sent_ms = other.cmd_sent_ms
         self.cmd_first_seq = other.cmd_first_seq
-        self.cmd_confirmed = other.cmd_confirmed
         self.cmd_seq = other.cmd_seq
         self.session = other.session
         self.last_session_id = other.last_session_id
@@ -158,6 +196,54 @@ class HubPlug(_Entry):
         _LOW[row] = _NONE if v is None else v
         v = other.over_ms
         _OVER[row] = _NONE if v is None else v
+        _DISABLED[row] = other.disabled
+        _STALE[row] = other.stale
+        _RELAY[row] = _TRI[other.relay_on]
+        _CMD_ON[row] = _TRI[other.cmd_on]
+        _CONFIRMED[row] = other.cmd_confirmed
+        _RESUME[row] = _STATUS_INDEX[other.resume]
+
+    def copy(self) -> m.MachineState:
+        """A plain ``MachineState`` with the entry's machine values (not its hub slots): slot by slot and
+        column by column, spelled out (every event a machine handles starts with one)."""
+        new: m.MachineState = object.__new__(m.MachineState)
+        new.mac = self.mac
+        new.params = self.params
+        new.status = self.status
+        new.since_ms = self.since_ms
+        new.reason = self.reason
+        new.errors = self.errors
+        new.cmd_at_ms = self.cmd_at_ms
+        new.cmd_sent_ms = self.cmd_sent_ms
+        new.cmd_first_seq = self.cmd_first_seq
+        new.cmd_seq = self.cmd_seq
+        new.last_session_id = self.last_session_id
+        sess = self.session
+        new.session = None if sess is None else sess.copy()
+        row = self.row
+        v = _TS[row]
+        new.last_ts_ms = None if v == _NONE else v
+        v = _COUNTER[row]
+        new.counter_mwh = None if v == _NONE else v
+        v = _UPTIME[row]
+        new.uptime_s = None if v == _NONE else v
+        new.power_w = _POWER[row]
+        v = _HIGH[row]
+        new.high_ms = None if v == _NONE else v
+        v = _LOW[row]
+        new.low_ms = None if v == _NONE else v
+        v = _OVER[row]
+        new.over_ms = None if v == _NONE else v
+        new.disabled = _DISABLED[row] == 1
+        new.stale = _STALE[row] == 1
+        v = _RELAY[row]
+        new.relay_on = None if v < 0 else v == 1
+        v = _CMD_ON[row]
+        new.cmd_on = None if v < 0 else v == 1
+        new.cmd_confirmed = _CONFIRMED[row] == 1
+        v = _RESUME[row]
+        new.resume = None if v < 0 else _STATUSES[v]
+        return new
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def last_ts_ms(self) -> int | None:
@@ -220,6 +306,57 @@ class HubPlug(_Entry):
     @over_ms.setter
     def over_ms(self, value: int | None) -> None:
         _OVER[self.row] = _NONE if value is None else value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def disabled(self) -> bool:
+        return _DISABLED[self.row] == 1
+
+    @disabled.setter
+    def disabled(self, value: bool) -> None:
+        _DISABLED[self.row] = value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def stale(self) -> bool:
+        return _STALE[self.row] == 1
+
+    @stale.setter
+    def stale(self, value: bool) -> None:
+        _STALE[self.row] = value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def relay_on(self) -> bool | None:
+        v = _RELAY[self.row]
+        return None if v < 0 else v == 1
+
+    @relay_on.setter
+    def relay_on(self, value: bool | None) -> None:
+        _RELAY[self.row] = _TRI[value]
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def cmd_on(self) -> bool | None:
+        v = _CMD_ON[self.row]
+        return None if v < 0 else v == 1
+
+    @cmd_on.setter
+    def cmd_on(self, value: bool | None) -> None:
+        _CMD_ON[self.row] = _TRI[value]
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def cmd_confirmed(self) -> bool:
+        return _CONFIRMED[self.row] == 1
+
+    @cmd_confirmed.setter
+    def cmd_confirmed(self, value: bool) -> None:
+        _CONFIRMED[self.row] = value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def resume(self) -> m.Status | None:
+        v = _RESUME[self.row]
+        return None if v < 0 else _STATUSES[v]
+
+    @resume.setter
+    def resume(self, value: m.Status | None) -> None:
+        _RESUME[self.row] = _STATUS_INDEX[value]
 
     @property
     def state(self) -> m.MachineState:

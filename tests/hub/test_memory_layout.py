@@ -148,10 +148,10 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
     assert len(FIELDS) == 25
     assert "on_sent_ms" not in FIELDS
     assert dataclasses.fields(MachineState)[0].name == "mac"
-    # The hub's entry: the state's slots less the 7 it keeps in columns, and its own 6 (site, row,
-    # timer-wheel second, mirror times and mark): 24 slots, 224 B with the headers (288 B before).
+    # The hub's entry: the state's slots less the 13 it keeps in columns, and its own 6 (site, row,
+    # timer-wheel second, mirror times and mark): 18 slots, 176 B with the headers (288 B before).
     slots = [name for cls in HubPlug.__mro__ for name in getattr(cls, "__slots__", ())]
-    assert len(slots) == len(set(slots)) == 24
+    assert len(slots) == len(set(slots)) == 18
     assert MachineState not in HubPlug.__mro__
     assert set(FIELDS) - set(slots) == {
         "last_ts_ms",
@@ -161,8 +161,14 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
         "high_ms",
         "low_ms",
         "over_ms",
+        "disabled",
+        "stale",
+        "relay_on",
+        "cmd_on",
+        "cmd_confirmed",
+        "resume",
     }
-    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 24 * 8
+    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 18 * 8
 
 
 def _own_copy(text: str) -> str:
@@ -337,3 +343,21 @@ def test_a_checkpoint_is_the_same_bytes_whichever_layout_wrote_it_and_loads_into
     assert site == "site-a" and to_dict(entry) == to_dict(state)
     assert entry.session is not None and entry.session.session_id == "s1"
     assert entry.counter_mwh == mwh  # the meter reading the bill continues from
+
+
+@pytest.mark.parametrize("tri", [None, False, True])
+def test_flags_and_the_status_to_resume_round_trip_through_the_entrys_byte_columns(tri: bool | None) -> None:
+    # A relay or command state of None ("not known", "none in force") is not False: an entry that
+    # turned one into the other would resend, or never send, the relay command. Every value of each
+    # flag and every status to resume comes back as it went in, through the entry, its copy and a step.
+    for resume in [None, *Status]:
+        state = _online("AABBCCDDEE30", T0 + 5)
+        state.relay_on, state.cmd_on, state.resume = tri, tri, resume
+        state.disabled = state.stale = state.cmd_confirmed = bool(tri)
+        plug = HubPlug(state, "site-a")
+        got = (plug.relay_on, plug.cmd_on, plug.resume, plug.disabled, plug.stale, plug.cmd_confirmed)
+        assert got == (tri, tri, resume, bool(tri), bool(tri), bool(tri))
+        assert plug.relay_on is tri and plug.cmd_on is tri and plug.resume is resume
+        assert to_dict(plug.copy()) == to_dict(state) == to_dict(plug)
+        plug.relay_on = not tri  # the setters write the same columns
+        assert plug.relay_on is (not tri) and plug.copy().relay_on is (not tri)
