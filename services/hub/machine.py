@@ -1285,23 +1285,27 @@ def next_due_ms(s: MachineState) -> int | None:
         if sess is not None and not sess.provisional:
             due.append(s.since_ms + p.offline_abandon_s * 1000)
     else:
-        seen = s.last_ts_ms if s.last_ts_ms is not None else s.since_ms
+        # Each value read once: on the hub's entry, several of them are columns behind a property.
+        last_ts = s.last_ts_ms
+        seen = last_ts if last_ts is not None else s.since_ms
         due.append(seen + p.offline_after_s * 1000)
         if not s.stale:
             due.append(seen + p.stale_after_s * 1000)
-        if s.cmd_on is not None and not s.cmd_confirmed:
+        cmd_on = s.cmd_on
+        confirmed = s.cmd_confirmed
+        if cmd_on is not None and not confirmed:
             due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
             due.append(s.cmd_sent_ms + p.relay_retry_s * 1000)
         if sess is not None:
             if status is _FIN:
-                if s.cmd_on is False and s.cmd_confirmed:
+                if cmd_on is False and confirmed:
                     due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
             else:
                 if status in LIVE_SESSION_STATES:
                     due.append(sess.started_at_ms + p.max_session_s * 1000)
                 if status is _SEVSE:
                     due.append(s.since_ms + p.credit_grace_s * 1000)
-                if status in RELAY_ON_STATES and s.cmd_on:
+                if status in RELAY_ON_STATES and cmd_on:
                     due.append(s.cmd_sent_ms + p.keepalive_s * 1000)
     if not due:
         return None
@@ -1487,10 +1491,11 @@ def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) ->
     s.high_ms = held(s.high_ms, all_high)
     s.low_ms = held(s.low_ms, all_low)
     s.over_ms = None
-    if cmd_on is not None and not s.cmd_confirmed and ts_col[j] >= s.cmd_at_ms:
+    if cmd_on is not None and ts_col[j] >= s.cmd_at_ms and not s.cmd_confirmed:
         s.cmd_confirmed = True
-    if s.session is not None:
-        s.session.energy_mwh += last_e - prev
+    sess = s.session
+    if sess is not None:
+        sess.energy_mwh += last_e - prev
     return True
 
 
