@@ -8,6 +8,7 @@ before.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import sys
@@ -361,3 +362,65 @@ def test_flags_and_the_status_to_resume_round_trip_through_the_entrys_byte_colum
         assert to_dict(plug.copy()) == to_dict(state) == to_dict(plug)
         plug.relay_on = not tri  # the setters write the same columns
         assert plug.relay_on is (not tri) and plug.copy().relay_on is (not tri)
+
+
+# A checkpoint part written by the layout before the entry's columns (commit 6c2e649: every machine value
+# in a slot of its own): plug ...40 charging (session s1 of u1, started at T0 + 10 at counter 5,000,000,
+# then four 2 kW readings 10 s apart adding 5,556 mWh each) on site-a, plug ...41 never heard from on
+# site-b (OFFLINE, to resume AVAILABLE).
+OLD_LAYOUT_PART = base64.b64decode(
+    "eF6VVEtv2kAQ/i97phEk0ErcDCEJEkqlHnpdLfYAq669zj5ACPHfO7PjbsxDVesDeOab98znk/BqD5VUQdZeTEffhun5Sj8D"
+    "0Zq4Re1JFMVsNp8/Py8W4yHJXgcQ0/T3RYmB8EGR4iRqVaL+wpzRiHHE/K348bp8fyUP3ZRwkXPCOR0obxs0NlZVsoIAZYAK"
+    "PRz4WGOSJhozEJX2am0QmG6U8ZCSGEQ7ySgfZPD3ErT2AE4exPQR8z1gxtLGJqCqPuzEdDJ8xGc8ELENugZJQxlOUl1GHSVV"
+    "FlzEfOCcdYhSgLrqASRdjXPErRHiobkcdQ/baIdVe/jAnGxd2gaVNbXJWTkEG+z0dpcafOLwxh6SyAOye2opix6811Q9Lo9f"
+    "pcaowo9wtNGjbRIjiQ4+ImAlSeNIE5TTmw058xtDgaAyOgdNeUR5u25R0TqNm20x4q8D1qcb6xB7GtLSu8wbwNUzQKPVlUGH"
+    "7IZIDNlAkGOy2DqFgXnk0IDbHqUP0EpaG6p4XaRgEwyDonJBrpVR6do4JU78PBC3SpphcrjlQ7ckDnd1L4kwuaJ0RN0Jpapp"
+    "BQg3Nt0zSePuGrqzw7uGwEY+2FZmAqRZ2r2mZSmTT9vBXgOerxDYRbrzi4WKM6p7BBxd83X9V77SSjNfv7+8rJbvi7t07drO"
+    "1TZWVirQx+APUUXxs1iuitmKAvwHX/l+M01vOcoGnwRl+ZOgLN8hKAM9gl6TspN7ROw0PSJ2X5jMRLTITOQE/0bEzvbeAs/n"
+    "31dVzj4="
+)
+
+
+def test_a_checkpoint_written_by_the_old_layout_loads_into_entries_and_bills_the_same() -> None:
+    snap = ckpt.decode(OLD_LAYOUT_PART, lambda mac: P)
+    entries = {mac: HubPlug(state, site) for mac, (site, state) in snap.plugs.items()}
+    a, b = entries["AABBCCDDEE40"], entries["AABBCCDDEE41"]
+    assert (a.site_id, a.status, a.relay_on, a.cmd_on, a.cmd_confirmed) == (
+        "site-a",
+        Status.CHARGING,
+        True,
+        True,
+        True,
+    )
+    assert a.counter_mwh == 5_000_000 + 4 * 5_556 and a.power_w == 2000.0  # by hand: 5,022,224
+    assert a.last_ts_ms == 1_700_000_050_000 and a.uptime_s == 1050  # T0 + 50 s; uptime 1000 + 50
+    assert (a.high_ms, a.low_ms, a.over_ms, a.resume, a.stale, a.disabled) == (
+        30_000,
+        None,
+        None,
+        None,
+        False,
+        False,
+    )
+    assert a.session is not None and (a.session.session_id, a.session.user_id) == ("s1", "u1")
+    assert a.session.energy_mwh == 4 * 5_556 and a.session.start_counter_mwh == 5_000_000
+    assert (b.site_id, b.status, b.resume, b.relay_on, b.cmd_on, b.last_ts_ms) == (
+        "site-b",
+        Status.OFFLINE,
+        Status.AVAILABLE,
+        None,
+        None,
+        None,
+    )
+    # Written again from the entries: the same bytes (the layout is not in the checkpoint).
+    again = ckpt.encode_part(1_700_000_060_000, {mac: (p.site_id, p) for mac, p in entries.items()})
+    assert again == OLD_LAYOUT_PART
+    # The restored session bills from where the old hub left it: the user stops, the relay goes off, and
+    # the bill is the meter's energy since the start (4 x 5,556 + 1,000 mWh more before it switched off).
+    t = T0 + 60
+    new, fx = step(a, StopRequest(user_id="u1"), t)
+    assert [e.on for e in fx if isinstance(e, SendRelay)] == [False]
+    a.state = new
+    new, fx = step(a, _reading("AABBCCDDEE40", t + 5, 0.0, 5_022_224 + 1_000, False), t + 5)
+    (done,) = [e.record for e in fx if isinstance(e, SessionFinished)]
+    assert done.energy_mwh == 4 * 5_556 + 1_000 and done.session_id == "s1"
