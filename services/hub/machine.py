@@ -473,9 +473,25 @@ Effect = SendRelay | SessionStarted | SessionUpdated | SessionFinished | StateCh
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+# A session's rarely set values, (counter resets, stop reason, provisional, review), in one slot: most
+# live sessions have none of them, and those that do share one tuple per combination (without resets
+# or a review there are a few dozen).
+Notes = tuple[int, str, bool, str]
+_NO_NOTES: Notes = (0, "", False, "")
+_SHARED_NOTES: dict[Notes, Notes] = {_NO_NOTES: _NO_NOTES}
+
+
+def _notes(counter_resets: int, stop_reason: str, provisional: bool, review: str) -> Notes:
+    notes = (counter_resets, stop_reason, provisional, review)
+    if counter_resets == 0 and not review:
+        return _SHARED_NOTES.setdefault(notes, notes)
+    return notes
+
+
+@dataclass(slots=True, init=False)
 class Session:
-    """The open session of a plug (mutable inside ``step`` only, on a copy)."""
+    """The open session of a plug (mutable inside ``step`` only, on a copy). Its counter resets, stop
+    reason, provisional mark and review are read and written as attributes but kept in ``notes``."""
 
     session_id: str
     user_id: str
@@ -484,13 +500,75 @@ class Session:
     balance_minor: int
     started_at_ms: int
     start_counter_mwh: int
-    energy_mwh: int = 0
-    idle_ms: int = 0
-    noload_ms: int = 0
-    counter_resets: int = 0
-    stop_reason: str = ""
-    provisional: bool = False
-    review: str = ""  # why this session needs an operator's look (energy held back); empty: clean
+    energy_mwh: int
+    idle_ms: int
+    noload_ms: int
+    notes: Notes  # (counter_resets, stop_reason, provisional, review)
+
+    def __init__(
+        self,
+        session_id: str,
+        user_id: str,
+        request_id: str,
+        tariff: Tariff,
+        balance_minor: int,
+        started_at_ms: int,
+        start_counter_mwh: int,
+        energy_mwh: int = 0,
+        idle_ms: int = 0,
+        noload_ms: int = 0,
+        counter_resets: int = 0,
+        stop_reason: str = "",
+        provisional: bool = False,
+        review: str = "",  # why this session needs an operator's look (energy held back); empty: clean
+    ) -> None:
+        self.session_id = session_id
+        self.user_id = user_id
+        self.request_id = request_id
+        self.tariff = tariff
+        self.balance_minor = balance_minor
+        self.started_at_ms = started_at_ms
+        self.start_counter_mwh = start_counter_mwh
+        self.energy_mwh = energy_mwh
+        self.idle_ms = idle_ms
+        self.noload_ms = noload_ms
+        self.notes = _notes(counter_resets, stop_reason, provisional, review)
+
+    @property
+    def counter_resets(self) -> int:
+        return self.notes[0]
+
+    @counter_resets.setter
+    def counter_resets(self, value: int) -> None:
+        _, reason, provisional, review = self.notes
+        self.notes = _notes(value, reason, provisional, review)
+
+    @property
+    def stop_reason(self) -> str:
+        return self.notes[1]
+
+    @stop_reason.setter
+    def stop_reason(self, value: str) -> None:
+        resets, _, provisional, review = self.notes
+        self.notes = _notes(resets, value, provisional, review)
+
+    @property
+    def provisional(self) -> bool:
+        return self.notes[2]
+
+    @provisional.setter
+    def provisional(self, value: bool) -> None:
+        resets, reason, _, review = self.notes
+        self.notes = _notes(resets, reason, value, review)
+
+    @property
+    def review(self) -> str:
+        return self.notes[3]
+
+    @review.setter
+    def review(self, value: str) -> None:
+        resets, reason, provisional, _ = self.notes
+        self.notes = _notes(resets, reason, provisional, value)
 
     def copy(self) -> Session:
         """The same values in a new object (slot by slot: it runs on every event of a plug in a session)."""
@@ -505,10 +583,7 @@ class Session:
         new.energy_mwh = self.energy_mwh
         new.idle_ms = self.idle_ms
         new.noload_ms = self.noload_ms
-        new.counter_resets = self.counter_resets
-        new.stop_reason = self.stop_reason
-        new.provisional = self.provisional
-        new.review = self.review
+        new.notes = self.notes  # a tuple: shared, never changed in place
         return new
 
     def cost(self) -> Cost:
@@ -521,8 +596,8 @@ class StateSlots:
     entry alike. The latest sample and the debounce runs are :class:`MachineState`'s own slots: the
     hub's entry (services/hub/registry.py ``HubPlug``, a subclass of this, not of ``MachineState``)
     keeps those in columns instead, with no slot (nor int object) of its own for them; and so are the
-    flags (disabled, stale, relay, command on and confirmed) and the status to resume, a byte each in
-    the entry's columns."""
+    flags (disabled, stale, relay, command on and confirmed), the status and the status to resume, a
+    byte each in the entry's columns."""
 
     __slots__ = (
         "cmd_at_ms",
@@ -536,7 +611,6 @@ class StateSlots:
         "reason",
         "session",
         "since_ms",
-        "status",
     )
 
     mac: str
@@ -602,8 +676,8 @@ class StateSlots:
 @dataclass(slots=True)
 class MachineState(StateSlots):
     """One plug's machine state; small (slots, ints) because the hub keeps 100k of them. Its own slots
-    are the latest sample, the debounce runs, the flags and the status to resume; the rest are
-    :class:`StateSlots`'."""
+    are the latest sample, the debounce runs, the flags, the status and the status to resume; the rest
+    are :class:`StateSlots`'."""
 
     mac: str
     params: PlugParams
@@ -1534,9 +1608,28 @@ def to_dict(state: MachineState) -> dict[str, Any]:
     return out
 
 
+# A session's values in their order (a checkpoint's keys).
+SESSION_FIELDS: tuple[str, ...] = (
+    "session_id",
+    "user_id",
+    "request_id",
+    "tariff",
+    "balance_minor",
+    "started_at_ms",
+    "start_counter_mwh",
+    "energy_mwh",
+    "idle_ms",
+    "noload_ms",
+    "counter_resets",
+    "stop_reason",
+    "provisional",
+    "review",
+)
+
+
 def _session_to_dict(sess: Session) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in Session.__slots__:
+    for name in SESSION_FIELDS:
         value = getattr(sess, name)
         if name == "tariff":
             value = value.to_dict()

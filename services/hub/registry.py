@@ -32,7 +32,7 @@ class Samples:
     per plug): its latest sample's time, counter, uptime and power, and its debounce runs (ms the high,
     low and over-power conditions have held), in columns of 8 bytes; and what would be a slot each (8 B)
     for a few values: its flags (disabled, stale, relay, command on, command confirmed; -1 for None)
-    and the status to resume (an index into ``Status``, -1 for None), in columns of one byte. One row
+    and its status and status to resume (an index into ``Status``, -1 for None), in columns of one byte. One row
     per entry; rows are handed out to the entries and given back when an entry goes."""
 
     __slots__ = (
@@ -48,6 +48,7 @@ class Samples:
         "relay_on",
         "resume",
         "stale",
+        "status",
         "ts_ms",
         "uptime_s",
     )
@@ -66,6 +67,7 @@ class Samples:
         self.cmd_on = array("b")
         self.cmd_confirmed = array("b")
         self.resume = array("b")
+        self.status = array("b")
         self._free: list[int] = []
 
     def _columns(self) -> tuple[array[int], ...]:
@@ -83,6 +85,7 @@ class Samples:
             self.cmd_on,
             self.cmd_confirmed,
             self.resume,
+            self.status,
         )
 
     def take(self) -> int:
@@ -115,7 +118,7 @@ SAMPLES = Samples()
 _TS, _COUNTER, _UPTIME, _POWER = SAMPLES.ts_ms, SAMPLES.counter_mwh, SAMPLES.uptime_s, SAMPLES.power_w
 _HIGH, _LOW, _OVER = SAMPLES.high_ms, SAMPLES.low_ms, SAMPLES.over_ms
 _DISABLED, _STALE, _RELAY, _CMD_ON = SAMPLES.disabled, SAMPLES.stale, SAMPLES.relay_on, SAMPLES.cmd_on
-_CONFIRMED, _RESUME = SAMPLES.cmd_confirmed, SAMPLES.resume
+_CONFIRMED, _RESUME, _STATUS = SAMPLES.cmd_confirmed, SAMPLES.resume, SAMPLES.status
 _STATUSES: tuple[m.Status, ...] = tuple(m.Status)
 _STATUS_INDEX: dict[m.Status | None, int] = {None: -1} | {s: i for i, s in enumerate(_STATUSES)}
 _TRI: dict[bool | None, int] = {None: -1, False: 0, True: 1}
@@ -172,7 +175,6 @@ class HubPlug(_Entry):
             return
         self.mac = other.mac
         self.params = other.params
-        self.status = other.status
         self.since_ms = other.since_ms
         self.reason = other.reason
         self.errors = other.errors
@@ -202,6 +204,7 @@ class HubPlug(_Entry):
         _CMD_ON[row] = _TRI[other.cmd_on]
         _CONFIRMED[row] = other.cmd_confirmed
         _RESUME[row] = _STATUS_INDEX[other.resume]
+        _STATUS[row] = _STATUS_INDEX[other.status]
 
     def copy(self) -> m.MachineState:
         """A plain ``MachineState`` with the entry's machine values (not its hub slots): slot by slot and
@@ -209,7 +212,6 @@ class HubPlug(_Entry):
         new: m.MachineState = object.__new__(m.MachineState)
         new.mac = self.mac
         new.params = self.params
-        new.status = self.status
         new.since_ms = self.since_ms
         new.reason = self.reason
         new.errors = self.errors
@@ -243,6 +245,7 @@ class HubPlug(_Entry):
         new.cmd_confirmed = _CONFIRMED[row] == 1
         v = _RESUME[row]
         new.resume = None if v < 0 else _STATUSES[v]
+        new.status = _STATUSES[_STATUS[row]]
         return new
 
     @property  # the machine's slot, kept in a column for the hub's entries
@@ -357,6 +360,14 @@ class HubPlug(_Entry):
     @resume.setter
     def resume(self, value: m.Status | None) -> None:
         _RESUME[self.row] = _STATUS_INDEX[value]
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def status(self) -> m.Status:
+        return _STATUSES[_STATUS[self.row]]
+
+    @status.setter
+    def status(self, value: m.Status) -> None:
+        _STATUS[self.row] = _STATUS_INDEX[value]
 
     @property
     def state(self) -> m.MachineState:

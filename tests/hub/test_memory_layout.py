@@ -25,12 +25,15 @@ from chargectl.services.hub import checkpoint as ckpt
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.machine import (
     FIELDS,
+    SESSION_FIELDS,
     MachineState,
     Readings,
     SendRelay,
+    Session,
     SessionFinished,
     StartRequest,
     Status,
+    StopReason,
     StopRequest,
     Tick,
     from_dict,
@@ -149,10 +152,10 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
     assert len(FIELDS) == 25
     assert "on_sent_ms" not in FIELDS
     assert dataclasses.fields(MachineState)[0].name == "mac"
-    # The hub's entry: the state's slots less the 13 it keeps in columns, and its own 6 (site, row,
-    # timer-wheel second, mirror times and mark): 18 slots, 176 B with the headers (288 B before).
+    # The hub's entry: the state's slots less the 14 it keeps in columns, and its own 6 (site, row,
+    # timer-wheel second, mirror times and mark): 17 slots, 168 B with the headers (288 B before).
     slots = [name for cls in HubPlug.__mro__ for name in getattr(cls, "__slots__", ())]
-    assert len(slots) == len(set(slots)) == 18
+    assert len(slots) == len(set(slots)) == 17
     assert MachineState not in HubPlug.__mro__
     assert set(FIELDS) - set(slots) == {
         "last_ts_ms",
@@ -168,8 +171,9 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
         "cmd_on",
         "cmd_confirmed",
         "resume",
+        "status",
     }
-    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 18 * 8
+    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 17 * 8
 
 
 def _own_copy(text: str) -> str:
@@ -347,7 +351,7 @@ def test_a_checkpoint_is_the_same_bytes_whichever_layout_wrote_it_and_loads_into
 
 
 @pytest.mark.parametrize("tri", [None, False, True])
-def test_flags_and_the_status_to_resume_round_trip_through_the_entrys_byte_columns(tri: bool | None) -> None:
+def test_flags_and_the_statuses_round_trip_through_the_entrys_byte_columns(tri: bool | None) -> None:
     # A relay or command state of None ("not known", "none in force") is not False: an entry that
     # turned one into the other would resend, or never send, the relay command. Every value of each
     # flag and every status to resume comes back as it went in, through the entry, its copy and a step.
@@ -362,6 +366,9 @@ def test_flags_and_the_status_to_resume_round_trip_through_the_entrys_byte_colum
         assert to_dict(plug.copy()) == to_dict(state) == to_dict(plug)
         plug.relay_on = not tri  # the setters write the same columns
         assert plug.relay_on is (not tri) and plug.copy().relay_on is (not tri)
+        for status in Status:  # the status too: a byte of its own
+            plug.status = status
+            assert plug.status is status and plug.copy().status is status and plug.resume is resume
 
 
 # A checkpoint part written by the layout before the entry's columns (commit 6c2e649: every machine value
@@ -424,3 +431,40 @@ def test_a_checkpoint_written_by_the_old_layout_loads_into_entries_and_bills_the
     new, fx = step(a, _reading("AABBCCDDEE40", t + 5, 0.0, 5_022_224 + 1_000, False), t + 5)
     (done,) = [e.record for e in fx if isinstance(e, SessionFinished)]
     assert done.energy_mwh == 4 * 5_556 + 1_000 and done.session_id == "s1"
+
+
+def test_a_sessions_rare_values_share_one_slot_and_each_still_bills_as_set() -> None:
+    # Counter resets, stop reason, provisional and review live in one slot (11 slots, 120 B, instead of
+    # 14, 144 B). Each is still its own value: setting one never moves another, a copy taken before a
+    # change keeps the old values, and what the bill reads (no-load: no session fee) follows them.
+    sess = Session("s1", "u1", "r1", TARIFF, 10_000, 1, 5_000_000, energy_mwh=1_000_000)  # 1 kWh at 30p
+    assert sys.getsizeof(sess) == 16 + 16 + 11 * 8
+    fresh = Session("s2", "u2", "r2", TARIFF, 10_000, 1, 0)
+    assert sess.notes is fresh.notes  # no rare value set: one tuple for all sessions
+    assert sess.cost().total_minor == 30 + 50  # by hand: 1 kWh x 30p + the 50p session fee
+    before = sess.copy()
+    sess.counter_resets += 1
+    sess.review = "counter_down"
+    assert (sess.counter_resets, sess.stop_reason, sess.provisional, sess.review) == (
+        1,
+        "",
+        False,
+        "counter_down",
+    )
+    sess.provisional = True
+    sess.stop_reason = StopReason.NO_LOAD
+    assert (sess.counter_resets, sess.provisional, sess.review) == (1, True, "counter_down")
+    assert sess.cost().total_minor == 30  # no load: no session fee
+    assert (before.counter_resets, before.stop_reason, before.provisional, before.review) == (
+        0,
+        "",
+        False,
+        "",
+    )
+    assert before.cost().total_minor == 80 and before != sess
+    assert to_dict_session_keys() == list(SESSION_FIELDS)
+
+
+def to_dict_session_keys() -> list[str]:
+    state, _t, _mwh = _charging("AABBCCDDEE50")
+    return list(to_dict(state)["session"])
