@@ -710,6 +710,29 @@ class MachineState(StateSlots):
     session: Session | None = None
     last_session_id: str = ""
 
+    def take_sample(
+        self,
+        ts_ms: int,
+        power_w: float,
+        counter_mwh: int,
+        uptime_s: int | None,
+        relay_on: bool | None,
+        high_ms: int | None,
+        low_ms: int | None,
+    ) -> None:
+        """A quiet sample's values, and the runs after it: fresh, no device flag, no over-power run.
+        One call instead of ten assignments (the hub's entry writes its columns in one go)."""
+        self.last_ts_ms = ts_ms
+        self.power_w = power_w
+        self.counter_mwh = counter_mwh
+        self.uptime_s = uptime_s
+        self.relay_on = relay_on
+        self.errors = 0
+        self.stale = False
+        self.high_ms = high_ms
+        self.low_ms = low_ms
+        self.over_ms = None
+
 
 # The state's fields in their order (a checkpoint's keys): the slots of StateSlots and MachineState's own.
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MachineState))
@@ -802,7 +825,8 @@ def _session_view(s: MachineState) -> tuple[object, ...] | None:
     sess = s.session
     if sess is None:
         return None
-    return (sess.session_id, s.status, sess.energy_mwh, sess.idle_ms, sess.provisional, sess.balance_minor)
+    # notes[2] is ``provisional`` (read without its property: this runs twice for every event of a session)
+    return (sess.session_id, s.status, sess.energy_mwh, sess.idle_ms, sess.notes[2], sess.balance_minor)
 
 
 def _go(s: MachineState, new: Status, reason: str, now_ms: int, fx: list[Effect]) -> None:
@@ -1442,7 +1466,7 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
         most = max(e_col) - prev
         if most < 0 or _out_of_credit(sess, sess.energy_mwh + most):
             return 0
-    if _quiet_columns(s, run, last_ts, prev):
+    if _quiet_columns(s, run, last_ts, prev, status, cmd_on):
         return n
     p = s.params
     start_w, stop_w, max_w = p.start_w, p.stop_w, p.max_power_w
@@ -1505,7 +1529,9 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
     return i
 
 
-def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) -> bool:
+def _quiet_columns(
+    s: MachineState, run: RunColumns, last_ts: int, prev: int, status: Status, cmd_on: bool | None
+) -> bool:
     """The loop of ``_quiet_prefix`` decided a column at a time (in C) for a run it would apply whole
     (the caller checked the status, command and credit): True, and ``s`` advanced exactly as the loop
     would advance it, if every sample is quiet and each debounce run either holds on every sample or on
@@ -1513,7 +1539,6 @@ def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) ->
     ts_col, pw_col, e_col = run.ts_ms, run.power_w, run.energy_mwh
     relay_col, up_col = run.relay_on, run.uptime_s
     p = s.params
-    cmd_on = s.cmd_on
     gaps = list(map(operator.sub, ts_col, [last_ts, *ts_col[:-1]]))
     min_gap, max_gap = min(gaps), max(gaps)
     if min_gap <= 0 or max_gap > p.stale_after_s * 1000 or any(run.errors):
@@ -1540,7 +1565,7 @@ def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) ->
             return False
     elif True in relay_col or max_pw >= p.start_w:
         return False  # unauthorized draw, or a relay that disobeys "off"
-    charging = s.status is _CH
+    charging = status is _CH
     all_low, none_low = max_pw < p.stop_w, min_pw >= p.stop_w
     if charging and not none_low:
         return False  # load stopped
@@ -1555,16 +1580,15 @@ def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) ->
         return total - gaps[0] if run_ms is None else run_ms + total
 
     j = len(ts_col) - 1
-    s.last_ts_ms = ts_col[j]
-    s.power_w = pw_col[j]
-    s.counter_mwh = last_e
-    s.uptime_s = up_col[j]
-    s.relay_on = relay_col[j]
-    s.errors = 0
-    s.stale = False
-    s.high_ms = held(s.high_ms, all_high)
-    s.low_ms = held(s.low_ms, all_low)
-    s.over_ms = None
+    s.take_sample(
+        ts_col[j],
+        pw_col[j],
+        last_e,
+        up_col[j],
+        relay_col[j],
+        held(s.high_ms, all_high),
+        held(s.low_ms, all_low),
+    )
     if cmd_on is not None and ts_col[j] >= s.cmd_at_ms and not s.cmd_confirmed:
         s.cmd_confirmed = True
     sess = s.session

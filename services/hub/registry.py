@@ -206,6 +206,29 @@ class HubPlug(_Entry):
         _RESUME[row] = _STATUS_INDEX[other.resume]
         _STATUS[row] = _STATUS_INDEX[other.status]
 
+    def take_sample(
+        self,
+        ts_ms: int,
+        power_w: float,
+        counter_mwh: int,
+        uptime_s: int | None,
+        relay_on: bool | None,
+        high_ms: int | None,
+        low_ms: int | None,
+    ) -> None:
+        """``MachineState.take_sample``, straight into the entry's columns."""
+        row = self.row
+        _TS[row] = ts_ms
+        _POWER[row] = power_w
+        _COUNTER[row] = counter_mwh
+        _UPTIME[row] = _NONE if uptime_s is None else uptime_s
+        _RELAY[row] = _TRI[relay_on]
+        self.errors = 0
+        _STALE[row] = 0
+        _HIGH[row] = _NONE if high_ms is None else high_ms
+        _LOW[row] = _NONE if low_ms is None else low_ms
+        _OVER[row] = _NONE
+
     def copy(self) -> m.MachineState:
         """A plain ``MachineState`` with the entry's machine values (not its hub slots): slot by slot and
         column by column, spelled out (every event a machine handles starts with one)."""

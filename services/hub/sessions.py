@@ -125,10 +125,6 @@ class _Live:
         plugs = self.plugs
         return list(plugs.values()) if isinstance(plugs, dict) else [plugs]
 
-    def session_of(self, mac: str) -> str | None:
-        sids = self.sids
-        return sids.get(mac) if isinstance(sids, dict) else sids
-
     def add(self, mac: str, plug: HubPlug, session_id: str) -> int:
         """One more live session (on ``plug``); returns how many it has now."""
         plugs, sids = self.plugs, self.sids
@@ -270,7 +266,8 @@ class Balances:
                 self._leave(mac, had)
             return
         if had is not None:
-            if had.session_of(mac) == sess.session_id:
+            sids = had.sids  # the session followed on this plug
+            if (sids if isinstance(sids, str) else sids.get(mac)) == sess.session_id:
                 return
             self._leave(mac, had)
         user_id, currency = sess.user_id, sess.tariff.currency

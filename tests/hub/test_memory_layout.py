@@ -468,3 +468,29 @@ def test_a_sessions_rare_values_share_one_slot_and_each_still_bills_as_set() -> 
 def to_dict_session_keys() -> list[str]:
     state, _t, _mwh = _charging("AABBCCDDEE50")
     return list(to_dict(state)["session"])
+
+
+@pytest.mark.parametrize("relay", [None, False, True])
+def test_a_quiet_sample_taken_by_the_entry_is_the_one_taken_by_a_plain_state(relay: bool | None) -> None:
+    # The quiet-run path writes a sample with one call; the entry writes its columns directly. Both must
+    # leave exactly the same state (the flags and runs it resets included), or the fast path would bill
+    # or switch differently on the hub than in the machine's own tests.
+    state, _t, _mwh = _charging("AABBCCDDEE60")
+    state.errors, state.stale, state.over_ms = 3, True, 4_000  # all reset by a quiet sample
+    plug = HubPlug(state, "site-a")
+    for target in (state, plug):
+        target.take_sample(1_700_000_100_000, 1999.5, 5_030_000, None, relay, 40_000, None)
+    assert to_dict(plug) == to_dict(state)
+    assert (plug.errors, plug.stale, plug.over_ms, plug.uptime_s, plug.relay_on) == (
+        0,
+        False,
+        None,
+        None,
+        relay,
+    )
+    assert (plug.last_ts_ms, plug.power_w, plug.counter_mwh, plug.high_ms) == (
+        1_700_000_100_000,
+        1999.5,
+        5_030_000,
+        40_000,
+    )
