@@ -597,13 +597,11 @@ class StateSlots:
     hub's entry (services/hub/registry.py ``HubPlug``, a subclass of this, not of ``MachineState``)
     keeps those in columns instead, with no slot (nor int object) of its own for them; and so are the
     flags (disabled, stale, relay, command on and confirmed), the status and the status to resume, a
-    byte each in the entry's columns."""
+    byte each, and the command sequence numbers, four bytes each, in the entry's columns."""
 
     __slots__ = (
         "cmd_at_ms",
-        "cmd_first_seq",
         "cmd_sent_ms",
-        "cmd_seq",
         "errors",
         "last_session_id",
         "mac",
@@ -676,8 +674,8 @@ class StateSlots:
 @dataclass(slots=True)
 class MachineState(StateSlots):
     """One plug's machine state; small (slots, ints) because the hub keeps 100k of them. Its own slots
-    are the latest sample, the debounce runs, the flags, the status and the status to resume; the rest
-    are :class:`StateSlots`'."""
+    are the latest sample, the debounce runs, the flags, the status, the status to resume and the
+    command sequence numbers; the rest are :class:`StateSlots`'."""
 
     mac: str
     params: PlugParams

@@ -25,6 +25,7 @@ __all__ = ["SAMPLES", "Admission", "HubPlug", "PlugRefusal", "PlugRegistry", "Sa
 
 
 _NONE = -(1 << 63)  # a column's "no value yet" (the bounds let no reading carry a negative value)
+_NONE32 = (1 << 32) - 1  # the same in the four-byte unsigned columns
 
 
 class Samples:
@@ -32,13 +33,18 @@ class Samples:
     per plug): its latest sample's time, counter, uptime and power, and its debounce runs (ms the high,
     low and over-power conditions have held), in columns of 8 bytes; and what would be a slot each (8 B)
     for a few values: its flags (disabled, stale, relay, command on, command confirmed; -1 for None)
-    and its status and status to resume (an index into ``Status``, -1 for None), in columns of one byte. One row
+    and its status and status to resume (an index into ``Status``, -1 for None), in columns of one byte;
+    its command sequence numbers and its timer-wheel second (``_NONE32`` for None) in columns of four
+    (unsigned: a sequence number counts one plug's commands, and a second of hub time fits until 2106). One row
     per entry; rows are handed out to the entries and given back when an entry goes."""
 
     __slots__ = (
         "_free",
+        "armed_s",
         "cmd_confirmed",
+        "cmd_first_seq",
         "cmd_on",
+        "cmd_seq",
         "counter_mwh",
         "disabled",
         "high_ms",
@@ -68,10 +74,13 @@ class Samples:
         self.cmd_confirmed = array("b")
         self.resume = array("b")
         self.status = array("b")
+        self.cmd_first_seq = array("I")
+        self.cmd_seq = array("I")
+        self.armed_s = array("I")
         self._free: list[int] = []
 
     def _columns(self) -> tuple[array[int], ...]:
-        """The integer columns (``power_w`` apart), each with its "no value yet"."""
+        """The signed integer columns (whose "no value yet" is ``_NONE`` or -1)."""
         return (
             self.ts_ms,
             self.counter_mwh,
@@ -94,10 +103,15 @@ class Samples:
             self.power_w[row] = 0.0
             for col in self._columns():
                 col[row] = _NONE if col.typecode == "q" else -1
+            self.cmd_first_seq[row] = self.cmd_seq[row] = 0
+            self.armed_s[row] = _NONE32
             return row
         for col in self._columns():
             col.append(_NONE if col.typecode == "q" else -1)
         self.power_w.append(0.0)
+        self.cmd_first_seq.append(0)
+        self.cmd_seq.append(0)
+        self.armed_s.append(_NONE32)
         return len(self.ts_ms) - 1
 
     def give_back(self, row: int) -> None:
@@ -106,7 +120,7 @@ class Samples:
         if len(free) == len(self.ts_ms):  # every entry gone (a hub torn down): the columns go too
             free.clear()
             del self.power_w[:]
-            for col in self._columns():
+            for col in (self.cmd_first_seq, self.cmd_seq, self.armed_s, *self._columns()):
                 del col[:]
 
     def __len__(self) -> int:
@@ -119,6 +133,7 @@ _TS, _COUNTER, _UPTIME, _POWER = SAMPLES.ts_ms, SAMPLES.counter_mwh, SAMPLES.upt
 _HIGH, _LOW, _OVER = SAMPLES.high_ms, SAMPLES.low_ms, SAMPLES.over_ms
 _DISABLED, _STALE, _RELAY, _CMD_ON = SAMPLES.disabled, SAMPLES.stale, SAMPLES.relay_on, SAMPLES.cmd_on
 _CONFIRMED, _RESUME, _STATUS = SAMPLES.cmd_confirmed, SAMPLES.resume, SAMPLES.status
+_FIRST_SEQ, _SEQ, _ARMED = SAMPLES.cmd_first_seq, SAMPLES.cmd_seq, SAMPLES.armed_s
 _STATUSES: tuple[m.Status, ...] = tuple(m.Status)
 _STATUS_INDEX: dict[m.Status | None, int] = {None: -1} | {s: i for i, s in enumerate(_STATUSES)}
 _TRI: dict[bool | None, int] = {None: -1, False: 0, True: 1}
@@ -139,11 +154,10 @@ class HubPlug(_Entry):
     counter, uptime and power and the debounce runs live in a row of :data:`SAMPLES`, read and written
     through properties of the same names, and take no slot of the entry."""
 
-    __slots__ = ("armed_s", "mark", "mirror_due_ms", "mirrored_ms", "row", "site_id")
+    __slots__ = ("mark", "mirror_due_ms", "mirrored_ms", "row", "site_id")
 
     site_id: str
     mirrored_ms: int  # when its plug-state document was last written (0: never)
-    armed_s: int | None  # the timer-wheel second this plug is armed for (services/hub/timers.py)
     # Its plug-state document's mark (services/hub/mirror.py), held here rather than in an object of its
     # own: when the mirror looks at it next (None: not marked), and for a plug whose document was written
     # before, when it was marked first and last since then and what its document says (None: unknown).
@@ -155,7 +169,6 @@ class HubPlug(_Entry):
         self.row = SAMPLES.take()
         self.site_id = site_id
         self.mirrored_ms = 0
-        self.armed_s = None
         self.mirror_due_ms = None
         self.mark = None
         self.assign(state)
@@ -180,8 +193,6 @@ class HubPlug(_Entry):
         self.errors = other.errors
         self.cmd_at_ms = other.cmd_at_ms
         self.cmd_sent_ms = other.cmd_sent_ms
-        self.cmd_first_seq = other.cmd_first_seq
-        self.cmd_seq = other.cmd_seq
         self.session = other.session
         self.last_session_id = other.last_session_id
         row = self.row
@@ -205,6 +216,8 @@ class HubPlug(_Entry):
         _CONFIRMED[row] = other.cmd_confirmed
         _RESUME[row] = _STATUS_INDEX[other.resume]
         _STATUS[row] = _STATUS_INDEX[other.status]
+        _FIRST_SEQ[row] = other.cmd_first_seq
+        _SEQ[row] = other.cmd_seq
 
     def take_sample(
         self,
@@ -240,8 +253,6 @@ class HubPlug(_Entry):
         new.errors = self.errors
         new.cmd_at_ms = self.cmd_at_ms
         new.cmd_sent_ms = self.cmd_sent_ms
-        new.cmd_first_seq = self.cmd_first_seq
-        new.cmd_seq = self.cmd_seq
         new.last_session_id = self.last_session_id
         sess = self.session
         new.session = None if sess is None else sess.copy()
@@ -269,6 +280,8 @@ class HubPlug(_Entry):
         v = _RESUME[row]
         new.resume = None if v < 0 else _STATUSES[v]
         new.status = _STATUSES[_STATUS[row]]
+        new.cmd_first_seq = _FIRST_SEQ[row]
+        new.cmd_seq = _SEQ[row]
         return new
 
     @property  # the machine's slot, kept in a column for the hub's entries
@@ -391,6 +404,31 @@ class HubPlug(_Entry):
     @status.setter
     def status(self, value: m.Status) -> None:
         _STATUS[self.row] = _STATUS_INDEX[value]
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def cmd_first_seq(self) -> int:
+        return _FIRST_SEQ[self.row]
+
+    @cmd_first_seq.setter
+    def cmd_first_seq(self, value: int) -> None:
+        _FIRST_SEQ[self.row] = value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def cmd_seq(self) -> int:
+        return _SEQ[self.row]
+
+    @cmd_seq.setter
+    def cmd_seq(self, value: int) -> None:
+        _SEQ[self.row] = value
+
+    @property  # the timer-wheel second this plug is armed for (services/hub/timers.py; None: not armed)
+    def armed_s(self) -> int | None:
+        v = _ARMED[self.row]
+        return None if v == _NONE32 else v
+
+    @armed_s.setter
+    def armed_s(self, value: int | None) -> None:
+        _ARMED[self.row] = _NONE32 if value is None else value
 
     @property
     def state(self) -> m.MachineState:

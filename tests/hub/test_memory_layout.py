@@ -152,10 +152,11 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
     assert len(FIELDS) == 25
     assert "on_sent_ms" not in FIELDS
     assert dataclasses.fields(MachineState)[0].name == "mac"
-    # The hub's entry: the state's slots less the 14 it keeps in columns, and its own 6 (site, row,
-    # timer-wheel second, mirror times and mark): 17 slots, 168 B with the headers (288 B before).
+    # The hub's entry: the state's slots less the 16 it keeps in columns, and its own 5 (site, row,
+    # mirror times and mark; its timer-wheel second is a column too): 14 slots, 144 B with the headers
+    # (288 B before).
     slots = [name for cls in HubPlug.__mro__ for name in getattr(cls, "__slots__", ())]
-    assert len(slots) == len(set(slots)) == 17
+    assert len(slots) == len(set(slots)) == 14
     assert MachineState not in HubPlug.__mro__
     assert set(FIELDS) - set(slots) == {
         "last_ts_ms",
@@ -172,8 +173,10 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
         "cmd_confirmed",
         "resume",
         "status",
+        "cmd_first_seq",
+        "cmd_seq",
     }
-    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 17 * 8
+    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 14 * 8
 
 
 def _own_copy(text: str) -> str:
@@ -494,3 +497,22 @@ def test_a_quiet_sample_taken_by_the_entry_is_the_one_taken_by_a_plain_state(rel
         5_030_000,
         40_000,
     )
+
+
+def test_the_command_numbers_and_the_timer_second_round_trip_through_four_byte_columns() -> None:
+    # The relay command's sequence numbers decide which result confirms which command, and the timer
+    # second decides when a plug's timers run: each comes back exactly, "not armed" stays apart from
+    # second 0, and a value the columns cannot hold is refused loudly, never stored wrapped.
+    plug = HubPlug(new_state("AABBCCDDEE70", P, T0), "site-a")
+    assert (plug.cmd_first_seq, plug.cmd_seq, plug.armed_s) == (0, 0, None)
+    for seq in (1, 255, 256, 70_000, 2**32 - 1):
+        plug.cmd_seq = plug.cmd_first_seq = seq
+        assert plug.cmd_seq == plug.cmd_first_seq == seq == plug.copy().cmd_seq
+    for second in (0, 1_700_000_000, 4_102_444_800):  # 4,102,444,800: 2100-01-01 in Unix seconds
+        plug.armed_s = second
+        assert plug.armed_s == second
+    plug.armed_s = None
+    assert plug.armed_s is None
+    with pytest.raises(OverflowError):
+        plug.cmd_seq = 2**32
+    assert plug.cmd_seq == 2**32 - 1
