@@ -638,9 +638,9 @@ class StateSlots:
     last_session_id: str
 
     def copy(self) -> MachineState:
-        """A plain ``MachineState`` with the same values (also of a subclass's state: the hub's plug
-        entry is one; its own slots are not the machine's and are not copied). Slot by slot, spelled
-        out: this runs on every event a machine handles (``test_memory_layout`` checks it is complete)."""
+        """A plain ``MachineState`` with the same values (the hub's entry has its own, reading its
+        columns; its hub slots are not the machine's and are not copied). Slot by slot, spelled out:
+        this runs on every event a machine handles (``test_memory_layout`` checks it is complete)."""
         new: MachineState = object.__new__(MachineState)
         new.mac = self.mac
         new.params = self.params
