@@ -48,6 +48,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import sys
@@ -472,9 +473,25 @@ Effect = SendRelay | SessionStarted | SessionUpdated | SessionFinished | StateCh
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+# A session's rarely set values, (counter resets, stop reason, provisional, review), in one slot: most
+# live sessions have none of them, and those that do share one tuple per combination (without resets
+# or a review there are a few dozen).
+Notes = tuple[int, str, bool, str]
+_NO_NOTES: Notes = (0, "", False, "")
+_SHARED_NOTES: dict[Notes, Notes] = {_NO_NOTES: _NO_NOTES}
+
+
+def _notes(counter_resets: int, stop_reason: str, provisional: bool, review: str) -> Notes:
+    notes = (counter_resets, stop_reason, provisional, review)
+    if counter_resets == 0 and not review:
+        return _SHARED_NOTES.setdefault(notes, notes)
+    return notes
+
+
+@dataclass(slots=True, init=False)
 class Session:
-    """The open session of a plug (mutable inside ``step`` only, on a copy)."""
+    """The open session of a plug (mutable inside ``step`` only, on a copy). Its counter resets, stop
+    reason, provisional mark and review are read and written as attributes but kept in ``notes``."""
 
     session_id: str
     user_id: str
@@ -483,13 +500,75 @@ class Session:
     balance_minor: int
     started_at_ms: int
     start_counter_mwh: int
-    energy_mwh: int = 0
-    idle_ms: int = 0
-    noload_ms: int = 0
-    counter_resets: int = 0
-    stop_reason: str = ""
-    provisional: bool = False
-    review: str = ""  # why this session needs an operator's look (energy held back); empty: clean
+    energy_mwh: int
+    idle_ms: int
+    noload_ms: int
+    notes: Notes  # (counter_resets, stop_reason, provisional, review)
+
+    def __init__(
+        self,
+        session_id: str,
+        user_id: str,
+        request_id: str,
+        tariff: Tariff,
+        balance_minor: int,
+        started_at_ms: int,
+        start_counter_mwh: int,
+        energy_mwh: int = 0,
+        idle_ms: int = 0,
+        noload_ms: int = 0,
+        counter_resets: int = 0,
+        stop_reason: str = "",
+        provisional: bool = False,
+        review: str = "",  # why this session needs an operator's look (energy held back); empty: clean
+    ) -> None:
+        self.session_id = session_id
+        self.user_id = user_id
+        self.request_id = request_id
+        self.tariff = tariff
+        self.balance_minor = balance_minor
+        self.started_at_ms = started_at_ms
+        self.start_counter_mwh = start_counter_mwh
+        self.energy_mwh = energy_mwh
+        self.idle_ms = idle_ms
+        self.noload_ms = noload_ms
+        self.notes = _notes(counter_resets, stop_reason, provisional, review)
+
+    @property
+    def counter_resets(self) -> int:
+        return self.notes[0]
+
+    @counter_resets.setter
+    def counter_resets(self, value: int) -> None:
+        _, reason, provisional, review = self.notes
+        self.notes = _notes(value, reason, provisional, review)
+
+    @property
+    def stop_reason(self) -> str:
+        return self.notes[1]
+
+    @stop_reason.setter
+    def stop_reason(self, value: str) -> None:
+        resets, _, provisional, review = self.notes
+        self.notes = _notes(resets, value, provisional, review)
+
+    @property
+    def provisional(self) -> bool:
+        return self.notes[2]
+
+    @provisional.setter
+    def provisional(self, value: bool) -> None:
+        resets, reason, _, review = self.notes
+        self.notes = _notes(resets, reason, value, review)
+
+    @property
+    def review(self) -> str:
+        return self.notes[3]
+
+    @review.setter
+    def review(self, value: str) -> None:
+        resets, reason, provisional, _ = self.notes
+        self.notes = _notes(resets, reason, provisional, value)
 
     def copy(self) -> Session:
         """The same values in a new object (slot by slot: it runs on every event of a plug in a session)."""
@@ -504,10 +583,7 @@ class Session:
         new.energy_mwh = self.energy_mwh
         new.idle_ms = self.idle_ms
         new.noload_ms = self.noload_ms
-        new.counter_resets = self.counter_resets
-        new.stop_reason = self.stop_reason
-        new.provisional = self.provisional
-        new.review = self.review
+        new.notes = self.notes  # a tuple: shared, never changed in place
         return new
 
     def cost(self) -> Cost:
@@ -515,9 +591,91 @@ class Session:
         return session_cost(self.tariff, self.energy_mwh, self.idle_ms, include_fee=include_fee)
 
 
+class StateSlots:
+    """The slots a plug's state keeps in its own object, in :class:`MachineState` and in the hub's plug
+    entry alike. The latest sample and the debounce runs are :class:`MachineState`'s own slots: the
+    hub's entry (services/hub/registry.py ``HubPlug``, a subclass of this, not of ``MachineState``)
+    keeps those in columns instead, with no slot (nor int object) of its own for them; and so are the
+    flags (disabled, stale, relay, command on and confirmed), the status and the status to resume, a
+    byte each, and the command sequence numbers, four bytes each, in the entry's columns."""
+
+    __slots__ = (
+        "cmd_at_ms",
+        "cmd_sent_ms",
+        "errors",
+        "last_session_id",
+        "mac",
+        "params",
+        "reason",
+        "session",
+        "since_ms",
+    )
+
+    mac: str
+    params: PlugParams
+    status: Status
+    since_ms: int
+    reason: str
+    resume: Status | None
+    disabled: bool
+    stale: bool
+    last_ts_ms: int | None
+    power_w: float
+    counter_mwh: int | None
+    uptime_s: int | None
+    relay_on: bool | None
+    errors: int
+    cmd_on: bool | None
+    cmd_at_ms: int
+    cmd_sent_ms: int
+    cmd_first_seq: int
+    cmd_confirmed: bool
+    cmd_seq: int
+    high_ms: int | None
+    low_ms: int | None
+    over_ms: int | None
+    session: Session | None
+    last_session_id: str
+
+    def copy(self) -> MachineState:
+        """A plain ``MachineState`` with the same values (the hub's entry has its own, reading its
+        columns; its hub slots are not the machine's and are not copied). Slot by slot, spelled out:
+        this runs on every event a machine handles (``test_memory_layout`` checks it is complete)."""
+        new: MachineState = object.__new__(MachineState)
+        new.mac = self.mac
+        new.params = self.params
+        new.status = self.status
+        new.since_ms = self.since_ms
+        new.reason = self.reason
+        new.resume = self.resume
+        new.disabled = self.disabled
+        new.stale = self.stale
+        new.last_ts_ms = self.last_ts_ms
+        new.power_w = self.power_w
+        new.counter_mwh = self.counter_mwh
+        new.uptime_s = self.uptime_s
+        new.relay_on = self.relay_on
+        new.errors = self.errors
+        new.cmd_on = self.cmd_on
+        new.cmd_at_ms = self.cmd_at_ms
+        new.cmd_sent_ms = self.cmd_sent_ms
+        new.cmd_first_seq = self.cmd_first_seq
+        new.cmd_confirmed = self.cmd_confirmed
+        new.cmd_seq = self.cmd_seq
+        new.high_ms = self.high_ms
+        new.low_ms = self.low_ms
+        new.over_ms = self.over_ms
+        new.last_session_id = self.last_session_id
+        sess = self.session
+        new.session = None if sess is None else sess.copy()
+        return new
+
+
 @dataclass(slots=True)
-class MachineState:
-    """One plug's machine state; small (slots, ints) because the hub keeps 100k of them."""
+class MachineState(StateSlots):
+    """One plug's machine state; small (slots, ints) because the hub keeps 100k of them. Its own slots
+    are the latest sample, the debounce runs, the flags, the status, the status to resume and the
+    command sequence numbers; the rest are :class:`StateSlots`'."""
 
     mac: str
     params: PlugParams
@@ -550,68 +708,32 @@ class MachineState:
     session: Session | None = None
     last_session_id: str = ""
 
-    def copy(self) -> MachineState:
-        """A plain ``MachineState`` with the same values (also of a subclass's state: the hub's plug
-        entry is one; its own slots are not the machine's and are not copied). Slot by slot, spelled
-        out: this runs on every event a machine handles (``test_memory_layout`` checks it is complete)."""
-        new: MachineState = object.__new__(MachineState)
-        new.mac = self.mac
-        new.params = self.params
-        new.status = self.status
-        new.since_ms = self.since_ms
-        new.reason = self.reason
-        new.resume = self.resume
-        new.disabled = self.disabled
-        new.stale = self.stale
-        new.last_ts_ms = self.last_ts_ms
-        new.power_w = self.power_w
-        new.counter_mwh = self.counter_mwh
-        new.uptime_s = self.uptime_s
-        new.relay_on = self.relay_on
-        new.errors = self.errors
-        new.cmd_on = self.cmd_on
-        new.cmd_at_ms = self.cmd_at_ms
-        new.cmd_sent_ms = self.cmd_sent_ms
-        new.cmd_first_seq = self.cmd_first_seq
-        new.cmd_confirmed = self.cmd_confirmed
-        new.cmd_seq = self.cmd_seq
-        new.high_ms = self.high_ms
-        new.low_ms = self.low_ms
-        new.over_ms = self.over_ms
-        new.last_session_id = self.last_session_id
-        sess = self.session
-        new.session = None if sess is None else sess.copy()
-        return new
+    def take_sample(
+        self,
+        ts_ms: int,
+        power_w: float,
+        counter_mwh: int,
+        uptime_s: int | None,
+        relay_on: bool | None,
+        high_ms: int | None,
+        low_ms: int | None,
+    ) -> None:
+        """A quiet sample's values, and the runs after it: fresh, no device flag, no over-power run.
+        One call instead of ten assignments (the hub's entry writes its columns in one go)."""
+        self.last_ts_ms = ts_ms
+        self.power_w = power_w
+        self.counter_mwh = counter_mwh
+        self.uptime_s = uptime_s
+        self.relay_on = relay_on
+        self.errors = 0
+        self.stale = False
+        self.high_ms = high_ms
+        self.low_ms = low_ms
+        self.over_ms = None
 
-    def assign(self, other: MachineState) -> None:
-        """Take ``other``'s machine values in place (the hub's plug entry taking a step's new state)."""
-        if other is self:
-            return
-        self.mac = other.mac
-        self.params = other.params
-        self.status = other.status
-        self.since_ms = other.since_ms
-        self.reason = other.reason
-        self.resume = other.resume
-        self.disabled = other.disabled
-        self.stale = other.stale
-        self.last_ts_ms = other.last_ts_ms
-        self.power_w = other.power_w
-        self.counter_mwh = other.counter_mwh
-        self.uptime_s = other.uptime_s
-        self.relay_on = other.relay_on
-        self.errors = other.errors
-        self.cmd_on = other.cmd_on
-        self.cmd_at_ms = other.cmd_at_ms
-        self.cmd_sent_ms = other.cmd_sent_ms
-        self.cmd_first_seq = other.cmd_first_seq
-        self.cmd_confirmed = other.cmd_confirmed
-        self.cmd_seq = other.cmd_seq
-        self.high_ms = other.high_ms
-        self.low_ms = other.low_ms
-        self.over_ms = other.over_ms
-        self.session = other.session
-        self.last_session_id = other.last_session_id
+
+# The state's fields in their order (a checkpoint's keys): the slots of StateSlots and MachineState's own.
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MachineState))
 
 
 def new_state(mac: str, params: PlugParams, now: float) -> MachineState:
@@ -701,7 +823,8 @@ def _session_view(s: MachineState) -> tuple[object, ...] | None:
     sess = s.session
     if sess is None:
         return None
-    return (sess.session_id, s.status, sess.energy_mwh, sess.idle_ms, sess.provisional, sess.balance_minor)
+    # notes[2] is ``provisional`` (read without its property: this runs twice for every event of a session)
+    return (sess.session_id, s.status, sess.energy_mwh, sess.idle_ms, sess.notes[2], sess.balance_minor)
 
 
 def _go(s: MachineState, new: Status, reason: str, now_ms: int, fx: list[Effect]) -> None:
@@ -1258,23 +1381,27 @@ def next_due_ms(s: MachineState) -> int | None:
         if sess is not None and not sess.provisional:
             due.append(s.since_ms + p.offline_abandon_s * 1000)
     else:
-        seen = s.last_ts_ms if s.last_ts_ms is not None else s.since_ms
+        # Each value read once: on the hub's entry, several of them are columns behind a property.
+        last_ts = s.last_ts_ms
+        seen = last_ts if last_ts is not None else s.since_ms
         due.append(seen + p.offline_after_s * 1000)
         if not s.stale:
             due.append(seen + p.stale_after_s * 1000)
-        if s.cmd_on is not None and not s.cmd_confirmed:
+        cmd_on = s.cmd_on
+        confirmed = s.cmd_confirmed
+        if cmd_on is not None and not confirmed:
             due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
             due.append(s.cmd_sent_ms + p.relay_retry_s * 1000)
         if sess is not None:
             if status is _FIN:
-                if s.cmd_on is False and s.cmd_confirmed:
+                if cmd_on is False and confirmed:
                     due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
             else:
                 if status in LIVE_SESSION_STATES:
                     due.append(sess.started_at_ms + p.max_session_s * 1000)
                 if status is _SEVSE:
                     due.append(s.since_ms + p.credit_grace_s * 1000)
-                if status in RELAY_ON_STATES and s.cmd_on:
+                if status in RELAY_ON_STATES and cmd_on:
                     due.append(s.cmd_sent_ms + p.keepalive_s * 1000)
     if not due:
         return None
@@ -1337,7 +1464,7 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
         most = max(e_col) - prev
         if most < 0 or _out_of_credit(sess, sess.energy_mwh + most):
             return 0
-    if _quiet_columns(s, run, last_ts, prev):
+    if _quiet_columns(s, run, last_ts, prev, status, cmd_on):
         return n
     p = s.params
     start_w, stop_w, max_w = p.start_w, p.stop_w, p.max_power_w
@@ -1400,7 +1527,9 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
     return i
 
 
-def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) -> bool:
+def _quiet_columns(
+    s: MachineState, run: RunColumns, last_ts: int, prev: int, status: Status, cmd_on: bool | None
+) -> bool:
     """The loop of ``_quiet_prefix`` decided a column at a time (in C) for a run it would apply whole
     (the caller checked the status, command and credit): True, and ``s`` advanced exactly as the loop
     would advance it, if every sample is quiet and each debounce run either holds on every sample or on
@@ -1408,7 +1537,6 @@ def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) ->
     ts_col, pw_col, e_col = run.ts_ms, run.power_w, run.energy_mwh
     relay_col, up_col = run.relay_on, run.uptime_s
     p = s.params
-    cmd_on = s.cmd_on
     gaps = list(map(operator.sub, ts_col, [last_ts, *ts_col[:-1]]))
     min_gap, max_gap = min(gaps), max(gaps)
     if min_gap <= 0 or max_gap > p.stale_after_s * 1000 or any(run.errors):
@@ -1435,7 +1563,7 @@ def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) ->
             return False
     elif True in relay_col or max_pw >= p.start_w:
         return False  # unauthorized draw, or a relay that disobeys "off"
-    charging = s.status is _CH
+    charging = status is _CH
     all_low, none_low = max_pw < p.stop_w, min_pw >= p.stop_w
     if charging and not none_low:
         return False  # load stopped
@@ -1450,20 +1578,20 @@ def _quiet_columns(s: MachineState, run: RunColumns, last_ts: int, prev: int) ->
         return total - gaps[0] if run_ms is None else run_ms + total
 
     j = len(ts_col) - 1
-    s.last_ts_ms = ts_col[j]
-    s.power_w = pw_col[j]
-    s.counter_mwh = last_e
-    s.uptime_s = up_col[j]
-    s.relay_on = relay_col[j]
-    s.errors = 0
-    s.stale = False
-    s.high_ms = held(s.high_ms, all_high)
-    s.low_ms = held(s.low_ms, all_low)
-    s.over_ms = None
-    if cmd_on is not None and not s.cmd_confirmed and ts_col[j] >= s.cmd_at_ms:
+    s.take_sample(
+        ts_col[j],
+        pw_col[j],
+        last_e,
+        up_col[j],
+        relay_col[j],
+        held(s.high_ms, all_high),
+        held(s.low_ms, all_low),
+    )
+    if cmd_on is not None and ts_col[j] >= s.cmd_at_ms and not s.cmd_confirmed:
         s.cmd_confirmed = True
-    if s.session is not None:
-        s.session.energy_mwh += last_e - prev
+    sess = s.session
+    if sess is not None:
+        sess.energy_mwh += last_e - prev
     return True
 
 
@@ -1490,7 +1618,7 @@ _HANDLERS: dict[type, _Handler] = {
 def to_dict(state: MachineState) -> dict[str, Any]:
     """The state as plain JSON-able values (for the hub's checkpoint)."""
     out: dict[str, Any] = {}
-    for name in MachineState.__slots__:
+    for name in FIELDS:
         value = getattr(state, name)
         if name == "params":
             value = value.to_dict()
@@ -1502,9 +1630,28 @@ def to_dict(state: MachineState) -> dict[str, Any]:
     return out
 
 
+# A session's values in their order (a checkpoint's keys).
+SESSION_FIELDS: tuple[str, ...] = (
+    "session_id",
+    "user_id",
+    "request_id",
+    "tariff",
+    "balance_minor",
+    "started_at_ms",
+    "start_counter_mwh",
+    "energy_mwh",
+    "idle_ms",
+    "noload_ms",
+    "counter_resets",
+    "stop_reason",
+    "provisional",
+    "review",
+)
+
+
 def _session_to_dict(sess: Session) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in Session.__slots__:
+    for name in SESSION_FIELDS:
         value = getattr(sess, name)
         if name == "tariff":
             value = value.to_dict()

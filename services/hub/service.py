@@ -135,8 +135,8 @@ class Hub:
         self.timers = TimerWheel()  # plugs by the second their next timer is due
         self.checkpoint_parts = ckpt.PartTracker()  # checkpoint parts with a plug changed since the last
         self.ingest = Ingest(Keyring(), shard=settings.shard)
-        self.registry = PlugRegistry(
-            ports.store, settings.max_new_plugs_per_batch, settings.max_plugs_per_site
+        self.registry = PlugRegistry(  # bindings held by the entries of ``plugs`` where they agree
+            ports.store, settings.max_new_plugs_per_batch, settings.max_plugs_per_site, self.plugs
         )
         self.metrics = Metrics()
         self.alerts = AlertBook()  # open alerts; sinks and the console read them
@@ -225,6 +225,7 @@ class Hub:
         self._load_checkpoint()
         for mac, plug in self.plugs.items():  # plugs known from before bindings existed keep their site
             plug.site_id = self.registry.bind(mac, plug.site_id, self._now_ms())
+            self.registry.settle(plug)
         self._reconcile()
         bus = self.ports.bus
         await bus.ensure_topic(TELEMETRY_TOPIC)
@@ -476,11 +477,12 @@ class Hub:
             self._reread_bindings()
 
     def _reread_bindings(self) -> None:
-        for mac, site_id in self.registry.refresh(self.plugs).items():  # an operator moved a plug
+        for mac, site_id in self.registry.refresh().items():  # an operator moved a plug
             plug = self.plugs.get(mac)
             if plug is not None and plug.site_id != site_id:
                 log.info("plug %s assigned from site %s to %s", mac, plug.site_id, site_id)
                 plug.site_id = site_id
+                self.registry.settle(plug)
                 self.mirror.mark(plug, self._now_ms())
                 self.checkpoint_parts.touch(mac)
 
@@ -682,13 +684,13 @@ class Hub:
         """The machine of a plug bound to ``site_id`` (the caller checked the binding)."""
         plug = self.plugs.get(mac)
         if plug is None:
-            plug = self.plugs[mac] = HubPlug(
-                m.new_state(mac, self._params(mac), self.now()), site_id, self.registry.samples
-            )
+            plug = self.plugs[mac] = HubPlug(m.new_state(mac, self._params(mac), self.now()), site_id)
+            self.registry.entered(plug)
             self.mirror.mark(plug, self._now_ms())
         elif plug.site_id != site_id:  # released by an operator, then bound by the site reporting it now
             log.info("plug %s now belongs to site %s (was %s)", mac, site_id, plug.site_id)
             plug.site_id = site_id
+            self.registry.settle(plug)
             self.mirror.mark(plug, self._now_ms())
             self.checkpoint_parts.touch(mac)
         return plug
@@ -968,7 +970,8 @@ class Hub:
             lambda: self.store.load_checkpoint(ckpt.delta_name(name)),
         )
         for mac, (site_id, state) in snap.plugs.items():
-            plug = self.plugs[mac] = HubPlug(state, site_id, self.registry.samples)
+            plug = self.plugs[mac] = HubPlug(state, site_id)
+            self.registry.entered(plug)
             self.timers.arm(plug, snap.saved_at_ms)
             self.money.track(plug)
         self.ingest.load(snap.ingest)

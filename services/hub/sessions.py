@@ -36,7 +36,6 @@ import contextlib
 import functools
 import heapq
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +90,69 @@ def _cost(plug: HubPlug) -> int:
     return sess.cost().total_minor if sess is not None else 0
 
 
+class _Live:
+    """One live user (a user id and a currency with a live session): its sessions' plugs, held directly
+    while there is one (most users) and MAC -> plug once there are several, and its check schedule.
+    One object per live user instead of an entry in each of several maps and sets."""
+
+    __slots__ = (
+        "checked_ms",
+        "currency",
+        "due_ms",
+        "plugs",
+        "rate",
+        "read_ms",
+        "sids",
+        "spent",
+        "touched",
+        "user_id",
+    )
+
+    def __init__(self, user_id: str, currency: str, plug: HubPlug, session_id: str) -> None:
+        self.user_id = user_id
+        self.currency = currency
+        self.plugs: HubPlug | dict[str, HubPlug] = plug
+        self.sids: str | dict[str, str] = session_id  # the session each plug is followed for
+        self.touched = False  # in the balances' ``_touched`` list
+        self.due_ms: int | None = None  # when it is checked next (None: not scheduled)
+        self.read_ms: int | None = None  # when its balance was read
+        self.checked_ms: int | None = None  # its last check, what its sessions had spent then and
+        self.spent = 0  # the spend rate seen (minor units per ms)
+        self.rate = 0.0
+
+    def key(self) -> tuple[str, str]:
+        return (self.user_id, self.currency)
+
+    def plug_list(self) -> list[HubPlug]:
+        plugs = self.plugs
+        return list(plugs.values()) if isinstance(plugs, dict) else [plugs]
+
+    def add(self, mac: str, plug: HubPlug, session_id: str) -> int:
+        """One more live session (on ``plug``); returns how many it has now."""
+        plugs, sids = self.plugs, self.sids
+        if not isinstance(plugs, dict) or not isinstance(sids, dict):
+            assert isinstance(sids, str) and not isinstance(plugs, dict)
+            first = plugs.state.mac
+            plugs = self.plugs = {first: plugs}
+            sids = self.sids = {first: sids}
+        plugs[mac] = plug
+        sids[mac] = session_id
+        return len(plugs)
+
+    def remove(self, mac: str) -> int:
+        """``mac``'s session is no longer live; returns how many are left."""
+        plugs, sids = self.plugs, self.sids
+        if not isinstance(plugs, dict) or not isinstance(sids, dict):
+            assert not isinstance(plugs, dict)
+            return 0 if plugs.state.mac == mac else 1
+        plugs.pop(mac, None)
+        sids.pop(mac, None)
+        if len(plugs) == 1:  # one left: held directly again
+            (self.plugs,) = plugs.values()
+            (self.sids,) = sids.values()
+        return len(plugs)
+
+
 class Balances:
     """Ledger balances per ``(user, currency)``, and what each live session may still spend.
 
@@ -121,24 +183,20 @@ class Balances:
         self.refresh_ms = max(1, round(refresh_s * 1000))
         self.max_stale_ms = max(self.refresh_ms, round(max_stale_s * 1000))
         self.known: dict[tuple[str, str], int] = {}
-        # A user's live sessions: the plug itself while it is the only one (most users), MAC -> plug
-        # once there are several.
-        self.live: dict[tuple[str, str], HubPlug | dict[str, HubPlug]] = {}
+        # The live users: one object each (its sessions and its schedule), keyed by the user id (no key
+        # tuple per user); a user's other currencies with a live session, rare, in ``_more``.
+        self.live: dict[str, _Live] = {}
+        self._more: dict[str, list[_Live]] = {}
         self.reads = 0  # ledger reads of one user (counted for the benchmark and the tests)
-        self._key_of: dict[str, tuple[tuple[str, str], str]] = {}  # MAC -> (user key, session id)
-        self._live_users: Counter[str] = Counter()  # user -> currencies with a live session
-        self._multi: set[tuple[str, str]] = set()  # users with several live sessions: shares move
-        self._touched: set[tuple[str, str]] = set()  # users whose shares must be recomputed
-        self._read_ms: dict[tuple[str, str], int] = {}  # live users: when their balance was read
-        self._checked: dict[tuple[str, str], tuple[int, int]] = {}  # live users: (when, spent then)
+        self._live_of: dict[str, _Live] = {}  # MAC -> the live user its session counts for
+        self._multi: set[_Live] = set()  # users with several live sessions: shares move
+        self._touched: list[_Live] = []  # users whose shares must be recomputed (marked ``touched``)
         # When each live user is checked next: users in buckets by that time (a heap of the times), not
-        # a heap entry each; a user's entry is stale when ``_due_at`` says another time.
-        self._buckets: dict[int, tuple[int, list[tuple[str, str]]]] = {}  # time -> (the same int, users)
+        # a heap entry each; a user's entry is stale when its ``due_ms`` says another time.
+        self._buckets: dict[int, tuple[int, list[_Live]]] = {}  # time -> (the same int, users)
         self._times: list[int] = []
-        self._due_at: dict[tuple[str, str], int] = {}
         self._last_read: tuple[tuple[str, str], int] | None = None  # the latest read: (user key, when)
         self._reading: dict[tuple[str, str], int | None] = {}  # reads in flight: user key -> figure then
-        self._rates: dict[tuple[str, str], float] = {}  # live users: spend rate at their last check
 
     def load(self) -> None:
         self.known = self.ledger.balances_by_currency()
@@ -157,22 +215,34 @@ class Balances:
         self.reads += 1
 
     def _remember(self, key: tuple[str, str], balance: int) -> None:
-        if self.known.get(key) != balance:
-            self._touched.add(key)
+        live = self._find(*key)
+        if live is not None and self.known.get(key) != balance:
+            self._touch(live)
         self.known[key] = balance
         now = self.now_ms()
         self._last_read = (key, now)
-        if key in self.live:
-            self._read_ms[key] = now
+        if live is not None:
+            live.read_ms = now
+
+    def _find(self, user_id: str, currency: str) -> _Live | None:
+        """The live user ``(user_id, currency)`` (None: no live session in that currency)."""
+        live = self.live.get(user_id)
+        if live is None or live.currency == currency:
+            return live
+        for other in self._more.get(user_id, ()):
+            if other.currency == currency:
+                return other
+        return None
+
+    def _touch(self, live: _Live) -> None:
+        if not live.touched:
+            live.touched = True
+            self._touched.append(live)
 
     def plugs_of(self, key: tuple[str, str]) -> list[HubPlug]:
         """The plugs of ``key``'s live sessions (none when it has none)."""
-        plugs = self.live.get(key)
-        if plugs is None:
-            return []
-        if isinstance(plugs, dict):
-            return list(plugs.values())
-        return [plugs]
+        live = self._find(*key)
+        return [] if live is None else live.plug_list()
 
     def others_cost(self, user_id: str, currency: str, except_session: str = "") -> int:
         """What the user's other live sessions in ``currency`` have used so far (minor units)."""
@@ -192,64 +262,64 @@ class Balances:
         """Follow ``plug``'s session (or its end) after its machine handled an event."""
         sess = plug.state.session
         mac = plug.state.mac
-        had = self._key_of.get(mac)
+        had = self._live_of.get(mac)
         if sess is None:
             if had is not None:
-                self._leave(mac, had[0])
+                self._leave(mac, had)
             return
         if had is not None:
-            if had[1] == sess.session_id:
+            sids = had.sids  # the session followed on this plug
+            if (sids if isinstance(sids, str) else sids.get(mac)) == sess.session_id:
                 return
-            self._leave(mac, had[0])
-        key = (sess.user_id, sess.tariff.currency)
-        self._key_of[mac] = (key, sess.session_id)
-        plugs = self.live.get(key)
-        if plugs is None:
-            self.live[key] = plug  # its only session: no container
-            self._live_users[key[0]] += 1
+            self._leave(mac, had)
+        user_id, currency = sess.user_id, sess.tariff.currency
+        live = self._find(user_id, currency)
+        if live is None:
+            live = _Live(user_id, currency, plug, sess.session_id)  # its only session: no container
+            if user_id in self.live:
+                self._more.setdefault(user_id, []).append(live)
+            else:
+                self.live[user_id] = live
+            self._live_of[mac] = live
             now = self.now_ms()
-            if self._last_read == (key, now):  # read for this start a moment ago (the request path)
-                self._read_ms[key] = now
-            self._schedule(key, now + self.refresh_ms)
+            last = self._last_read
+            if last is not None and last[1] == now and last[0] == (user_id, currency):
+                live.read_ms = now  # read for this start a moment ago (the request path)
+            self._schedule(live, now + self.refresh_ms)
         else:
-            if not isinstance(plugs, dict):
-                plugs = self.live[key] = {plugs.state.mac: plugs}
-            plugs[mac] = plug
-            if len(plugs) > 1:
-                self._multi.add(key)
-        self._touched.add(key)
+            self._live_of[mac] = live
+            if live.add(mac, plug, sess.session_id) > 1:
+                self._multi.add(live)
+        self._touch(live)
 
-    def _leave(self, mac: str, key: tuple[str, str]) -> None:
-        del self._key_of[mac]
-        plugs = self.live.get(key)
-        if plugs is None:
-            return
-        if isinstance(plugs, dict):
-            plugs.pop(mac, None)
-            if len(plugs) == 1:
-                (self.live[key],) = plugs.values()  # one left: held directly again
-            if len(plugs) < 2:
-                self._multi.discard(key)
-            left = bool(plugs)
-        else:
-            left = plugs.state.mac != mac
+    def _leave(self, mac: str, live: _Live) -> None:
+        del self._live_of[mac]
+        left = live.remove(mac)
+        if left < 2:
+            self._multi.discard(live)
         if left:
-            self._touched.add(key)
-        else:
-            del self.live[key]
-            self._live_users[key[0]] -= 1
-            if not self._live_users[key[0]]:
-                del self._live_users[key[0]]
-            for book in (self._read_ms, self._checked, self._due_at, self._rates):
-                book.pop(key, None)
+            self._touch(live)
+            return
+        live.due_ms = None  # its bucket entries are stale now
+        user_id = live.user_id
+        more = self._more.get(user_id)
+        if self.live.get(user_id) is live:
+            if more:  # another currency of the user is still live: it takes the user's key
+                self.live[user_id] = more.pop()
+            else:
+                del self.live[user_id]
+        elif more is not None:
+            more.remove(live)
+        if more is not None and not more:
+            del self._more[user_id]
 
-    def _schedule(self, key: tuple[str, str], at_ms: int) -> None:
+    def _schedule(self, live: _Live, at_ms: int) -> None:
         entry = self._buckets.get(at_ms)
         if entry is None:
             entry = self._buckets[at_ms] = (at_ms, [])
             heapq.heappush(self._times, at_ms)
-        entry[1].append(key)
-        self._due_at[key] = entry[0]  # users checked at one time share its int
+        entry[1].append(live)
+        live.due_ms = entry[0]  # users checked at one time share its int
 
     # ------------------------------------------------------------------ refreshing
 
@@ -275,13 +345,14 @@ class Balances:
         while times and times[0] <= now and (limit is None or len(self._reading) < limit):
             at = times[0]
             keys = self._buckets[at][1]
-            keys.sort(reverse=True)  # popped from the end: in key order, as a heap of (time, key) gave
+            keys.sort(key=_Live.key, reverse=True)  # popped from the end: in key order, as a heap gave
             while keys and (limit is None or len(self._reading) < limit):
-                key = keys.pop()
-                if self._due_at.get(key) != at:
+                live = keys.pop()
+                if live.due_ms != at:
                     continue  # rescheduled, or no longer live
-                del self._due_at[key]
-                if self._check(key, now):
+                live.due_ms = None
+                if self._check(live, now):
+                    key = live.key()
                     self._reading[key] = self.known.get(key)
                     out.append(key)
             if keys:
@@ -299,51 +370,52 @@ class Balances:
             if self.known.get(key) == before:
                 self._remember(key, balance)
             self.reads += 1
-        if key not in self.live or key in self._due_at:
+        live = self._find(*key)
+        if live is None or live.due_ms is not None:
             return  # no longer live, or scheduled since
         now = self.now_ms()
-        spent = sum(_cost(p) for p in self.plugs_of(key))
-        self._plan(key, now, self.known.get(key, 0) - spent, self._rates.get(key, 0.0))
+        spent = sum(_cost(p) for p in live.plug_list())
+        self._plan(live, now, self.known.get(key, 0) - spent, live.rate)
 
     def reading(self, key: tuple[str, str]) -> bool:
         """A read of ``key`` decided by :meth:`due_reads` has not come back yet."""
         return key in self._reading
 
-    def _check(self, key: tuple[str, str], now: int) -> bool:
-        """Check ``key`` now; True when its balance must be read (its next check is then scheduled by
+    def _check(self, live: _Live, now: int) -> bool:
+        """Check ``live`` now; True when its balance must be read (its next check is then scheduled by
         :meth:`read_back`), else its next check is scheduled here."""
-        plugs = self.plugs_of(key)
+        plugs = live.plug_list()
         if not plugs:
             return False
         spent = sum(_cost(p) for p in plugs)
         rate = 0.0  # minor units per ms, over the time since the last check
-        last = self._checked.get(key)
-        if last is not None and now > last[0]:
-            rate = max(0, spent - last[1]) / (now - last[0])
-        self._rates[key] = rate
-        self._checked[key] = (now, spent)
-        headroom = self.known.get(key, 0) - spent
-        read_ms = self._read_ms.get(key)
+        last_ms = live.checked_ms
+        if last_ms is not None and now > last_ms:
+            rate = max(0, spent - live.spent) / (now - last_ms)
+        live.rate = rate
+        live.checked_ms, live.spent = now, spent
+        headroom = self.known.get((live.user_id, live.currency), 0) - spent
+        read_ms = live.read_ms
         if read_ms is None or now - read_ms >= self.max_stale_ms or headroom <= rate * 2 * self.refresh_ms:
             return True
-        self._plan(key, now, headroom, rate)
+        self._plan(live, now, headroom, rate)
         return False
 
-    def _plan(self, key: tuple[str, str], now: int, headroom: int, rate: float) -> None:
-        """Schedule ``key``'s next check from its headroom and spend rate."""
+    def _plan(self, live: _Live, now: int, headroom: int, rate: float) -> None:
+        """Schedule ``live``'s next check from its headroom and spend rate."""
         if headroom <= 0:
             wait = self.refresh_ms  # out of credit: look for a top-up every refresh
         elif rate > 0:
             wait = min(self.max_stale_ms, max(self.refresh_ms, round(headroom / rate / 2)))
         else:
             wait = self.max_stale_ms
-        read_ms = self._read_ms.get(key, now)
-        self._schedule(key, max(now + 1, min(now + wait, read_ms + self.max_stale_ms)))
+        read_ms = now if live.read_ms is None else live.read_ms
+        self._schedule(live, max(now + 1, min(now + wait, read_ms + self.max_stale_ms)))
 
     def changed(self, user_ids: Iterable[str]) -> None:
         """The store says these users' ledgers changed: re-read the live ones now."""
         for user_id in set(user_ids):
-            if user_id in self._live_users:
+            if user_id in self.live:
                 with contextlib.suppress(StoreError):  # its staleness bound still holds
                     self.refresh_user(user_id)
 
@@ -360,12 +432,16 @@ class Balances:
         Only users whose balance was re-read, whose sessions came or went, or who have several live
         sessions (each one's cost moves the others' shares) are looked at; costs are computed only for
         users with more than one live session."""
-        keys = self._touched | self._multi
-        self._touched = set()
+        touched = self._touched
+        self._touched = []
+        for live in touched:
+            live.touched = False
         out = []
-        for key in keys:
-            plugs = self.plugs_of(key)
-            balance = self.known.get(key)
+        for live in {*touched, *self._multi}:
+            if self._find(live.user_id, live.currency) is not live:
+                continue  # no longer live
+            plugs = live.plug_list()
+            balance = self.known.get((live.user_id, live.currency))
             if not plugs or balance is None:
                 continue
             # A user's only session needs no cost figure: its share is the whole balance.
@@ -382,7 +458,9 @@ class Balances:
     def debited(self, entry: codec.LedgerEntry) -> None:
         key = (entry.user_id, entry.amount.currency)
         self.known[key] = self.known.get(key, 0) + entry.amount.amount_minor
-        self._touched.add(key)
+        live = self._find(*key)
+        if live is not None:
+            self._touch(live)
 
 
 class Urgent:

@@ -199,7 +199,7 @@ def test_a_users_sessions_share_its_balance_as_they_come_and_go() -> None:
     for p, sid in ((a, "sa"), (b, "sb")):
         p.state.session = m.Session(sid, "u1", "r", TARIFF, 1000, now[0], 0)
     money.track(a)
-    assert money.live[("u1", "gbp")] is a
+    assert money.live["u1"].plugs is a  # its only session: the plug itself, no container
     money.track(b)
     assert a.state.session is not None and b.state.session is not None
     a.state.session.energy_mwh = 10_000_000  # 10 kWh at 30p: 300p
@@ -210,7 +210,7 @@ def test_a_users_sessions_share_its_balance_as_they_come_and_go() -> None:
     assert money.available("u1", "gbp", except_session="sa") == 1000 - 150
     b.state.session = None  # b's session ended (billed elsewhere): a may spend all of it again
     money.track(b)
-    assert money.live[("u1", "gbp")] is a
+    assert money.live["u1"].plugs is a and money.plugs_of(("u1", "gbp")) == [a]
     assert {p.state.mac: u.balance_minor for p, u in money.updates()} == {a.state.mac: 1000}
     a.state.session.balance_minor = 1000
     b.state.session = m.Session("sb2", "u1", "r2", TARIFF, 1000, now[0], 0)
@@ -223,3 +223,58 @@ def test_a_users_sessions_share_its_balance_as_they_come_and_go() -> None:
     assert not money.live and money.others_cost("u1", "gbp") == 0
     now[0] += 3_600_000
     assert money.due_reads() == []  # no schedule left behind for a user with no live session
+
+
+class TwoCurrencyLedger:
+    """Balances per (user, currency); counts reads."""
+
+    def __init__(self, balances: dict[tuple[str, str], int]) -> None:
+        self.balances = balances
+        self.reads = 0
+
+    def balance(self, user_id: str, currency: str) -> int:
+        self.reads += 1
+        return self.balances.get((user_id, currency), 0)
+
+    def balances_of(self, user_id: str) -> dict[str, int]:
+        self.reads += 1
+        return {c: b for (u, c), b in self.balances.items() if u == user_id}
+
+    def balances_by_currency(self) -> dict[tuple[str, str], int]:
+        return dict(self.balances)
+
+
+def test_a_user_live_in_two_currencies_keeps_two_balances_and_a_refund_reaches_the_one_left() -> None:
+    """One user charging in pounds and in euros: each session may spend its own currency's balance,
+    never the other's. When the pound session ends first (the one the user's entry was filed under), the
+    euro one is still the user's live session: a refund in euros reaches it, and once it ends too the
+    user is no longer live (no reads for it)."""
+    now = [1_700_000_000_000]
+    ledger = TwoCurrencyLedger({("u1", "gbp"): 1000, ("u1", "eur"): 500})
+    money = Balances(ledger, lambda: now[0])  # type: ignore[arg-type]
+    money.load()
+    eur = Tariff(price_per_kwh_minor=Decimal(30), currency="eur")
+    a, b = _live_plug(1, 0, now[0]), _live_plug(2, 0, now[0])
+    a.state.session = m.Session("sa", "u1", "ra", TARIFF, 0, now[0], 0)
+    b.state.session = m.Session("sb", "u1", "rb", eur, 0, now[0], 0)
+    money.track(a)
+    money.track(b)
+    assert {p.state.mac: u.balance_minor for p, u in money.updates()} == {a.state.mac: 1000, b.state.mac: 500}
+    assert money.plugs_of(("u1", "gbp")) == [a] and money.plugs_of(("u1", "eur")) == [b]
+    a.state.session = None  # the pound session ended
+    money.track(a)
+    assert money.plugs_of(("u1", "gbp")) == [] and money.plugs_of(("u1", "eur")) == [b]
+    assert b.state.session is not None
+    b.state.session.balance_minor = 500
+    ledger.balances[("u1", "eur")] = 100  # refunded €4 by the payments process
+    reads = ledger.reads
+    money.changed(["u1"])  # the store says u1's ledger changed: still live, so read now
+    assert ledger.reads == reads + 1
+    assert [(p, u.balance_minor) for p, u in money.updates()] == [(b, 100)]
+    b.state.session = None
+    money.track(b)
+    assert not money.live and money.plugs_of(("u1", "eur")) == []
+    money.changed(["u1"])  # nobody live: nothing to read
+    assert ledger.reads == reads + 1
+    now[0] += 3_600_000
+    assert money.due_reads() == []

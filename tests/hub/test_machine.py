@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from chargectl.common.readings import DeviceFlag, Reading
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.machine import (
+    FIELDS,
     TRANSITIONS,
     Alert,
     BalanceUpdate,
@@ -973,7 +974,7 @@ def test_idle_plug_state_is_small() -> None:
     p.read(0)
     state = p.state
     size = sys.getsizeof(state)
-    for name in type(state).__slots__:
+    for name in FIELDS:
         value = getattr(state, name)
         # Shared, not per plug: the class's params, singletons, enum members, cached small ints,
         # and the reason strings (module constants).

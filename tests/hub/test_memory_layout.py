@@ -8,8 +8,10 @@ before.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import sys
 import zlib
 from decimal import Decimal
 from pathlib import Path
@@ -22,12 +24,16 @@ from chargectl.services.adapters.sqlite_store import SqliteStore
 from chargectl.services.hub import checkpoint as ckpt
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.machine import (
+    FIELDS,
+    SESSION_FIELDS,
     MachineState,
     Readings,
     SendRelay,
+    Session,
     SessionFinished,
     StartRequest,
     Status,
+    StopReason,
     StopRequest,
     Tick,
     from_dict,
@@ -36,7 +42,7 @@ from chargectl.services.hub.machine import (
     to_dict,
 )
 from chargectl.services.hub.params import DEFAULTS
-from chargectl.services.hub.registry import HubPlug, PlugRefusal, PlugRegistry, Samples
+from chargectl.services.hub.registry import SAMPLES, HubPlug, PlugRefusal, PlugRegistry
 
 P = DEFAULTS["generic"]  # auto_off_s 300: "on" renewed every 100 s
 T0 = 1_700_000_000.0
@@ -143,9 +149,34 @@ def test_a_state_filed_under_another_plug_is_refused_not_given_that_plugs_sessio
 def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
     # A guard for the figure in README "Performance": each slot is 8 B x 100k plugs. Adding one is fine
     # when a rule needs it; update this list and the memory figure together.
-    assert len(MachineState.__slots__) == 25
-    assert "on_sent_ms" not in MachineState.__slots__
+    assert len(FIELDS) == 25
+    assert "on_sent_ms" not in FIELDS
     assert dataclasses.fields(MachineState)[0].name == "mac"
+    # The hub's entry: the state's slots less the 16 it keeps in columns, and its own 5 (site, row,
+    # mirror times and mark; its timer-wheel second is a column too): 14 slots, 144 B with the headers
+    # (288 B before).
+    slots = [name for cls in HubPlug.__mro__ for name in getattr(cls, "__slots__", ())]
+    assert len(slots) == len(set(slots)) == 14
+    assert MachineState not in HubPlug.__mro__
+    assert set(FIELDS) - set(slots) == {
+        "last_ts_ms",
+        "power_w",
+        "counter_mwh",
+        "uptime_s",
+        "high_ms",
+        "low_ms",
+        "over_ms",
+        "disabled",
+        "stale",
+        "relay_on",
+        "cmd_on",
+        "cmd_confirmed",
+        "resume",
+        "status",
+        "cmd_first_seq",
+        "cmd_seq",
+    }
+    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 14 * 8
 
 
 def _own_copy(text: str) -> str:
@@ -158,28 +189,95 @@ def test_re_read_bindings_key_on_the_hubs_own_mac_strings(tmp_path: Path) -> Non
         store.bind_plug("AABBCCDDEE10", "site-a", 1)
         store.bind_plug("AABBCCDDEE11", "site-a", 1)
         store.bind_plug("AABBCCDDEE12", "site-b", 1)
-        reg = PlugRegistry(store, max_new_per_batch=10, max_per_site=10)
+        plugs: dict[str, HubPlug] = {}  # the hub's plug map
+        reg = PlugRegistry(store, max_new_per_batch=10, max_per_site=10, plugs=plugs)
         assert reg.refresh() == {}
-        hub_macs = {_own_copy(mac): None for mac in ("AABBCCDDEE10", "AABBCCDDEE11")}  # the hub's plug map
+        for mac in ("AABBCCDDEE10", "AABBCCDDEE11"):
+            own = _own_copy(mac)
+            plugs[own] = HubPlug(new_state(own, P, T0), "site-a")
+            reg.entered(plugs[own])
         # An operator moves a plug meanwhile: the move is reported as before, and nothing else is.
         store.bind_plug("AABBCCDDEE11", "site-b", 2, replace=True)
-        assert reg.refresh(hub_macs) == {"AABBCCDDEE11": "site-b"}
+        assert reg.refresh() == {"AABBCCDDEE11": "site-b"}
         assert reg.bindings == {"AABBCCDDEE10": "site-a", "AABBCCDDEE11": "site-b", "AABBCCDDEE12": "site-b"}
-        keys = {k: k for k in reg.bindings}
-        for mac in hub_macs:
-            assert keys[mac] is mac  # one string per MAC in the hub, not the store's fresh copy
+        keys = {k: k for k in reg._away}
+        assert set(keys) == {"AABBCCDDEE11", "AABBCCDDEE12"}  # site-a's AABBCCDDEE10: its entry holds it
+        assert keys["AABBCCDDEE11"] is next(k for k in plugs if k == "AABBCCDDEE11")  # the hub's string
         earlier = keys["AABBCCDDEE12"]
-        reg.refresh(hub_macs)
-        assert next(k for k in reg.bindings if k == "AABBCCDDEE12") is earlier  # nor a new one per re-read
+        reg.refresh()
+        assert next(k for k in reg._away if k == "AABBCCDDEE12") is earlier  # nor a new one per re-read
         # The bindings still decide whose readings count: a released plug is nobody's until re-bound.
         assert store.release_plug("AABBCCDDEE10")
-        assert reg.refresh(hub_macs) == {}
+        assert reg.refresh() == {}
         assert reg.owner("AABBCCDDEE10") is None
         assert reg.admit("site-b", ["AABBCCDDEE10"], 3).admitted == {"AABBCCDDEE10"}
         assert reg.admit("site-a", ["AABBCCDDEE10", "AABBCCDDEE11"], 4).refused == {
             "AABBCCDDEE10": PlugRefusal.FOREIGN_PLUG,
             "AABBCCDDEE11": PlugRefusal.FOREIGN_PLUG,
         }
+        assert store.plug_bindings()["AABBCCDDEE10"] == "site-b"  # the store says so too
+    finally:
+        store.close()
+
+
+def test_an_entry_holds_its_plugs_binding_and_the_hostile_rules_still_hold(tmp_path: Path) -> None:
+    # The bindings of plugs the hub has entries for live in the entries (no map of their own), and what
+    # decides whose readings count is unchanged: a foreign site is refused, a released plug belongs to the
+    # next site that reports it, an operator's assignment wins over the entry, and a restarted registry
+    # (the store's bindings, the checkpoint's entries) agrees.
+    store = SqliteStore(tmp_path / "hub.db")
+    try:
+        plugs: dict[str, HubPlug] = {}
+        reg = PlugRegistry(store, max_new_per_batch=10, max_per_site=10, plugs=plugs)
+        reg.refresh()
+        macs = [f"AABBCCDDEE2{i}" for i in range(4)]
+        assert reg.admit("site-a", macs, 1).admitted == set(macs)
+        for mac in macs:  # as the hub does for the plugs a batch admitted
+            plugs[mac] = HubPlug(new_state(mac, P, T0), "site-a")
+            reg.entered(plugs[mac])
+        assert reg._away == {} and reg._unbound == set()  # nothing kept apart from the entries
+        assert reg.bindings == dict.fromkeys(macs, "site-a") == store.plug_bindings()
+        # A foreign site reporting them is refused, every one, and does not bind or move them.
+        foreign = reg.admit("site-b", macs, 2)
+        assert foreign.admitted == set() and set(foreign.refused.values()) == {PlugRefusal.FOREIGN_PLUG}
+        assert {plugs[mac].site_id for mac in macs} == {"site-a"}
+        # Released: nobody's; the next site reporting it owns it (in the store too).
+        assert store.release_plug(macs[0])
+        reg.refresh()
+        assert reg.owner(macs[0]) is None and reg.owner(macs[1]) == "site-a"
+        assert reg.admit("site-b", [macs[0]], 3).admitted == {macs[0]}
+        assert reg.owner(macs[0]) == "site-b" and store.plug_bindings()[macs[0]] == "site-b"
+        assert reg.admit("site-a", [macs[0]], 3).refused == {macs[0]: PlugRefusal.FOREIGN_PLUG}
+        plugs[macs[0]].site_id = "site-b"  # the hub moves the entry when site-b's readings arrive
+        reg.settle(plugs[macs[0]])
+        assert macs[0] not in reg._away
+        # An operator's assignment wins, before and after the hub moves the entry.
+        store.bind_plug(macs[1], "site-c", 4, replace=True)
+        assert reg.refresh() == {macs[1]: "site-c"}
+        assert reg.owner(macs[1]) == "site-c" and plugs[macs[1]].site_id == "site-a"
+        assert reg.admit("site-a", [macs[1]], 5).refused == {macs[1]: PlugRefusal.FOREIGN_PLUG}
+        assert reg.admit("site-c", [macs[1]], 5).admitted == {macs[1]}
+        # A restart: a new registry over the store's bindings and the checkpoint's entries (one of them
+        # saved before the move, one the store never heard of).
+        plugs[macs[3]] = HubPlug(new_state(macs[3], P, T0), "site-a")
+        store.release_plug(macs[3])
+        again: dict[str, HubPlug] = {}
+        reg2 = PlugRegistry(store, max_new_per_batch=10, max_per_site=10, plugs=again)
+        reg2.refresh()
+        for mac, plug in plugs.items():
+            again[mac] = HubPlug(plug, "site-a")  # the checkpoint's site for all
+            reg2.entered(again[mac])
+        for mac, plug in again.items():  # what Hub.start does
+            plug.site_id = reg2.bind(mac, plug.site_id, 6)
+            reg2.settle(plug)
+        assert {mac: p.site_id for mac, p in again.items()} == {
+            macs[0]: "site-b",
+            macs[1]: "site-c",
+            macs[2]: "site-a",
+            macs[3]: "site-a",  # unbound in the store: bound again to the checkpoint's site
+        }
+        assert reg2.bindings == store.plug_bindings() == {mac: p.site_id for mac, p in again.items()}
+        assert reg2._away == {} and reg2._unbound == set()
     finally:
         store.close()
 
@@ -192,7 +290,7 @@ def test_copy_and_assign_carry_every_machine_slot_and_only_those() -> None:
     state.uptime_s, state.errors, state.cmd_first_seq, state.cmd_seq = 77, 3, 11, 12
     state.cmd_at_ms, state.high_ms, state.low_ms, state.over_ms = 5, 6, 7, 8
     state.last_session_id = "s0"
-    for name in MachineState.__slots__:
+    for name in FIELDS:
         assert getattr(state, name) not in (None, 0, ""), name
     copied = state.copy()
     assert type(copied) is MachineState and copied is not state
@@ -206,44 +304,215 @@ def test_copy_and_assign_carry_every_machine_slot_and_only_those() -> None:
     plug.mirrored_ms, plug.armed_s = 123, 456
     plug.state = state  # what the hub does with a step's result
     assert to_dict(plug) == to_dict(state) and plug.state is plug
+    for name in FIELDS:  # each slot and column of the entry, one by one (to_dict says them all)
+        assert getattr(plug, name) == getattr(state, name), name
     assert (plug.site_id, plug.mirrored_ms, plug.armed_s) == ("site-a", 123, 456)  # the hub's own slots
     again = plug.copy()  # a step on the hub's entry works on a plain state, without the hub's slots
     assert type(again) is MachineState and to_dict(again) == to_dict(state)
 
 
-def test_the_latest_sample_lives_in_columns_and_an_entry_gives_its_row_back() -> None:
-    # The hub's entry keeps time, counter, uptime and power in its registry's columns (no int or float
-    # object per plug); "no value yet" stays None, a value round-trips exactly, and a dropped entry's
-    # row is reused rather than growing the columns.
-    samples = Samples()
-    fresh = HubPlug(new_state("AABBCCDDEE09", P, T0), "site-a", samples)
+def test_the_latest_sample_and_the_runs_live_in_columns_and_an_entry_gives_its_row_back() -> None:
+    # The hub's entry keeps time, counter, uptime, power and the debounce runs in columns (no int or
+    # float object per plug, no slot); "no value yet" stays None, a value round-trips exactly, and a
+    # dropped entry's row is reused rather than growing the columns.
+    fresh = HubPlug(new_state("AABBCCDDEE09", P, T0), "site-a")
     assert (fresh.last_ts_ms, fresh.counter_mwh, fresh.uptime_s, fresh.power_w) == (None, None, None, 0.0)
+    assert (fresh.high_ms, fresh.low_ms, fresh.over_ms) == (None, None, None)
     state, _t, mwh = _charging("AABBCCDDEE10")
-    plug = HubPlug(state, "site-a", samples)
-    assert (plug.counter_mwh, plug.power_w) == (mwh, 2000.0)
+    assert state.high_ms == 30_000 and state.low_ms is None  # by hand: 3 gaps of 10 s at 2 kW
+    used = len(SAMPLES)
+    plug = HubPlug(state, "site-a")
+    assert len(SAMPLES) == used + 1
+    assert (plug.counter_mwh, plug.power_w, plug.high_ms, plug.low_ms) == (mwh, 2000.0, 30_000, None)
     assert plug.last_ts_ms == state.last_ts_ms and plug.uptime_s == state.uptime_s
-    with pytest.raises(AttributeError):  # the machine's own slot stays empty: no int object per plug
-        MachineState.last_ts_ms.__get__(plug)  # type: ignore[attr-defined]
-    assert samples.ts_ms[plug.row] == state.last_ts_ms and len(samples) == 2
+    assert not any("last_ts_ms" in getattr(cls, "__slots__", ()) for cls in HubPlug.__mro__)
+    assert SAMPLES.ts_ms[plug.row] == state.last_ts_ms and SAMPLES.high_ms[plug.row] == 30_000
     plug.counter_mwh = 2**63 - 1  # the largest counter the bounds let through
-    assert to_dict(plug)["counter_mwh"] == 2**63 - 1
-    rows = len(samples.ts_ms)
+    plug.over_ms = 0  # a run just begun is 0, not "not holding"
+    assert to_dict(plug)["counter_mwh"] == 2**63 - 1 and to_dict(plug)["over_ms"] == 0
+    rows = len(SAMPLES.ts_ms)
+    row = fresh.row
     del fresh
-    again = HubPlug(new_state("AABBCCDDEE11", P, T0), "site-b", samples)
-    assert len(samples.ts_ms) == rows and again.last_ts_ms is None  # the row came back, cleared
+    again = HubPlug(new_state("AABBCCDDEE11", P, T0), "site-b")
+    assert len(SAMPLES.ts_ms) == rows and again.row == row  # the row came back
+    assert again.last_ts_ms is None and again.high_ms is None and again.power_w == 0.0  # cleared
 
 
 def test_a_checkpoint_is_the_same_bytes_whichever_layout_wrote_it_and_loads_into_an_entry() -> None:
     # Before this layout the hub checkpointed plain MachineStates; now its entries are the states. The
     # bytes are the same (an old checkpoint is a new one), and a restored entry bills the same session.
     state, _t, mwh = _charging("AABBCCDDEE12")
-    samples = Samples()
-    plug = HubPlug(state, "site-a", samples)
+    plug = HubPlug(state, "site-a")
     old = ckpt.encode_part(1, {state.mac: ("site-a", state)})
     assert ckpt.encode_part(1, {plug.mac: ("site-a", plug)}) == old
     snap = ckpt.decode(old, lambda mac: P)
     site, restored = snap.plugs[state.mac]
-    entry = HubPlug(restored, site, samples)
+    entry = HubPlug(restored, site)
     assert site == "site-a" and to_dict(entry) == to_dict(state)
     assert entry.session is not None and entry.session.session_id == "s1"
     assert entry.counter_mwh == mwh  # the meter reading the bill continues from
+
+
+@pytest.mark.parametrize("tri", [None, False, True])
+def test_flags_and_the_statuses_round_trip_through_the_entrys_byte_columns(tri: bool | None) -> None:
+    # A relay or command state of None ("not known", "none in force") is not False: an entry that
+    # turned one into the other would resend, or never send, the relay command. Every value of each
+    # flag and every status to resume comes back as it went in, through the entry, its copy and a step.
+    for resume in [None, *Status]:
+        state = _online("AABBCCDDEE30", T0 + 5)
+        state.relay_on, state.cmd_on, state.resume = tri, tri, resume
+        state.disabled = state.stale = state.cmd_confirmed = bool(tri)
+        plug = HubPlug(state, "site-a")
+        got = (plug.relay_on, plug.cmd_on, plug.resume, plug.disabled, plug.stale, plug.cmd_confirmed)
+        assert got == (tri, tri, resume, bool(tri), bool(tri), bool(tri))
+        assert plug.relay_on is tri and plug.cmd_on is tri and plug.resume is resume
+        assert to_dict(plug.copy()) == to_dict(state) == to_dict(plug)
+        plug.relay_on = not tri  # the setters write the same columns
+        assert plug.relay_on is (not tri) and plug.copy().relay_on is (not tri)
+        for status in Status:  # the status too: a byte of its own
+            plug.status = status
+            assert plug.status is status and plug.copy().status is status and plug.resume is resume
+
+
+# A checkpoint part written by the layout before the entry's columns (commit 6c2e649: every machine value
+# in a slot of its own): plug ...40 charging (session s1 of u1, started at T0 + 10 at counter 5,000,000,
+# then four 2 kW readings 10 s apart adding 5,556 mWh each) on site-a, plug ...41 never heard from on
+# site-b (OFFLINE, to resume AVAILABLE).
+OLD_LAYOUT_PART = base64.b64decode(
+    "eF6VVEtv2kAQ/i97phEk0ErcDCEJEkqlHnpdLfYAq669zj5ACPHfO7PjbsxDVesDeOab98znk/BqD5VUQdZeTEffhun5Sj8D"
+    "0Zq4Re1JFMVsNp8/Py8W4yHJXgcQ0/T3RYmB8EGR4iRqVaL+wpzRiHHE/K348bp8fyUP3ZRwkXPCOR0obxs0NlZVsoIAZYAK"
+    "PRz4WGOSJhozEJX2am0QmG6U8ZCSGEQ7ySgfZPD3ErT2AE4exPQR8z1gxtLGJqCqPuzEdDJ8xGc8ELENugZJQxlOUl1GHSVV"
+    "FlzEfOCcdYhSgLrqASRdjXPErRHiobkcdQ/baIdVe/jAnGxd2gaVNbXJWTkEG+z0dpcafOLwxh6SyAOye2opix6811Q9Lo9f"
+    "pcaowo9wtNGjbRIjiQ4+ImAlSeNIE5TTmw058xtDgaAyOgdNeUR5u25R0TqNm20x4q8D1qcb6xB7GtLSu8wbwNUzQKPVlUGH"
+    "7IZIDNlAkGOy2DqFgXnk0IDbHqUP0EpaG6p4XaRgEwyDonJBrpVR6do4JU78PBC3SpphcrjlQ7ckDnd1L4kwuaJ0RN0Jpapp"
+    "BQg3Nt0zSePuGrqzw7uGwEY+2FZmAqRZ2r2mZSmTT9vBXgOerxDYRbrzi4WKM6p7BBxd83X9V77SSjNfv7+8rJbvi7t07drO"
+    "1TZWVirQx+APUUXxs1iuitmKAvwHX/l+M01vOcoGnwRl+ZOgLN8hKAM9gl6TspN7ROw0PSJ2X5jMRLTITOQE/0bEzvbeAs/n"
+    "31dVzj4="
+)
+
+
+def test_a_checkpoint_written_by_the_old_layout_loads_into_entries_and_bills_the_same() -> None:
+    snap = ckpt.decode(OLD_LAYOUT_PART, lambda mac: P)
+    entries = {mac: HubPlug(state, site) for mac, (site, state) in snap.plugs.items()}
+    a, b = entries["AABBCCDDEE40"], entries["AABBCCDDEE41"]
+    assert (a.site_id, a.status, a.relay_on, a.cmd_on, a.cmd_confirmed) == (
+        "site-a",
+        Status.CHARGING,
+        True,
+        True,
+        True,
+    )
+    assert a.counter_mwh == 5_000_000 + 4 * 5_556 and a.power_w == 2000.0  # by hand: 5,022,224
+    assert a.last_ts_ms == 1_700_000_050_000 and a.uptime_s == 1050  # T0 + 50 s; uptime 1000 + 50
+    assert (a.high_ms, a.low_ms, a.over_ms, a.resume, a.stale, a.disabled) == (
+        30_000,
+        None,
+        None,
+        None,
+        False,
+        False,
+    )
+    assert a.session is not None and (a.session.session_id, a.session.user_id) == ("s1", "u1")
+    assert a.session.energy_mwh == 4 * 5_556 and a.session.start_counter_mwh == 5_000_000
+    assert (b.site_id, b.status, b.resume, b.relay_on, b.cmd_on, b.last_ts_ms) == (
+        "site-b",
+        Status.OFFLINE,
+        Status.AVAILABLE,
+        None,
+        None,
+        None,
+    )
+    # Written again from the entries: the same bytes (the layout is not in the checkpoint).
+    again = ckpt.encode_part(1_700_000_060_000, {mac: (p.site_id, p) for mac, p in entries.items()})
+    assert again == OLD_LAYOUT_PART
+    # The restored session bills from where the old hub left it: the user stops, the relay goes off, and
+    # the bill is the meter's energy since the start (4 x 5,556 + 1,000 mWh more before it switched off).
+    t = T0 + 60
+    new, fx = step(a, StopRequest(user_id="u1"), t)
+    assert [e.on for e in fx if isinstance(e, SendRelay)] == [False]
+    a.state = new
+    new, fx = step(a, _reading("AABBCCDDEE40", t + 5, 0.0, 5_022_224 + 1_000, False), t + 5)
+    (done,) = [e.record for e in fx if isinstance(e, SessionFinished)]
+    assert done.energy_mwh == 4 * 5_556 + 1_000 and done.session_id == "s1"
+
+
+def test_a_sessions_rare_values_share_one_slot_and_each_still_bills_as_set() -> None:
+    # Counter resets, stop reason, provisional and review live in one slot (11 slots, 120 B, instead of
+    # 14, 144 B). Each is still its own value: setting one never moves another, a copy taken before a
+    # change keeps the old values, and what the bill reads (no-load: no session fee) follows them.
+    sess = Session("s1", "u1", "r1", TARIFF, 10_000, 1, 5_000_000, energy_mwh=1_000_000)  # 1 kWh at 30p
+    assert sys.getsizeof(sess) == 16 + 16 + 11 * 8
+    fresh = Session("s2", "u2", "r2", TARIFF, 10_000, 1, 0)
+    assert sess.notes is fresh.notes  # no rare value set: one tuple for all sessions
+    assert sess.cost().total_minor == 30 + 50  # by hand: 1 kWh x 30p + the 50p session fee
+    before = sess.copy()
+    sess.counter_resets += 1
+    sess.review = "counter_down"
+    assert (sess.counter_resets, sess.stop_reason, sess.provisional, sess.review) == (
+        1,
+        "",
+        False,
+        "counter_down",
+    )
+    sess.provisional = True
+    sess.stop_reason = StopReason.NO_LOAD
+    assert (sess.counter_resets, sess.provisional, sess.review) == (1, True, "counter_down")
+    assert sess.cost().total_minor == 30  # no load: no session fee
+    assert (before.counter_resets, before.stop_reason, before.provisional, before.review) == (
+        0,
+        "",
+        False,
+        "",
+    )
+    assert before.cost().total_minor == 80 and before != sess
+    assert to_dict_session_keys() == list(SESSION_FIELDS)
+
+
+def to_dict_session_keys() -> list[str]:
+    state, _t, _mwh = _charging("AABBCCDDEE50")
+    return list(to_dict(state)["session"])
+
+
+@pytest.mark.parametrize("relay", [None, False, True])
+def test_a_quiet_sample_taken_by_the_entry_is_the_one_taken_by_a_plain_state(relay: bool | None) -> None:
+    # The quiet-run path writes a sample with one call; the entry writes its columns directly. Both must
+    # leave exactly the same state (the flags and runs it resets included), or the fast path would bill
+    # or switch differently on the hub than in the machine's own tests.
+    state, _t, _mwh = _charging("AABBCCDDEE60")
+    state.errors, state.stale, state.over_ms = 3, True, 4_000  # all reset by a quiet sample
+    plug = HubPlug(state, "site-a")
+    for target in (state, plug):
+        target.take_sample(1_700_000_100_000, 1999.5, 5_030_000, None, relay, 40_000, None)
+    assert to_dict(plug) == to_dict(state)
+    assert (plug.errors, plug.stale, plug.over_ms, plug.uptime_s, plug.relay_on) == (
+        0,
+        False,
+        None,
+        None,
+        relay,
+    )
+    assert (plug.last_ts_ms, plug.power_w, plug.counter_mwh, plug.high_ms) == (
+        1_700_000_100_000,
+        1999.5,
+        5_030_000,
+        40_000,
+    )
+
+
+def test_the_command_numbers_and_the_timer_second_round_trip_through_four_byte_columns() -> None:
+    # The relay command's sequence numbers decide which result confirms which command, and the timer
+    # second decides when a plug's timers run: each comes back exactly, "not armed" stays apart from
+    # second 0, and a value the columns cannot hold is refused loudly, never stored wrapped.
+    plug = HubPlug(new_state("AABBCCDDEE70", P, T0), "site-a")
+    assert (plug.cmd_first_seq, plug.cmd_seq, plug.armed_s) == (0, 0, None)
+    for seq in (1, 255, 256, 70_000, 2**32 - 1):
+        plug.cmd_seq = plug.cmd_first_seq = seq
+        assert plug.cmd_seq == plug.cmd_first_seq == seq == plug.copy().cmd_seq
+    for second in (0, 1_700_000_000, 4_102_444_800):  # 4,102,444,800: 2100-01-01 in Unix seconds
+        plug.armed_s = second
+        assert plug.armed_s == second
+    plug.armed_s = None
+    assert plug.armed_s is None
+    with pytest.raises(OverflowError):
+        plug.cmd_seq = 2**32
+    assert plug.cmd_seq == 2**32 - 1
