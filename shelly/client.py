@@ -10,6 +10,7 @@ skips httpx for the lean GET of ``chargectl.shelly.http11`` (same bounds, errors
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -177,6 +178,8 @@ class ShellyClient:
         self._password = password
         self._user = user or "admin"
         self._digest = DigestState(password) if (password is not None and info.gen >= 2) else None
+        # One request at a time over the lean poll connection; every httpx request (switching,
+        # identify, the read-back) opens a connection of its own and never waits behind a poll.
         self._lock = asyncio.Lock()
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_keepalive_connections=0), transport=transport, trust_env=False
@@ -392,7 +395,7 @@ class ShellyClient:
         return None
 
     async def _get_json(self, target: str, *, lean: bool = False) -> Any:
-        async with self._lock:
+        async with self._lock if lean else contextlib.nullcontext():
             reply = await self._send("GET", target, lean=lean)
         if reply.status != 200:
             text = reply.body[:60].decode("utf-8", "replace").strip()
@@ -411,7 +414,7 @@ class ShellyClient:
         target = f"/rpc/{method}"
         if params:
             target += "?" + _qs(params)
-        async with self._lock:
+        async with self._lock if lean else contextlib.nullcontext():
             reply = await self._send("GET", target, lean=lean)
         what = f"plug {self.mac} {method}"
         if reply.status == 200:
@@ -434,74 +437,75 @@ class ShellyClient:
         """``POST /rpc`` with a JSON-RPC frame; digest credentials travel in the frame's ``auth``."""
         what = f"plug {self.mac} {method}"
         challenges = 0
-        async with self._lock:
-            while True:
-                self._frame_id += 1
-                frame: dict[str, Any] = {"id": self._frame_id, "src": self._src, "method": method}
-                if params:
-                    frame["params"] = dict(params)
-                sent_auth = False
-                if self._digest is not None and self._digest.challenge is not None:
-                    frame["auth"] = self._digest.json_auth()
-                    sent_auth = True
-                reply = await _exchange(
-                    self._http,
-                    self.host,
-                    self.port,
-                    "POST",
-                    "/rpc",
-                    timeout_s=self.timeout_s,
-                    headers={"Content-Type": "application/json"},
-                    body=json.dumps(frame).encode(),
-                    max_bytes=self.max_response_bytes,
-                )
-                if reply.status == 429:
-                    if self._digest is not None:
-                        self._digest.forget()
-                    raise DeviceBusyError(f"{what}: device answered 429")
-                value = parse.parse_json(reply.body, f"{what} (HTTP {reply.status})")
-                err = parse.rpc_error(value)
-                if err is not None and err.code == 401:
-                    if self._digest is None:
-                        raise DeviceAuthError(f"plug {self.mac} at {self.where} requires a password")
-                    challenge = parse_json_challenge(err.rpc_message)  # a JSON string inside JSON
-                    if sent_auth and not challenge.stale:
-                        raise DeviceAuthError(
-                            f"plug {self.mac} at {self.where} rejected the password for admin"
-                        )
-                    challenges += 1
-                    if challenges > 3:
-                        raise DeviceAuthError(f"plug {self.mac} at {self.where} keeps re-challenging")
-                    self._digest.adopt(challenge)
-                    continue
-                if err is not None:
-                    raise err
-                if not isinstance(value, dict) or "result" not in value:
-                    raise InvalidResponse(f"{what}: frame without 'result' (HTTP {reply.status})")
-                return value["result"]
+        while True:
+            self._frame_id += 1
+            frame: dict[str, Any] = {"id": self._frame_id, "src": self._src, "method": method}
+            if params:
+                frame["params"] = dict(params)
+            sent_auth = False
+            if self._digest is not None and self._digest.challenge is not None:
+                frame["auth"] = self._digest.json_auth()
+                sent_auth = True
+            reply = await _exchange(
+                self._http,
+                self.host,
+                self.port,
+                "POST",
+                "/rpc",
+                timeout_s=self.timeout_s,
+                headers={"Content-Type": "application/json"},
+                body=json.dumps(frame).encode(),
+                max_bytes=self.max_response_bytes,
+            )
+            if reply.status == 429:
+                if self._digest is not None:
+                    self._digest.forget()
+                raise DeviceBusyError(f"{what}: device answered 429")
+            value = parse.parse_json(reply.body, f"{what} (HTTP {reply.status})")
+            err = parse.rpc_error(value)
+            if err is not None and err.code == 401:
+                if self._digest is None:
+                    raise DeviceAuthError(f"plug {self.mac} at {self.where} requires a password")
+                challenge = parse_json_challenge(err.rpc_message)  # a JSON string inside JSON
+                if sent_auth and not challenge.stale:
+                    raise DeviceAuthError(f"plug {self.mac} at {self.where} rejected the password for admin")
+                challenges += 1
+                if challenges > 3:
+                    raise DeviceAuthError(f"plug {self.mac} at {self.where} keeps re-challenging")
+                self._digest.adopt(challenge)
+                continue
+            if err is not None:
+                raise err
+            if not isinstance(value, dict) or "result" not in value:
+                raise InvalidResponse(f"{what}: frame without 'result' (HTTP {reply.status})")
+            return value["result"]
 
     # ---- domain calls --------------------------------------------------------------------------
 
     async def identify(self) -> parse.DeviceInfo:
         """Re-read ``/shelly`` and check the MAC is still ours (call before switching)."""
-        async with self._lock:
-            info = await fetch_info(
-                self.host,
-                self.port,
-                timeout_s=self.timeout_s,
-                http=self._http,
-                max_response_bytes=self.max_response_bytes,
-            )
+        info = await fetch_info(
+            self.host,
+            self.port,
+            timeout_s=self.timeout_s,
+            http=self._http,
+            max_response_bytes=self.max_response_bytes,
+        )
         if info.mac != self.mac:
             raise DeviceMismatchError(f"{self.where} is now plug {info.mac}, not {self.mac}")
         return info
 
     async def read(self) -> Reading:
         """One normalised reading (power W, energy mWh, relay, V, A, °C, error flags, uptime)."""
+        return await self._read(lean=True)
+
+    async def _read(self, *, lean: bool) -> Reading:
+        """``lean``: over the poll connection (the poll); else a connection of its own (a switch's
+        read-back, which must not wait behind a poll the plug is slow to answer)."""
         if self.gen == 1:
-            status = await self._get_json("/status", lean=True)
+            status = await self._get_json("/status", lean=lean)
             return parse.gen1_reading(status, mac=self.mac, ts_ms=int(self.clock.now() * 1000))
-        status = await self._rpc("Shelly.GetStatus", None, lean=True)
+        status = await self._rpc("Shelly.GetStatus", None, lean=lean)
         return parse.gen2_reading(status, mac=self.mac, ts_ms=int(self.clock.now() * 1000))
 
     async def relay_state(self) -> parse.RelayState:
@@ -549,7 +553,7 @@ class ShellyClient:
         return await self._confirm(not before.on)
 
     async def _confirm(self, on: bool) -> bool:
-        reading = await self.read()
+        reading = await self._read(lean=False)
         if reading.relay_on != on:
             why = " (over-power protection tripped)" if reading.errors & 1 else ""
             state = "on" if reading.relay_on else "off"
