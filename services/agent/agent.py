@@ -223,7 +223,7 @@ class Agent:
         self._published = 0
         self._last_publish_ms = 0
         self._commands: SubscriptionHandle | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: list[asyncio.Task[Any]] = []
         self._poll_slot_s = min(POLL_SLOT_MAX_S, settings.poll_interval_s / 20)
         self._due: list[tuple[float, int, _PlugEntry]] = []  # (slot time, tie-break, plug): a heap
         self._due_order = itertools.count()
@@ -842,14 +842,15 @@ class Agent:
     ) -> asyncio.Task[Any]:
         """Start a task; an ``essential`` one runs until the agent stops, so its ending stops the agent."""
         task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
+        self._tasks.append(task)
         if essential:
             self._essential.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
         essential = task in self._essential
         self._essential.discard(task)
         if task.cancelled():
