@@ -57,7 +57,7 @@ from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import Reading
 from chargectl.common.topics import TELEMETRY_TOPIC, command_subscription, command_topic
 from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
-from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay
+from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay, poll_slot_s, slot_due
 from chargectl.services.agent.durable import (
     CommandJournal,
     SequenceCounter,
@@ -83,9 +83,6 @@ _SHUTDOWN_ROUND_S = 1.0  # ... waiting this long each time, before stopping with
 # lock), so a burst (20 starts at once, every session of a site stopping) switches its plugs together
 # instead of ten at a time, each wave waiting for the slowest plug of the one before.
 COMMANDS_IN_FLIGHT = 64
-# Polls are due on a grid of slots (at most this long, and a twentieth of the poll interval), so the
-# scheduler wakes once per slot for every plug due in it instead of once per plug.
-POLL_SLOT_MAX_S = 0.25
 _SLOT_TOLERANCE_S = 0.001  # a timer may fire this early (the loop's clock resolution, ms epoll timeouts)
 
 
@@ -224,7 +221,7 @@ class Agent:
         self._last_publish_ms = 0
         self._commands: SubscriptionHandle | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._poll_slot_s = min(POLL_SLOT_MAX_S, settings.poll_interval_s / 20)
+        self._poll_slot_s = poll_slot_s(settings.poll_interval_s)
         self._due: list[tuple[float, int, _PlugEntry]] = []  # (slot time, tie-break, plug): a heap
         self._due_order = itertools.count()
         self._polls_wanted = asyncio.Event()  # a poll was queued before the scheduler's next wake
@@ -422,8 +419,7 @@ class Agent:
 
     def _schedule(self, entry: _PlugEntry, delay_s: float) -> None:
         """Queue ``entry``'s next poll ``delay_s`` from now, rounded up to the next poll slot."""
-        slot = self._poll_slot_s
-        at = math.ceil((self.clock.monotonic() + delay_s) / slot) * slot
+        at = slot_due(self.clock.monotonic(), delay_s, self._poll_slot_s)
         heapq.heappush(self._due, (at, next(self._due_order), entry))
         entry.scheduled = True
         if at < self._scheduler_wakes_at:
