@@ -10,7 +10,6 @@ skips httpx for the lean GET of ``chargectl.shelly.http11`` (same bounds, errors
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -177,10 +176,13 @@ class ShellyClient:
         self.switchable = info.switchable
         self._password = password
         self._user = user or "admin"
+        # Two lanes, each with its own lock and digest nonce (so each lane's nc values go out in
+        # order): the poll over its lean connection, and everything else (switching, identify, the
+        # relay read-back), which opens connections of its own and never waits behind a poll.
         self._digest = DigestState(password) if (password is not None and info.gen >= 2) else None
-        # One request at a time over the lean poll connection; every httpx request (switching,
-        # identify, the read-back) opens a connection of its own and never waits behind a poll.
         self._lock = asyncio.Lock()
+        self._poll_digest = DigestState(password) if (password is not None and info.gen >= 2) else None
+        self._poll_lock = asyncio.Lock()
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_keepalive_connections=0), transport=transport, trust_env=False
         )
@@ -272,7 +274,9 @@ class ShellyClient:
         )
         if info.gen >= 2:
             try:
-                switches, meters = parse.gen2_components(await client.rpc("Shelly.GetStatus"))
+                # In the poll's lane: its nonce (and, with keep-alive, its connection) goes on to the polls.
+                status = await client._rpc("Shelly.GetStatus", None, lean=True)
+                switches, meters = parse.gen2_components(status)
             except BaseException:
                 await client.aclose()
                 raise
@@ -302,6 +306,7 @@ class ShellyClient:
 
         ``lean``: a ``GET`` over the poll connection instead of httpx (same bounds and errors)."""
         poll = self._poll if lean and method == "GET" and body is None else None
+        digest = self._poll_digest if lean else self._digest
         challenges = 0
         throttled = 0
         backoff = self.throttle_backoff_s
@@ -316,28 +321,36 @@ class ShellyClient:
                 await self._require_own_mac(poll)
                 headers["Authorization"] = basic_header(self._user, self._password)
                 sent_auth = True
-            elif self._digest is not None and self._digest.challenge is not None:
-                headers["Authorization"] = self._digest.header(method, target)
+            elif digest is not None and digest.challenge is not None:
+                headers["Authorization"] = digest.header(method, target)
                 sent_auth = True
-            if poll is not None:
-                reply = await poll.get(
-                    target, timeout_s=self.timeout_s, headers=headers, max_bytes=self.max_response_bytes
-                )
-            else:
-                reply = await _exchange(
-                    self._http,
-                    self.host,
-                    self.port,
-                    method,
-                    target,
-                    timeout_s=self.timeout_s,
-                    headers=headers,
-                    body=body,
-                    max_bytes=self.max_response_bytes,
-                )
+            try:
+                if poll is not None:
+                    reply = await poll.get(
+                        target, timeout_s=self.timeout_s, headers=headers, max_bytes=self.max_response_bytes
+                    )
+                else:
+                    reply = await _exchange(
+                        self._http,
+                        self.host,
+                        self.port,
+                        method,
+                        target,
+                        timeout_s=self.timeout_s,
+                        headers=headers,
+                        body=body,
+                        max_bytes=self.max_response_bytes,
+                    )
+            except BaseException:
+                if digest is not None and sent_auth:
+                    # Unanswered (timeout, dropped, cancelled): the device may or may not have counted
+                    # this nc, and firmware 2.0 refuses the next one out of order as a bad password.
+                    # Start over on a fresh nonce instead.
+                    digest.forget()
+                raise
             if reply.status == 429:
-                if self._digest is not None:
-                    self._digest.forget()  # the device may have dropped our nonce
+                if digest is not None:
+                    digest.forget()  # the device may have dropped our nonce
                 throttled += 1
                 if throttled > self.max_throttle_retries:
                     text = reply.body[:80].decode("utf-8", "replace").strip() or "Too Many Requests"
@@ -364,8 +377,8 @@ class ShellyClient:
                 challenges += 1
                 if challenges > 3:
                     raise DeviceAuthError(f"plug {self.mac} at {self.where} keeps re-challenging; giving up")
-                assert self._digest is not None
-                self._digest.adopt(challenge)
+                assert digest is not None
+                digest.adopt(challenge)
                 continue
             return reply
 
@@ -395,7 +408,7 @@ class ShellyClient:
         return None
 
     async def _get_json(self, target: str, *, lean: bool = False) -> Any:
-        async with self._lock if lean else contextlib.nullcontext():
+        async with self._poll_lock if lean else self._lock:
             reply = await self._send("GET", target, lean=lean)
         if reply.status != 200:
             text = reply.body[:60].decode("utf-8", "replace").strip()
@@ -414,7 +427,7 @@ class ShellyClient:
         target = f"/rpc/{method}"
         if params:
             target += "?" + _qs(params)
-        async with self._lock if lean else contextlib.nullcontext():
+        async with self._poll_lock if lean else self._lock:
             reply = await self._send("GET", target, lean=lean)
         what = f"plug {self.mac} {method}"
         if reply.status == 200:
@@ -437,60 +450,64 @@ class ShellyClient:
         """``POST /rpc`` with a JSON-RPC frame; digest credentials travel in the frame's ``auth``."""
         what = f"plug {self.mac} {method}"
         challenges = 0
-        while True:
-            self._frame_id += 1
-            frame: dict[str, Any] = {"id": self._frame_id, "src": self._src, "method": method}
-            if params:
-                frame["params"] = dict(params)
-            sent_auth = False
-            if self._digest is not None and self._digest.challenge is not None:
-                frame["auth"] = self._digest.json_auth()
-                sent_auth = True
-            reply = await _exchange(
-                self._http,
-                self.host,
-                self.port,
-                "POST",
-                "/rpc",
-                timeout_s=self.timeout_s,
-                headers={"Content-Type": "application/json"},
-                body=json.dumps(frame).encode(),
-                max_bytes=self.max_response_bytes,
-            )
-            if reply.status == 429:
-                if self._digest is not None:
-                    self._digest.forget()
-                raise DeviceBusyError(f"{what}: device answered 429")
-            value = parse.parse_json(reply.body, f"{what} (HTTP {reply.status})")
-            err = parse.rpc_error(value)
-            if err is not None and err.code == 401:
-                if self._digest is None:
-                    raise DeviceAuthError(f"plug {self.mac} at {self.where} requires a password")
-                challenge = parse_json_challenge(err.rpc_message)  # a JSON string inside JSON
-                if sent_auth and not challenge.stale:
-                    raise DeviceAuthError(f"plug {self.mac} at {self.where} rejected the password for admin")
-                challenges += 1
-                if challenges > 3:
-                    raise DeviceAuthError(f"plug {self.mac} at {self.where} keeps re-challenging")
-                self._digest.adopt(challenge)
-                continue
-            if err is not None:
-                raise err
-            if not isinstance(value, dict) or "result" not in value:
-                raise InvalidResponse(f"{what}: frame without 'result' (HTTP {reply.status})")
-            return value["result"]
+        async with self._lock:
+            while True:
+                self._frame_id += 1
+                frame: dict[str, Any] = {"id": self._frame_id, "src": self._src, "method": method}
+                if params:
+                    frame["params"] = dict(params)
+                sent_auth = False
+                if self._digest is not None and self._digest.challenge is not None:
+                    frame["auth"] = self._digest.json_auth()
+                    sent_auth = True
+                reply = await _exchange(
+                    self._http,
+                    self.host,
+                    self.port,
+                    "POST",
+                    "/rpc",
+                    timeout_s=self.timeout_s,
+                    headers={"Content-Type": "application/json"},
+                    body=json.dumps(frame).encode(),
+                    max_bytes=self.max_response_bytes,
+                )
+                if reply.status == 429:
+                    if self._digest is not None:
+                        self._digest.forget()
+                    raise DeviceBusyError(f"{what}: device answered 429")
+                value = parse.parse_json(reply.body, f"{what} (HTTP {reply.status})")
+                err = parse.rpc_error(value)
+                if err is not None and err.code == 401:
+                    if self._digest is None:
+                        raise DeviceAuthError(f"plug {self.mac} at {self.where} requires a password")
+                    challenge = parse_json_challenge(err.rpc_message)  # a JSON string inside JSON
+                    if sent_auth and not challenge.stale:
+                        raise DeviceAuthError(
+                            f"plug {self.mac} at {self.where} rejected the password for admin"
+                        )
+                    challenges += 1
+                    if challenges > 3:
+                        raise DeviceAuthError(f"plug {self.mac} at {self.where} keeps re-challenging")
+                    self._digest.adopt(challenge)
+                    continue
+                if err is not None:
+                    raise err
+                if not isinstance(value, dict) or "result" not in value:
+                    raise InvalidResponse(f"{what}: frame without 'result' (HTTP {reply.status})")
+                return value["result"]
 
     # ---- domain calls --------------------------------------------------------------------------
 
     async def identify(self) -> parse.DeviceInfo:
         """Re-read ``/shelly`` and check the MAC is still ours (call before switching)."""
-        info = await fetch_info(
-            self.host,
-            self.port,
-            timeout_s=self.timeout_s,
-            http=self._http,
-            max_response_bytes=self.max_response_bytes,
-        )
+        async with self._lock:
+            info = await fetch_info(
+                self.host,
+                self.port,
+                timeout_s=self.timeout_s,
+                http=self._http,
+                max_response_bytes=self.max_response_bytes,
+            )
         if info.mac != self.mac:
             raise DeviceMismatchError(f"{self.where} is now plug {info.mac}, not {self.mac}")
         return info
@@ -500,8 +517,8 @@ class ShellyClient:
         return await self._read(lean=True)
 
     async def _read(self, *, lean: bool) -> Reading:
-        """``lean``: over the poll connection (the poll); else a connection of its own (a switch's
-        read-back, which must not wait behind a poll the plug is slow to answer)."""
+        """``lean``: in the poll's lane; else in the command lane (a switch's read-back, which must not
+        wait behind a poll the plug is slow to answer)."""
         if self.gen == 1:
             status = await self._get_json("/status", lean=lean)
             return parse.gen1_reading(status, mac=self.mac, ts_ms=int(self.clock.now() * 1000))
