@@ -176,8 +176,13 @@ class ShellyClient:
         self.switchable = info.switchable
         self._password = password
         self._user = user or "admin"
+        # Two lanes, each with its own lock and digest nonce (so each lane's nc values go out in
+        # order): the poll over its lean connection, and everything else (switching, identify, the
+        # relay read-back), which opens connections of its own and never waits behind a poll.
         self._digest = DigestState(password) if (password is not None and info.gen >= 2) else None
         self._lock = asyncio.Lock()
+        self._poll_digest = DigestState(password) if (password is not None and info.gen >= 2) else None
+        self._poll_lock = asyncio.Lock()
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_keepalive_connections=0), transport=transport, trust_env=False
         )
@@ -269,7 +274,9 @@ class ShellyClient:
         )
         if info.gen >= 2:
             try:
-                switches, meters = parse.gen2_components(await client.rpc("Shelly.GetStatus"))
+                # In the poll's lane: its nonce (and, with keep-alive, its connection) goes on to the polls.
+                status = await client._rpc("Shelly.GetStatus", None, lean=True)
+                switches, meters = parse.gen2_components(status)
             except BaseException:
                 await client.aclose()
                 raise
@@ -299,6 +306,7 @@ class ShellyClient:
 
         ``lean``: a ``GET`` over the poll connection instead of httpx (same bounds and errors)."""
         poll = self._poll if lean and method == "GET" and body is None else None
+        digest = self._poll_digest if lean else self._digest
         challenges = 0
         throttled = 0
         backoff = self.throttle_backoff_s
@@ -313,28 +321,36 @@ class ShellyClient:
                 await self._require_own_mac(poll)
                 headers["Authorization"] = basic_header(self._user, self._password)
                 sent_auth = True
-            elif self._digest is not None and self._digest.challenge is not None:
-                headers["Authorization"] = self._digest.header(method, target)
+            elif digest is not None and digest.challenge is not None:
+                headers["Authorization"] = digest.header(method, target)
                 sent_auth = True
-            if poll is not None:
-                reply = await poll.get(
-                    target, timeout_s=self.timeout_s, headers=headers, max_bytes=self.max_response_bytes
-                )
-            else:
-                reply = await _exchange(
-                    self._http,
-                    self.host,
-                    self.port,
-                    method,
-                    target,
-                    timeout_s=self.timeout_s,
-                    headers=headers,
-                    body=body,
-                    max_bytes=self.max_response_bytes,
-                )
+            try:
+                if poll is not None:
+                    reply = await poll.get(
+                        target, timeout_s=self.timeout_s, headers=headers, max_bytes=self.max_response_bytes
+                    )
+                else:
+                    reply = await _exchange(
+                        self._http,
+                        self.host,
+                        self.port,
+                        method,
+                        target,
+                        timeout_s=self.timeout_s,
+                        headers=headers,
+                        body=body,
+                        max_bytes=self.max_response_bytes,
+                    )
+            except BaseException:
+                if digest is not None and sent_auth:
+                    # Unanswered (timeout, dropped, cancelled): the device may or may not have counted
+                    # this nc, and firmware 2.0 refuses the next one out of order as a bad password.
+                    # Start over on a fresh nonce instead.
+                    digest.forget()
+                raise
             if reply.status == 429:
-                if self._digest is not None:
-                    self._digest.forget()  # the device may have dropped our nonce
+                if digest is not None:
+                    digest.forget()  # the device may have dropped our nonce
                 throttled += 1
                 if throttled > self.max_throttle_retries:
                     text = reply.body[:80].decode("utf-8", "replace").strip() or "Too Many Requests"
@@ -361,8 +377,8 @@ class ShellyClient:
                 challenges += 1
                 if challenges > 3:
                     raise DeviceAuthError(f"plug {self.mac} at {self.where} keeps re-challenging; giving up")
-                assert self._digest is not None
-                self._digest.adopt(challenge)
+                assert digest is not None
+                digest.adopt(challenge)
                 continue
             return reply
 
@@ -392,7 +408,7 @@ class ShellyClient:
         return None
 
     async def _get_json(self, target: str, *, lean: bool = False) -> Any:
-        async with self._lock:
+        async with self._poll_lock if lean else self._lock:
             reply = await self._send("GET", target, lean=lean)
         if reply.status != 200:
             text = reply.body[:60].decode("utf-8", "replace").strip()
@@ -411,7 +427,7 @@ class ShellyClient:
         target = f"/rpc/{method}"
         if params:
             target += "?" + _qs(params)
-        async with self._lock:
+        async with self._poll_lock if lean else self._lock:
             reply = await self._send("GET", target, lean=lean)
         what = f"plug {self.mac} {method}"
         if reply.status == 200:
@@ -498,10 +514,15 @@ class ShellyClient:
 
     async def read(self) -> Reading:
         """One normalised reading (power W, energy mWh, relay, V, A, °C, error flags, uptime)."""
+        return await self._read(lean=True)
+
+    async def _read(self, *, lean: bool) -> Reading:
+        """``lean``: in the poll's lane; else in the command lane (a switch's read-back, which must not
+        wait behind a poll the plug is slow to answer)."""
         if self.gen == 1:
-            status = await self._get_json("/status", lean=True)
+            status = await self._get_json("/status", lean=lean)
             return parse.gen1_reading(status, mac=self.mac, ts_ms=int(self.clock.now() * 1000))
-        status = await self._rpc("Shelly.GetStatus", None, lean=True)
+        status = await self._rpc("Shelly.GetStatus", None, lean=lean)
         return parse.gen2_reading(status, mac=self.mac, ts_ms=int(self.clock.now() * 1000))
 
     async def relay_state(self) -> parse.RelayState:
@@ -549,7 +570,7 @@ class ShellyClient:
         return await self._confirm(not before.on)
 
     async def _confirm(self, on: bool) -> bool:
-        reading = await self.read()
+        reading = await self._read(lean=False)
         if reading.relay_on != on:
             why = " (over-power protection tripped)" if reading.errors & 1 else ""
             state = "on" if reading.relay_on else "off"

@@ -4,10 +4,15 @@ Theory of operation:
 
 - Plugs are known by MAC. Static addresses are connected (retrying with back-off) and discovery
   sightings add plugs or move them to a new address; a moved plug keeps its poller and its readings.
-- Each plug has one poller task. It holds the plug's lock for every request (the command executor
-  takes the same lock), so a device never has more than one request from us in flight. A plug that
-  fails ``offline_after_failures`` polls in a row is logged offline once; its polls back off
-  exponentially; its first good poll logs it back once.
+- One scheduler task polls every plug: each plug's next poll is due at a time rounded up to the
+  poll slot (a twentieth of the poll interval, at most 250 ms), the scheduler sleeps until the
+  earliest slot and starts every poll due in it as a task; so a site of 200 plugs wakes the process
+  about 20 times per interval, not 200 (each wake of an idle process costs more CPU than the poll's
+  own Python). A plug has at most one poll in flight, over its own kept connection. A relay command
+  does not wait for it: the switch goes over connections of its own (commands to one plug take
+  turns on the plug's command lock), so a plug that stalls its status answer delays its readings,
+  never a switch. A plug that fails ``offline_after_failures`` polls in a row is logged offline once;
+  its polls back off exponentially; its first good poll logs it back once.
 - Readings go into one buffer. The flusher takes a batch every ``flush_interval_s`` (or as soon as
   ``max_batch_readings`` are buffered), gives it the next persisted ``batch_seq``, packs and signs it,
   writes it to the spool and then publishes the spool oldest-first, removing each batch once the bus
@@ -25,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 import random
@@ -50,7 +57,7 @@ from chargectl.common.keys import Keyring, SigningKey
 from chargectl.common.readings import Reading
 from chargectl.common.topics import TELEMETRY_TOPIC, command_subscription, command_topic
 from chargectl.services.adapters.bus import Bus, BusMessage, SubscriptionHandle
-from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay
+from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay, poll_slot_s, slot_due
 from chargectl.services.agent.durable import (
     CommandJournal,
     SequenceCounter,
@@ -76,6 +83,7 @@ _SHUTDOWN_ROUND_S = 1.0  # ... waiting this long each time, before stopping with
 # lock), so a burst (20 starts at once, every session of a site stopping) switches its plugs together
 # instead of ten at a time, each wave waiting for the slowest plug of the one before.
 COMMANDS_IN_FLIGHT = 64
+_SLOT_TOLERANCE_S = 0.001  # a timer may fire this early (the loop's clock resolution, ms epoll timeouts)
 
 
 def _why(exc: BaseException) -> str:
@@ -122,9 +130,10 @@ class _PlugEntry:
     port: int
     client: Plug | None = None
     health: PlugHealth = field(default_factory=PlugHealth)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    task: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # commands to this plug take turns on it
+    task: asyncio.Task[None] | None = None  # the poll in flight (one at a time)
     polls: int = 0
+    scheduled: bool = False  # a next poll is queued
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,11 @@ class Agent:
         self._last_publish_ms = 0
         self._commands: SubscriptionHandle | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._poll_slot_s = poll_slot_s(settings.poll_interval_s)
+        self._due: list[tuple[float, int, _PlugEntry]] = []  # (slot time, tie-break, plug): a heap
+        self._due_order = itertools.count()
+        self._polls_wanted = asyncio.Event()  # a poll was queued before the scheduler's next wake
+        self._scheduler_wakes_at = math.inf
         self._stopping = asyncio.Event()
         self._serving = False
         self._failure: str | None = None  # why serve() must end non-zero (a task ended on its own)
@@ -398,12 +412,58 @@ class Agent:
     # ------------------------------------------------------------------ polling
 
     def _start_poller(self, entry: _PlugEntry) -> None:
-        # Outside serve() (run_once) plugs are polled by the caller, not by their own tasks.
-        if self._serving and (entry.task is None or entry.task.done()):
-            entry.task = self._spawn(
-                self._supervised(f"poller of plug {entry.mac}", lambda: self._poll_loop(entry)),
-                f"poll-{entry.mac}",
-            )
+        # Outside serve() (run_once) plugs are polled by the caller, not by the scheduler.
+        if self._serving and not entry.scheduled and (entry.task is None or entry.task.done()):
+            # Spread the first polls over one interval so a big site does not poll in bursts.
+            self._schedule(entry, self._rng.random() * self.settings.poll_interval_s)
+
+    def _schedule(self, entry: _PlugEntry, delay_s: float) -> None:
+        """Queue ``entry``'s next poll ``delay_s`` from now, rounded up to the next poll slot."""
+        at = slot_due(self.clock.monotonic(), delay_s, self._poll_slot_s)
+        heapq.heappush(self._due, (at, next(self._due_order), entry))
+        entry.scheduled = True
+        if at < self._scheduler_wakes_at:
+            self._polls_wanted.set()
+
+    async def _poll_scheduler(self) -> None:
+        """Start each plug's poll when its slot comes: one timer for the site, not one per plug."""
+        due = self._due
+        while True:
+            now = self.clock.monotonic()
+            while due and due[0][0] <= now + _SLOT_TOLERANCE_S:
+                entry = heapq.heappop(due)[2]
+                entry.scheduled = False
+                entry.task = self._spawn(self._poll_once(entry), f"poll-{entry.mac}")
+            wait_s = due[0][0] - now if due else self.settings.poll_interval_s
+            self._scheduler_wakes_at = now + wait_s
+            self._polls_wanted.clear()
+            sleeper = asyncio.ensure_future(self.clock.sleep(wait_s))
+            waker = asyncio.ensure_future(self._polls_wanted.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    async def _poll_once(self, entry: _PlugEntry) -> None:
+        """One scheduled poll, then the next one queued (interval, or back-off after failures)."""
+        s = self.settings
+        try:
+            await self.poll(entry)
+        except Exception as exc:  # supervision: poll() keeps a plug's trouble; this is our own bug
+            self.task_restarts += 1
+            error = _why(exc)
+            log.error("poller of plug %s failed (%s); polling it again after a back-off", entry.mac, error)
+            log.debug("poller of plug %s failure", entry.mac, exc_info=exc)
+            entry.health.failure(error)
+        finally:
+            if self._serving and not entry.scheduled:
+                self._schedule(
+                    entry,
+                    next_poll_delay(
+                        s.poll_interval_s, entry.health.failures, s.max_backoff_s, s.poll_jitter, self._rng
+                    ),
+                )
 
     async def _supervised(self, what: str, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``make()``; if it raises, log why and run it again after a back-off, for as long as it takes."""
@@ -432,15 +492,16 @@ class Agent:
     async def poll(self, entry: _PlugEntry) -> Reading | None:
         """One poll of one plug; logs offline/recovered transitions; buffers the reading."""
         try:
-            async with entry.lock:
-                if entry.client is None:
-                    plug = await self._connect(entry.host, entry.port, entry.mac)
-                    if plug.mac != entry.mac:
-                        await plug.aclose()
-                        raise DeviceError(f"{entry.host}:{entry.port} is now plug {plug.mac}")
-                    entry.client = plug
-                async with asyncio.timeout(self.settings.request_timeout_s):
-                    reading = check_reading(await entry.client.read())
+            # No plug lock: a command to this plug runs beside the poll, on connections of its own.
+            client = entry.client
+            if client is None:
+                client = await self._connect(entry.host, entry.port, entry.mac)
+                if client.mac != entry.mac:
+                    await client.aclose()
+                    raise DeviceError(f"{entry.host}:{entry.port} is now plug {client.mac}")
+                entry.client = client
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                reading = check_reading(await client.read())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a plug's bad answer is that plug's problem
@@ -469,18 +530,6 @@ class Agent:
         if self._buffer.add(reading):
             self._flush_wanted.set()
         return reading
-
-    async def _poll_loop(self, entry: _PlugEntry) -> None:
-        s = self.settings
-        # Spread the first polls over one interval so a big site does not poll in bursts.
-        await self.clock.sleep(self._rng.random() * s.poll_interval_s)
-        while True:
-            await self.poll(entry)
-            await self.clock.sleep(
-                next_poll_delay(
-                    s.poll_interval_s, entry.health.failures, s.max_backoff_s, s.poll_jitter, self._rng
-                )
-            )
 
     async def _switch(self, mac: str, on: bool, auto_off_s: int | None) -> bool:
         entry = self._plugs[mac]
@@ -845,6 +894,7 @@ class Agent:
         if self._discovery is not None:
             self._spawn(self._discover(), "discovery", essential=True)
         self._spawn(self._flush_loop(), "flush", essential=True)
+        self._spawn(self._poll_scheduler(), "polls", essential=True)
         self._spawn(self._command_loop(), "commands", essential=True)
         self._spawn(self._heartbeat_loop(), "heartbeat", essential=True)
         sdnotify.ready()
@@ -889,6 +939,10 @@ class Agent:
         if server is not None:
             await server.stop()
         await self._cancel_tasks()
+        self._due.clear()
+        self._scheduler_wakes_at = math.inf
+        for entry in self._plugs.values():
+            entry.scheduled = False
         if self._commands is not None:
             await self._commands.stop()
             self._commands = None

@@ -5,6 +5,7 @@ Nothing here reads a clock or touches I/O; callers pass ``now`` (monotonic secon
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Literal
@@ -12,7 +13,7 @@ from typing import Literal
 from chargectl.common.codec import CommandOutcome, InventoryChange
 from chargectl.common.readings import Reading
 
-__all__ = ["BatchBuffer", "PlugHealth", "next_poll_delay"]
+__all__ = ["POLL_SLOT_MAX_S", "BatchBuffer", "PlugHealth", "next_poll_delay", "poll_slot_s", "slot_due"]
 
 
 def next_poll_delay(
@@ -24,6 +25,22 @@ def next_poll_delay(
     base = interval_s * (2 ** min(max(failures - 1, 0), 30)) if failures else interval_s
     base = min(base, max(max_backoff_s, interval_s))
     return base * (1.0 + jitter * (2.0 * rng.random() - 1.0))
+
+
+# Polls are due on a grid of slots (at most this long, and a twentieth of the poll interval), so the
+# agent's scheduler wakes once per slot for every plug due in it instead of once per plug.
+POLL_SLOT_MAX_S = 0.25
+
+
+def poll_slot_s(interval_s: float) -> float:
+    """The poll grid's slot for a poll interval: a twentieth of it, at most :data:`POLL_SLOT_MAX_S`."""
+    return min(POLL_SLOT_MAX_S, interval_s / 20)
+
+
+def slot_due(now: float, delay_s: float, slot_s: float) -> float:
+    """When a poll wanted ``delay_s`` after ``now`` is due: the first slot boundary at or after it
+    (never earlier than asked, at most one slot later)."""
+    return math.ceil((now + delay_s) / slot_s) * slot_s
 
 
 @dataclass

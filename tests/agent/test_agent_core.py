@@ -6,7 +6,13 @@ import random
 
 from chargectl.common.codec import CommandOutcome
 from chargectl.common.readings import Reading
-from chargectl.services.agent.core import BatchBuffer, PlugHealth, next_poll_delay
+from chargectl.services.agent.core import (
+    BatchBuffer,
+    PlugHealth,
+    next_poll_delay,
+    poll_slot_s,
+    slot_due,
+)
 
 
 def test_backoff_doubles_per_failure_and_caps() -> None:
@@ -20,6 +26,21 @@ def test_jitter_stays_within_its_fraction() -> None:
     delays = [next_poll_delay(5.0, 0, 60.0, 0.1, rng) for _ in range(500)]
     assert all(4.5 <= d <= 5.5 for d in delays)
     assert max(delays) - min(delays) > 0.5  # it does spread
+
+
+def test_polls_fall_on_a_grid_of_slots_never_before_they_are_due() -> None:
+    assert poll_slot_s(5.0) == 0.25 and poll_slot_s(60.0) == 0.25  # at most 250 ms
+    assert poll_slot_s(1.0) == 0.05 and poll_slot_s(0.1) == 0.005  # a twentieth of short intervals
+    rng = random.Random(3)
+    for _ in range(2000):
+        now = 10_000 + rng.random() * 1000
+        delay = next_poll_delay(5.0, rng.randrange(4), 60.0, 0.1, rng)
+        due = slot_due(now, delay, 0.25)
+        assert now + delay <= due < now + delay + 0.25  # never early, at most a slot late
+        assert abs(due / 0.25 - round(due / 0.25)) < 1e-6  # on the grid
+    # Plugs asking for nearby times share a slot: one wake-up of the scheduler serves them all.
+    dues = {slot_due(100.0, 5.0 + k / 100, 0.25) for k in range(25)}
+    assert dues == {105.0, 105.25}
 
 
 def test_offline_once_and_recovered_once() -> None:

@@ -18,7 +18,9 @@ import pytest
 from agent_fakes import TelemetryTap
 
 from chargectl.common.clock import ManualClock, SystemClock
+from chargectl.common.codec import Command, pack_command
 from chargectl.common.keys import Keyring, SigningKey
+from chargectl.common.topics import command_subscription, command_topic
 from chargectl.services.adapters.bus import BusMessage
 from chargectl.services.adapters.memory_bus import MemoryBus
 from chargectl.services.agent import Agent, AgentSettings, PlugAddress
@@ -196,3 +198,66 @@ async def test_an_impostor_is_refused_while_the_real_plug_answers(
         await fleet.stop()
     refusals = [r.getMessage() for r in agent_log.records if "refused impostor" in r.getMessage()]
     assert len(refusals) == 2 and all(real.mac in m and str(impostor.port) in m for m in refusals)
+
+
+@pytest.mark.parametrize(("gen", "password"), [("1", None), ("2", None), ("1", "s3cret"), ("2", "s3cret")])
+async def test_a_switch_does_not_wait_behind_a_poll_the_plug_stalls(
+    tmp_path: Path, gen: str, password: str | None
+) -> None:
+    """A plug that stalls its status answer holds up its own reading, never a relay command: the switch
+    goes over connections of its own, reaches the plug and is confirmed (relay read back) while the
+    stalled poll is still waiting, within the command's deadline, with the plug's own flip-back timer
+    (the dead-man bound) armed for the commanded ``auto_off_s``. With digest auth (Gen2 firmware 2.0
+    counts each nonce's uses and refuses one out of order) the switch uses a nonce of its own: the
+    stalled poll's use of the poll's nonce never reached the plug's count."""
+    fleet = SimFleet.build(
+        1, gen, profile="ev", clock=ManualClock(1_767_225_600.0), seed=41, password=password
+    )
+    await fleet.start()
+    plug = fleet.plugs[0]
+    clock, bus, hub_key = SystemClock(), MemoryBus(), SigningKey.generate()
+    ring = Keyring()
+    ring.add_public(hub_key.public_bytes, SITE)
+    s = AgentSettings(
+        site_id=SITE,
+        plugs=[PlugAddress(plug.host, plug.port)],
+        discovery=False,
+        state_dir=tmp_path / "state",
+        poll_interval_s=0.1,
+        flush_interval_s=0.3,
+        # The stalled poll gives up only after this: far longer than the test waits for the switch,
+        # so a switch queued behind the poll would never be seen here.
+        request_timeout_s=300.0,
+    )
+    connector = shelly_connector(password=password, user="admin", timeout_s=s.request_timeout_s, clock=clock)
+    agent = Agent(s, bus, SigningKey.generate(), ring, connector, clock=clock)
+    await bus.ensure_topic(command_topic(SITE))
+    await bus.ensure_subscription(command_subscription(SITE), command_topic(SITE))
+    task = asyncio.create_task(agent.serve())
+    try:
+        await wait_until(lambda: plug.mac in agent.plugs and agent.plug_status(plug.mac).polls >= 2, "polls")
+        assert not plug.truth().relay_on
+        await plug.inject("hang", count=1)  # the next request, a poll's status GET, is never answered
+        await wait_until(lambda: "hang" not in plug.faults, "a poll the plug stalls")
+        polls = agent.plug_status(plug.mac).polls
+        now_ms = round(clock.now() * 1000)
+        cmd = Command("on-1", SITE, plug.mac, True, now_ms, now_ms + 20_000, "sess-1", auto_off_s=120)
+        await bus.publish(command_topic(SITE), *pack_command(cmd, hub_key))
+        await wait_until(lambda: any(o.command_id == "on-1" for o in agent.outcomes), "the switch's outcome")
+        outcome = next(o for o in agent.outcomes if o.command_id == "on-1")
+        assert (outcome.ok, outcome.reason, outcome.relay_on) == (True, "executed", True), outcome
+        assert now_ms <= outcome.executed_at_ms <= cmd.expires_at_ms
+        truth = plug.truth()
+        assert truth.relay_on and truth.timer_remaining_s == pytest.approx(120.0)  # the plug's own timer
+        # ... and all of that while the poll is still stalled: no reading, no failure counted yet.
+        status = agent.plug_status(plug.mac)
+        assert (status.polls, status.failures) == (polls, 0)
+        # Once the plug answers again, polling goes on and the readings show the relay it was told.
+        await plug.clear()
+        await wait_until(lambda: agent.plug_status(plug.mac).polls >= polls + 3, "polls after the stall")
+    finally:
+        await plug.clear()
+        agent.stop()
+        await asyncio.wait_for(task, 60)
+        await bus.close()
+        await fleet.stop()

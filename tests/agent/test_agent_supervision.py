@@ -7,6 +7,7 @@ in-memory bus and the clock is real, with short intervals.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -206,3 +207,33 @@ async def test_a_task_that_ends_flushes_and_fails_the_agent(
     assert {r.mac for b in site.batches() for r in b.readings} == set(MACS)
     assert agent.health().spooled_batches == 0
     assert any("flushing and stopping" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_stalled_plug_has_one_poll_in_flight_and_its_neighbours_keep_their_pace(site: Site) -> None:
+    """One scheduler polls the site: a plug that never answers does not get a second poll stacked on
+    the first (no pile of connections to a sick device), its neighbours keep being polled, each at
+    most once per interval, and the stalled plug's readings resume once it answers."""
+    stalled, *others = site.plugs
+    stalled.gate = asyncio.Event()  # its read does not return until the gate opens
+    agent = site.agent(request_timeout_s=300.0, poll_jitter=0.1)  # the stalled poll never times out here
+    task = asyncio.create_task(agent.serve())
+    try:
+        await wait_until(
+            lambda: stalled.reads_started >= 1 and all(len(site.readings(p.mac)) >= 10 for p in others),
+            "ten readings from each neighbour while one plug stalls",
+        )
+        assert stalled.reads_started == 1 and site.readings(stalled.mac) == []
+        stalled.gate.set()
+        await wait_until(lambda: len(site.readings(stalled.mac)) >= 3, "the stalled plug's readings")
+        agent.stop()
+        await asyncio.wait_for(task, 30)
+    finally:
+        if not task.done():
+            task.cancel()
+    for plug in site.plugs:
+        stamps = [r.ts_ms for r in site.readings(plug.mac)]
+        assert stamps == sorted(stamps)
+        # A plug's next poll is queued when its poll ends, at least 0.9 intervals later (jitter 0.1;
+        # a 1 ms timer tolerance and the ms stamps aside): never two chains of polls for one plug.
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        assert min(gaps) >= 0.05 * 0.9 * 1000 - 2, (plug.mac, gaps)

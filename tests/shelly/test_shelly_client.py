@@ -201,6 +201,26 @@ async def test_stale_nonce_is_renewed_not_a_wrong_password(
     assert stale["nonce"] != renewed["nonce"]
 
 
+async def test_an_unanswered_digest_request_starts_a_fresh_nonce(
+    fleet_factory: FleetFactory, manual_clock: ManualClock
+) -> None:
+    """A poll the plug never answers may or may not have used up its nc on the device; firmware 2.0
+    refuses the next nc out of order as a wrong password. So the client starts a fresh nonce: the plug
+    is read again at once, never locked out."""
+    plug = await one(fleet_factory, 2, password="pw")
+    async with await client_for(plug, manual_clock, password="pw", timeout_s=0.5) as client:
+        await client.read()
+        await plug.inject("hang", count=1)
+        with pytest.raises(DeviceTimeoutError):
+            await client.read()
+        await plug.clear()
+        assert (await client.read()).relay_on is False
+        # and a switch, in its own lane with its own nonce, still goes through
+        assert await client.set_relay(True) is True
+    rpc = [e for e in plug.log if e.path.startswith("/rpc")]
+    assert rpc[-1].status == 200 and not any(e.status == 401 and e.authorization for e in rpc[2:])
+
+
 async def test_legacy_firmware_digest(fleet_factory: FleetFactory, manual_clock: ManualClock) -> None:
     plug = await one(fleet_factory, 2, password="pw", auth_mode="legacy")
     async with await client_for(plug, manual_clock, password="pw") as client:
