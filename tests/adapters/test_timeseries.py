@@ -157,8 +157,8 @@ def test_sink_survives_a_victoriametrics_outage(tmp_path: Path, api: str) -> Non
     """VictoriaMetrics killed while the hub keeps producing points, then restarted on the same port and
     data: nothing is lost, duplicated or reordered (all 250 points, values and timestamps), nothing is
     counted dropped. The outage is measured in what the sink sees, not in seconds: the server stays down
-    until the sink has failed OUTAGE_FAILED_WRITES writes (its back-off at the cap for all but the first
-    two), as many as a 57-minute outage at the default back-off, with the 150 points produced during
+    until the sink has failed OUTAGE_FAILED_WRITES writes (its back-off at the cap for all but the
+    first), as many as a 57-minute outage at the default back-off, with the 150 points produced during
     the outage spread across those failures; the back-off is scaled down so that takes seconds."""
     if backends.missing("victoriametrics"):
         pytest.skip(backends.missing("victoriametrics") or "")
@@ -171,8 +171,8 @@ def test_sink_survives_a_victoriametrics_outage(tmp_path: Path, api: str) -> Non
             api=api,
             batch_lines=50,
             flush_interval_s=0.05,  # type: ignore[arg-type]
-            retry_initial_s=0.01,
-            retry_max_s=0.03,
+            retry_initial_s=0.005,
+            retry_max_s=0.01,
             timeout_s=2,
         )
     )
