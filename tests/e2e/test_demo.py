@@ -8,24 +8,26 @@ import re
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from e2e_helpers import CHARGECTL, wait_for
 
 
-def _completed(console: str) -> list[dict[str, object]]:
+def _charged_and_completed(console: str) -> list[dict[str, Any]]:
+    """The sessions the console lists as completed with energy charged (not, say, a no-load timeout)."""
     try:
         sessions = httpx.get(f"{console}api/sessions", timeout=5).json()["sessions"]
     except httpx.HTTPError:
         return []
-    return [s for s in sessions if s["status"] == "completed"]
+    return [s for s in sessions if s["status"] == "completed" and s["energy_mwh"] > 0]
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(150)
 def test_demo_bills_its_sessions_exactly_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    """One demo run: once its console shows a completed session, Ctrl-C. It exits 0 without a
+    """One demo run: once its console shows a completed session that charged, Ctrl-C. It exits 0 without a
     traceback, and its summary shows every completed session debited once by exactly its cost and
     balances equal to the ledger. (Ending by itself after --duration: tests/agent/test_agent_stop.py.)"""
     err = tmp_path / "demo.err"
@@ -54,7 +56,7 @@ def test_demo_bills_its_sessions_exactly_and_stops_cleanly_on_ctrl_c(tmp_path: P
             "the console's address",
             lambda: (m := re.search(r"operator console: (\S+)", err.read_text())) and m.group(1),
         )
-        wait_for("a completed session", lambda: _completed(console))
+        wait_for("a completed session that charged", lambda: _charged_and_completed(console))
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
