@@ -131,7 +131,9 @@ def test_real_encoder_round_trips_the_fleet() -> None:
 def test_quick_benchmark_code_on_tiny_sizes(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
-    assert cli.main(["--json", str(out), "--markdown", str(md)], plan=Plan.tiny()) == 0
+    # The agent measured for half a second at 0.25 s polls: a few polls of each plug, as with 1 s at 0.5 s.
+    plan = replace(Plan.tiny(), agent_seconds=0.5, agent_poll_interval_s=0.25)
+    assert cli.main(["--json", str(out), "--markdown", str(md)], plan=plan) == 0
     data = json.loads(out.read_text())
     figures = data["figures"]
     by_section: dict[str, list[dict[str, object]]] = {}

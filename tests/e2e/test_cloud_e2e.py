@@ -74,6 +74,7 @@ request_poll_s = 0.2
 request_watch_poll_s = 5
 checkpoint_interval_s = 5
 plug_state_min_interval_s = 0
+plug_state_settle_s = 0
 health_port = {self.health_port}
 default_plug_class = "generic"
 
@@ -188,6 +189,11 @@ def _request(store: FirestoreStore, d: Deployment, rid: str, action: int) -> Non
     )
 
 
+def energy_mwh(control: httpx.Client) -> int:
+    """What the plug's own meter has counted (the simulator's truth)."""
+    return int(control.get("/state").json()["energy_mwh"])
+
+
 def _vm_series(vm: backends.Server, name: str, mac: str) -> list[float]:
     httpx.get(vm.url + "/internal/force_flush", timeout=10)
     q = urllib.parse.urlencode({"match[]": f'{{__name__="{name}",mac="{mac}"}}'})
@@ -216,7 +222,7 @@ def test_request_document_to_billed_session_over_the_cloud_backends(deployment: 
         assert req.status == codec.ChargeRequest.STATUS_ACCEPTED, req
         wait_for("the relay to close", lambda: control.get("/state").json()["relay_on"])
         wait_for("CHARGING", lambda: d.plug_status() == "CHARGING")
-        time.sleep(3)
+        wait_for("1 Wh charged", lambda: energy_mwh(control) - before["energy_mwh"] >= 1000)
         control.get("/load", params={"w": "0"})
         session = wait_for(
             "a completed ChargeSession document",
@@ -326,13 +332,13 @@ def test_sigkilled_hub_resumes_and_bills_once(deployment: Deployment) -> None:
         before = control.get("/state").json()
         _request(store, d, "req-k", codec.ChargeRequest.ACTION_START)
         wait_for("CHARGING", lambda: d.plug_status() == "CHARGING")
-        time.sleep(2)
+        wait_for("0.5 Wh charged", lambda: energy_mwh(control) - before["energy_mwh"] >= 500)
         assert d.hub is not None
         _kill(d.hub, signal.SIGKILL)
         # while the hub is down: a stop request is written, and the plug keeps charging
-        time.sleep(1)
+        at_kill = energy_mwh(control)
         _request(store, d, "req-stop", codec.ChargeRequest.ACTION_STOP)
-        time.sleep(1)
+        wait_for("0.5 Wh charged with the hub dead", lambda: energy_mwh(control) - at_kill >= 500)
         d.start_hub("hub2.log")
         stop = wait_for(
             "the stop request's answer",
