@@ -94,6 +94,9 @@ class Requests:
         self._created: dict[str, int] = {}  # request id -> created_at_ms, until answered (latency)
         self._created_lock = threading.Lock()  # answers are also written from the request threads
         self.sessions: Sessions | None = None  # set by the hub: starts of pushed requests are deferred
+        # Set by the hub: (plug, user) -> the id of that user's session a restart is about to resume on
+        # the plug, now marked stopped, or "" (a stop asked while the hub was down is for that session).
+        self.stop_recovering: Callable[[str, str], str] = lambda _mac, _user: ""
         self._in_flight: set[str] = set()  # pushed requests being handled (a redelivery waits for them)
         self._turns: Turns[str] = Turns()  # a user's requests take turns
         self._pool: ThreadPoolExecutor | None = None
@@ -251,6 +254,9 @@ class Requests:
             if account is not None and account.auto_topup_amount.amount_minor > 0:
                 self.track_progress(session_id)  # its running cost can trigger the top-up
         else:
+            recovering = self.stop_recovering(req.plug_mac, req.user_id)
+            if recovering and (live is None or live.session_id != recovering):
+                return (), recovering  # resumed straight into its finish, relay off (Hub._try_recover)
             session_id = live.session_id if live else ""
             event = m.StopRequest(req.user_id, "", rid)
         sessions = self.sessions

@@ -184,6 +184,7 @@ class Hub:
             self._after_debit,
         )
         self.requests.sessions = self.sessions  # pushed requests' starts: stored off the loop, then "on"
+        self.requests.stop_recovering = self._stop_recovering
         self.sessions.io = self.requests.io
         self.sessions.stops = ports.stops
         self.commands.holds = self.sessions.unstored
@@ -991,6 +992,8 @@ class Hub:
             if sess is None:
                 continue
             doc = self.store.get_session(sess.session_id)
+            if doc is not None and doc.status == codec.ChargeSession.STATUS_COMPLETED:
+                self.sessions.billed_before.add(sess.session_id)  # closed below, never billed again
             stopped = (doc is not None and doc.stop_reason) or (journal and journal.reason(sess.session_id))
             if (doc is not None and doc.status == codec.ChargeSession.STATUS_COMPLETED) or (
                 stopped and plug.state.status is not m.Status.FINISHING
@@ -1021,6 +1024,23 @@ class Hub:
             journal.keep_only(
                 live | set(self.sessions.pending) | {d.session_id for d in self._recover.values()}
             )
+
+    def _stop_recovering(self, mac: str, user_id: str) -> str:
+        """A stop asked by ``user_id`` for ``mac`` while a session of theirs there waits to be resumed
+        (started after the last checkpoint; the plug is still busy closing an older one): it is resumed
+        straight into its finish, relay off, and billed once. Returns its id, or ``""`` if none."""
+        doc = self._recover.get(mac)
+        if doc is None or doc.user_id != user_id:
+            return ""
+        if not doc.stop_reason:
+            doc.stop_reason = str(m.StopReason.LOCAL)
+            if self.ports.stops is not None:  # survives another restart before the plug is free
+                self.ports.stops.record(doc.session_id, doc.stop_reason)
+        log.info(
+            "session %s: stopped by its user before it was resumed; resuming it into its finish",
+            doc.session_id,
+        )
+        return doc.session_id
 
     def _try_recover(self, mac: str) -> None:
         """Resume a session the store has ACTIVE but the checkpoint predates (billed from its start counter)."""

@@ -544,6 +544,8 @@ class Sessions:
         self._sweep: asyncio.Task[None] | None = None
         self._start_of: dict[str, asyncio.Task[None]] = {}  # session -> its start document being written
         self.stops: StopJournal | None = None  # the hub's local stop journal (services/hub/stops.py)
+        # Sessions a restart found COMPLETED in the store but live in its checkpoint: closed, not billed.
+        self.billed_before: set[str] = set()
         self.urgent = Urgent()  # store calls on the way to a relay "on" (Requests counts its reads here)
 
     def started(self, plug: HubPlug, fx: m.SessionStarted) -> None:
@@ -743,6 +745,14 @@ class Sessions:
         """Bill a finished session (see the module docstring)."""
         self._progress_at.pop(rec.session_id, None)
         self.tracked.discard(rec.session_id)
+        if rec.session_id in self.billed_before:
+            self.billed_before.discard(rec.session_id)
+            if self.stops is not None:
+                self.stops.done(rec.session_id)
+            log.info(
+                "session %s was completed and billed before the restart; not billing it again", rec.session_id
+            )
+            return
         if self.defer_finishes:
             # Pending (so checkpointed) now, from the balance known now; decided and written off the loop.
             self.pending[rec.session_id] = self._bill(plug.site_id, rec)
