@@ -1,7 +1,8 @@
 """The distributed deployment end to end, every piece a real process or server:
 simulator → `chargectl agent` → Pub/Sub emulator → `chargectl hub` → Firestore emulator (+ VictoriaMetrics,
 drongo for Secret Manager). A ChargeRequest document written as the app would write it becomes a billed
-session; bad messages are dead-lettered while the hub keeps serving; a SIGKILLed hub resumes and bills once."""
+session; bad messages are dead-lettered while the hub keeps serving; a SIGKILLed hub resumes and bills once
+(the same deployment's second session, so one hub and agent start serves both)."""
 
 from __future__ import annotations
 
@@ -203,10 +204,17 @@ def _vm_series(vm: backends.Server, name: str, mac: str) -> list[float]:
     return [v for r in rows for v in r["values"]]
 
 
-def test_request_document_to_billed_session_over_the_cloud_backends(deployment: Deployment) -> None:
+def test_request_document_to_billed_session_then_a_sigkilled_hub_resumes_and_bills_once(
+    deployment: Deployment,
+) -> None:
+    """One deployment, two sessions of u1 on the plug. First: a ChargeRequest document becomes a
+    completed ChargeSession with the plug's exact energy and cost, one debit, and VictoriaMetrics
+    points matching the simulator. Then the hub is SIGKILLed mid-session; while it is down a stop
+    request is written and the plug keeps charging; the restarted hub answers the request and bills
+    the session once, for every mWh including those drawn while it was dead."""
     d = deployment
     bundle = d.provision()
-    d.start_hub()
+    d.start_hub("hub1.log")
     d.start_agent(bundle)
     control = httpx.Client(base_url=f"http://{d.plug['host']}:{d.plug['port']}/__sim", timeout=5)
     store = _store(d)
@@ -249,6 +257,45 @@ def test_request_document_to_billed_session_over_the_cloud_backends(deployment: 
             ],
         )
         assert energy
+
+        # The second session: the hub is SIGKILLed while it charges.
+        wait_for("the plug to be AVAILABLE again", lambda: d.plug_status() == "AVAILABLE", 90)
+        control.get("/load", params={"w": "1500"})
+        before = control.get("/state").json()
+        _request(store, d, "req-k", codec.ChargeRequest.ACTION_START)
+        wait_for("CHARGING", lambda: d.plug_status() == "CHARGING")
+        wait_for("0.5 Wh charged", lambda: energy_mwh(control) - before["energy_mwh"] >= 500)
+        assert d.hub is not None
+        _kill(d.hub, signal.SIGKILL)
+        # while the hub is down: a stop request is written, and the plug keeps charging
+        at_kill = energy_mwh(control)
+        _request(store, d, "req-stop", codec.ChargeRequest.ACTION_STOP)
+        wait_for("0.5 Wh charged with the hub dead", lambda: energy_mwh(control) - at_kill >= 500)
+        d.start_hub("hub2.log")
+        stop = wait_for(
+            "the stop request's answer",
+            lambda: (r := store.get_request("req-stop")) and r.status != 1 and r,
+            90,
+        )
+        assert stop.status == codec.ChargeRequest.STATUS_ACCEPTED
+        killed = wait_for(
+            "the session to complete",
+            lambda: (
+                (r := store.get_request("req-k"))
+                and (s := store.get_session(r.session_id))
+                and s.status == 2
+                and s
+            ),
+            90,
+        )
+        after = control.get("/state").json()
+        assert after["relay_on"] is False
+        assert killed.energy_mwh == after["energy_mwh"] - before["energy_mwh"]
+        assert killed.stop_reason == "Local"
+        debits = [e for e in store.ledger_entries("u1") if e.kind == codec.LedgerEntry.KIND_SESSION_DEBIT]
+        assert sorted((e.entry_id, e.amount.amount_minor) for e in debits) == sorted(
+            [(req.session_id, -cost), (killed.session_id, -killed.cost.amount_minor)]
+        )
     finally:
         control.close()
         store.close()
@@ -316,52 +363,3 @@ def test_bad_messages_are_dead_lettered_and_duplicates_change_nothing(deployment
     finally:
         publisher.transport.close()
         subscriber.close()
-
-
-def test_sigkilled_hub_resumes_and_bills_once(deployment: Deployment) -> None:
-    d = deployment
-    bundle = d.provision()
-    d.start_hub("hub1.log")
-    d.start_agent(bundle)
-    control = httpx.Client(base_url=f"http://{d.plug['host']}:{d.plug['port']}/__sim", timeout=5)
-    store = _store(d)
-    try:
-        wait_for("the plug to be AVAILABLE", lambda: d.plug_status() == "AVAILABLE", 90)
-        d.cli("ledger", "credit", "u1", "50.00", "--reason", "e2e", "--json")
-        control.get("/load", params={"w": "1500"})
-        before = control.get("/state").json()
-        _request(store, d, "req-k", codec.ChargeRequest.ACTION_START)
-        wait_for("CHARGING", lambda: d.plug_status() == "CHARGING")
-        wait_for("0.5 Wh charged", lambda: energy_mwh(control) - before["energy_mwh"] >= 500)
-        assert d.hub is not None
-        _kill(d.hub, signal.SIGKILL)
-        # while the hub is down: a stop request is written, and the plug keeps charging
-        at_kill = energy_mwh(control)
-        _request(store, d, "req-stop", codec.ChargeRequest.ACTION_STOP)
-        wait_for("0.5 Wh charged with the hub dead", lambda: energy_mwh(control) - at_kill >= 500)
-        d.start_hub("hub2.log")
-        stop = wait_for(
-            "the stop request's answer",
-            lambda: (r := store.get_request("req-stop")) and r.status != 1 and r,
-            90,
-        )
-        assert stop.status == codec.ChargeRequest.STATUS_ACCEPTED
-        session = wait_for(
-            "the session to complete",
-            lambda: (
-                (r := store.get_request("req-k"))
-                and (s := store.get_session(r.session_id))
-                and s.status == 2
-                and s
-            ),
-            90,
-        )
-        after = control.get("/state").json()
-        assert after["relay_on"] is False
-        assert session.energy_mwh == after["energy_mwh"] - before["energy_mwh"]
-        assert session.stop_reason == "Local"
-        debits = [e for e in store.ledger_entries("u1") if e.kind == codec.LedgerEntry.KIND_SESSION_DEBIT]
-        assert [e.amount.amount_minor for e in debits] == [-session.cost.amount_minor]
-    finally:
-        control.close()
-        store.close()
