@@ -211,7 +211,12 @@ class InfluxSink:
                         self._down_since = time.monotonic()
                         log.warning("time-series backend unavailable (%s); buffering points", _describe(exc))
                     self._spill_locked()
-                    self._cond.wait(min(backoff, self.settings.flush_interval_s) if self._spool else backoff)
+                    # Sleep out the back-off: new points (which notify once a batch is queued, as it
+                    # always is during an outage) must not turn it into a retry per point.
+                    wait_s = min(backoff, self.settings.flush_interval_s) if self._spool else backoff
+                    deadline = time.monotonic() + wait_s
+                    while not self._stopping and (left := deadline - time.monotonic()) > 0:
+                        self._cond.wait(left)
                 backoff = min(backoff * 2, self.settings.retry_max_s)
                 continue
             backoff = self.settings.retry_initial_s

@@ -90,6 +90,32 @@ def test_sink_retries_without_losing_or_duplicating(caplog: pytest.LogCaptureFix
     assert len(outage_logs) == 1  # logged once per outage, not per retry
 
 
+def test_points_arriving_during_an_outage_do_not_turn_the_back_off_into_a_retry_per_point() -> None:
+    """During an outage a full batch is always queued, so every new point notified the writer, which
+    woke from its back-off and retried at once: one failed write per point the hub added, hammering a
+    backend that is down. The back-off now holds, whatever arrives."""
+    writer = FlakyWriter(failures=10**9)  # down for good
+    sink = InfluxSink(
+        _settings(retry_initial_s=30.0, retry_max_s=30.0, max_pending_lines=10_000), writer=writer
+    )
+    try:
+        sink.add_lines([f"m v={i}i {i}" for i in range(10)])  # a full batch: the first write fails
+        deadline = time.monotonic() + 30
+        # failures is counted under the sink's lock, which the writer then only lets go of in its
+        # back-off wait: once stats() (which takes the lock) sees it, the writer is waiting.
+        while sink.stats().failures < 1:
+            assert time.monotonic() < deadline, "the writer never tried"
+            time.sleep(0.01)
+        for i in range(200):  # the hub keeps adding points, each call notifying the writer
+            sink.add_lines([f"m v={i}i {1000 + i}"])
+            time.sleep(0.001)  # and the writer gets to run between them
+        calls = writer.calls  # read long before the 30 s back-off can have ended
+        assert calls == 1, f"{calls} writes during one 30 s back-off"
+        assert sink.stats().pending == 210 and sink.stats().dropped == 0  # nothing lost meanwhile
+    finally:
+        sink.close(timeout_s=0.2)
+
+
 def test_sink_overflow_drops_oldest_and_counts_exactly(caplog: pytest.LogCaptureFixture) -> None:
     writer = FlakyWriter(failures=10**9)  # down for good
     sink = InfluxSink(_settings(max_pending_lines=50), writer=writer)
