@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import backends  # noqa: E402
+from stripe_support import stripe_http, stripe_server  # noqa: E402,F401  (fixtures: payments and app tests)
 
 from chargectl.common.clock import ManualClock  # noqa: E402
 

@@ -16,8 +16,9 @@ from typing import Any
 import backends
 import httpx
 import pytest
-from conftest import API_KEY, KID, PROJECT, WEBHOOK_SECRET, CertsServer, TokenMint, register_webhook
+from app_support import KID, PROJECT, CertsServer, TokenMint
 from payments_helpers import card, wait_for
+from stripe_support import API_KEY, WEBHOOK_SECRET, register_webhook
 
 from chargectl.common.clock import SystemClock
 from chargectl.services.adapters.sqlite_store import SqliteStore

@@ -14,8 +14,9 @@ from typing import Any
 import backends
 import httpx
 import pytest
-from conftest import API_KEY, PROJECT, WEBHOOK_SECRET, CertsServer, TokenMint
+from app_support import PROJECT, CertsServer, TokenMint
 from payments_helpers import event, sign, wait_for
+from stripe_support import API_KEY, WEBHOOK_SECRET
 from typer.testing import CliRunner
 
 from chargectl.cli.app import app

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import API_KEY, WEBHOOK_SECRET, register_webhook
 from payments_helpers import card, wait_for
+from stripe_support import API_KEY, WEBHOOK_SECRET, register_webhook
 
 from chargectl.common.alerts import AlertBook
 from chargectl.common.clock import SystemClock

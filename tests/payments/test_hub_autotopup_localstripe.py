@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import API_KEY, WEBHOOK_SECRET, register_webhook
 from payments_helpers import wait_for
+from stripe_support import API_KEY, WEBHOOK_SECRET, register_webhook
 from test_autotopup_localstripe import prepare, topups
 
 from chargectl.common import codec

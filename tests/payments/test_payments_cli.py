@@ -14,8 +14,8 @@ from pathlib import Path
 import backends
 import httpx
 import pytest
-from conftest import API_KEY, WEBHOOK_SECRET
 from payments_helpers import card, event, sign, wait_for
+from stripe_support import API_KEY, WEBHOOK_SECRET
 from typer.testing import CliRunner
 
 from chargectl.cli.app import app

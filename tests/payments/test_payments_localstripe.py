@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import API_KEY, WEBHOOK_SECRET, register_webhook
 from payments_helpers import card, sign, wait_for
+from stripe_support import API_KEY, WEBHOOK_SECRET, register_webhook
 
 from chargectl.common.clock import SystemClock
 from chargectl.common.codec import LedgerEntry

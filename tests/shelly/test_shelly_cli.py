@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ThreadedFleet
+from shelly_support import ThreadedFleet
 from typer.testing import CliRunner
 
 from chargectl.cli.app import app, main

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FleetFactory
+from shelly_support import FleetFactory
 
 from chargectl.common.clock import ManualClock
 from chargectl.common.errors import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import FleetFactory
+from shelly_support import FleetFactory
 
 from chargectl.shelly import PlugEvent, PlugWatcher, discover_once
 from chargectl.shelly.simdevice import make_profile

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import FleetFactory
+from shelly_support import FleetFactory
 
 from chargectl.common.clock import ManualClock
 from chargectl.common.errors import (

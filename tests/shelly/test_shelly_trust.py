@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FleetFactory
+from shelly_support import FleetFactory
 
 from chargectl.common.errors import DeviceMismatchError
 from chargectl.shelly import PlugWatcher, ShellyClient
