@@ -3,8 +3,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1] / "payments")
-)  # the app tests use payments_helpers
+# The app tests use payments_helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "payments"))
 
 from app_support import certs_server, firestore_rules_emulator, mint  # noqa: F401
