@@ -23,7 +23,14 @@ Password = Annotated[
         "--password", envvar="CHARGECTL_SHELLY_PASSWORD", help="Device password.", show_default=False
     ),
 ]
-User = Annotated[str | None, typer.Option("--user", help="Gen1 user name (Gen2+ is always admin).")]
+User = Annotated[
+    str | None,
+    typer.Option(
+        "--device-user",
+        "--user",
+        help="The plug's own login name, Gen1 only (Gen2+ is always admin); --user is its older spelling.",
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the plug's status as JSON.")]
 Timeout = Annotated[
     float, typer.Option("--timeout", min=0.1, help="Per-request (and MAC lookup) timeout, s.")

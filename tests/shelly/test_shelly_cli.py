@@ -130,6 +130,13 @@ def test_sim_with_password_and_env_password(sim_process: Callable[..., dict[str,
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["on"] is True
     assert "pw" not in ok.stdout
+    # The device's login name is --device-user (--user elsewhere means a driver's account).
+    wrong = run_cli("relay", "status", target, "--device-user", "someone-else", env=env)
+    assert wrong.returncode == 1 and "rejected the credentials for 'someone-else'" in wrong.stderr, (
+        wrong.stderr
+    )
+    right = run_cli("relay", "status", target, "--device-user", "admin", "--json", env=env)
+    assert right.returncode == 0 and json.loads(right.stdout)["on"] is True, right.stderr
 
 
 # --- in-process: the error boundary against a threaded simulator --------------------------------------
