@@ -60,16 +60,9 @@ class CommandSender:
             session_id=fx.session_id,
             auto_off_s=fx.auto_off_s,
         )
-        try:
-            site = self.sites.get(site_id)
-            if site is None:
-                raise StoreError(f"site {site_id} is not provisioned")
-            key = self.keys(site, cmd.issued_at_ms)
-        except ChargectlError as exc:
-            self.metrics.inc("commands_failed_total", reason="no_key")
-            log.error("cannot sign a command for site %s: %s", site_id, exc)
+        packed = self._sign(site_id, cmd, "a command")
+        if packed is None:
             return
-        data, attrs = codec.pack_command(cmd, key)
         self._sent[fx.command_id] = now
         if len(self._sent) > MAX_IN_FLIGHT:
             self._sent.pop(next(iter(self._sent)))
@@ -86,12 +79,8 @@ class CommandSender:
                     "command %s to %s not sent: session not stored, or superseded", fx.command_id, fx.mac
                 )
                 return
-            try:
-                await self.bus.publish(command_topic(site_id), data, attrs)
-            except TransportError as exc:
-                # The machine re-sends until the relay is confirmed, so a lost command is retried.
-                self.metrics.inc("commands_failed_total", reason="publish")
-                log.warning("command %s to %s not published: %s", fx.command_id, fx.mac, exc)
+            # The machine re-sends until the relay is confirmed, so a lost command is retried.
+            await self._publish(site_id, packed, f"command {fx.command_id} to {fx.mac}")
 
         self._spawn(publish())
 
@@ -120,27 +109,34 @@ class CommandSender:
             expires_at_ms=round((now + self.lifetime_s) * 1000),
             leased=tuple(leased),
         )
+        packed = self._sign(site_id, lease, "a lease")
+        if packed is None:
+            return
+        self.metrics.inc("leases_sent_total")
+        # A lost lease is renewed by the next one (at most half a keep-alive interval later).
+        self._spawn(self._publish(site_id, packed, f"lease {lease.command_id}"))
+
+    def _sign(self, site_id: str, cmd: codec.Command, what: str) -> tuple[bytes, dict[str, str]] | None:
+        """``cmd`` signed with ``site_id``'s command key at its issue time; None (counted, logged) if the
+        site or its key is missing."""
         try:
             site = self.sites.get(site_id)
             if site is None:
                 raise StoreError(f"site {site_id} is not provisioned")
-            key = self.keys(site, lease.issued_at_ms)
+            key = self.keys(site, cmd.issued_at_ms)
         except ChargectlError as exc:
             self.metrics.inc("commands_failed_total", reason="no_key")
-            log.error("cannot sign a lease for site %s: %s", site_id, exc)
-            return
-        data, attrs = codec.pack_command(lease, key)
-        self.metrics.inc("leases_sent_total")
+            log.error("cannot sign %s for site %s: %s", what, site_id, exc)
+            return None
+        return codec.pack_command(cmd, key)
 
-        async def publish() -> None:
-            try:
-                await self.bus.publish(command_topic(site_id), data, attrs)
-            except TransportError as exc:
-                # The next lease (at most half a keep-alive interval later) renews the same plugs.
-                self.metrics.inc("commands_failed_total", reason="publish")
-                log.warning("lease %s not published: %s", lease.command_id, exc)
-
-        self._spawn(publish())
+    async def _publish(self, site_id: str, packed: tuple[bytes, dict[str, str]], what: str) -> None:
+        """Publish on the site's command topic; a transport failure is counted and logged, not raised."""
+        try:
+            await self.bus.publish(command_topic(site_id), *packed)
+        except TransportError as exc:
+            self.metrics.inc("commands_failed_total", reason="publish")
+            log.warning("%s not published: %s", what, exc)
 
     def answered(self, outcome: codec.CommandOutcome) -> None:
         """Record a command's round trip (the agent's result came back)."""
