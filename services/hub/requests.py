@@ -59,6 +59,7 @@ class RequestRefusal(StrEnum):
     BAD_ACTION = "bad_action"
     NO_USER = "no_user"
     UNKNOWN_PLUG = "unknown_plug"
+    PLUG_OFFLINE = "plug_offline"  # bound to a site here, not heard since this hub started: try again
     NO_ACCOUNT = "no_account"
     DUPLICATE_REQUEST = "duplicate_request"
 
@@ -97,6 +98,7 @@ class Requests:
         # Set by the hub: (plug, user) -> the id of that user's session a restart is about to resume on
         # the plug, now marked stopped, or "" (a stop asked while the hub was down is for that session).
         self.stop_recovering: Callable[[str, str], str] = lambda _mac, _user: ""
+        self.bound: Callable[[str], bool] = lambda _mac: False  # set by the hub: is the plug bound to a site?
         self._in_flight: set[str] = set()  # pushed requests being handled (a redelivery waits for them)
         self._turns: Turns[str] = Turns()  # a user's requests take turns
         self._pool: ThreadPoolExecutor | None = None
@@ -163,7 +165,9 @@ class Requests:
         if not req.user_id:
             return RequestRefusal.NO_USER
         if req.plug_mac not in self.plugs:
-            return RequestRefusal.UNKNOWN_PLUG
+            # A bound plug this hub has not heard since it started (no checkpoint held it) is a real
+            # plug that has not reported yet, not a wrong QR code: the driver may try again shortly.
+            return RequestRefusal.PLUG_OFFLINE if self.bound(req.plug_mac) else RequestRefusal.UNKNOWN_PLUG
         return None
 
     def _learn_balance(self, key: tuple[str, str], before: int | None, read: int) -> None:

@@ -185,6 +185,7 @@ class Hub:
         )
         self.requests.sessions = self.sessions  # pushed requests' starts: stored off the loop, then "on"
         self.requests.stop_recovering = self._stop_recovering
+        self.requests.bound = lambda mac: self.registry.owner(mac) is not None
         self.sessions.io = self.requests.io
         self.sessions.stops = ports.stops
         self.commands.holds = self.sessions.unstored
