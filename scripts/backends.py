@@ -192,7 +192,8 @@ def reset_pubsub(server: Server) -> None:
     urllib.request.urlopen(req, timeout=10).close()
 
 
-def start_firestore(workdir: Path, port: int | None = None) -> Server:
+def start_firestore(workdir: Path, port: int | None = None, rules: Path | None = None) -> Server:
+    """The Java Firestore emulator; with ``rules``, it evaluates those security rules for client requests."""
     port = port or free_port()
     ws = free_port()
     argv = [
@@ -206,8 +207,9 @@ def start_firestore(workdir: Path, port: int | None = None) -> Server:
         f"--port={port}",
         f"--websocket_port={ws}",
         "--database-mode=firestore-native",
+        *([f"--rules={rules}"] if rules is not None else []),
     ]
-    server = _spawn("firestore", argv, port, workdir)
+    server = _spawn("firestore-rules" if rules is not None else "firestore", argv, port, workdir)
     server.env = {"FIRESTORE_EMULATOR_HOST": server.host}
     _wait_http(server, "/", 60, lambda status, body: status == 200)
     return server
