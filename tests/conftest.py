@@ -17,47 +17,37 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import backends  # noqa: E402
+from server_support import running  # noqa: E402
 from stripe_support import stripe_http, stripe_server  # noqa: E402,F401  (fixtures: payments and app tests)
 
 from chargectl.common.clock import ManualClock  # noqa: E402
 
 
-def _server(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
-    reason = backends.missing(name)
-    if reason:
-        pytest.skip(reason)
-    server = backends.STARTERS[name](tmp_path_factory.mktemp(name))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
     """The Pub/Sub emulator; use unique topic names per test (or ``backends.reset_pubsub``)."""
-    yield from _server("pubsub", tmp_path_factory)
+    yield from running("pubsub", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
     """The Firestore emulator; use a unique project id per test (or ``backends.clear_firestore``)."""
-    yield from _server("firestore", tmp_path_factory)
+    yield from running("firestore", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def localstripe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
-    yield from _server("localstripe", tmp_path_factory)
+    yield from running("localstripe", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
-    yield from _server("victoriametrics", tmp_path_factory)
+    yield from running("victoriametrics", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def drongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
-    yield from _server("drongo", tmp_path_factory)
+    yield from running("drongo", tmp_path_factory)
 
 
 @pytest.fixture

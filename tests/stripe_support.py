@@ -11,6 +11,7 @@ from pathlib import Path
 import backends
 import httpx
 import pytest
+from server_support import running
 
 API_KEY = "sk_test_chargectl_payments_0123456789"
 WEBHOOK_SECRET = "whsec_chargectl_test_secret_abcdef"
@@ -20,14 +21,7 @@ EXTENSION = Path(__file__).resolve().parent / "payments" / "localstripe_ext.py"
 @pytest.fixture(scope="session")
 def stripe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
     """localstripe with ``localstripe_ext`` loaded; one per session (its state is shared: use unique uids)."""
-    reason = backends.missing("localstripe")
-    if reason:
-        pytest.skip(reason)
-    server = backends.start_localstripe(tmp_path_factory.mktemp("localstripe-ext"), extensions=EXTENSION)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running("localstripe", tmp_path_factory, extensions=EXTENSION)
 
 
 @pytest.fixture

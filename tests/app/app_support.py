@@ -8,6 +8,7 @@ from pathlib import Path
 
 import backends
 import pytest
+from server_support import running
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "firestore.rules"
@@ -16,14 +17,7 @@ RULES = ROOT / "firestore.rules"
 @pytest.fixture(scope="session")
 def firestore_rules_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
     """A Firestore emulator that evaluates the repository's firestore.rules for client requests."""
-    reason = backends.missing("firestore")
-    if reason:
-        pytest.skip(reason)
-    server = backends.start_firestore(tmp_path_factory.mktemp("firestore-rules"), rules=RULES)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running("firestore", tmp_path_factory, rules=RULES)
 
 
 # ----------------------------------------------------------------------------- tokens and the app server
