@@ -15,6 +15,7 @@ import errno
 import os
 from pathlib import Path
 
+import pytest
 from hostile import World
 from test_stop_path_off_loop import MAC, drawn_cost, one_plug_charging, serving_hub, until, world  # noqa: F401
 
@@ -123,3 +124,26 @@ def test_a_full_disk_loses_the_journal_entry_but_never_raises(tmp_path: Path, mo
     monkeypatch.setattr(os, "write", full)
     assert j.record("s1", "Local") is False
     assert j.errors == 1 and j.reason("s1") == ""
+
+
+async def test_a_journal_the_disk_refuses_never_holds_up_a_stop_or_its_bill(
+    world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hub's disk is full: every journal append fails. The stop still switches the relay off, the
+    session is billed once for what the plug metered, and the failures are counted."""
+    w = world
+    hub, metered = await one_plug_charging(w)
+
+    def full(_self: StopJournal, _line: str) -> bool:
+        _self.errors += 1
+        return False
+
+    monkeypatch.setattr(StopJournal, "_append", full)
+    await w.stop_session("s1", MAC)
+    await w.run(60)
+    await until(lambda: not hub.sessions.pending, "the finish written")
+    assert w.plugs[MAC].relay is False
+    assert [-d.amount.amount_minor for d in w.debits("u1")] == [drawn_cost(w, MAC, metered)]
+    assert hub.metrics.value("stop_journal_errors") >= 1
+    await hub.stop()
