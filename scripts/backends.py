@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,6 +168,8 @@ def missing(name: str) -> str | None:
         return f"Firestore emulator jar not found at {FIRESTORE_JAR}"
     if name == "victoriametrics" and shutil.which("victoria-metrics") is None:
         return "victoria-metrics is not installed (Debian package victoria-metrics)"
+    if name == "influxdb" and shutil.which("influxd") is None:
+        return "influxd is not installed (Debian package influxdb)"
     if name == "drongo" and not (BIN / "drongo").exists() and shutil.which("drongo") is None:
         return "drongo is not installed (pip install drongo)"
     return None
@@ -254,6 +257,32 @@ def start_victoriametrics(workdir: Path, port: int | None = None) -> Server:
     return server
 
 
+def start_influxdb(workdir: Path, port: int | None = None) -> Server:
+    """InfluxDB 1.x (Debian's ``influxd``) with its HTTP API on ``port`` and database ``chargectl``.
+
+    Both of its ports are set: the defaults (8086 for HTTP, 8088 for its RPC) may be taken, 8086 by a
+    Firestore emulator. No authentication, no usage reporting, data in ``workdir``."""
+    port = port or free_port()
+    conf = workdir / "influxdb.conf"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        "reporting-disabled = true\n"
+        f'bind-address = "127.0.0.1:{free_port()}"\n'
+        f'[meta]\n  dir = "{workdir / "meta"}"\n'
+        f'[data]\n  dir = "{workdir / "data"}"\n  wal-dir = "{workdir / "wal"}"\n'
+        "  query-log-enabled = false\n"
+        "[monitor]\n  store-enabled = false\n"
+        f'[http]\n  enabled = true\n  bind-address = "127.0.0.1:{port}"\n'
+        "  auth-enabled = false\n  log-enabled = false\n"
+    )
+    server = _spawn("influxdb", ["influxd", "run", "-config", str(conf)], port, workdir)
+    _wait_http(server, "/ping", 30, lambda status, body: status == 204)
+    data = urllib.parse.urlencode({"q": "CREATE DATABASE chargectl"}).encode()
+    with urllib.request.urlopen(server.url + "/query", data=data, timeout=10) as resp:
+        resp.read()
+    return server
+
+
 def start_drongo(workdir: Path, port: int | None = None) -> Server:
     port = port or free_port()
     exe = str(BIN / "drongo") if (BIN / "drongo").exists() else "drongo"
@@ -267,6 +296,7 @@ STARTERS: dict[str, Callable[..., Server]] = {
     "firestore": start_firestore,
     "localstripe": start_localstripe,
     "victoriametrics": start_victoriametrics,
+    "influxdb": start_influxdb,
     "drongo": start_drongo,
 }
 
@@ -295,9 +325,12 @@ def _apt_install(package: str) -> bool:
 
 
 def install() -> int:
-    """Install what the registries provide if missing: VictoriaMetrics and Chromium from Debian."""
+    """Install what the registries provide if missing: VictoriaMetrics, InfluxDB 1.x and Chromium from
+    Debian."""
     if shutil.which("victoria-metrics") is None and not _apt_install("victoria-metrics"):
         print("warning: could not install victoria-metrics; its tests will be skipped")
+    if shutil.which("influxd") is None and not _apt_install("influxdb"):
+        print("warning: could not install influxdb; its tests will be skipped")
     if chromium_missing() and not _apt_install("chromium"):
         print("warning: could not install chromium; the console's browser tests will be skipped")
     for name in STARTERS:

@@ -46,6 +46,12 @@ def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backe
 
 
 @pytest.fixture(scope="session")
+def influxdb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
+    """InfluxDB 1.x with an empty database ``chargectl``."""
+    yield from running("influxdb", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def drongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.Server]:
     yield from running("drongo", tmp_path_factory)
 

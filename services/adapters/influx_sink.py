@@ -31,6 +31,7 @@ from typing import Any, Literal, cast
 from chargectl.common.codec import PlugRun
 from chargectl.common.errors import StoreError
 from chargectl.common.readings import Reading
+from chargectl.services.adapters.influxql import influxql_plug_power, influxql_site_power
 from chargectl.services.adapters.timeseries import (
     PowerPoint,
     SessionEvent,
@@ -62,7 +63,9 @@ class InfluxSettings:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     timeout_s: float = 10.0
-    # Chart reads go to the Prometheus query API (VictoriaMetrics serves it); empty = url.
+    # Chart reads: "prometheus" asks /api/v1/query_range (VictoriaMetrics serves it), "influxql" asks
+    # /query (InfluxDB 1.x, and 2 and 3 through their v1 query API); query_url empty = url.
+    chart_query: Literal["prometheus", "influxql"] = "prometheus"
     query_url: str = ""
 
     def __post_init__(self) -> None:
@@ -172,12 +175,16 @@ class InfluxSink:
     # ------------------------------------------------------------------ reads (charts)
 
     def plug_power(self, mac: str, since_ms: int, until_ms: int, step_ms: int) -> list[PowerPoint]:
+        if self.settings.chart_query == "influxql":
+            return influxql_plug_power(self.settings, mac, since_ms, until_ms, step_ms)
         check_window(since_ms, until_ms, step_ms)
         window = f"{max(1, step_ms // 1000)}s"
         query = f'avg_over_time(plug_power_w{{mac="{_promql_str(mac)}"}}[{window}])'
         return prometheus_range(self.settings, query, since_ms, until_ms, step_ms)
 
     def site_power(self, site_id: str, since_ms: int, until_ms: int, step_ms: int) -> list[PowerPoint]:
+        if self.settings.chart_query == "influxql":
+            return influxql_site_power(self.settings, site_id, since_ms, until_ms, step_ms)
         check_window(since_ms, until_ms, step_ms)
         window = f"{max(1, step_ms // 1000)}s"
         query = f'sum(avg_over_time(plug_power_w{{site_id="{_promql_str(site_id)}"}}[{window}]))'

@@ -1,5 +1,6 @@
-"""The chart reads of the time-series port, the same data through SQLite and through VictoriaMetrics
-(written by the Influx sink, read over its Prometheus API): equal buckets, values checked by hand."""
+"""The chart reads of the time-series port, the same data through SQLite, through VictoriaMetrics
+(written by the Influx sink, read over its Prometheus API) and through InfluxDB 1.x (written by the sink's
+v1 API, read over InfluxQL): equal buckets, values checked by hand."""
 
 from __future__ import annotations
 
@@ -85,5 +86,55 @@ def test_an_unreachable_query_api_is_a_store_error() -> None:
         with pytest.raises(StoreError) as err:
             sink.plug_power(A, T0, T0 + 60_000, 15_000)
         assert "secret-token-value" not in str(err.value)
+    finally:
+        sink.close(timeout_s=0.5)
+
+
+@pytest.mark.integration
+def test_influxdb_chart_reads_match_sqlite(influxdb_server: backends.Server, tmp_path: Path) -> None:
+    settings = InfluxSettings(
+        url=influxdb_server.url,
+        api="v1",
+        chart_query="influxql",
+        batch_lines=100,
+        flush_interval_s=0.05,
+        timeout_s=5,
+    )
+    sink = InfluxSink(settings)
+    sqlite = SqliteTimeSeries(tmp_path / "ts.db")
+    try:
+        _load(sink)
+        _load(sqlite)
+        assert sink.flush(timeout_s=30)
+        _check(sink)  # InfluxDB answers a write once it returned: nothing to wait for
+        assert sink.plug_power(A, T0, T0 + 60_000, 60_000) == [PowerPoint(T0, 55.0)]  # 0..110 W: 55 W
+        # Windows that cut buckets: the first and last buckets hold only the points inside, as in SQLite
+        # (A from T0+20 s to T0+50 s: 40 and 50 W, then 60, 70, 80 W, then 90 W).
+        assert sink.plug_power(A, T0 + 20_000, T0 + 50_000, 15_000) == [
+            PowerPoint(T0 + 15_000, 45.0),
+            PowerPoint(T0 + 30_000, 70.0),
+            PowerPoint(T0 + 45_000, 90.0),
+        ]
+        for since, until, step in ((T0 + 20_000, T0 + 50_000, 15_000), (T0 - 7_000, T0 + 33_000, 10_000)):
+            assert sink.plug_power(A, since, until, step) == sqlite.plug_power(A, since, until, step)
+            assert sink.site_power("site-1", since, until, step) == sqlite.site_power(
+                "site-1", since, until, step
+            )
+        # A hostile tag value stays inside its literal: it matches nothing rather than every plug.
+        for hostile in ("x' OR mac =~ /.*/ --", "\\' OR 1=1", "site-1'\n"):
+            assert sink.plug_power(hostile, T0, T0 + 60_000, 15_000) == []
+            assert sink.site_power(hostile, T0, T0 + 60_000, 15_000) == []
+    finally:
+        sink.close(timeout_s=5)
+        sqlite.close()
+
+
+def test_an_influxql_error_answer_is_a_store_error(influxdb_server: backends.Server) -> None:
+    sink = InfluxSink(
+        InfluxSettings(url=influxdb_server.url, api="v1", chart_query="influxql", database="no-such-db")
+    )
+    try:
+        with pytest.raises(StoreError, match="refused"):
+            sink.plug_power(A, T0, T0 + 60_000, 15_000)
     finally:
         sink.close(timeout_s=0.5)
