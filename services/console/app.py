@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, unquote
 
 from chargectl.common.errors import ChargectlError
 from chargectl.services.adapters.timeseries import PowerPoint
+from chargectl.services.app.ratelimit import RateLimiter
 from chargectl.services.console import page, views
 from chargectl.services.console.auth import ConsoleAuth
 from chargectl.services.console.charts import power_chart
@@ -34,6 +35,7 @@ __all__ = ["ConsoleApp", "mount_console"]
 
 log = logging.getLogger("chargectl.console")
 
+LOGIN_ATTEMPTS = 10  # sign-in attempts per peer address per minute
 MAX_OVERVIEW_PLUG_CHARTS = 60  # beyond this, the overview draws site charts only (each plug has its URL)
 SUMMARY_SESSION_SCAN = 1000  # the newest sessions read to total today's
 SUMMARY_TTL_S = 10.0  # today's sessions are re-read from the store at most this often
@@ -104,6 +106,8 @@ class ConsoleApp:
         self.source = source
         self.settings = settings
         self.auth = ConsoleAuth(settings.token, settings.cookie_max_age_s)
+        # Sign-in attempts per peer address: a guesser gets LOGIN_ATTEMPTS a minute, then 429s.
+        self._logins = RateLimiter(LOGIN_ATTEMPTS, 60.0, max_keys=10_000)
         self._recent: list[Any] = []
         self._recent_at: float | None = None
         self._routes: list[tuple[str, Callable[[HttpRequest, str], Any]]] = [
@@ -116,6 +120,9 @@ class ConsoleApp:
             ("/charts/site/", self._chart_site),
             ("/sessions/", self._session_page),
         ]
+
+    def _now_s(self) -> float:
+        return self.source.now_ms() / 1000
 
     # ------------------------------------------------------------------ dispatch
 
@@ -132,7 +139,7 @@ class ConsoleApp:
             )
         if request.method not in ("GET", "HEAD"):
             return _error(405, "method not allowed", api)
-        if not self.auth.allows(request.headers):
+        if not self.auth.allows(request.headers, self._now_s()):
             if api:
                 resp = _json(401, {"error": "the console token is required (Authorization: Bearer …)"})
                 return HttpResponse(
@@ -161,10 +168,17 @@ class ConsoleApp:
             return _html(200, page.login_page())
         if request.method != "POST":
             return _error(405, "method not allowed", False)
+        now_s = self._now_s()
+        wait_s = self._logins.take(request.peer or "?", now_s)
+        if wait_s > 0:
+            log.warning("console sign-in from %s refused: too many attempts", request.peer or "?")
+            resp = _html(429, page.login_page("Too many attempts: wait a minute and try again."))
+            return HttpResponse(429, resp.body, resp.content_type, {"Retry-After": str(int(wait_s) + 1)})
         form = dict(parse_qsl(request.body.decode("utf-8", "replace")))
         if self.auth.token_matches(form.get("token", "")):
             log.info("console sign-in from %s", request.peer or "?")
-            return HttpResponse(303, b"", headers={"Location": "/", "Set-Cookie": self.auth.login_cookie()})
+            cookie = self.auth.login_cookie(now_s)
+            return HttpResponse(303, b"", headers={"Location": "/", "Set-Cookie": cookie})
         log.warning("console sign-in refused from %s (wrong token)", request.peer or "?")
         return _html(401, page.login_page("That token is not right."))
 

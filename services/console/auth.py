@@ -1,7 +1,9 @@
 """The console's token: a bearer header for scripts, or a cookie the login form sets for browsers.
 
-The cookie holds an HMAC of the token (not the token), so rotating the token signs every browser out.
-Comparisons are constant-time; neither the token nor a candidate is ever logged.
+The cookie holds its expiry and an HMAC of that expiry keyed by the token (never the token itself): it
+is refused once it expires (``cookie_max_age_s`` after the sign-in, checked here, not only by the
+browser), and rotating the token signs every browser out. Comparisons are constant-time; neither the
+token nor a candidate is ever logged.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ class ConsoleAuth:
 
     def __init__(self, token: str, cookie_max_age_s: int = 12 * 3600) -> None:
         self._token = _b(token)
-        self._cookie = hmac.new(self._token, b"chargectl-console-cookie-v1", hashlib.sha256).hexdigest()
         self.cookie_max_age_s = cookie_max_age_s
+
+    def _cookie_value(self, expires_s: int) -> str:
+        mac = hmac.new(self._token, b"chargectl-console-cookie-v2:%d" % expires_s, hashlib.sha256)
+        return f"{expires_s}.{mac.hexdigest()}"
 
     @property
     def required(self) -> bool:
@@ -43,21 +48,27 @@ class ConsoleAuth:
     def token_matches(self, candidate: str) -> bool:
         return bool(self._token) and hmac.compare_digest(_b(candidate), self._token)
 
-    def allows(self, headers: Mapping[str, str]) -> bool:
-        """True if the request carries the token (``Authorization: Bearer …``) or the login cookie."""
+    def allows(self, headers: Mapping[str, str], now_s: float) -> bool:
+        """True if the request carries the token (``Authorization: Bearer …``) or a login cookie that
+        has not expired at ``now_s``."""
         if not self.required:
             return True
         scheme, _, value = headers.get("authorization", "").strip().partition(" ")
         if scheme.lower() == "bearer" and self.token_matches(value.strip()):
             return True
         cookie = _cookies(headers.get("cookie", "")).get(COOKIE_NAME, "")
-        return bool(cookie) and hmac.compare_digest(_b(cookie), _b(self._cookie))
+        expires, dot, _ = cookie.partition(".")
+        if not dot or not expires.isascii() or not expires.isdigit() or len(expires) > 12:
+            return False
+        expires_s = int(expires)
+        if not now_s < expires_s <= now_s + self.cookie_max_age_s + 60:  # expired, or not one we issued
+            return False
+        return hmac.compare_digest(_b(cookie), _b(self._cookie_value(expires_s)))
 
-    def login_cookie(self) -> str:
-        return (
-            f"{COOKIE_NAME}={self._cookie}; Path=/; HttpOnly; SameSite=Strict; "
-            f"Max-Age={self.cookie_max_age_s}"
-        )
+    def login_cookie(self, now_s: float) -> str:
+        """The ``Set-Cookie`` value of a sign-in at ``now_s``: valid for ``cookie_max_age_s``."""
+        value = self._cookie_value(int(now_s) + self.cookie_max_age_s)
+        return f"{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={self.cookie_max_age_s}"
 
     @staticmethod
     def logout_cookie() -> str:

@@ -86,24 +86,51 @@ def test_settings_repr_hides_the_token() -> None:
 
 
 def test_token_by_bearer_or_cookie_and_nothing_else() -> None:
-    auth = ConsoleAuth(TOKEN)
-    assert auth.allows({"authorization": f"Bearer {TOKEN}"})
-    assert auth.allows({"authorization": f"bearer  {TOKEN} "})
-    assert not auth.allows({})
-    assert not auth.allows({"authorization": f"Bearer {TOKEN[:-1]}"})
-    assert not auth.allows({"authorization": f"Bearer {TOKEN}x"})
-    assert not auth.allows({"authorization": f"Basic {TOKEN}"})
-    assert not auth.allows({"authorization": "Bearer "})
-    cookie = auth.login_cookie()
+    now = 1_767_268_800.0
+    auth = ConsoleAuth(TOKEN, cookie_max_age_s=3600)
+    assert auth.allows({"authorization": f"Bearer {TOKEN}"}, now)
+    assert auth.allows({"authorization": f"bearer  {TOKEN} "}, now)
+    assert not auth.allows({}, now)
+    assert not auth.allows({"authorization": f"Bearer {TOKEN[:-1]}"}, now)
+    assert not auth.allows({"authorization": f"Bearer {TOKEN}x"}, now)
+    assert not auth.allows({"authorization": f"Basic {TOKEN}"}, now)
+    assert not auth.allows({"authorization": "Bearer "}, now)
+    cookie = auth.login_cookie(now)
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+    assert "Max-Age=3600" in cookie
     value = cookie.split(";")[0].split("=", 1)[1]
-    assert auth.allows({"cookie": f"other=1; {COOKIE_NAME}={value}"})
-    assert not auth.allows({"cookie": f"{COOKIE_NAME}={TOKEN}"})  # the raw token is not a cookie
-    assert not auth.allows({"cookie": f"{COOKIE_NAME}="})
-    assert not ConsoleAuth("another-token-of-enough-length").allows({"cookie": f"{COOKIE_NAME}={value}"})
+    assert auth.allows({"cookie": f"other=1; {COOKIE_NAME}={value}"}, now)
+    assert not auth.allows({"cookie": f"{COOKIE_NAME}={TOKEN}"}, now)  # the raw token is not a cookie
+    assert not auth.allows({"cookie": f"{COOKIE_NAME}="}, now)
+    other = ConsoleAuth("another-token-of-enough-length", cookie_max_age_s=3600)
+    assert not other.allows({"cookie": f"{COOKIE_NAME}={value}"}, now)
     open_auth = ConsoleAuth("")
-    assert not open_auth.required and open_auth.allows({})
+    assert not open_auth.required and open_auth.allows({}, now)
     assert not open_auth.token_matches("")  # no token: nothing "matches" (the login form is moot)
+
+
+def test_a_login_cookie_expires_at_the_server_and_its_expiry_cannot_be_edited() -> None:
+    """A copied cookie is not good forever: the hub refuses it once ``cookie_max_age_s`` has passed,
+    whatever the browser keeps, and moving its expiry breaks its signature."""
+    now = 1_767_268_800.0
+    auth = ConsoleAuth(TOKEN, cookie_max_age_s=3600)
+    value = auth.login_cookie(now).split(";")[0].split("=", 1)[1]
+    expires, mac = value.split(".")
+    assert int(expires) == int(now) + 3600
+
+    def allowed(v: str, at: float) -> bool:
+        return auth.allows({"cookie": f"{COOKIE_NAME}={v}"}, at)
+
+    assert allowed(value, now + 3599)
+    assert not allowed(value, now + 3600)  # expired: signed in again or nothing
+    assert not allowed(value, now + 30 * 86400)
+    assert not allowed(f"{int(expires) + 86400}.{mac}", now + 3600)  # a later expiry, same signature
+    assert not allowed(f"{int(now) + 10 * 86400}.{mac}", now)
+    for junk in (mac, f".{mac}", f"-1.{mac}", f"１２.{mac}", f"{expires}.", f"{expires}.{mac}x", "9" * 40):
+        assert not allowed(junk, now), junk
+    # A cookie issued for longer than this hub now grants (a longer max age before) is refused too.
+    longer = ConsoleAuth(TOKEN, cookie_max_age_s=30 * 86400).login_cookie(now).split(";")[0].split("=", 1)[1]
+    assert not allowed(longer, now)
 
 
 # ---------------------------------------------------------------------------- charts
@@ -365,6 +392,36 @@ async def test_token_guards_pages_api_and_charts_but_not_login(tmp_path: Path) -
         assert (await e.get("/", {"cookie": cookie})).status == 200
         out = await e.app.route(HttpRequest("POST", "/logout", {}, {"cookie": cookie}))
         assert out.status == 303 and "Max-Age=0" in out.headers["Set-Cookie"]
+    finally:
+        e.ts.close()
+        e.store.close()
+
+
+async def test_sign_in_guesses_are_limited_per_peer_and_a_cookie_outlives_nothing(tmp_path: Path) -> None:
+    """A guesser on the LAN gets ten sign-in attempts a minute, then 429 with no cookie, even for the
+    right token; another address is not held back; a minute later the right token works, and the
+    cookie it sets is refused once the hub's clock passes its max age."""
+    e = _Env(tmp_path, token=TOKEN)
+    try:
+
+        def post(body: bytes, peer: str) -> Any:
+            return e.app.route(HttpRequest("POST", "/login", {}, {}, body, peer=peer))
+
+        for i in range(10):
+            wrong = await post(f"token=guess-{i}".encode(), "10.0.0.66")
+            assert wrong.status == 401 and "Set-Cookie" not in wrong.headers
+        held = await post(f"token={TOKEN}".encode(), "10.0.0.66")
+        assert (
+            held.status == 429 and "Set-Cookie" not in held.headers and int(held.headers["Retry-After"]) >= 1
+        )
+        assert (await post(f"token={TOKEN}".encode(), "10.0.0.7")).status == 303  # the operator's laptop
+        e.clock.advance(60)
+        right = await post(f"token={TOKEN}".encode(), "10.0.0.66")
+        assert right.status == 303
+        cookie = right.headers["Set-Cookie"].split(";")[0]
+        assert (await e.get("/api/plugs", {"cookie": cookie})).status == 200
+        e.clock.advance(ConsoleSettings().cookie_max_age_s)
+        assert (await e.get("/api/plugs", {"cookie": cookie})).status == 401
     finally:
         e.ts.close()
         e.store.close()
