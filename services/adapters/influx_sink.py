@@ -31,7 +31,7 @@ from typing import Any, Literal, cast
 from chargectl.common.codec import PlugRun
 from chargectl.common.errors import StoreError
 from chargectl.common.readings import Reading
-from chargectl.services.adapters.influxql import influxql_plug_power, influxql_site_power
+from chargectl.services.adapters.influxql import influxql_plug_power, influxql_site_power, read_json
 from chargectl.services.adapters.timeseries import (
     PowerPoint,
     SessionEvent,
@@ -371,7 +371,6 @@ def prometheus_range(
     """Run a range query on the Prometheus API (``/api/v1/query_range``, as VictoriaMetrics serves it):
     ``query`` must look back one step (``[Ns]``); values come back per bucket ``[start, start + step)``,
     like the SQLite series. Any failure is a ``StoreError`` (the token is never part of it)."""
-    import httpx
 
     step_s = max(1, step_ms // 1000)
     step_ms = step_s * 1000
@@ -386,16 +385,8 @@ def prometheus_range(
         "step": f"{step_s}s",
         "nocache": "1",
     }
-    headers = {"Authorization": f"Token {settings.token}"} if settings.token else {}
-    url = f"{(settings.query_url or settings.url).rstrip('/')}/api/v1/query_range"
+    body = read_json(settings, "/api/v1/query_range", params)
     try:
-        resp = httpx.get(url, params=params, headers=headers, timeout=settings.timeout_s)
-    except httpx.HTTPError as exc:
-        raise StoreError(f"time series read failed: {type(exc).__name__}") from exc
-    if resp.status_code != 200:
-        raise StoreError(f"time series read returned HTTP {resp.status_code}")
-    try:
-        body = resp.json()
         results = body["data"]["result"]
         points: dict[int, float] = {}
         for series in results:

@@ -26,7 +26,7 @@ from chargectl.services.adapters.timeseries import PowerPoint, check_window
 if TYPE_CHECKING:
     from chargectl.services.adapters.influx_sink import InfluxSettings
 
-__all__ = ["influxql_plug_power", "influxql_site_power", "influxql_str"]
+__all__ = ["influxql_plug_power", "influxql_site_power", "influxql_str", "read_json"]
 
 
 def influxql_str(value: str) -> str:
@@ -67,12 +67,21 @@ def influxql_site_power(
 
 
 def _points(settings: InfluxSettings, query: str) -> list[PowerPoint]:
+    database = settings.database if settings.api == "v1" else settings.bucket
+    body = read_json(settings, "/query", {"db": database, "q": query, "epoch": "ms"})
+    try:
+        return _parse(body)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise StoreError(f"time series read returned an unexpected answer: {type(exc).__name__}") from exc
+
+
+def read_json(settings: InfluxSettings, path: str, params: dict[str, str]) -> Any:
+    """``GET path`` on the chart-query server (``query_url``, else ``url``) with the token as a header;
+    its JSON answer. Any failure is a ``StoreError`` that never holds the token."""
     import httpx
 
-    database = settings.database if settings.api == "v1" else settings.bucket
-    url = f"{(settings.query_url or settings.url).rstrip('/')}/query"
+    url = f"{(settings.query_url or settings.url).rstrip('/')}{path}"
     headers = {"Authorization": f"Token {settings.token}"} if settings.token else {}
-    params = {"db": database, "q": query, "epoch": "ms"}
     try:
         resp = httpx.get(url, params=params, headers=headers, timeout=settings.timeout_s)
     except httpx.HTTPError as exc:
@@ -80,8 +89,8 @@ def _points(settings: InfluxSettings, query: str) -> list[PowerPoint]:
     if resp.status_code != 200:
         raise StoreError(f"time series read returned HTTP {resp.status_code}")
     try:
-        return _parse(resp.json())
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        return resp.json()
+    except ValueError as exc:
         raise StoreError(f"time series read returned an unexpected answer: {type(exc).__name__}") from exc
 
 
