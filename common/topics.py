@@ -23,7 +23,7 @@ __all__ = [
 
 TELEMETRY_TOPIC = "chargectl-telemetry"
 DEAD_LETTER_TOPIC = "chargectl-telemetry-dead"
-SITE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,48}[a-z0-9]$")
+SITE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,48}[a-z0-9]\Z")  # \Z: "$" lets a trailing newline through
 
 
 def validate_site_id(site_id: str) -> str:
