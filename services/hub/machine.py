@@ -593,23 +593,13 @@ class Session:
 
 class StateSlots:
     """The slots a plug's state keeps in its own object, in :class:`MachineState` and in the hub's plug
-    entry alike. The latest sample and the debounce runs are :class:`MachineState`'s own slots: the
+    entry alike: its MAC and its session. Every other value is :class:`MachineState`'s own slot; the
     hub's entry (services/hub/registry.py ``HubPlug``, a subclass of this, not of ``MachineState``)
-    keeps those in columns instead, with no slot (nor int object) of its own for them; and so are the
-    flags (disabled, stale, relay, command on and confirmed), the status and the status to resume, a
-    byte each, and the command sequence numbers, four bytes each, in the entry's columns."""
+    keeps those in columns instead (a row of numbers per plug, no slot nor int object of its own),
+    its parameters with its site in one shared slot, and the rare ones (the last session's id) by row
+    in a map."""
 
-    __slots__ = (
-        "cmd_at_ms",
-        "cmd_sent_ms",
-        "errors",
-        "last_session_id",
-        "mac",
-        "params",
-        "reason",
-        "session",
-        "since_ms",
-    )
+    __slots__ = ("mac", "session")
 
     mac: str
     params: PlugParams
@@ -673,9 +663,8 @@ class StateSlots:
 
 @dataclass(slots=True)
 class MachineState(StateSlots):
-    """One plug's machine state; small (slots, ints) because the hub keeps 100k of them. Its own slots
-    are the latest sample, the debounce runs, the flags, the status, the status to resume and the
-    command sequence numbers; the rest are :class:`StateSlots`'."""
+    """One plug's machine state (slots, ints). Its own slots are all but the MAC and the session, which
+    are :class:`StateSlots`'. The hub keeps 100k plugs in entries of another layout (``HubPlug``)."""
 
     mac: str
     params: PlugParams
@@ -742,8 +731,8 @@ def new_state(mac: str, params: PlugParams, now: float) -> MachineState:
 
 
 # The last hub time converted and its milliseconds. The hub steps many plugs at one ``now`` (a site's
-# batch, a tick), so they all hold this one int object in ``since_ms`` and the command and session
-# times instead of an int each (32 B per plug at 100k plugs). A pure cache: same input, same value.
+# batch, a tick), so the sessions started at one time hold this one int object for their start instead
+# of an int each (the hub's entries keep their own times in columns). A pure cache: same input, same value.
 _last_ms: tuple[float, int] = (math.nan, 0)
 
 

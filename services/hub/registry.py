@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from chargectl.services.adapters.store import Store
 from chargectl.services.hub import machine as m
+from chargectl.services.hub.params import PlugParams
 
 __all__ = ["SAMPLES", "Admission", "HubPlug", "PlugRefusal", "PlugRegistry", "Samples"]
 
@@ -27,32 +28,51 @@ __all__ = ["SAMPLES", "Admission", "HubPlug", "PlugRefusal", "PlugRegistry", "Sa
 _NONE = -(1 << 63)  # a column's "no value yet" (the bounds let no reading carry a negative value)
 _NONE32 = (1 << 32) - 1  # the same in the four-byte unsigned columns
 
+# A plug-state document's mark (services/hub/mirror.py): when it was marked first and last since its
+# last write, and what that document says (None: unknown).
+Mark = tuple[int, int, tuple[m.Status, str, str] | None]
+
 
 class Samples:
     """Per plug entry, the values that would otherwise be an int or float object each (24-32 B per value
-    per plug): its latest sample's time, counter, uptime and power, and its debounce runs (ms the high,
-    low and over-power conditions have held), in columns of 8 bytes; and what would be a slot each (8 B)
-    for a few values: its flags (disabled, stale, relay, command on, command confirmed; -1 for None)
-    and its status and status to resume (an index into ``Status``, -1 for None), in columns of one byte;
-    its command sequence numbers and its timer-wheel second (``_NONE32`` for None) in columns of four
-    (unsigned: a sequence number counts one plug's commands, and a second of hub time fits until 2106). One row
-    per entry; rows are handed out to the entries and given back when an entry goes."""
+    per plug): its latest sample's time, counter, uptime and power, its debounce runs (ms the high, low
+    and over-power conditions have held), when its status was entered, its relay command's first and
+    last send, when its plug-state document was written and is next due, in columns of 8 bytes; and
+    what would be a slot each (8 B) for a few values: its flags (disabled, stale, relay, command on,
+    command confirmed; -1 for None) and its status and status to resume (an index into ``Status``, -1
+    for None), in columns of one byte; its status reason (an index into a table of the distinct
+    reasons) in a column of two; its device flags, its command sequence numbers and its timer-wheel
+    second (``_NONE32`` for None) in columns of four (unsigned: the flags are the wire's uint32, a
+    sequence number counts one plug's commands, and a second of hub time fits until 2106). One row per
+    entry; rows are handed out to the entries and given back when an entry goes.
+
+    Two values most plugs do not have are kept by row in maps, not in a column or slot each: the id of
+    the session a plug last ended (``last_session``) and its plug-state document's mark (``marks``)."""
 
     __slots__ = (
         "_free",
         "armed_s",
+        "cmd_at_ms",
         "cmd_confirmed",
         "cmd_first_seq",
         "cmd_on",
+        "cmd_sent_ms",
         "cmd_seq",
         "counter_mwh",
         "disabled",
+        "errors",
         "high_ms",
+        "last_session",
         "low_ms",
+        "marks",
+        "mirror_due_ms",
+        "mirrored_ms",
         "over_ms",
         "power_w",
+        "reason",
         "relay_on",
         "resume",
+        "since_ms",
         "stale",
         "status",
         "ts_ms",
@@ -67,6 +87,7 @@ class Samples:
         self.high_ms = array("q")
         self.low_ms = array("q")
         self.over_ms = array("q")
+        self.mirror_due_ms = array("q")
         self.disabled = array("b")
         self.stale = array("b")
         self.relay_on = array("b")
@@ -74,13 +95,21 @@ class Samples:
         self.cmd_confirmed = array("b")
         self.resume = array("b")
         self.status = array("b")
+        self.since_ms = array("q")
+        self.cmd_at_ms = array("q")
+        self.cmd_sent_ms = array("q")
+        self.mirrored_ms = array("q")
+        self.reason = array("H")
+        self.errors = array("I")
         self.cmd_first_seq = array("I")
         self.cmd_seq = array("I")
         self.armed_s = array("I")
+        self.last_session: dict[int, str] = {}  # row -> the id of the session its plug last ended
+        self.marks: dict[int, Mark] = {}  # row -> its plug-state document's mark (services/hub/mirror.py)
         self._free: list[int] = []
 
     def _columns(self) -> tuple[array[int], ...]:
-        """The signed integer columns (whose "no value yet" is ``_NONE`` or -1)."""
+        """The signed integer columns whose "no value yet" is ``_NONE`` or -1."""
         return (
             self.ts_ms,
             self.counter_mwh,
@@ -88,6 +117,7 @@ class Samples:
             self.high_ms,
             self.low_ms,
             self.over_ms,
+            self.mirror_due_ms,
             self.disabled,
             self.stale,
             self.relay_on,
@@ -97,30 +127,46 @@ class Samples:
             self.status,
         )
 
+    def _zeroed(self) -> tuple[array[int], ...]:
+        """The integer columns whose value starts at 0 (the reason's 0 is the empty reason)."""
+        return (
+            self.since_ms,
+            self.cmd_at_ms,
+            self.cmd_sent_ms,
+            self.mirrored_ms,
+            self.reason,
+            self.errors,
+            self.cmd_first_seq,
+            self.cmd_seq,
+        )
+
     def take(self) -> int:
         if self._free:
             row = self._free.pop()
             self.power_w[row] = 0.0
             for col in self._columns():
                 col[row] = _NONE if col.typecode == "q" else -1
-            self.cmd_first_seq[row] = self.cmd_seq[row] = 0
+            for col in self._zeroed():
+                col[row] = 0
             self.armed_s[row] = _NONE32
             return row
         for col in self._columns():
             col.append(_NONE if col.typecode == "q" else -1)
+        for col in self._zeroed():
+            col.append(0)
         self.power_w.append(0.0)
-        self.cmd_first_seq.append(0)
-        self.cmd_seq.append(0)
         self.armed_s.append(_NONE32)
         return len(self.ts_ms) - 1
 
     def give_back(self, row: int) -> None:
+        self.last_session.pop(row, None)
+        self.marks.pop(row, None)
         free = self._free
         free.append(row)
         if len(free) == len(self.ts_ms):  # every entry gone (a hub torn down): the columns go too
             free.clear()
             del self.power_w[:]
-            for col in (self.cmd_first_seq, self.cmd_seq, self.armed_s, *self._columns()):
+            for col in (self.armed_s, *self._zeroed(), *self._columns()):
                 del col[:]
 
     def __len__(self) -> int:
@@ -134,9 +180,46 @@ _HIGH, _LOW, _OVER = SAMPLES.high_ms, SAMPLES.low_ms, SAMPLES.over_ms
 _DISABLED, _STALE, _RELAY, _CMD_ON = SAMPLES.disabled, SAMPLES.stale, SAMPLES.relay_on, SAMPLES.cmd_on
 _CONFIRMED, _RESUME, _STATUS = SAMPLES.cmd_confirmed, SAMPLES.resume, SAMPLES.status
 _FIRST_SEQ, _SEQ, _ARMED = SAMPLES.cmd_first_seq, SAMPLES.cmd_seq, SAMPLES.armed_s
+_SINCE, _CMD_AT, _CMD_SENT = SAMPLES.since_ms, SAMPLES.cmd_at_ms, SAMPLES.cmd_sent_ms
+_MIRRORED, _MIRROR_DUE, _REASON, _ERRORS = (
+    SAMPLES.mirrored_ms,
+    SAMPLES.mirror_due_ms,
+    SAMPLES.reason,
+    SAMPLES.errors,
+)
+_LAST_SESSION, _MARKS = SAMPLES.last_session, SAMPLES.marks
 _STATUSES: tuple[m.Status, ...] = tuple(m.Status)
 _STATUS_INDEX: dict[m.Status | None, int] = {None: -1} | {s: i for i, s in enumerate(_STATUSES)}
 _TRI: dict[bool | None, int] = {None: -1, False: 0, True: 1}
+
+# The distinct status reasons (a few dozen: the machine's own words, device flags, an operator's fault),
+# each stored once; an entry's reason is its index here, two bytes.
+_REASONS: list[str] = [""]
+_REASON_INDEX: dict[str, int] = {"": 0}
+_MAX_REASONS = 1 << 16
+
+
+def _reason_index(reason: str) -> int:
+    i = _REASON_INDEX.get(reason)
+    if i is None:
+        i = len(_REASONS)
+        if i >= _MAX_REASONS:
+            raise ValueError(f"more than {_MAX_REASONS:,} distinct status reasons; refusing {reason!r}")
+        _REASONS.append(sys.intern(reason))
+        _REASON_INDEX[reason] = i
+    return i
+
+
+# What most of a site's plugs share: the site and the machine parameters, one tuple per distinct pair
+# held by every entry with them (one slot instead of two).
+Profile = tuple[str, PlugParams]
+_PROFILES: dict[Profile, Profile] = {}
+
+
+def _profile(site_id: str, params: PlugParams) -> Profile:
+    key = (site_id, params)
+    return _PROFILES.setdefault(key, key)
+
 
 if TYPE_CHECKING:
     _Entry = m.MachineState  # what the machine's functions see: a state
@@ -146,31 +229,22 @@ else:
 
 class HubPlug(_Entry):
     """One plug in the hub's memory: its machine state itself (one object per plug, not a wrapper and
-    a state: 100k of them) and the hub's own slots for it, starting with the site it is bound to.
+    a state: 100k of them) and the hub's own values for it, starting with the site it is bound to.
 
     ``plug.state`` is the plug itself; ``plug.state = new`` takes a step's new state in place (the
-    machine's functions still return a new ``MachineState`` and never see the hub's slots). It is a
-    :class:`~chargectl.services.hub.machine.StateSlots`, not a ``MachineState``: the latest sample's time,
-    counter, uptime and power and the debounce runs live in a row of :data:`SAMPLES`, read and written
-    through properties of the same names, and take no slot of the entry."""
+    machine's functions still return a new ``MachineState`` and never see the hub's values). It is a
+    :class:`~chargectl.services.hub.machine.StateSlots`, not a ``MachineState``: four slots (the MAC,
+    the session, the row and the profile: the site and the parameters, shared); every other value lives
+    in its row of :data:`SAMPLES`, read and written through properties of the same names."""
 
-    __slots__ = ("mark", "mirror_due_ms", "mirrored_ms", "row", "site_id")
+    __slots__ = ("_profile", "row")
 
-    site_id: str
-    mirrored_ms: int  # when its plug-state document was last written (0: never)
-    # Its plug-state document's mark (services/hub/mirror.py), held here rather than in an object of its
-    # own: when the mirror looks at it next (None: not marked), and for a plug whose document was written
-    # before, when it was marked first and last since then and what its document says (None: unknown).
-    mirror_due_ms: int | None
-    mark: tuple[int, int, tuple[m.Status, str, str] | None] | None
+    _profile: Profile  # its site and parameters (shared by the entries with the same pair)
     row: int  # its row in ``SAMPLES``
 
     def __init__(self, state: m.MachineState, site_id: str) -> None:
         self.row = SAMPLES.take()
-        self.site_id = site_id
-        self.mirrored_ms = 0
-        self.mirror_due_ms = None
-        self.mark = None
+        self._profile = _profile(site_id, state.params)
         self.assign(state)
 
     def __del__(self, _give_back: Callable[[int], None] = SAMPLES.give_back) -> None:
@@ -187,15 +261,22 @@ class HubPlug(_Entry):
         if other is self:
             return
         self.mac = other.mac
-        self.params = other.params
-        self.since_ms = other.since_ms
-        self.reason = other.reason
-        self.errors = other.errors
-        self.cmd_at_ms = other.cmd_at_ms
-        self.cmd_sent_ms = other.cmd_sent_ms
+        params = other.params
+        profile = self._profile
+        if params is not profile[1]:
+            self._profile = _profile(profile[0], params)
         self.session = other.session
-        self.last_session_id = other.last_session_id
         row = self.row
+        last = other.last_session_id
+        if last:
+            _LAST_SESSION[row] = last
+        elif _LAST_SESSION:
+            _LAST_SESSION.pop(row, None)
+        _SINCE[row] = other.since_ms
+        _REASON[row] = _reason_index(other.reason)
+        _ERRORS[row] = other.errors
+        _CMD_AT[row] = other.cmd_at_ms
+        _CMD_SENT[row] = other.cmd_sent_ms
         v = other.last_ts_ms
         _TS[row] = _NONE if v is None else v
         v = other.counter_mwh
@@ -236,7 +317,7 @@ class HubPlug(_Entry):
         _COUNTER[row] = counter_mwh
         _UPTIME[row] = _NONE if uptime_s is None else uptime_s
         _RELAY[row] = _TRI[relay_on]
-        self.errors = 0
+        _ERRORS[row] = 0
         _STALE[row] = 0
         _HIGH[row] = _NONE if high_ms is None else high_ms
         _LOW[row] = _NONE if low_ms is None else low_ms
@@ -247,16 +328,16 @@ class HubPlug(_Entry):
         column by column, spelled out (every event a machine handles starts with one)."""
         new: m.MachineState = object.__new__(m.MachineState)
         new.mac = self.mac
-        new.params = self.params
-        new.since_ms = self.since_ms
-        new.reason = self.reason
-        new.errors = self.errors
-        new.cmd_at_ms = self.cmd_at_ms
-        new.cmd_sent_ms = self.cmd_sent_ms
-        new.last_session_id = self.last_session_id
+        new.params = self._profile[1]
         sess = self.session
         new.session = None if sess is None else sess.copy()
         row = self.row
+        new.last_session_id = _LAST_SESSION.get(row, "") if _LAST_SESSION else ""
+        new.since_ms = _SINCE[row]
+        new.reason = _REASONS[_REASON[row]]
+        new.errors = _ERRORS[row]
+        new.cmd_at_ms = _CMD_AT[row]
+        new.cmd_sent_ms = _CMD_SENT[row]
         v = _TS[row]
         new.last_ts_ms = None if v == _NONE else v
         v = _COUNTER[row]
@@ -283,6 +364,101 @@ class HubPlug(_Entry):
         new.cmd_first_seq = _FIRST_SEQ[row]
         new.cmd_seq = _SEQ[row]
         return new
+
+    @property  # the hub's value for its plug: the site it is bound to
+    def site_id(self) -> str:
+        return self._profile[0]
+
+    @site_id.setter
+    def site_id(self, value: str) -> None:
+        self._profile = _profile(value, self._profile[1])
+
+    @property  # the machine's slot, shared with the entries of the same site and parameters
+    def params(self) -> PlugParams:
+        return self._profile[1]
+
+    @params.setter
+    def params(self, value: PlugParams) -> None:
+        self._profile = _profile(self._profile[0], value)
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def since_ms(self) -> int:
+        return _SINCE[self.row]
+
+    @since_ms.setter
+    def since_ms(self, value: int) -> None:
+        _SINCE[self.row] = value
+
+    @property  # the machine's slot: an index into the table of reasons, in a column
+    def reason(self) -> str:
+        return _REASONS[_REASON[self.row]]
+
+    @reason.setter
+    def reason(self, value: str) -> None:
+        _REASON[self.row] = _reason_index(value)
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def errors(self) -> int:
+        return _ERRORS[self.row]
+
+    @errors.setter
+    def errors(self, value: int) -> None:
+        _ERRORS[self.row] = value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def cmd_at_ms(self) -> int:
+        return _CMD_AT[self.row]
+
+    @cmd_at_ms.setter
+    def cmd_at_ms(self, value: int) -> None:
+        _CMD_AT[self.row] = value
+
+    @property  # the machine's slot, kept in a column for the hub's entries
+    def cmd_sent_ms(self) -> int:
+        return _CMD_SENT[self.row]
+
+    @cmd_sent_ms.setter
+    def cmd_sent_ms(self, value: int) -> None:
+        _CMD_SENT[self.row] = value
+
+    @property  # the machine's slot, kept by row in a map for the entries that have one ("": none)
+    def last_session_id(self) -> str:
+        return _LAST_SESSION.get(self.row, "")
+
+    @last_session_id.setter
+    def last_session_id(self, value: str) -> None:
+        if value:
+            _LAST_SESSION[self.row] = value
+        else:
+            _LAST_SESSION.pop(self.row, None)
+
+    @property  # when its plug-state document was last written (0: never)
+    def mirrored_ms(self) -> int:
+        return _MIRRORED[self.row]
+
+    @mirrored_ms.setter
+    def mirrored_ms(self, value: int) -> None:
+        _MIRRORED[self.row] = value
+
+    @property  # when the mirror looks at its document next (None: not marked; services/hub/mirror.py)
+    def mirror_due_ms(self) -> int | None:
+        v = _MIRROR_DUE[self.row]
+        return None if v == _NONE else v
+
+    @mirror_due_ms.setter
+    def mirror_due_ms(self, value: int | None) -> None:
+        _MIRROR_DUE[self.row] = _NONE if value is None else value
+
+    @property  # for a marked plug whose document was written before: its mark (``Mark``), else None
+    def mark(self) -> Mark | None:
+        return _MARKS.get(self.row)
+
+    @mark.setter
+    def mark(self, value: Mark | None) -> None:
+        if value is None:
+            _MARKS.pop(self.row, None)
+        else:
+            _MARKS[self.row] = value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def last_ts_ms(self) -> int | None:

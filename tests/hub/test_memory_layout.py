@@ -152,31 +152,15 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
     assert len(FIELDS) == 25
     assert "on_sent_ms" not in FIELDS
     assert dataclasses.fields(MachineState)[0].name == "mac"
-    # The hub's entry: the state's slots less the 16 it keeps in columns, and its own 5 (site, row,
-    # mirror times and mark; its timer-wheel second is a column too): 14 slots, 144 B with the headers
-    # (288 B before).
+    # The hub's entry: the MAC and the session, its row and its profile (site and parameters, shared);
+    # every other machine value in a column or, if rare, a map by row: 4 slots, 64 B with the headers
+    # (144 B before, 288 B before that).
     slots = [name for cls in HubPlug.__mro__ for name in getattr(cls, "__slots__", ())]
-    assert len(slots) == len(set(slots)) == 14
+    assert len(slots) == len(set(slots)) == 4
     assert MachineState not in HubPlug.__mro__
-    assert set(FIELDS) - set(slots) == {
-        "last_ts_ms",
-        "power_w",
-        "counter_mwh",
-        "uptime_s",
-        "high_ms",
-        "low_ms",
-        "over_ms",
-        "disabled",
-        "stale",
-        "relay_on",
-        "cmd_on",
-        "cmd_confirmed",
-        "resume",
-        "status",
-        "cmd_first_seq",
-        "cmd_seq",
-    }
-    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 14 * 8
+    assert set(slots) == {"mac", "session", "row", "_profile"}
+    assert set(FIELDS) - set(slots) == set(FIELDS) - {"mac", "session"}
+    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 4 * 8
 
 
 def _own_copy(text: str) -> str:
@@ -516,3 +500,77 @@ def test_the_command_numbers_and_the_timer_second_round_trip_through_four_byte_c
     with pytest.raises(OverflowError):
         plug.cmd_seq = 2**32
     assert plug.cmd_seq == 2**32 - 1
+
+
+def _finished(mac: str) -> tuple[HubPlug, float, int]:
+    """A hub entry whose session s1 (u1) ran 40 s at 2 kW and was stopped and billed."""
+    state, t, mwh = _charging(mac)
+    plug = HubPlug(state, "site-a")
+    plug.state, _ = step(plug, StopRequest(user_id="u1"), t + 10)
+    plug.state, fx = step(plug, _reading(mac, t + 15, 0.0, mwh, False), t + 15)
+    (done,) = [e.record for e in fx if isinstance(e, SessionFinished)]
+    assert done.session_id == "s1" and done.energy_mwh == 4 * 5_556  # by hand: four 10 s steps at 2 kW
+    assert plug.status is Status.AVAILABLE and plug.session is None
+    return plug, t + 15, mwh
+
+
+def test_a_session_the_plug_already_ended_is_not_started_again_nor_rejected_on_the_entry() -> None:
+    # The last session's id lives by row in a map (most plugs have none, a slot each before). What it
+    # protects: a restart that resumes the store's ACTIVE sessions may hand the plug the session it already
+    # ended (its finish not yet written); that must not switch the relay on or open a second bill, and a
+    # remote stop for it is no error. A plug with no ended session costs nothing for it.
+    plug, t, mwh = _finished("AABBCCDDEE80")
+    assert SAMPLES.last_session[plug.row] == "s1" and plug.last_session_id == "s1"
+    again = StartRequest("s1", "u1", TARIFF, 10_000, "r1", start_counter_mwh=5_000_000, started_at_ms=1)
+    new, fx = step(plug, again, t + 1)
+    assert fx == () and new.session is None and new.cmd_on is False  # relay stays off, nothing billed
+    new, fx = step(plug, StopRequest("u1", "s1", "", remote=True), t + 2)
+    assert fx == ()
+    fresh = HubPlug(new_state("AABBCCDDEE81", P, T0), "site-a")
+    assert fresh.row not in SAMPLES.last_session and fresh.last_session_id == ""
+    # A new session on the same plug starts (and is followed) as before.
+    plug.state, fx = step(plug, StartRequest("s2", "u1", TARIFF, 10_000, "r2"), t + 3)
+    assert [e.on for e in fx if isinstance(e, SendRelay)] == [True]
+    assert plug.session is not None and plug.session.start_counter_mwh == mwh
+
+
+def test_a_reused_row_starts_clean_so_no_plug_inherits_another_plugs_values() -> None:
+    # A dropped entry's row goes to the next entry. Nothing of the old plug may come with it: its ended
+    # session's id would make the new plug ignore a real start with that id, its command times would
+    # confirm or time out the new plug's commands, its mirror mark would skip the new plug's document.
+    plug, _t, _mwh = _finished("AABBCCDDEE82")
+    plug.errors, plug.reason, plug.mirrored_ms = 2**32 - 1, "device_error:overpower", 1_700_000_000_123
+    plug.mirror_due_ms, plug.mark = 1_700_000_001_000, (1, 2, None)
+    assert plug.cmd_at_ms and plug.cmd_sent_ms and plug.since_ms
+    row = plug.row
+    del plug
+    other = HubPlug(new_state("AABBCCDDEE83", P, T0), "site-b")
+    assert other.row == row
+    assert (other.last_session_id, other.errors, other.reason, other.mirrored_ms) == ("", 0, "no_data", 0)
+    assert (other.cmd_at_ms, other.cmd_sent_ms, other.mirror_due_ms, other.mark) == (0, 0, None, None)
+    assert other.since_ms == round(T0 * 1000)
+    other.state, fx = step(other, _reading("AABBCCDDEE83", T0 + 5, 0.0, 1_000, False), T0 + 5)
+    other.state, fx = step(other, StartRequest("s1", "u9", TARIFF, 10_000, "r9"), T0 + 6)
+    assert [e.on for e in fx if isinstance(e, SendRelay)] == [True] and other.session is not None
+
+
+def test_an_entrys_reason_flags_and_profile_round_trip_and_profiles_are_shared() -> None:
+    # The reason is an index into a table of distinct reasons (two bytes), the device flags four bytes
+    # (the wire's uint32), the site and parameters one shared pair: each comes back as it went in,
+    # through a copy and a checkpoint, and moving one plug to another site moves no other plug.
+    a = HubPlug(new_state("AABBCCDDEE84", P, T0), "site-a")
+    b = HubPlug(new_state("AABBCCDDEE85", P, T0), "site-a")
+    assert a._profile is b._profile and a.params is P and a.site_id == "site-a"
+    for reason in ("", "relay_mismatch: commanded on, plug reports otherwise", "device_error:overpower"):
+        for flags in (0, 1, 1 << 15, 2**32 - 1):
+            a.reason, a.errors = reason, flags
+            assert (a.reason, a.errors) == (reason, flags) == (a.copy().reason, a.copy().errors)
+            restored = ckpt.decode(ckpt.encode_part(1, {a.mac: ("site-a", a)}), lambda mac: P)
+            assert to_dict(restored.plugs[a.mac][1]) == to_dict(a)
+    with pytest.raises(OverflowError):
+        a.errors = 2**32
+    a.site_id = "site-c"
+    assert (a.site_id, b.site_id) == ("site-c", "site-a") and a.params is P
+    other = dataclasses.replace(P, start_w=P.start_w + 1)
+    b.params = other
+    assert (b.params, b.site_id, a.params) == (other, "site-a", P)
