@@ -188,6 +188,7 @@ class Hub:
         self.requests.bound = lambda mac: self.registry.owner(mac) is not None
         self.sessions.io = self.requests.io
         self.sessions.stops = ports.stops
+        self.sessions.settled = self._settled
         self.commands.holds = self.sessions.unstored
         self._pushed: set[asyncio.Task[None]] = set()  # pushed requests being handled
         self._topups: set[asyncio.Task[None]] = set()
@@ -1025,6 +1026,13 @@ class Hub:
             journal.keep_only(
                 live | set(self.sessions.pending) | {d.session_id for d in self._recover.values()}
             )
+
+    def _settled(self, session_id: str, mac: str) -> None:
+        """``session_id``'s finish is written: the store no longer has it ACTIVE, so no restart can resume
+        it onto its plug, and the plug need not keep its id (by row in a map: most plugs then hold none)."""
+        plug = self.plugs.get(mac)
+        if plug is not None and plug.last_session_id == session_id:
+            plug.last_session_id = ""
 
     def _stop_recovering(self, mac: str, user_id: str) -> str:
         """A stop asked by ``user_id`` for ``mac`` while a session of theirs there waits to be resumed
