@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chargectl.services.adapters.store import Store
 from chargectl.services.hub import machine as m
@@ -64,14 +64,17 @@ class Samples:
         "high_ms",
         "last_session",
         "low_ms",
+        "macs",
         "marks",
         "mirror_due_ms",
         "mirrored_ms",
         "over_ms",
         "power_w",
+        "profile",
         "reason",
         "relay_on",
         "resume",
+        "sessions",
         "since_ms",
         "stale",
         "status",
@@ -100,10 +103,13 @@ class Samples:
         self.cmd_sent_ms = array("q")
         self.mirrored_ms = array("q")
         self.reason = array("H")
+        self.profile = array("I")
         self.errors = array("I")
         self.cmd_first_seq = array("I")
         self.cmd_seq = array("I")
         self.armed_s = array("I")
+        self.macs: list[str | None] = []  # the entry's MAC and session: a reference each, no slot
+        self.sessions: list[m.Session | None] = []
         self.last_session: dict[int, str] = {}  # row -> the id of the session its plug last ended
         self.marks: dict[int, Mark] = {}  # row -> its plug-state document's mark (services/hub/mirror.py)
         self._free: list[int] = []
@@ -135,6 +141,7 @@ class Samples:
             self.cmd_sent_ms,
             self.mirrored_ms,
             self.reason,
+            self.profile,
             self.errors,
             self.cmd_first_seq,
             self.cmd_seq,
@@ -150,6 +157,8 @@ class Samples:
                 col[row] = 0
             self.armed_s[row] = _NONE32
             return row
+        self.macs.append(None)
+        self.sessions.append(None)
         for col in self._columns():
             col.append(_NONE if col.typecode == "q" else -1)
         for col in self._zeroed():
@@ -159,12 +168,14 @@ class Samples:
         return len(self.ts_ms) - 1
 
     def give_back(self, row: int) -> None:
+        self.macs[row] = self.sessions[row] = None  # its session and MAC go with the entry
         self.last_session.pop(row, None)
         self.marks.pop(row, None)
         free = self._free
         free.append(row)
         if len(free) == len(self.ts_ms):  # every entry gone (a hub torn down): the columns go too
             free.clear()
+            del self.macs[:], self.sessions[:]
             del self.power_w[:]
             for col in (self.armed_s, *self._zeroed(), *self._columns()):
                 del col[:]
@@ -188,6 +199,7 @@ _MIRRORED, _MIRROR_DUE, _REASON, _ERRORS = (
     SAMPLES.errors,
 )
 _LAST_SESSION, _MARKS = SAMPLES.last_session, SAMPLES.marks
+_MACS, _SESSIONS, _PROFILE = SAMPLES.macs, SAMPLES.sessions, SAMPLES.profile
 _STATUSES: tuple[m.Status, ...] = tuple(m.Status)
 _STATUS_INDEX: dict[m.Status | None, int] = {None: -1} | {s: i for i, s in enumerate(_STATUSES)}
 _TRI: dict[bool | None, int] = {None: -1, False: 0, True: 1}
@@ -210,21 +222,32 @@ def _reason_index(reason: str) -> int:
     return i
 
 
-# What most of a site's plugs share: the site and the machine parameters, one tuple per distinct pair
-# held by every entry with them (one slot instead of two).
+# What most of a site's plugs share: the site and the machine parameters, one tuple per distinct pair,
+# numbered; an entry holds its pair's number (four bytes: a fleet of one-plug sites has a pair per site).
 Profile = tuple[str, PlugParams]
-_PROFILES: dict[Profile, Profile] = {}
+_PROFILES: list[Profile] = []
+_PROFILE_INDEX: dict[Profile, int] = {}
 
 
-def _profile(site_id: str, params: PlugParams) -> Profile:
+def _profile(site_id: str, params: PlugParams) -> int:
     key = (site_id, params)
-    return _PROFILES.setdefault(key, key)
+    i = _PROFILE_INDEX.get(key)
+    if i is None:
+        i = _PROFILE_INDEX[key] = len(_PROFILES)
+        _PROFILES.append(key)
+    return i
+
+
+_int_new: Callable[..., Any] = int.__new__  # an entry is made as the int of its row
 
 
 if TYPE_CHECKING:
-    _Entry = m.MachineState  # what the machine's functions see: a state
+
+    class _Entry(m.MachineState, int):  # type: ignore[misc]  # a state to the machine, an index here
+        pass
+
 else:
-    _Entry = m.StateSlots  # what it is: the state's slots, without MachineState's own (in columns here)
+    _Entry = int  # what it is: the number of its row in the columns, every value in them
 
 
 class HubPlug(_Entry):
@@ -232,23 +255,37 @@ class HubPlug(_Entry):
     a state: 100k of them) and the hub's own values for it, starting with the site it is bound to.
 
     ``plug.state`` is the plug itself; ``plug.state = new`` takes a step's new state in place (the
-    machine's functions still return a new ``MachineState`` and never see the hub's values). It is a
-    :class:`~chargectl.services.hub.machine.StateSlots`, not a ``MachineState``: four slots (the MAC,
-    the session, the row and the profile: the site and the parameters, shared); every other value lives
-    in its row of :data:`SAMPLES`, read and written through properties of the same names."""
+    machine's functions still return a new ``MachineState`` and never see the hub's values). It is not a
+    ``MachineState`` but the int of its row in :data:`SAMPLES` (32 B with no slot, and no int object
+    of its own for the row): every value lives in that row (the MAC and the session in lists, the
+    site and parameters as the number of their shared pair, the rest in columns or, if rare, in maps by
+    row), read and written through properties of the same names. As an int it is always true, and
+    equal only to itself among the live entries (no two have one row)."""
 
-    __slots__ = ("_profile", "row")
+    __slots__ = ()
 
-    _profile: Profile  # its site and parameters (shared by the entries with the same pair)
-    row: int  # its row in ``SAMPLES``
-
-    def __init__(self, state: m.MachineState, site_id: str) -> None:
-        self.row = SAMPLES.take()
-        self._profile = _profile(site_id, state.params)
+    def __new__(cls, state: m.MachineState, site_id: str) -> HubPlug:
+        row = SAMPLES.take()
+        self: HubPlug = _int_new(cls, row)
+        _PROFILE[row] = _profile(site_id, state.params)
         self.assign(state)
+        return self
 
     def __del__(self, _give_back: Callable[[int], None] = SAMPLES.give_back) -> None:
-        _give_back(self.row)  # bound at definition: still there if the module is torn down first
+        _give_back(int(self))  # bound at definition: still there if the module is torn down first
+
+    def __bool__(self) -> bool:
+        return True  # an entry, not a number (the entry of row 0 too)
+
+    def __repr__(self) -> str:
+        return f"HubPlug({self.mac!r}, row={int(self)})"
+
+    __str__ = __repr__
+
+    @property
+    def row(self) -> int:
+        """Its row in ``SAMPLES``."""
+        return int(self)
 
     @classmethod
     def of(cls, state: m.MachineState, site_id: str) -> HubPlug:
@@ -260,16 +297,16 @@ class HubPlug(_Entry):
         and column by column, spelled out (``test_memory_layout`` checks it is complete)."""
         if other is self:
             return
-        self.mac = other.mac
+        row = self
+        _MACS[row] = other.mac
         params = other.params
-        profile = self._profile
+        profile = _PROFILES[_PROFILE[row]]
         if params is not profile[1]:
-            self._profile = _profile(profile[0], params)
-        self.session = other.session
-        row = self.row
+            _PROFILE[row] = _profile(profile[0], params)
+        _SESSIONS[row] = other.session
         last = other.last_session_id
         if last:
-            _LAST_SESSION[row] = last
+            _LAST_SESSION[int(row)] = last  # keyed by a plain int: a key holding the entry would keep it
         elif _LAST_SESSION:
             _LAST_SESSION.pop(row, None)
         _SINCE[row] = other.since_ms
@@ -311,7 +348,7 @@ class HubPlug(_Entry):
         low_ms: int | None,
     ) -> None:
         """``MachineState.take_sample``, straight into the entry's columns."""
-        row = self.row
+        row = self
         _TS[row] = ts_ms
         _POWER[row] = power_w
         _COUNTER[row] = counter_mwh
@@ -327,11 +364,11 @@ class HubPlug(_Entry):
         """A plain ``MachineState`` with the entry's machine values (not its hub slots): slot by slot and
         column by column, spelled out (every event a machine handles starts with one)."""
         new: m.MachineState = object.__new__(m.MachineState)
-        new.mac = self.mac
-        new.params = self._profile[1]
-        sess = self.session
+        row = self
+        new.mac = _MACS[row]  # type: ignore[assignment]
+        new.params = _PROFILES[_PROFILE[row]][1]
+        sess = _SESSIONS[row]
         new.session = None if sess is None else sess.copy()
-        row = self.row
         new.last_session_id = _LAST_SESSION.get(row, "") if _LAST_SESSION else ""
         new.since_ms = _SINCE[row]
         new.reason = _REASONS[_REASON[row]]
@@ -365,246 +402,262 @@ class HubPlug(_Entry):
         new.cmd_seq = _SEQ[row]
         return new
 
-    @property  # the hub's value for its plug: the site it is bound to
+    @property  # the machine's slot, in a list for the hub's entries
+    def mac(self) -> str:
+        return _MACS[self]  # type: ignore[return-value]
+
+    @mac.setter
+    def mac(self, value: str) -> None:
+        _MACS[self] = value
+
+    @property  # the machine's slot, in a list for the hub's entries
+    def session(self) -> m.Session | None:
+        return _SESSIONS[self]
+
+    @session.setter
+    def session(self, value: m.Session | None) -> None:
+        _SESSIONS[self] = value
+
+    @property  # the hub's value for its plug: the site it is bound to (in its shared pair)
     def site_id(self) -> str:
-        return self._profile[0]
+        return _PROFILES[_PROFILE[self]][0]
 
     @site_id.setter
     def site_id(self, value: str) -> None:
-        self._profile = _profile(value, self._profile[1])
+        _PROFILE[self] = _profile(value, _PROFILES[_PROFILE[self]][1])
 
     @property  # the machine's slot, shared with the entries of the same site and parameters
     def params(self) -> PlugParams:
-        return self._profile[1]
+        return _PROFILES[_PROFILE[self]][1]
 
     @params.setter
     def params(self, value: PlugParams) -> None:
-        self._profile = _profile(self._profile[0], value)
+        _PROFILE[self] = _profile(_PROFILES[_PROFILE[self]][0], value)
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def since_ms(self) -> int:
-        return _SINCE[self.row]
+        return _SINCE[self]
 
     @since_ms.setter
     def since_ms(self, value: int) -> None:
-        _SINCE[self.row] = value
+        _SINCE[self] = value
 
     @property  # the machine's slot: an index into the table of reasons, in a column
     def reason(self) -> str:
-        return _REASONS[_REASON[self.row]]
+        return _REASONS[_REASON[self]]
 
     @reason.setter
     def reason(self, value: str) -> None:
-        _REASON[self.row] = _reason_index(value)
+        _REASON[self] = _reason_index(value)
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def errors(self) -> int:
-        return _ERRORS[self.row]
+        return _ERRORS[self]
 
     @errors.setter
     def errors(self, value: int) -> None:
-        _ERRORS[self.row] = value
+        _ERRORS[self] = value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def cmd_at_ms(self) -> int:
-        return _CMD_AT[self.row]
+        return _CMD_AT[self]
 
     @cmd_at_ms.setter
     def cmd_at_ms(self, value: int) -> None:
-        _CMD_AT[self.row] = value
+        _CMD_AT[self] = value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def cmd_sent_ms(self) -> int:
-        return _CMD_SENT[self.row]
+        return _CMD_SENT[self]
 
     @cmd_sent_ms.setter
     def cmd_sent_ms(self, value: int) -> None:
-        _CMD_SENT[self.row] = value
+        _CMD_SENT[self] = value
 
     @property  # the machine's slot, kept by row in a map for the entries that have one ("": none)
     def last_session_id(self) -> str:
-        return _LAST_SESSION.get(self.row, "")
+        return _LAST_SESSION.get(self, "")
 
     @last_session_id.setter
     def last_session_id(self, value: str) -> None:
         if value:
-            _LAST_SESSION[self.row] = value
+            _LAST_SESSION[int(self)] = value
         else:
-            _LAST_SESSION.pop(self.row, None)
+            _LAST_SESSION.pop(self, None)
 
     @property  # when its plug-state document was last written (0: never)
     def mirrored_ms(self) -> int:
-        return _MIRRORED[self.row]
+        return _MIRRORED[self]
 
     @mirrored_ms.setter
     def mirrored_ms(self, value: int) -> None:
-        _MIRRORED[self.row] = value
+        _MIRRORED[self] = value
 
     @property  # when the mirror looks at its document next (None: not marked; services/hub/mirror.py)
     def mirror_due_ms(self) -> int | None:
-        v = _MIRROR_DUE[self.row]
+        v = _MIRROR_DUE[self]
         return None if v == _NONE else v
 
     @mirror_due_ms.setter
     def mirror_due_ms(self, value: int | None) -> None:
-        _MIRROR_DUE[self.row] = _NONE if value is None else value
+        _MIRROR_DUE[self] = _NONE if value is None else value
 
     @property  # for a marked plug whose document was written before: its mark (``Mark``), else None
     def mark(self) -> Mark | None:
-        return _MARKS.get(self.row)
+        return _MARKS.get(self)
 
     @mark.setter
     def mark(self, value: Mark | None) -> None:
         if value is None:
-            _MARKS.pop(self.row, None)
+            _MARKS.pop(self, None)
         else:
-            _MARKS[self.row] = value
+            _MARKS[int(self)] = value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def last_ts_ms(self) -> int | None:
-        v = _TS[self.row]
+        v = _TS[self]
         return None if v == _NONE else v
 
     @last_ts_ms.setter
     def last_ts_ms(self, value: int | None) -> None:
-        _TS[self.row] = _NONE if value is None else value
+        _TS[self] = _NONE if value is None else value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def counter_mwh(self) -> int | None:
-        v = _COUNTER[self.row]
+        v = _COUNTER[self]
         return None if v == _NONE else v
 
     @counter_mwh.setter
     def counter_mwh(self, value: int | None) -> None:
-        _COUNTER[self.row] = _NONE if value is None else value
+        _COUNTER[self] = _NONE if value is None else value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def uptime_s(self) -> int | None:
-        v = _UPTIME[self.row]
+        v = _UPTIME[self]
         return None if v == _NONE else v
 
     @uptime_s.setter
     def uptime_s(self, value: int | None) -> None:
-        _UPTIME[self.row] = _NONE if value is None else value
+        _UPTIME[self] = _NONE if value is None else value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def power_w(self) -> float:
-        return _POWER[self.row]
+        return _POWER[self]
 
     @power_w.setter
     def power_w(self, value: float) -> None:
-        _POWER[self.row] = value
+        _POWER[self] = value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def high_ms(self) -> int | None:
-        v = _HIGH[self.row]
+        v = _HIGH[self]
         return None if v == _NONE else v
 
     @high_ms.setter
     def high_ms(self, value: int | None) -> None:
-        _HIGH[self.row] = _NONE if value is None else value
+        _HIGH[self] = _NONE if value is None else value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def low_ms(self) -> int | None:
-        v = _LOW[self.row]
+        v = _LOW[self]
         return None if v == _NONE else v
 
     @low_ms.setter
     def low_ms(self, value: int | None) -> None:
-        _LOW[self.row] = _NONE if value is None else value
+        _LOW[self] = _NONE if value is None else value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def over_ms(self) -> int | None:
-        v = _OVER[self.row]
+        v = _OVER[self]
         return None if v == _NONE else v
 
     @over_ms.setter
     def over_ms(self, value: int | None) -> None:
-        _OVER[self.row] = _NONE if value is None else value
+        _OVER[self] = _NONE if value is None else value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def disabled(self) -> bool:
-        return _DISABLED[self.row] == 1
+        return _DISABLED[self] == 1
 
     @disabled.setter
     def disabled(self, value: bool) -> None:
-        _DISABLED[self.row] = value
+        _DISABLED[self] = value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def stale(self) -> bool:
-        return _STALE[self.row] == 1
+        return _STALE[self] == 1
 
     @stale.setter
     def stale(self, value: bool) -> None:
-        _STALE[self.row] = value
+        _STALE[self] = value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def relay_on(self) -> bool | None:
-        v = _RELAY[self.row]
+        v = _RELAY[self]
         return None if v < 0 else v == 1
 
     @relay_on.setter
     def relay_on(self, value: bool | None) -> None:
-        _RELAY[self.row] = _TRI[value]
+        _RELAY[self] = _TRI[value]
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def cmd_on(self) -> bool | None:
-        v = _CMD_ON[self.row]
+        v = _CMD_ON[self]
         return None if v < 0 else v == 1
 
     @cmd_on.setter
     def cmd_on(self, value: bool | None) -> None:
-        _CMD_ON[self.row] = _TRI[value]
+        _CMD_ON[self] = _TRI[value]
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def cmd_confirmed(self) -> bool:
-        return _CONFIRMED[self.row] == 1
+        return _CONFIRMED[self] == 1
 
     @cmd_confirmed.setter
     def cmd_confirmed(self, value: bool) -> None:
-        _CONFIRMED[self.row] = value
+        _CONFIRMED[self] = value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def resume(self) -> m.Status | None:
-        v = _RESUME[self.row]
+        v = _RESUME[self]
         return None if v < 0 else _STATUSES[v]
 
     @resume.setter
     def resume(self, value: m.Status | None) -> None:
-        _RESUME[self.row] = _STATUS_INDEX[value]
+        _RESUME[self] = _STATUS_INDEX[value]
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def status(self) -> m.Status:
-        return _STATUSES[_STATUS[self.row]]
+        return _STATUSES[_STATUS[self]]
 
     @status.setter
     def status(self, value: m.Status) -> None:
-        _STATUS[self.row] = _STATUS_INDEX[value]
+        _STATUS[self] = _STATUS_INDEX[value]
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def cmd_first_seq(self) -> int:
-        return _FIRST_SEQ[self.row]
+        return _FIRST_SEQ[self]
 
     @cmd_first_seq.setter
     def cmd_first_seq(self, value: int) -> None:
-        _FIRST_SEQ[self.row] = value
+        _FIRST_SEQ[self] = value
 
     @property  # the machine's slot, kept in a column for the hub's entries
     def cmd_seq(self) -> int:
-        return _SEQ[self.row]
+        return _SEQ[self]
 
     @cmd_seq.setter
     def cmd_seq(self, value: int) -> None:
-        _SEQ[self.row] = value
+        _SEQ[self] = value
 
     @property  # the timer-wheel second this plug is armed for (services/hub/timers.py; None: not armed)
     def armed_s(self) -> int | None:
-        v = _ARMED[self.row]
+        v = _ARMED[self]
         return None if v == _NONE32 else v
 
     @armed_s.setter
     def armed_s(self, value: int | None) -> None:
-        _ARMED[self.row] = _NONE32 if value is None else value
+        _ARMED[self] = _NONE32 if value is None else value
 
     @property
     def state(self) -> m.MachineState:

@@ -152,15 +152,15 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
     assert len(FIELDS) == 25
     assert "on_sent_ms" not in FIELDS
     assert dataclasses.fields(MachineState)[0].name == "mac"
-    # The hub's entry: the MAC and the session, its row and its profile (site and parameters, shared);
-    # every other machine value in a column or, if rare, a map by row: 4 slots, 64 B with the headers
-    # (144 B before, 288 B before that).
+    # The hub's entry is the int of its row: no slot at all (every machine value in the row's columns
+    # and lists, or, if rare, in a map by row), no int object for the row (the entry is it): 44 B with
+    # its headers (a 4-slot entry and its row's int were 64 + 32 B before, 144 + 32 B before that).
     slots = [name for cls in HubPlug.__mro__ for name in getattr(cls, "__slots__", ())]
-    assert len(slots) == len(set(slots)) == 4
+    assert slots == [] and HubPlug.__mro__[1:] == (int, object)
     assert MachineState not in HubPlug.__mro__
-    assert set(slots) == {"mac", "session", "row", "_profile"}
-    assert set(FIELDS) - set(slots) == set(FIELDS) - {"mac", "session"}
-    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 4 * 8
+    plug = HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")
+    assert int(plug) == plug.row and SAMPLES.macs[plug.row] == "AABBCCDDEE01" == plug.mac
+    assert sys.getsizeof(plug) == 16 + 24 + 4  # GC header, int header, one 30-bit digit
 
 
 def _own_copy(text: str) -> str:
@@ -538,20 +538,31 @@ def test_a_reused_row_starts_clean_so_no_plug_inherits_another_plugs_values() ->
     # A dropped entry's row goes to the next entry. Nothing of the old plug may come with it: its ended
     # session's id would make the new plug ignore a real start with that id, its command times would
     # confirm or time out the new plug's commands, its mirror mark would skip the new plug's document.
+    keeper = HubPlug(new_state("AABBCCDDEE87", P, T0), "site-a")  # the columns stay: a row is reused
     plug, _t, _mwh = _finished("AABBCCDDEE82")
     plug.errors, plug.reason, plug.mirrored_ms = 2**32 - 1, "device_error:overpower", 1_700_000_000_123
     plug.mirror_due_ms, plug.mark = 1_700_000_001_000, (1, 2, None)
     assert plug.cmd_at_ms and plug.cmd_sent_ms and plug.since_ms
     row = plug.row
     del plug
+    assert SAMPLES.macs[row] is None and SAMPLES.sessions[row] is None  # nothing of it is held on
     other = HubPlug(new_state("AABBCCDDEE83", P, T0), "site-b")
     assert other.row == row
     assert (other.last_session_id, other.errors, other.reason, other.mirrored_ms) == ("", 0, "no_data", 0)
     assert (other.cmd_at_ms, other.cmd_sent_ms, other.mirror_due_ms, other.mark) == (0, 0, None, None)
     assert other.since_ms == round(T0 * 1000)
+    # The entry is its row's int, but an entry all the same: always true (row 0 too), equal to no other.
+    third = HubPlug(new_state("AABBCCDDEE86", P, T0), "site-b")
+    assert (
+        bool(other)
+        and bool(third)
+        and other != third
+        and repr(other) == f"HubPlug('AABBCCDDEE83', row={row})"
+    )
     other.state, fx = step(other, _reading("AABBCCDDEE83", T0 + 5, 0.0, 1_000, False), T0 + 5)
     other.state, fx = step(other, StartRequest("s1", "u9", TARIFF, 10_000, "r9"), T0 + 6)
     assert [e.on for e in fx if isinstance(e, SendRelay)] == [True] and other.session is not None
+    assert keeper.mac == "AABBCCDDEE87"
 
 
 def test_an_entrys_reason_flags_and_profile_round_trip_and_profiles_are_shared() -> None:
@@ -560,7 +571,7 @@ def test_an_entrys_reason_flags_and_profile_round_trip_and_profiles_are_shared()
     # through a copy and a checkpoint, and moving one plug to another site moves no other plug.
     a = HubPlug(new_state("AABBCCDDEE84", P, T0), "site-a")
     b = HubPlug(new_state("AABBCCDDEE85", P, T0), "site-a")
-    assert a._profile is b._profile and a.params is P and a.site_id == "site-a"
+    assert SAMPLES.profile[a.row] == SAMPLES.profile[b.row] and a.params is P and a.site_id == "site-a"
     for reason in ("", "relay_mismatch: commanded on, plug reports otherwise", "device_error:overpower"):
         for flags in (0, 1, 1 << 15, 2**32 - 1):
             a.reason, a.errors = reason, flags
