@@ -406,6 +406,18 @@ def test_a_checkpoint_written_by_the_old_layout_loads_into_entries_and_bills_the
         None,
         None,
     )
+    # What the entry now keeps in columns and lists (the entry is its row's int) came through as well:
+    # CHARGING since the fourth reading (T0 + 50 s: 30 s of load), the start's "on" at T0 + 10 s.
+    assert (a.mac, a.since_ms, a.reason, a.errors) == ("AABBCCDDEE40", 1_700_000_050_000, "load_detected", 0)
+    assert (a.cmd_at_ms, a.cmd_sent_ms, a.cmd_first_seq, a.cmd_seq) == (1_700_000_010_000,) * 2 + (1, 1)
+    assert (b.mac, b.since_ms, b.reason, b.cmd_at_ms, b.cmd_sent_ms) == (
+        "AABBCCDDEE41",
+        1_700_000_000_000,
+        "no_data",
+        0,
+        0,
+    )
+    assert a.last_session_id == b.last_session_id == "" and a.params is P and b.params is P
     # Written again from the entries: the same bytes (the layout is not in the checkpoint).
     again = ckpt.encode_part(1_700_000_060_000, {mac: (p.site_id, p) for mac, p in entries.items()})
     assert again == OLD_LAYOUT_PART
@@ -418,6 +430,10 @@ def test_a_checkpoint_written_by_the_old_layout_loads_into_entries_and_bills_the
     new, fx = step(a, _reading("AABBCCDDEE40", t + 5, 0.0, 5_022_224 + 1_000, False), t + 5)
     (done,) = [e.record for e in fx if isinstance(e, SessionFinished)]
     assert done.energy_mwh == 4 * 5_556 + 1_000 and done.session_id == "s1"
+    a.state = new  # the ended session's id, held by row, is checkpointed and restored like the rest
+    assert a.session is None and a.last_session_id == "s1"
+    snap = ckpt.decode(ckpt.encode_part(1, {a.mac: (a.site_id, a)}), lambda mac: P)
+    assert to_dict(snap.plugs[a.mac][1]) == to_dict(a) and snap.plugs[a.mac][1].last_session_id == "s1"
 
 
 def test_a_sessions_rare_values_share_one_slot_and_each_still_bills_as_set() -> None:
