@@ -769,7 +769,7 @@ def step(state: MachineState, event: Event, now: float) -> tuple[MachineState, t
 def _session_updated(s: MachineState, before: tuple[object, ...] | None, fx: list[Effect]) -> None:
     """Say ``SessionUpdated`` if the open session's view changed since ``before``."""
     sess = s.session
-    if sess is not None and _session_view(s) != before:
+    if sess is not None and _view(sess, s.status) != before:
         fx.append(
             SessionUpdated(
                 mac=s.mac,
@@ -810,10 +810,12 @@ def step_run(state: MachineState, run: RunColumns, now: float) -> tuple[MachineS
 
 def _session_view(s: MachineState) -> tuple[object, ...] | None:
     sess = s.session
-    if sess is None:
-        return None
+    return None if sess is None else _view(sess, s.status)
+
+
+def _view(sess: Session, status: Status) -> tuple[object, ...]:
     # notes[2] is ``provisional`` (read without its property: this runs twice for every event of a session)
-    return (sess.session_id, s.status, sess.energy_mwh, sess.idle_ms, sess.notes[2], sess.balance_minor)
+    return (sess.session_id, status, sess.energy_mwh, sess.idle_ms, sess.notes[2], sess.balance_minor)
 
 
 def _go(s: MachineState, new: Status, reason: str, now_ms: int, fx: list[Effect]) -> None:
@@ -1365,36 +1367,48 @@ def next_due_ms(s: MachineState) -> int | None:
     p = s.params
     status = s.status
     sess = s.session
-    due: list[float] = []
     if status is _OFF:
         if sess is not None and not sess.provisional:
-            due.append(s.since_ms + p.offline_abandon_s * 1000)
-    else:
-        # Each value read once: on the hub's entry, several of them are columns behind a property.
-        last_ts = s.last_ts_ms
-        seen = last_ts if last_ts is not None else s.since_ms
-        due.append(seen + p.offline_after_s * 1000)
-        if not s.stale:
-            due.append(seen + p.stale_after_s * 1000)
-        cmd_on = s.cmd_on
-        confirmed = s.cmd_confirmed
-        if cmd_on is not None and not confirmed:
-            due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
-            due.append(s.cmd_sent_ms + p.relay_retry_s * 1000)
-        if sess is not None:
-            if status is _FIN:
-                if cmd_on is False and confirmed:
-                    due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
-            else:
-                if status in LIVE_SESSION_STATES:
-                    due.append(sess.started_at_ms + p.max_session_s * 1000)
-                if status is _SEVSE:
-                    due.append(s.since_ms + p.credit_grace_s * 1000)
-                if status in RELAY_ON_STATES and cmd_on:
-                    due.append(s.cmd_sent_ms + p.keepalive_s * 1000)
-    if not due:
+            return math.floor(s.since_ms + p.offline_abandon_s * 1000)
         return None
-    return math.floor(min(due))  # floor: never later than the rule, whatever the float rounding
+    # Each value read once: on the hub's entry, several of them are columns behind a property. The
+    # earliest of the times below, kept as it goes (no list per call: this runs twice per event).
+    last_ts = s.last_ts_ms
+    seen = last_ts if last_ts is not None else s.since_ms
+    due: float = seen + p.offline_after_s * 1000
+    if not s.stale:
+        d: float = seen + p.stale_after_s * 1000
+        if d < due:
+            due = d
+    cmd_on = s.cmd_on
+    confirmed = s.cmd_confirmed
+    if cmd_on is not None and not confirmed:
+        d = s.cmd_at_ms + p.relay_confirm_s * 1000
+        if d < due:
+            due = d
+        d = s.cmd_sent_ms + p.relay_retry_s * 1000
+        if d < due:
+            due = d
+    if sess is not None:
+        if status is _FIN:
+            if cmd_on is False and confirmed:
+                d = s.cmd_at_ms + p.relay_confirm_s * 1000
+                if d < due:
+                    due = d
+        else:
+            if status in LIVE_SESSION_STATES:
+                d = sess.started_at_ms + p.max_session_s * 1000
+                if d < due:
+                    due = d
+            if status is _SEVSE:
+                d = s.since_ms + p.credit_grace_s * 1000
+                if d < due:
+                    due = d
+            if status in RELAY_ON_STATES and cmd_on:
+                d = s.cmd_sent_ms + p.keepalive_s * 1000
+                if d < due:
+                    due = d
+    return math.floor(due)  # floor: never later than the rule, whatever the float rounding
 
 
 def _on_run(s: MachineState, ev: ReadingsRun, now_ms: int, fx: list[Effect]) -> None:
@@ -1453,7 +1467,7 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
         most = max(e_col) - prev
         if most < 0 or _out_of_credit(sess, sess.energy_mwh + most):
             return 0
-    if _quiet_columns(s, run, last_ts, prev, status, cmd_on):
+    if _quiet_columns(s, run, last_ts, prev, status, cmd_on, sess):
         return n
     p = s.params
     start_w, stop_w, max_w = p.start_w, p.stop_w, p.max_power_w
@@ -1517,7 +1531,13 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
 
 
 def _quiet_columns(
-    s: MachineState, run: RunColumns, last_ts: int, prev: int, status: Status, cmd_on: bool | None
+    s: MachineState,
+    run: RunColumns,
+    last_ts: int,
+    prev: int,
+    status: Status,
+    cmd_on: bool | None,
+    sess: Session | None,
 ) -> bool:
     """The loop of ``_quiet_prefix`` decided a column at a time (in C) for a run it would apply whole
     (the caller checked the status, command and credit): True, and ``s`` advanced exactly as the loop
@@ -1578,8 +1598,7 @@ def _quiet_columns(
     )
     if cmd_on is not None and ts_col[j] >= s.cmd_at_ms and not s.cmd_confirmed:
         s.cmd_confirmed = True
-    sess = s.session
-    if sess is not None:
+    if sess is not None:  # ``s.session``, read by the caller
         sess.energy_mwh += last_e - prev
     return True
 

@@ -673,6 +673,28 @@ class HubPlug(_Entry):
         return self.mirror_due_ms is not None
 
 
+if not TYPE_CHECKING:
+    # The properties above that only index a list or column, again with the list's or column's own
+    # methods as getter and setter: the same values, without a Python call per access (the machine reads
+    # some of them several times per chunk of readings).
+    for _name, _col in (
+        ("mac", _MACS),
+        ("session", _SESSIONS),
+        ("since_ms", _SINCE),
+        ("errors", _ERRORS),
+        ("cmd_at_ms", _CMD_AT),
+        ("cmd_sent_ms", _CMD_SENT),
+        ("mirrored_ms", _MIRRORED),
+        ("power_w", _POWER),
+        ("cmd_first_seq", _FIRST_SEQ),
+        ("cmd_seq", _SEQ),
+    ):
+        setattr(
+            HubPlug, _name, property(_col.__getitem__, _col.__setitem__, doc=getattr(HubPlug, _name).__doc__)
+        )
+    del _name, _col
+
+
 class PlugRefusal(StrEnum):
     FOREIGN_PLUG = "foreign_plug"  # bound to another site
     PLUG_LIMIT = "plug_limit"  # too many new plugs in one batch, or the site owns too many
@@ -783,12 +805,13 @@ class PlugRegistry:
     def admit(self, site_id: str, macs: Iterable[str], now_ms: int) -> Admission:
         out = Admission()
         away, plugs, unbound = self._away, self.plugs, self._unbound
+        profiles, profile = _PROFILES, _PROFILE
         for mac in macs:
             owner = away.get(mac)  # self.owner(mac), inline: once per plug of every batch
             if owner is None:
                 plug = plugs.get(mac)
                 if plug is not None and not (unbound and mac in unbound):
-                    owner = plug.site_id
+                    owner = profiles[profile[plug]][0]  # plug.site_id, inline
             if owner is None:
                 if len(out.bound) >= self.max_new_per_batch or self._per_site[site_id] >= self.max_per_site:
                     out.refused[mac] = PlugRefusal.PLUG_LIMIT

@@ -32,7 +32,7 @@ class TimerWheel:
 
     def arm(self, plug: HubPlug, now_ms: int) -> None:
         """Put ``plug`` in the bucket of its next due time (not before ``now_ms + 1``)."""
-        due = m.next_due_ms(plug.state)
+        due = m.next_due_ms(plug)  # the entry is its own state (``plug.state is plug``)
         if due is None:
             return  # an earlier entry, if any, fires and re-arms; a Tick then changes nothing
         second = max(due, now_ms + 1) // 1000
@@ -44,7 +44,7 @@ class TimerWheel:
             entry = self._buckets[second] = (second, [])
             heapq.heappush(self._seconds, second)
         second, bucket = entry
-        bucket.append(plug.state.mac)
+        bucket.append(plug.mac)
         plug.armed_s = second
 
     def due(self, plugs: Mapping[str, HubPlug], now_ms: int) -> list[HubPlug]:
