@@ -55,6 +55,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from types import EllipsisType
 from typing import Any, Protocol, cast
 
 from chargectl.common.readings import DeviceFlag, Reading
@@ -95,6 +96,7 @@ __all__ = [
     "next_due_ms",
     "step",
     "step_run",
+    "step_run_due",
     "to_dict",
 ]
 
@@ -791,12 +793,22 @@ def step_run(state: MachineState, run: RunColumns, now: float) -> tuple[MachineS
     must drop any other use of it, as the hub does when it replaces a plug's state with the result.
     Otherwise (a sample that may change the state) ``state`` is left as it was and ``step`` decides.
     A timer due now is run on a copy, as ``step`` would after the samples."""
+    new, fx, _due = step_run_due(state, run, now)
+    return new, fx
+
+
+def step_run_due(
+    state: MachineState, run: RunColumns, now: float
+) -> tuple[MachineState, tuple[Effect, ...], int | EllipsisType | None]:
+    """:func:`step_run`, and the new state's :func:`next_due_ms` when a quiet run had it worked out
+    already (``...`` otherwise): the hub re-arms the plug's timer with it instead of working it out
+    again (twice per chunk of readings otherwise)."""
     n = len(run.ts_ms)
     if not n or run.mac != state.mac:
-        return step(state, ReadingsRun(run), now)
+        return (*step(state, ReadingsRun(run), now), ...)
     before = _session_view(state)
     if _quiet_prefix(state, run, whole=True) != n:
-        return step(state, ReadingsRun(run), now)
+        return (*step(state, ReadingsRun(run), now), ...)
     now_ms = _ms(now)
     fx: list[Effect] = []
     s = state
@@ -804,8 +816,10 @@ def step_run(state: MachineState, run: RunColumns, now: float) -> tuple[MachineS
     if due is not None and due <= now_ms:
         s = state.copy()
         _timers(s, now_ms, fx)
-    _session_updated(s, before, fx)
-    return s, tuple(fx)
+        _session_updated(s, before, fx)
+        return s, tuple(fx), ...  # a timer ran: its due time is another
+    _session_updated(s, before, fx)  # says something, changes nothing
+    return s, tuple(fx), due
 
 
 def _session_view(s: MachineState) -> tuple[object, ...] | None:
@@ -1467,9 +1481,9 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
         most = max(e_col) - prev
         if most < 0 or _out_of_credit(sess, sess.energy_mwh + most):
             return 0
-    if _quiet_columns(s, run, last_ts, prev, status, cmd_on, sess):
-        return n
     p = s.params
+    if _quiet_columns(s, run, last_ts, prev, status, cmd_on, sess, p):
+        return n
     start_w, stop_w, max_w = p.start_w, p.stop_w, p.max_power_w
     rated = p.rated_power_w
     stale_ms = p.stale_after_s * 1000
@@ -1538,6 +1552,7 @@ def _quiet_columns(
     status: Status,
     cmd_on: bool | None,
     sess: Session | None,
+    p: PlugParams,
 ) -> bool:
     """The loop of ``_quiet_prefix`` decided a column at a time (in C) for a run it would apply whole
     (the caller checked the status, command and credit): True, and ``s`` advanced exactly as the loop
@@ -1545,7 +1560,6 @@ def _quiet_columns(
     none; False, and ``s`` untouched, otherwise (the loop decides, sample by sample)."""
     ts_col, pw_col, e_col = run.ts_ms, run.power_w, run.energy_mwh
     relay_col, up_col = run.relay_on, run.uptime_s
-    p = s.params
     gaps = list(map(operator.sub, ts_col, [last_ts, *ts_col[:-1]]))
     min_gap, max_gap = min(gaps), max(gaps)
     if min_gap <= 0 or max_gap > p.stale_after_s * 1000 or any(run.errors):

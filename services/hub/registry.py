@@ -226,6 +226,7 @@ def _reason_index(reason: str) -> int:
 # numbered; an entry holds its pair's number (four bytes: a fleet of one-plug sites has a pair per site).
 Profile = tuple[str, PlugParams]
 _PROFILES: list[Profile] = []
+_PROFILE_PARAMS: list[PlugParams] = []  # each pair's parameters alone (read on every event)
 _PROFILE_INDEX: dict[Profile, int] = {}
 
 
@@ -235,6 +236,7 @@ def _profile(site_id: str, params: PlugParams) -> int:
     if i is None:
         i = _PROFILE_INDEX[key] = len(_PROFILES)
         _PROFILES.append(key)
+        _PROFILE_PARAMS.append(params)
     return i
 
 
@@ -366,7 +368,7 @@ class HubPlug(_Entry):
         new: m.MachineState = object.__new__(m.MachineState)
         row = self
         new.mac = _MACS[row]  # type: ignore[assignment]
-        new.params = _PROFILES[_PROFILE[row]][1]
+        new.params = _PROFILE_PARAMS[_PROFILE[row]]
         sess = _SESSIONS[row]
         new.session = None if sess is None else sess.copy()
         new.last_session_id = _LAST_SESSION.get(row, "") if _LAST_SESSION else ""
@@ -428,7 +430,7 @@ class HubPlug(_Entry):
 
     @property  # the machine's slot, shared with the entries of the same site and parameters
     def params(self) -> PlugParams:
-        return _PROFILES[_PROFILE[self]][1]
+        return _PROFILE_PARAMS[_PROFILE[self]]
 
     @params.setter
     def params(self, value: PlugParams) -> None:

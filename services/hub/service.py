@@ -45,6 +45,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from types import EllipsisType
 from typing import Any
 
 from chargectl.common import codec, sdnotify
@@ -705,11 +706,12 @@ class Hub:
     # ------------------------------------------------------------------ the machines
 
     def _apply(self, plug: HubPlug, event: m.Event) -> tuple[m.Effect, ...]:
+        due: int | EllipsisType | None = ...
         if type(event) is m.ReadingsRun:  # a quiet run advances the state in place (no copy)
-            plug.state, effects = m.step_run(plug.state, event.run, self.now())
+            plug.state, effects, due = m.step_run_due(plug.state, event.run, self.now())
         else:
             plug.state, effects = m.step(plug.state, event, self.now())
-        self.timers.arm(plug, self._now_ms())
+        self.timers.arm(plug, self._now_ms(), due)
         self.money.track(plug)
         if effects:
             self._execute(plug, effects)

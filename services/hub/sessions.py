@@ -260,8 +260,8 @@ class Balances:
 
     def track(self, plug: HubPlug) -> None:
         """Follow ``plug``'s session (or its end) after its machine handled an event."""
-        sess = plug.state.session
-        mac = plug.state.mac
+        sess = plug.session  # the entry is its own state (``plug.state is plug``): read it directly
+        mac = plug.mac
         had = self._live_of.get(mac)
         if sess is None:
             if had is not None:
