@@ -662,8 +662,16 @@ async def test_an_exception_in_one_plug_faults_that_plug_only(
             raise ValueError("injected bug")
         return real_step_run(state, run, now)
 
+    real_step_run_due = m.step_run_due
+
+    def broken_run_due(state: m.MachineState, run: m.RunColumns, now: float) -> Any:
+        if state.mac == MAC2:  # what the hub calls for a run (step_run and its next due time)
+            raise ValueError("injected bug")
+        return real_step_run_due(state, run, now)
+
     monkeypatch.setattr(m, "step", broken)
     monkeypatch.setattr(m, "step_run", broken_run)
+    monkeypatch.setattr(m, "step_run_due", broken_run_due)
     await world.run(60)
     assert hub.plugs[MAC2].state.status is m.Status.FAULTED and world.plugs[MAC2].relay is False
     assert hub.metrics.value("plug_errors_total") >= 1
