@@ -3,7 +3,7 @@
 A token is accepted only if its header says ``alg: RS256`` with a ``kid`` we have a certificate for, its
 signature verifies with that certificate's RSA key, ``aud`` is the project, ``iss`` is
 ``https://securetoken.google.com/<project>``, it has not expired, ``iat`` (and ``auth_time``) are not in
-the future beyond the allowed skew, and ``sub`` is a non-empty string (the uid). ``verify_token`` is pure
+the future beyond the allowed skew, and ``sub`` (the uid) is a usable document id (:func:`valid_uid`). ``verify_token`` is pure
 (certificates and time are arguments); :class:`CertCache` fetches the certificates and keeps them as
 long as the response's ``Cache-Control: max-age`` says.
 """
@@ -28,7 +28,15 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from chargectl.common.clock import Clock
 from chargectl.common.errors import ChargectlError
 
-__all__ = ["CertCache", "CertsUnavailable", "Identity", "TokenError", "parse_certs", "verify_token"]
+__all__ = [
+    "CertCache",
+    "CertsUnavailable",
+    "Identity",
+    "TokenError",
+    "parse_certs",
+    "valid_uid",
+    "verify_token",
+]
 
 log = logging.getLogger("chargectl.app.tokens")
 
@@ -54,6 +62,20 @@ class Identity:
     email: str = ""
     email_verified: bool = False
     name: str = ""
+
+
+def valid_uid(uid: str) -> bool:
+    """Whether ``uid`` may name an account: 1-128 printable characters without spaces or ``/``, and not a
+    name a document store treats specially (``.``, ``..``, ``__x__``). The uid becomes a document id
+    (``users/<uid>``) and Stripe metadata, so a control character or a path separator in it would name
+    another document or another user's data."""
+    return (
+        0 < len(uid) <= _MAX_UID
+        and uid.isprintable()
+        and not any(c.isspace() or c == "/" for c in uid)
+        and uid not in (".", "..")
+        and not (uid.startswith("__") and uid.endswith("__"))
+    )
 
 
 def _b64(part: str) -> bytes:
@@ -135,7 +157,7 @@ def verify_token(
     if "auth_time" in claims and _number(claims, "auth_time") > now_s + skew_s:
         raise TokenError("token has a sign-in time in the future (auth_time)")
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > _MAX_UID or any(c.isspace() for c in sub):
+    if not isinstance(sub, str) or not valid_uid(sub):
         raise TokenError("token has no valid subject (sub)")
     email = claims.get("email")
     name = claims.get("name")
