@@ -20,7 +20,10 @@ an unknown user or customer, or in another currency, is stored as an :class:`Unm
 alerted, never dropped (an operator assigns or refunds it). A refund is debited under an id derived
 from the Stripe refund id (``refund_<re_id>``), from ``charge.refunded`` (its refund list) or
 ``refund.created`` alike, so concurrent deliveries and several instances debit it once; a dispute
-under ``dispute_<dp_id>``. Refunds and disputes debit only payments we credited.
+under ``dispute_<dp_id>`` (from ``charge.dispute.created`` or ``funds_withdrawn``, whichever comes
+first; an inquiry, status ``warning_*``, withdraws nothing and debits nothing), given back once under
+``dispute_reinstated_<dp_id>`` when ``funds_reinstated`` says the dispute was won. Refunds and disputes
+debit only payments we credited.
 """
 
 from __future__ import annotations
@@ -227,6 +230,8 @@ class WebhookHandler:
             "charge.refunded": self._charge_refunded,
             "refund.created": self._refund_created,
             "charge.dispute.created": self._dispute_created,
+            "charge.dispute.funds_withdrawn": self._dispute_created,
+            "charge.dispute.funds_reinstated": self._dispute_reinstated,
         }
         self._account_handlers: dict[str, Callable[[Event, Event, int], Outcome]] = {
             "payment_intent.payment_failed": self._payment_failed,
@@ -449,6 +454,12 @@ class WebhookHandler:
         )
 
     def _dispute_created(self, event: Event, obj: Event, now_ms: int) -> _Plan:
+        status = obj.get("status")
+        if isinstance(status, str) and status.startswith("warning_"):
+            # An inquiry: the bank asks, no money is withdrawn (yet). If it becomes a chargeback,
+            # funds_withdrawn debits it under the same entry id.
+            log.warning("dispute inquiry %s on %s: nothing withdrawn", _str(obj, "id"), _str(obj, "charge"))
+            return _Plan(Outcome(event["id"], event["type"], "inquiry"))
         charge_id, intent_id = _str(obj, "charge"), _str(obj, "payment_intent")
         user_id = self._user_by_reference(intent_id, charge_id)
         amount, currency = _int(obj, "amount"), _str(obj, "currency")
@@ -469,6 +480,29 @@ class WebhookHandler:
         return _Plan(
             Outcome(event["id"], event["type"], "debited", user_id, -amount, currency.lower()), (entry,)
         )
+
+    def _dispute_reinstated(self, event: Event, obj: Event, now_ms: int) -> _Plan:
+        """A dispute closed in our favour: the money it withdrew is back, so is the user's (at most what
+        was debited for it, once: ``dispute_reinstated_<dp_id>``)."""
+        dispute_id = _str(obj, "id")
+        debit = self.store.get_ledger_entry(f"dispute_{dispute_id}") if dispute_id else None
+        amount = _int(obj, "amount")
+        if debit is None or debit.amount.amount_minor >= 0 or amount <= 0:
+            log.warning("dispute %s: funds reinstated but nothing was debited for it", dispute_id)
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        back = min(amount, -debit.amount.amount_minor)
+        currency = debit.amount.currency
+        entry = _entry(
+            f"dispute_reinstated_{dispute_id}",
+            debit.user_id,
+            "dispute",
+            back,
+            currency,
+            now_ms,
+            debit.reference,
+            f"Dispute {dispute_id} closed: funds reinstated",
+        )
+        return _Plan(Outcome(event["id"], event["type"], "credited", debit.user_id, back, currency), (entry,))
 
     # ------------------------------------------------------------------ account events
 
@@ -509,6 +543,8 @@ HANDLED_EVENTS = (
     "charge.refunded",
     "refund.created",
     "charge.dispute.created",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
 )
 
 

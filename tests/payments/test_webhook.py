@@ -331,3 +331,55 @@ def test_setup_intent_saves_the_card_for_off_session_charges(
     assert deliver(handler, "evt_si", "setup_intent.succeeded", intent) == "card saved"
     assert store.get_user("u2").default_payment_method == "pm_9"  # type: ignore[union-attr]
     assert deliver(handler, "evt_other", "customer.updated", {"id": "cus_2"}) == "ignored"
+
+
+def dispute_obj(dispute_id: str, amount: int, status: str, intent: str = "pi_d") -> dict[str, Any]:
+    return {
+        "id": dispute_id,
+        "object": "dispute",
+        "amount": amount,
+        "currency": "gbp",
+        "charge": f"ch_{intent}",
+        "payment_intent": intent,
+        "reason": "fraudulent",
+        "status": status,
+    }
+
+
+def test_a_dispute_takes_the_money_once_an_inquiry_takes_none_and_a_won_one_gives_it_back(
+    handler: WebhookHandler, store: SqliteStore
+) -> None:
+    ledger = Ledger(store)
+    deliver(handler, "evt_top", "payment_intent.succeeded", offsession_pi("pi_d", 1500))
+    deliver(handler, "evt_top2", "payment_intent.succeeded", offsession_pi("pi_q", 800))
+    assert ledger.balance("u1") == 2300
+    # An inquiry (retrieval request): the bank withdrew nothing, so the user keeps their balance.
+    inquiry = dispute_obj("dp_q", 800, "warning_needs_response", intent="pi_q")
+    assert deliver(handler, "evt_q1", "charge.dispute.created", inquiry) == "inquiry"
+    assert ledger.balance("u1") == 2300
+    # A chargeback: created and funds_withdrawn both say so; the money goes once.
+    chargeback = dispute_obj("dp_1", 1500, "needs_response")
+    assert deliver(handler, "evt_d1", "charge.dispute.created", chargeback) == "debited"
+    assert deliver(handler, "evt_d2", "charge.dispute.funds_withdrawn", chargeback) == "already posted"
+    assert ledger.balance("u1") == 800
+    # Won: Stripe puts the money back, and so do we, once however often it is said.
+    won = dispute_obj("dp_1", 1500, "won")
+    assert deliver(handler, "evt_d3", "charge.dispute.funds_reinstated", won) == "credited"
+    assert deliver(handler, "evt_d3", "charge.dispute.funds_reinstated", won) == "duplicate"
+    assert deliver(handler, "evt_d4", "charge.dispute.funds_reinstated", won) == "already posted"
+    assert ledger.balance("u1") == 2300
+    # The inquiry escalated to a chargeback: funds_withdrawn debits it (once), and a reinstatement of a
+    # dispute that never took anything gives nothing.
+    escalated = dispute_obj("dp_q", 800, "needs_response", intent="pi_q")
+    assert deliver(handler, "evt_q2", "charge.dispute.funds_withdrawn", escalated) == "debited"
+    assert ledger.balance("u1") == 1500
+    never = dispute_obj("dp_9", 1500, "won")
+    assert deliver(handler, "evt_d9", "charge.dispute.funds_reinstated", never) == "ignored"
+    assert ledger.balance("u1") == 1500
+    assert sorted((e.entry_id, e.amount.amount_minor) for e in store.ledger_entries("u1")) == [
+        ("dispute_dp_1", -1500),
+        ("dispute_dp_q", -800),
+        ("dispute_reinstated_dp_1", 1500),
+        ("evt_top", 1500),
+        ("evt_top2", 800),
+    ]
