@@ -50,6 +50,7 @@ from chargectl.services.payments.accounts import (
     user_by_customer,
 )
 from chargectl.services.payments.ledger import KINDS, Ledger, LedgerKind
+from chargectl.services.payments.unmatched import reversal_id, settle_reversals
 
 __all__ = [
     "HANDLED_EVENTS",
@@ -264,6 +265,10 @@ class WebhookHandler:
                     outcome = Outcome(event_id, event_type, "already posted", outcome.user_id)
                 elif plan.unmatched is not None:
                     self._alert_unmatched(plan.unmatched, now_ms)
+                if first and outcome.action == "credited" and plan.entries[0].kind == KINDS["topup"]:
+                    # Refunds or disputes of this payment that arrived before it: debit them now.
+                    credit = plan.entries[0]
+                    settle_reversals(self.store, credit.reference, credit.user_id, now_ms)
             elif not self.store.mark_event(event_id, event_type, now_ms):
                 outcome = Outcome(event_id, event_type, "duplicate")
             else:
@@ -285,6 +290,17 @@ class WebhookHandler:
         return outcome
 
     def _alert_unmatched(self, payment: UnmatchedPayment, now_ms: int) -> None:
+        if payment.amount_minor < 0:
+            # Money that went back for a payment not credited (yet): debited when it is.
+            message = (
+                f"{-payment.amount_minor} {payment.currency} in {payment.payment_id} not debited yet:"
+                f" {payment.reason} (chargectl payments unmatched)"
+            )
+            log.warning("unmatched reversal: %s", message)
+            self.alerts.raise_alert(
+                AlertKind.UNMATCHED_PAYMENT, payment.payment_id, message, now_ms, severity=Severity.WARNING
+            )
+            return
         message = (
             f"{payment.amount_minor} {payment.currency} in {payment.payment_id} not credited: {payment.reason}"
             " (chargectl payments unmatched)"
@@ -292,6 +308,24 @@ class WebhookHandler:
         log.error("unmatched payment: %s", message)
         self.alerts.raise_alert(
             AlertKind.UNMATCHED_PAYMENT, payment.payment_id, message, now_ms, severity=Severity.CRITICAL
+        )
+
+    def _keep_reversal(
+        self, event: Event, payment_ref: str, entry_id: str, amount: int, currency: str, now_ms: int
+    ) -> _Plan:
+        """A refund or dispute of a payment no top-up credited (yet), kept until it is (see unmatched.py)."""
+        kept = UnmatchedPayment(
+            payment_id=reversal_id(payment_ref, entry_id),
+            event_id=event["id"],
+            event_type=event["type"],
+            amount_minor=-amount,
+            currency=currency.lower(),
+            reason=f"{entry_id.split('_', 1)[0]} of {payment_ref}, which no top-up credited (yet)",
+            created_at_ms=now_ms,
+        )
+        return _Plan(
+            Outcome(event["id"], event["type"], "kept until credited", "", -amount, currency.lower()),
+            unmatched=kept,
         )
 
     # ------------------------------------------------------------------ who an object belongs to
@@ -438,7 +472,16 @@ class WebhookHandler:
     def _refund_created(self, event: Event, obj: Event, now_ms: int) -> _Plan:
         charge_id, intent_id = _str(obj, "charge"), _str(obj, "payment_intent")
         user_id = self._user_by_reference(intent_id, charge_id)
-        entry = self._refund_entry(event, obj, user_id, charge_id, intent_id, now_ms) if user_id else None
+        if not user_id:
+            # Not credited (yet): kept, so the credit that may still come cannot keep this money.
+            unknown = self._refund_entry(event, obj, "?", charge_id, intent_id, now_ms)
+            if unknown is None or not (intent_id or charge_id):
+                return _Plan(Outcome(event["id"], event["type"], "ignored"))
+            amount = -unknown.amount.amount_minor
+            return self._keep_reversal(
+                event, intent_id or charge_id, unknown.entry_id, amount, unknown.amount.currency, now_ms
+            )
+        entry = self._refund_entry(event, obj, user_id, charge_id, intent_id, now_ms)
         if entry is None:
             return _Plan(Outcome(event["id"], event["type"], "ignored", user_id))
         return _Plan(
@@ -463,10 +506,17 @@ class WebhookHandler:
         charge_id, intent_id = _str(obj, "charge"), _str(obj, "payment_intent")
         user_id = self._user_by_reference(intent_id, charge_id)
         amount, currency = _int(obj, "amount"), _str(obj, "currency")
-        if not user_id or amount <= 0 or not currency:
-            log.warning("dispute %s: no top-up of ours matches; not debited", _str(obj, "id"))
-            return _Plan(Outcome(event["id"], event["type"], "ignored"))
         dispute_id = _str(obj, "id") or event["id"]
+        if amount <= 0 or not currency:
+            log.warning("dispute %s: no amount; not debited", dispute_id)
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        if not user_id:
+            if not (intent_id or charge_id):
+                return _Plan(Outcome(event["id"], event["type"], "ignored"))
+            log.warning("dispute %s: no top-up of ours matches (yet); kept", dispute_id)
+            return self._keep_reversal(
+                event, intent_id or charge_id, f"dispute_{dispute_id}", amount, currency, now_ms
+            )
         entry = _entry(
             f"dispute_{dispute_id}",
             user_id,

@@ -13,6 +13,7 @@ from chargectl.common.clock import ManualClock
 from chargectl.common.codec import UserAccount
 from chargectl.services.adapters.sqlite_store import SqliteStore
 from chargectl.services.payments.ledger import Ledger
+from chargectl.services.payments.unmatched import assign_payment
 from chargectl.services.payments.webhook import WebhookHandler, WebhookSignatureError, verify_signature
 
 SECRET = "whsec_unit"
@@ -286,7 +287,8 @@ def test_dispute_debits_the_disputed_amount_of_our_top_up(
     assert deliver(handler, "evt_dp", "charge.dispute.created", dispute) == "debited"
     assert deliver(handler, "evt_dp", "charge.dispute.created", dispute) == "duplicate"
     unknown = {**dispute, "id": "dp_2", "payment_intent": "pi_unknown", "charge": "ch_unknown"}
-    assert deliver(handler, "evt_dp2", "charge.dispute.created", unknown) == "ignored"
+    # A dispute of a payment nobody was credited for debits nobody (kept until it is: see below).
+    assert deliver(handler, "evt_dp2", "charge.dispute.created", unknown) == "kept until credited"
     entries = store.ledger_entries("u1")
     assert sorted((e.amount.amount_minor, e.kind) for e in entries) == [(-1500, 5), (1500, 1)]
 
@@ -383,3 +385,81 @@ def test_a_dispute_takes_the_money_once_an_inquiry_takes_none_and_a_won_one_give
         ("evt_top", 1500),
         ("evt_top2", 800),
     ]
+
+
+def refund_obj(refund_id: str, amount: int, intent: str) -> dict[str, Any]:
+    return {
+        "id": refund_id,
+        "object": "refund",
+        "amount": amount,
+        "currency": "gbp",
+        "charge": f"ch_{intent}",
+        "payment_intent": intent,
+        "status": "succeeded",
+    }
+
+
+def test_a_refund_or_dispute_that_arrives_before_its_credit_is_debited_when_the_credit_comes(
+    handler: WebhookHandler, store: SqliteStore
+) -> None:
+    """Stripe does not promise the order of events, and a credit answered 503 comes back hours later: the
+    refund must not be lost on the way, or the user keeps money that went back to their card."""
+    ledger = Ledger(store)
+    early = refund_obj("re_early", 500, "pi_late")
+    assert deliver(handler, "evt_re", "refund.created", early) == "kept until credited"
+    assert deliver(handler, "evt_re", "refund.created", early) == "duplicate"
+    dispute = dispute_obj("dp_early", 700, "needs_response", intent="pi_late2")
+    assert deliver(handler, "evt_dpe", "charge.dispute.created", dispute) == "kept until credited"
+    assert store.ledger_entries() == [] and ledger.balance("u1") == 0
+    # Nothing critical: money went back, none was lost; a warning says it waits.
+    assert [a.severity for a in handler.alerts.open_alerts()] == ["warning", "warning"]
+    # The credits arrive: each is credited and what went back is debited with it, once.
+    assert (
+        deliver(handler, "evt_late", "payment_intent.succeeded", offsession_pi("pi_late", 2000)) == "credited"
+    )
+    assert ledger.balance("u1") == 1500
+    assert (
+        deliver(handler, "evt_late2", "payment_intent.succeeded", offsession_pi("pi_late2", 700))
+        == "credited"
+    )
+    assert ledger.balance("u1") == 1500
+    # The refund said again (charge.refunded, a redelivery) changes nothing.
+    again = charge_with_refunds(("re_early", 500), charge="ch_pi_late", intent="pi_late")
+    assert deliver(handler, "evt_cr", "charge.refunded", again) == "already posted"
+    assert ledger.balance("u1") == 1500
+    assert sorted((e.entry_id, e.amount.amount_minor) for e in store.ledger_entries("u1")) == [
+        ("dispute_dp_early", -700),
+        ("evt_late", 2000),
+        ("evt_late2", 700),
+        ("refund_re_early", -500),
+    ]
+    assert store.list_unmatched_payments() == []  # nothing left for an operator
+
+
+def test_a_refund_of_an_unmatched_payment_leaves_with_it_when_an_operator_assigns_it(
+    handler: WebhookHandler, store: SqliteStore, manual_clock: ManualClock
+) -> None:
+    ghost = offsession_pi(
+        "pi_ghost", 1000, metadata={"uid": "ghost", "chargectl_purpose": "offsession_topup"}, customer="cus_9"
+    )
+    assert deliver(handler, "evt_g", "payment_intent.succeeded", ghost) == "unmatched"
+    # The operator refunds it in Stripe (as the unmatched list suggests)...
+    assert deliver(handler, "evt_gr", "refund.created", refund_obj("re_g", 1000, "pi_ghost")) == (
+        "kept until credited"
+    )
+    # ...and later someone assigns it anyway: the refund goes with it, so u1 gains nothing.
+    assign_payment(store, "pi_ghost", "u1", int(manual_clock.now() * 1000))
+    assert Ledger(store).balance("u1") == 0
+    assert sorted((e.entry_id, e.amount.amount_minor) for e in store.ledger_entries("u1")) == [
+        ("evt_g", 1000),
+        ("refund_re_g", -1000),
+    ]
+    assert store.list_unmatched_payments() == []
+    # A reversal nobody ever credits can be debited by hand, once.
+    assert deliver(handler, "evt_x", "refund.created", refund_obj("re_x", 300, "pi_elsewhere")) == (
+        "kept until credited"
+    )
+    assign_payment(store, "reversal:pi_elsewhere:refund_re_x", "u2", int(manual_clock.now() * 1000))
+    assert Ledger(store).balance("u2") == -300
+    with pytest.raises(Exception, match="already"):
+        assign_payment(store, "reversal:pi_elsewhere:refund_re_x", "u2", int(manual_clock.now() * 1000))
