@@ -19,7 +19,8 @@ ours (``chargectl_purpose=offsession_topup``). Checkout's own PaymentIntent carr
 an unknown user or customer, or in another currency, is stored as an :class:`UnmatchedPayment` and
 alerted, never dropped (an operator assigns or refunds it). A refund is debited under an id derived
 from the Stripe refund id (``refund_<re_id>``), from ``charge.refunded`` (its refund list) or
-``refund.created`` alike, so concurrent deliveries and several instances debit it once; a dispute
+``refund.created`` alike, so concurrent deliveries and several instances debit it once (and credited
+back once, ``refund_failed_<re_id>``, if it then fails or is canceled); a dispute
 under ``dispute_<dp_id>`` (from ``charge.dispute.created`` or ``funds_withdrawn``, whichever comes
 first; an inquiry, status ``warning_*``, withdraws nothing and debits nothing), given back once under
 ``dispute_reinstated_<dp_id>`` when ``funds_reinstated`` says the dispute was won. Refunds and disputes
@@ -233,6 +234,9 @@ class WebhookHandler:
             "charge.dispute.created": self._dispute_created,
             "charge.dispute.funds_withdrawn": self._dispute_created,
             "charge.dispute.funds_reinstated": self._dispute_reinstated,
+            "refund.failed": self._refund_undone,
+            "refund.updated": self._refund_undone,
+            "charge.refund.updated": self._refund_undone,
         }
         self._account_handlers: dict[str, Callable[[Event, Event, int], Outcome]] = {
             "payment_intent.payment_failed": self._payment_failed,
@@ -496,6 +500,28 @@ class WebhookHandler:
             (entry,),
         )
 
+    def _refund_undone(self, event: Event, obj: Event, now_ms: int) -> _Plan:
+        """A refund we debited (it was pending) that failed or was canceled: no money went back, so the
+        user's comes back, once (``refund_failed_<re_id>``). Other updates change nothing."""
+        refund_id = _str(obj, "id")
+        if obj.get("status") not in ("failed", "canceled") or not refund_id:
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        debit = self.store.get_ledger_entry(f"refund_{refund_id}")
+        if debit is None or debit.amount.amount_minor >= 0:
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        back, currency = -debit.amount.amount_minor, debit.amount.currency
+        entry = _entry(
+            f"refund_failed_{refund_id}",
+            debit.user_id,
+            "refund",
+            back,
+            currency,
+            now_ms,
+            debit.reference,
+            f"Refund {refund_id} {obj.get('status')}: nothing went back",
+        )
+        return _Plan(Outcome(event["id"], event["type"], "credited", debit.user_id, back, currency), (entry,))
+
     def _dispute_created(self, event: Event, obj: Event, now_ms: int) -> _Plan:
         status = obj.get("status")
         if isinstance(status, str) and status.startswith("warning_"):
@@ -595,6 +621,9 @@ HANDLED_EVENTS = (
     "charge.dispute.created",
     "charge.dispute.funds_withdrawn",
     "charge.dispute.funds_reinstated",
+    "refund.failed",
+    "refund.updated",
+    "charge.refund.updated",
 )
 
 

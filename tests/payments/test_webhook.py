@@ -463,3 +463,26 @@ def test_a_refund_of_an_unmatched_payment_leaves_with_it_when_an_operator_assign
     assert Ledger(store).balance("u2") == -300
     with pytest.raises(Exception, match="already"):
         assign_payment(store, "reversal:pi_elsewhere:refund_re_x", "u2", int(manual_clock.now() * 1000))
+
+
+def test_a_refund_that_fails_after_it_was_debited_gives_the_money_back_once(
+    handler: WebhookHandler, store: SqliteStore
+) -> None:
+    ledger = Ledger(store)
+    deliver(handler, "evt_top", "payment_intent.succeeded", offsession_pi("pi_f", 2000))
+    pending = {**refund_obj("re_f", 600, "pi_f"), "status": "pending"}
+    assert deliver(handler, "evt_rp", "refund.created", pending) == "debited"
+    assert ledger.balance("u1") == 1400
+    # Still pending, then succeeded: nothing more.
+    assert deliver(handler, "evt_ru", "refund.updated", pending) == "ignored"
+    # The bank refused it: nothing went back to the card, so the balance gets it back; once, however
+    # many of the three event types say it.
+    failed = {**pending, "status": "failed", "failure_reason": "expired_or_canceled_card"}
+    assert deliver(handler, "evt_rf", "refund.failed", failed) == "credited"
+    assert deliver(handler, "evt_rf2", "refund.updated", failed) == "already posted"
+    assert deliver(handler, "evt_rf3", "charge.refund.updated", failed) == "already posted"
+    assert ledger.balance("u1") == 2000
+    # A failed refund we never debited gives nothing.
+    stray = {**refund_obj("re_none", 600, "pi_f"), "status": "failed"}
+    assert deliver(handler, "evt_rn", "refund.failed", stray) == "ignored"
+    assert ledger.balance("u1") == 2000
