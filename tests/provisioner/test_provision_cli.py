@@ -125,12 +125,19 @@ def test_bad_input_is_one_error_line(tmp_path: Path) -> None:
             "tariff: unknown or malformed item 'price=1'",
         ),
         (["provision", "rotate-keys", "nowhere"], "site 'nowhere' not found"),
+        # A shard the Site document cannot carry (uint32): refused before any key or secret is made.
+        (["provision", "site", "Big Shard", "--shard", str(2**32)], "shard must be between 0 and 4294967295"),
+        (["provision", "site", "Neg Shard", "--shard", "-1"], "shard must be between 0 and 4294967295"),
     ]
     for args, message in cases:
         proc = subprocess.run([CHARGECTL, *args], env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    listed = subprocess.run(
+        [CHARGECTL, "provision", "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
 
 
 def test_revoke_asks_before_acting(tmp_path: Path) -> None:
