@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from chargectl.common.clock import Clock
 from chargectl.common.errors import ChargectlError
+from chargectl.common.ids import valid_uid
 
 __all__ = [
     "CertCache",
@@ -41,7 +42,6 @@ __all__ = [
 log = logging.getLogger("chargectl.app.tokens")
 
 _MAX_TOKEN = 8192
-_MAX_UID = 128
 _MIN_REFETCH_S = 30.0  # an unknown key id refetches the certificates at most this often
 _DEFAULT_MAX_AGE_S = 300.0
 
@@ -62,20 +62,6 @@ class Identity:
     email: str = ""
     email_verified: bool = False
     name: str = ""
-
-
-def valid_uid(uid: str) -> bool:
-    """Whether ``uid`` may name an account: 1-128 printable characters without spaces or ``/``, and not a
-    name a document store treats specially (``.``, ``..``, ``__x__``). The uid becomes a document id
-    (``users/<uid>``) and Stripe metadata, so a control character or a path separator in it would name
-    another document or another user's data."""
-    return (
-        0 < len(uid) <= _MAX_UID
-        and uid.isprintable()
-        and not any(c.isspace() or c == "/" for c in uid)
-        and uid not in (".", "..")
-        and not (uid.startswith("__") and uid.endswith("__"))
-    )
 
 
 def _b64(part: str) -> bytes:
