@@ -43,6 +43,9 @@ class AppSettings:
     read_timeout_s: float = 10.0
     # Tolerated clock difference for a token's iat and auth_time.
     clock_skew_s: int = 60
+    # Per user, on every /v1 route (reads too: an account read sums the user's whole ledger, and store
+    # reads are billed): this many calls, refilled over a minute.
+    calls_per_minute: int = 120
     # Per user, on the routes that call Stripe: this many calls, refilled over a minute.
     stripe_calls_per_minute: int = 10
     # Per client address, on the same routes: anyone can make many accounts, each with its own budget.
@@ -75,6 +78,8 @@ class AppSettings:
                 raise ConfigError(f"app.{name}: must be > 0")
         if self.clock_skew_s < 0:
             raise ConfigError("app.clock_skew_s: must be >= 0")
+        if self.calls_per_minute <= 0:
+            raise ConfigError("app.calls_per_minute: must be > 0")
         if self.stripe_calls_per_minute <= 0:
             raise ConfigError("app.stripe_calls_per_minute: must be > 0")
         if self.ip_calls_per_minute <= 0:

@@ -69,6 +69,12 @@ def rig_limit() -> int:
 
 
 @pytest.fixture
+def rig_call_limit() -> int:
+    """Calls of any /v1 route per uid per minute (one test floods reads)."""
+    return 1000
+
+
+@pytest.fixture
 def rig_ip_limit() -> int:
     """Stripe calls per client address per minute (one test floods from one address)."""
     return 1000
@@ -78,6 +84,7 @@ def rig_ip_limit() -> int:
 def rig(
     rig_limit: int,
     rig_ip_limit: int,
+    rig_call_limit: int,
     tmp_path: Path,
     stripe_server: backends.Server,
     stripe_http: httpx.Client,
@@ -94,6 +101,7 @@ def rig(
         read_timeout_s=2.0,
         stripe_calls_per_minute=rig_limit,
         ip_calls_per_minute=rig_ip_limit,
+        calls_per_minute=rig_call_limit,
         auto_topup_interval_s=0,
         max_body_bytes=4096,
     )
@@ -365,6 +373,22 @@ def test_a_flood_of_fresh_accounts_from_one_address_is_limited(rig: Rig) -> None
     # Reads call no Stripe and are not limited by address.
     assert rig.call("GET", "/v1/account", uids[0]).status_code == 200
     assert len(rig.store.list_users()) == 4
+
+
+@pytest.mark.parametrize("rig_call_limit", [5])
+def test_a_flood_of_reads_from_one_user_is_limited(rig: Rig) -> None:
+    """Each account read sums the user's whole ledger from the store, whose reads are billed: one
+    signed-in user looping on GET /v1/account must not run up the operator's bill."""
+    uid, other = new_uid(), new_uid()
+    assert rig.call("POST", "/v1/account", uid).status_code == 200  # 1 of 5
+    assert [rig.call("GET", "/v1/account", uid).status_code for _ in range(4)] == [200] * 4
+    limited = rig.call("GET", "/v1/account", uid)
+    assert_json_error(limited, 429)
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert_json_error(rig.call("DELETE", "/v1/auto-topup", uid), 429)
+    # Another user is not affected.
+    assert rig.call("POST", "/v1/account", other).status_code == 200
+    assert rig.call("GET", "/v1/account", other).status_code == 200
 
 
 def test_the_client_address_is_the_peer_unless_proxies_are_trusted() -> None:
