@@ -4,6 +4,7 @@ money (ledger, sessions) and the relay (commands published, the plug's relay).""
 
 from __future__ import annotations
 
+import pytest
 from hostile import World
 
 from chargectl.common import codec
@@ -58,3 +59,35 @@ async def test_another_user_can_neither_stop_nor_take_over_a_live_session(world:
     assert world.balance("mallory") == 1000 and world.debits("mallory") == []
     assert world.store.list_sessions(user_id="mallory") == []
     assert world.plugs[MAC].relay is False
+
+
+@pytest.mark.parametrize(
+    "plug",
+    [
+        "AABBCCDDEEFF\x00",  # a control character after a real MAC
+        "ＡＡＢＢＣＣＤＤＥＥＦＦ",  # fullwidth look-alikes
+        "AABBCCDDEEFF ",
+        "../AABBCCDDEEFF",
+        "sess-0123456789abcdef",  # an id from another collection
+        "alice",
+        "",
+    ],
+    ids=["nul", "fullwidth", "trailing space", "path", "session id", "user id", "empty"],
+)
+async def test_a_request_naming_no_real_plug_moves_no_money_and_no_relay(world: World, plug: str) -> None:
+    """The rules let a signed-in user write any string (1-64 characters) as the plug: none of these names
+    the real plug, whatever a lenient parser might make of it."""
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.user("mallory", 1000)
+    hub = await world.start_hub()
+    await world.run(30, macs=[MAC])
+    for rid, action in (("r-start", START), ("r-stop", STOP)):
+        world.request(rid, action, plug, user="mallory")
+        await hub.poll_requests()
+        await world.settle()
+        answer = world.store.get_request(rid)
+        assert answer is not None and answer.status == REJECTED, (plug, answer)
+    assert world.all_commands() == [] and world.plugs[MAC].relay is False
+    assert world.balance("mallory") == 1000 and world.store.list_sessions(user_id="mallory") == []
+    assert hub.plugs[MAC].state.status is m.Status.AVAILABLE
