@@ -374,6 +374,14 @@ class WebhookHandler:
         if reason:
             return self._unmatched(event, obj, now_ms, payment_id, amount, currency, reason)
         assert user is not None
+        if payment_id and any(
+            e.kind == KINDS["topup"] and e.amount.amount_minor > 0
+            for e in self.store.ledger_by_reference([payment_id])
+        ):
+            # Another event already credited this payment (completed and async_payment_succeeded both
+            # saying paid, an operator's assign): one payment, one credit.
+            log.warning("payment %s was already credited; event %s credits nothing", payment_id, event["id"])
+            return _Plan(Outcome(event["id"], event["type"], "already credited", user.user_id))
         entry = _entry(event["id"], user.user_id, "topup", amount, currency, now_ms, payment_id, description)
         return _Plan(
             Outcome(event["id"], event["type"], "credited", user.user_id, amount, currency.lower()), (entry,)

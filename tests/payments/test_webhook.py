@@ -486,3 +486,24 @@ def test_a_refund_that_fails_after_it_was_debited_gives_the_money_back_once(
     stray = {**refund_obj("re_none", 600, "pi_f"), "status": "failed"}
     assert deliver(handler, "evt_rn", "refund.failed", stray) == "ignored"
     assert ledger.balance("u1") == 2000
+
+
+def test_one_payment_is_credited_once_whichever_events_say_it_was_paid(
+    handler: WebhookHandler, store: SqliteStore
+) -> None:
+    ledger = Ledger(store)
+    # Both Checkout events saying the same session was paid (different event ids): one credit.
+    paid = checkout("cs_twice", 1200, "paid")
+    assert deliver(handler, "evt_c1", "checkout.session.completed", paid) == "credited"
+    assert deliver(handler, "evt_c2", "checkout.session.async_payment_succeeded", paid) == "already credited"
+    assert ledger.balance("u1") == 1200
+    # An off-session PaymentIntent said succeeded under a second event id: one credit.
+    assert (
+        deliver(handler, "evt_p1", "payment_intent.succeeded", offsession_pi("pi_twice", 900)) == "credited"
+    )
+    assert (
+        deliver(handler, "evt_p2", "payment_intent.succeeded", offsession_pi("pi_twice", 900))
+        == "already credited"
+    )
+    assert ledger.balance("u1") == 2100
+    assert sorted(e.entry_id for e in store.ledger_entries("u1")) == ["evt_c1", "evt_p1"]
