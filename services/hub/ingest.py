@@ -234,6 +234,8 @@ class Ingest:
         if not (stepped_back or ahead):
             return batch
         shift_ms = now_ms - newest
+        if abs(shift_ms) <= STEP_BACK_TOLERANCE_MS:
+            return batch  # the step is inside this batch, its newest readings already on time
         self.rebased_batches += 1
         last = self._rebase_logged.get(key)
         if last is None or now_ms - last >= 3_600_000:

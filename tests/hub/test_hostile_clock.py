@@ -93,3 +93,11 @@ async def test_a_clock_steadily_off_within_the_skew_is_never_rebased(world: Worl
     assert doc.energy_mwh == 90_000 and doc.cost.amount_minor == 3
     assert hub.ingest.rebased_batches == 0
     assert hub.plugs[MAC].state.last_ts_ms == world.now_ms() - 60_000
+
+
+def test_the_newest_reading_time_survives_the_checkpoint_and_old_checkpoints_load() -> None:
+    from chargectl.services.hub.ingest import SeqWindow
+
+    window = SeqWindow.from_dict(SeqWindow(3, {5}, high_ts=1_767_225_600_000).to_dict())
+    assert (window.low, window.sparse, window.high_ts) == (3, {5}, 1_767_225_600_000)
+    assert SeqWindow.from_dict({"low": 7, "sparse": []}).high_ts == 0  # written before high_ts existed
