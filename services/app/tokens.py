@@ -76,7 +76,7 @@ def _b64(part: str) -> bytes:
 def _json(part: str) -> dict[str, Any]:
     try:
         value = json.loads(_b64(part))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # deep nesting: not a JWT either
         raise TokenError("malformed token") from None
     if not isinstance(value, dict):
         raise TokenError("malformed token")

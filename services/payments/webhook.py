@@ -113,7 +113,7 @@ def parse_event(payload: bytes) -> Event:
     """The event object of a verified body; PaymentError if it is not a Stripe event."""
     try:
         event = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise PaymentError("webhook body is not JSON") from None
     if not isinstance(event, dict):
         raise PaymentError("webhook body is not an event object")

@@ -16,7 +16,7 @@ from typing import Any
 import backends
 import httpx
 import pytest
-from app_support import KID, PROJECT, CertsServer, TokenMint
+from app_support import KID, PROJECT, CertsServer, TokenMint, b64url
 from payments_helpers import card, wait_for
 from stripe_support import API_KEY, WEBHOOK_SECRET, register_webhook
 
@@ -194,6 +194,8 @@ def _rejections(mint: TokenMint, uid: str) -> dict[str, str | None]:
         "sub with a line separator": mint.token(uid, sub=f"{uid}\u2028x"),
         "sub a reserved name": mint.token(uid, sub="__name__"),
         "sub too long": mint.token(uid, sub="u" * 129),
+        # Nested past the JSON parser's recursion limit: a RecursionError, not a JSONDecodeError.
+        "header nested 1500 deep": f"{b64url(('[' * 1500 + ']' * 1500).encode())}.{payload}.{sig}",
     }
 
 
@@ -286,6 +288,7 @@ def test_bad_bodies_get_4xx_json_and_change_nothing(rig: Rig) -> None:
         ("POST", "/v1/portal", {"return_url": "javascript:alert(1)"}, 400),
         ("POST", "/v1/portal", {"return_url": f"{ORIGIN}@evil.example/"}, 400),
         ("POST", "/v1/portal", {"return_url": 42}, 400),
+        ("POST", "/v1/topup", b"[" * 2000 + b"]" * 2000, 400),  # past the parser's recursion limit
         ("POST", "/v1/topup", b"x" * 5000, 413),
         ("GET", "/v1/nothing-here", None, 404),
         ("GET", "/nothing", None, 404),

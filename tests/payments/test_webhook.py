@@ -11,6 +11,7 @@ from payments_helpers import event, sign
 
 from chargectl.common.clock import ManualClock
 from chargectl.common.codec import UserAccount
+from chargectl.common.errors import PaymentError
 from chargectl.services.adapters.sqlite_store import SqliteStore
 from chargectl.services.payments.ledger import Ledger
 from chargectl.services.payments.unmatched import assign_payment
@@ -96,6 +97,9 @@ def test_forged_or_malformed_bodies_change_nothing(handler: WebhookHandler, stor
     not_event = json.dumps({"hello": "world"}).encode()
     with pytest.raises(Exception, match="lacks id"):
         handler.handle(not_event, sign(not_event, SECRET, NOW))
+    nested = b"[" * 5000 + b"]" * 5000  # past the parser's recursion limit: refused, not a crash
+    with pytest.raises(PaymentError, match="not JSON"):
+        handler.handle(nested, sign(nested, SECRET, NOW))
     assert store.ledger_entries() == []
     assert store.mark_event("evt_1", "probe", 0)  # never recorded
 
