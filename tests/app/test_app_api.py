@@ -235,6 +235,20 @@ def test_basic_auth_and_uid_in_the_body_are_not_identities(rig: Rig) -> None:
     assert user is not None and user.email == f"{me}@example.test"
 
 
+def test_an_unverified_email_gets_no_stripe_customer(rig: Rig) -> None:
+    """Anyone can sign up with a victim's address (email and password, not yet verified): no Stripe
+    customer, receipts or cards are tied to it until it is verified."""
+    uid = new_uid()
+    victim = "victim@example.test"
+    token = rig.mint.token(uid, email=victim, email_verified=False)
+    assert_json_error(rig.call("POST", "/v1/account", token=token), 403)
+    assert rig.customers(victim) == [] and rig.store.get_user(uid) is None
+    # Verified, the same uid gets its account.
+    verified = rig.mint.token(uid, email=victim, email_verified=True)
+    resp = rig.call("POST", "/v1/account", token=verified)
+    assert resp.status_code == 200 and rig.customers(victim) == [resp.json()["customer_id"]]
+
+
 def test_certificates_are_fetched_once_while_cached(rig: Rig) -> None:
     for _ in range(5):
         assert rig.call("GET", "/v1/account", new_uid()).status_code == 404
