@@ -304,6 +304,7 @@ class Hub:
         return await asyncio.to_thread(writer.drain, timeout_s)
 
     async def stop(self) -> None:
+        self.sessions.urgent.close()  # answers held behind starts are written now, not after their bound
         await self.topups_done(timeout_s=30.0)
         if self._pushed:
             await asyncio.wait(set(self._pushed), timeout=30.0)
@@ -325,6 +326,7 @@ class Hub:
         if self._health is not None:
             await self._health.stop()
         self._started = False
+        self.sessions.urgent.reopen()
         self.gc.restore()
 
     async def serve(self, health: bool = True) -> None:
