@@ -143,7 +143,17 @@ class Trace:
                 row["calls"] += 1
                 row["total_s"] = round(row["total_s"] + (t1 - t0) / 1000, 3)
                 row["max_s"] = round(max(row["max_s"], (t1 - t0) / 1000), 3)
-        return {"rounds": len(self.windows), **out}
+        timeline: list[tuple[str, str, float, float]] = []
+        if self.windows:
+            # The round whose starts took longest to be stored: each call's start and end (s from the
+            # round's request writes), to see what queued at the store with what.
+            a, b = max(self.windows, key=lambda w: w[1] - w[0])
+            timeline = [
+                (name, who, round((t0 - a) / 1000, 3), round((t1 - a) / 1000, 3))
+                for name, who, t0, t1 in sorted(self.calls, key=lambda c: c[2])
+                if a <= t0 <= b + 200
+            ]
+        return {"rounds": len(self.windows), **out, "slowest_round": timeline}
 
     def attach_agent(self, agent: Any) -> None:
         """Wrap the agent's command executor (looked up on every command message)."""
@@ -402,18 +412,47 @@ def emulator_floor(project: str, rounds: int, n: int) -> dict[str, Any]:
     each, ``submit_request`` as the section writes them) with one listener on the hub's query (the
     pending requests): each write's time until the listener delivers it. Then, with the listener still
     on, ``n`` session creates as the hub makes them (``create_session`` from ``n`` threads at once,
-    grouped by the store) and as one batched commit: the time until the last is stored. The requests
-    are answered between rounds (off the clock), as the hub answers them."""
+    grouped by the store) and as one batched commit: the time until the last is stored. Also, in the
+    burst itself, each write's own call (until the emulator acknowledged it) and, the floor under the
+    hub's "stored" step, a session document created (by the listener's client, grouped) the moment its
+    request is delivered, with no decision (even rounds: no reads either; odd rounds: after the user's
+    account read and ledger query, made together): the time from the request's writing until that
+    document is stored. The requests are answered between rounds (off the clock), as the hub answers
+    them."""
     from chargectl.services.adapters.firestore_store import FirestoreStore
 
     driver, listener = FirestoreStore(project), FirestoreStore(project)
     heard: dict[str, float] = {}
+    acked: dict[str, float] = {}
+    stored: dict[str, float] = {}
     cond = threading.Condition()
+    reactor, reads_pool = ThreadPoolExecutor(n), ThreadPoolExecutor(n)
 
     def on_request(req: codec.ChargeRequest) -> None:  # the listener's thread
+        rid = req.request_id
         with cond:
-            heard.setdefault(req.request_id, time.time() * 1000)
+            if rid in heard:
+                return
+            heard[rid] = time.time() * 1000
             cond.notify_all()
+        reactor.submit(react, rid)
+
+    def react(rid: str) -> None:
+        """Store its session document at once, as a hub with nothing to decide; in odd rounds after the
+        account read and the ledger query, made together as the hub makes them."""
+        i = int(rid.rsplit("-", 1)[1])
+        if int(rid.split("-")[1]) % 2:
+            ledger = reads_pool.submit(listener.ledger_entries, f"u-{i}")
+            listener.get_user(f"u-{i}")
+            ledger.result()
+        listener.create_session(session(f"floor-r-{rid}", i))
+        with cond:
+            stored[rid] = time.time() * 1000
+            cond.notify_all()
+
+    def write(rid: str, i: int, created: int) -> None:
+        submit_request(driver, f"u-{i}", f"0000000000{i:02X}", codec.ChargeRequest.ACTION_START, created, rid)
+        acked[rid] = time.time() * 1000
 
     def session(sid: str, i: int) -> codec.ChargeSession:
         return codec.ChargeSession(
@@ -427,6 +466,9 @@ def emulator_floor(project: str, rounds: int, n: int) -> dict[str, Any]:
         )
 
     delivered: list[float] = []
+    write_acked: list[float] = []
+    write_to_stored: list[float] = []
+    with_reads: list[float] = []
     grouped: list[float] = []
     batched: list[float] = []
     reads: dict[str, list[float]] = {"accounts": [], "ledgers": [], "ledgers_one_query": []}
@@ -441,17 +483,13 @@ def emulator_floor(project: str, rounds: int, n: int) -> dict[str, Any]:
     def one_round(pool: ThreadPoolExecutor, rnd: int) -> None:
         ids = [f"floor-{rnd}-{i}" for i in range(n)]
         created = round(time.time() * 1000)
-        start = codec.ChargeRequest.ACTION_START
-        list(
-            pool.map(
-                lambda i: submit_request(driver, f"u-{i}", f"0000000000{i:02X}", start, created, ids[i]),
-                range(n),
-            )
-        )
+        list(pool.map(lambda i: write(ids[i], i, created), range(n)))
         with cond:
-            if not cond.wait_for(lambda: all(r in heard for r in ids), timeout=60.0):
+            if not cond.wait_for(lambda: all(r in stored for r in ids), timeout=60.0):
                 raise RuntimeError("the emulator's listener did not deliver every request")
         delivered.extend((heard[r] - created) / 1000 for r in ids)
+        write_acked.extend((acked[r] - created) / 1000 for r in ids)
+        (with_reads if rnd % 2 else write_to_stored).extend((stored[r] - created) / 1000 for r in ids)
         # A start's reads, as the hub makes them (one thread each, grouped by the store) and as one query.
         timed(pool, driver.get_user, reads["accounts"])
         timed(pool, driver.ledger_entries, reads["ledgers"])
@@ -479,6 +517,8 @@ def emulator_floor(project: str, rounds: int, n: int) -> dict[str, Any]:
                 one_round(pool, rnd)
     finally:
         unwatch()
+        reactor.shutdown(wait=True)
+        reads_pool.shutdown(wait=True)
         driver.close()
         listener.close()
 
@@ -489,6 +529,9 @@ def emulator_floor(project: str, rounds: int, n: int) -> dict[str, Any]:
         "rounds": rounds,
         "requests_per_round": n,
         "write_to_listener_s": spread(delivered),
+        "write_acknowledged_s": spread(write_acked),
+        "write_to_session_stored_s": spread(write_to_stored),
+        "write_to_session_stored_after_reads_s": spread(with_reads),
         "creates_grouped_s": spread(grouped),
         "creates_one_batch_s": spread(batched),
         **{f"{name}_s": spread(values) for name, values in reads.items()},
@@ -566,16 +609,13 @@ def bench_latency(plan: Plan, report: Report) -> None:
                     project = f"floor-{random.Random().getrandbits(32):08x}"
                     floor = emulator_floor(project, plan.latency_rounds, plan.latency_plugs)
                     details["emulator_floor"] = floor
-                    heard = floor["write_to_listener_s"]
+                    heard, stored = floor["write_to_listener_s"], floor["write_to_session_stored_s"]
+                    read = floor["write_to_session_stored_after_reads_s"]
+                    alone = "emulator alone, p99"
                     report.add(
-                        Figure("latency", "emulator alone, p50 write → listener", heard["p50"], "s"),
-                        Figure("latency", "emulator alone, p99 write → listener", heard["p99"], "s"),
-                        Figure(
-                            "latency",
-                            f"emulator alone, p99 {plan.latency_plugs} creates (grouped)",
-                            floor["creates_grouped_s"]["p99"],
-                            "s",
-                        ),
+                        Figure("latency", f"{alone} write → listener", heard["p99"], "s"),
+                        Figure("latency", f"{alone} write → session stored", stored["p99"], "s"),
+                        Figure("latency", f"{alone} write → reads → session stored", read["p99"], "s"),
                     )
         finally:
             sim.stop()
