@@ -189,6 +189,7 @@ class Hub:
         self.sessions.io = self.requests.io
         self.sessions.stops = ports.stops
         self.commands.holds = self.sessions.unstored
+        self.commands.on_its_way = self.sessions.urgent.enter  # answers wait for the burst's "on"s too
         self._pushed: set[asyncio.Task[None]] = set()  # pushed requests being handled
         self._topups: set[asyncio.Task[None]] = set()
         self._balance_reads: set[asyncio.Task[None]] = set()  # due balance reads on the request threads

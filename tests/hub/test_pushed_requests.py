@@ -435,3 +435,63 @@ async def test_urgent_counts_each_start_once_and_frees_the_answers_when_none_is_
     held()
     urgent.reopen()
     assert urgent.count == 0
+
+
+async def test_answers_wait_until_the_bursts_on_commands_are_published(world: World) -> None:
+    # Both starts are stored; u2's relay "on" is stuck at the bus (a slow publish). The answers (on no
+    # relay's way) wait for it rather than compete with it, then both are written; the relays end on,
+    # one session each, no money moved.
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.add_plug(MAC2, A)
+    world.user("u1", 1000)
+    world.user("u2", 2000)
+    hub = await world.start_hub()
+    await world.run(30)
+    hub.sessions.urgent.max_wait_s = 120.0
+    bus = hub.commands.bus
+    stuck = asyncio.Event()
+    waiting: list[bytes] = []
+
+    class SlowBus:  # fault injection on the bus seam: u2's plug's "on" waits until released
+        def __getattr__(self, name: str) -> object:
+            return getattr(bus, name)
+
+        async def publish(self, topic: str, data: bytes, attributes: dict[str, str] | None = None) -> str:
+            if MAC2.encode() in data:
+                waiting.append(data)
+                await stuck.wait()
+            return await bus.publish(topic, data, attributes)
+
+    hub.commands.bus = SlowBus()  # type: ignore[assignment]
+    burst = asyncio.gather(
+        hub.requests.handle_async(pending(world, "r1", START, MAC, "u1")),
+        hub.requests.handle_async(pending(world, "r2", START, MAC2, "u2")),
+    )
+    await until(lambda: bool(waiting), "u2's on to reach the bus")
+
+    def u1_on() -> bool:
+        world.obey()
+        return world.plugs[MAC].relay
+
+    await until(u1_on, "u1's relay on")
+    first, second = hub.plugs[MAC].state.session, hub.plugs[MAC2].state.session
+    assert first is not None and second is not None
+    assert world.store.get_session(second.session_id) is not None  # stored: only its "on" is late
+    await world.settle()
+    for rid in ("r1", "r2"):
+        answer = world.store.get_request(rid)
+        assert answer is not None and answer.status == PENDING, rid
+    assert world.plugs[MAC2].relay is False and hub.sessions.urgent.count >= 1
+    stuck.set()
+    await asyncio.wait_for(burst, 60)
+    await hub.sessions.starts_done()
+    await world.settle()
+    world.obey()
+    for rid, sess in (("r1", first), ("r2", second)):
+        answer = world.store.get_request(rid)
+        assert answer is not None and answer.status == ACCEPTED and answer.session_id == sess.session_id
+    assert [c.session_id for c in ons(world, MAC2)] == [second.session_id] and world.plugs[MAC2].relay
+    assert (world.balance("u1"), world.balance("u2")) == (1000, 2000)
+    assert world.debits("u1") == [] and world.debits("u2") == []
+    assert hub.sessions.urgent.count == 0
