@@ -607,7 +607,9 @@ def bench_latency(plan: Plan, report: Report) -> None:
                 if backend == "emulators":
                     # The floor under the emulator figures, measured on the same (warm) emulator.
                     project = f"floor-{random.Random().getrandbits(32):08x}"
-                    floor = emulator_floor(project, plan.latency_rounds, plan.latency_plugs)
+                    floor = emulator_floor(
+                        project, max(2, plan.latency_rounds), plan.latency_plugs
+                    )  # both kinds
                     details["emulator_floor"] = floor
                     heard, stored = floor["write_to_listener_s"], floor["write_to_session_stored_s"]
                     read = floor["write_to_session_stored_after_reads_s"]
