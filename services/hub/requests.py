@@ -209,8 +209,8 @@ class Requests:
             await self.io(self.answer, rid, False, why, "")
             return
         start = req.action == codec.ChargeRequest.ACTION_START
-        # A start is on its way to a relay "on" from here (answers wait: Sessions.urgent); the deferred
-        # start counts itself from the decision until its document is stored.
+        # A start is on its way to a relay "on" from here (answers wait: Sessions.urgent); from its
+        # decision its document counts until stored and its "on" until published (CommandSender).
         with self._urgent() if start else contextlib.nullcontext():
             async with self._turns.turn(req.user_id):
                 plug = self.plugs[req.plug_mac]

@@ -465,11 +465,11 @@ class Balances:
 
 class Urgent:
     """The pushed starts on their way to a relay "on": each from the moment the hub hears it until its
-    ACTIVE document is stored or refused (its turn, its account and balance reads, the decision, the
-    create). The answers of started requests are written once none is, or after ``max_wait_s`` at the
-    latest: a burst's reads and creates must not queue at the store behind the answers of its first
-    starts (the Firestore emulator, with the request listener on, answers writes one after another).
-    Used on the event loop only."""
+    "on" is published or dropped (its turn, its account and balance reads, the decision, the create of
+    its ACTIVE document, the publish: ``CommandSender.on_its_way``). The answers of started requests
+    are written once none is, or after ``max_wait_s`` at the latest: a burst's reads, creates and
+    publishes must not queue behind the answers of its first starts (the Firestore emulator, with the
+    request listener on, answers writes one after another). Used on the event loop only."""
 
     def __init__(self, max_wait_s: float = ANSWER_WAIT_S) -> None:
         self.max_wait_s = max_wait_s
