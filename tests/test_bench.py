@@ -213,4 +213,15 @@ def test_request_to_relay_on_the_emulators(pubsub_env: object, firestore_env: ob
     assert [f["name"] for f in data["figures"]] == [
         "emulators, p50 request → relay on",
         "emulators, p99 request → relay on",
+        "emulator alone, p99 write → listener",
+        "emulator alone, p99 write → session stored",
+        "emulator alone, p99 write → reads → session stored",
     ]
+    # The floor: the emulator alone, the same writes and one listener, no hub; every step measured.
+    floor = data["details"]["latency"]["emulator_floor"]
+    assert floor["rounds"] == 2 and floor["requests_per_round"] == 2
+    for step in ("write_to_listener_s", "write_to_session_stored_s", "write_to_session_stored_after_reads_s"):
+        assert 0 < floor[step]["p50"] <= floor[step]["p99"], step
+    # The hub's store calls inside the start windows were counted: every start read and stored once.
+    calls = emu["stages"]["store_calls_in_start_windows"]
+    assert calls["rounds"] == 1 and calls["hub"]["create_session"]["calls"] == 2

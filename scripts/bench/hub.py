@@ -125,7 +125,7 @@ async def _running_window(hub: Hub, clock: ManualClock, load: HubLoad) -> dict[s
     in_window = hub.gc.refreshes > 1  # then its CPU is in ``cpu`` already
     if hub.gc.applied:
         hub.gc.maybe_refresh(clock.monotonic() + interval)
-        refresh_s = hub.gc.last_refresh_s
+        refresh_s = hub.gc.mean_refresh_s  # light passes and the hourly full one (gc_tuning), averaged
     return {
         "core_share": cpu / span + (refresh_s / interval if interval and not in_window else 0.0),
         "gc_refresh_ms": refresh_s * 1000,

@@ -10,6 +10,7 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,23 +42,28 @@ class Trace:
     """Where a request's time goes, stage by stage (wall clock, ms), recorded by wrapping the hub's and
     the agent's own seams in this process (the code paths are unchanged): the hub hears the request
     (the store's listener), the start is decided (account and balance read), its document is stored
-    (the relay "on" is held until then), the command is published, the agent's command handler gets
-    it, the plug has switched. Also the event loop's lag (a 5 ms sleeper's overshoot), split into the
+    (the relay "on" is held until then), the command is handed to the bus ("released") and published
+    (acknowledged), the agent's command handler gets it, the plug has switched. Also the event loop's lag (a 5 ms sleeper's overshoot), split into the
     measured windows and the rest (stopping and billing between rounds)."""
 
-    STAGES = ("heard", "decided", "stored", "published", "received", "executed")
+    STAGES = ("heard", "decided", "stored", "released", "published", "received", "executed")
 
     def __init__(self) -> None:
         self.heard: dict[str, float] = {}  # request id -> ms
         self.decided: dict[str, float] = {}  # session id -> ms
         self.stored: dict[str, float] = {}  # session id -> ms
-        self.published: dict[bytes, float] = {}  # command message -> ms
+        self.released: dict[bytes, float] = {}  # command message -> ms (handed to the bus)
+        self.published: dict[bytes, float] = {}  # command message -> ms (the bus acknowledged it)
         self.received: dict[bytes, float] = {}  # command message -> ms
         self.message_of: dict[str, bytes] = {}  # command id -> its message
         self.measuring = False
         self.lag_in: list[float] = []  # loop lag samples (s) over 20 ms, inside the measured windows
         self.lag_out: list[float] = []  # ... between them
         self.report: dict[str, Any] = {}
+        # Every store call made through the hub's store object: (method, who, start ms, end ms); who is
+        # "hub" (its loop and its own threads) or "driver" (the harness's request writes and answer reads).
+        self.calls: list[tuple[str, str, float, float]] = []
+        self.windows: list[tuple[float, float]] = []  # per round: requests written -> last start stored
 
     @staticmethod
     def now_ms() -> float:
@@ -92,11 +98,62 @@ class Trace:
                 return getattr(bus, name)
 
             async def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
+                trace.released[data] = trace.now_ms()
                 out = await bus.publish(topic, data, attributes)
                 trace.published[data] = trace.now_ms()
                 return out
 
         hub.commands.bus = Publishing()  # type: ignore[assignment]
+
+    def attach_store(self, store: Any, hub: Hub) -> None:
+        """Record every port call made on ``store`` (its instance methods wrapped, and the hub's store
+        writer's; the code paths are unchanged): which ones land at the store while a round's starts are
+        heard, decided and stored."""
+        skip = {"client", "close", "collection_name", "watch_requests"}
+        for name in dir(store):
+            fn = getattr(store, name, None)
+            if name.startswith("_") or name in skip or not callable(fn) or isinstance(fn, type):
+                continue
+            setattr(store, name, self._recorded(name, fn))
+        writer = hub.mirror.writer  # it holds the store's put_plug_state from before this
+        if writer is not None:
+            writer._write = self._recorded("put_plug_state", writer._write)  # type: ignore[method-assign]
+
+    def _recorded(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        calls = self.calls
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            thread = threading.current_thread().name
+            who = "hub" if thread.startswith("chargectl") or thread == "MainThread" else "driver"
+            t0 = time.time() * 1000
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                calls.append((name, who, t0, time.time() * 1000))
+
+        return call
+
+    def window_calls(self) -> dict[str, Any]:
+        """The store calls begun inside the rounds' start windows (requests written → the round's last
+        start document stored), by caller and method, with the time they spent at the store."""
+        out: dict[str, dict[str, dict[str, float]]] = {"hub": {}, "driver": {}}
+        for name, who, t0, t1 in self.calls:
+            if any(a <= t0 <= b for a, b in self.windows):
+                row = out[who].setdefault(name, {"calls": 0, "total_s": 0.0, "max_s": 0.0})
+                row["calls"] += 1
+                row["total_s"] = round(row["total_s"] + (t1 - t0) / 1000, 3)
+                row["max_s"] = round(max(row["max_s"], (t1 - t0) / 1000), 3)
+        timeline: list[tuple[str, str, float, float]] = []
+        if self.windows:
+            # The round whose starts took longest to be stored: each call's start and end (s from the
+            # round's request writes), to see what queued at the store with what.
+            a, b = max(self.windows, key=lambda w: w[1] - w[0])
+            timeline = [
+                (name, who, round((t0 - a) / 1000, 3), round((t1 - a) / 1000, 3))
+                for name, who, t0, t1 in sorted(self.calls, key=lambda c: c[2])
+                if a <= t0 <= b + 200
+            ]
+        return {"rounds": len(self.windows), **out, "slowest_round": timeline}
 
     def attach_agent(self, agent: Any) -> None:
         """Wrap the agent's command executor (looked up on every command message)."""
@@ -127,6 +184,7 @@ class Trace:
             "heard": self.heard.get(rid),
             "decided": self.decided.get(sid),
             "stored": self.stored.get(sid),
+            "released": self.released.get(data),
             "published": self.published.get(data),
             "received": self.received.get(data),
             "executed": float(outcome.executed_at_ms),
@@ -161,6 +219,7 @@ class Trace:
                 "p99": _percentile(received, 0.99),
             }
         out["slowest"] = sorted(samples, key=lambda s: -s.get("executed", 0))[:3]
+        out["store_calls_in_start_windows"] = self.window_calls()
         for name, lags in (("measured", self.lag_in), ("between_rounds", self.lag_out)):
             out[f"loop_lag_{name}"] = {
                 "over_20ms": len(lags),
@@ -215,7 +274,7 @@ async def _latency(
             ),
         )
         store: Any = system.store
-        _top_up(store, ports)
+        _top_up(store, [f"u-{port}" for port in ports])
         tasks.append(asyncio.create_task(system.serve()))
         await wait_for(lambda: system.hub is not None and system.agent is not None, "chargectl run to start")
         assert system.hub is not None and system.agent is not None
@@ -229,7 +288,7 @@ async def _latency(
         agent_key, command_key = SigningKey.generate(), SigningKey.generate()
         store, bus = FirestoreStore(site), PubSubBus(site, publish_timeout_s=10)
         store.put_site(site_document(site, agent_key))
-        _top_up(store, ports)
+        _top_up(store, [f"u-{port}" for port in ports])
         hub = Hub(HubSettings(), HubPorts(bus, store, LineSink(), command_keys(command_key)), SystemClock())
         tasks.append(asyncio.create_task(hub.serve(health=False)))
         await wait_for(lambda: hub.problems() == [], "the hub to start")
@@ -252,6 +311,7 @@ async def _latency(
     traced: list[dict[str, float]] = []
     if trace is not None:
         trace.attach(hub)
+        trace.attach_store(store, hub)
         if agent_thread is None:
             trace.attach_agent(agent)
         tasks.append(asyncio.create_task(trace.watch_loop()))
@@ -305,6 +365,8 @@ async def _latency(
                 }
                 for mac in macs:
                     traced.append(trace.sample(f"{rnd}-{mac}", sessions[mac], created, confirmed[mac]))
+                stored = [trace.stored[sessions[mac]] for mac in macs if sessions[mac] in trace.stored]
+                trace.windows.append((float(created), max(stored, default=float(created))))
             await _each(
                 macs,
                 lambda mac, rnd=rnd: submit_request(
@@ -344,6 +406,138 @@ async def _latency(
     return samples
 
 
+def emulator_floor(project: str, rounds: int, n: int) -> dict[str, Any]:
+    """The Firestore emulator alone, no hub and no agent: what a round of the latency section costs at
+    the store whatever the hub does. Per round, ``n`` request writes at once from the driver (a thread
+    each, ``submit_request`` as the section writes them) with one listener on the hub's query (the
+    pending requests): each write's time until the listener delivers it. Then, with the listener still
+    on, ``n`` session creates as the hub makes them (``create_session`` from ``n`` threads at once,
+    grouped by the store) and as one batched commit: the time until the last is stored. Also, in the
+    burst itself, each write's own call (until the emulator acknowledged it) and, the floor under the
+    hub's "stored" step, a session document created (by the listener's client, grouped) the moment its
+    request is delivered, with no decision (even rounds: no reads either; odd rounds: after the user's
+    account read and ledger query, made together): the time from the request's writing until that
+    document is stored. The requests are answered between rounds (off the clock), as the hub answers
+    them."""
+    from chargectl.services.adapters.firestore_store import FirestoreStore
+
+    driver, listener = FirestoreStore(project), FirestoreStore(project)
+    heard: dict[str, float] = {}
+    acked: dict[str, float] = {}
+    stored: dict[str, float] = {}
+    cond = threading.Condition()
+    reactor, reads_pool = ThreadPoolExecutor(n), ThreadPoolExecutor(n)
+
+    def on_request(req: codec.ChargeRequest) -> None:  # the listener's thread
+        rid = req.request_id
+        with cond:
+            if rid in heard:
+                return
+            heard[rid] = time.time() * 1000
+            cond.notify_all()
+        reactor.submit(react, rid)
+
+    def react(rid: str) -> None:
+        """Store its session document at once, as a hub with nothing to decide; in odd rounds after the
+        account read and the ledger query, made together as the hub makes them."""
+        i = int(rid.rsplit("-", 1)[1])
+        if int(rid.split("-")[1]) % 2:
+            ledger = reads_pool.submit(listener.ledger_entries, f"u-{i}")
+            listener.get_user(f"u-{i}")
+            ledger.result()
+        listener.create_session(session(f"floor-r-{rid}", i))
+        with cond:
+            stored[rid] = time.time() * 1000
+            cond.notify_all()
+
+    def write(rid: str, i: int, created: int) -> None:
+        submit_request(driver, f"u-{i}", f"0000000000{i:02X}", codec.ChargeRequest.ACTION_START, created, rid)
+        acked[rid] = time.time() * 1000
+
+    def session(sid: str, i: int) -> codec.ChargeSession:
+        return codec.ChargeSession(
+            session_id=sid,
+            user_id=f"u-{i}",
+            plug_mac=f"0000000000{i:02X}",
+            site_id=project,
+            status=codec.ChargeSession.STATUS_ACTIVE,
+            started_at_ms=round(time.time() * 1000),
+            cost=codec.Money(amount_minor=0, currency="gbp"),
+        )
+
+    delivered: list[float] = []
+    write_acked: list[float] = []
+    write_to_stored: list[float] = []
+    with_reads: list[float] = []
+    grouped: list[float] = []
+    batched: list[float] = []
+    reads: dict[str, list[float]] = {"accounts": [], "ledgers": [], "ledgers_one_query": []}
+    users = [f"u-{i}" for i in range(n)]
+    _top_up(driver, users)
+
+    def timed(pool: ThreadPoolExecutor, fn: Callable[[str], object], into: list[float]) -> None:
+        t0 = time.perf_counter()
+        list(pool.map(fn, users))
+        into.append(time.perf_counter() - t0)
+
+    def one_round(pool: ThreadPoolExecutor, rnd: int) -> None:
+        ids = [f"floor-{rnd}-{i}" for i in range(n)]
+        created = round(time.time() * 1000)
+        list(pool.map(lambda i: write(ids[i], i, created), range(n)))
+        with cond:
+            if not cond.wait_for(lambda: all(r in stored for r in ids), timeout=60.0):
+                raise RuntimeError("the emulator's listener did not deliver every request")
+        delivered.extend((heard[r] - created) / 1000 for r in ids)
+        write_acked.extend((acked[r] - created) / 1000 for r in ids)
+        (with_reads if rnd % 2 else write_to_stored).extend((stored[r] - created) / 1000 for r in ids)
+        # A start's reads, as the hub makes them (one thread each, grouped by the store) and as one query.
+        timed(pool, driver.get_user, reads["accounts"])
+        timed(pool, driver.ledger_entries, reads["ledgers"])
+        t0 = time.perf_counter()
+        driver._ledgers_of(users)
+        reads["ledgers_one_query"].append(time.perf_counter() - t0)
+        docs = [session(f"floor-g-{rnd}-{i}", i) for i in range(n)]
+        t0 = time.perf_counter()
+        list(pool.map(driver.create_session, docs))
+        grouped.append(time.perf_counter() - t0)
+        docs = [session(f"floor-b-{rnd}-{i}", i) for i in range(n)]
+        t0 = time.perf_counter()
+        for result in driver._create_sessions(docs):
+            if result is not True:
+                raise RuntimeError(f"a batched create failed: {result}")
+        batched.append(time.perf_counter() - t0)
+        answered = round(time.time() * 1000)
+        accepted = codec.ChargeRequest.STATUS_ACCEPTED
+        list(pool.map(lambda r: driver.answer_request(r, accepted, "", "", answered), ids))
+
+    unwatch = listener.watch_requests(on_request)
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            for rnd in range(rounds):
+                one_round(pool, rnd)
+    finally:
+        unwatch()
+        reactor.shutdown(wait=True)
+        reads_pool.shutdown(wait=True)
+        driver.close()
+        listener.close()
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"p50": round(statistics.median(values), 3), "p99": round(_percentile(values, 0.99), 3)}
+
+    return {
+        "rounds": rounds,
+        "requests_per_round": n,
+        "write_to_listener_s": spread(delivered),
+        "write_acknowledged_s": spread(write_acked),
+        "write_to_session_stored_s": spread(write_to_stored),
+        "write_to_session_stored_after_reads_s": spread(with_reads),
+        "creates_grouped_s": spread(grouped),
+        "creates_one_batch_s": spread(batched),
+        **{f"{name}_s": spread(values) for name, values in reads.items()},
+    }
+
+
 async def _each(macs: Sequence[str], write: Callable[[str], object]) -> None:
     """``write(mac)`` for every plug at once, each on its own thread (off the event loop)."""
     with ThreadPoolExecutor(len(macs)) as pool:
@@ -351,14 +545,12 @@ async def _each(macs: Sequence[str], write: Callable[[str], object]) -> None:
         await asyncio.gather(*(loop.run_in_executor(pool, write, mac) for mac in macs))
 
 
-def _top_up(store: Any, ports: Sequence[int]) -> None:
+def _top_up(store: Any, users: Sequence[str]) -> None:
     ledger = Ledger(store)
     now_ms = round(time.time() * 1000)
-    for port in ports:
-        store.put_user(
-            codec.UserAccount(user_id=f"u-{port}", currency="gbp")
-        )  # the hub acts for accounts only
-        ledger.post(f"topup-{port}", f"u-{port}", "topup", 1_000_000, "gbp", now_ms)
+    for user in users:
+        store.put_user(codec.UserAccount(user_id=user, currency="gbp"))  # the hub acts for accounts only
+        ledger.post(f"topup-{user}", user, "topup", 1_000_000, "gbp", now_ms)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -412,6 +604,21 @@ def bench_latency(plan: Plan, report: Report) -> None:
                     Figure("latency", f"{backend}, p50 request → relay on", p50, "s", d50, base),
                     Figure("latency", f"{backend}, p99 request → relay on", p99, "s", d99, base),
                 )
+                if backend == "emulators":
+                    # The floor under the emulator figures, measured on the same (warm) emulator.
+                    project = f"floor-{random.Random().getrandbits(32):08x}"
+                    floor = emulator_floor(
+                        project, max(2, plan.latency_rounds), plan.latency_plugs
+                    )  # both kinds
+                    details["emulator_floor"] = floor
+                    heard, stored = floor["write_to_listener_s"], floor["write_to_session_stored_s"]
+                    read = floor["write_to_session_stored_after_reads_s"]
+                    alone = "emulator alone, p99"
+                    report.add(
+                        Figure("latency", f"{alone} write → listener", heard["p99"], "s"),
+                        Figure("latency", f"{alone} write → session stored", stored["p99"], "s"),
+                        Figure("latency", f"{alone} write → reads → session stored", read["p99"], "s"),
+                    )
         finally:
             sim.stop()
             for future in starting.values():

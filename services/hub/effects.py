@@ -46,6 +46,9 @@ class CommandSender:
         self.holds: Mapping[str, asyncio.Future[bool]] = {}
         self._newest: dict[str, str] = {}  # plug with a held "on" -> id of its newest command
         self._held: dict[str, int] = {}  # plug -> its held commands not yet released
+        # A start's "on" counts as on its way (the hub shares Sessions.urgent) from its decision until it
+        # is published or dropped: the answers of started requests are written after the burst's "on"s.
+        self.on_its_way: Callable[[], Callable[[], None]] = lambda: lambda: None
 
     def send(self, site_id: str, fx: m.SendRelay) -> None:
         """Sign and publish one relay command to ``site_id`` (the plug's bound site)."""
@@ -68,21 +71,27 @@ class CommandSender:
             self._sent.pop(next(iter(self._sent)))
         self.metrics.inc("commands_sent_total")
         hold = self.holds.get(fx.session_id) if fx.on and fx.session_id else None
+        done: Callable[[], None] = lambda: None  # noqa: E731
         if hold is not None:
             self._held[fx.mac] = self._held.get(fx.mac, 0) + 1
+            done = self.on_its_way()
         if fx.mac in self._held:
             self._newest[fx.mac] = fx.command_id
 
         async def publish() -> None:
-            if hold is not None and not await self._released(fx, hold):
-                log.info(
-                    "command %s to %s not sent: session not stored, or superseded", fx.command_id, fx.mac
-                )
-                return
-            # The machine re-sends until the relay is confirmed, so a lost command is retried.
-            await self._publish(site_id, packed, f"command {fx.command_id} to {fx.mac}")
+            try:
+                if hold is not None and not await self._released(fx, hold):
+                    log.info(
+                        "command %s to %s not sent: session not stored, or superseded", fx.command_id, fx.mac
+                    )
+                    return
+                # The machine re-sends until the relay is confirmed, so a lost command is retried.
+                await self._publish(site_id, packed, f"command {fx.command_id} to {fx.mac}")
+            finally:
+                done()
 
-        self._spawn(publish())
+        task = self._spawn(publish())
+        task.add_done_callback(lambda _t: done())  # cancelled before it ran (a stopping hub): still off
 
     async def _released(self, fx: m.SendRelay, hold: asyncio.Future[bool]) -> bool:
         """Wait for a held "on": True if its session is stored and it is still its plug's newest command."""
@@ -147,7 +156,8 @@ class CommandSender:
         self.metrics.observe("command_latency_seconds", latency)
         self.metrics.inc("command_results_total", reason=outcome.reason)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

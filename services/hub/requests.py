@@ -209,26 +209,29 @@ class Requests:
             await self.io(self.answer, rid, False, why, "")
             return
         start = req.action == codec.ChargeRequest.ACTION_START
-        async with self._turns.turn(req.user_id):
-            plug = self.plugs[req.plug_mac]
-            currency = self.tariff_for(plug.site_id).currency
-            key = (req.user_id, currency)
-            before = self.balances.known.get(key)
-            user = self.io(self.store.get_user, req.user_id)
-            if start:
-                with self._urgent():
+        # A start is on its way to a relay "on" from here (answers wait: Sessions.urgent); from its
+        # decision its document counts until stored and its "on" until published (CommandSender).
+        with self._urgent() if start else contextlib.nullcontext():
+            async with self._turns.turn(req.user_id):
+                plug = self.plugs[req.plug_mac]
+                currency = self.tariff_for(plug.site_id).currency
+                key = (req.user_id, currency)
+                before = self.balances.known.get(key)
+                user = self.io(self.store.get_user, req.user_id)
+                if start:
                     account, balance = await asyncio.gather(
                         user, self.io(self.balances.ledger.balance, req.user_id, currency)
                     )
-                self._learn_balance(key, before, balance)
-            else:
-                account = await user
-            if account is None:
-                await self.io(self.answer, rid, False, RequestRefusal.NO_ACCOUNT, "")
-                return
-            # The decision: on the loop, no await from here to the machine's step.
-            self._account = account
-            effects, session_id = self._decide(req, plug, deferred=True)
+                    self._learn_balance(key, before, balance)
+                else:
+                    account = await user
+                if account is not None:
+                    # The decision: on the loop, no await from here to the machine's step.
+                    self._account = account
+                    effects, session_id = self._decide(req, plug, deferred=True)
+        if account is None:
+            await self.io(self.answer, rid, False, RequestRefusal.NO_ACCOUNT, "")
+            return
         if effects is None:
             await self.io(self.answer, rid, True, "", session_id)  # started before; the answer was lost
         elif not start and not any(isinstance(f, m.RejectRequest) for f in effects):
@@ -237,7 +240,7 @@ class Requests:
             await self.io(self.answer, rid, False, RequestRefusal.DUPLICATE_REQUEST, session_id)
 
     def _urgent(self) -> contextlib.AbstractContextManager[None]:
-        """A start's reads are on the way to its relay "on" (answers wait for them: ``Sessions.urgent``)."""
+        """A start, heard until decided, is on the way to its relay "on" (answers wait: ``Sessions.urgent``)."""
         return self.sessions.urgent.busy() if self.sessions is not None else contextlib.nullcontext()
 
     def _decide(

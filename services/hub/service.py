@@ -191,6 +191,7 @@ class Hub:
         self.sessions.stops = ports.stops
         self.sessions.settled = self._settled
         self.commands.holds = self.sessions.unstored
+        self.commands.on_its_way = self.sessions.urgent.enter  # answers wait for the burst's "on"s too
         self._pushed: set[asyncio.Task[None]] = set()  # pushed requests being handled
         self._topups: set[asyncio.Task[None]] = set()
         self._balance_reads: set[asyncio.Task[None]] = set()  # due balance reads on the request threads
@@ -306,6 +307,7 @@ class Hub:
         return await asyncio.to_thread(writer.drain, timeout_s)
 
     async def stop(self) -> None:
+        self.sessions.urgent.close()  # answers held behind starts are written now, not after their bound
         await self.topups_done(timeout_s=30.0)
         if self._pushed:
             await asyncio.wait(set(self._pushed), timeout=30.0)
@@ -327,6 +329,7 @@ class Hub:
         if self._health is not None:
             await self._health.stop()
         self._started = False
+        self.sessions.urgent.reopen()
         self.gc.restore()
 
     async def serve(self, health: bool = True) -> None:

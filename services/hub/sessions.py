@@ -464,23 +464,29 @@ class Balances:
 
 
 class Urgent:
-    """The store calls on the way to a relay "on" in flight (a pushed start's account and balance reads,
-    its ACTIVE document). The answers of started requests are written once none is, or after
-    ``max_wait_s`` at the latest: a burst's reads and creates must not queue at the store behind the
-    answers of its first starts (the Firestore emulator, with the request listener on, answers writes one
-    after another). Used on the event loop only."""
+    """The pushed starts on their way to a relay "on": each from the moment the hub hears it until its
+    "on" is published or dropped (its turn, its account and balance reads, the decision, the create of
+    its ACTIVE document, the publish: ``CommandSender.on_its_way``). The answers of started requests
+    are written once none is, or after ``max_wait_s`` at the latest: a burst's reads, creates and
+    publishes must not queue behind the answers of its first starts (the Firestore emulator, with the
+    request listener on, answers writes one after another). Used on the event loop only."""
 
     def __init__(self, max_wait_s: float = ANSWER_WAIT_S) -> None:
         self.max_wait_s = max_wait_s
         self.count = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._closed = False
 
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
+    def enter(self) -> Callable[[], None]:
+        """Count one start in flight; returns its release (idempotent: a second call does nothing)."""
         self.count += 1
-        try:
-            yield
-        finally:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             self.count -= 1
             if self.count == 0:
                 waiters, self._waiters = self._waiters, []
@@ -488,9 +494,31 @@ class Urgent:
                     if not w.done():
                         w.set_result(None)
 
+        return release
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        release = self.enter()
+        try:
+            yield
+        finally:
+            release()
+
+    def close(self) -> None:
+        """The hub is stopping: the answers held now are written at once, and none waits from now on."""
+        self._closed = True
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def reopen(self) -> None:
+        """Hold answers again (a stopped hub started again)."""
+        self._closed = False
+
     async def quiet(self) -> None:
-        """Return once nothing urgent is in flight, or after ``max_wait_s``."""
-        if self.count == 0:
+        """Return once nothing urgent is in flight, or after ``max_wait_s`` (at once once closed)."""
+        if self.count == 0 or self._closed:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -587,7 +615,11 @@ class Sessions:
         held: asyncio.Future[bool] = loop.create_future()
         self.unstored[fx.session_id] = held
         self._started_event(plug, fx)
-        task = loop.create_task(self._store_start(_start_document(plug, fx, None), fx.request_id, held))
+        release = self.urgent.enter()  # until its document is stored (its request's count ends now)
+        task = loop.create_task(
+            self._store_start(_start_document(plug, fx, None), fx.request_id, held, release)
+        )
+        task.add_done_callback(lambda _t: release())  # cancelled before it ran: not counted forever
         self._start_writes.add(task)
         task.add_done_callback(self._start_writes.discard)
         self._start_of[fx.session_id] = task  # its finish waits for it (the late stop-reason note)
@@ -598,24 +630,30 @@ class Sessions:
             del self._start_of[session_id]
 
     async def _store_start(
-        self, doc: codec.ChargeSession, request_id: str, held: asyncio.Future[bool]
+        self,
+        doc: codec.ChargeSession,
+        request_id: str,
+        held: asyncio.Future[bool],
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         sid = doc.session_id
         delay_s = 0.2
-        while not held.done():
-            # A finish begun meanwhile goes into the document, so a restart closes the session.
-            doc.stop_reason = self._stopping.get(sid, "")
-            try:
-                with self.urgent.busy():
+        try:
+            while not held.done():
+                # A finish begun meanwhile goes into the document, so a restart closes the session.
+                doc.stop_reason = self._stopping.get(sid, "")
+                try:
                     stored = await self.io(self._create_start, doc)
-            except StoreError as exc:
-                # The relay stays off meanwhile; the session's finish (if it comes first) releases it.
-                log.warning("session %s not stored yet (%s); retrying", sid, exc)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
-                continue
-            if not held.done():
-                held.set_result(stored)
+                except StoreError as exc:
+                    # The relay stays off meanwhile; the session's finish (if it comes first) releases it.
+                    log.warning("session %s not stored yet (%s); retrying", sid, exc)
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, 5.0)
+                    continue
+                if not held.done():
+                    held.set_result(stored)
+        finally:
+            release()  # no longer on its way to a relay "on" (urgent)
         self.unstored.pop(sid, None)
         late = self._stopping.pop(sid, "")
         if held.result() and late and late != doc.stop_reason:  # begun while the document was written

@@ -78,6 +78,45 @@ def test_requests_are_answered_once(store: Store) -> None:
     assert not store.answer_request("missing", ChargeRequest.STATUS_ACCEPTED, "", "", 1)
 
 
+def test_a_burst_of_answers_answers_each_request_exactly_once(store: Store) -> None:
+    # Twelve requests, each answered at once by two callers (accept and reject racing, as a redelivered
+    # request handled twice would), plus answers to requests that do not exist, all from their own
+    # threads: on Firestore they are grouped (one read, one batch) and a racing pair can land in one
+    # group or in two. Each request gets exactly one answer, and it is the one its winner was told.
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [f"b{i}" for i in range(12)]
+    for rid in ids:
+        assert store.add_request(
+            ChargeRequest(
+                request_id=rid,
+                user_id="u1",
+                plug_mac="AABBCCDDEEFF",
+                action=ChargeRequest.ACTION_START,
+                status=ChargeRequest.STATUS_PENDING,
+                created_at_ms=10,
+            )
+        )
+    calls = [(rid, ChargeRequest.STATUS_ACCEPTED, "", f"s-{rid}") for rid in ids]
+    calls += [(rid, ChargeRequest.STATUS_REJECTED, "duplicate_request", "") for rid in ids]
+    calls += [(f"none{i}", ChargeRequest.STATUS_ACCEPTED, "", "s") for i in range(4)]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        won = list(pool.map(lambda c: store.answer_request(*c, 20), calls))
+    assert not any(won[2 * len(ids) :])  # no such request: nothing answered, nothing created
+    for i, rid in enumerate(ids):
+        accepted, rejected = won[i], won[len(ids) + i]
+        assert accepted != rejected, rid  # exactly one of the two
+        got = store.get_request(rid)
+        assert got is not None
+        if accepted:
+            assert got.status == ChargeRequest.STATUS_ACCEPTED and got.session_id == f"s-{rid}"
+        else:
+            assert got.status == ChargeRequest.STATUS_REJECTED and got.reason == "duplicate_request"
+    assert store.pending_requests() == []
+    assert store.get_request("none0") is None
+    assert not any(store.answer_request(rid, ChargeRequest.STATUS_ACCEPTED, "", "x", 30) for rid in ids)
+
+
 def test_sessions_filter_and_order(store: Store, tmp_path: Path) -> None:
     for i, (user, status) in enumerate([("u1", 1), ("u2", 1), ("u1", 2)]):
         store.put_session(

@@ -109,25 +109,61 @@ def test_cycles_made_after_the_freeze_are_collected_without_an_explicit_collect(
         tuning.restore()
 
 
-async def test_a_frozen_cycle_dropped_later_is_reclaimed_by_the_tick_at_the_interval(tmp_path: Path) -> None:
+async def test_a_frozen_cycle_dropped_later_is_reclaimed_within_the_full_pass_bound(tmp_path: Path) -> None:
+    # Most refreshes are light (they collect and freeze what is not frozen yet, a few ms at 100k plugs):
+    # a cycle frozen at start-up and dropped later outlives them, and the full pass (unfreeze, collect
+    # everything, freeze) every full_every-th refresh reclaims it: never later than full_every × interval.
     clock = ManualClock(1_767_225_600.0)
     hub = _hub(tmp_path, clock, gc_freeze_interval_s=600)
+    assert hub.gc.full_every == gc_tuning.FULL_EVERY == 6 and hub.gc.reclaim_bound_s == 3600
     node, freed = _cycle()  # long-lived at start-up: frozen with the rest
     hub.gc.apply(clock.monotonic())
     try:
-        assert hub.gc.refreshes == 1
+        assert (hub.gc.refreshes, hub.gc.full_refreshes) == (1, 1)
         del node
-        gc.collect()  # frozen objects are not looked at: the cycle stays until the refresh
+        gc.collect()  # frozen objects are not looked at: the cycle stays until a full pass
         assert freed == []
         clock.advance(599)
         await hub.tick()
         assert freed == [] and hub.gc.refreshes == 1
-        clock.advance(1)
+        later, later_freed = _cycle()  # made after the freeze: a light refresh freezes it (alive)...
+        for n in range(1, hub.gc.full_every):
+            clock.advance(600 if n > 1 else 1)
+            await hub.tick()
+            assert hub.gc.refreshes == n + 1 and hub.gc.full_refreshes == 1, n
+            assert freed == [], f"light refresh {n} walked the frozen objects"
+        assert later_freed == []
+        del later  # ...and once dropped, it is frozen garbage too, reclaimed by the same full pass
+        clock.advance(599)
         await hub.tick()
-        assert freed == [True] and hub.gc.refreshes == 2
+        assert freed == [] and hub.gc.full_refreshes == 1
+        clock.advance(1)  # full_every × interval after the last full pass
+        await hub.tick()
+        assert freed == [True] and later_freed == [True]
+        assert (hub.gc.refreshes, hub.gc.full_refreshes) == (hub.gc.full_every + 1, 2)
         assert gc.get_freeze_count() > 0  # frozen again after the collection
     finally:
         hub.gc.restore()
+
+
+def test_a_light_refresh_reclaims_a_cycle_that_died_before_it_was_frozen() -> None:
+    tuning = GcTuning(600)
+    tuning.apply(0.0)
+    gc.disable()  # no automatic young pass: only the refresh may collect it
+    try:
+        node, freed = _cycle()
+        del node
+        assert tuning.maybe_refresh(600.0) and tuning.full_refreshes == 1  # a light one
+        assert freed == [True]
+        assert tuning.mean_refresh_s == (tuning.last_full_s + 5 * tuning.last_refresh_s) / 6
+    finally:
+        gc.enable()
+        tuning.restore()
+
+
+def test_full_every_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="full_every"):
+        GcTuning(600, full_every=0)
 
 
 def test_the_freeze_is_undone_only_when_the_last_hub_of_the_process_stops() -> None:

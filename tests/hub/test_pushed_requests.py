@@ -14,6 +14,7 @@ from hostile import World
 from chargectl.common import codec
 from chargectl.common.errors import StoreError
 from chargectl.services.hub import machine as m
+from chargectl.services.hub.sessions import Urgent
 
 A = "site-a"
 MAC = "AABBCCDDEEFF"
@@ -293,3 +294,204 @@ async def test_a_start_stuck_at_the_store_holds_back_no_other_relay_and_no_answe
     assert r2 is not None and r2.status == ACCEPTED and r2.session_id == second.session_id
     assert world.plugs[MAC2].relay and [c.session_id for c in ons(world, MAC2)] == [second.session_id]
     assert (world.balance("u1"), world.balance("u2")) == (1000, 2000)
+
+
+class HangingAccountRead:
+    """Fault injection on the store seam: ``user``'s first account read blocks until released."""
+
+    def __init__(self, w: World, user: str) -> None:
+        self.user = user
+        self.release = threading.Event()
+        self.hung = threading.Event()
+        self._get = w.store.get_user
+        w.store.get_user = self  # type: ignore[method-assign]
+
+    def __call__(self, uid: str) -> codec.UserAccount | None:
+        if uid == self.user and not self.hung.is_set():
+            self.hung.set()
+            assert self.release.wait(120), "the test never released the store"
+        return self._get(uid)
+
+
+async def test_an_answer_waits_for_a_start_still_waiting_for_its_turn(world: World) -> None:
+    # u2 asks to stop (nothing to stop) and to start at once; the stop's account read hangs at the store,
+    # so u2's start waits for its turn: heard, not reading yet. u1's start is stored and switched on
+    # meanwhile, and its answer (on no relay's way) waits until u2's start is stored as well, so it never
+    # queues at the store ahead of a start. Both end switched on, one session each, no money moved.
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.add_plug(MAC2, A)
+    world.user("u1", 1000)
+    world.user("u2", 2000)
+    hub = await world.start_hub()
+    await world.run(30)
+    hub.sessions.urgent.max_wait_s = 120.0  # the bound is another test's: here the answer waits for u2
+    hang = HangingAccountRead(world, "u2")
+    reqs = (
+        pending(world, "s2", STOP, MAC2, "u2"),
+        pending(world, "r2", START, MAC2, "u2"),
+        pending(world, "r1", START, MAC, "u1"),
+    )
+    burst = asyncio.gather(*(hub.requests.handle_async(r) for r in reqs))
+    await until(lambda: hang.hung.is_set(), "u2's stop to reach the store")
+
+    def u1_on() -> bool:
+        world.obey()
+        return world.plugs[MAC].relay
+
+    await until(u1_on, "u1's relay on")
+    await world.settle()
+    first = hub.plugs[MAC].state.session
+    assert first is not None and world.store.get_session(first.session_id) is not None
+    r1 = world.store.get_request("r1")
+    assert r1 is not None and r1.status == PENDING  # held: u2's start is still on its way
+    assert hub.plugs[MAC2].state.session is None and world.plugs[MAC2].relay is False
+    assert hub.sessions.urgent.count >= 1
+    hang.release.set()
+    await asyncio.wait_for(burst, 60)
+    await hub.sessions.starts_done()
+    await world.settle()
+    world.obey()
+    second = hub.plugs[MAC2].state.session
+    assert second is not None
+    for rid, sess in (("r1", first), ("r2", second)):
+        answer = world.store.get_request(rid)
+        assert answer is not None and answer.status == ACCEPTED and answer.session_id == sess.session_id
+    assert [c.session_id for c in ons(world, MAC)] == [first.session_id] and world.plugs[MAC].relay
+    assert [c.session_id for c in ons(world, MAC2)] == [second.session_id] and world.plugs[MAC2].relay
+    assert (world.balance("u1"), world.balance("u2")) == (1000, 2000)
+    assert world.debits("u1") == [] and world.debits("u2") == []
+    assert hub.sessions.urgent.count == 0
+
+
+async def test_stopping_writes_a_held_answer_at_once_and_a_restart_agrees(world: World) -> None:
+    # u1's start is stored and switched on while u2's start hangs at its account read, so u1's answer is
+    # held. The hub is told to stop: the held answer is written then, without waiting for its bound or
+    # for u2 (nothing held is lost), u2's start still completes, and a hub started again on the same
+    # store holds both sessions live, asks nothing again, and has moved no money.
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.add_plug(MAC2, A)
+    world.user("u1", 1000)
+    world.user("u2", 2000)
+    hub = await world.start_hub()
+    await world.run(30)
+    hub.sessions.urgent.max_wait_s = 600.0  # longer than any stop waits: only the stop releases it
+    hang = HangingAccountRead(world, "u2")
+    for req in (pending(world, "r2", START, MAC2, "u2"), pending(world, "r1", START, MAC, "u1")):
+        hub._handle_pushed(req)  # as the store's listener hands them in: the stop waits for them
+    await until(lambda: hang.hung.is_set(), "u2's start to reach the store")
+
+    def u1_on() -> bool:
+        world.obey()
+        return world.plugs[MAC].relay
+
+    await until(u1_on, "u1's relay on")
+    first = hub.plugs[MAC].state.session
+    assert first is not None
+    r1 = world.store.get_request("r1")
+    assert r1 is not None and r1.status == PENDING
+    stopping = asyncio.create_task(hub.stop())
+    await until(
+        lambda: (a := world.store.get_request("r1")) is not None and a.status == ACCEPTED, "r1's answer"
+    )
+    assert not stopping.done() and world.plugs[MAC2].relay is False  # u2 is still on its way
+    hang.release.set()
+    await asyncio.wait_for(stopping, 120)
+    world.obey()
+    second = hub.plugs[MAC2].state.session
+    assert second is not None
+    r1, r2 = world.store.get_request("r1"), world.store.get_request("r2")
+    assert r1 is not None and r1.session_id == first.session_id
+    assert r2 is not None and r2.status == ACCEPTED and r2.session_id == second.session_id
+    assert world.store.pending_requests() == []
+    assert world.plugs[MAC].relay and world.plugs[MAC2].relay
+    again = await world.start_hub()
+    live = {mac: again.plugs[mac].state.session for mac in (MAC, MAC2)}
+    assert {mac: s.session_id if s else None for mac, s in live.items()} == {
+        MAC: first.session_id,
+        MAC2: second.session_id,
+    }
+    assert (world.balance("u1"), world.balance("u2")) == (1000, 2000)
+    assert world.debits("u1") == [] and world.debits("u2") == []
+    await again.stop()
+
+
+async def test_urgent_counts_each_start_once_and_frees_the_answers_when_none_is_left() -> None:
+    urgent = Urgent(max_wait_s=600.0)
+    first, second = urgent.enter(), urgent.enter()
+    answer = asyncio.create_task(urgent.quiet())
+    await asyncio.sleep(0)
+    first()
+    first()  # released twice (its task's end and its cancellation): counted off once
+    await asyncio.sleep(0)
+    assert urgent.count == 1 and not answer.done()
+    second()
+    await asyncio.wait_for(answer, 60)
+    assert urgent.count == 0
+    held = urgent.enter()
+    urgent.close()  # stopping: nothing waits from now on
+    await asyncio.wait_for(urgent.quiet(), 60)
+    held()
+    urgent.reopen()
+    assert urgent.count == 0
+
+
+async def test_answers_wait_until_the_bursts_on_commands_are_published(world: World) -> None:
+    # Both starts are stored; u2's relay "on" is stuck at the bus (a slow publish). The answers (on no
+    # relay's way) wait for it rather than compete with it, then both are written; the relays end on,
+    # one session each, no money moved.
+    world.add_site(A)
+    world.add_plug(MAC, A)
+    world.add_plug(MAC2, A)
+    world.user("u1", 1000)
+    world.user("u2", 2000)
+    hub = await world.start_hub()
+    await world.run(30)
+    hub.sessions.urgent.max_wait_s = 120.0
+    bus = hub.commands.bus
+    stuck = asyncio.Event()
+    waiting: list[bytes] = []
+
+    class SlowBus:  # fault injection on the bus seam: u2's plug's "on" waits until released
+        def __getattr__(self, name: str) -> object:
+            return getattr(bus, name)
+
+        async def publish(self, topic: str, data: bytes, attributes: dict[str, str] | None = None) -> str:
+            if MAC2.encode() in data:
+                waiting.append(data)
+                await stuck.wait()
+            return await bus.publish(topic, data, attributes)
+
+    hub.commands.bus = SlowBus()  # type: ignore[assignment]
+    burst = asyncio.gather(
+        hub.requests.handle_async(pending(world, "r1", START, MAC, "u1")),
+        hub.requests.handle_async(pending(world, "r2", START, MAC2, "u2")),
+    )
+    await until(lambda: bool(waiting), "u2's on to reach the bus")
+
+    def u1_on() -> bool:
+        world.obey()
+        return world.plugs[MAC].relay
+
+    await until(u1_on, "u1's relay on")
+    first, second = hub.plugs[MAC].state.session, hub.plugs[MAC2].state.session
+    assert first is not None and second is not None
+    assert world.store.get_session(second.session_id) is not None  # stored: only its "on" is late
+    await world.settle()
+    for rid in ("r1", "r2"):
+        answer = world.store.get_request(rid)
+        assert answer is not None and answer.status == PENDING, rid
+    assert world.plugs[MAC2].relay is False and hub.sessions.urgent.count >= 1
+    stuck.set()
+    await asyncio.wait_for(burst, 60)
+    await hub.sessions.starts_done()
+    await world.settle()
+    world.obey()
+    for rid, sess in (("r1", first), ("r2", second)):
+        answer = world.store.get_request(rid)
+        assert answer is not None and answer.status == ACCEPTED and answer.session_id == sess.session_id
+    assert [c.session_id for c in ons(world, MAC2)] == [second.session_id] and world.plugs[MAC2].relay
+    assert (world.balance("u1"), world.balance("u2")) == (1000, 2000)
+    assert world.debits("u1") == [] and world.debits("u2") == []
+    assert hub.sessions.urgent.count == 0
