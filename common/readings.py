@@ -8,7 +8,7 @@ from enum import IntFlag
 
 __all__ = ["MAC_RE", "DeviceFlag", "Reading", "normalize_mac"]
 
-MAC_RE = re.compile(r"^[0-9A-F]{12}$")
+MAC_RE = re.compile(r"^[0-9A-F]{12}\Z")  # \Z, not $: "$" lets a trailing newline through
 
 
 def normalize_mac(text: str) -> str:

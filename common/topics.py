@@ -13,17 +13,27 @@ from chargectl.common.errors import ConfigError
 
 __all__ = [
     "DEAD_LETTER_TOPIC",
+    "MAX_SHARD",
     "SITE_ID_RE",
     "TELEMETRY_TOPIC",
     "command_subscription",
     "command_topic",
     "telemetry_subscription",
+    "validate_shard",
     "validate_site_id",
 ]
 
 TELEMETRY_TOPIC = "chargectl-telemetry"
 DEAD_LETTER_TOPIC = "chargectl-telemetry-dead"
-SITE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,48}[a-z0-9]$")
+SITE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,48}[a-z0-9]\Z")  # \Z: "$" lets a trailing newline through
+MAX_SHARD = 2**32 - 1  # Site.shard is a uint32 on the wire
+
+
+def validate_shard(shard: int, what: str = "shard") -> int:
+    """Return ``shard`` if a Site document can carry it (0..MAX_SHARD); ConfigError naming ``what``."""
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard <= MAX_SHARD:
+        raise ConfigError(f"{what} must be between 0 and {MAX_SHARD}, got {shard!r}")
+    return shard
 
 
 def validate_site_id(site_id: str) -> str:
@@ -44,6 +54,4 @@ def command_subscription(site_id: str) -> str:
 
 
 def telemetry_subscription(shard: int) -> str:
-    if shard < 0:
-        raise ConfigError(f"shard must be >= 0, got {shard}")
-    return f"chargectl-telemetry-hub-{shard}"
+    return f"chargectl-telemetry-hub-{validate_shard(shard)}"

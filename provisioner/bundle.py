@@ -175,8 +175,49 @@ def bundle_is_current(target: BundleTarget, files: list[BundleFile]) -> bool:
     return True
 
 
+def _bundle_name(name: str) -> bool:
+    """A file a bundle directory may hold: one of ours, or the temporary file of an interrupted write."""
+    name = name[1:-4] if name.startswith(".") and name.endswith(".tmp") else name
+    return name in ("agent.toml", "agent.key", UNIT_NAME) or (
+        name.startswith("command") and name.endswith(".pub")
+    )
+
+
+def check_target(target: BundleTarget) -> None:
+    """Refuse, before anything is provisioned, a bundle path that cannot or must not be written.
+
+    A directory bundle goes to a new directory or over an earlier bundle only: writing it into one
+    that holds anything else (``--out /tmp``, ``--out ~``) would make that directory 0700 and mix the
+    agent's private key into it. A tarball does not replace a directory. The nearest existing parent
+    must be a directory we can write to."""
+    path = target.path
+    try:
+        if target.tarball:
+            if path.is_dir():
+                raise ProvisioningError(f"cannot write bundle {path}: it is a directory")
+        elif path.exists() or path.is_symlink():
+            if path.is_symlink() or not path.is_dir():
+                raise ProvisioningError(
+                    f"cannot write bundle {path}: it exists and is not a bundle directory"
+                )
+            others = sorted(p.name for p in path.iterdir() if not _bundle_name(p.name))
+            if others:
+                raise ProvisioningError(
+                    f"cannot write bundle {path}: the directory holds other files ({', '.join(others[:3])});"
+                    " give --out a new directory"
+                )
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ProvisioningError(f"cannot write bundle {path}: {parent} is not a writable directory")
+    except OSError as exc:
+        raise ProvisioningError(f"cannot write bundle {path}: {exc.strerror}") from exc
+
+
 def write_bundle(target: BundleTarget, files: list[BundleFile]) -> None:
     """Write the bundle; a directory is made 0700 and stale ``command*.pub`` files are removed."""
+    check_target(target)
     try:
         if target.tarball:
             target.path.parent.mkdir(parents=True, exist_ok=True)

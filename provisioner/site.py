@@ -21,6 +21,7 @@ from chargectl.common.topics import (
     TELEMETRY_TOPIC,
     command_subscription,
     command_topic,
+    validate_shard,
     validate_site_id,
 )
 from chargectl.provisioner.bundle import (
@@ -95,8 +96,8 @@ class SiteSpec:
 
     def __post_init__(self) -> None:
         validate_site_id(self.site_id)
-        if self.shard is not None and self.shard < 0:
-            raise ConfigError(f"shard must be >= 0, got {self.shard}")
+        if self.shard is not None:
+            validate_shard(self.shard)
 
 
 class Provisioner:

@@ -159,7 +159,9 @@ def notification_payload(alert: Alert, fmt: str, suppressed: int = 0) -> dict[st
             text += f" (raised {alert.count} times)"
         if suppressed:
             text += f" (+{suppressed} more {alert.kind} alerts held back by the rate limit)"
-        return {"text": text}
+        # Slack reads <…> as a link or a mention (<!channel>) and &…; as an entity: what a plug, a site
+        # or a payment put in an alert is shown as text, never as a ping or a disguised link.
+        return {"text": text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")}
     body: dict[str, Any] = {"source": "chargectl", "alert": alert.to_dict()}
     if suppressed:
         body["suppressed"] = suppressed

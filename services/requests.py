@@ -17,6 +17,7 @@ from typing import Literal
 
 from chargectl.common import codec
 from chargectl.common.errors import ConfigError
+from chargectl.common.ids import check_uid
 from chargectl.common.readings import normalize_mac
 from chargectl.services.adapters.store import Store
 
@@ -79,8 +80,7 @@ def make_request(
         mac = normalize_mac(plug)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if not user_id.strip():
-        raise ConfigError("the user id must not be empty")
+    check_uid(user_id)
     if action not in (codec.ChargeRequest.ACTION_START, codec.ChargeRequest.ACTION_STOP):
         raise ConfigError(f"unknown request action {action}")
     return codec.ChargeRequest(

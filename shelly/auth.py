@@ -136,8 +136,8 @@ def parse_json_challenge(message: str) -> Challenge:
     """The 401 RPC error's ``message`` is itself a JSON string carrying the challenge: parse it again."""
     try:
         data: Any = json.loads(message)
-    except ValueError:
-        raise InvalidResponse(f"401 challenge message is not JSON: {message!r}") from None
+    except (ValueError, RecursionError):  # RecursionError: a hostile plug's message nested too deep
+        raise InvalidResponse(f"401 challenge message is not JSON: {message[:60]!r}") from None
     if not isinstance(data, dict) or "nonce" not in data or "realm" not in data:
         raise InvalidResponse(f"401 challenge without nonce/realm: {message!r}")
     return Challenge(

@@ -404,6 +404,7 @@ def test_deploy_webhook_plan(clone: Path) -> None:
     assert option(deploy, "--set-env-vars") == (
         "^;^CHARGECTL_BACKEND=gcp;CHARGECTL_PROJECT=acme-prod;CHARGECTL_APP__PROJECT_ID=acme-prod"
         ';CHARGECTL_APP__ALLOWED_ORIGINS=["https://app.acme.example","http://localhost:5173"]'
+        ";CHARGECTL_APP__FORWARDED_HOPS=1"
         ";CHARGECTL_PAYMENTS__APP_URL=https://app.acme.example"
     )
     # The auto top-up sweep runs between requests: one instance, CPU always allocated.

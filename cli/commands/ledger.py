@@ -62,10 +62,12 @@ def register(app: typer.Typer) -> None:
         A negative amount also debits, but needs "--" before it (ledger credit --user U -- -5.00).
         """
         from chargectl.common.errors import ConfigError
+        from chargectl.common.ids import check_uid
         from chargectl.services.payments.ledger import Ledger
         from chargectl.services.payments.money import format_minor, parse_amount
         from chargectl.services.wiring import open_store
 
+        check_uid(user)  # a typo or a pasted escape sequence must not open an account nobody can use
         negative = amount.strip().startswith("-")
         if negative and debit:
             raise ConfigError("--debit takes a positive amount (it is taken off the balance)")

@@ -312,12 +312,17 @@ def register(app: typer.Typer) -> None:
     def unmatched_assign(
         ctx: typer.Context,
         payment_id: Annotated[
-            str, typer.Argument(help="The payment's id as listed (pi_… or cs_…).", show_default=False)
+            str,
+            typer.Argument(
+                help="The payment's id as listed (pi_…, cs_…, or reversal:… for money that went back).",
+                show_default=False,
+            ),
         ],
         user: Annotated[str, typer.Option("--user", help="The user to credit.", show_default=False)],
         as_json: JsonOpt = False,
     ) -> None:
-        """Credit an unmatched payment to a user (once; same currency as their account only)."""
+        """Credit an unmatched payment to a user, or debit a kept refund or dispute (once; same currency as
+        their account only)."""
         import time
 
         from chargectl.services.payments.money import format_minor
@@ -329,8 +334,8 @@ def register(app: typer.Typer) -> None:
             as_json,
             done.to_dict(),
             [
-                f"{done.payment_id}: {format_minor(done.amount_minor, done.currency)} credited to {user} "
-                f"(entry {done.entry_id})"
+                f"{done.payment_id}: {format_minor(abs(done.amount_minor), done.currency)} "
+                f"{'debited from' if done.amount_minor < 0 else 'credited to'} {user} (entry {done.entry_id})"
             ],
         )
 

@@ -46,11 +46,14 @@ def _open(ctx: typer.Context, dry_run: bool = False) -> tuple[Provisioner, Any]:
 
 
 def _target(site_id: str, out: Path | None, tarball: bool) -> Any:
-    from chargectl.provisioner.bundle import BundleTarget
+    """The bundle's path, checked before anything is provisioned (a bad one changes nothing)."""
+    from chargectl.provisioner.bundle import BundleTarget, check_target
 
     if out is None:
         out = Path(f"chargectl-{site_id}-bundle" + (".tar.gz" if tarball else ""))
-    return BundleTarget(out.expanduser().resolve(), tarball)
+    target = BundleTarget(out.expanduser().resolve(), tarball)
+    check_target(target)
+    return target
 
 
 def _iso(ms: int) -> str:

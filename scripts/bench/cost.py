@@ -326,7 +326,9 @@ async def cost_sim(plan: Plan) -> dict[str, Any]:
             car = cars[p.mac]
             if car is not None:
                 req = store.get_request(car.request_id)
-                if (req is not None and req.session_id and plug.state.last_session_id == req.session_id) or (
+                # Its session ended (the plug holds none now, and the request was answered with it), or
+                # the request was refused.
+                if (req is not None and req.session_id) or (
                     req is not None and req.status == codec.ChargeRequest.STATUS_REJECTED
                 ):
                     cars[p.mac] = None

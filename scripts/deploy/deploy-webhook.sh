@@ -64,6 +64,8 @@ done
 # ';' separates the variables (gcloud's alternate delimiter) because the origin list contains commas.
 ENV_VARS="^;^CHARGECTL_BACKEND=gcp;CHARGECTL_PROJECT=$PROJECT;CHARGECTL_APP__PROJECT_ID=$FIREBASE_PROJECT"
 ENV_VARS+=";CHARGECTL_APP__ALLOWED_ORIGINS=[$origin_list]"
+# Cloud Run's front end appends the client's address to X-Forwarded-For: the per-address limit keys on it.
+ENV_VARS+=";CHARGECTL_APP__FORWARDED_HOPS=1"
 [[ -z $APP_URL ]] || ENV_VARS+=";CHARGECTL_PAYMENTS__APP_URL=$APP_URL"
 RUNTIME_ACCOUNT=${RUNTIME_ACCOUNT:-chargectl-webhook@$PROJECT.iam.gserviceaccount.com}
 BUILD_ACCOUNT=${BUILD_ACCOUNT:-chargectl-build@$PROJECT.iam.gserviceaccount.com}

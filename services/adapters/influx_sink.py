@@ -42,7 +42,7 @@ from chargectl.services.adapters.timeseries import (
     session_line,
 )
 
-__all__ = ["InfluxSettings", "InfluxSink"]
+__all__ = ["InfluxSettings", "InfluxSink", "RefusedLines"]
 
 log = logging.getLogger("chargectl.influx")
 
@@ -80,6 +80,12 @@ class InfluxSettings:
 
 
 Writer = Callable[[list[str]], None]
+_REFUSED = (400, 422)  # the server read the lines and refused (some of) them: not worth sending again
+
+
+class RefusedLines(StoreError):
+    """A writer's batch was read and (partly) refused by the server: malformed lines, a type conflict.
+    Not retried (see ``InfluxSink._run``)."""
 
 
 class InfluxSink:
@@ -100,6 +106,7 @@ class InfluxSink:
         self._written = 0
         self._dropped = 0
         self._failures = 0
+        self._refused_batches = 0  # batches the server refused lines of (not retried)
         self._overflowing = False
         self._down_since: float | None = None
         self._flush_requested = False
@@ -209,9 +216,16 @@ class InfluxSink:
                     self._cond.notify_all()
                     continue
                 batch = [self._queue[i] for i in range(min(self.settings.batch_lines, len(self._queue)))]
+            refused = False
             try:
                 self._write(batch)
-            except Exception as exc:  # any failure: keep the lines, back off, retry
+            except RefusedLines as exc:
+                # The server read the batch and refused lines of it (HTTP 400/422): InfluxDB keeps the
+                # valid lines of such a batch, and sending it again would be refused again, for ever,
+                # with every later point queued behind it. So the batch is done; the refusal is counted.
+                refused = True
+                log.error("time-series server refused lines of a batch of %d: %s", len(batch), _describe(exc))
+            except Exception as exc:  # any other failure: keep the lines, back off, retry
                 with self._cond:
                     self._failures += 1
                     if self._down_since is None:
@@ -236,7 +250,11 @@ class InfluxSink:
                     self._spilled = max(0, self._spilled - 1)
                 if self._spilled == 0 and self._spool_lines:
                     self._remove_spool()
-                self._written += len(batch)
+                if refused:
+                    self._failures += 1
+                    self._refused_batches += 1
+                else:
+                    self._written += len(batch)
                 if self._down_since is not None:
                     log.info("time-series backend back after %.0f s", time.monotonic() - self._down_since)
                     self._down_since = None
@@ -328,6 +346,8 @@ class InfluxSink:
                     content="\n".join(lines),
                     headers=headers,
                 )
+                if resp.status_code in _REFUSED:
+                    raise RefusedLines(f"HTTP {resp.status_code}: {resp.text[:300]}")
                 if resp.status_code >= 300:
                     raise StoreError(f"InfluxDB v1 write returned HTTP {resp.status_code}")
 
@@ -336,6 +356,7 @@ class InfluxSink:
         from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
         from influxdb_client.domain.write_precision import WritePrecision
+        from influxdb_client.rest import ApiException
 
         idb = InfluxDBClient(
             url=s.url, token=s.token or "unused", org=s.org, timeout=int(s.timeout_s * 1000), retries=False
@@ -343,12 +364,17 @@ class InfluxSink:
         api = idb.write_api(write_options=SYNCHRONOUS)
 
         def write_v2(lines: list[str]) -> None:
-            api.write(
-                bucket=s.bucket,
-                org=s.org,
-                record="\n".join(lines),
-                write_precision=cast(Any, WritePrecision.MS),
-            )
+            try:
+                api.write(
+                    bucket=s.bucket,
+                    org=s.org,
+                    record="\n".join(lines),
+                    write_precision=cast(Any, WritePrecision.MS),
+                )
+            except ApiException as exc:
+                if exc.status in _REFUSED:
+                    raise RefusedLines(f"HTTP {exc.status}: {str(exc.body)[:300]}") from None
+                raise
 
         return write_v2, idb.close
 

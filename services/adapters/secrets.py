@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 KeyKind = Literal["agent", "command"]
-_NAME_RE = re.compile(r"^chargectl-(?P<site>[a-z][a-z0-9-]{1,48}[a-z0-9])-(?P<kind>agent|command)-key$")
+_NAME_RE = re.compile(r"^chargectl-(?P<site>[a-z][a-z0-9-]{1,48}[a-z0-9])-(?P<kind>agent|command)-key\Z")
 
 
 def agent_key_secret(site_id: str) -> str:
@@ -118,7 +118,7 @@ class KeyFileSecrets:
         if not directory.is_dir():
             return []
         found: dict[int, bool] = {}
-        pattern = re.compile(rf"^{kind}\.key\.v(\d+)(\.disabled)?$")
+        pattern = re.compile(rf"^{kind}\.key\.v(\d+)(\.disabled)?\Z")
         for entry in directory.iterdir():
             m = pattern.match(entry.name)
             if m:

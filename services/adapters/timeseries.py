@@ -110,11 +110,14 @@ class TimeSeries(Protocol):
 
 
 def escape_tag(value: str) -> str:
-    """Escape a tag value for line protocol (commas, equals signs, spaces)."""
+    """Escape a tag value for line protocol (commas, equals signs, spaces). Line protocol cannot carry a
+    newline in a value at all: one would end the line, so it becomes a space."""
+    value = value.replace("\n", " ").replace("\r", " ")
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def _str_field(value: str) -> str:
+    value = value.replace("\n", " ").replace("\r", " ")  # no newline in a value (see escape_tag)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

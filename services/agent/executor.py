@@ -9,7 +9,9 @@ has an expiry (``bad_expiry``: missing, zero, or further ahead than the command 
 has not passed (``expired``); its id has not been executed before (``duplicate``); and its plug is one
 we know (``unknown_plug``). The id is journalled durably *before* the relay is touched, so a crash
 mid-command can never execute it twice; if the journal cannot be written, an "on" is refused
-(``journal_error``) while an "off" (harmless to repeat) still runs.
+(``journal_error``) while an "off" (harmless to repeat) still runs. Likewise an "off" refused only by
+this Pi's clock (``clock_skew``, ``expired``, ``bad_expiry`` with an expiry) still runs unless the plug
+has executed a newer command since (by the hub's times): a wrong clock must not keep a relay on.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class RefusalReason(StrEnum):
 
 
 REASONS = tuple(r.value for r in RefusalReason)
+
+
+# Refusals that say only that this Pi's clock disagrees with the command's times.
+_CLOCK_REASONS = frozenset({RefusalReason.CLOCK_SKEW, RefusalReason.EXPIRED, RefusalReason.BAD_EXPIRY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,7 @@ class CommandExecutor:
         # The newest per-plug command executed (issued_at_ms, on): a lease issued before an "off" the
         # plug has since executed never switches it back on (leases and commands may arrive out of order).
         self.last_command: dict[str, tuple[int, bool]] = {}
+        self.clock_overrides = 0  # "off" commands run although this Pi's clock called them stale or early
 
     def _refused(self, refusal: Refusal, now_ms: int) -> CommandOutcome:
         cmd = refusal.command
@@ -229,7 +236,7 @@ class CommandExecutor:
             self.journal.prune(now_ms)  # continuously: every id is kept only as long as it could replay
         except StoreError as exc:
             log.warning("cannot prune the command journal: %s", exc)
-        return verify_command(
+        checked = verify_command(
             data,
             self.keyring,
             self.site_id,
@@ -238,6 +245,32 @@ class CommandExecutor:
             max_clock_skew_ms=self.max_clock_skew_ms,
             lifetime_ms=self.lifetime_ms,
         )
+        if isinstance(checked, Refusal) and self._off_despite_clock(checked):
+            assert checked.command is not None
+            log.warning(
+                "command %s: switching %s off although %s (this Pi's clock disagrees with the hub's)",
+                checked.command.command_id,
+                checked.command.plug_mac,
+                checked.detail,
+            )
+            self.clock_overrides += 1
+            return checked.command
+        return checked
+
+    def _off_despite_clock(self, refusal: Refusal) -> bool:
+        """Whether a signed "off" refused only because of this Pi's clock runs anyway.
+
+        Off is the safe state: a Pi whose clock lags or leads the hub's (before its first time sync, after
+        a step) must not leave a relay on, and a driver drawing energy, after their session ended. The
+        order of commands is the hub's own clock, not ours: an "off" older than the newest command this
+        plug executed (a later session's "on") is stale and stays refused, as does a replayed id."""
+        cmd = refusal.command
+        if refusal.reason not in _CLOCK_REASONS or cmd is None or cmd.on or cmd.leased:
+            return False
+        if cmd.expires_at_ms <= 0 or cmd.site_id != self.site_id or cmd.command_id in self.journal:
+            return False
+        newest = self.last_command.get(cmd.plug_mac)
+        return newest is None or cmd.issued_at_ms >= newest[0]
 
     def _journal(self, cmd: Command, now_ms: int) -> str:
         """Record the id before touching a relay; the error ("" when written)."""

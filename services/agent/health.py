@@ -88,6 +88,15 @@ def check_heartbeat(path: Path, now_ms: int, max_age_s: float) -> HeartbeatStatu
     except (OSError, ValueError, TypeError) as exc:
         return HeartbeatStatus(False, f"heartbeat {path} is unreadable: {exc}")
     age_s = (now_ms - health.at_ms) / 1000
+    if age_s < -max_age_s:
+        # Written "later" than now: the clock stepped back since. A live agent writes a new one within
+        # its interval; one that does not is as dead as a stale one (a step must not hide it for hours).
+        return HeartbeatStatus(
+            False,
+            f"heartbeat is {-age_s:.0f}s in the future (limit {max_age_s:.0f}s): the clock stepped back"
+            " and the agent has not written one since",
+            health,
+        )
     if age_s > max_age_s:
         return HeartbeatStatus(False, f"heartbeat is {age_s:.0f}s old (limit {max_age_s:.0f}s)", health)
     state = "link up" if health.link_up else "link DOWN"

@@ -10,7 +10,7 @@ from typing import Literal
 
 from chargectl.common.config import Config
 from chargectl.common.errors import ConfigError
-from chargectl.common.topics import validate_site_id
+from chargectl.common.topics import validate_shard, validate_site_id
 
 __all__ = ["AgentSettings", "PlugAddress", "agent_settings"]
 
@@ -95,8 +95,7 @@ class AgentSettings:
                 raise ConfigError(f"agent.{key} must be positive, got {value}")
         if not 0 <= self.health_port < 65536:
             raise ConfigError(f"agent.health_port must be in 0..65535, got {self.health_port}")
-        if self.shard < 0:
-            raise ConfigError(f"agent.shard must be >= 0, got {self.shard}")
+        validate_shard(self.shard, "agent.shard")
         if not 0 <= self.poll_jitter < 1:
             raise ConfigError(f"agent.poll_jitter must be in [0, 1), got {self.poll_jitter}")
         if not self.command_public_key_files:

@@ -102,6 +102,10 @@ class AppApi:
                 email = who.email or (user.email if user is not None else "")
                 if not email:
                     raise ApiError(400, "the ID token carries no email address")
+                if who.email and not who.email_verified:
+                    # Anyone can sign up with someone else's address: Stripe must not mail its owner
+                    # receipts, or tie their address to a stranger's cards, before it is proven theirs.
+                    raise ApiError(403, "verify your email address before the first top-up")
                 self._stripe(
                     "creating the Stripe customer", lambda: self.ops.ensure_customer(who.uid, email, who.name)
                 )

@@ -4,7 +4,8 @@ Every ``/v1`` route needs ``Authorization: Bearer <Firebase ID token>``; the uid
 Errors are JSON ``{"error": "..."}`` with a 4xx/5xx status, never a traceback. Limits: request line and
 headers must arrive within ``read_timeout_s`` of connecting (the connection is closed otherwise), the body
 within ``read_timeout_s`` more (408), at most ``max_body_bytes`` (413; the webhook has its own cap);
-routes that call Stripe are rate limited per uid (429 with ``Retry-After``). Blocking work (store, Stripe)
+every route is rate limited per uid, those that call Stripe also per client address (429 with
+``Retry-After``). Blocking work (store, Stripe)
 runs in worker threads.
 """
 
@@ -25,7 +26,7 @@ from chargectl.common import sdnotify
 from chargectl.common.clock import Clock
 from chargectl.common.errors import ChargectlError, PaymentError, StoreError
 from chargectl.services.app.api import ApiError, AppApi
-from chargectl.services.app.ratelimit import RateLimiter
+from chargectl.services.app.ratelimit import RateLimiter, client_address
 from chargectl.services.app.settings import AppSettings
 from chargectl.services.app.tokens import (
     CertCache,
@@ -88,7 +89,9 @@ class AppServer:
         self.autotopup = autotopup
         self.webhook_max_body_bytes = webhook_max_body_bytes
         self.webhook_at_root = webhook_at_root
+        self.call_limiter = RateLimiter(settings.calls_per_minute, 60.0)
         self.limiter = RateLimiter(settings.stripe_calls_per_minute, 60.0)
+        self.ip_limiter = RateLimiter(settings.ip_calls_per_minute, 60.0)
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = ("", 0)
@@ -178,7 +181,7 @@ class AppServer:
             return {}
         try:
             body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # nested past the parser's depth
             raise ApiError(400, "body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object")
@@ -197,10 +200,19 @@ class AppServer:
             who = verify_token(
                 token, keys, self.settings.project_id, self.clock.now(), self.settings.clock_skew_s
             )
-            if stripe:
-                wait_s = self.limiter.take(who.uid, self.clock.monotonic())
-                if wait_s > 0:
-                    return _error(429, "too many requests", {"Retry-After": str(max(1, round(wait_s + 0.5)))})
+            now = self.clock.monotonic()
+            wait_s = self.call_limiter.take(who.uid, now)
+            if stripe and wait_s <= 0:
+                wait_s = self.limiter.take(who.uid, now)
+                if wait_s <= 0:
+                    address = client_address(
+                        request.remote,
+                        request.headers.get("X-Forwarded-For", ""),
+                        self.settings.forwarded_hops,
+                    )
+                    wait_s = self.ip_limiter.take(address, now)
+            if wait_s > 0:
+                return _error(429, "too many requests", {"Retry-After": str(max(1, round(wait_s + 0.5)))})
             return await route(request, who)
 
         return handler

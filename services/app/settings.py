@@ -43,8 +43,16 @@ class AppSettings:
     read_timeout_s: float = 10.0
     # Tolerated clock difference for a token's iat and auth_time.
     clock_skew_s: int = 60
+    # Per user, on every /v1 route (reads too: an account read sums the user's whole ledger, and store
+    # reads are billed): this many calls, refilled over a minute.
+    calls_per_minute: int = 120
     # Per user, on the routes that call Stripe: this many calls, refilled over a minute.
     stripe_calls_per_minute: int = 10
+    # Per client address, on the same routes: anyone can make many accounts, each with its own budget.
+    ip_calls_per_minute: int = 60
+    # Proxies in front of the server that append the client's address to X-Forwarded-For (Cloud Run: 1);
+    # 0 = the peer address is the client (a client's own X-Forwarded-For is then ignored).
+    forwarded_hops: int = 0
     # How often the auto top-up sweep runs in `chargectl app serve` (0 = never).
     auto_topup_interval_s: float = 30.0
     certs_timeout_s: float = 5.0
@@ -70,8 +78,14 @@ class AppSettings:
                 raise ConfigError(f"app.{name}: must be > 0")
         if self.clock_skew_s < 0:
             raise ConfigError("app.clock_skew_s: must be >= 0")
+        if self.calls_per_minute <= 0:
+            raise ConfigError("app.calls_per_minute: must be > 0")
         if self.stripe_calls_per_minute <= 0:
             raise ConfigError("app.stripe_calls_per_minute: must be > 0")
+        if self.ip_calls_per_minute <= 0:
+            raise ConfigError("app.ip_calls_per_minute: must be > 0")
+        if not 0 <= self.forwarded_hops <= 8:
+            raise ConfigError("app.forwarded_hops: must be between 0 and 8")
         if self.auto_topup_interval_s < 0:
             raise ConfigError("app.auto_topup_interval_s: must be >= 0")
 

@@ -44,6 +44,13 @@ log = logging.getLogger("chargectl.metrics")
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
+# Connections served at once: per peer address, and in all. Beyond either, a connection is answered 503
+# at once and closed: a host on the LAN that opens connections and sends nothing (each held until the
+# header deadline) can neither run the hub out of file descriptors (Pub/Sub and Firestore need them)
+# nor shut out the other clients (a probe, the scraper, the operator's browser).
+MAX_CONNECTIONS_PER_PEER = 32
+MAX_CONNECTIONS = 256
+HEADER_TIMEOUT_S = 5.0
 
 Labels = tuple[tuple[str, str], ...]
 Probe = Callable[[], Mapping[Labels, float]]
@@ -334,14 +341,22 @@ class HealthServer:
     and whatever is mounted."""
 
     def __init__(
-        self, metrics: Metrics, check: Callable[[], list[str]], host: str = "127.0.0.1", port: int = 0
+        self,
+        metrics: Metrics,
+        check: Callable[[], list[str]],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
     ) -> None:
         self.metrics = metrics
         self.check = check
         self.host = host
         self.port = port
+        self.header_timeout_s = header_timeout_s
+        self.refused_connections = 0  # answered 503 at once: over a connection limit
         self._server: asyncio.Server | None = None
         self._routes: dict[str, Route] = {}
+        self._open: dict[str, int] = {}  # peer address -> connections being served
 
     def mount(self, prefix: str, route: Route) -> None:
         """Serve ``prefix`` and everything under it (``"/"``: every path not otherwise served)."""
@@ -366,8 +381,30 @@ class HealthServer:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        open_now = self._open.get(address, 0)
+        if open_now >= MAX_CONNECTIONS_PER_PEER or sum(self._open.values()) >= MAX_CONNECTIONS:
+            self.refused_connections += 1
+            with contextlib.suppress(Exception):
+                writer.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                writer.close()
+            return
+        self._open[address] = open_now + 1
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            await self._serve(reader, writer, address)
+        finally:
+            left = self._open.get(address, 1) - 1
+            if left > 0:
+                self._open[address] = left
+            else:
+                self._open.pop(address, None)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=self.header_timeout_s)
             if len(head) > MAX_HEADER_BYTES:
                 raise ValueError("headers too large")
             lines = head.decode("latin-1").split("\r\n")
@@ -379,21 +416,26 @@ class HealthServer:
                 name, sep, value = line.partition(":")
                 if sep:
                     headers[name.strip().lower()] = value.strip()
-            length = int(headers.get("content-length", "0") or "0")
-            if not 0 <= length <= MAX_BODY_BYTES:
+            declared = headers.get("content-length", "0") or "0"
+            length = int(declared) if declared.isascii() and declared.isdigit() else -1
+            if length < 0 or "transfer-encoding" in headers:
+                response = HttpResponse(400, b"bad Content-Length (or a Transfer-Encoding)\n")
+            elif length > MAX_BODY_BYTES:
                 response = HttpResponse(413, b"request body too large\n")
             else:
-                body = await asyncio.wait_for(reader.readexactly(length), timeout=5) if length else b""
-                peer = writer.get_extra_info("peername")
-                request = HttpRequest(
-                    method,
-                    target.path,
-                    dict(parse_qsl(target.query)),
-                    headers,
-                    body,
-                    str(peer[0]) if isinstance(peer, tuple) and peer else "",
+                body = (
+                    await asyncio.wait_for(reader.readexactly(length), timeout=self.header_timeout_s)
+                    if length
+                    else b""
                 )
-                response = await self._respond(request)
+                request = HttpRequest(
+                    method, target.path, dict(parse_qsl(target.query)), headers, body, address
+                )
+                try:
+                    response = await self._respond(request)
+                except Exception:  # a bug in a route: this request fails, the server goes on
+                    log.exception("health server: %s %s failed", method, target.path)
+                    response = HttpResponse(500, b"internal error\n")
             status = f"{response.status} {_REASONS.get(response.status, 'Status')}"
             extra = "".join(f"{k}: {v}\r\n" for k, v in response.headers.items())
             out = (

@@ -8,10 +8,22 @@ epoch makes both no-ops. The epoch is the agent instance (a random id made with 
 replacement Pi numbers its batches from 1 again under a new epoch and is accepted at once, while
 replays of either Pi's batches are still dropped. Only the ``MAX_EPOCHS_PER_SITE`` most recently seen
 epochs of a site are remembered. It is part of the hub's checkpoint.
+
+The agent stamps readings with the Pi's wall clock, which can step by hours (no RTC, a bad time source).
+A plug's machine drops samples not newer than its last, so a step back would hide every later sample of
+a session (and its energy, if the session ends before the clock catches up), and a step ahead has them
+refused as from the future. So each window also keeps ``high_ts``, the newest reading time taken from
+that agent instance. A new batch (never a replay: those are dropped above) whose oldest reading is more
+than ``STEP_BACK_TOLERANCE_MS`` older than ``high_ts``, or whose newest is more than ``max_clock_skew_ms``
+in the hub's future,
+was stamped by a clock that stepped: its times are shifted together so its newest reading is the hub's
+now (counted in ``rebased_batches``). Spacing within the batch is kept; energy is in the counters.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -23,6 +35,7 @@ from chargectl.common.keys import Keyring
 
 __all__ = [
     "MAX_EPOCHS_PER_SITE",
+    "STEP_BACK_TOLERANCE_MS",
     "Accepted",
     "Ingest",
     "IngestRefusal",
@@ -34,6 +47,13 @@ __all__ = [
 ]
 
 MAX_EPOCHS_PER_SITE = 8
+# An agent stamps each reading when its plug answers and batches them in that order: a new batch older
+# than what it sent before by more than this was stamped by a clock that stepped back. Any step back
+# costs: the machine drops the samples until the clock passes its last, and the next one then carries
+# all their energy in one short gap, above the plug's physical bound (held for review, not billed).
+STEP_BACK_TOLERANCE_MS = 5_000
+
+log = logging.getLogger("chargectl.hub.ingest")
 
 
 class IngestRefusal(StrEnum):
@@ -61,12 +81,15 @@ class SeqWindow:
     which treats a batch that never arrived in that window as seen — it was dropped at the source.
     """
 
-    __slots__ = ("low", "max_sparse", "sparse")
+    __slots__ = ("high_ts", "low", "max_sparse", "sparse")
 
-    def __init__(self, low: int = 0, sparse: set[int] | None = None, max_sparse: int = 4096) -> None:
+    def __init__(
+        self, low: int = 0, sparse: set[int] | None = None, max_sparse: int = 4096, high_ts: int = 0
+    ) -> None:
         self.low = low
         self.sparse = sparse or set()
         self.max_sparse = max_sparse
+        self.high_ts = high_ts  # the newest reading time accepted from this agent instance (0: none yet)
 
     def seen(self, seq: int) -> bool:
         return seq <= self.low or seq in self.sparse
@@ -87,11 +110,39 @@ class SeqWindow:
                 self.sparse.discard(self.low)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"low": self.low, "sparse": sorted(self.sparse)}
+        out: dict[str, Any] = {"low": self.low, "sparse": sorted(self.sparse)}
+        if self.high_ts:
+            out["high_ts"] = self.high_ts
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SeqWindow:
-        return cls(int(data["low"]), {int(s) for s in data.get("sparse", [])})
+        return cls(
+            int(data["low"]), {int(s) for s in data.get("sparse", [])}, high_ts=int(data.get("high_ts", 0))
+        )
+
+
+def _ts_range(batch: codec.BatchRuns) -> tuple[int, int] | None:
+    """(oldest, newest) reading time of a batch; None without readings."""
+    if batch.extent is not None:
+        return batch.extent.min_ts_ms, batch.extent.max_ts_ms
+    times = [ts for run in batch.runs.values() for ts in run.ts_ms]
+    return (min(times), max(times)) if times else None
+
+
+def _shifted(batch: codec.BatchRuns, shift_ms: int) -> codec.BatchRuns:
+    """The batch with every reading time moved by ``shift_ms`` (new lists: the decoded ones are shared)."""
+    runs = {}
+    for mac, run in batch.runs.items():
+        moved = dataclasses.replace(run)
+        moved.ts_ms = [ts + shift_ms for ts in run.ts_ms]
+        runs[mac] = moved
+    extent = batch.extent
+    if extent is not None:
+        extent = dataclasses.replace(
+            extent, min_ts_ms=extent.min_ts_ms + shift_ms, max_ts_ms=extent.max_ts_ms + shift_ms
+        )
+    return dataclasses.replace(batch, runs=runs, extent=extent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +182,9 @@ class Ingest:
     site_shards: dict[str, int] = field(default_factory=dict)  # Site.shard: which hub owns a site
     windows: dict[str, SeqWindow] = field(default_factory=dict)
     max_size: int = codec.DEFAULT_MAX_DECOMPRESSED
+    max_clock_skew_ms: int = 120_000  # a batch stamped further off than this by a stepped clock is rebased
+    rebased_batches: int = 0
+    _rebase_logged: dict[str, int] = field(default_factory=dict)  # window key -> when last said (ms)
 
     def accept(self, data: bytes, attributes: Mapping[str, str], now_ms: int | None = None) -> Verdict:
         site_attr = attributes.get("site_id", "")
@@ -147,9 +201,12 @@ class Ingest:
                 wrong = self._wrong_shard(batch.site_id)
                 if wrong is not None:
                     return wrong
-                window = self.windows.get(window_key(batch.site_id, batch.epoch))
+                key = window_key(batch.site_id, batch.epoch)
+                window = self.windows.get(key)
                 if window is not None and window.seen(batch.batch_seq):
                     return Skipped(IngestRefusal.DUPLICATE, batch.site_id)
+                if now_ms is not None:
+                    batch = self._rebase(batch, key, window, now_ms)
                 return Accepted(batch.site_id, batch=batch)
             if schema == codec.SCHEMA_RESULT:
                 outcome = codec.unpack_outcome(data, self.keyring, now_ms)
@@ -162,6 +219,35 @@ class Ingest:
         except CodecError as exc:
             return Rejected(IngestRefusal.MALFORMED, str(exc), site_attr)
         return Rejected(IngestRefusal.BAD_SCHEMA, f"unexpected schema {schema!r}", site_attr)
+
+    def _rebase(
+        self, batch: codec.BatchRuns, key: str, window: SeqWindow | None, now_ms: int
+    ) -> codec.BatchRuns:
+        """The batch on the hub's clock if the agent's clock stepped (see the module's docstring)."""
+        span = _ts_range(batch)
+        if span is None:
+            return batch
+        oldest, newest = span
+        high = window.high_ts if window is not None else 0
+        stepped_back = high > 0 and oldest < high - STEP_BACK_TOLERANCE_MS
+        ahead = newest > now_ms + self.max_clock_skew_ms
+        if not (stepped_back or ahead):
+            return batch
+        shift_ms = now_ms - newest
+        if abs(shift_ms) <= STEP_BACK_TOLERANCE_MS:
+            return batch  # the step is inside this batch, its newest readings already on time
+        self.rebased_batches += 1
+        last = self._rebase_logged.get(key)
+        if last is None or now_ms - last >= 3_600_000:
+            self._rebase_logged[key] = now_ms
+            log.warning(
+                "site %s: its clock is %.0f s off the hub's (readings %s what it sent before); "
+                "its reading times are shifted onto the hub's clock",
+                batch.site_id,
+                -shift_ms / 1000,
+                "older than" if stepped_back else "ahead of the hub and",
+            )
+        return _shifted(batch, shift_ms)
 
     def _wrong_shard(self, site_id: str) -> Rejected | None:
         """The signed site's ``Site.shard`` decides, not the unsigned ``shard`` attribute."""
@@ -180,6 +266,9 @@ class Ingest:
             key = window_key(verdict.site_id, verdict.batch.epoch)
             window = self.windows.pop(key, None) or SeqWindow()
             window.add(verdict.batch.batch_seq)
+            span = _ts_range(verdict.batch)
+            if span is not None and span[1] > window.high_ts:
+                window.high_ts = span[1]
             self.windows[key] = window  # most recently used last: the eviction order below
             self._evict_epochs(verdict.site_id)
 

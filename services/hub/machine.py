@@ -55,6 +55,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from types import EllipsisType
 from typing import Any, Protocol, cast
 
 from chargectl.common.readings import DeviceFlag, Reading
@@ -95,6 +96,7 @@ __all__ = [
     "next_due_ms",
     "step",
     "step_run",
+    "step_run_due",
     "to_dict",
 ]
 
@@ -593,23 +595,13 @@ class Session:
 
 class StateSlots:
     """The slots a plug's state keeps in its own object, in :class:`MachineState` and in the hub's plug
-    entry alike. The latest sample and the debounce runs are :class:`MachineState`'s own slots: the
+    entry alike: its MAC and its session. Every other value is :class:`MachineState`'s own slot; the
     hub's entry (services/hub/registry.py ``HubPlug``, a subclass of this, not of ``MachineState``)
-    keeps those in columns instead, with no slot (nor int object) of its own for them; and so are the
-    flags (disabled, stale, relay, command on and confirmed), the status and the status to resume, a
-    byte each, and the command sequence numbers, four bytes each, in the entry's columns."""
+    keeps those in columns instead (a row of numbers per plug, no slot nor int object of its own),
+    its parameters with its site in one shared slot, and the rare ones (the last session's id) by row
+    in a map."""
 
-    __slots__ = (
-        "cmd_at_ms",
-        "cmd_sent_ms",
-        "errors",
-        "last_session_id",
-        "mac",
-        "params",
-        "reason",
-        "session",
-        "since_ms",
-    )
+    __slots__ = ("mac", "session")
 
     mac: str
     params: PlugParams
@@ -673,9 +665,8 @@ class StateSlots:
 
 @dataclass(slots=True)
 class MachineState(StateSlots):
-    """One plug's machine state; small (slots, ints) because the hub keeps 100k of them. Its own slots
-    are the latest sample, the debounce runs, the flags, the status, the status to resume and the
-    command sequence numbers; the rest are :class:`StateSlots`'."""
+    """One plug's machine state (slots, ints). Its own slots are all but the MAC and the session, which
+    are :class:`StateSlots`'. The hub keeps 100k plugs in entries of another layout (``HubPlug``)."""
 
     mac: str
     params: PlugParams
@@ -742,8 +733,8 @@ def new_state(mac: str, params: PlugParams, now: float) -> MachineState:
 
 
 # The last hub time converted and its milliseconds. The hub steps many plugs at one ``now`` (a site's
-# batch, a tick), so they all hold this one int object in ``since_ms`` and the command and session
-# times instead of an int each (32 B per plug at 100k plugs). A pure cache: same input, same value.
+# batch, a tick), so the sessions started at one time hold this one int object for their start instead
+# of an int each (the hub's entries keep their own times in columns). A pure cache: same input, same value.
 _last_ms: tuple[float, int] = (math.nan, 0)
 
 
@@ -780,7 +771,7 @@ def step(state: MachineState, event: Event, now: float) -> tuple[MachineState, t
 def _session_updated(s: MachineState, before: tuple[object, ...] | None, fx: list[Effect]) -> None:
     """Say ``SessionUpdated`` if the open session's view changed since ``before``."""
     sess = s.session
-    if sess is not None and _session_view(s) != before:
+    if sess is not None and _view(sess, s.status) != before:
         fx.append(
             SessionUpdated(
                 mac=s.mac,
@@ -802,12 +793,22 @@ def step_run(state: MachineState, run: RunColumns, now: float) -> tuple[MachineS
     must drop any other use of it, as the hub does when it replaces a plug's state with the result.
     Otherwise (a sample that may change the state) ``state`` is left as it was and ``step`` decides.
     A timer due now is run on a copy, as ``step`` would after the samples."""
+    new, fx, _due = step_run_due(state, run, now)
+    return new, fx
+
+
+def step_run_due(
+    state: MachineState, run: RunColumns, now: float
+) -> tuple[MachineState, tuple[Effect, ...], int | EllipsisType | None]:
+    """:func:`step_run`, and the new state's :func:`next_due_ms` when a quiet run had it worked out
+    already (``...`` otherwise): the hub re-arms the plug's timer with it instead of working it out
+    again (twice per chunk of readings otherwise)."""
     n = len(run.ts_ms)
     if not n or run.mac != state.mac:
-        return step(state, ReadingsRun(run), now)
+        return (*step(state, ReadingsRun(run), now), ...)
     before = _session_view(state)
     if _quiet_prefix(state, run, whole=True) != n:
-        return step(state, ReadingsRun(run), now)
+        return (*step(state, ReadingsRun(run), now), ...)
     now_ms = _ms(now)
     fx: list[Effect] = []
     s = state
@@ -815,16 +816,20 @@ def step_run(state: MachineState, run: RunColumns, now: float) -> tuple[MachineS
     if due is not None and due <= now_ms:
         s = state.copy()
         _timers(s, now_ms, fx)
-    _session_updated(s, before, fx)
-    return s, tuple(fx)
+        _session_updated(s, before, fx)
+        return s, tuple(fx), ...  # a timer ran: its due time is another
+    _session_updated(s, before, fx)  # says something, changes nothing
+    return s, tuple(fx), due
 
 
 def _session_view(s: MachineState) -> tuple[object, ...] | None:
     sess = s.session
-    if sess is None:
-        return None
+    return None if sess is None else _view(sess, s.status)
+
+
+def _view(sess: Session, status: Status) -> tuple[object, ...]:
     # notes[2] is ``provisional`` (read without its property: this runs twice for every event of a session)
-    return (sess.session_id, s.status, sess.energy_mwh, sess.idle_ms, sess.notes[2], sess.balance_minor)
+    return (sess.session_id, status, sess.energy_mwh, sess.idle_ms, sess.notes[2], sess.balance_minor)
 
 
 def _go(s: MachineState, new: Status, reason: str, now_ms: int, fx: list[Effect]) -> None:
@@ -1376,36 +1381,48 @@ def next_due_ms(s: MachineState) -> int | None:
     p = s.params
     status = s.status
     sess = s.session
-    due: list[float] = []
     if status is _OFF:
         if sess is not None and not sess.provisional:
-            due.append(s.since_ms + p.offline_abandon_s * 1000)
-    else:
-        # Each value read once: on the hub's entry, several of them are columns behind a property.
-        last_ts = s.last_ts_ms
-        seen = last_ts if last_ts is not None else s.since_ms
-        due.append(seen + p.offline_after_s * 1000)
-        if not s.stale:
-            due.append(seen + p.stale_after_s * 1000)
-        cmd_on = s.cmd_on
-        confirmed = s.cmd_confirmed
-        if cmd_on is not None and not confirmed:
-            due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
-            due.append(s.cmd_sent_ms + p.relay_retry_s * 1000)
-        if sess is not None:
-            if status is _FIN:
-                if cmd_on is False and confirmed:
-                    due.append(s.cmd_at_ms + p.relay_confirm_s * 1000)
-            else:
-                if status in LIVE_SESSION_STATES:
-                    due.append(sess.started_at_ms + p.max_session_s * 1000)
-                if status is _SEVSE:
-                    due.append(s.since_ms + p.credit_grace_s * 1000)
-                if status in RELAY_ON_STATES and cmd_on:
-                    due.append(s.cmd_sent_ms + p.keepalive_s * 1000)
-    if not due:
+            return math.floor(s.since_ms + p.offline_abandon_s * 1000)
         return None
-    return math.floor(min(due))  # floor: never later than the rule, whatever the float rounding
+    # Each value read once: on the hub's entry, several of them are columns behind a property. The
+    # earliest of the times below, kept as it goes (no list per call: this runs twice per event).
+    last_ts = s.last_ts_ms
+    seen = last_ts if last_ts is not None else s.since_ms
+    due: float = seen + p.offline_after_s * 1000
+    if not s.stale:
+        d: float = seen + p.stale_after_s * 1000
+        if d < due:
+            due = d
+    cmd_on = s.cmd_on
+    confirmed = s.cmd_confirmed
+    if cmd_on is not None and not confirmed:
+        d = s.cmd_at_ms + p.relay_confirm_s * 1000
+        if d < due:
+            due = d
+        d = s.cmd_sent_ms + p.relay_retry_s * 1000
+        if d < due:
+            due = d
+    if sess is not None:
+        if status is _FIN:
+            if cmd_on is False and confirmed:
+                d = s.cmd_at_ms + p.relay_confirm_s * 1000
+                if d < due:
+                    due = d
+        else:
+            if status in LIVE_SESSION_STATES:
+                d = sess.started_at_ms + p.max_session_s * 1000
+                if d < due:
+                    due = d
+            if status is _SEVSE:
+                d = s.since_ms + p.credit_grace_s * 1000
+                if d < due:
+                    due = d
+            if status in RELAY_ON_STATES and cmd_on:
+                d = s.cmd_sent_ms + p.keepalive_s * 1000
+                if d < due:
+                    due = d
+    return math.floor(due)  # floor: never later than the rule, whatever the float rounding
 
 
 def _on_run(s: MachineState, ev: ReadingsRun, now_ms: int, fx: list[Effect]) -> None:
@@ -1464,9 +1481,9 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
         most = max(e_col) - prev
         if most < 0 or _out_of_credit(sess, sess.energy_mwh + most):
             return 0
-    if _quiet_columns(s, run, last_ts, prev, status, cmd_on):
-        return n
     p = s.params
+    if _quiet_columns(s, run, last_ts, prev, status, cmd_on, sess, p):
+        return n
     start_w, stop_w, max_w = p.start_w, p.stop_w, p.max_power_w
     rated = p.rated_power_w
     stale_ms = p.stale_after_s * 1000
@@ -1528,7 +1545,14 @@ def _quiet_prefix(s: MachineState, run: RunColumns, whole: bool = False) -> int:
 
 
 def _quiet_columns(
-    s: MachineState, run: RunColumns, last_ts: int, prev: int, status: Status, cmd_on: bool | None
+    s: MachineState,
+    run: RunColumns,
+    last_ts: int,
+    prev: int,
+    status: Status,
+    cmd_on: bool | None,
+    sess: Session | None,
+    p: PlugParams,
 ) -> bool:
     """The loop of ``_quiet_prefix`` decided a column at a time (in C) for a run it would apply whole
     (the caller checked the status, command and credit): True, and ``s`` advanced exactly as the loop
@@ -1536,7 +1560,6 @@ def _quiet_columns(
     none; False, and ``s`` untouched, otherwise (the loop decides, sample by sample)."""
     ts_col, pw_col, e_col = run.ts_ms, run.power_w, run.energy_mwh
     relay_col, up_col = run.relay_on, run.uptime_s
-    p = s.params
     gaps = list(map(operator.sub, ts_col, [last_ts, *ts_col[:-1]]))
     min_gap, max_gap = min(gaps), max(gaps)
     if min_gap <= 0 or max_gap > p.stale_after_s * 1000 or any(run.errors):
@@ -1589,8 +1612,7 @@ def _quiet_columns(
     )
     if cmd_on is not None and ts_col[j] >= s.cmd_at_ms and not s.cmd_confirmed:
         s.cmd_confirmed = True
-    sess = s.session
-    if sess is not None:
+    if sess is not None:  # ``s.session``, read by the caller
         sess.energy_mwh += last_e - prev
     return True
 

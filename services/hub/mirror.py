@@ -113,9 +113,10 @@ def _shown(plug: HubPlug) -> Shown:
 
 class Mirror:
     """The marked plugs wait in buckets by the time they may be written (a heap of those times), so a
-    flush costs O(plugs due). A plug's mark lives in its own slots (:class:`HubPlug`): a bucket holds
+    flush costs O(plugs due). A plug's mark is the entry's own (:class:`HubPlug`: its due time in a
+    column, its first and last mark times and what its document says by row in a map): a bucket holds
     the plug, and an entry the plug has since left (marked again for an earlier time, or written) is
-    recognised as stale by its ``mirror_due_ms``. Plugs marked at one hub time share the bucket's int."""
+    recognised as stale by its ``mirror_due_ms``."""
 
     def __init__(
         self,

@@ -45,6 +45,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from types import EllipsisType
 from typing import Any
 
 from chargectl.common import codec, sdnotify
@@ -189,6 +190,7 @@ class Hub:
         self.requests.bound = lambda mac: self.registry.owner(mac) is not None
         self.sessions.io = self.requests.io
         self.sessions.stops = ports.stops
+        self.sessions.settled = self._settled
         self.commands.holds = self.sessions.unstored
         self._pushed: set[asyncio.Task[None]] = set()  # pushed requests being handled
         self._topups: set[asyncio.Task[None]] = set()
@@ -705,11 +707,12 @@ class Hub:
     # ------------------------------------------------------------------ the machines
 
     def _apply(self, plug: HubPlug, event: m.Event) -> tuple[m.Effect, ...]:
+        due: int | EllipsisType | None = ...
         if type(event) is m.ReadingsRun:  # a quiet run advances the state in place (no copy)
-            plug.state, effects = m.step_run(plug.state, event.run, self.now())
+            plug.state, effects, due = m.step_run_due(plug.state, event.run, self.now())
         else:
             plug.state, effects = m.step(plug.state, event, self.now())
-        self.timers.arm(plug, self._now_ms())
+        self.timers.arm(plug, self._now_ms(), due)
         self.money.track(plug)
         if effects:
             self._execute(plug, effects)
@@ -1026,6 +1029,13 @@ class Hub:
             journal.keep_only(
                 live | set(self.sessions.pending) | {d.session_id for d in self._recover.values()}
             )
+
+    def _settled(self, session_id: str, mac: str) -> None:
+        """``session_id``'s finish is written: the store no longer has it ACTIVE, so no restart can resume
+        it onto its plug, and the plug need not keep its id (by row in a map: most plugs then hold none)."""
+        plug = self.plugs.get(mac)
+        if plug is not None and plug.last_session_id == session_id:
+            plug.last_session_id = ""
 
     def _stop_recovering(self, mac: str, user_id: str) -> str:
         """A stop asked by ``user_id`` for ``mac`` while a session of theirs there waits to be resumed

@@ -260,8 +260,8 @@ class Balances:
 
     def track(self, plug: HubPlug) -> None:
         """Follow ``plug``'s session (or its end) after its machine handled an event."""
-        sess = plug.state.session
-        mac = plug.state.mac
+        sess = plug.session  # the entry is its own state (``plug.state is plug``): read it directly
+        mac = plug.mac
         had = self._live_of.get(mac)
         if sess is None:
             if had is not None:
@@ -524,6 +524,8 @@ class Sessions:
         self.pending: dict[str, Finish] = {}  # finishes the store has not taken yet
         self.progress_ms = round(progress_interval_s * 1000)
         self.on_debit = on_debit
+        # Set by the hub: a session's finish is written (session id, plug): its id need not be kept.
+        self.settled: Callable[[str, str], None] = lambda _session_id, _mac: None
         self._progress_at: dict[str, int] = {}  # live session id -> when its progress was last written
         self.tracked: set[str] = set()  # live sessions whose progress is written (auto top-up users)
         # Starts of pushed requests (Requests.handle_async sets defer_starts around its decision): the
@@ -864,7 +866,9 @@ class Sessions:
 
     def _written(self, session_id: str, entry: codec.LedgerEntry | None, written: bool) -> None:
         """A finish transaction came back (on the loop): the finish is no longer pending."""
-        self.pending.pop(session_id, None)
+        finish = self.pending.pop(session_id, None)
+        if finish is not None:
+            self.settled(session_id, finish[0].plug_mac)
         if self.stops is not None:
             self.stops.done(session_id)
         if not written:

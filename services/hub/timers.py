@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
+from types import EllipsisType
 from typing import TYPE_CHECKING
 
 from chargectl.services.hub import machine as m
@@ -30,9 +31,11 @@ class TimerWheel:
     def __len__(self) -> int:
         return sum(len(b) for _, b in self._buckets.values())
 
-    def arm(self, plug: HubPlug, now_ms: int) -> None:
-        """Put ``plug`` in the bucket of its next due time (not before ``now_ms + 1``)."""
-        due = m.next_due_ms(plug.state)
+    def arm(self, plug: HubPlug, now_ms: int, due: int | EllipsisType | None = ...) -> None:
+        """Put ``plug`` in the bucket of its next due time (not before ``now_ms + 1``): ``due`` when the
+        caller has it (``machine.step_run_due``), else worked out here."""
+        if due is ...:
+            due = m.next_due_ms(plug)  # the entry is its own state (``plug.state is plug``)
         if due is None:
             return  # an earlier entry, if any, fires and re-arms; a Tick then changes nothing
         second = max(due, now_ms + 1) // 1000
@@ -44,7 +47,7 @@ class TimerWheel:
             entry = self._buckets[second] = (second, [])
             heapq.heappush(self._seconds, second)
         second, bucket = entry
-        bucket.append(plug.state.mac)
+        bucket.append(plug.mac)
         plug.armed_s = second
 
     def due(self, plugs: Mapping[str, HubPlug], now_ms: int) -> list[HubPlug]:

@@ -18,6 +18,7 @@ import stripe
 from chargectl.common.clock import Clock
 from chargectl.common.codec import UserAccount
 from chargectl.common.errors import NotFoundError, PaymentError
+from chargectl.common.ids import MAX_UID, valid_uid
 from chargectl.services.adapters.store import Store
 from chargectl.services.payments.accounts import (
     CHECKOUT_TOPUP,
@@ -38,8 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("chargectl.payments")
-
-_MAX_UID = 128
 
 T = TypeVar("T")
 
@@ -89,8 +88,8 @@ class ChargeResult:
 
 def _validate_uid(uid: str) -> str:
     uid = uid.strip()
-    if not uid or len(uid) > _MAX_UID or any(c.isspace() for c in uid):
-        raise PaymentError(f"invalid user id {uid!r} (1-{_MAX_UID} characters, no spaces)")
+    if not valid_uid(uid):
+        raise PaymentError(f"invalid user id {uid!r} (1-{MAX_UID} printable characters, no spaces or '/')")
     return uid
 
 

@@ -19,8 +19,12 @@ ours (``chargectl_purpose=offsession_topup``). Checkout's own PaymentIntent carr
 an unknown user or customer, or in another currency, is stored as an :class:`UnmatchedPayment` and
 alerted, never dropped (an operator assigns or refunds it). A refund is debited under an id derived
 from the Stripe refund id (``refund_<re_id>``), from ``charge.refunded`` (its refund list) or
-``refund.created`` alike, so concurrent deliveries and several instances debit it once; a dispute
-under ``dispute_<dp_id>``. Refunds and disputes debit only payments we credited.
+``refund.created`` alike, so concurrent deliveries and several instances debit it once (and credited
+back once, ``refund_failed_<re_id>``, if it then fails or is canceled); a dispute
+under ``dispute_<dp_id>`` (from ``charge.dispute.created`` or ``funds_withdrawn``, whichever comes
+first; an inquiry, status ``warning_*``, withdraws nothing and debits nothing), given back once under
+``dispute_reinstated_<dp_id>`` when ``funds_reinstated`` says the dispute was won. Refunds and disputes
+debit only payments we credited.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from chargectl.services.payments.accounts import (
     user_by_customer,
 )
 from chargectl.services.payments.ledger import KINDS, Ledger, LedgerKind
+from chargectl.services.payments.unmatched import reversal_id, settle_reversals
 
 __all__ = [
     "HANDLED_EVENTS",
@@ -108,7 +113,7 @@ def parse_event(payload: bytes) -> Event:
     """The event object of a verified body; PaymentError if it is not a Stripe event."""
     try:
         event = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise PaymentError("webhook body is not JSON") from None
     if not isinstance(event, dict):
         raise PaymentError("webhook body is not an event object")
@@ -227,6 +232,11 @@ class WebhookHandler:
             "charge.refunded": self._charge_refunded,
             "refund.created": self._refund_created,
             "charge.dispute.created": self._dispute_created,
+            "charge.dispute.funds_withdrawn": self._dispute_created,
+            "charge.dispute.funds_reinstated": self._dispute_reinstated,
+            "refund.failed": self._refund_undone,
+            "refund.updated": self._refund_undone,
+            "charge.refund.updated": self._refund_undone,
         }
         self._account_handlers: dict[str, Callable[[Event, Event, int], Outcome]] = {
             "payment_intent.payment_failed": self._payment_failed,
@@ -259,6 +269,10 @@ class WebhookHandler:
                     outcome = Outcome(event_id, event_type, "already posted", outcome.user_id)
                 elif plan.unmatched is not None:
                     self._alert_unmatched(plan.unmatched, now_ms)
+                if first and outcome.action == "credited" and plan.entries[0].kind == KINDS["topup"]:
+                    # Refunds or disputes of this payment that arrived before it: debit them now.
+                    credit = plan.entries[0]
+                    settle_reversals(self.store, credit.reference, credit.user_id, now_ms)
             elif not self.store.mark_event(event_id, event_type, now_ms):
                 outcome = Outcome(event_id, event_type, "duplicate")
             else:
@@ -280,6 +294,17 @@ class WebhookHandler:
         return outcome
 
     def _alert_unmatched(self, payment: UnmatchedPayment, now_ms: int) -> None:
+        if payment.amount_minor < 0:
+            # Money that went back for a payment not credited (yet): debited when it is.
+            message = (
+                f"{-payment.amount_minor} {payment.currency} in {payment.payment_id} not debited yet:"
+                f" {payment.reason} (chargectl payments unmatched)"
+            )
+            log.warning("unmatched reversal: %s", message)
+            self.alerts.raise_alert(
+                AlertKind.UNMATCHED_PAYMENT, payment.payment_id, message, now_ms, severity=Severity.WARNING
+            )
+            return
         message = (
             f"{payment.amount_minor} {payment.currency} in {payment.payment_id} not credited: {payment.reason}"
             " (chargectl payments unmatched)"
@@ -287,6 +312,24 @@ class WebhookHandler:
         log.error("unmatched payment: %s", message)
         self.alerts.raise_alert(
             AlertKind.UNMATCHED_PAYMENT, payment.payment_id, message, now_ms, severity=Severity.CRITICAL
+        )
+
+    def _keep_reversal(
+        self, event: Event, payment_ref: str, entry_id: str, amount: int, currency: str, now_ms: int
+    ) -> _Plan:
+        """A refund or dispute of a payment no top-up credited (yet), kept until it is (see unmatched.py)."""
+        kept = UnmatchedPayment(
+            payment_id=reversal_id(payment_ref, entry_id),
+            event_id=event["id"],
+            event_type=event["type"],
+            amount_minor=-amount,
+            currency=currency.lower(),
+            reason=f"{entry_id.split('_', 1)[0]} of {payment_ref}, which no top-up credited (yet)",
+            created_at_ms=now_ms,
+        )
+        return _Plan(
+            Outcome(event["id"], event["type"], "kept until credited", "", -amount, currency.lower()),
+            unmatched=kept,
         )
 
     # ------------------------------------------------------------------ who an object belongs to
@@ -331,6 +374,14 @@ class WebhookHandler:
         if reason:
             return self._unmatched(event, obj, now_ms, payment_id, amount, currency, reason)
         assert user is not None
+        if payment_id and any(
+            e.kind == KINDS["topup"] and e.amount.amount_minor > 0
+            for e in self.store.ledger_by_reference([payment_id])
+        ):
+            # Another event already credited this payment (completed and async_payment_succeeded both
+            # saying paid, an operator's assign): one payment, one credit.
+            log.warning("payment %s was already credited; event %s credits nothing", payment_id, event["id"])
+            return _Plan(Outcome(event["id"], event["type"], "already credited", user.user_id))
         entry = _entry(event["id"], user.user_id, "topup", amount, currency, now_ms, payment_id, description)
         return _Plan(
             Outcome(event["id"], event["type"], "credited", user.user_id, amount, currency.lower()), (entry,)
@@ -433,7 +484,16 @@ class WebhookHandler:
     def _refund_created(self, event: Event, obj: Event, now_ms: int) -> _Plan:
         charge_id, intent_id = _str(obj, "charge"), _str(obj, "payment_intent")
         user_id = self._user_by_reference(intent_id, charge_id)
-        entry = self._refund_entry(event, obj, user_id, charge_id, intent_id, now_ms) if user_id else None
+        if not user_id:
+            # Not credited (yet): kept, so the credit that may still come cannot keep this money.
+            unknown = self._refund_entry(event, obj, "?", charge_id, intent_id, now_ms)
+            if unknown is None or not (intent_id or charge_id):
+                return _Plan(Outcome(event["id"], event["type"], "ignored"))
+            amount = -unknown.amount.amount_minor
+            return self._keep_reversal(
+                event, intent_id or charge_id, unknown.entry_id, amount, unknown.amount.currency, now_ms
+            )
+        entry = self._refund_entry(event, obj, user_id, charge_id, intent_id, now_ms)
         if entry is None:
             return _Plan(Outcome(event["id"], event["type"], "ignored", user_id))
         return _Plan(
@@ -448,14 +508,49 @@ class WebhookHandler:
             (entry,),
         )
 
+    def _refund_undone(self, event: Event, obj: Event, now_ms: int) -> _Plan:
+        """A refund we debited (it was pending) that failed or was canceled: no money went back, so the
+        user's comes back, once (``refund_failed_<re_id>``). Other updates change nothing."""
+        refund_id = _str(obj, "id")
+        if obj.get("status") not in ("failed", "canceled") or not refund_id:
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        debit = self.store.get_ledger_entry(f"refund_{refund_id}")
+        if debit is None or debit.amount.amount_minor >= 0:
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        back, currency = -debit.amount.amount_minor, debit.amount.currency
+        entry = _entry(
+            f"refund_failed_{refund_id}",
+            debit.user_id,
+            "refund",
+            back,
+            currency,
+            now_ms,
+            debit.reference,
+            f"Refund {refund_id} {obj.get('status')}: nothing went back",
+        )
+        return _Plan(Outcome(event["id"], event["type"], "credited", debit.user_id, back, currency), (entry,))
+
     def _dispute_created(self, event: Event, obj: Event, now_ms: int) -> _Plan:
+        status = obj.get("status")
+        if isinstance(status, str) and status.startswith("warning_"):
+            # An inquiry: the bank asks, no money is withdrawn (yet). If it becomes a chargeback,
+            # funds_withdrawn debits it under the same entry id.
+            log.warning("dispute inquiry %s on %s: nothing withdrawn", _str(obj, "id"), _str(obj, "charge"))
+            return _Plan(Outcome(event["id"], event["type"], "inquiry"))
         charge_id, intent_id = _str(obj, "charge"), _str(obj, "payment_intent")
         user_id = self._user_by_reference(intent_id, charge_id)
         amount, currency = _int(obj, "amount"), _str(obj, "currency")
-        if not user_id or amount <= 0 or not currency:
-            log.warning("dispute %s: no top-up of ours matches; not debited", _str(obj, "id"))
-            return _Plan(Outcome(event["id"], event["type"], "ignored"))
         dispute_id = _str(obj, "id") or event["id"]
+        if amount <= 0 or not currency:
+            log.warning("dispute %s: no amount; not debited", dispute_id)
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        if not user_id:
+            if not (intent_id or charge_id):
+                return _Plan(Outcome(event["id"], event["type"], "ignored"))
+            log.warning("dispute %s: no top-up of ours matches (yet); kept", dispute_id)
+            return self._keep_reversal(
+                event, intent_id or charge_id, f"dispute_{dispute_id}", amount, currency, now_ms
+            )
         entry = _entry(
             f"dispute_{dispute_id}",
             user_id,
@@ -469,6 +564,29 @@ class WebhookHandler:
         return _Plan(
             Outcome(event["id"], event["type"], "debited", user_id, -amount, currency.lower()), (entry,)
         )
+
+    def _dispute_reinstated(self, event: Event, obj: Event, now_ms: int) -> _Plan:
+        """A dispute closed in our favour: the money it withdrew is back, so is the user's (at most what
+        was debited for it, once: ``dispute_reinstated_<dp_id>``)."""
+        dispute_id = _str(obj, "id")
+        debit = self.store.get_ledger_entry(f"dispute_{dispute_id}") if dispute_id else None
+        amount = _int(obj, "amount")
+        if debit is None or debit.amount.amount_minor >= 0 or amount <= 0:
+            log.warning("dispute %s: funds reinstated but nothing was debited for it", dispute_id)
+            return _Plan(Outcome(event["id"], event["type"], "ignored"))
+        back = min(amount, -debit.amount.amount_minor)
+        currency = debit.amount.currency
+        entry = _entry(
+            f"dispute_reinstated_{dispute_id}",
+            debit.user_id,
+            "dispute",
+            back,
+            currency,
+            now_ms,
+            debit.reference,
+            f"Dispute {dispute_id} closed: funds reinstated",
+        )
+        return _Plan(Outcome(event["id"], event["type"], "credited", debit.user_id, back, currency), (entry,))
 
     # ------------------------------------------------------------------ account events
 
@@ -509,6 +627,11 @@ HANDLED_EVENTS = (
     "charge.refunded",
     "refund.created",
     "charge.dispute.created",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+    "refund.failed",
+    "refund.updated",
+    "charge.refund.updated",
 )
 
 

@@ -46,6 +46,45 @@ def test_session_line() -> None:
     )
 
 
+def test_a_newline_in_a_value_never_splits_a_line() -> None:
+    """Line protocol cannot carry a newline in a tag or field value; one would end the line there and
+    make a line of the rest (written as a point of its own, or refusing the batch)."""
+    ev = SessionEvent(
+        5, "site\na", "AABBCCDDEEFF", "sess-1", "u1\nplug,mac=X power_w=9 1", "fin\rished", 0, 0, "gbp", ""
+    )
+    line = session_line(ev)
+    assert "\n" not in line and "\r" not in line
+    assert line.startswith("session,site_id=site\\ a,mac=AABBCCDDEEFF,kind=fin\\ ished ")
+    assert 'user_id="u1 plug,mac=X power_w=9 1"' in line
+
+
+@pytest.mark.integration
+def test_a_batch_the_server_refuses_lines_of_is_not_sent_again_for_ever(
+    influxdb_server: backends.Server,
+) -> None:
+    """InfluxDB writes the valid lines of a batch and answers 400 for the rest. The sink used to send the
+    same batch again for ever, with every later point queued behind it: one bad line stopped the time
+    series. Now the batch is done (counted as a failure) and the points after it are written."""
+    sink = InfluxSink(
+        InfluxSettings(url=influxdb_server.url, api="v1", batch_lines=3, flush_interval_s=0.05, timeout_s=5)
+    )
+    tag = uuid.uuid4().hex[:8]
+    try:
+        sink.add_lines(
+            [f"refused,run={tag} v=1 1000", "refused,run=x\n v=2 2000", f"refused,run={tag} v=3 3000"]
+        )
+        sink.add_lines([f"refused,run={tag} v=4 4000", f"refused,run={tag} v=5 5000"])
+        assert sink.flush(timeout_s=30)
+        stats = sink.stats()
+        assert stats.pending == 0 and stats.failures == 1 and stats.written == 2 and stats.dropped == 0
+        query = urllib.parse.urlencode({"db": "chargectl", "q": f"SELECT v FROM refused WHERE run = '{tag}'"})
+        with urllib.request.urlopen(f"{influxdb_server.url}/query?{query}", timeout=10) as resp:
+            values = [v for _, v in json.load(resp)["results"][0]["series"][0]["values"]]
+        assert values == [1, 3, 4, 5]  # the refused batch's valid lines, and everything after it
+    finally:
+        sink.close(timeout_s=5)
+
+
 class FlakyWriter:
     """Fails the first ``failures`` writes, then records every line it is given."""
 

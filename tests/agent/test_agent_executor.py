@@ -273,3 +273,44 @@ async def test_executed_at_is_when_the_plug_answered_not_when_the_command_arrive
     refused = await executor.handle(stale, clock[0])
     assert refused.reason == "expired" and refused.executed_at_ms == NOW + 5_000
     assert switches.calls == [(MAC, True, 90), (MAC, False, None)]
+
+
+async def test_an_off_runs_whatever_this_pis_clock_says_unless_the_plug_ran_a_newer_command(
+    setup: tuple[CommandExecutor, Switches], hub_key: SigningKey
+) -> None:
+    """The Pi's clock steps by hours mid-session (no RTC, a bad time source). "On" and leases stay
+    refused, so the plug's own flip-back timer ends anything the hub cannot renew; but the session's
+    "off" must switch the relay off now, or the driver draws energy after the session was billed."""
+    executor, switches = setup
+    hour = 3_600_000
+    on = await executor.handle(pack_command(command("on", issued_at_ms=NOW - 1000), hub_key)[0], NOW)
+    assert on.reason == "executed" and switches.calls == [(MAC, True, 90)]
+    # Two hours behind: the hub's "off" looks issued in our future. It runs.
+    behind = NOW - 2 * hour
+    off = command("off", on=False, issued_at_ms=NOW + 30_000, expires_at_ms=NOW + 630_000)
+    outcome = await executor.handle(pack_command(off, hub_key)[0], behind)
+    assert (outcome.reason, outcome.ok, outcome.relay_on) == ("executed", True, False)
+    assert switches.calls[-1] == (MAC, False, None)
+    # ...once: its replay is refused (the clock's reason stands: the journal holds its id). An "on"
+    # from the same hub is still refused.
+    replay = await executor.handle(pack_command(off, hub_key)[0], behind)
+    assert (replay.reason, replay.ok) == ("clock_skew", False)
+    again = command("on2", issued_at_ms=NOW + 40_000, expires_at_ms=NOW + 640_000)
+    assert (await executor.handle(pack_command(again, hub_key)[0], behind)).reason == "clock_skew"
+    assert switches.calls == [(MAC, True, 90), (MAC, False, None)]
+    # Two hours ahead: a later session's "on" (while the clock was right), then its "off" looks expired.
+    on3 = command("on3", issued_at_ms=NOW + 50_000, expires_at_ms=NOW + 650_000)
+    assert (await executor.handle(pack_command(on3, hub_key)[0], NOW + 50_000)).reason == "executed"
+    ahead = NOW + 3 * hour
+    off3 = command("off3", on=False, issued_at_ms=NOW + 60_000, expires_at_ms=NOW + 660_000)
+    assert (await executor.handle(pack_command(off3, hub_key)[0], ahead)).reason == "executed"
+    # A stale "off" (issued before the plug's newest command, e.g. redelivered late) is still refused,
+    # so it can never end a newer session; nor is one without an expiry run.
+    on4 = command("on4", issued_at_ms=NOW + 70_000, expires_at_ms=NOW + 670_000)
+    assert (await executor.handle(pack_command(on4, hub_key)[0], NOW + 70_000)).reason == "executed"
+    stale = command("stale", on=False, issued_at_ms=NOW + 65_000, expires_at_ms=NOW + 665_000)
+    assert (await executor.handle(pack_command(stale, hub_key)[0], ahead)).reason == "expired"
+    bare = command("bare", on=False, issued_at_ms=NOW + 80_000, expires_at_ms=0)
+    assert (await executor.handle(pack_command(bare, hub_key)[0], NOW + 80_000)).reason == "bad_expiry"
+    assert switches.calls[2:] == [(MAC, True, 90), (MAC, False, None), (MAC, True, 90)]
+    assert executor.clock_overrides == 2

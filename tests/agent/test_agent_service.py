@@ -237,6 +237,11 @@ async def test_heartbeat_is_fresh_then_stale(h: Harness) -> None:
     assert not stale.fresh and "61s old" in stale.message
     missing = check_heartbeat(h.tmp / "nope.json", now_ms, 60)
     assert not missing.fresh and "has not run" in missing.message
+    # The clock stepped back two hours after the last heartbeat: an agent that wrote none since is not
+    # alive for two hours because of it; a little behind (within the limit) is still fine.
+    stepped = check_heartbeat(agent.heartbeat_path, now_ms - 7_200_000, max_age_s=60)
+    assert not stepped.fresh and "7200s in the future" in stepped.message
+    assert check_heartbeat(agent.heartbeat_path, now_ms - 30_000, max_age_s=60).fresh
     await agent.aclose()
 
 

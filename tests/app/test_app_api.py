@@ -16,13 +16,14 @@ from typing import Any
 import backends
 import httpx
 import pytest
-from app_support import KID, PROJECT, CertsServer, TokenMint
+from app_support import KID, PROJECT, CertsServer, TokenMint, b64url
 from payments_helpers import card, wait_for
 from stripe_support import API_KEY, WEBHOOK_SECRET, register_webhook
 
 from chargectl.common.clock import SystemClock
 from chargectl.services.adapters.sqlite_store import SqliteStore
 from chargectl.services.app.api import AppApi
+from chargectl.services.app.ratelimit import client_address
 from chargectl.services.app.server import AppServer, ThreadedServer
 from chargectl.services.app.settings import AppSettings
 from chargectl.services.app.tokens import CertCache
@@ -68,8 +69,22 @@ def rig_limit() -> int:
 
 
 @pytest.fixture
+def rig_call_limit() -> int:
+    """Calls of any /v1 route per uid per minute (one test floods reads)."""
+    return 1000
+
+
+@pytest.fixture
+def rig_ip_limit() -> int:
+    """Stripe calls per client address per minute (one test floods from one address)."""
+    return 1000
+
+
+@pytest.fixture
 def rig(
     rig_limit: int,
+    rig_ip_limit: int,
+    rig_call_limit: int,
     tmp_path: Path,
     stripe_server: backends.Server,
     stripe_http: httpx.Client,
@@ -85,6 +100,8 @@ def rig(
         allowed_origins=(ORIGIN,),
         read_timeout_s=2.0,
         stripe_calls_per_minute=rig_limit,
+        ip_calls_per_minute=rig_ip_limit,
+        calls_per_minute=rig_call_limit,
         auto_topup_interval_s=0,
         max_body_bytes=4096,
     )
@@ -168,6 +185,17 @@ def _rejections(mint: TokenMint, uid: str) -> dict[str, str | None]:
         "no sub": mint.token(uid, sub=...),
         "sub not a string": mint.token(uid, sub=12345),
         "sub with spaces": mint.token(uid, sub="a b"),
+        # A uid is a document id: a path separator, a control character or a reserved name would
+        # address another document (another user's) or none.
+        "sub with a slash": mint.token(uid, sub=f"{uid}/ledger/x"),
+        "sub '..'": mint.token(uid, sub=".."),
+        "sub with a NUL": mint.token(uid, sub=f"{uid}\x00"),
+        "sub with an escape sequence": mint.token(uid, sub=f"{uid}\x1b[2J"),
+        "sub with a line separator": mint.token(uid, sub=f"{uid}\u2028x"),
+        "sub a reserved name": mint.token(uid, sub="__name__"),
+        "sub too long": mint.token(uid, sub="u" * 129),
+        # Nested past the JSON parser's recursion limit: a RecursionError, not a JSONDecodeError.
+        "header nested 1500 deep": f"{b64url(('[' * 1500 + ']' * 1500).encode())}.{payload}.{sig}",
     }
 
 
@@ -205,6 +233,20 @@ def test_basic_auth_and_uid_in_the_body_are_not_identities(rig: Rig) -> None:
     assert rig.store.get_user(victim) is None
     user = rig.store.get_user(me)
     assert user is not None and user.email == f"{me}@example.test"
+
+
+def test_an_unverified_email_gets_no_stripe_customer(rig: Rig) -> None:
+    """Anyone can sign up with a victim's address (email and password, not yet verified): no Stripe
+    customer, receipts or cards are tied to it until it is verified."""
+    uid = new_uid()
+    victim = "victim@example.test"
+    token = rig.mint.token(uid, email=victim, email_verified=False)
+    assert_json_error(rig.call("POST", "/v1/account", token=token), 403)
+    assert rig.customers(victim) == [] and rig.store.get_user(uid) is None
+    # Verified, the same uid gets its account.
+    verified = rig.mint.token(uid, email=victim, email_verified=True)
+    resp = rig.call("POST", "/v1/account", token=verified)
+    assert resp.status_code == 200 and rig.customers(victim) == [resp.json()["customer_id"]]
 
 
 def test_certificates_are_fetched_once_while_cached(rig: Rig) -> None:
@@ -260,6 +302,7 @@ def test_bad_bodies_get_4xx_json_and_change_nothing(rig: Rig) -> None:
         ("POST", "/v1/portal", {"return_url": "javascript:alert(1)"}, 400),
         ("POST", "/v1/portal", {"return_url": f"{ORIGIN}@evil.example/"}, 400),
         ("POST", "/v1/portal", {"return_url": 42}, 400),
+        ("POST", "/v1/topup", b"[" * 2000 + b"]" * 2000, 400),  # past the parser's recursion limit
         ("POST", "/v1/topup", b"x" * 5000, 413),
         ("GET", "/v1/nothing-here", None, 404),
         ("GET", "/nothing", None, 404),
@@ -319,6 +362,66 @@ def test_stripe_routes_are_rate_limited_per_uid(rig: Rig) -> None:
     # Others are not affected, and reads are not limited.
     assert rig.call("POST", "/v1/account", other).status_code == 200
     assert rig.call("GET", "/v1/account", uid).status_code == 200
+
+
+@pytest.mark.parametrize(("rig_limit", "rig_ip_limit"), [(5, 3)])
+def test_a_flood_of_fresh_accounts_from_one_address_is_limited(rig: Rig) -> None:
+    """Anyone can sign up many times: each new uid has a full budget, so the address has one too. Past it,
+    no Stripe customer is made; another address is not affected; a client's own X-Forwarded-For is no
+    way out (no proxy is configured in front)."""
+    uids = [new_uid() for _ in range(5)]
+    for uid in uids[:3]:
+        assert rig.call("POST", "/v1/account", uid).status_code == 200
+    limited = rig.call("POST", "/v1/account", uids[3])
+    assert_json_error(limited, 429)
+    assert int(limited.headers["Retry-After"]) >= 1
+    spoofed = rig.call("POST", "/v1/account", uids[3], headers={"X-Forwarded-For": "203.0.113.9"})
+    assert_json_error(spoofed, 429)
+    assert rig.customers(f"{uids[3]}@example.test") == []
+    assert rig.store.get_user(uids[3]) is None
+    # The same server, reached from another loopback address: its own budget.
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(transport=transport, timeout=30) as other:
+        resp = other.post(
+            f"{rig.url}/v1/account", headers={"Authorization": f"Bearer {rig.mint.token(uids[4])}"}
+        )
+    assert resp.status_code == 200, resp.text
+    assert rig.customers(f"{uids[4]}@example.test") == [resp.json()["customer_id"]]
+    # Reads call no Stripe and are not limited by address.
+    assert rig.call("GET", "/v1/account", uids[0]).status_code == 200
+    assert len(rig.store.list_users()) == 4
+
+
+@pytest.mark.parametrize("rig_call_limit", [5])
+def test_a_flood_of_reads_from_one_user_is_limited(rig: Rig) -> None:
+    """Each account read sums the user's whole ledger from the store, whose reads are billed: one
+    signed-in user looping on GET /v1/account must not run up the operator's bill."""
+    uid, other = new_uid(), new_uid()
+    assert rig.call("POST", "/v1/account", uid).status_code == 200  # 1 of 5
+    assert [rig.call("GET", "/v1/account", uid).status_code for _ in range(4)] == [200] * 4
+    limited = rig.call("GET", "/v1/account", uid)
+    assert_json_error(limited, 429)
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert_json_error(rig.call("DELETE", "/v1/auto-topup", uid), 429)
+    # Another user is not affected.
+    assert rig.call("POST", "/v1/account", other).status_code == 200
+    assert rig.call("GET", "/v1/account", other).status_code == 200
+
+
+def test_the_client_address_is_the_peer_unless_proxies_are_trusted() -> None:
+    assert client_address("198.51.100.7", "203.0.113.9", 0) == "198.51.100.7"  # header ignored
+    # One trusted proxy (Cloud Run): the address it appended, whatever the client wrote before it.
+    assert client_address("10.0.0.1", "203.0.113.9, 198.51.100.7", 1) == "198.51.100.7"
+    assert client_address("10.0.0.1", "198.51.100.7", 1) == "198.51.100.7"
+    assert client_address("10.0.0.1", "1.1.1.1, 198.51.100.7, 10.0.0.2", 2) == "198.51.100.7"
+    # Too few entries or not an address: the peer (never a name the client made up).
+    assert client_address("10.0.0.1", "", 1) == "10.0.0.1"
+    assert client_address("10.0.0.1", "198.51.100.7", 2) == "10.0.0.1"
+    assert client_address("10.0.0.1", "evil, not-an-ip", 1) == "10.0.0.1"
+    # IPv6: one bucket per /64; an IPv4-mapped address is its IPv4 address.
+    assert client_address("2001:db8:1:2:aaaa::1", "", 0) == "2001:db8:1:2::/64"
+    assert client_address("2001:db8:1:2:bbbb::9", "", 0) == "2001:db8:1:2::/64"
+    assert client_address("::ffff:198.51.100.7", "", 0) == "198.51.100.7"
 
 
 def test_cors_for_allowed_origins_only(rig: Rig) -> None:

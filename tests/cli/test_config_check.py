@@ -49,6 +49,9 @@ def check(tmp_path: Path, text: str, *extra: str, command: str = "check") -> sub
         ("[alerts]\nmax_per_kind = 0\n", "alerts.max_per_kind must be positive, got 0"),
         ("[console]\nrefresh_s = 10\n", "console: refresh_s must be between 0.2 and 2"),
         ('[app]\nallowed_origins = ["ftp://x"]\n', "app.allowed_origins"),
+        # TOML has nan and inf: nan passes every "> 0" check, inf means never (no poll, no timeout).
+        ("[hub]\nmax_clock_skew_s = nan\n", "hub.max_clock_skew_s: expected a finite number, got nan"),
+        ("[agent]\npoll_interval_s = inf\n", "agent.poll_interval_s: expected a finite number, got inf"),
     ],
 )
 def test_a_bad_table_is_refused_by_key(tmp_path: Path, text: str, message: str) -> None:
@@ -93,3 +96,13 @@ allowed_origins = ["https://app.example.com"]
     proc = check(tmp_path, text, "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["checked"] == sorted(SECTIONS)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_number_from_the_environment_is_refused(tmp_path: Path, value: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGECTL_")}
+    env["CHARGECTL_APP__READ_TIMEOUT_S"] = value
+    proc = subprocess.run([CHARGECTL, "config", "check"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1, proc.stdout
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: app.read_timeout_s: expected a finite number"), line

@@ -55,3 +55,31 @@ def test_bad_amount_is_refused(tmp_path: Path) -> None:
         check=False,
     )
     assert r.returncode == 1 and "is not a number" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_user_id_that_no_account_can_have_is_refused_and_nothing_is_posted(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from chargectl.services.adapters.sqlite_store import SqliteStore
+
+    exe = str(Path(sys.executable).parent / "chargectl")
+    env = {**os.environ, "CHARGECTL_STATE_DIR": str(tmp_path), "COLUMNS": "400"}
+    # A typo with a space, a path, an escape sequence pasted from a terminal, a reserved name.
+    for user in ("u 1", "a/b", "u\x1b[2J", "..", "__name__", "u" * 129):
+        r = subprocess.run(
+            [exe, "ledger", "credit", "--user", user, "5.00", "--reason", "goodwill"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert r.returncode == 1, (user, r.stdout, r.stderr)
+        assert "invalid user id" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "\x1b" not in r.stderr
+    store = SqliteStore(tmp_path / "chargectl.db")
+    try:
+        assert store.ledger_entries() == [] and store.list_users() == []
+    finally:
+        store.close()

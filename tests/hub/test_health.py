@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 
-from chargectl.services.hub.health import HealthServer, Metrics
+from chargectl.services.hub.health import (
+    MAX_CONNECTIONS_PER_PEER,
+    HealthServer,
+    HttpRequest,
+    HttpResponse,
+    Metrics,
+)
 
 
 def test_metrics_render_prometheus_text() -> None:
@@ -53,8 +62,6 @@ async def test_healthz_and_metrics_over_http() -> None:
 
 
 async def test_mounted_routes_share_the_port_and_never_shadow_healthz() -> None:
-    from chargectl.services.hub.health import HttpRequest, HttpResponse
-
     seen: list[HttpRequest] = []
 
     async def console(req: HttpRequest) -> HttpResponse:
@@ -81,3 +88,68 @@ async def test_mounted_routes_share_the_port_and_never_shadow_healthz() -> None:
     finally:
         await server.stop()
     assert [r.path for r in seen] == ["/sessions/s1", "/apiary"]
+
+
+async def _raw(port: int, data: bytes, source: str = "127.0.0.1") -> bytes:
+    """The raw answer to ``data`` (b"reset" if the server closed before reading it: a refusal)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)
+    except ConnectionResetError:
+        return b"reset"
+    finally:
+        writer.close()
+
+
+async def test_a_host_holding_idle_connections_shuts_out_neither_others_nor_itself_for_long() -> None:
+    """A host on the LAN opens connections and sends nothing. It gets MAX_CONNECTIONS_PER_PEER of them
+    (each held until the header deadline), then 503 at once: it cannot run the hub out of file
+    descriptors, and another address (a probe, the scraper) is still served meanwhile."""
+    server = HealthServer(Metrics(), lambda: [], header_timeout_s=2.0)
+    port = await server.start()
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(MAX_CONNECTIONS_PER_PEER):
+            _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.9", 0))
+            idle.append(writer)
+        deadline = time.monotonic() + 30
+        while sum(server._open.values()) < MAX_CONNECTIONS_PER_PEER:  # accepted by the server
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        refused = await _raw(port, b"GET /healthz HTTP/1.1\r\n\r\n", source="127.0.0.9")
+        assert refused.startswith((b"HTTP/1.1 503", b"reset")) and server.refused_connections == 1
+        served = await _raw(port, b"GET /healthz HTTP/1.1\r\n\r\n", source="127.0.0.1")
+        assert served.startswith(b"HTTP/1.1 200") and served.endswith(b'{"ok": true, "problems": []}')
+        # The idle ones are dropped at the header deadline; then the host is served again.
+        while True:
+            answer = await _raw(port, b"GET /healthz HTTP/1.1\r\n\r\n", source="127.0.0.9")
+            if answer.startswith(b"HTTP/1.1 200"):
+                break
+            assert time.monotonic() < deadline, answer
+            await asyncio.sleep(0.1)
+        assert server._open == {}
+    finally:
+        for writer in idle:
+            writer.close()
+        await server.stop()
+
+
+async def test_a_bad_content_length_is_400_and_a_failing_route_is_500_not_a_dead_server() -> None:
+    async def broken(req: HttpRequest) -> HttpResponse:
+        raise RuntimeError("a bug in a route")
+
+    server = HealthServer(Metrics(), lambda: [])
+    server.mount("/broken", broken)
+    port = await server.start()
+    try:
+        for length in (b"-1", b"12x", b"\xd9\xa3", b"1 2"):
+            answer = await _raw(port, b"POST /login HTTP/1.1\r\nContent-Length: " + length + b"\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400"), (length, answer)
+        chunked = b"POST /login HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        assert (await _raw(port, chunked)).startswith(b"HTTP/1.1 400")
+        assert (await _raw(port, b"GET /broken HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 500")
+        assert (await _raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    finally:
+        await server.stop()

@@ -152,31 +152,15 @@ def test_the_layout_has_no_slot_the_rules_do_not_need() -> None:
     assert len(FIELDS) == 25
     assert "on_sent_ms" not in FIELDS
     assert dataclasses.fields(MachineState)[0].name == "mac"
-    # The hub's entry: the state's slots less the 16 it keeps in columns, and its own 5 (site, row,
-    # mirror times and mark; its timer-wheel second is a column too): 14 slots, 144 B with the headers
-    # (288 B before).
+    # The hub's entry is the int of its row: no slot at all (every machine value in the row's columns
+    # and lists, or, if rare, in a map by row), no int object for the row (the entry is it): 44 B with
+    # its headers (a 4-slot entry and its row's int were 64 + 32 B before, 144 + 32 B before that).
     slots = [name for cls in HubPlug.__mro__ for name in getattr(cls, "__slots__", ())]
-    assert len(slots) == len(set(slots)) == 14
+    assert slots == [] and HubPlug.__mro__[1:] == (int, object)
     assert MachineState not in HubPlug.__mro__
-    assert set(FIELDS) - set(slots) == {
-        "last_ts_ms",
-        "power_w",
-        "counter_mwh",
-        "uptime_s",
-        "high_ms",
-        "low_ms",
-        "over_ms",
-        "disabled",
-        "stale",
-        "relay_on",
-        "cmd_on",
-        "cmd_confirmed",
-        "resume",
-        "status",
-        "cmd_first_seq",
-        "cmd_seq",
-    }
-    assert sys.getsizeof(HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")) == 16 + 16 + 14 * 8
+    plug = HubPlug(new_state("AABBCCDDEE01", P, T0), "site-a")
+    assert int(plug) == plug.row and SAMPLES.macs[plug.row] == "AABBCCDDEE01" == plug.mac
+    assert sys.getsizeof(plug) == 16 + 24 + 4  # GC header, int header, one 30-bit digit
 
 
 def _own_copy(text: str) -> str:
@@ -422,6 +406,18 @@ def test_a_checkpoint_written_by_the_old_layout_loads_into_entries_and_bills_the
         None,
         None,
     )
+    # What the entry now keeps in columns and lists (the entry is its row's int) came through as well:
+    # CHARGING since the fourth reading (T0 + 50 s: 30 s of load), the start's "on" at T0 + 10 s.
+    assert (a.mac, a.since_ms, a.reason, a.errors) == ("AABBCCDDEE40", 1_700_000_050_000, "load_detected", 0)
+    assert (a.cmd_at_ms, a.cmd_sent_ms, a.cmd_first_seq, a.cmd_seq) == (1_700_000_010_000,) * 2 + (1, 1)
+    assert (b.mac, b.since_ms, b.reason, b.cmd_at_ms, b.cmd_sent_ms) == (
+        "AABBCCDDEE41",
+        1_700_000_000_000,
+        "no_data",
+        0,
+        0,
+    )
+    assert a.last_session_id == b.last_session_id == "" and a.params is P and b.params is P
     # Written again from the entries: the same bytes (the layout is not in the checkpoint).
     again = ckpt.encode_part(1_700_000_060_000, {mac: (p.site_id, p) for mac, p in entries.items()})
     assert again == OLD_LAYOUT_PART
@@ -434,6 +430,10 @@ def test_a_checkpoint_written_by_the_old_layout_loads_into_entries_and_bills_the
     new, fx = step(a, _reading("AABBCCDDEE40", t + 5, 0.0, 5_022_224 + 1_000, False), t + 5)
     (done,) = [e.record for e in fx if isinstance(e, SessionFinished)]
     assert done.energy_mwh == 4 * 5_556 + 1_000 and done.session_id == "s1"
+    a.state = new  # the ended session's id, held by row, is checkpointed and restored like the rest
+    assert a.session is None and a.last_session_id == "s1"
+    snap = ckpt.decode(ckpt.encode_part(1, {a.mac: (a.site_id, a)}), lambda mac: P)
+    assert to_dict(snap.plugs[a.mac][1]) == to_dict(a) and snap.plugs[a.mac][1].last_session_id == "s1"
 
 
 def test_a_sessions_rare_values_share_one_slot_and_each_still_bills_as_set() -> None:
@@ -516,3 +516,88 @@ def test_the_command_numbers_and_the_timer_second_round_trip_through_four_byte_c
     with pytest.raises(OverflowError):
         plug.cmd_seq = 2**32
     assert plug.cmd_seq == 2**32 - 1
+
+
+def _finished(mac: str) -> tuple[HubPlug, float, int]:
+    """A hub entry whose session s1 (u1) ran 40 s at 2 kW and was stopped and billed."""
+    state, t, mwh = _charging(mac)
+    plug = HubPlug(state, "site-a")
+    plug.state, _ = step(plug, StopRequest(user_id="u1"), t + 10)
+    plug.state, fx = step(plug, _reading(mac, t + 15, 0.0, mwh, False), t + 15)
+    (done,) = [e.record for e in fx if isinstance(e, SessionFinished)]
+    assert done.session_id == "s1" and done.energy_mwh == 4 * 5_556  # by hand: four 10 s steps at 2 kW
+    assert plug.status is Status.AVAILABLE and plug.session is None
+    return plug, t + 15, mwh
+
+
+def test_a_session_the_plug_already_ended_is_not_started_again_nor_rejected_on_the_entry() -> None:
+    # The last session's id lives by row in a map (most plugs have none, a slot each before). What it
+    # protects: a restart that resumes the store's ACTIVE sessions may hand the plug the session it already
+    # ended (its finish not yet written); that must not switch the relay on or open a second bill, and a
+    # remote stop for it is no error. A plug with no ended session costs nothing for it.
+    plug, t, mwh = _finished("AABBCCDDEE80")
+    assert SAMPLES.last_session[plug.row] == "s1" and plug.last_session_id == "s1"
+    again = StartRequest("s1", "u1", TARIFF, 10_000, "r1", start_counter_mwh=5_000_000, started_at_ms=1)
+    new, fx = step(plug, again, t + 1)
+    assert fx == () and new.session is None and new.cmd_on is False  # relay stays off, nothing billed
+    new, fx = step(plug, StopRequest("u1", "s1", "", remote=True), t + 2)
+    assert fx == ()
+    fresh = HubPlug(new_state("AABBCCDDEE81", P, T0), "site-a")
+    assert fresh.row not in SAMPLES.last_session and fresh.last_session_id == ""
+    # A new session on the same plug starts (and is followed) as before.
+    plug.state, fx = step(plug, StartRequest("s2", "u1", TARIFF, 10_000, "r2"), t + 3)
+    assert [e.on for e in fx if isinstance(e, SendRelay)] == [True]
+    assert plug.session is not None and plug.session.start_counter_mwh == mwh
+
+
+def test_a_reused_row_starts_clean_so_no_plug_inherits_another_plugs_values() -> None:
+    # A dropped entry's row goes to the next entry. Nothing of the old plug may come with it: its ended
+    # session's id would make the new plug ignore a real start with that id, its command times would
+    # confirm or time out the new plug's commands, its mirror mark would skip the new plug's document.
+    keeper = HubPlug(new_state("AABBCCDDEE87", P, T0), "site-a")  # the columns stay: a row is reused
+    plug, _t, _mwh = _finished("AABBCCDDEE82")
+    plug.errors, plug.reason, plug.mirrored_ms = 2**32 - 1, "device_error:overpower", 1_700_000_000_123
+    plug.mirror_due_ms, plug.mark = 1_700_000_001_000, (1, 2, None)
+    assert plug.cmd_at_ms and plug.cmd_sent_ms and plug.since_ms
+    row = plug.row
+    del plug
+    assert SAMPLES.macs[row] is None and SAMPLES.sessions[row] is None  # nothing of it is held on
+    other = HubPlug(new_state("AABBCCDDEE83", P, T0), "site-b")
+    assert other.row == row
+    assert (other.last_session_id, other.errors, other.reason, other.mirrored_ms) == ("", 0, "no_data", 0)
+    assert (other.cmd_at_ms, other.cmd_sent_ms, other.mirror_due_ms, other.mark) == (0, 0, None, None)
+    assert other.since_ms == round(T0 * 1000)
+    # The entry is its row's int, but an entry all the same: always true (row 0 too), equal to no other.
+    third = HubPlug(new_state("AABBCCDDEE86", P, T0), "site-b")
+    assert (
+        bool(other)
+        and bool(third)
+        and other != third
+        and repr(other) == f"HubPlug('AABBCCDDEE83', row={row})"
+    )
+    other.state, fx = step(other, _reading("AABBCCDDEE83", T0 + 5, 0.0, 1_000, False), T0 + 5)
+    other.state, fx = step(other, StartRequest("s1", "u9", TARIFF, 10_000, "r9"), T0 + 6)
+    assert [e.on for e in fx if isinstance(e, SendRelay)] == [True] and other.session is not None
+    assert keeper.mac == "AABBCCDDEE87"
+
+
+def test_an_entrys_reason_flags_and_profile_round_trip_and_profiles_are_shared() -> None:
+    # The reason is an index into a table of distinct reasons (two bytes), the device flags four bytes
+    # (the wire's uint32), the site and parameters one shared pair: each comes back as it went in,
+    # through a copy and a checkpoint, and moving one plug to another site moves no other plug.
+    a = HubPlug(new_state("AABBCCDDEE84", P, T0), "site-a")
+    b = HubPlug(new_state("AABBCCDDEE85", P, T0), "site-a")
+    assert SAMPLES.profile[a.row] == SAMPLES.profile[b.row] and a.params is P and a.site_id == "site-a"
+    for reason in ("", "relay_mismatch: commanded on, plug reports otherwise", "device_error:overpower"):
+        for flags in (0, 1, 1 << 15, 2**32 - 1):
+            a.reason, a.errors = reason, flags
+            assert (a.reason, a.errors) == (reason, flags) == (a.copy().reason, a.copy().errors)
+            restored = ckpt.decode(ckpt.encode_part(1, {a.mac: ("site-a", a)}), lambda mac: P)
+            assert to_dict(restored.plugs[a.mac][1]) == to_dict(a)
+    with pytest.raises(OverflowError):
+        a.errors = 2**32
+    a.site_id = "site-c"
+    assert (a.site_id, b.site_id) == ("site-c", "site-a") and a.params is P
+    other = dataclasses.replace(P, start_w=P.start_w + 1)
+    b.params = other
+    assert (b.params, b.site_id, a.params) == (other, "site-a", P)

@@ -98,6 +98,16 @@ def test_payload_formats() -> None:
     }
     generic = notification_payload(alert, "json")
     assert generic == {"source": "chargectl", "alert": alert.to_dict()}
+    # Text a hostile plug, site or payer got into an alert never pings the channel or hides a link.
+    hostile = Alert(
+        AlertKind.UNMATCHED_PAYMENT,
+        "<!channel>",
+        "pay at <https://evil.example|your bank> & co",
+        Severity.WARNING,
+    )
+    assert notification_payload(hostile, "slack")["text"] == (
+        "[WARNING] unmatched_payment: &lt;!channel&gt;: pay at &lt;https://evil.example|your bank&gt; &amp; co"
+    )
 
 
 def test_webhooks_receive_alerts_over_http_deduplicated() -> None:

@@ -11,8 +11,10 @@ from payments_helpers import event, sign
 
 from chargectl.common.clock import ManualClock
 from chargectl.common.codec import UserAccount
+from chargectl.common.errors import PaymentError
 from chargectl.services.adapters.sqlite_store import SqliteStore
 from chargectl.services.payments.ledger import Ledger
+from chargectl.services.payments.unmatched import assign_payment
 from chargectl.services.payments.webhook import WebhookHandler, WebhookSignatureError, verify_signature
 
 SECRET = "whsec_unit"
@@ -95,6 +97,9 @@ def test_forged_or_malformed_bodies_change_nothing(handler: WebhookHandler, stor
     not_event = json.dumps({"hello": "world"}).encode()
     with pytest.raises(Exception, match="lacks id"):
         handler.handle(not_event, sign(not_event, SECRET, NOW))
+    nested = b"[" * 5000 + b"]" * 5000  # past the parser's recursion limit: refused, not a crash
+    with pytest.raises(PaymentError, match="not JSON"):
+        handler.handle(nested, sign(nested, SECRET, NOW))
     assert store.ledger_entries() == []
     assert store.mark_event("evt_1", "probe", 0)  # never recorded
 
@@ -286,7 +291,8 @@ def test_dispute_debits_the_disputed_amount_of_our_top_up(
     assert deliver(handler, "evt_dp", "charge.dispute.created", dispute) == "debited"
     assert deliver(handler, "evt_dp", "charge.dispute.created", dispute) == "duplicate"
     unknown = {**dispute, "id": "dp_2", "payment_intent": "pi_unknown", "charge": "ch_unknown"}
-    assert deliver(handler, "evt_dp2", "charge.dispute.created", unknown) == "ignored"
+    # A dispute of a payment nobody was credited for debits nobody (kept until it is: see below).
+    assert deliver(handler, "evt_dp2", "charge.dispute.created", unknown) == "kept until credited"
     entries = store.ledger_entries("u1")
     assert sorted((e.amount.amount_minor, e.kind) for e in entries) == [(-1500, 5), (1500, 1)]
 
@@ -331,3 +337,177 @@ def test_setup_intent_saves_the_card_for_off_session_charges(
     assert deliver(handler, "evt_si", "setup_intent.succeeded", intent) == "card saved"
     assert store.get_user("u2").default_payment_method == "pm_9"  # type: ignore[union-attr]
     assert deliver(handler, "evt_other", "customer.updated", {"id": "cus_2"}) == "ignored"
+
+
+def dispute_obj(dispute_id: str, amount: int, status: str, intent: str = "pi_d") -> dict[str, Any]:
+    return {
+        "id": dispute_id,
+        "object": "dispute",
+        "amount": amount,
+        "currency": "gbp",
+        "charge": f"ch_{intent}",
+        "payment_intent": intent,
+        "reason": "fraudulent",
+        "status": status,
+    }
+
+
+def test_a_dispute_takes_the_money_once_an_inquiry_takes_none_and_a_won_one_gives_it_back(
+    handler: WebhookHandler, store: SqliteStore
+) -> None:
+    ledger = Ledger(store)
+    deliver(handler, "evt_top", "payment_intent.succeeded", offsession_pi("pi_d", 1500))
+    deliver(handler, "evt_top2", "payment_intent.succeeded", offsession_pi("pi_q", 800))
+    assert ledger.balance("u1") == 2300
+    # An inquiry (retrieval request): the bank withdrew nothing, so the user keeps their balance.
+    inquiry = dispute_obj("dp_q", 800, "warning_needs_response", intent="pi_q")
+    assert deliver(handler, "evt_q1", "charge.dispute.created", inquiry) == "inquiry"
+    assert ledger.balance("u1") == 2300
+    # A chargeback: created and funds_withdrawn both say so; the money goes once.
+    chargeback = dispute_obj("dp_1", 1500, "needs_response")
+    assert deliver(handler, "evt_d1", "charge.dispute.created", chargeback) == "debited"
+    assert deliver(handler, "evt_d2", "charge.dispute.funds_withdrawn", chargeback) == "already posted"
+    assert ledger.balance("u1") == 800
+    # Won: Stripe puts the money back, and so do we, once however often it is said.
+    won = dispute_obj("dp_1", 1500, "won")
+    assert deliver(handler, "evt_d3", "charge.dispute.funds_reinstated", won) == "credited"
+    assert deliver(handler, "evt_d3", "charge.dispute.funds_reinstated", won) == "duplicate"
+    assert deliver(handler, "evt_d4", "charge.dispute.funds_reinstated", won) == "already posted"
+    assert ledger.balance("u1") == 2300
+    # The inquiry escalated to a chargeback: funds_withdrawn debits it (once), and a reinstatement of a
+    # dispute that never took anything gives nothing.
+    escalated = dispute_obj("dp_q", 800, "needs_response", intent="pi_q")
+    assert deliver(handler, "evt_q2", "charge.dispute.funds_withdrawn", escalated) == "debited"
+    assert ledger.balance("u1") == 1500
+    never = dispute_obj("dp_9", 1500, "won")
+    assert deliver(handler, "evt_d9", "charge.dispute.funds_reinstated", never) == "ignored"
+    assert ledger.balance("u1") == 1500
+    assert sorted((e.entry_id, e.amount.amount_minor) for e in store.ledger_entries("u1")) == [
+        ("dispute_dp_1", -1500),
+        ("dispute_dp_q", -800),
+        ("dispute_reinstated_dp_1", 1500),
+        ("evt_top", 1500),
+        ("evt_top2", 800),
+    ]
+
+
+def refund_obj(refund_id: str, amount: int, intent: str) -> dict[str, Any]:
+    return {
+        "id": refund_id,
+        "object": "refund",
+        "amount": amount,
+        "currency": "gbp",
+        "charge": f"ch_{intent}",
+        "payment_intent": intent,
+        "status": "succeeded",
+    }
+
+
+def test_a_refund_or_dispute_that_arrives_before_its_credit_is_debited_when_the_credit_comes(
+    handler: WebhookHandler, store: SqliteStore
+) -> None:
+    """Stripe does not promise the order of events, and a credit answered 503 comes back hours later: the
+    refund must not be lost on the way, or the user keeps money that went back to their card."""
+    ledger = Ledger(store)
+    early = refund_obj("re_early", 500, "pi_late")
+    assert deliver(handler, "evt_re", "refund.created", early) == "kept until credited"
+    assert deliver(handler, "evt_re", "refund.created", early) == "duplicate"
+    dispute = dispute_obj("dp_early", 700, "needs_response", intent="pi_late2")
+    assert deliver(handler, "evt_dpe", "charge.dispute.created", dispute) == "kept until credited"
+    assert store.ledger_entries() == [] and ledger.balance("u1") == 0
+    # Nothing critical: money went back, none was lost; a warning says it waits.
+    assert [a.severity for a in handler.alerts.open_alerts()] == ["warning", "warning"]
+    # The credits arrive: each is credited and what went back is debited with it, once.
+    assert (
+        deliver(handler, "evt_late", "payment_intent.succeeded", offsession_pi("pi_late", 2000)) == "credited"
+    )
+    assert ledger.balance("u1") == 1500
+    assert (
+        deliver(handler, "evt_late2", "payment_intent.succeeded", offsession_pi("pi_late2", 700))
+        == "credited"
+    )
+    assert ledger.balance("u1") == 1500
+    # The refund said again (charge.refunded, a redelivery) changes nothing.
+    again = charge_with_refunds(("re_early", 500), charge="ch_pi_late", intent="pi_late")
+    assert deliver(handler, "evt_cr", "charge.refunded", again) == "already posted"
+    assert ledger.balance("u1") == 1500
+    assert sorted((e.entry_id, e.amount.amount_minor) for e in store.ledger_entries("u1")) == [
+        ("dispute_dp_early", -700),
+        ("evt_late", 2000),
+        ("evt_late2", 700),
+        ("refund_re_early", -500),
+    ]
+    assert store.list_unmatched_payments() == []  # nothing left for an operator
+
+
+def test_a_refund_of_an_unmatched_payment_leaves_with_it_when_an_operator_assigns_it(
+    handler: WebhookHandler, store: SqliteStore, manual_clock: ManualClock
+) -> None:
+    ghost = offsession_pi(
+        "pi_ghost", 1000, metadata={"uid": "ghost", "chargectl_purpose": "offsession_topup"}, customer="cus_9"
+    )
+    assert deliver(handler, "evt_g", "payment_intent.succeeded", ghost) == "unmatched"
+    # The operator refunds it in Stripe (as the unmatched list suggests)...
+    assert deliver(handler, "evt_gr", "refund.created", refund_obj("re_g", 1000, "pi_ghost")) == (
+        "kept until credited"
+    )
+    # ...and later someone assigns it anyway: the refund goes with it, so u1 gains nothing.
+    assign_payment(store, "pi_ghost", "u1", int(manual_clock.now() * 1000))
+    assert Ledger(store).balance("u1") == 0
+    assert sorted((e.entry_id, e.amount.amount_minor) for e in store.ledger_entries("u1")) == [
+        ("evt_g", 1000),
+        ("refund_re_g", -1000),
+    ]
+    assert store.list_unmatched_payments() == []
+    # A reversal nobody ever credits can be debited by hand, once.
+    assert deliver(handler, "evt_x", "refund.created", refund_obj("re_x", 300, "pi_elsewhere")) == (
+        "kept until credited"
+    )
+    assign_payment(store, "reversal:pi_elsewhere:refund_re_x", "u2", int(manual_clock.now() * 1000))
+    assert Ledger(store).balance("u2") == -300
+    with pytest.raises(Exception, match="already"):
+        assign_payment(store, "reversal:pi_elsewhere:refund_re_x", "u2", int(manual_clock.now() * 1000))
+
+
+def test_a_refund_that_fails_after_it_was_debited_gives_the_money_back_once(
+    handler: WebhookHandler, store: SqliteStore
+) -> None:
+    ledger = Ledger(store)
+    deliver(handler, "evt_top", "payment_intent.succeeded", offsession_pi("pi_f", 2000))
+    pending = {**refund_obj("re_f", 600, "pi_f"), "status": "pending"}
+    assert deliver(handler, "evt_rp", "refund.created", pending) == "debited"
+    assert ledger.balance("u1") == 1400
+    # Still pending, then succeeded: nothing more.
+    assert deliver(handler, "evt_ru", "refund.updated", pending) == "ignored"
+    # The bank refused it: nothing went back to the card, so the balance gets it back; once, however
+    # many of the three event types say it.
+    failed = {**pending, "status": "failed", "failure_reason": "expired_or_canceled_card"}
+    assert deliver(handler, "evt_rf", "refund.failed", failed) == "credited"
+    assert deliver(handler, "evt_rf2", "refund.updated", failed) == "already posted"
+    assert deliver(handler, "evt_rf3", "charge.refund.updated", failed) == "already posted"
+    assert ledger.balance("u1") == 2000
+    # A failed refund we never debited gives nothing.
+    stray = {**refund_obj("re_none", 600, "pi_f"), "status": "failed"}
+    assert deliver(handler, "evt_rn", "refund.failed", stray) == "ignored"
+    assert ledger.balance("u1") == 2000
+
+
+def test_one_payment_is_credited_once_whichever_events_say_it_was_paid(
+    handler: WebhookHandler, store: SqliteStore
+) -> None:
+    ledger = Ledger(store)
+    # Both Checkout events saying the same session was paid (different event ids): one credit.
+    paid = checkout("cs_twice", 1200, "paid")
+    assert deliver(handler, "evt_c1", "checkout.session.completed", paid) == "credited"
+    assert deliver(handler, "evt_c2", "checkout.session.async_payment_succeeded", paid) == "already credited"
+    assert ledger.balance("u1") == 1200
+    # An off-session PaymentIntent said succeeded under a second event id: one credit.
+    assert (
+        deliver(handler, "evt_p1", "payment_intent.succeeded", offsession_pi("pi_twice", 900)) == "credited"
+    )
+    assert (
+        deliver(handler, "evt_p2", "payment_intent.succeeded", offsession_pi("pi_twice", 900))
+        == "already credited"
+    )
+    assert ledger.balance("u1") == 2100
+    assert sorted(e.entry_id for e in store.ledger_entries("u1")) == ["evt_c1", "evt_p1"]

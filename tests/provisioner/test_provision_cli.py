@@ -125,12 +125,19 @@ def test_bad_input_is_one_error_line(tmp_path: Path) -> None:
             "tariff: unknown or malformed item 'price=1'",
         ),
         (["provision", "rotate-keys", "nowhere"], "site 'nowhere' not found"),
+        # A shard the Site document cannot carry (uint32): refused before any key or secret is made.
+        (["provision", "site", "Big Shard", "--shard", str(2**32)], "shard must be between 0 and 4294967295"),
+        (["provision", "site", "Neg Shard", "--shard", "-1"], "shard must be between 0 and 4294967295"),
     ]
     for args, message in cases:
         proc = subprocess.run([CHARGECTL, *args], env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    listed = subprocess.run(
+        [CHARGECTL, "provision", "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
 
 
 def test_revoke_asks_before_acting(tmp_path: Path) -> None:
@@ -216,3 +223,53 @@ def test_gcp_backend_set_through_the_cli(
     for pem in pems:
         body = "".join(line for line in pem.splitlines() if "-----" not in line)
         assert len(body) > 40 and body not in text and body[:40] not in text
+
+
+def test_a_bundle_path_that_must_not_be_written_changes_nothing(tmp_path: Path) -> None:
+    """Checked before any key, secret or Site document is made: a rerun is not needed, and a directory
+    of the operator's (``--out /tmp``) is neither made 0700 nor given the agent's private key."""
+    env = {**os.environ, **_env(tmp_path), "COLUMNS": "400"}
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("mine")
+    shared.chmod(0o1777)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        (["--out", str(shared)], "the directory holds other files (notes.txt)"),
+        (["--out", str(a_file / "sub")], "is not a writable directory"),
+        (["--out", str(a_file)], "it exists and is not a bundle directory"),
+        (["--out", str(shared), "--tarball"], "it is a directory"),
+    ]
+    for extra, message in cases:
+        proc = subprocess.run(
+            [CHARGECTL, "provision", "site", "Quay", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 1, (extra, proc.stdout, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stdout == ""  # no step was taken
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert sorted(p.name for p in shared.iterdir()) == ["notes.txt"]
+    assert a_file.read_text() == "x"
+    assert _files(tmp_path / "config") == []
+    listed = subprocess.run(
+        [CHARGECTL, "provision", "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert json.loads(listed.stdout) == []
+    # A new directory, and then the same one again (an earlier bundle), are fine.
+    fresh = tmp_path / "bundles" / "quay"
+    for _ in range(2):
+        ok = subprocess.run(
+            [CHARGECTL, "provision", "site", "Quay", "--out", str(fresh)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ok.returncode == 0, ok.stderr
+    assert "agent.key" in {p.name for p in fresh.iterdir()}

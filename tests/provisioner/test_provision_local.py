@@ -67,6 +67,19 @@ def test_site_ids_and_tariffs_from_operator_input() -> None:
         parse_tariff("price_per_kwh_minor=0.35", "s-1")
 
 
+def test_ids_with_a_trailing_newline_are_not_valid() -> None:
+    """A regex's "$" matches before a final newline: "site-a\n" and "AABBCCDDEEFF\n" passed as ids (and
+    then named topics, secrets, plug-map keys and line-protocol tags with a newline in them)."""
+    from chargectl.common.readings import MAC_RE
+    from chargectl.common.topics import validate_site_id
+
+    assert validate_site_id("site-a") == "site-a"
+    for bad in ("site-a\n", "site-a\r", "\nsite-a"):
+        with pytest.raises(ConfigError, match="invalid site id"):
+            validate_site_id(bad)
+    assert MAC_RE.match("AABBCCDDEEFF") and not MAC_RE.match("AABBCCDDEEFF\n")
+
+
 def test_provision_creates_keys_document_and_bundle_and_rerun_changes_nothing(
     prov: Provisioner, tmp_path: Path
 ) -> None:

@@ -101,6 +101,10 @@ def test_json_challenge_message_is_parsed_twice() -> None:
     assert (ch.realm, ch.nonce, ch.algorithm) == ("shellyplus2pm-c4d8d5563e48", "1725185413", "SHA-256")
     with pytest.raises(InvalidResponse):
         parse_json_challenge("not json")
+    # A hostile plug's message nested past the parser's recursion limit: that plug's problem, named as
+    # such, not a RecursionError that restarts the agent's plug task.
+    with pytest.raises(InvalidResponse, match="not JSON"):
+        parse_json_challenge("[" * 5000 + "]" * 5000)
 
 
 def test_forget_drops_the_nonce() -> None:

@@ -348,3 +348,32 @@ async def test_unsolicited_bytes_on_an_idle_connection_are_not_an_answer(scripte
             assert (await poll.get("/status", timeout_s=10, max_bytes=4096)).body == STATUS
     finally:
         poll.close()
+
+
+def drip(total: int, every_s: float) -> Answer:
+    """A valid head, then a body of ``total`` bytes one byte per ``every_s`` (a slowloris plug)."""
+
+    async def write(w: asyncio.StreamWriter) -> bool:
+        w.write(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n{{".encode())
+        await w.drain()
+        for _ in range(total - 1):
+            await asyncio.sleep(every_s)
+            w.write(b" ")
+            await w.drain()
+        return False
+
+    return write
+
+
+async def test_a_plug_that_drips_its_answer_is_cut_off_at_the_timeout_not_per_byte(scripted: Start) -> None:
+    # Each byte comes long before any per-read timeout would fire; the whole answer would take 200 s.
+    server = await scripted([drip(4000, 0.05), sized(STATUS)])
+    poll = PollConnection("127.0.0.1", server.port)
+    try:
+        with pytest.raises(DeviceTimeoutError, match=r"within 0\.5 s"):
+            await asyncio.wait_for(poll.get("/status", timeout_s=0.5, max_bytes=8192), 60)
+        # The dripping connection is dropped: the next poll gets a clean one and a whole answer.
+        assert (await poll.get("/status", timeout_s=10, max_bytes=4096)).body == STATUS
+        assert poll.connects == 2
+    finally:
+        poll.close()
