@@ -175,7 +175,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec(
         "requests_ignored_total",
         "counter",
-        "Start/stop requests left unanswered for another hub, by reason (other_shard)",
+        "Start/stop requests left unanswered, by reason (other_shard: another hub's; rate_limited: a flood beyond its answer backlog)",
         ("reason",),
         {"reason": ("other_shard",)},
     ),

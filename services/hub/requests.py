@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from chargectl.common import codec
 from chargectl.common.clock import Clock
 from chargectl.services.adapters.store import Store
+from chargectl.services.app.ratelimit import RateLimiter
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.health import Metrics
@@ -50,6 +51,9 @@ _PENDING = (codec.ChargeRequest.STATUS_PENDING, codec.ChargeRequest.STATUS_UNSPE
 IO_THREADS = 48  # store round trips in flight at once (gRPC/SQLite calls waiting, not CPU): a burst of
 # 20 requests is 40 reads, then 20 creates and 20 answers, and the stop path shares the threads
 T = TypeVar("T")
+# "rate_limited" answers waiting for the one thread that writes them; beyond this, a flood's requests are
+# left pending (they expire) rather than held in memory.
+FLOOD_BACKLOG = 256
 
 
 class RequestRefusal(StrEnum):
@@ -62,6 +66,7 @@ class RequestRefusal(StrEnum):
     PLUG_OFFLINE = "plug_offline"  # bound to a site here, not heard since this hub started: try again
     NO_ACCOUNT = "no_account"
     DUPLICATE_REQUEST = "duplicate_request"
+    RATE_LIMITED = "rate_limited"  # more than [hub] requests_per_user_per_minute from this user
 
 
 class Requests:
@@ -78,6 +83,7 @@ class Requests:
         max_skew_s: float,
         elsewhere: Callable[[str], bool] = lambda _mac: False,
         track_progress: Callable[[str], None] = lambda _session_id: None,
+        per_user_per_minute: int = 0,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -102,6 +108,11 @@ class Requests:
         self._in_flight: set[str] = set()  # pushed requests being handled (a redelivery waits for them)
         self._turns: Turns[str] = Turns()  # a user's requests take turns
         self._pool: ThreadPoolExecutor | None = None
+        # A user's requests beyond the limit never reach the store's reads, and their answers are
+        # written by a thread of their own, so a flood cannot queue ahead of other drivers' starts.
+        self._limiter = RateLimiter(per_user_per_minute, 60.0) if per_user_per_minute else None
+        self._flood_pool: ThreadPoolExecutor | None = None
+        self._flood_backlog = 0
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call on the request threads."""
@@ -113,6 +124,39 @@ class Requests:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)  # the hub waited for its requests
             self._pool = None
+        if self._flood_pool is not None:
+            self._flood_pool.shutdown(wait=False, cancel_futures=True)
+            self._flood_pool = None
+
+    def _flooding(self, req: codec.ChargeRequest) -> bool:
+        """True if this request is over its user's limit (one token taken otherwise). A stop of the
+        user's own live session always goes through: nobody is kept charging (and paying) by a limit."""
+        if self._limiter is None:
+            return False
+        if req.action == codec.ChargeRequest.ACTION_STOP:
+            plug = self.plugs.get(req.plug_mac)
+            live = plug.state.session if plug is not None else None
+            if live is not None and live.user_id == req.user_id:
+                return False
+        return self._limiter.take(req.user_id, self.clock.monotonic()) > 0
+
+    async def _refuse_flood(self, req: codec.ChargeRequest) -> None:
+        """Answer a request over its user's limit "rate_limited" on the flood's own thread, or, with
+        :data:`FLOOD_BACKLOG` answers already waiting there, leave it pending (it expires)."""
+        rid = req.request_id
+        if self._flood_backlog >= FLOOD_BACKLOG:
+            with self._created_lock:
+                self._created.pop(rid, None)
+            self.metrics.inc("requests_ignored_total", reason="rate_limited")
+            return
+        if self._flood_pool is None:
+            self._flood_pool = ThreadPoolExecutor(1, thread_name_prefix="chargectl-flood")
+        self._flood_backlog += 1
+        try:
+            call = functools.partial(self.answer, rid, False, RequestRefusal.RATE_LIMITED, "")
+            await asyncio.get_running_loop().run_in_executor(self._flood_pool, call)
+        finally:
+            self._flood_backlog -= 1
 
     def _now_ms(self) -> int:
         return round(self.clock.now() * 1000)
@@ -203,6 +247,9 @@ class Requests:
             with self._created_lock:
                 self._created.pop(rid, None)
             self.metrics.inc("requests_ignored_total", reason="other_shard")
+            return
+        if self._flooding(req):
+            await self._refuse_flood(req)
             return
         why = self._quick_refusal(req)
         if why is not None:
@@ -296,6 +343,9 @@ class Requests:
             with self._created_lock:
                 self._created.pop(rid, None)
             self.metrics.inc("requests_ignored_total", reason="other_shard")
+            return
+        if self._flooding(req):
+            self.answer(rid, False, RequestRefusal.RATE_LIMITED, "")
             return
         why = self.refusal(req)
         if why is not None:

@@ -172,6 +172,7 @@ class Hub:
             settings.max_clock_skew_s,
             self._other_shards_plug,
             lambda session_id: self.sessions.tracked.add(session_id),
+            settings.requests_per_user_per_minute,
         )
         self.sessions = Sessions(
             ports.store,

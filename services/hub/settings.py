@@ -79,6 +79,10 @@ class HubSettings:
     max_reading_age_s: float = 7 * 86400.0  # older readings are refused (a spool replay is younger)
     max_clock_skew_s: float = 120.0  # readings stamped further in the future are refused
     request_max_age_s: float = 120.0  # older pending requests are answered "expired"
+    # Requests one user may make a minute (a burst of this many at once); more are refused
+    # "rate_limited" without a store read. A stop of the user's own live session is never held back.
+    # 0: no limit.
+    requests_per_user_per_minute: int = 60
     # While serving: collect once and gc.freeze() the survivors (the plug map) after start-up and every
     # this often, so the collector's automatic passes skip the long-lived state (0: Python's defaults).
     gc_freeze_interval_s: float = 600.0
@@ -104,6 +108,8 @@ class HubSettings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.requests_per_user_per_minute < 0:
+            raise ValueError("requests_per_user_per_minute must be >= 0")
         for name in (
             "plug_state_min_interval_s",
             "plug_state_settle_s",
