@@ -135,7 +135,9 @@ class Hub:
         self.plugs: dict[str, HubPlug] = {}
         self.timers = TimerWheel()  # plugs by the second their next timer is due
         self.checkpoint_parts = ckpt.PartTracker()  # checkpoint parts with a plug changed since the last
-        self.ingest = Ingest(Keyring(), shard=settings.shard)
+        self.ingest = Ingest(
+            Keyring(), shard=settings.shard, max_clock_skew_ms=round(settings.max_clock_skew_s * 1000)
+        )
         self.registry = PlugRegistry(  # bindings held by the entries of ``plugs`` where they agree
             ports.store, settings.max_new_plugs_per_batch, settings.max_plugs_per_site, self.plugs
         )

@@ -9,6 +9,7 @@ from typing import Any
 
 from chargectl.common.config import build
 from chargectl.common.errors import ConfigError
+from chargectl.common.topics import MAX_SHARD
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.params import PLUG_CLASSES, PlugParams, params_for
 
@@ -89,8 +90,8 @@ class HubSettings:
     gc_gen0_threshold: int = 10_000  # while serving (Python's is 700): see services/hub/gc_tuning.py
 
     def __post_init__(self) -> None:
-        if self.shard < 0:
-            raise ValueError("shard must be >= 0")
+        if not 0 <= self.shard <= MAX_SHARD:
+            raise ValueError(f"shard must be between 0 and {MAX_SHARD} (a Site document's shard is a uint32)")
         for name in (
             "tick_interval_s",
             "checkpoint_interval_s",

@@ -3,6 +3,8 @@ of a session. Each test asserts who pays for the energy metered meanwhile and wh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hostile import World
 
@@ -101,3 +103,36 @@ def test_the_newest_reading_time_survives_the_checkpoint_and_old_checkpoints_loa
     window = SeqWindow.from_dict(SeqWindow(3, {5}, high_ts=1_767_225_600_000).to_dict())
     assert (window.low, window.sparse, window.high_ts) == (3, {5}, 1_767_225_600_000)
     assert SeqWindow.from_dict({"low": 7, "sparse": []}).high_ts == 0  # written before high_ts existed
+
+
+async def test_the_configured_skew_decides_what_is_rebased(tmp_path: Path) -> None:
+    """``[hub] max_clock_skew_s`` is the bound the intake rebases by (it was always 120 s): a Pi steadily
+    five minutes ahead keeps its own times under a 10-minute skew, and is billed in full either way."""
+    world = World(tmp_path, max_clock_skew_s=600)
+    try:
+        world.add_site(A)
+        world.add_plug(MAC, A)
+        world.user("u1", 1000)
+        hub = await world.start_hub()
+        await run_skewed(world, 30, 300_000)
+        world.plugs[MAC].power_w = 1800.0
+        answer = await world.start_session("r1", MAC, "u1")
+        assert answer.status == codec.ChargeRequest.STATUS_ACCEPTED, answer.reason
+        await run_skewed(world, 180, 300_000)
+        await world.stop_session("stop", MAC, "u1")
+        await run_skewed(world, 60, 300_000)
+        doc = world.store.get_session(answer.session_id)
+        assert doc is not None and doc.energy_mwh == 90_000 and doc.cost.amount_minor == 3
+        assert hub.ingest.rebased_batches == 0 and world.plugs[MAC].relay is False
+        assert hub.plugs[MAC].state.last_ts_ms == world.now_ms() + 300_000
+    finally:
+        world.close()
+
+
+def test_a_shard_a_site_document_cannot_carry_is_refused() -> None:
+    from chargectl.services.hub.settings import HubSettings
+
+    assert HubSettings(shard=2**32 - 1).shard == 2**32 - 1
+    for shard in (-1, 2**32):
+        with pytest.raises(ValueError, match="shard must be between 0 and 4294967295"):
+            HubSettings(shard=shard)
