@@ -226,6 +226,13 @@ class World:
             )
         )
 
+    def pending(self, rid: str, action: int, mac: str, user: str = "u1") -> codec.ChargeRequest:
+        """Write a request to the store and return it as the store's listener delivers it."""
+        self.request(rid, action, mac, user)
+        req = self.store.get_request(rid)
+        assert req is not None
+        return req
+
     async def start_session(self, rid: str, mac: str, user: str = "u1") -> codec.ChargeRequest:
         assert self.hub is not None
         self.request(rid, codec.ChargeRequest.ACTION_START, mac, user)

@@ -33,11 +33,7 @@ async def until(cond: Callable[[], bool], what: str, limit_s: float = 60.0) -> N
 
 
 def pending(w: World, rid: str, action: int, mac: str, user: str = "u1") -> codec.ChargeRequest:
-    """Write a request to the store and return it as the listener delivers it."""
-    w.request(rid, action, mac, user)
-    req = w.store.get_request(rid)
-    assert req is not None
-    return req
+    return w.pending(rid, action, mac, user)
 
 
 async def push(w: World, *reqs: codec.ChargeRequest) -> None:

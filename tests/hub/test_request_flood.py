@@ -26,13 +26,6 @@ REJECTED = codec.ChargeRequest.STATUS_REJECTED
 PENDING = codec.ChargeRequest.STATUS_PENDING
 
 
-def _pending(w: World, rid: str, action: int, mac: str, user: str) -> codec.ChargeRequest:
-    w.request(rid, action, mac, user)
-    req = w.store.get_request(rid)
-    assert req is not None
-    return req
-
-
 def _reasons(w: World, rids: list[str]) -> Counter[str]:
     out: Counter[str] = Counter()
     for rid in rids:
@@ -78,10 +71,10 @@ async def test_a_flood_never_queues_ahead_of_another_drivers_start(tmp_path: Pat
 
         flood_ids = set(flood)
         w.store.answer_request = slow_answers  # type: ignore[method-assign]
-        reqs = [_pending(w, rid, START, f"00000000{i:04X}", "flooder") for i, rid in enumerate(flood)]
+        reqs = [w.pending(rid, START, f"00000000{i:04X}", "flooder") for i, rid in enumerate(flood)]
         flooding = [asyncio.create_task(hub.requests.handle_async(r)) for r in reqs]
         await asyncio.sleep(0)  # every flood request is in before the driver's
-        driver = _pending(w, "d1", START, MAC2, "driver")
+        driver = w.pending("d1", START, MAC2, "driver")
         await asyncio.wait_for(hub.requests.handle_async(driver), 60)
         await asyncio.wait_for(hub.sessions.starts_done(), 60)
         await w.settle()
@@ -125,7 +118,7 @@ async def test_a_flood_costs_no_reads_and_never_keeps_its_user_charging(tmp_path
         reads = _count_user_reads(w)
         # Fifty more starts at once, for the plug they are charging on and for another one.
         flood = [f"f{i}" for i in range(50)]
-        reqs = [_pending(w, rid, START, (MAC, MAC2)[i % 2], "u1") for i, rid in enumerate(flood)]
+        reqs = [w.pending(rid, START, (MAC, MAC2)[i % 2], "u1") for i, rid in enumerate(flood)]
         await asyncio.wait_for(asyncio.gather(*(hub.requests.handle_async(r) for r in reqs)), 60)
         await hub.sessions.starts_done()
         await w.settle()
