@@ -179,6 +179,9 @@ class _Plan:
     unmatched: UnmatchedPayment | None = None
 
 
+TOPUP_PREFIX = "topup_"  # a top-up's ledger entry: TOPUP_PREFIX + its payment (PaymentIntent or session)
+
+
 def _entry(
     entry_id: str,
     user_id: str,
@@ -382,7 +385,10 @@ class WebhookHandler:
             # saying paid, an operator's assign): one payment, one credit.
             log.warning("payment %s was already credited; event %s credits nothing", payment_id, event["id"])
             return _Plan(Outcome(event["id"], event["type"], "already credited", user.user_id))
-        entry = _entry(event["id"], user.user_id, "topup", amount, currency, now_ms, payment_id, description)
+        # One entry per payment, named by it: two events saying one payment was paid, handled at the same
+        # moment by two instances (each past the check above), meet at the store, which posts it once.
+        entry_id = f"{TOPUP_PREFIX}{payment_id}" if payment_id else event["id"]
+        entry = _entry(entry_id, user.user_id, "topup", amount, currency, now_ms, payment_id, description)
         return _Plan(
             Outcome(event["id"], event["type"], "credited", user.user_id, amount, currency.lower()), (entry,)
         )

@@ -106,7 +106,7 @@ def test_saved_card_off_session_charge_credits_once_despite_redeliveries(
         assert resp.status_code == 200 and resp.json()["action"] == "duplicate"
     entries = store.ledger_entries(uid)
     assert [(e.entry_id, e.amount.amount_minor, e.amount.currency) for e in entries] == [
-        (evt["id"], 750, "gbp")
+        (f"topup_{result.payment_intent_id}", 750, "gbp")  # one entry per payment, named by it
     ]
 
     # Replayed with a tampered body under the original signature: 400, nothing changes.

@@ -110,7 +110,7 @@ def test_offsession_payment_credits_once(handler: WebhookHandler, store: SqliteS
     assert deliver(handler, "evt_1", "payment_intent.succeeded", offsession_pi()) == "duplicate"
     (entry,) = store.ledger_entries("u1")
     assert (entry.entry_id, entry.amount.amount_minor, entry.reference, entry.kind) == (
-        "evt_1",
+        "topup_pi_1",  # one entry per payment, named by it
         1000,
         "pi_1",
         1,
@@ -386,8 +386,8 @@ def test_a_dispute_takes_the_money_once_an_inquiry_takes_none_and_a_won_one_give
         ("dispute_dp_1", -1500),
         ("dispute_dp_q", -800),
         ("dispute_reinstated_dp_1", 1500),
-        ("evt_top", 1500),
-        ("evt_top2", 800),
+        ("topup_pi_d", 1500),
+        ("topup_pi_q", 800),
     ]
 
 
@@ -433,9 +433,9 @@ def test_a_refund_or_dispute_that_arrives_before_its_credit_is_debited_when_the_
     assert ledger.balance("u1") == 1500
     assert sorted((e.entry_id, e.amount.amount_minor) for e in store.ledger_entries("u1")) == [
         ("dispute_dp_early", -700),
-        ("evt_late", 2000),
-        ("evt_late2", 700),
         ("refund_re_early", -500),
+        ("topup_pi_late", 2000),
+        ("topup_pi_late2", 700),
     ]
     assert store.list_unmatched_payments() == []  # nothing left for an operator
 
@@ -510,4 +510,40 @@ def test_one_payment_is_credited_once_whichever_events_say_it_was_paid(
         == "already credited"
     )
     assert ledger.balance("u1") == 2100
-    assert sorted(e.entry_id for e in store.ledger_entries("u1")) == ["evt_c1", "evt_p1"]
+    assert sorted(e.entry_id for e in store.ledger_entries("u1")) == ["topup_pi_cs_twice", "topup_pi_twice"]
+
+
+def test_two_instances_crediting_one_payment_at_the_same_moment_credit_it_once(
+    store: SqliteStore, manual_clock: ManualClock
+) -> None:
+    """Both Checkout events for one paid session reach two webhook instances at once, and each looks for
+    an earlier credit before the other has written one (fault injection: both reads happen first). The
+    store still posts the payment once: its entry is named by the payment, not by the event."""
+    import threading
+
+    first, second = WebhookHandler(store, SECRET, manual_clock), WebhookHandler(store, SECRET, manual_clock)
+    both_looked = threading.Barrier(2, timeout=30)
+    look = store.ledger_by_reference
+
+    def look_together(refs: Any) -> Any:
+        found = look(refs)
+        both_looked.wait()
+        return found
+
+    store.ledger_by_reference = look_together  # type: ignore[method-assign]
+    paid = checkout("cs_race", 1200, "paid")
+    actions: list[str] = []
+    threads = [
+        threading.Thread(target=lambda h=h, e=e, t=t: actions.append(deliver(h, e, t, paid)))
+        for h, e, t in (
+            (first, "evt_r1", "checkout.session.completed"),
+            (second, "evt_r2", "checkout.session.async_payment_succeeded"),
+        )
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(actions) == ["already posted", "credited"]
+    assert Ledger(store).balance("u1") == 1200
+    assert [e.entry_id for e in store.ledger_entries("u1")] == ["topup_pi_cs_race"]
