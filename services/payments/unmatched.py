@@ -47,11 +47,13 @@ def _reversal_entry(payment: UnmatchedPayment, user_id: str, now_ms: int) -> Led
     assert parsed is not None
     ref, entry_id = parsed
     kind = LedgerEntry.KIND_DISPUTE if entry_id.startswith("dispute_") else LedgerEntry.KIND_REFUND
+    # A refund's failure kept beside it gives back what the refund takes; every other reversal takes.
+    sign = 1 if entry_id.startswith("refund_failed_") else -1
     return LedgerEntry(
         entry_id=entry_id,
         user_id=user_id,
         kind=kind,
-        amount=Money(amount_minor=-abs(payment.amount_minor), currency=payment.currency),
+        amount=Money(amount_minor=sign * abs(payment.amount_minor), currency=payment.currency),
         reference=ref,
         description=f"{entry_id.split('_', 1)[0].capitalize()} of {ref}, kept until {ref} was credited",
         created_at_ms=now_ms,

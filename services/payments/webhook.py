@@ -51,7 +51,7 @@ from chargectl.services.payments.accounts import (
     user_by_customer,
 )
 from chargectl.services.payments.ledger import KINDS, Ledger, LedgerKind
-from chargectl.services.payments.unmatched import reversal_id, settle_reversals
+from chargectl.services.payments.unmatched import parse_reversal, reversal_id, settle_reversals
 
 __all__ = [
     "HANDLED_EVENTS",
@@ -297,6 +297,10 @@ class WebhookHandler:
         return outcome
 
     def _alert_unmatched(self, payment: UnmatchedPayment, now_ms: int) -> None:
+        if parse_reversal(payment.payment_id) is not None and payment.amount_minor > 0:
+            # A kept refund's failure: posted with it when the payment is credited; nothing to do.
+            log.info("refund failure kept with its refund: %s", payment.payment_id)
+            return
         if payment.amount_minor < 0:
             # Money that went back for a payment not credited (yet): debited when it is.
             message = (
@@ -320,7 +324,8 @@ class WebhookHandler:
     def _keep_reversal(
         self, event: Event, payment_ref: str, entry_id: str, amount: int, currency: str, now_ms: int
     ) -> _Plan:
-        """A refund or dispute of a payment no top-up credited (yet), kept until it is (see unmatched.py)."""
+        """A refund or dispute of a payment no top-up credited (yet), kept until it is (see unmatched.py);
+        ``amount`` is what it takes (negative: a kept refund's failure, which gives it back)."""
         kept = UnmatchedPayment(
             payment_id=reversal_id(payment_ref, entry_id),
             event_id=event["id"],
@@ -521,7 +526,17 @@ class WebhookHandler:
         if obj.get("status") not in ("failed", "canceled") or not refund_id:
             return _Plan(Outcome(event["id"], event["type"], "ignored"))
         debit = self.store.get_ledger_entry(f"refund_{refund_id}")
-        if debit is None or debit.amount.amount_minor >= 0:
+        if debit is None:
+            # Not debited: kept as a reversal of a payment not credited yet? Then its failure is kept
+            # beside it, so the credit, when it comes, posts the two and the user loses nothing.
+            ref = _str(obj, "payment_intent") or _str(obj, "charge")
+            kept = self.store.get_unmatched_payment(reversal_id(ref, f"refund_{refund_id}")) if ref else None
+            if kept is None or kept.resolved or kept.amount_minor >= 0:
+                return _Plan(Outcome(event["id"], event["type"], "ignored"))
+            return self._keep_reversal(
+                event, ref, f"refund_failed_{refund_id}", kept.amount_minor, kept.currency, now_ms
+            )
+        if debit.amount.amount_minor >= 0:
             return _Plan(Outcome(event["id"], event["type"], "ignored"))
         back, currency = -debit.amount.amount_minor, debit.amount.currency
         entry = _entry(

@@ -492,6 +492,29 @@ def test_a_refund_that_fails_after_it_was_debited_gives_the_money_back_once(
     assert ledger.balance("u1") == 2000
 
 
+def test_a_refund_that_fails_before_its_payment_is_credited_takes_nothing_when_the_credit_comes(
+    handler: WebhookHandler, store: SqliteStore
+) -> None:
+    """Stripe's order: the refund is created, then fails, and only then does the top-up's own event
+    arrive. The refund was kept to be debited with the credit; its failure is kept beside it, so the
+    credit posts both and the user keeps the whole payment (before: the refund was debited anyway)."""
+    ledger = Ledger(store)
+    pending = {**refund_obj("re_e", 600, "pi_e"), "status": "pending"}
+    assert deliver(handler, "evt_re", "refund.created", pending) == "kept until credited"
+    failed = {**pending, "status": "failed", "failure_reason": "expired_or_canceled_card"}
+    assert deliver(handler, "evt_rf", "refund.failed", failed) == "kept until credited"
+    assert deliver(handler, "evt_rf2", "charge.refund.updated", failed) == "kept until credited"
+    assert ledger.balance("u1") == 0
+    assert deliver(handler, "evt_top", "payment_intent.succeeded", offsession_pi("pi_e", 2000)) == "credited"
+    assert ledger.balance("u1") == 2000  # 2,000 paid, 600 refunded and 600 back: the refund failed
+    assert sorted((e.entry_id, e.amount.amount_minor) for e in store.ledger_entries("u1")) == [
+        ("refund_failed_re_e", 600),
+        ("refund_re_e", -600),
+        ("topup_pi_e", 2000),
+    ]
+    assert store.list_unmatched_payments() == []  # nothing left for an operator
+
+
 def test_one_payment_is_credited_once_whichever_events_say_it_was_paid(
     handler: WebhookHandler, store: SqliteStore
 ) -> None:
