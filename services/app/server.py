@@ -25,8 +25,9 @@ from aiohttp import web
 from chargectl.common import sdnotify
 from chargectl.common.clock import Clock
 from chargectl.common.errors import ChargectlError, PaymentError, StoreError
+from chargectl.common.ratelimit import RateLimiter
 from chargectl.services.app.api import ApiError, AppApi
-from chargectl.services.app.ratelimit import RateLimiter, client_address
+from chargectl.services.app.ratelimit import client_address
 from chargectl.services.app.settings import AppSettings
 from chargectl.services.app.tokens import (
     CertCache,

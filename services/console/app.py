@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
 from chargectl.common.errors import ChargectlError
+from chargectl.common.ratelimit import RateLimiter
 from chargectl.services.adapters.timeseries import PowerPoint
-from chargectl.services.app.ratelimit import RateLimiter
 from chargectl.services.console import page, views
 from chargectl.services.console.auth import ConsoleAuth
 from chargectl.services.console.charts import power_chart

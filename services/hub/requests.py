@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from chargectl.common import codec
 from chargectl.common.clock import Clock
+from chargectl.common.ratelimit import RateLimiter
 from chargectl.services.adapters.store import Store
-from chargectl.services.app.ratelimit import RateLimiter
 from chargectl.services.hub import machine as m
 from chargectl.services.hub.billing import Tariff
 from chargectl.services.hub.health import Metrics
