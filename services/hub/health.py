@@ -357,6 +357,7 @@ class HealthServer:
         self._server: asyncio.Server | None = None
         self._routes: dict[str, Route] = {}
         self._open: dict[str, int] = {}  # peer address -> connections being served
+        self._open_total = 0
 
     def mount(self, prefix: str, route: Route) -> None:
         """Serve ``prefix`` and everything under it (``"/"``: every path not otherwise served)."""
@@ -384,7 +385,7 @@ class HealthServer:
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         open_now = self._open.get(address, 0)
-        if open_now >= MAX_CONNECTIONS_PER_PEER or sum(self._open.values()) >= MAX_CONNECTIONS:
+        if open_now >= MAX_CONNECTIONS_PER_PEER or self._open_total >= MAX_CONNECTIONS:
             self.refused_connections += 1
             with contextlib.suppress(Exception):
                 writer.write(
@@ -393,9 +394,11 @@ class HealthServer:
                 writer.close()
             return
         self._open[address] = open_now + 1
+        self._open_total += 1
         try:
             await self._serve(reader, writer, address)
         finally:
+            self._open_total -= 1
             left = self._open.get(address, 1) - 1
             if left > 0:
                 self._open[address] = left
