@@ -110,15 +110,20 @@ class TimeSeries(Protocol):
 
 
 def escape_tag(value: str) -> str:
-    """Escape a tag value for line protocol (commas, equals signs, spaces). Line protocol cannot carry a
-    newline in a value at all: one would end the line, so it becomes a space."""
-    value = value.replace("\n", " ").replace("\r", " ")
+    """Escape a tag value for line protocol (commas, equals signs, spaces). The readings' tags (a site id,
+    a MAC) are checked where they enter and hold no newline; see :func:`_one_line` for the rest."""
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def _str_field(value: str) -> str:
-    value = value.replace("\n", " ").replace("\r", " ")  # no newline in a value (see escape_tag)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _one_line(value: str) -> str:
+    """``value`` with any newline made a space: line protocol cannot carry one in a value at all (it would
+    end the line). For the values a session line takes from outside (user and session ids, reasons);
+    the per-reading lines skip it, their tags being checked ids."""
+    return value.replace("\n", " ").replace("\r", " ")
 
 
 def reading_lines(site_id: str, readings: Sequence[Reading], state: str) -> list[str]:
@@ -191,8 +196,10 @@ def _run_lines_each(head: str, tail: str, run: PlugRun) -> list[str]:
 
 def session_line(event: SessionEvent) -> str:
     return (
-        f"session,site_id={escape_tag(event.site_id)},mac={event.plug_mac},kind={escape_tag(event.kind)} "
-        f"session_id={_str_field(event.session_id)},user_id={_str_field(event.user_id)},"
+        f"session,site_id={escape_tag(_one_line(event.site_id))},mac={event.plug_mac},"
+        f"kind={escape_tag(_one_line(event.kind))} "
+        f"session_id={_str_field(_one_line(event.session_id))},user_id={_str_field(_one_line(event.user_id))},"
         f"energy_wh={event.energy_mwh / 1000},cost_minor={event.cost_minor}i,"
-        f"currency={_str_field(event.currency)},stop_reason={_str_field(event.stop_reason)} {event.ts_ms}"
+        f"currency={_str_field(_one_line(event.currency))},"
+        f"stop_reason={_str_field(_one_line(event.stop_reason))} {event.ts_ms}"
     )
